@@ -1,0 +1,28 @@
+"""nbqueue: the Django Q Tasks API for Jupyter, with no Django.
+
+``async_task`` in a notebook cell, a loky worker cluster started from the kernel,
+results in a private on-disk store that every process on the machine can read.
+"""
+
+from __future__ import annotations
+
+from .broker import Broker, get_broker
+from .cluster import Cluster
+from .conf import configure
+from .errors import (ClusterError, ConfigurationError, InsecureStoreError, NbqueueError,
+                     NoClusterWarning, PackingError, SignatureError, StoreError,
+                     TaskFunctionError, TaskTimeout)
+from .models import Failure, Success, Task
+from .tasks import (AsyncTask, async_iter, async_task, count_group, delete_cached,
+                    delete_group, fetch, fetch_group, queue_size, result, result_group)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "async_task", "async_iter", "AsyncTask", "result", "fetch", "result_group", "fetch_group",
+    "count_group", "delete_group", "delete_cached", "queue_size", "Task", "Success",
+    "Failure", "Cluster", "configure", "get_broker", "Broker",
+    "NbqueueError", "ConfigurationError", "TaskFunctionError", "PackingError",
+    "SignatureError", "InsecureStoreError", "StoreError", "TaskTimeout", "ClusterError",
+    "NoClusterWarning",
+]

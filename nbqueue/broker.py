@@ -1,0 +1,263 @@
+"""The task queue of one store directory, over diskcache.
+
+Pending packages sit in a diskcache push/pull queue (integer keys). Taking work
+is a *lease*: inside one transaction a batch is pulled, each package is kept under
+a lease key, and the lease index records when it expires and who holds it. A lease
+ends only by ``ack`` (its outcome is stored), ``release`` (handed back unrun) or by
+expiring, after which ``reap`` puts it back in the queue for another delivery. So a
+crash anywhere loses nothing: the worst case is a second delivery after ``retry``.
+
+Every process may enqueue and every cluster may lease at once; SQLite serialises
+the transactions. Leasing a batch in one transaction is the lever for speed: one
+push+pull+set one by one costs ~300 us, the same inside a transaction ~30 us.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sqlite3
+import threading
+import time
+from typing import Any, Iterable, NamedTuple
+
+import diskcache
+
+from .errors import StoreError
+from .signing import load_key, private_directory
+
+_INDEX = "leases"
+_CLUSTER = "cluster"
+
+
+def open_cache(path: str) -> diskcache.Cache:
+    """A diskcache Cache that never evicts (queued work and results must not vanish)."""
+    try:
+        return diskcache.Cache(path, eviction_policy="none", timeout=60)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"cannot open the store at {path}: {exc}. If the disk is full, free "
+                         "space; if the files are damaged, move the directory away and start "
+                         "again") from exc
+
+
+class Lease(NamedTuple):
+    """One delivery of a package: ``attempt`` counts deliveries, 1 for the first."""
+
+    token: str
+    attempt: int
+    package: bytes
+
+
+class Broker:
+    """The queue of the store at ``directory``; get one with ``get_broker()``."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = private_directory(directory)
+        self.key = load_key(self.directory)
+        self._queue = open_cache(os.path.join(self.directory, "queue"))
+        self._state = open_cache(os.path.join(self.directory, "state"))
+        self._tokens = itertools.count()
+        self._token_prefix = os.urandom(6).hex()
+        self._wakeups: list[threading.Event] = []
+        self._store: Any = None
+        self.warned_no_cluster = False
+        self.local_hooks: dict[str, Any] = {}  # task id -> hook object of this process
+
+    def __repr__(self) -> str:
+        return f"<Broker {self.directory}>"
+
+    @property
+    def store(self) -> Any:
+        """The result store of the same directory."""
+        if self._store is None:
+            from .store import Store
+            self._store = Store(self.directory)
+        return self._store
+
+    # -- producers -------------------------------------------------------------------
+
+    def enqueue(self, package: bytes) -> None:
+        """Put one signed package at the back of the queue."""
+        self._queue.push((0, package), retry=True)
+        self._wake()
+
+    def enqueue_many(self, packages: Iterable[bytes]) -> None:
+        """Put many packages in one transaction (all or none)."""
+        push = self._queue.push
+        with self._queue.transact(retry=True):
+            for package in packages:
+                push((0, package))
+        self._wake()
+
+    def subscribe(self, event: threading.Event) -> None:
+        """Have ``event`` set whenever this process enqueues (wakes a local cluster at once)."""
+        self._wakeups.append(event)
+
+    def unsubscribe(self, event: threading.Event) -> None:
+        if event in self._wakeups:
+            self._wakeups.remove(event)
+
+    @property
+    def has_local_consumer(self) -> bool:
+        return bool(self._wakeups)
+
+    def _wake(self) -> None:
+        for event in self._wakeups:
+            event.set()
+
+    # -- consumers -------------------------------------------------------------------
+
+    def lease(self, owner: str, count: int, duration: float) -> list[Lease]:
+        """Take up to ``count`` packages, leased to ``owner`` for ``duration`` seconds."""
+        queue = self._queue
+        leases: list[Lease] = []
+        with queue.transact(retry=True):
+            key, item = queue.pull()
+            if key is None:
+                return leases
+            deadline = time.time() + duration
+            index = queue.get(_INDEX, {})
+            while key is not None:
+                attempt, package = item
+                token = f"{self._token_prefix}{next(self._tokens)}"
+                queue.set(("L", token), (attempt + 1, package))
+                index[token] = (deadline, owner)
+                leases.append(Lease(token, attempt + 1, package))
+                if len(leases) >= count:
+                    break
+                key, item = queue.pull()
+            queue.set(_INDEX, index)
+        return leases
+
+    def ack(self, tokens: Iterable[str]) -> None:
+        """End leases whose outcome is stored: the packages are gone for good."""
+        self._end(tokens, requeue=None)
+
+    def release(self, tokens: Iterable[str], counted: bool = False) -> None:
+        """Hand leased packages back to the front of the queue for another delivery.
+
+        ``counted=False`` (the task never ran, or was stopped through no fault of its
+        own) gives the attempt back; ``counted=True`` keeps it on the task's count.
+        """
+        self._end(tokens, requeue="front" if not counted else "counted")
+
+    def _end(self, tokens: Iterable[str], requeue: str | None) -> None:
+        tokens = list(tokens)
+        if not tokens:
+            return
+        queue = self._queue
+        with queue.transact(retry=True):
+            index = queue.get(_INDEX, {})
+            for token in tokens:
+                if index.pop(token, None) is None:
+                    continue  # expired and reaped meanwhile: the new delivery owns it now
+                item = queue.pop(("L", token), None)
+                if requeue is not None and item is not None:
+                    attempt, package = item
+                    queue.push((attempt - 1 if requeue == "front" else attempt, package),
+                               side="front")
+            queue.set(_INDEX, index)
+
+    def renew(self, tokens: Iterable[str], duration: float) -> list[str]:
+        """Extend live leases by ``duration`` from now; return the tokens no longer held."""
+        tokens = list(tokens)
+        if not tokens:
+            return []
+        queue = self._queue
+        lost = []
+        with queue.transact(retry=True):
+            index = queue.get(_INDEX, {})
+            deadline = time.time() + duration
+            for token in tokens:
+                held = index.get(token)
+                if held is None:
+                    lost.append(token)
+                else:
+                    index[token] = (deadline, held[1])
+            queue.set(_INDEX, index)
+        return lost
+
+    def reap(self, now: float | None = None) -> int:
+        """Put every expired lease back in the queue (its attempt counted); return how many."""
+        now = time.time() if now is None else now
+        queue = self._queue
+        index = queue.get(_INDEX, {})
+        if not any(deadline < now for deadline, _ in index.values()):
+            return 0
+        reaped = 0
+        with queue.transact(retry=True):
+            index = queue.get(_INDEX, {})
+            for token, (deadline, _owner) in list(index.items()):
+                if deadline < now:
+                    del index[token]
+                    item = queue.pop(("L", token), None)
+                    if item is not None:
+                        queue.push(item, side="front")
+                        reaped += 1
+            queue.set(_INDEX, index)
+        return reaped
+
+    def leased(self) -> int:
+        """How many packages are leased (running or waiting for a retry)."""
+        return len(self._queue.get(_INDEX, {}))
+
+    def size(self) -> int:
+        """Pending packages, not counting the leased ones."""
+        with self._queue.transact(retry=True):
+            total = len(self._queue)
+            index = self._queue.get(_INDEX)
+        if index is None:
+            return total
+        return total - 1 - len(index)
+
+    def purge(self) -> int:
+        """Drop every pending package; return how many. Leased ones are left alone."""
+        dropped = 0
+        with self._queue.transact(retry=True):
+            while self._queue.pull()[0] is not None:
+                dropped += 1
+        return dropped
+
+    # -- cluster heartbeats ----------------------------------------------------------
+
+    def beat(self, cluster_id: str, info: dict[str, Any], ttl: float) -> None:
+        """Record that a cluster is alive, with its figures, for ``ttl`` seconds."""
+        self._state.set((_CLUSTER, cluster_id), info, expire=ttl, retry=True)
+
+    def forget(self, cluster_id: str) -> None:
+        self._state.delete((_CLUSTER, cluster_id), retry=True)
+
+    def clusters(self) -> list[dict[str, Any]]:
+        """The live clusters on this directory, each as the info it last reported."""
+        alive = []
+        for key in list(self._state.iterkeys()):
+            if isinstance(key, tuple) and key[0] == _CLUSTER:
+                info = self._state.get(key)
+                if info is not None:
+                    alive.append(info)
+        return alive
+
+    def close(self) -> None:
+        self._queue.close()
+        self._state.close()
+        if self._store is not None:
+            self._store.close()
+
+
+_brokers: dict[str, Broker] = {}
+_brokers_lock = threading.Lock()
+
+
+def get_broker(directory: str | os.PathLike[str] | None = None) -> Broker:
+    """The broker of ``directory`` (default: the configured one), shared in this process."""
+    if directory is None:
+        from .conf import settings
+        directory = settings().directory
+    path = os.path.abspath(os.fspath(directory))
+    broker = _brokers.get(path)
+    if broker is None:
+        with _brokers_lock:
+            broker = _brokers.get(path)
+            if broker is None:
+                broker = _brokers[path] = Broker(path)
+    return broker

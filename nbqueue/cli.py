@@ -1,0 +1,117 @@
+"""The ``nbqueue`` command: run a cluster from a terminal, or print a store's figures.
+
+    nbqueue cluster --workers 4 [--directory .nbqueue] [--timeout 60] ...
+    nbqueue info [--directory .nbqueue]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+from . import conf
+from .errors import NbqueueError
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from .cluster import Cluster
+    options = {name: getattr(args, name) for name in
+               ("workers", "retry", "max_attempts", "save_limit", "bulk", "label", "directory")}
+    if args.timeout is not None:
+        options["timeout"] = args.timeout
+    if args.ack_failures:
+        options["ack_failures"] = True
+    cluster = Cluster(**options)
+    stop = {"asked": False}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop["asked"]:
+            raise KeyboardInterrupt
+        stop["asked"] = True
+        print("\nnbqueue: stopping gracefully (again to force) ...", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    cluster.start()
+    print(f"nbqueue: cluster {cluster.id[:8]} serving {cluster.directory} with "
+          f"{cluster.workers} {cluster.executor_name} workers (Ctrl-C stops it)",
+          file=sys.stderr, flush=True)
+    try:
+        while not stop["asked"]:
+            time.sleep(0.2)
+    finally:
+        cluster.stop(wait=args.grace)
+        print(f"nbqueue: stopped; {cluster.done} done, {cluster.failed} failed",
+              file=sys.stderr)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .broker import get_broker
+    broker = get_broker(args.directory or conf.settings().directory)
+    saved_ok, saved_failed = broker.store.saved.totals()
+    clusters = broker.clusters()
+    figures = {"directory": broker.directory, "queued": broker.size(),
+               "running": sum(c.get("running", 0) for c in clusters),
+               "leased": broker.leased(), "done": saved_ok, "failed": saved_failed,
+               "clusters": clusters}
+    if args.json:
+        print(json.dumps(figures, indent=2, default=str))
+        return 0
+    print(f"store     {figures['directory']}")
+    for name in ("queued", "running", "done", "failed"):
+        print(f"{name:<9} {figures[name]}")
+    if not clusters:
+        print("clusters  none alive: start one with `nbqueue cluster`")
+    for c in clusters:
+        print(f"cluster   {c['id'][:8]} pid {c['pid']} on {c['host']}: {c['workers']} "
+              f"{c['executor']} workers, {c['done']} done, {c['failed']} failed, "
+              f"{c['rate']} tasks/s")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="nbqueue", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("cluster", help="run a worker cluster in the foreground")
+    run.add_argument("--directory", help="the store directory (default .nbqueue)")
+    run.add_argument("--workers", type=int, help="worker processes (default: one per CPU)")
+    run.add_argument("--timeout", type=float, help="seconds a task may run")
+    run.add_argument("--retry", type=float, help="seconds before a lost task is re-delivered")
+    run.add_argument("--max-attempts", dest="max_attempts", type=int,
+                     help="deliveries before a task is given up (0 = unlimited)")
+    run.add_argument("--ack-failures", dest="ack_failures", action="store_true",
+                     help="do not re-deliver failed tasks")
+    run.add_argument("--save-limit", dest="save_limit", type=int,
+                     help="successes kept in the store (0 = all)")
+    run.add_argument("--bulk", type=int, help="tasks leased per queue transaction")
+    run.add_argument("--label", help="a name shown in `nbqueue info`")
+    run.add_argument("--grace", type=float, default=10.0,
+                     help="seconds running tasks get to finish on stop (default 10)")
+    run.add_argument("-v", "--verbose", action="store_true", help="log what the cluster does")
+    run.set_defaults(handler=_cluster)
+    info = sub.add_parser("info", help="print queue, running, done and failed counts")
+    info.add_argument("--directory", help="the store directory (default .nbqueue)")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(handler=_info)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False)
+                        else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    try:
+        return args.handler(args)
+    except NbqueueError as exc:
+        print(f"nbqueue: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Every exception nbqueue raises, in one place.
+
+Each class also subclasses the standard exception a user would already catch
+(``ValueError``, ``TimeoutError`` ...), so ``except ValueError`` keeps working.
+Every message says what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class NbqueueError(Exception):
+    """Base class of all nbqueue errors."""
+
+
+class ConfigurationError(NbqueueError, ValueError):
+    """An option of ``configure``, ``Cluster`` or ``async_task`` has a bad value or name."""
+
+
+class TaskFunctionError(NbqueueError, ImportError):
+    """A task function or hook given as a dotted path does not resolve to a callable."""
+
+
+class PackingError(NbqueueError, TypeError):
+    """A task's function, hook or arguments cannot be pickled to cross processes."""
+
+
+class SignatureError(NbqueueError, ValueError):
+    """A queued package is not signed with this store's key (tampered, truncated or foreign)."""
+
+
+class InsecureStoreError(NbqueueError, PermissionError):
+    """The store directory or its key file can be read by other users."""
+
+
+class StoreError(NbqueueError, OSError):
+    """The store cannot be opened, read or written (corrupt, locked or full)."""
+
+
+class TaskTimeout(NbqueueError, TimeoutError):
+    """Raised inside a task that ran past its ``timeout``."""
+
+
+class ClusterError(NbqueueError, RuntimeError):
+    """A cluster cannot be started, or was used in a state that does not allow it."""
+
+
+class NoClusterWarning(UserWarning):
+    """Work was enqueued into a directory that no live cluster serves."""

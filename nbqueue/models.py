@@ -1,0 +1,226 @@
+"""``Task``, ``Success`` and ``Failure``: read-only views of stored outcomes.
+
+A Task wraps one stored record. Its result, args and kwargs are unpickled only
+when read, so listing a group of large results costs little until they are used.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+import cloudpickle
+
+from .store import Record, Store, decode
+
+
+def _default_store(store: Store | None) -> Store:
+    if store is not None:
+        return store
+    from .broker import get_broker
+    return get_broker().store
+
+
+def make_record(header: dict[str, Any], outcome: tuple, attempt: int) -> Record:
+    """The stored record of one attempt of a task: its header plus what the worker returned."""
+    _task_id, success, blob, _started, stopped = outcome
+    return {
+        "id": header["id"], "name": header["name"], "func": header["func"],
+        "hook": header["hook_name"], "args": header["args"], "group": header["group"],
+        "result": blob, "success": success, "started": header["enqueued"],
+        "stopped": stopped, "attempt_count": attempt, "cached": header["cached"],
+        "save": header["save"],
+    }
+
+
+def _when(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc)
+
+
+class Task:
+    """An executed task, as stored. Get one with ``fetch`` or ``Task.get_task``."""
+
+    _success_filter: ClassVar[bool | None] = None
+
+    def __init__(self, record: Record, store: Store | None = None, cached: bool = False):
+        self._record = record
+        self._store = store
+        self._cached = cached
+        self._decoded: dict[str, Any] = {}
+
+    # -- fields ----------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._record["id"]
+
+    @property
+    def name(self) -> str:
+        return self._record["name"]
+
+    @property
+    def func(self) -> str:
+        """The dotted path of the function that ran (``module.qualname`` for an object)."""
+        return self._record["func"]
+
+    @property
+    def hook(self) -> str | None:
+        return self._record["hook"]
+
+    def _arguments(self) -> tuple[tuple, dict]:
+        if "args" not in self._decoded:
+            self._decoded["args"] = cloudpickle.loads(self._record["args"])
+        return self._decoded["args"]
+
+    @property
+    def args(self) -> tuple:
+        return self._arguments()[0]
+
+    @property
+    def kwargs(self) -> dict:
+        return self._arguments()[1]
+
+    @property
+    def result(self) -> Any:
+        """The value the function returned, or for a failure the error and its traceback."""
+        if "result" not in self._decoded:
+            self._decoded["result"] = decode(self._record["result"])
+        return self._decoded["result"]
+
+    @property
+    def started(self) -> datetime:
+        """When the task was enqueued (UTC)."""
+        return _when(self._record["started"])
+
+    @property
+    def stopped(self) -> datetime:
+        """When a worker finished it (UTC)."""
+        return _when(self._record["stopped"])
+
+    @property
+    def success(self) -> bool:
+        return self._record["success"]
+
+    @property
+    def group(self) -> str | None:
+        return self._record["group"]
+
+    @property
+    def attempt_count(self) -> int:
+        return self._record["attempt_count"]
+
+    @property
+    def cached(self) -> bool:
+        """Whether this task was read from the cached part of the store."""
+        return self._cached
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Task) and other._record == self._record
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        state = "success" if self.success else "failure"
+        group = f" group={self.group!r}" if self.group else ""
+        return (f"<{type(self).__name__} {self.name} {self.func} {state}{group} "
+                f"attempts={self.attempt_count} {self.time_taken():.3f}s>")
+
+    # -- methods ---------------------------------------------------------------------
+
+    def time_taken(self) -> float:
+        """Seconds from enqueue to finish, queue time included."""
+        return self._record["stopped"] - self._record["started"]
+
+    def group_result(self, failures: bool = False) -> list[Any] | None:
+        """Results of this task's group; failed ones too with ``failures=True``."""
+        if self.group is None:
+            return None
+        return _group_results(self._part(), self.group, failures)
+
+    def group_count(self, failures: bool = False) -> int:
+        """Successes in this task's group, or failures with ``failures=True``."""
+        if self.group is None:
+            return 0
+        return self._part().count(self.group, failures)
+
+    def group_delete(self, tasks: bool = False) -> int:
+        """Remove the group label from this task's group, or delete its tasks (``tasks=True``)."""
+        if self.group is None:
+            return 0
+        return self._part().delete_group(self.group, tasks)
+
+    def save(self) -> None:
+        """Keep this task in the saved part of the store (turns a cached task into a saved one)."""
+        record = dict(self._record, cached=False, save=True)
+        store = _default_store(self._store)
+        store.saved.write([record])
+        self._record, self._cached = record, False
+
+    def _part(self):
+        return _default_store(self._store).part(self._cached)
+
+    # -- class methods, as in Django Q ------------------------------------------------
+
+    @classmethod
+    def _accepts(cls, record: Record | None) -> bool:
+        return record is not None and (cls._success_filter is None
+                                       or record["success"] == cls._success_filter)
+
+    @classmethod
+    def get_task(cls, task_id: str, cached: bool = False,
+                 store: Store | None = None) -> Task | None:
+        """A stored task by uuid or name, or None."""
+        store = _default_store(store)
+        record = store.part(cached).get(task_id)
+        return cls(record, store, cached) if cls._accepts(record) else None
+
+    @classmethod
+    def get_result(cls, task_id: str, cached: bool = False, store: Store | None = None) -> Any:
+        """A stored task's result by uuid or name, or None."""
+        task = cls.get_task(task_id, cached, store)
+        return None if task is None else task.result
+
+    @classmethod
+    def get_task_group(cls, group_id: str, failures: bool = True, cached: bool = False,
+                       store: Store | None = None) -> list[Task]:
+        """The group's tasks; without the failed ones when ``failures=False``."""
+        store = _default_store(store)
+        records = store.part(cached).group_records(group_id, failures)
+        return [cls(r, store, cached) for r in records if cls._accepts(r)]
+
+    @classmethod
+    def get_result_group(cls, group_id: str, failures: bool = False, cached: bool = False,
+                         store: Store | None = None) -> list[Any]:
+        """The group's results; failed ones too when ``failures=True``."""
+        return [t.result for t in cls.get_task_group(group_id, failures, cached, store)]
+
+    @classmethod
+    def get_group_count(cls, group_id: str, failures: bool = False, cached: bool = False,
+                        store: Store | None = None) -> int:
+        """Successes in the group, or failures when ``failures=True``."""
+        if cls._success_filter is not None:
+            failures = not cls._success_filter
+        return _default_store(store).part(cached).count(group_id, failures)
+
+    @classmethod
+    def delete_group(cls, group_id: str, objects: bool = False, cached: bool = False,
+                     store: Store | None = None) -> int:
+        """Remove a group label; with ``objects=True`` delete the group's tasks too."""
+        return _default_store(store).part(cached).delete_group(group_id, objects)
+
+
+class Success(Task):
+    """The successful tasks only."""
+
+    _success_filter = True
+
+
+class Failure(Task):
+    """The failed tasks only."""
+
+    _success_filter = False
+
+
+def _group_results(part, group: str, failures: bool) -> list[Any]:
+    return [decode(r["result"]) for r in part.group_records(group, failures)]

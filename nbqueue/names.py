@@ -1,0 +1,61 @@
+"""Readable task names: a humanized form of the task's uuid, like ``"four-alpha-india-bacon"``.
+
+The 16 bytes of the uuid are folded into 4 by xor and each byte picks one of 256
+words. Names are for people; like Django Q's they are not guaranteed unique
+(2**32 of them), so the store maps a name to the newest task that bears it.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+WORDS = (
+    "acorn", "alaska", "alpha", "amber", "anchor", "angel", "apple", "april", "arctic",
+    "arrow", "aspen", "atlas", "august", "autumn", "avocado", "badger", "bacon", "balloon",
+    "bamboo", "banana", "barley", "basil", "beacon", "beaver", "berry", "bison", "black",
+    "blossom", "blue", "bravo", "breeze", "bridge", "bronze", "bubble", "buffalo", "butter",
+    "cabin", "cactus", "camel", "candle", "canyon", "carbon", "cardinal", "carrot",
+    "castle", "cedar", "charlie", "cherry", "chess", "cider", "cinnamon", "circle",
+    "citrus", "cobalt", "cocoa", "coffee", "comet", "copper", "coral", "cotton", "cougar",
+    "crane", "crystal", "cricket", "daisy", "delta", "desert", "diamond", "dolphin",
+    "donut", "dragon", "dune", "eagle", "earth", "east", "echo", "eight", "eleven", "elm",
+    "ember", "emerald", "falcon", "fennel", "fern", "fifteen", "finch", "fig", "five",
+    "flint", "forest", "four", "fox", "foxtrot", "frost", "galaxy", "garden", "garlic",
+    "gecko", "ginger", "glacier", "golf", "granite", "grape", "gravel", "green", "grey",
+    "hammer", "harbor", "hawk", "hazel", "helium", "heron", "honey", "hotel", "hydrogen",
+    "india", "indigo", "iris", "iron", "island", "ivory", "jade", "jasmine", "jelly",
+    "juliet", "july", "jungle", "jupiter", "kayak", "kettle", "kilo", "kiwi", "koala",
+    "lagoon", "lake", "lantern", "lava", "lemon", "leopard", "lima", "lilac", "lime",
+    "lion", "lithium", "lotus", "lunar", "magnet", "mango", "maple", "marble", "mars",
+    "meadow", "melon", "mercury", "mike", "mint", "mocha", "monkey", "moon", "moss",
+    "mountain", "nectar", "neon", "neptune", "nickel", "nine", "north", "november", "oak",
+    "oasis", "ocean", "october", "olive", "onyx", "opal", "orange", "orbit", "orchid",
+    "oscar", "otter", "owl", "oyster", "panda", "papa", "parrot", "peach", "pearl",
+    "pebble", "pepper", "pilot", "pine", "planet", "plum", "polar", "poppy", "prism",
+    "puffin", "quartz", "quebec", "rabbit", "radar", "raven", "red", "river", "robin",
+    "rocket", "romeo", "ruby", "saffron", "sage", "salmon", "sapphire", "saturn", "seven",
+    "sierra", "silver", "six", "sky", "slate", "snow", "solar", "south", "sparrow",
+    "spruce", "star", "stone", "sugar", "summer", "sun", "swan", "tango", "ten", "thunder",
+    "tiger", "topaz", "tulip", "tundra", "two", "uniform", "valley", "vanilla", "velvet",
+    "venus", "victor", "violet", "walnut", "west", "whiskey", "willow", "winter", "wolf",
+    "xray", "yankee", "yellow", "zebra", "zulu",
+)
+
+
+def humanize(task_id: str, words: int = 4) -> str:
+    """The name of the task with uuid ``task_id``."""
+    raw = uuid.UUID(task_id).bytes
+    size = len(raw) // words
+    picks = []
+    for i in range(words):
+        folded = 0
+        for byte in raw[i * size:(i + 1) * size]:
+            folded ^= byte
+        picks.append(WORDS[folded])
+    return "-".join(picks)
+
+
+def new_task_id() -> tuple[str, str]:
+    """A fresh ``(uuid, name)`` pair."""
+    task_id = str(uuid.uuid4())
+    return task_id, humanize(task_id)

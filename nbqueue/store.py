@@ -1,0 +1,291 @@
+"""Task outcomes on disk: a saved part (kept) and a cached part (expiring), over diskcache.
+
+Each part keeps, in one diskcache Cache:
+
+- ``task_id -> record`` (a dict; the result inside is pickled bytes, decoded on read),
+- ``("n", name) -> task_id`` so every lookup also takes the humanized name,
+- group membership as pages of at most ``PAGE`` ids, ``("g", group, i)``, plus the
+  page count ``("gp", group)``: adding a result rewrites at most one small page, so
+  grouping costs the same for the 10th and the 100,000th task,
+- per group success/failure counters ``("gc", group, success)``, so ``count_group`` of
+  the saved part is two reads whatever the group's size,
+- store-wide totals ``("t", success)`` and, when ``save_limit`` is set, a queue of
+  success ids, oldest first, to prune from.
+
+The cached part keeps the same layout with an expiry on every key; its counts are
+taken by reading the group (records expire one by one, counters could not follow).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+import uuid
+from collections import defaultdict
+from typing import Any, Callable, Iterable
+
+import cloudpickle
+
+from .broker import open_cache
+
+PAGE = 256
+Record = dict[str, Any]
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return True
+
+
+def decode(blob: Any) -> Any:
+    """The Python value of a pickled result (pickled by the worker, or a failure's text)."""
+    if isinstance(blob, (bytes, bytearray)):
+        return cloudpickle.loads(blob)
+    return blob
+
+
+def encode(value: Any) -> bytes:
+    """Pickle a value for the store: plain pickle, or cloudpickle for lambdas and the like."""
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class Part:
+    """One half of the store (see the module docstring for the layout)."""
+
+    def __init__(self, path: str, expiring: bool) -> None:
+        self.expiring = expiring
+        self._cache = open_cache(path)
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def write(self, records: list[Record], save_limit: int = 0) -> None:
+        """Store records in one transaction, replacing earlier outcomes of the same tasks."""
+        cache = self._cache
+        joined: dict[str, list[str]] = defaultdict(list)
+        expires: dict[str, float | None] = {}
+        with cache.transact(retry=True):
+            for record in records:
+                task_id, group, success = record["id"], record["group"], record["success"]
+                expire = self._expire(record)
+                old = cache.get(task_id)
+                cache.set(task_id, record, expire=expire)
+                cache.set(("n", record["name"]), task_id, expire=expire)
+                if old is not None:
+                    self._count(old["group"], old["success"], -1)
+                if group is not None:
+                    if old is None or old["group"] != group:
+                        joined[group].append(task_id)
+                    expires[group] = expire
+                self._count(group, success, 1)
+                if success and save_limit > 0 and not self.expiring and (
+                        old is None or not old["success"]):
+                    cache.push(task_id, prefix="s")
+            for group, ids in joined.items():
+                self._append(group, ids, expires[group])
+            if save_limit > 0 and not self.expiring:
+                self._prune(save_limit)
+
+    def _expire(self, record: Record) -> float | None:
+        cached = record.get("cached")
+        if not self.expiring or cached is True:
+            return None
+        return float(cached)
+
+    def _count(self, group: str | None, success: bool, delta: int) -> None:
+        if self.expiring:
+            return
+        self._cache.incr(("t", success), delta)
+        if group is not None:
+            self._cache.incr(("gc", group, success), delta)
+
+    def _append(self, group: str, ids: list[str], expire: float | None) -> None:
+        cache = self._cache
+        pages = cache.get(("gp", group), 0)
+        page = cache.get(("g", group, pages - 1), None) if pages else None
+        if page is None or len(page) >= PAGE:
+            page, pages = [], pages + 1
+        while ids:
+            room = PAGE - len(page)
+            page.extend(ids[:room])
+            ids = ids[room:]
+            cache.set(("g", group, pages - 1), page, expire=expire)
+            if ids:
+                page, pages = [], pages + 1
+        cache.set(("gp", group), pages, expire=expire)
+
+    def _prune(self, save_limit: int) -> None:
+        cache = self._cache
+        while cache.get(("t", True), 0) > save_limit:
+            key, task_id = cache.pull(prefix="s")
+            if key is None:
+                break
+            record = cache.get(task_id)
+            if record is not None and record["success"]:
+                self._delete(record)
+
+    def _delete(self, record: Record) -> None:
+        cache = self._cache
+        cache.delete(record["id"])
+        if cache.get(("n", record["name"])) == record["id"]:
+            cache.delete(("n", record["name"]))
+        self._count(record["group"], record["success"], -1)
+
+    def get(self, task_id: str) -> Record | None:
+        """The record of a task by uuid or name, or None."""
+        cache = self._cache
+        record = cache.get(task_id)
+        if record is None and not _is_uuid(task_id):
+            real_id = cache.get(("n", task_id))
+            if real_id is not None:
+                record = cache.get(real_id)
+        return record
+
+    def records(self, task_ids: list[str]) -> list[Record | None]:
+        """The records of many tasks by uuid, in one read transaction."""
+        get = self._cache.get
+        with self._cache.transact(retry=True):
+            return [get(task_id) for task_id in task_ids]
+
+    def write_manifest(self, iter_id: str, manifest: dict[str, Any]) -> None:
+        """Remember which tasks, in which order, make up an ``async_iter``."""
+        cached = manifest.get("cached")
+        expire = None if not self.expiring or cached is True else float(cached)
+        self._cache.set(("iter", iter_id), manifest, expire=expire, retry=True)
+
+    def manifest(self, iter_id: str) -> dict[str, Any] | None:
+        return self._cache.get(("iter", iter_id))
+
+    def group_ids(self, group: str) -> list[str]:
+        cache = self._cache
+        ids: list[str] = []
+        for i in range(cache.get(("gp", group), 0)):
+            ids.extend(cache.get(("g", group, i), ()))
+        return ids
+
+    def group_records(self, group: str, failures: bool = True) -> list[Record]:
+        """The group's records, in the order their first outcome was stored."""
+        cache = self._cache
+        records = []
+        with cache.transact(retry=True):  # one read snapshot, and ~3x faster than one by one
+            for task_id in self.group_ids(group):
+                record = cache.get(task_id)
+                if record is not None and record["group"] == group and (
+                        failures or record["success"]):
+                    records.append(record)
+        return records
+
+    def count(self, group: str, failures: bool = False) -> int:
+        """Successes in the group, or failures when ``failures`` is True."""
+        if self.expiring:
+            return sum(1 for r in self.group_records(group) if r["success"] != failures)
+        return self._cache.get(("gc", group, not failures), 0)
+
+    def totals(self) -> tuple[int, int]:
+        """(successes, failures) stored in this part (the cached part does not count)."""
+        return self._cache.get(("t", True), 0), self._cache.get(("t", False), 0)
+
+    def delete(self, task_id: str) -> bool:
+        """Delete one task by uuid or name; return whether it was there."""
+        with self._cache.transact(retry=True):
+            record = self.get(task_id)
+            if record is None:
+                return False
+            self._delete(record)
+        return True
+
+    def delete_group(self, group: str, tasks: bool = False) -> int:
+        """Forget a group: drop its label from its tasks, or delete them with ``tasks=True``."""
+        cache = self._cache
+        touched = 0
+        with cache.transact(retry=True):
+            for task_id in self.group_ids(group):
+                record = cache.get(task_id)
+                if record is None or record["group"] != group:
+                    continue
+                touched += 1
+                if tasks:
+                    self._delete(record)
+                else:
+                    self._count(group, record["success"], -1)
+                    self._count(None, record["success"], 1)  # totals unchanged overall
+                    record["group"] = None
+                    cache.set(task_id, record, expire=self._expire(record))
+            for i in range(cache.get(("gp", group), 0)):
+                cache.delete(("g", group, i))
+            for key in (("gp", group), ("gc", group, True), ("gc", group, False)):
+                cache.delete(key)
+        return touched
+
+
+class Store:
+    """The saved and cached outcomes of one store directory."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.saved = Part(os.path.join(directory, "results"), expiring=False)
+        self.cached = Part(os.path.join(directory, "cache"), expiring=True)
+        self._changed = threading.Condition()
+
+    def close(self) -> None:
+        self.saved.close()
+        self.cached.close()
+
+    def part(self, cached: bool) -> Part:
+        return self.cached if cached else self.saved
+
+    def save(self, records: Iterable[Record], save_limit: int = 0) -> None:
+        """Store outcomes where each one belongs and wake local waiters.
+
+        A record with ``cached`` goes to the cached part; a success with ``save``
+        False, or any success when ``save_limit`` is -1, is not kept (its hook still
+        runs); failures are always kept.
+        """
+        saved, cached = [], []
+        for record in records:
+            if record.get("cached"):
+                cached.append(record)
+            elif record["success"] and (record.get("save") is False or save_limit < 0):
+                continue
+            else:
+                saved.append(record)
+        if saved:
+            self.saved.write(saved, save_limit)
+        if cached:
+            self.cached.write(cached)
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait(self, ready: Callable[[], Any], wait_ms: int | float | None) -> Any:
+        """Call ``ready()`` until it returns something truthy or ``wait_ms`` runs out.
+
+        ``wait_ms`` is in milliseconds, -1 waits forever. Local writes wake the waiter
+        at once; writes by other processes are seen by polling (0.5 ms, growing to 10 ms).
+        """
+        value = ready()
+        if value or not wait_ms:
+            return value
+        deadline = None if wait_ms < 0 else time.monotonic() + wait_ms / 1000
+        pause = 0.0005
+        while True:
+            if deadline is None:
+                step = pause
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return ready()
+                step = min(pause, left)
+            with self._changed:
+                self._changed.wait(step)
+            value = ready()
+            if value:
+                return value
+            pause = min(pause * 1.5, 0.01)

@@ -1,0 +1,483 @@
+"""The Tasks API: put work in the queue and read outcomes back, from any process.
+
+``async_task`` checks its input, pickles and signs one package and pushes it; it
+never imports the cluster. Everything that reads (``result``, ``fetch``, groups)
+goes to the store of the same directory and may wait, in milliseconds as in
+Django Q: 0 = do not wait, -1 = wait forever.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import uuid
+import warnings
+from typing import Any, Callable, Iterable
+
+import cloudpickle
+
+from . import conf, signing
+from .broker import Broker, get_broker
+from .errors import ConfigurationError, NoClusterWarning, PackingError, TaskFunctionError
+from .models import Task, _group_results, make_record
+from .names import new_task_id
+from .store import decode
+from .worker import execute, resolve
+
+OPTIONS = ("hook", "group", "save", "timeout", "ack_failure", "sync", "cached", "broker",
+           "task_name", "max_attempts", "q_options")
+_UNSET: Any = conf._UNSET
+
+
+def _callable_name(func: Callable[..., Any]) -> str:
+    module = getattr(func, "__module__", None) or "?"
+    qualname = getattr(func, "__qualname__", None) or type(func).__name__
+    return f"{module}.{qualname}"
+
+
+def _check_callable(what: str, value: Any) -> tuple[str, str | None]:
+    """(display name, dotted path or None) of a function or hook given by the user."""
+    if isinstance(value, str):
+        resolve(value)  # raises TaskFunctionError at the call, not later in a worker
+        return value, value
+    if callable(value):
+        return _callable_name(value), None
+    raise TypeError(f"{what} must be a callable or a dotted path string like "
+                    f"'math.floor', got {type(value).__name__}")
+
+
+def _pickle(what: str, value: Any) -> bytes:
+    try:
+        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise PackingError(f"{what} cannot be pickled to reach the worker processes: "
+                           f"{type(exc).__name__}: {exc}. Pass plain data (or a path to a "
+                           "file) instead, or create the object inside the task") from exc
+
+
+def _pickle_arguments(args: tuple, kwargs: dict) -> bytes:
+    try:
+        return cloudpickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        for i, arg in enumerate(args):
+            _pickle(f"positional argument {i} ({type(arg).__name__})", arg)
+        for name, arg in kwargs.items():
+            _pickle(f"keyword argument {name!r} ({type(arg).__name__})", arg)
+        raise
+
+
+def _split_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take the options out of ``kwargs``; q_options, when given, is the only source."""
+    if "q_options" in kwargs:
+        options = kwargs.pop("q_options")
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise ConfigurationError(f"q_options must be a dict of options, got "
+                                     f"{type(options).__name__}")
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ConfigurationError(f"unknown option(s) in q_options: {', '.join(unknown)}; "
+                                     f"the options are: {', '.join(OPTIONS[:-1])}")
+        return dict(options)
+    return {name: kwargs.pop(name) for name in OPTIONS if name in kwargs}
+
+
+def _checked(options: dict[str, Any], settings: conf.Settings) -> dict[str, Any]:
+    """Validate per-task options and fill in the defaults."""
+    group = options.get("group")
+    if group is not None and not isinstance(group, str):
+        raise ConfigurationError(f"option 'group' must be a string, got {group!r}")
+    task_name = options.get("task_name")
+    if task_name is not None and (not isinstance(task_name, str) or not task_name):
+        raise ConfigurationError(f"option 'task_name' must be a non-empty string, got "
+                                 f"{task_name!r}")
+    for name in ("save", "ack_failure", "sync"):
+        value = options.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise ConfigurationError(f"option {name!r} must be True, False or None, got "
+                                     f"{value!r}")
+    conf.check_timeout("timeout", options.get("timeout"))
+    cached = options.get("cached")
+    cached = settings.cached if cached is None else cached
+    conf.check_cached("cached", cached)
+    if options.get("max_attempts") is not None:
+        conf.check_max_attempts("max_attempts", options["max_attempts"])
+    broker = options.get("broker")
+    if broker is not None and not isinstance(broker, Broker):
+        raise ConfigurationError(f"option 'broker' must come from get_broker(), got "
+                                 f"{type(broker).__name__}")
+    sync = options.get("sync")
+    return dict(options, cached=cached, sync=settings.sync if sync is None else sync,
+                broker=broker or get_broker())
+
+
+def _package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
+             broker: Broker) -> tuple[dict[str, Any], bytes]:
+    """The header and signed package of one task."""
+    func_name, func_ref = _check_callable("the task function", func)
+    hook = options.get("hook")
+    hook_name = hook_ref = hook_bytes = None
+    if hook is not None:
+        hook_name, hook_ref = _check_callable("option 'hook'", hook)
+    task_id, name = new_task_id()
+    if hook is not None and hook_ref is None:
+        if broker.has_local_consumer or options["sync"]:
+            broker.local_hooks[task_id] = hook  # called as this very object
+        else:
+            hook_bytes = _pickle("option 'hook'", hook)
+    header = {
+        "id": task_id, "name": options.get("task_name") or name, "func": func_name,
+        "func_ref": func_ref,
+        "func_bytes": None if func_ref is not None else _pickle("the task function", func),
+        "args": _pickle_arguments(args, kwargs), "hook_name": hook_name, "hook_ref": hook_ref,
+        "hook_bytes": hook_bytes, "group": options.get("group"), "save": options.get("save"),
+        "cached": options["cached"], "timeout": options.get("timeout"),
+        "ack_failure": options.get("ack_failure"), "max_attempts": options.get("max_attempts"),
+        "enqueued": time.time(), "iter": options.get("iter"),
+    }
+    return header, signing.pack(broker.key, header)
+
+
+def _warn_if_unserved(broker: Broker) -> None:
+    if broker.warned_no_cluster:
+        return
+    broker.warned_no_cluster = True
+    if not broker.has_local_consumer and not broker.clusters():
+        warnings.warn(NoClusterWarning(
+            f"no nbqueue cluster is serving {broker.directory}, so this task waits in the "
+            "queue. Start one in this kernel with `nbqueue.Cluster().start()`, or in a "
+            f"terminal with `nbqueue cluster --directory {broker.directory}`"), stacklevel=3)
+
+
+def run_hook(hook: Any, task: Task, logger: Any = None) -> None:
+    """Call a hook with the finished task; a failing hook is logged, never raised."""
+    try:
+        hook(task)
+    except Exception:
+        import logging
+        (logger or logging.getLogger("nbqueue")).exception(
+            "hook %r of task %s (%s) raised; the task's outcome is stored all the same",
+            getattr(hook, "__name__", hook), task.name, task.id)
+
+
+def find_hook(broker: Broker, header: dict[str, Any], final: bool = True) -> Any:
+    """The hook of a task as something to call, or None.
+
+    A hook given as an object in this process is returned as that very object; it is
+    forgotten after the task's final outcome.
+    """
+    hooks = broker.local_hooks
+    hook = hooks.pop(header["id"], None) if final else hooks.get(header["id"])
+    if hook is not None:
+        return hook
+    if header["hook_ref"] is not None:
+        return resolve(header["hook_ref"])
+    if header["hook_bytes"] is not None:
+        return cloudpickle.loads(header["hook_bytes"])
+    return None
+
+
+def _run_inline(header: dict[str, Any], func: Any, broker: Broker,
+                settings: conf.Settings) -> None:
+    """``sync=True``: run the task here, through the same steps a cluster takes."""
+    item = (header["id"], header["func_ref"], header["func_bytes"], header["args"],
+            header["timeout"])
+    outcome = execute(item, func=None if isinstance(func, str) else func)
+    record = make_record(header, outcome, attempt=1)
+    broker.store.save([record], settings.save_limit)
+    try:
+        hook = find_hook(broker, header)
+    except Exception as exc:
+        import logging
+        logging.getLogger("nbqueue").error("hook of task %s cannot be loaded: %s",
+                                           header["id"], exc)
+        return
+    if hook is not None:
+        run_hook(hook, Task(record, broker.store, bool(header["cached"])))
+
+
+def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
+    """Put a task in the queue and return its id at once.
+
+    ``func`` is a callable (lambdas and notebook functions too) or a dotted path.
+    Options (never passed to ``func``): ``hook, group, save, timeout, ack_failure, sync,
+    cached, broker, task_name, max_attempts``, or all of them in one dict ``q_options``,
+    which then is the only source of options. Every other keyword goes to ``func``.
+
+    Raises TaskFunctionError for a dotted path that does not resolve, PackingError for
+    arguments that cannot be pickled, ConfigurationError for a bad option, at the call.
+    """
+    options = _checked(_split_options(kwargs), conf.settings())
+    broker = options["broker"]
+    header, package = _package(func, args, kwargs, options, broker)
+    if options["sync"]:
+        _run_inline(header, func, broker, conf.settings())
+    else:
+        broker.enqueue(package)
+        _warn_if_unserved(broker)
+    return header["id"]
+
+
+def _store(broker: Broker | None = None):
+    return (broker or get_broker()).store
+
+
+def _check_wait(wait: Any) -> None:
+    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or (wait < 0 and wait != -1):
+        raise ConfigurationError(f"wait must be milliseconds >= 0, or -1 to wait forever; "
+                                 f"got {wait!r}")
+
+
+def fetch(task_id: str, wait: int = 0, cached: bool = False,
+          broker: Broker | None = None) -> Task | None:
+    """The finished task by uuid or name, or None if it has not finished (after ``wait`` ms)."""
+    _check_wait(wait)
+    store = _store(broker)
+    part = store.part(cached)
+    record = store.wait(lambda: part.get(task_id) or _iter_record(part, task_id), wait)
+    return None if record is None else Task(record, store, cached)
+
+
+def result(task_id: str, wait: int = 0, cached: bool = False,
+           broker: Broker | None = None) -> Any:
+    """The result of a task by uuid or name; None until it has finished.
+
+    ``wait`` is in milliseconds; -1 waits until the task has finished, whatever it
+    returned (None, 0 and [] included). A failed task's result is its error text.
+    """
+    task = fetch(task_id, wait, cached, broker)
+    return None if task is None else task.result
+
+
+def _group_ready(part, group_id: str, failures: bool, count: int | None) -> bool:
+    if count is None:
+        return part.count(group_id, failures=False) > 0 or (
+            failures and part.count(group_id, failures=True) > 0)
+    return part.count(group_id, False) + part.count(group_id, True) >= count
+
+
+def result_group(group_id: str, failures: bool = False, wait: int = 0,
+                 count: int | None = None, cached: bool = False,
+                 broker: Broker | None = None) -> list[Any] | None:
+    """The results of a group, or None while it has none.
+
+    With ``count``, waits (up to ``wait`` ms) until that many tasks of the group have
+    finished, failed ones included, so a failure cannot make the wait hang.
+    """
+    _check_wait(wait)
+    part = _store(broker).part(cached)
+    _store(broker).wait(lambda: _group_ready(part, group_id, failures, count), wait)
+    results = _group_results(part, group_id, failures)
+    return results or None
+
+
+def fetch_group(group_id: str, failures: bool = True, wait: int = 0,
+                count: int | None = None, cached: bool = False,
+                broker: Broker | None = None) -> list[Task] | None:
+    """The tasks of a group (or None while it has none); see ``result_group`` for ``count``."""
+    _check_wait(wait)
+    store = _store(broker)
+    part = store.part(cached)
+    store.wait(lambda: _group_ready(part, group_id, failures, count), wait)
+    tasks = Task.get_task_group(group_id, failures, cached, store)
+    return tasks or None
+
+
+def count_group(group_id: str, failures: bool = False, cached: bool = False,
+                broker: Broker | None = None) -> int:
+    """How many tasks of the group succeeded, or failed with ``failures=True``."""
+    return _store(broker).part(cached).count(group_id, failures)
+
+
+def delete_group(group_id: str, tasks: bool = False, cached: bool = False,
+                 broker: Broker | None = None) -> int:
+    """Remove a group label from its tasks, or delete them with ``tasks=True``; return how many."""
+    return _store(broker).part(cached).delete_group(group_id, tasks)
+
+
+def delete_cached(task_id: str, broker: Broker | None = None) -> bool:
+    """Delete a task from the cached part of the store; return whether it was there."""
+    return _store(broker).cached.delete(task_id)
+
+
+def queue_size(broker: Broker | None = None) -> int:
+    """How many tasks wait in the queue (not counting those being run)."""
+    return (broker or get_broker()).size()
+
+
+# -- async_iter ----------------------------------------------------------------------
+
+def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
+               **kwargs: Any) -> str:
+    """Run ``func`` once per item of ``args_iter``; ``result(iter_id)`` gives the results in
+    input order once all have finished. A tuple item is spread as positional arguments.
+
+    Takes the options of ``async_task`` (``hook`` excepted); returns the iter id.
+    """
+    options = _checked(_split_options(kwargs), conf.settings())
+    if options.get("hook") is not None:
+        raise ConfigurationError("async_iter takes no hook; use async_task with a group "
+                                 "for a hook per task")
+    broker = options["broker"]
+    iter_id = str(uuid.uuid4())
+    options = dict(options, group=options.get("group") or iter_id, save=True,
+                   iter=iter_id)
+    headers, packages = [], []
+    for item in args_iter:
+        args = item if isinstance(item, tuple) else (item,)
+        header, package = _package(func, args, dict(kwargs), options, broker)
+        headers.append(header)
+        packages.append(package)
+    part = broker.store.part(bool(options["cached"]))
+    part.write_manifest(iter_id, {
+        "id": iter_id, "group": options["group"], "ids": [h["id"] for h in headers],
+        "func": headers[0]["func"] if headers else _check_callable("the task function",
+                                                                  func)[0],
+        "enqueued": time.time(), "cached": options["cached"]})
+    if options["sync"]:
+        for header in headers:
+            _run_inline(header, func, broker, conf.settings())
+    else:
+        broker.enqueue_many(packages)
+        _warn_if_unserved(broker)
+    return iter_id
+
+
+def _iter_record(part, iter_id: str) -> dict[str, Any] | None:
+    """The combined record of an async_iter once all its tasks have finished, else None."""
+    manifest = part.manifest(iter_id)
+    if manifest is None:
+        return None
+    records = part.records(manifest["ids"])
+    if any(r is None for r in records):
+        return None
+    values = [decode(r["result"]) for r in records]
+    return {
+        "id": iter_id, "name": iter_id, "func": manifest["func"], "hook": None,
+        "args": cloudpickle.dumps(((), {})), "group": manifest["group"],
+        "result": pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
+        if _picklable(values) else cloudpickle.dumps(values),
+        "success": all(r["success"] for r in records), "started": manifest["enqueued"],
+        "stopped": max((r["stopped"] for r in records), default=manifest["enqueued"]),
+        "attempt_count": max((r["attempt_count"] for r in records), default=0),
+        "cached": manifest["cached"], "save": True,
+    }
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        pickle.dumps(value)
+    except Exception:
+        return False
+    return True
+
+
+# -- AsyncTask -----------------------------------------------------------------------
+
+class AsyncTask:
+    """The ``async_task`` call as an object: set it up, ``run()`` it, read its result.
+
+    Changing ``func``, ``args``, ``kwargs`` or any option after ``run()`` invalidates
+    the result: ``result()`` and ``fetch()`` return None until it is run again.
+    """
+
+    def __init__(self, func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> None:
+        self.id: str | None = None
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self._ran_with: tuple | None = None
+
+    def _snapshot(self) -> tuple:
+        options = self.kwargs.get("q_options")
+        return (self.func, self.args, dict(self.kwargs),
+                dict(options) if isinstance(options, dict) else options)
+
+    @staticmethod
+    def _same(a: tuple, b: tuple) -> bool:
+        def same_dict(x: Any, y: Any) -> bool:
+            if not isinstance(x, dict) or not isinstance(y, dict):
+                return x is y
+            return x.keys() == y.keys() and all(x[k] is y[k] for k in x)
+        return (a[0] is b[0] and a[1] is b[1] and same_dict(a[2], b[2])
+                and same_dict(a[3], b[3]))
+
+    @property
+    def started(self) -> bool:
+        """Whether the task has been run with its current parameters."""
+        return self._ran_with is not None and self._same(self._ran_with, self._snapshot())
+
+    def _get_option(self, name: str) -> Any:
+        options = self.kwargs.get("q_options")
+        if isinstance(options, dict):
+            return options.get(name)
+        return self.kwargs.get(name)
+
+    def _set_option(self, name: str, value: Any) -> None:
+        options = self.kwargs.get("q_options")
+        if isinstance(options, dict):
+            self.kwargs["q_options"] = dict(options, **{name: value})
+        else:
+            self.kwargs[name] = value
+
+    def run(self) -> str:
+        """Send the task to the cluster (or run it, with ``sync``); return its id."""
+        snapshot = self._snapshot()
+        self.id = async_task(self.func, *self.args, **dict(self.kwargs))
+        self._ran_with = snapshot
+        return self.id
+
+    def result(self, wait: int = 0) -> Any:
+        """The result, or None if the task has not run with the current parameters."""
+        if not self.started:
+            return None
+        return result(self.id, wait, cached=bool(self.cached), broker=self.broker)
+
+    def fetch(self, wait: int = 0) -> Task | None:
+        """The finished Task, or None if it has not run with the current parameters."""
+        if not self.started:
+            return None
+        return fetch(self.id, wait, cached=bool(self.cached), broker=self.broker)
+
+    def result_group(self, failures: bool = False, wait: int = 0,
+                     count: int | None = None) -> list[Any] | None:
+        """Results of this task's group (see ``result_group``)."""
+        if self.group is None or not self.started:
+            return None
+        return result_group(self.group, failures, wait, count, cached=bool(self.cached),
+                            broker=self.broker)
+
+    def fetch_group(self, failures: bool = True, wait: int = 0,
+                    count: int | None = None) -> list[Task] | None:
+        """Tasks of this task's group (see ``fetch_group``)."""
+        if self.group is None or not self.started:
+            return None
+        return fetch_group(self.group, failures, wait, count, cached=bool(self.cached),
+                           broker=self.broker)
+
+    def __repr__(self) -> str:
+        func = self.func if isinstance(self.func, str) else _callable_name(self.func)
+        state = f"id={self.id}" if self.started else "not run with these parameters"
+        return f"<AsyncTask {func} {state}>"
+
+
+def _option_property(name: str, doc: str) -> property:
+    return property(lambda self: self._get_option(name),
+                    lambda self, value: self._set_option(name, value), doc=doc)
+
+
+for _name, _doc in (("broker", "Optional broker from get_broker()."),
+                    ("sync", "Run inline instead of in the cluster."),
+                    ("save", "Overrides the global save setting."),
+                    ("hook", "Called with the finished Task."),
+                    ("group", "Optional group label."),
+                    ("cached", "True or seconds: keep the result in the cached part."),
+                    ("timeout", "Seconds the task may run."),
+                    ("ack_failure", "Overrides the ack_failures setting."),
+                    ("task_name", "Overrides the generated name."),
+                    ("max_attempts", "Overrides the max_attempts setting.")):
+    setattr(AsyncTask, _name, _option_property(_name, _doc))
+
+__all__ = ["async_task", "async_iter", "result", "fetch", "result_group", "fetch_group",
+           "count_group", "delete_group", "delete_cached", "queue_size", "AsyncTask"]

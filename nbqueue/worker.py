@@ -1,0 +1,211 @@
+"""What runs a task: inside a loky worker process, or inline for ``sync=True``.
+
+This module is shipped to worker processes, so it imports nothing heavy and no
+other part of nbqueue but its errors.
+
+Timeouts are a small arm/cancel strategy in two tiers:
+
+1. the worker arms ``SIGALRM`` for the task's timeout; the handler raises
+   ``TaskTimeout`` in the task, which interrupts Python code, ``time.sleep`` and
+   blocking system calls, and the worker lives on;
+2. code that holds the GIL in C never sees that signal, so each worker also writes
+   what it runs, and until when, into a 64-byte *slot* (a shared-memory file). The
+   cluster reads the slots every 100 ms and SIGKILLs a worker still on the same
+   task a grace period after its deadline; a signal cannot stop C code, a kill can.
+"""
+
+from __future__ import annotations
+
+import importlib
+import mmap
+import os
+import pickle
+import signal
+import struct
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+import cloudpickle
+
+from .errors import TaskFunctionError, TaskTimeout
+
+# seq (odd while writing), started, deadline (0 = none), task id
+SLOT = struct.Struct("<Qdd40s")
+
+Item = tuple  # (task_id, func_ref, func_bytes, args_bytes, timeout)
+Outcome = tuple  # (task_id, success, result_blob, started, stopped)
+
+_resolved: dict[str, Callable[..., Any]] = {}
+
+
+def resolve(path: str) -> Callable[..., Any]:
+    """The callable named by a dotted path like ``"math.copysign"``.
+
+    Raises TaskFunctionError (an ImportError) saying what did not resolve.
+    """
+    func = _resolved.get(path)
+    if func is not None:
+        return func
+    parts = path.split(".")
+    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        raise TaskFunctionError(f"{path!r} is not a dotted path like 'package.module.function'")
+    error: Exception | None = None
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError as exc:
+            if error is None:
+                error = exc
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError as exc:
+            raise TaskFunctionError(f"cannot resolve {path!r}: {exc}") from None
+        if not callable(obj):
+            raise TaskFunctionError(f"{path!r} resolves to a {type(obj).__name__}, "
+                                    "which is not callable")
+        _resolved[path] = obj
+        return obj
+    raise TaskFunctionError(f"cannot resolve {path!r}: {error}")
+
+
+def failure_text(exc: BaseException) -> str:
+    """A failure's stored result: the error on the first line, then the traceback."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]
+    summary = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    if not frames:
+        return summary
+    return (summary + "\n\nTraceback (most recent call last):\n"
+            + "".join(traceback.format_list(frames)) + summary)
+
+
+class _Alarm:
+    """Tier 1 of timeouts: SIGALRM raising TaskTimeout, in the main thread only."""
+
+    def __init__(self) -> None:
+        self.fired = False
+        self.seconds = 0.0
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.fired = True
+        raise TaskTimeout(f"timed out after {self.seconds:g} s")
+
+    def arm(self, seconds: float | None) -> bool:
+        self.fired = False
+        if not seconds or threading.current_thread() is not threading.main_thread():
+            return False
+        self.seconds = seconds
+        signal.signal(signal.SIGALRM, self._handler)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        return True
+
+    @staticmethod
+    def cancel() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+class Slot:
+    """This worker's shared-memory record of the task it runs (tier 2 of timeouts)."""
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(fd, SLOT.size)
+            self._map = mmap.mmap(fd, SLOT.size)
+        finally:
+            os.close(fd)
+        self._seq = 0
+
+    def mark(self, task_id: str, started: float, deadline: float) -> None:
+        self._seq += 1
+        SLOT.pack_into(self._map, 0, self._seq, started, deadline, task_id.encode())
+        self._seq += 1
+        struct.pack_into("<Q", self._map, 0, self._seq)
+
+    def clear(self) -> None:
+        self.mark("", 0.0, 0.0)
+
+
+def read_slot(path: str) -> tuple[str, float, float] | None:
+    """(task_id, started, deadline) of the task a worker runs now, or None when idle."""
+    try:
+        with open(path, "rb") as src:
+            for _ in range(3):
+                data = src.read(SLOT.size)
+                if len(data) < SLOT.size:
+                    return None
+                seq, started, deadline, raw = SLOT.unpack(data)
+                if seq % 2 == 0:
+                    task_id = raw.rstrip(b"\0").decode()
+                    return (task_id, started, deadline) if task_id else None
+                src.seek(0)
+    except OSError:
+        return None
+    return None
+
+
+_alarm = _Alarm()
+_slots: dict[str, Slot] = {}
+
+
+def _slot(slot_dir: str | None) -> Slot | None:
+    if slot_dir is None:
+        return None
+    slot = _slots.get(slot_dir)
+    if slot is None:
+        slot = _slots[slot_dir] = Slot(os.path.join(slot_dir, str(os.getpid())))
+    return slot
+
+
+def execute(item: Item, slot: Slot | None = None,
+            func: Callable[..., Any] | None = None) -> Outcome:
+    """Run one task and return its outcome; never raises (but for KeyboardInterrupt).
+
+    ``func`` is the very callable to run when the caller has it (``sync=True`` in the
+    process that enqueued), instead of the unpickled copy.
+    """
+    task_id, func_ref, func_bytes, args_bytes, timeout = item
+    started = time.time()
+    if slot is not None:
+        slot.mark(task_id, started, started + timeout if timeout else 0.0)
+    armed = False
+    try:
+        if func is None:
+            func = resolve(func_ref) if func_bytes is None else cloudpickle.loads(func_bytes)
+        args, kwargs = cloudpickle.loads(args_bytes)
+        armed = _alarm.arm(timeout)
+        try:
+            value = func(*args, **kwargs)
+        finally:
+            if armed:
+                _alarm.cancel()
+        if armed and _alarm.fired:
+            raise TaskTimeout(f"timed out after {timeout:g} s")
+        try:
+            blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            try:
+                blob = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                raise TypeError(f"the task returned a {type(value).__name__} that cannot be "
+                                f"pickled ({exc}); return plain data instead") from None
+        success = True
+    except TaskTimeout as exc:
+        success, blob = False, failure_text(exc)
+    except Exception as exc:
+        if armed and _alarm.fired:
+            exc = TaskTimeout(f"timed out after {timeout:g} s")
+        success, blob = False, failure_text(exc)
+    finally:
+        if slot is not None:
+            slot.clear()
+    return task_id, success, blob, started, time.time()
+
+
+def run_chunk(slot_dir: str | None, items: list[Item]) -> list[Outcome]:
+    """Run tasks one after another in this worker; the unit a cluster submits to loky."""
+    slot = _slot(slot_dir)
+    return [execute(item, slot) for item in items]
