@@ -35,10 +35,15 @@ def _callable_name(func: Callable[..., Any]) -> str:
     return f"{module}.{qualname}"
 
 
-def _check_callable(what: str, value: Any) -> tuple[str, str | None]:
-    """(display name, dotted path or None) of a function or hook given by the user."""
+def _check_callable(what: str, value: Any, strict: bool = True) -> tuple[str, str | None]:
+    """(display name, dotted path or None) of a function or hook given by the user.
+
+    ``strict=False`` (a ``sync=True`` task function) leaves an unresolvable dotted path
+    to the run, which stores it as a Failure, as the reference text shows.
+    """
     if isinstance(value, str):
-        resolve(value)  # raises TaskFunctionError at the call, not later in a worker
+        if strict:
+            resolve(value)  # raises TaskFunctionError at the call, not later in a worker
         return value, value
     if callable(value):
         return _callable_name(value), None
@@ -115,7 +120,8 @@ def _checked(options: dict[str, Any], settings: conf.Settings) -> dict[str, Any]
 def _package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
              broker: Broker) -> tuple[dict[str, Any], bytes]:
     """The header and signed package of one task."""
-    func_name, func_ref = _check_callable("the task function", func)
+    func_name, func_ref = _check_callable("the task function", func,
+                                          strict=not options["sync"])
     hook = options.get("hook")
     hook_name = hook_ref = hook_bytes = None
     if hook is not None:

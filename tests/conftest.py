@@ -1,0 +1,37 @@
+"""Shared fixtures: a real store in a temp directory, a real loky cluster on it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import nbqueue
+from nbqueue import broker as broker_module
+from nbqueue import conf
+
+
+@pytest.fixture
+def store_dir(tmp_path):
+    """A fresh private store directory, made the configured default for the test."""
+    directory = str(tmp_path / "store")
+    conf.reset()
+    nbqueue.configure(directory=directory)
+    yield directory
+    conf.reset()
+    broker = broker_module._brokers.pop(os.path.abspath(directory), None)
+    if broker is not None:
+        broker.close()
+
+
+@pytest.fixture
+def broker(store_dir):
+    return nbqueue.get_broker()
+
+
+@pytest.fixture
+def cluster(store_dir):
+    """A running two-worker loky cluster on the test's store, stopped afterwards."""
+    running = nbqueue.Cluster(workers=2, directory=store_dir).start()
+    yield running
+    running.stop(wait=5)

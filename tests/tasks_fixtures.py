@@ -1,0 +1,125 @@
+"""Importable task functions and hooks for tests (dotted paths like 'tests.tasks_fixtures.add')."""
+
+from __future__ import annotations
+
+import os
+import time
+
+HOOKED: list = []
+
+
+def add(a, b=0):
+    return a + b
+
+
+def echo(*args, **kwargs):
+    return args, kwargs
+
+
+def boom(message="boom"):
+    raise ValueError(message)
+
+
+def nap(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def returns_none():
+    return None
+
+
+def pid():
+    return os.getpid()
+
+
+def hook_record(task):
+    HOOKED.append((task.id, task.result))
+
+
+def ignore_alarm_then_sleep(seconds):
+    """Stands for C code that never returns to the interpreter: the timeout signal is ignored."""
+    import signal
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    time.sleep(seconds)
+    return "finished"
+
+
+def die():
+    os._exit(3)
+
+
+def log_run(path, seconds=0.0, value=None):
+    """Append 'start' and 'stop' lines with this pid, to count real runs of a task."""
+    with open(path, "a") as out:
+        out.write(f"start {os.getpid()} {time.time()}\n")
+    time.sleep(seconds)
+    with open(path, "a") as out:
+        out.write(f"stop {os.getpid()} {time.time()}\n")
+    return value
+
+
+def fail_until(path, failures):
+    """Raise on the first `failures` runs (counted in a file), then succeed."""
+    with open(path, "a") as out:
+        out.write("run\n")
+    with open(path) as src:
+        runs = len(src.read().splitlines())
+    if runs <= failures:
+        raise RuntimeError(f"run {runs} fails on purpose")
+    return runs
+
+
+# -- helpers for multi-process broker tests (run in 'spawn' children) ------------------
+
+def produce_packages(directory, prefix, count):
+    """Enqueue ``count`` distinct packages ``b"<prefix>-<i>"`` into the store at ``directory``."""
+    from nbqueue.broker import Broker
+
+    broker = Broker(directory)
+    try:
+        for i in range(count):
+            broker.enqueue(f"{prefix}-{i}".encode())
+    finally:
+        broker.close()
+
+
+def consume_packages(directory, out_path, producers_done, deadline_s=60.0, batch=25):
+    """Lease and ack until the producers are done and the queue is empty.
+
+    Writes every package received, one per line, to ``out_path``.
+    """
+    from nbqueue.broker import Broker
+
+    broker = Broker(directory)
+    owner = f"consumer-{os.getpid()}"
+    seen = []
+    deadline = time.monotonic() + deadline_s
+    try:
+        while time.monotonic() < deadline:
+            finished = producers_done.is_set()
+            leases = broker.lease(owner, batch, 120.0)
+            if not leases:
+                if finished:
+                    break
+                time.sleep(0.002)
+                continue
+            seen.extend(lease.package.decode() for lease in leases)
+            broker.ack([lease.token for lease in leases])
+    finally:
+        broker.close()
+        with open(out_path, "w") as out:
+            out.write("\n".join(seen))
+
+
+HOOK_TASKS: list = []
+
+
+def print_result(task):
+    """The seed's ``hooks.print_result``: print the finished task's result."""
+    print(task.result)
+
+
+def keep_task(task):
+    """A hook that keeps the complete Task object it was given."""
+    HOOK_TASKS.append(task)

@@ -1,0 +1,446 @@
+"""nbqueue.broker.Broker on a real diskcache store in a temp directory."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+
+import pytest
+
+from nbqueue import broker as broker_module
+from nbqueue.broker import Broker, Lease, get_broker
+from tests import tasks_fixtures
+
+
+def _packages(leases):
+    return [lease.package for lease in leases]
+
+
+# -- enqueue / lease / ack -----------------------------------------------------------
+
+
+def test_lease_on_empty_queue_returns_nothing(broker):
+    assert broker.lease("w", 10, 30) == []
+    assert broker.size() == 0
+    assert broker.leased() == 0
+
+
+def test_enqueue_lease_ack_roundtrip(broker):
+    broker.enqueue(b"one")
+    assert broker.size() == 1
+
+    leases = broker.lease("w", 1, 30)
+    assert len(leases) == 1
+    lease = leases[0]
+    assert isinstance(lease, Lease)
+    assert lease.package == b"one"
+    assert lease.attempt == 1
+    assert isinstance(lease.token, str) and lease.token
+    assert broker.size() == 0
+    assert broker.leased() == 1
+
+    broker.ack([lease.token])
+    assert broker.leased() == 0
+    assert broker.size() == 0
+    assert broker.lease("w", 10, 30) == []
+
+
+def test_lease_respects_count_and_fifo_order(broker):
+    for i in range(10):
+        broker.enqueue(b"p%d" % i)
+
+    first = broker.lease("w", 3, 30)
+    assert _packages(first) == [b"p0", b"p1", b"p2"]
+    rest = broker.lease("w", 100, 30)
+    assert _packages(rest) == [b"p%d" % i for i in range(3, 10)]
+    assert broker.lease("w", 100, 30) == []
+    assert broker.leased() == 10
+
+    tokens = [lease.token for lease in first + rest]
+    assert len(set(tokens)) == 10  # every delivery has its own token
+    assert all(lease.attempt == 1 for lease in first + rest)
+    broker.ack(tokens)
+    assert broker.leased() == 0
+
+
+def test_ack_removes_for_good(broker):
+    broker.enqueue(b"gone")
+    (lease,) = broker.lease("w", 1, 0.2)
+    broker.ack([lease.token])
+    time.sleep(0.3)  # well past the lease's deadline
+    assert broker.reap() == 0
+    assert broker.lease("w", 10, 30) == []
+    assert broker.size() == 0
+    broker.ack([lease.token])  # acking twice is harmless
+    broker.ack([])
+    assert broker.size() == 0 and broker.leased() == 0
+
+
+def test_size_excludes_leased_and_leased_counts_them(broker):
+    for i in range(5):
+        broker.enqueue(b"s%d" % i)
+    assert broker.size() == 5
+    leases = broker.lease("w", 2, 30)
+    assert broker.size() == 3
+    assert broker.leased() == 2
+    broker.ack([leases[0].token])
+    assert broker.size() == 3
+    assert broker.leased() == 1
+    broker.release([leases[1].token])
+    assert broker.size() == 4
+    assert broker.leased() == 0
+
+
+# -- release -----------------------------------------------------------------------
+
+
+def test_release_uncounted_gives_attempt_back_and_goes_to_front(broker):
+    for name in (b"a", b"b", b"c"):
+        broker.enqueue(name)
+    (lease,) = broker.lease("w", 1, 30)
+    assert lease.package == b"a" and lease.attempt == 1
+
+    broker.release([lease.token], counted=False)
+    assert broker.leased() == 0
+    assert broker.size() == 3
+
+    again = broker.lease("w", 3, 30)
+    assert _packages(again) == [b"a", b"b", b"c"]  # a went back to the front
+    assert again[0].attempt == 1  # the attempt was given back
+    assert again[0].token != lease.token
+
+
+def test_release_counted_keeps_the_attempt(broker):
+    broker.enqueue(b"a")
+    broker.enqueue(b"b")
+    (lease,) = broker.lease("w", 1, 30)
+    broker.release([lease.token], counted=True)
+
+    (second,) = broker.lease("w", 1, 30)
+    assert second.package == b"a"  # front of the queue
+    assert second.attempt == 2
+    broker.release([second.token], counted=True)
+    (third,) = broker.lease("w", 1, 30)
+    assert third.package == b"a" and third.attempt == 3
+
+
+def test_release_of_unknown_or_acked_token_does_nothing(broker):
+    broker.enqueue(b"x")
+    (lease,) = broker.lease("w", 1, 30)
+    broker.ack([lease.token])
+    broker.release([lease.token])
+    broker.release(["no-such-token"], counted=True)
+    assert broker.size() == 0
+    assert broker.leased() == 0
+
+
+# -- renew / reap --------------------------------------------------------------------
+
+
+def test_renew_extends_deadline(broker):
+    broker.enqueue(b"long")
+    (lease,) = broker.lease("w", 1, 0.2)
+    assert broker.renew([lease.token], 30) == []
+    time.sleep(0.3)  # past the original deadline
+    assert broker.reap() == 0
+    assert broker.leased() == 1
+    assert broker.size() == 0
+
+
+def test_renew_returns_tokens_no_longer_held(broker):
+    broker.enqueue(b"a")
+    broker.enqueue(b"b")
+    held, acked = broker.lease("w", 2, 30)
+    broker.ack([acked.token])
+    lost = broker.renew([held.token, acked.token, "never-leased"], 30)
+    assert sorted(lost) == sorted([acked.token, "never-leased"])
+    assert broker.renew([], 30) == []
+    assert broker.leased() == 1
+
+
+def test_renew_after_reap_reports_token_lost(broker):
+    broker.enqueue(b"a")
+    (lease,) = broker.lease("w", 1, 0.2)
+    time.sleep(0.3)
+    assert broker.reap() == 1
+    assert broker.renew([lease.token], 30) == [lease.token]
+
+
+def test_reap_puts_expired_leases_back_with_attempt_counted(broker):
+    broker.enqueue(b"short")
+    broker.enqueue(b"other")
+    (short,) = broker.lease("w", 1, 0.2)
+    assert broker.reap() == 0  # not expired yet
+    time.sleep(0.3)
+
+    assert broker.reap() == 1
+    assert broker.leased() == 0
+    assert broker.size() == 2
+
+    (again,) = broker.lease("w", 1, 0.2)
+    assert again.package == b"short"  # reaped work goes to the front
+    assert again.attempt == 2
+    time.sleep(0.3)
+    assert broker.reap() == 1
+    (third,) = broker.lease("w", 1, 30)
+    assert third.package == b"short" and third.attempt == 3
+
+
+def test_reap_leaves_live_leases_alone(broker):
+    for name in (b"a", b"b"):
+        broker.enqueue(name)
+    short, long_ = broker.lease("w", 1, 0.2) + broker.lease("w", 1, 60)
+    time.sleep(0.3)
+    assert broker.reap() == 1
+    assert broker.leased() == 1
+    (again,) = broker.lease("w", 5, 60)
+    assert again.package == short.package
+    broker.ack([long_.token, again.token])
+    assert broker.leased() == 0 and broker.size() == 0
+
+
+def test_reap_with_explicit_now(broker):
+    broker.enqueue(b"a")
+    broker.lease("w", 1, 60)
+    assert broker.reap(now=time.time()) == 0
+    assert broker.reap(now=time.time() + 120) == 1
+    assert broker.size() == 1
+
+
+def test_late_ack_of_reaped_lease_does_not_remove_new_delivery(broker):
+    broker.enqueue(b"job")
+    (old,) = broker.lease("w1", 1, 0.2)
+    time.sleep(0.3)
+    assert broker.reap() == 1
+    (new,) = broker.lease("w2", 1, 30)
+    assert new.package == b"job" and new.attempt == 2
+
+    broker.ack([old.token])  # the first worker finally reports
+    assert broker.leased() == 1  # the second delivery is still held
+    assert broker.renew([new.token], 30) == []
+    broker.release([old.token])  # a late release is ignored as well
+    assert broker.size() == 0
+
+    broker.ack([new.token])
+    assert broker.leased() == 0
+
+
+def test_late_ack_of_reaped_lease_before_redelivery_keeps_package_queued(broker):
+    broker.enqueue(b"job")
+    (old,) = broker.lease("w1", 1, 0.2)
+    time.sleep(0.3)
+    assert broker.reap() == 1
+    broker.ack([old.token])
+    assert broker.size() == 1
+    (new,) = broker.lease("w2", 1, 30)
+    assert new.package == b"job"
+
+
+# -- purge / enqueue_many -----------------------------------------------------------
+
+
+def test_purge_drops_pending_but_not_leased(broker):
+    for i in range(5):
+        broker.enqueue(b"p%d" % i)
+    leases = broker.lease("w", 2, 30)
+    assert broker.purge() == 3
+    assert broker.size() == 0
+    assert broker.leased() == 2
+    assert broker.lease("w", 10, 30) == []
+    broker.release([leases[0].token])
+    assert broker.size() == 1
+    assert broker.purge() == 1
+    assert broker.purge() == 0
+
+
+def test_enqueue_many_keeps_order(broker):
+    packages = [b"m%03d" % i for i in range(200)]
+    broker.enqueue_many(packages)
+    assert broker.size() == 200
+    leased = broker.lease("w", 150, 30) + broker.lease("w", 150, 30)
+    assert _packages(leased) == packages
+    broker.enqueue_many([])
+    assert broker.size() == 0
+
+
+def test_enqueue_many_accepts_a_generator(broker):
+    broker.enqueue_many(b"g%d" % i for i in range(10))
+    assert broker.size() == 10
+
+
+# -- heartbeats -----------------------------------------------------------------------
+
+
+def test_heartbeats_beat_clusters_forget(broker):
+    assert broker.clusters() == []
+    broker.beat("c1", {"id": "c1", "workers": 2}, ttl=30)
+    broker.beat("c2", {"id": "c2", "workers": 4}, ttl=30)
+    assert sorted(info["id"] for info in broker.clusters()) == ["c1", "c2"]
+
+    broker.beat("c1", {"id": "c1", "workers": 8}, ttl=30)  # a beat replaces the info
+    infos = {info["id"]: info for info in broker.clusters()}
+    assert infos["c1"]["workers"] == 8
+
+    broker.forget("c2")
+    assert [info["id"] for info in broker.clusters()] == ["c1"]
+    broker.forget("never-there")
+
+
+def test_heartbeat_expires_after_ttl(broker):
+    broker.beat("short", {"id": "short"}, ttl=0.2)
+    broker.beat("long", {"id": "long"}, ttl=30)
+    assert len(broker.clusters()) == 2
+    time.sleep(0.35)
+    assert [info["id"] for info in broker.clusters()] == ["long"]
+
+
+def test_heartbeats_do_not_touch_the_queue(broker):
+    broker.beat("c", {"id": "c"}, ttl=30)
+    assert broker.size() == 0
+    assert broker.lease("w", 10, 30) == []
+
+
+# -- wakeups --------------------------------------------------------------------------
+
+
+def test_subscribe_wakes_on_enqueue_and_unsubscribe_stops(broker):
+    event = threading.Event()
+    assert not broker.has_local_consumer
+    broker.subscribe(event)
+    assert broker.has_local_consumer
+
+    broker.enqueue(b"a")
+    assert event.is_set()
+    event.clear()
+    broker.enqueue_many([b"b", b"c"])
+    assert event.is_set()
+
+    broker.unsubscribe(event)
+    assert not broker.has_local_consumer
+    event.clear()
+    broker.enqueue(b"d")
+    assert not event.is_set()
+    broker.unsubscribe(event)  # twice is harmless
+
+
+def test_wakeup_reaches_a_waiting_thread(broker):
+    event = threading.Event()
+    broker.subscribe(event)
+    try:
+        woke = []
+        waiter = threading.Thread(target=lambda: woke.append(event.wait(10)))
+        waiter.start()
+        time.sleep(0.05)
+        started = time.monotonic()
+        broker.enqueue(b"x")
+        waiter.join(10)
+        assert not waiter.is_alive()
+        assert woke == [True]
+        assert time.monotonic() - started < 5
+    finally:
+        broker.unsubscribe(event)
+
+
+# -- get_broker -------------------------------------------------------------------------
+
+
+def test_get_broker_is_shared_per_directory(store_dir, tmp_path):
+    first = get_broker(store_dir)
+    assert get_broker(store_dir) is first
+    assert get_broker(store_dir + os.sep) is first
+    assert get_broker() is first  # the configured directory
+    assert first.directory == os.path.abspath(store_dir)
+
+    other_dir = str(tmp_path / "other")
+    try:
+        other = get_broker(other_dir)
+        assert other is not first
+        assert get_broker(other_dir) is other
+        # separate queues
+        first.enqueue(b"here")
+        assert other.size() == 0
+    finally:
+        popped = broker_module._brokers.pop(os.path.abspath(other_dir), None)
+        if popped is not None:
+            popped.close()
+
+
+def test_two_brokers_on_one_directory_share_the_queue(store_dir):
+    one = Broker(store_dir)
+    two = Broker(store_dir)
+    try:
+        one.enqueue(b"shared")
+        (lease,) = two.lease("w", 1, 30)
+        assert lease.package == b"shared"
+        assert one.leased() == 1
+        one.ack([lease.token])  # any process may end a lease
+        assert two.leased() == 0
+        assert one.key == two.key
+    finally:
+        one.close()
+        two.close()
+
+
+def test_store_property_uses_same_directory(broker):
+    assert broker.store is broker.store
+    assert broker.store.directory == broker.directory
+
+
+# -- several processes at once ------------------------------------------------------------
+
+
+def _stop(processes, timeout):
+    for process in processes:
+        process.join(timeout)
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, 9)
+            process.join(5)
+
+
+def test_many_producers_and_consumers_consume_each_package_once(store_dir, tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    Broker(store_dir).close()  # create the directory and key before the children race
+    producers_done = ctx.Event()
+    outputs = [str(tmp_path / f"consumed-{i}.txt") for i in range(2)]
+    consumers = [ctx.Process(target=tasks_fixtures.consume_packages,
+                             args=(store_dir, out, producers_done, 60.0))
+                 for out in outputs]
+    producers = [ctx.Process(target=tasks_fixtures.produce_packages,
+                             args=(store_dir, f"producer{p}", 500))
+                 for p in range(4)]
+    everyone = consumers + producers
+    try:
+        for process in everyone:
+            process.start()
+        deadline = time.monotonic() + 60
+        for process in producers:
+            process.join(max(0.1, deadline - time.monotonic()))
+        assert not any(p.is_alive() for p in producers), "producers did not finish in time"
+        assert all(p.exitcode == 0 for p in producers)
+        producers_done.set()
+        for process in consumers:
+            process.join(max(0.1, deadline - time.monotonic()))
+        assert not any(p.is_alive() for p in consumers), "consumers did not finish in time"
+        assert all(p.exitcode == 0 for p in consumers)
+    finally:
+        producers_done.set()
+        _stop(everyone, 5)
+
+    consumed = []
+    for out in outputs:
+        with open(out) as src:
+            text = src.read()
+        consumed.extend(line for line in text.split("\n") if line)
+    expected = {f"producer{p}-{i}" for p in range(4) for i in range(500)}
+    assert len(consumed) == len(expected)  # nothing delivered twice
+    assert set(consumed) == expected  # nothing lost
+
+    check = Broker(store_dir)
+    try:
+        assert check.size() == 0
+        assert check.leased() == 0
+    finally:
+        check.close()
