@@ -6,8 +6,9 @@ results in a private on-disk store that every process on the machine can read.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .broker import Broker, get_broker
-from .cluster import Cluster
 from .conf import configure
 from .errors import (ClusterError, ConfigurationError, InsecureStoreError, NbqueueError,
                      NoClusterWarning, PackingError, SignatureError, StoreError,
@@ -16,7 +17,18 @@ from .models import Failure, Success, Task
 from .tasks import (AsyncTask, async_iter, async_task, count_group, delete_cached,
                     delete_group, fetch, fetch_group, queue_size, result, result_group)
 
+if TYPE_CHECKING:
+    from .cluster import Cluster
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The cluster (and loky with it) loads on first use: enqueuing never needs it.
+    if name == "Cluster":
+        from .cluster import Cluster
+        return Cluster
+    raise AttributeError(f"module 'nbqueue' has no attribute {name!r}")
 
 __all__ = [
     "async_task", "async_iter", "AsyncTask", "result", "fetch", "result_group", "fetch_group",

@@ -98,7 +98,7 @@ class Cluster:
         self._stopping = threading.Event()
         self._shutting_down = False
         self._threads: list[threading.Thread] = []
-        self._task_seconds = 0.005
+        self._task_seconds = CHUNK_SECONDS  # until measured: one task per chunk
         self._dead_running: dict[str, str] = {}  # task id -> why its worker died
         self.started_at: float | None = None
         self.done = 0
@@ -151,7 +151,12 @@ class Cluster:
         if self._executor is not None:
             self._executor.shutdown(kill=True)
         self._events.put(None)
-        writer.join()
+        writer.join(timeout=30)
+        with self._lock:
+            left = list(self._inflight)
+        if left:  # outcomes that never came back: the tasks go back to the queue
+            self._forget(left)
+            self.broker.release(left, counted=False)
         monitor.join()
         self._hooks.put(None)
         hooks.join()

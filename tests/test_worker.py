@@ -1,0 +1,98 @@
+"""The code that runs a task: dotted paths, outcomes, failure text, timeouts, slots."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+
+import cloudpickle
+import pytest
+
+from nbqueue import worker
+from nbqueue.errors import TaskFunctionError
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _item(func, *args, timeout=None, **kwargs):
+    ref = func if isinstance(func, str) else None
+    blob = None if ref else cloudpickle.dumps(func)
+    return ("6f1d3c3e-0000-4000-8000-000000000000", ref, blob,
+            cloudpickle.dumps((args, kwargs)), timeout)
+
+
+def test_resolve_dotted_paths():
+    import math
+    import os.path
+    assert worker.resolve("math.floor") is math.floor
+    assert worker.resolve("os.path.join") is os.path.join
+    assert worker.resolve("collections.OrderedDict.fromkeys")
+    with pytest.raises(TaskFunctionError, match="No module named 'my'"):
+        worker.resolve("my.buggy.code")
+    with pytest.raises(TaskFunctionError, match="has no attribute"):
+        worker.resolve("math.nope")
+    with pytest.raises(TaskFunctionError, match="not callable"):
+        worker.resolve("math.pi")
+    with pytest.raises(TaskFunctionError, match="not a dotted path"):
+        worker.resolve("floor")
+
+
+def test_execute_success_pickles_the_value():
+    task_id, success, blob, started, stopped = worker.execute(_item("math.copysign", 2, -2))
+    assert success and pickle.loads(blob) == -2.0 and stopped >= started
+
+
+def test_execute_lambda_result_uses_cloudpickle():
+    outcome = worker.execute(_item(lambda: (lambda x: x + 1)))
+    assert outcome[1] and cloudpickle.loads(outcome[2])(1) == 2
+
+
+def test_failure_text_has_error_first_and_no_worker_frames():
+    def inner():
+        raise KeyError("missing")
+    _, success, text, _, _ = worker.execute(_item(inner))
+    assert not success
+    assert text.splitlines()[0] == "KeyError: 'missing'"
+    assert "in inner" in text and "worker.py" not in text
+
+
+def test_unpicklable_result_is_a_clear_failure():
+    _, success, text, _, _ = worker.execute(_item(threading.Lock))
+    assert not success and "cannot be pickled" in text and "return plain data" in text
+
+
+def test_tier_one_timeout_interrupts_sleep_in_main_thread():
+    started = time.monotonic()
+    _, success, text, _, _ = worker.execute(_item(time.sleep, 5, timeout=0.3))
+    assert not success and text.startswith("nbqueue.errors.TaskTimeout: timed out after 0.3 s")
+    assert time.monotonic() - started < 2
+
+
+def test_swallowed_timeout_is_still_a_failure():
+    def stubborn():
+        try:
+            time.sleep(5)
+        except Exception:
+            return "pretend all is well"
+    _, success, text, _, _ = worker.execute(_item(stubborn, timeout=0.2))
+    assert not success and "timed out after 0.2 s" in text
+
+
+def test_slot_roundtrip(tmp_path):
+    path = str(tmp_path / str(os.getpid()))
+    slot = worker.Slot(path)
+    assert worker.read_slot(path) is None
+    slot.mark("abc", 10.0, 20.0)
+    assert worker.read_slot(path) == ("abc", 10.0, 20.0)
+    slot.clear()
+    assert worker.read_slot(path) is None
+    assert worker.read_slot(str(tmp_path / "missing")) is None
+
+
+def test_run_chunk_marks_slot_and_returns_outcomes(tmp_path):
+    outcomes = worker.run_chunk(str(tmp_path), [_item("math.floor", 1.5), _item(os.getpid)])
+    assert [o[1] for o in outcomes] == [True, True]
+    assert pickle.loads(outcomes[1][2]) == os.getpid()
+    assert worker.read_slot(str(tmp_path / str(os.getpid()))) is None  # idle again
