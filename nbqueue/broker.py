@@ -30,10 +30,15 @@ _INDEX = "leases"
 _CLUSTER = "cluster"
 
 
-def open_cache(path: str) -> diskcache.Cache:
-    """A diskcache Cache that never evicts (queued work and results must not vanish)."""
+def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
+    """A diskcache Cache that never evicts (queued work and results must not vanish).
+
+    Only an ``expiring`` cache culls expired keys as it writes; elsewhere that check
+    would cost one more SQLite statement per write for nothing.
+    """
     try:
-        return diskcache.Cache(path, eviction_policy="none", timeout=60)
+        return diskcache.Cache(path, eviction_policy="none", timeout=60,
+                               cull_limit=10 if expiring else 0)
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open the store at {path}: {exc}. If the disk is full, free "
                          "space; if the files are damaged, move the directory away and start "
@@ -55,7 +60,7 @@ class Broker:
         self.directory = private_directory(directory)
         self.key = load_key(self.directory)
         self._queue = open_cache(os.path.join(self.directory, "queue"))
-        self._state = open_cache(os.path.join(self.directory, "state"))
+        self._state = open_cache(os.path.join(self.directory, "state"), expiring=True)
         self._tokens = itertools.count()
         self._token_prefix = os.urandom(6).hex()
         self._wakeups: list[threading.Event] = []

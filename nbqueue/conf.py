@@ -126,10 +126,33 @@ def _parse_env(name: str, text: str) -> Any:
                              f"valid value for option {name!r}; fix or unset it")
 
 
+def _env_values(skip: Any = ()) -> dict[str, Any]:
+    """The options set by NBQUEUE_* variables, parsed; those in ``skip`` are not read."""
+    return {name: _parse_env(name, os.environ[f"NBQUEUE_{name.upper()}"])
+            for name in OPTION_NAMES
+            if name not in skip and f"NBQUEUE_{name.upper()}" in os.environ}
+
+
+def _build(overrides: dict[str, Any]) -> Settings:
+    """Defaults, then the environment, then ``overrides``, validated as a whole.
+
+    An option given to ``configure`` wins over its variable, which is then not even
+    read; an error caused by a variable names that variable.
+    """
+    env = _env_values(skip=overrides)
+    try:
+        return validate(Settings(**{**env, **overrides}))
+    except ConfigurationError as exc:
+        culprits = [f"NBQUEUE_{name.upper()}={os.environ[f'NBQUEUE_{name.upper()}']!r}"
+                    for name in env if f"'{name}'" in str(exc)]
+        if not culprits:
+            raise
+        raise ConfigurationError(f"{exc} (set by environment variable {', '.join(culprits)}; "
+                                 "fix or unset it)") from None
+
+
 def _from_env() -> Settings:
-    values = {name: _parse_env(name, os.environ[f"NBQUEUE_{name.upper()}"])
-              for name in OPTION_NAMES if f"NBQUEUE_{name.upper()}" in os.environ}
-    return validate(Settings(**values))
+    return _build({})
 
 
 _lock = threading.Lock()
@@ -144,7 +167,7 @@ def settings() -> Settings:
     if current is None:
         with _lock:
             if _current is None:
-                _current = validate(replace(_from_env(), **_overrides))
+                _current = _build(_overrides)
             current = _current
     return current
 
@@ -162,7 +185,7 @@ def configure(**options: Any) -> Settings:
                                  f"the options are: {', '.join(OPTION_NAMES)}")
     with _lock:
         merged = {**_overrides, **options}
-        new = validate(replace(_from_env(), **merged))
+        new = _build(merged)
         _overrides.clear()
         _overrides.update(merged)
         _current = new

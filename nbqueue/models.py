@@ -154,7 +154,7 @@ class Task:
         """Keep this task in the saved part of the store (turns a cached task into a saved one)."""
         record = dict(self._record, cached=False, save=True)
         store = _default_store(self._store)
-        store.saved.write([record])
+        store.saved.write([record], replace=True)
         self._record, self._cached = record, False
 
     def _part(self):

@@ -3,7 +3,8 @@
 Each part keeps, in one diskcache Cache:
 
 - ``task_id -> record`` (a dict; the result inside is pickled bytes, decoded on read),
-- ``("n", name) -> task_id`` so every lookup also takes the humanized name,
+- ``"name:" + name -> task_id`` so every lookup also takes the humanized name (a
+  string key: diskcache stores it as is, where a tuple key would be pickled),
 - group membership as pages of at most ``PAGE`` ids, ``("g", group, i)``, plus the
   page count ``("gp", group)``: adding a result rewrites at most one small page, so
   grouping costs the same for the 10th and the 100,000th task,
@@ -31,6 +32,7 @@ import cloudpickle
 from .broker import open_cache
 
 PAGE = 256
+_NAME = "name:"
 Record = dict[str, Any]
 
 
@@ -62,13 +64,17 @@ class Part:
 
     def __init__(self, path: str, expiring: bool) -> None:
         self.expiring = expiring
-        self._cache = open_cache(path)
+        self._cache = open_cache(path, expiring)
 
     def close(self) -> None:
         self._cache.close()
 
-    def write(self, records: list[Record], save_limit: int = 0) -> None:
-        """Store records in one transaction, replacing earlier outcomes of the same tasks."""
+    def write(self, records: list[Record], save_limit: int = 0, replace: bool = False) -> None:
+        """Store records in one transaction, replacing earlier outcomes of the same tasks.
+
+        The outcome of a first attempt has no earlier record to replace (its lease is
+        acknowledged only after this write), so it skips that read unless ``replace``.
+        """
         cache = self._cache
         joined: dict[str, list[str]] = defaultdict(list)
         expires: dict[str, float | None] = {}
@@ -77,9 +83,9 @@ class Part:
             for record in records:
                 task_id, group, success = record["id"], record["group"], record["success"]
                 expire = self._expire(record)
-                old = cache.get(task_id)
+                old = cache.get(task_id) if replace or record["attempt_count"] != 1 else None
                 cache.set(task_id, record, expire=expire)
-                cache.set(("n", record["name"]), task_id, expire=expire)
+                cache.set(_NAME + record["name"], task_id, expire=expire)
                 if old is not None:
                     deltas[old["group"], old["success"]] -= 1
                 if group is not None:
@@ -141,8 +147,8 @@ class Part:
     def _delete(self, record: Record) -> None:
         cache = self._cache
         cache.delete(record["id"])
-        if cache.get(("n", record["name"])) == record["id"]:
-            cache.delete(("n", record["name"]))
+        if cache.get(_NAME + record["name"]) == record["id"]:
+            cache.delete(_NAME + record["name"])
         self._count(record["group"], record["success"], -1)
 
     def get(self, task_id: str) -> Record | None:
@@ -150,7 +156,7 @@ class Part:
         cache = self._cache
         record = cache.get(task_id)
         if record is None and not _is_uuid(task_id):
-            real_id = cache.get(("n", task_id))
+            real_id = cache.get(_NAME + task_id)
             if real_id is not None:
                 record = cache.get(real_id)
         return record
@@ -175,7 +181,9 @@ class Part:
         ids: list[str] = []
         for i in range(cache.get(("gp", group), 0)):
             ids.extend(cache.get(("g", group, i), ()))
-        return ids
+        # a task deleted (or pruned, or moved to another group and back) and then stored
+        # again is appended again: keep its first place only
+        return list(dict.fromkeys(ids))
 
     def group_records(self, group: str, failures: bool = True) -> list[Record]:
         """The group's records, in the order their first outcome was stored."""

@@ -1,0 +1,219 @@
+"""nbqueue.signing: the private store directory, its key, and signed packages."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import stat
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nbqueue import signing
+from nbqueue.errors import InsecureStoreError, SignatureError, StoreError
+from nbqueue.signing import (MAGIC, load_key, pack, private_directory, sign, unpack,
+                             verify)
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture
+def forget_keys():
+    """load_key caches keys per directory; forget the ones a test loads."""
+    before = set(signing._keys)
+    yield
+    for directory in set(signing._keys) - before:
+        signing._keys.pop(directory, None)
+
+
+# -- the private directory -------------------------------------------------------------
+
+
+def test_private_directory_is_created_0700(tmp_path):
+    target = tmp_path / "a" / "b" / "store"
+    path = private_directory(target)
+    assert path == os.path.abspath(target)
+    assert os.path.isdir(path)
+    assert _mode(path) == 0o700
+    assert private_directory(str(target)) == path  # an existing private dir is fine
+
+
+def test_private_directory_refuses_a_shared_directory(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o755)
+    with pytest.raises(InsecureStoreError) as caught:
+        private_directory(shared)
+    message = str(caught.value)
+    assert f"chmod 700 {shared}" in message
+    assert "other users" in message
+    assert isinstance(caught.value, PermissionError)
+    os.chmod(shared, 0o700)
+    assert private_directory(shared) == str(shared)
+
+
+def test_private_directory_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError) as caught:
+        private_directory(blocker / "store")
+    assert "configure(directory=" in str(caught.value)
+
+
+# -- the key ---------------------------------------------------------------------------------
+
+
+def test_key_file_is_0600_created_once_and_reused(tmp_path, forget_keys):
+    directory = private_directory(tmp_path / "store")
+    key = load_key(directory)
+    path = os.path.join(directory, signing.KEY_FILE)
+    assert len(key) == 32
+    assert _mode(path) == 0o600
+    with open(path) as src:
+        text = src.read()
+    assert bytes.fromhex(text.strip()) == key
+
+    assert load_key(directory) == key
+    signing._keys.pop(directory)  # as a new process would: read it from the file
+    assert load_key(directory) == key
+    with open(path) as src:
+        assert src.read() == text  # not rewritten
+
+
+def test_different_stores_have_different_keys(tmp_path, forget_keys):
+    one = load_key(private_directory(tmp_path / "one"))
+    two = load_key(private_directory(tmp_path / "two"))
+    assert one != two
+
+
+def test_key_file_open_to_others_is_refused(tmp_path, forget_keys):
+    directory = private_directory(tmp_path / "store")
+    path = os.path.join(directory, signing.KEY_FILE)
+    with open(path, "w") as out:
+        out.write(os.urandom(32).hex())
+    os.chmod(path, 0o644)
+    with pytest.raises(InsecureStoreError) as caught:
+        load_key(directory)
+    assert f"chmod 600 {path}" in str(caught.value)
+    assert directory not in signing._keys
+
+
+def test_key_file_made_readable_later_is_refused_on_next_load(tmp_path, forget_keys):
+    directory = private_directory(tmp_path / "store")
+    load_key(directory)
+    path = os.path.join(directory, signing.KEY_FILE)
+    os.chmod(path, 0o644)
+    signing._keys.pop(directory)  # a new process
+    with pytest.raises(InsecureStoreError, match="chmod 600"):
+        load_key(directory)
+
+
+def test_damaged_key_file_is_reported(tmp_path, forget_keys):
+    directory = private_directory(tmp_path / "store")
+    path = os.path.join(directory, signing.KEY_FILE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("not hex at all")
+    with pytest.raises(StoreError, match="damaged"):
+        load_key(directory)
+
+
+# -- sign / verify / pack / unpack --------------------------------------------------------------
+
+
+def test_sign_verify_roundtrip():
+    package = sign(KEY, b"payload")
+    assert package.startswith(MAGIC)
+    assert verify(KEY, package) == b"payload"
+    assert verify(KEY, bytearray(package)) == b"payload"
+    assert verify(KEY, sign(KEY, b"")) == b""
+
+
+def test_pack_unpack_roundtrip():
+    header = {"id": "some-id", "func": "math.copysign", "args": (2, -2), "nested": {"x": [1]}}
+    assert unpack(KEY, pack(KEY, header)) == header
+
+
+def _reason(package, key=KEY):
+    with pytest.raises(SignatureError) as caught:
+        verify(key, package)
+    assert isinstance(caught.value, ValueError)
+    return str(caught.value)
+
+
+def test_each_bad_package_is_refused_with_its_reason():
+    package = sign(KEY, b"the payload")
+    tampered = bytearray(package)
+    tampered[-1] ^= 0x01
+
+    non_bytes = _reason("a string")
+    truncated = _reason(package[:20])
+    random_bytes = _reason(b"Z" + os.urandom(63))  # long enough, wrong header
+    bad_mac = _reason(bytes(tampered))
+    other_key = _reason(package, key=OTHER_KEY)
+    cut_payload = _reason(package[:-3])
+
+    assert "not bytes" in non_bytes and "str" in non_bytes
+    assert "truncated (20 bytes)" in truncated
+    assert "no nbqueue header" in random_bytes
+    assert "does not match" in bad_mac
+    # a MAC cannot tell tampering from another key or a cut payload: one reason covers them
+    assert other_key == bad_mac == cut_payload
+    assert len({non_bytes, truncated, random_bytes, bad_mac}) == 4
+
+
+def test_none_and_memoryview_are_not_bytes():
+    assert "NoneType" in _reason(None)
+    assert "memoryview" in _reason(memoryview(sign(KEY, b"x")))
+
+
+def test_unpack_refuses_signed_garbage_and_non_tasks():
+    with pytest.raises(SignatureError, match="cannot be read"):
+        unpack(KEY, sign(KEY, b"\x80\x05not a pickle"))
+    with pytest.raises(SignatureError, match="not an nbqueue task"):
+        unpack(KEY, sign(KEY, pickle.dumps([1, 2, 3])))
+    with pytest.raises(SignatureError, match="not an nbqueue task"):
+        unpack(KEY, sign(KEY, pickle.dumps({"no": "id"})))
+    with pytest.raises(SignatureError, match="does not match"):
+        unpack(OTHER_KEY, pack(KEY, {"id": "x"}))
+
+
+# -- properties ----------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_are_refused(data):
+    with pytest.raises(SignatureError):
+        verify(KEY, data)
+    with pytest.raises(SignatureError):
+        verify(KEY, MAGIC + data)  # even with the right header
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.binary(max_size=200), st.booleans())
+def test_verify_returns_payload_only_when_signed_with_the_key(payload, right_key):
+    package = sign(KEY if right_key else OTHER_KEY, payload)
+    if right_key:
+        assert verify(KEY, package) == payload
+    else:
+        with pytest.raises(SignatureError):
+            verify(KEY, package)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.data())
+def test_flipping_any_single_byte_is_detected(data):
+    payload = data.draw(st.binary(max_size=100), label="payload")
+    package = bytearray(sign(KEY, payload))
+    index = data.draw(st.integers(0, len(package) - 1), label="index")
+    flip = data.draw(st.integers(1, 255), label="xor")
+    package[index] ^= flip
+    with pytest.raises(SignatureError):
+        verify(KEY, bytes(package))
