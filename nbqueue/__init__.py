@@ -19,6 +19,7 @@ from .tasks import (AsyncTask, async_iter, async_task, count_group, delete_cache
 
 if TYPE_CHECKING:
     from .cluster import Cluster
+    from .widgets import progress
 
 __version__ = "0.1.0"
 
@@ -28,12 +29,15 @@ def __getattr__(name: str):
     if name == "Cluster":
         from .cluster import Cluster
         return Cluster
+    if name == "progress":
+        from .widgets import progress
+        return progress
     raise AttributeError(f"module 'nbqueue' has no attribute {name!r}")
 
 __all__ = [
     "async_task", "async_iter", "AsyncTask", "result", "fetch", "result_group", "fetch_group",
     "count_group", "delete_group", "delete_cached", "queue_size", "Task", "Success",
-    "Failure", "Cluster", "configure", "get_broker", "Broker",
+    "Failure", "Cluster", "configure", "get_broker", "Broker", "progress",
     "NbqueueError", "ConfigurationError", "TaskFunctionError", "PackingError",
     "SignatureError", "InsecureStoreError", "StoreError", "TaskTimeout", "ClusterError",
     "NoClusterWarning",

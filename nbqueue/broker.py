@@ -67,6 +67,7 @@ class Broker:
         self._store: Any = None
         self.warned_no_cluster = False
         self.local_hooks: dict[str, Any] = {}  # task id -> hook object of this process
+        self.enqueued: dict[str, int] = {}  # group -> tasks this process put in it
 
     def __repr__(self) -> str:
         return f"<Broker {self.directory}>"

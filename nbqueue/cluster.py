@@ -484,14 +484,37 @@ class Cluster:
             self._rate = (now, total, rate)
         return rate
 
+    def _groups_running(self) -> dict[str, int]:
+        if not self._slot_dir or not os.path.isdir(self._slot_dir):
+            return {}
+        running = {state[0] for e in os.scandir(self._slot_dir)
+                   if (state := read_slot(e.path)) is not None}
+        with self._lock:
+            groups = [j.header["group"] for j in self._inflight.values()
+                      if j.header["id"] in running]
+        counts: dict[str, int] = {}
+        for group in groups:
+            if group is not None:
+                counts[group] = counts.get(group, 0) + 1
+        return counts
+
     def info(self) -> dict[str, Any]:
         """This cluster's figures: what ``nbqueue info`` and the status panel show."""
-        return {"id": self.id, "label": self.settings.label, "pid": os.getpid(),
+        return {"groups_running": self._groups_running(),"id": self.id, "label": self.settings.label, "pid": os.getpid(),
                 "host": socket.gethostname(), "executor": self.executor_name,
                 "workers": self.workers, "directory": self.directory,
                 "started": self.started_at, "done": self.done, "failed": self.failed,
                 "running": self.running_tasks(), "in_flight": len(self._inflight),
                 "queued": self.broker.size(), "rate": round(self.rate(), 1)}
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """In Jupyter, a live status panel with a stop button; plain text elsewhere."""
+        from .widgets import ClusterPanel, in_notebook
+        if not in_notebook():
+            return {"text/plain": repr(self)}
+        bundle = dict(ClusterPanel(self).widget._repr_mimebundle_() or {})
+        bundle["text/plain"] = repr(self)
+        return bundle
 
     def __repr__(self) -> str:
         state = "running" if self.running else ("stopped" if self.started_at else "not started")

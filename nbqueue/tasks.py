@@ -217,6 +217,9 @@ def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str
     options = _checked(_split_options(kwargs), conf.settings())
     broker = options["broker"]
     header, package = _package(func, args, kwargs, options, broker)
+    group = header["group"]
+    if group is not None:
+        broker.enqueued[group] = broker.enqueued.get(group, 0) + 1
     if options["sync"]:
         _run_inline(header, func, broker, conf.settings())
     else:
@@ -263,30 +266,42 @@ def _group_ready(part, group_id: str, failures: bool, count: int | None) -> bool
     return part.count(group_id, False) + part.count(group_id, True) >= count
 
 
+def _wait_group(group_id: str, failures: bool, wait: int, count: int | None, cached: bool,
+                broker: Broker | None, progress: bool) -> None:
+    _check_wait(wait)
+    store = _store(broker)
+    part = store.part(cached)
+    panel = None
+    if progress and wait:
+        from .widgets import GroupProgress
+        panel = GroupProgress(group_id, count, cached, broker)
+    try:
+        store.wait(lambda: _group_ready(part, group_id, failures, count), wait)
+    finally:
+        if panel is not None:
+            panel.stop()
+
+
 def result_group(group_id: str, failures: bool = False, wait: int = 0,
                  count: int | None = None, cached: bool = False,
-                 broker: Broker | None = None) -> list[Any] | None:
+                 broker: Broker | None = None, progress: bool = False) -> list[Any] | None:
     """The results of a group, or None while it has none.
 
     With ``count``, waits (up to ``wait`` ms) until that many tasks of the group have
     finished, failed ones included, so a failure cannot make the wait hang.
+    ``progress=True`` shows a live progress panel (or tqdm bar) while it waits.
     """
-    _check_wait(wait)
-    part = _store(broker).part(cached)
-    _store(broker).wait(lambda: _group_ready(part, group_id, failures, count), wait)
-    results = _group_results(part, group_id, failures)
+    _wait_group(group_id, failures, wait, count, cached, broker, progress)
+    results = _group_results(_store(broker).part(cached), group_id, failures)
     return results or None
 
 
 def fetch_group(group_id: str, failures: bool = True, wait: int = 0,
                 count: int | None = None, cached: bool = False,
-                broker: Broker | None = None) -> list[Task] | None:
-    """The tasks of a group (or None while it has none); see ``result_group`` for ``count``."""
-    _check_wait(wait)
-    store = _store(broker)
-    part = store.part(cached)
-    store.wait(lambda: _group_ready(part, group_id, failures, count), wait)
-    tasks = Task.get_task_group(group_id, failures, cached, store)
+                broker: Broker | None = None, progress: bool = False) -> list[Task] | None:
+    """The tasks of a group (or None while it has none); see ``result_group``."""
+    _wait_group(group_id, failures, wait, count, cached, broker, progress)
+    tasks = Task.get_task_group(group_id, failures, cached, _store(broker))
     return tasks or None
 
 
@@ -319,8 +334,10 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
     """Run ``func`` once per item of ``args_iter``; ``result(iter_id)`` gives the results in
     input order once all have finished. A tuple item is spread as positional arguments.
 
-    Takes the options of ``async_task`` (``hook`` excepted); returns the iter id.
+    Takes the options of ``async_task`` (``hook`` excepted), and ``progress=True`` to show
+    a live progress panel of the iteration; returns the iter id.
     """
+    show_progress = kwargs.pop("progress", False)
     options = _checked(_split_options(kwargs), conf.settings())
     if options.get("hook") is not None:
         raise ConfigurationError("async_iter takes no hook; use async_task with a group "
@@ -341,6 +358,11 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
         "func": headers[0]["func"] if headers else _check_callable("the task function",
                                                                   func)[0],
         "enqueued": time.time(), "cached": options["cached"]})
+    group = options["group"]
+    broker.enqueued[group] = broker.enqueued.get(group, 0) + len(headers)
+    if show_progress:
+        from .widgets import GroupProgress
+        GroupProgress(group, len(headers), bool(options["cached"]), broker)
     if options["sync"]:
         for header in headers:
             _run_inline(header, func, broker, conf.settings())
@@ -434,11 +456,22 @@ class AsyncTask:
         self._ran_with = snapshot
         return self.id
 
-    def result(self, wait: int = 0) -> Any:
-        """The result, or None if the task has not run with the current parameters."""
+    def result(self, wait: int = 0, progress: bool = False) -> Any:
+        """The result, or None if the task has not run with the current parameters.
+
+        ``progress=True`` shows the live progress of the task's group while waiting.
+        """
         if not self.started:
             return None
-        return result(self.id, wait, cached=bool(self.cached), broker=self.broker)
+        panel = None
+        if progress and wait and self.group is not None:
+            from .widgets import GroupProgress
+            panel = GroupProgress(self.group, None, bool(self.cached), self.broker)
+        try:
+            return result(self.id, wait, cached=bool(self.cached), broker=self.broker)
+        finally:
+            if panel is not None:
+                panel.stop()
 
     def fetch(self, wait: int = 0) -> Task | None:
         """The finished Task, or None if it has not run with the current parameters."""
@@ -447,20 +480,20 @@ class AsyncTask:
         return fetch(self.id, wait, cached=bool(self.cached), broker=self.broker)
 
     def result_group(self, failures: bool = False, wait: int = 0,
-                     count: int | None = None) -> list[Any] | None:
+                     count: int | None = None, progress: bool = False) -> list[Any] | None:
         """Results of this task's group (see ``result_group``)."""
         if self.group is None or not self.started:
             return None
         return result_group(self.group, failures, wait, count, cached=bool(self.cached),
-                            broker=self.broker)
+                            broker=self.broker, progress=progress)
 
     def fetch_group(self, failures: bool = True, wait: int = 0,
-                    count: int | None = None) -> list[Task] | None:
+                    count: int | None = None, progress: bool = False) -> list[Task] | None:
         """Tasks of this task's group (see ``fetch_group``)."""
         if self.group is None or not self.started:
             return None
         return fetch_group(self.group, failures, wait, count, cached=bool(self.cached),
-                           broker=self.broker)
+                           broker=self.broker, progress=progress)
 
     def __repr__(self) -> str:
         func = self.func if isinstance(self.func, str) else _callable_name(self.func)
