@@ -96,6 +96,7 @@ class Cluster:
         self._wakeup = threading.Event()
         self._room = threading.Event()
         self._stopping = threading.Event()
+        self._stopped = threading.Event()
         self._shutting_down = False
         self._threads: list[threading.Thread] = []
         self._task_seconds = CHUNK_SECONDS  # until measured: one task per chunk
@@ -134,7 +135,10 @@ class Cluster:
         """Stop gracefully: take no new work, let running tasks finish for up to ``wait``
         seconds, then kill the workers and hand every unfinished task back to the queue
         (its attempt not counted), store what finished, and run the pending hooks."""
-        if self.started_at is None or self._stopping.is_set():
+        if self.started_at is None:
+            return
+        if self._stopping.is_set():  # stopping in another thread (the panel's button)
+            self._stopped.wait(wait + 60)
             return
         self._stopping.set()
         self._wakeup.set()
@@ -163,6 +167,7 @@ class Cluster:
         self.broker.unsubscribe(self._wakeup)
         self.broker.forget(self.id)
         shutil.rmtree(self._slot_dir, ignore_errors=True)
+        self._stopped.set()
 
     def __enter__(self) -> Cluster:
         return self.start()
