@@ -363,6 +363,8 @@ class Cluster:
 
     def _note_dead_workers(self, reason: str) -> None:
         """Read the slots of dead workers: the tasks in them were running when it broke."""
+        codes = [line.strip() for line in reason.splitlines() if "exit codes" in line]
+        why = codes[0] if codes else "it was killed, ran out of memory or crashed"
         for entry in os.scandir(self._slot_dir):
             try:
                 pid = int(entry.name)
@@ -373,8 +375,7 @@ class Cluster:
             state = read_slot(entry.path)
             if state is not None:
                 self._dead_running.setdefault(
-                    state[0], "the worker process running this task died (" +
-                    reason.strip().splitlines()[-1] + ")")
+                    state[0], f"the worker process running this task died ({why})")
             os.unlink(entry.path)
 
     def _give_back(self, jobs: list[_Job], counted: bool) -> None:

@@ -123,3 +123,52 @@ def print_result(task):
 def keep_task(task):
     """A hook that keeps the complete Task object it was given."""
     HOOK_TASKS.append(task)
+
+
+def logged(path, task_no, seconds=0.0):
+    """Append one 'start'/'stop' line pair per run, for counting runs and overlaps."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"start {task_no} {os.getpid()} {time.time()}\n".encode())
+        time.sleep(seconds)
+        os.write(fd, f"stop {task_no} {os.getpid()} {time.time()}\n".encode())
+    finally:
+        os.close(fd)
+    return task_no
+
+
+def big_result(megabytes):
+    return b"x" * (megabytes * 1024 * 1024)
+
+
+def unpicklable_result():
+    import threading
+    return threading.Lock()
+
+
+def segfault():
+    import ctypes
+    ctypes.string_at(0)
+
+
+def enqueue_from_client(directory, count, group, seconds, ready_path):
+    """A notebook-like client: starts an in-process cluster, enqueues, then waits to be killed."""
+    import nbqueue
+    nbqueue.configure(directory=directory)
+    cluster = nbqueue.Cluster(workers=1, retry=2).start()
+    ids = [nbqueue.async_task(nap, seconds, i, group=group) for i in range(count)]
+    with open(ready_path, "w") as out:
+        out.write("\n".join(ids))
+    time.sleep(600)
+    cluster.stop()
+
+
+def produce_tasks(directory, producer, count):
+    import warnings
+    import nbqueue
+    warnings.simplefilter("ignore")
+    nbqueue.configure(directory=directory)
+    broker = nbqueue.get_broker()
+    ids = [nbqueue.async_task("tests.tasks_fixtures.add", producer * count + i, group="many",
+                              broker=broker) for i in range(count)]
+    return ids

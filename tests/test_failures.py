@@ -1,0 +1,214 @@
+"""Faults injected into real processes; afterwards every task's outcome is counted.
+
+Each test breaks something for real (SIGKILL a worker, the cluster's host, a client
+kernel; a task that hangs in C, segfaults, returns something huge or unpicklable)
+and then checks: nothing lost, nothing run twice while its lease was valid.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+import nbqueue
+from nbqueue import Cluster, async_task, count_group, fetch, fetch_group, result, result_group
+from nbqueue.worker import read_slot
+from tests import tasks_fixtures as fx
+
+pytestmark = pytest.mark.timeout(120)
+WAIT = 60_000
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as src:
+                    if int(src.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def _loky_workers(pid: int) -> list[int]:
+    """Worker processes among the children (resource trackers live as long as the parent)."""
+    found = []
+    for child in _children(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as src:
+                if b"LokyProcess" in src.read():
+                    found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+def _kill_tree(pid: int) -> None:
+    for child in _children(pid):
+        _kill_tree(child)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_for(predicate, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def _runs(path: str) -> dict[int, list[tuple[float, float | None]]]:
+    """Per task number, its runs as (start, stop or None), from a `fx.logged` file."""
+    runs: dict[int, list] = defaultdict(list)
+    open_runs: dict[tuple[int, int], float] = {}
+    with open(path) as src:
+        for line in src:
+            kind, task_no, pid, when = line.split()
+            key = (int(task_no), int(pid))
+            if kind == "start":
+                open_runs[key] = float(when)
+            else:
+                runs[int(task_no)].append((open_runs.pop(key), float(when)))
+    for (task_no, _), started in open_runs.items():
+        runs[task_no].append((started, None))  # killed mid-run
+    return runs
+
+
+def test_sigkill_of_one_worker_mid_group(store_dir):
+    with Cluster(workers=2) as cluster:
+        ids = [async_task(fx.nap, 0.01, i, group="kill-worker") for i in range(500)]
+        assert _wait_for(lambda: count_group("kill-worker") >= 100, 60)
+        def busy_worker():  # a worker in the middle of a task, as its slot shows
+            for name in os.listdir(cluster._slot_dir):
+                if read_slot(os.path.join(cluster._slot_dir, name)) is not None:
+                    return int(name)
+            return None
+        assert _wait_for(busy_worker, 10)
+        os.kill(busy_worker(), signal.SIGKILL)
+        values = result_group("kill-worker", count=500, wait=WAIT)
+        assert sorted(values) == list(range(500))
+        tasks = [fetch(i) for i in ids]
+        assert all(t.success for t in tasks)
+        assert count_group("kill-worker", failures=True) == 0
+        assert max(t.attempt_count for t in tasks) == 2  # the dead worker's task, again
+        assert cluster.running and result(async_task(fx.add, 7), wait=WAIT) == 7
+    assert _wait_for(lambda: not _loky_workers(os.getpid()), 10)  # stop() ended the workers
+
+
+def test_sigkill_of_the_cluster_host_then_a_new_cluster(store_dir, tmp_path):
+    log = str(tmp_path / "runs.log")
+    host = subprocess.Popen([sys.executable, "-m", "nbqueue", "cluster", "--directory",
+                             store_dir, "--workers", "2", "--retry", "2"],
+                            stderr=subprocess.DEVNULL)
+    try:
+        broker = nbqueue.get_broker()
+        assert _wait_for(lambda: broker.clusters(), 30)
+        ids = [async_task(fx.logged, log, i, 0.02, group="kill-host") for i in range(300)]
+        assert _wait_for(lambda: count_group("kill-host") >= 60, 60)
+        workers = _loky_workers(host.pid)
+        assert len(workers) == 2
+        _kill_tree(host.pid)
+        killed_at = time.time()
+        host.wait(timeout=10)
+    finally:
+        _kill_tree(host.pid)
+    assert count_group("kill-host") < 300
+    with Cluster(workers=2, retry=2):
+        assert result_group("kill-host", count=300, wait=WAIT) is not None
+        tasks = [fetch(i) for i in ids]
+    assert all(t is not None and t.success for t in tasks)
+    assert sorted(t.result for t in tasks) == list(range(300))
+    assert count_group("kill-host") == 300 and count_group("kill-host", failures=True) == 0
+    runs = _runs(log)
+    assert set(runs) == set(range(300))  # every task ran
+    for task_no, spans in runs.items():
+        spans.sort()
+        for (first_start, first_stop), (second_start, _) in zip(spans, spans[1:]):
+            # a second run only once the first one's lease had expired: the host died,
+            # so renewals stopped; a lease lasts `retry` (2 s) from its last renewal
+            assert second_start > killed_at + 0.5, (task_no, spans)
+    # the dead host's workers notice and exit on their own (loky's pipes close)
+    assert _wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers), 10)
+
+
+def test_client_kernel_killed_then_a_new_cluster_finishes_its_work(store_dir, tmp_path):
+    ready = tmp_path / "ids"
+    code = (f"from tests import tasks_fixtures as fx; fx.enqueue_from_client("
+            f"{store_dir!r}, 40, 'client', 0.3, {str(ready)!r})")
+    client = subprocess.Popen([sys.executable, "-c", code], cwd=os.getcwd(),
+                              stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(ready.exists, 60)
+        assert _wait_for(lambda: count_group("client") >= 3, 60)
+        _kill_tree(client.pid)
+        client.wait(timeout=10)
+    finally:
+        _kill_tree(client.pid)
+    ids = ready.read_text().split()
+    done_before = {i: fetch(i).result for i in ids if fetch(i) is not None}
+    assert 0 < len(done_before) < 40
+    with Cluster(workers=2, retry=2):
+        assert result_group("client", count=40, wait=WAIT) is not None
+    assert sorted(result(i) for i in ids) == list(range(40))
+    assert all(result(i) == value for i, value in done_before.items())
+
+
+def test_segfault_is_a_failure_saying_the_worker_died(cluster):
+    crash = async_task(fx.segfault, max_attempts=1)
+    others = [async_task(fx.nap, 0.05, i) for i in range(10)]
+    task = fetch(crash, wait=WAIT)
+    assert not task.success and "worker process running this task died" in task.result
+    assert [result(o, wait=WAIT) for o in others] == list(range(10))
+
+
+def test_unpicklable_and_huge_results(cluster):
+    bad = fetch(async_task(fx.unpicklable_result, ack_failure=True), wait=WAIT)
+    assert not bad.success and "cannot be pickled" in bad.result
+    big = async_task(fx.big_result, 100)
+    value = result(big, wait=WAIT)
+    assert isinstance(value, bytes) and len(value) == 100 * 1024 * 1024
+    assert result(async_task(fx.add, 1), wait=WAIT) == 1
+
+
+def test_many_producers_two_clusters(store_dir):
+    """8 producer processes x 2,000 tasks, 2 clusters in other processes: 16,000 outcomes."""
+    consumers = [subprocess.Popen([sys.executable, "-m", "nbqueue", "cluster", "--directory",
+                                   store_dir, "--workers", "1"], stderr=subprocess.DEVNULL)
+                 for _ in range(2)]
+    try:
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(8, mp_context=spawn) as pool:
+            batches = list(pool.map(fx.produce_tasks, [store_dir] * 8, range(8), [2000] * 8))
+        ids = [i for batch in batches for i in batch]
+        assert len(set(ids)) == 16_000
+        assert _wait_for(lambda: count_group("many") >= 16_000, 100)
+        tasks = fetch_group("many")
+        assert len(tasks) == 16_000 and len({t.id for t in tasks}) == 16_000
+        assert {t.id for t in tasks} == set(ids)
+        assert sorted(t.result for t in tasks) == list(range(16_000))
+        assert all(t.attempt_count == 1 for t in tasks)
+        broker = nbqueue.get_broker()
+        assert _wait_for(lambda: sum(c["done"] for c in broker.clusters()) == 16_000, 10)
+        assert all(c["done"] > 0 for c in broker.clusters())  # both clusters took part
+    finally:
+        for proc in consumers:
+            proc.send_signal(signal.SIGINT)
+        for proc in consumers:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                _kill_tree(proc.pid)
