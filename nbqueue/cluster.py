@@ -71,10 +71,11 @@ class Cluster:
                  ack_failures: bool | None = None, save_limit: int | None = None,
                  bulk: int | None = None, poll: float | None = None,
                  label: str | None = None, directory: str | os.PathLike[str] | None = None,
-                 executor: str = "loky", **executor_options: Any) -> None:
+                 max_rss: int | None = None, executor: str = "loky",
+                 **executor_options: Any) -> None:
         given = {"workers": workers, "retry": retry, "max_attempts": max_attempts,
                  "ack_failures": ack_failures, "save_limit": save_limit, "bulk": bulk,
-                 "poll": poll, "label": label, "directory": directory}
+                 "poll": poll, "label": label, "directory": directory, "max_rss": max_rss}
         options = {k: v for k, v in given.items() if v is not None}
         if timeout is not _UNSET:
             options["timeout"] = timeout
@@ -121,7 +122,7 @@ class Cluster:
         self.started_at = time.time()
         self._slot_dir = tempfile.mkdtemp(prefix=f"nbqueue-{self.id[:8]}-")
         self._executor = make_executor(self.executor_name, self.workers, self._slot_dir,
-                                       **self._executor_options)
+                                       self.settings.max_rss, **self._executor_options)
         self.broker.subscribe(self._wakeup)
         self._beat()
         for name, target in (("feeder", self._feed), ("writer", self._write),

@@ -33,6 +33,7 @@ class Settings:
     bulk: int = 100  # tasks leased from the queue in one transaction
     label: str = "nbqueue"
     poll: float = 0.005  # seconds between queue polls while idle
+    max_rss: int | None = None  # kilobytes a worker may grow to before it is replaced
 
     @property
     def worker_count(self) -> int:
@@ -86,6 +87,8 @@ def validate(settings: Settings) -> Settings:
     _check("bulk", isinstance(s.bulk, int) and not isinstance(s.bulk, bool) and s.bulk >= 1,
            "a whole number >= 1", s.bulk)
     _check("label", isinstance(s.label, str), "a string", s.label)
+    _check("max_rss", s.max_rss is None or (isinstance(s.max_rss, int) and not isinstance(
+        s.max_rss, bool) and s.max_rss > 0), "a positive number of kilobytes or None", s.max_rss)
     _check("poll", _is_number(s.poll) and 0 < s.poll <= 5, "a number of seconds in (0, 5]", s.poll)
     return s
 
@@ -110,7 +113,9 @@ def _parse_env(name: str, text: str) -> Any:
             return int(lowered)
     elif name == "timeout" and lowered in ("", "none"):
         return None
-    elif name in ("workers", "max_attempts", "save_limit", "bulk"):
+    elif name == "max_rss" and lowered in ("", "none"):
+        return None
+    elif name in ("workers", "max_attempts", "save_limit", "bulk", "max_rss"):
         try:
             return int(lowered)
         except ValueError:

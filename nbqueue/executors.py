@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import warnings
 from concurrent.futures import Future
 from typing import Any
 
@@ -24,6 +25,12 @@ try:
     BROKEN = (BrokenProcessPool, ShutdownExecutorError)
 except ImportError:  # pragma: no cover - loky is a hard dependency
     BROKEN = ()
+
+
+# A recycled worker (max_rss) is replaced between two tasks and loses nothing; loky's
+# warning about it, worded for memory leaks, would only alarm a notebook's user.
+warnings.filterwarnings("ignore", message="A worker was restarted while some jobs",
+                        category=UserWarning)
 
 
 class Executor:
@@ -47,9 +54,10 @@ class LokyExecutor(Executor):
 
     name = "loky"
 
-    def __init__(self, workers: int, slot_dir: str) -> None:
+    def __init__(self, workers: int, slot_dir: str, max_rss: int | None = None) -> None:
         self.workers = workers
         self.slot_dir = slot_dir
+        self.max_rss = max_rss
         self._lock = threading.Lock()
         self._pool: Any = None
         self.restarts = -1
@@ -59,7 +67,8 @@ class LokyExecutor(Executor):
         self.restarts += 1
         # timeout=None: workers stay up for the cluster's life instead of idling out,
         # since spawning one costs ~0.2 s of imports.
-        return ProcessPoolExecutor(max_workers=self.workers, timeout=None)
+        return ProcessPoolExecutor(max_workers=self.workers, timeout=None,
+                                   initializer=worker.limit_rss, initargs=(self.max_rss,))
 
     def start(self) -> None:
         """Spawn the workers now rather than on the first task (~0.2 s each)."""
@@ -97,10 +106,11 @@ class LokyExecutor(Executor):
             pool.shutdown(wait=True, kill_workers=kill)
 
 
-def make_executor(name: str, workers: int, slot_dir: str, **options: Any) -> Executor:
+def make_executor(name: str, workers: int, slot_dir: str, max_rss: int | None = None,
+                  **options: Any) -> Executor:
     """The executor called ``name``; raises ValueError naming the known ones."""
     if name == "loky":
         if options:
             raise ValueError(f"the loky executor takes no options, got {sorted(options)}")
-        return LokyExecutor(workers, slot_dir)
+        return LokyExecutor(workers, slot_dir, max_rss)
     raise ValueError(f"unknown executor {name!r}; the executors are: 'loky'")

@@ -205,6 +205,40 @@ def execute(item: Item, slot: Slot | None = None,
     return task_id, success, blob, started, time.time()
 
 
+def rss_kilobytes() -> int:
+    """This process's resident set size, in kilobytes (Linux)."""
+    with open("/proc/self/statm") as src:
+        pages = int(src.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def limit_rss(max_rss: int | None) -> None:
+    """Worker initializer: have loky replace this worker once it exceeds ``max_rss`` kB.
+
+    loky already recycles a worker that grew too much, between two tasks and without
+    breaking the pool, when psutil is installed; this feeds that check our own
+    reading of /proc instead, and an absolute limit: the first reading, which loky
+    takes as its reference, is 0.
+    """
+    if not max_rss:
+        return
+    from loky import process_executor as pe
+    readings = iter(range(1))
+
+    def usage(pid: int, force_gc: bool = False) -> int:
+        if next(readings, None) is not None:
+            return 0
+        if force_gc:
+            import gc
+            gc.collect()
+        return rss_kilobytes() * 1024
+
+    pe._get_memory_usage = usage
+    pe._USE_PSUTIL = True
+    pe._MAX_MEMORY_LEAK_SIZE = max_rss * 1024
+    pe._MEMORY_LEAK_CHECK_DELAY = 0.0
+
+
 def run_chunk(slot_dir: str | None, items: list[Item]) -> list[Outcome]:
     """Run tasks one after another in this worker; the unit a cluster submits to loky."""
     slot = _slot(slot_dir)

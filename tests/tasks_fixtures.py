@@ -172,3 +172,13 @@ def produce_tasks(directory, producer, count):
     ids = [nbqueue.async_task("tests.tasks_fixtures.add", producer * count + i, group="many",
                               broker=broker) for i in range(count)]
     return ids
+
+
+_BALLAST: list = []
+
+
+def grow_and_report_pid(megabytes):
+    """Keep `megabytes` more memory alive in this worker; return (pid, rss kB)."""
+    from nbqueue.worker import rss_kilobytes
+    _BALLAST.append(bytearray(megabytes * 1024 * 1024))
+    return os.getpid(), rss_kilobytes()

@@ -212,3 +212,14 @@ def test_many_producers_two_clusters(store_dir):
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 _kill_tree(proc.pid)
+
+
+@pytest.mark.filterwarnings("ignore:A worker was restarted")  # pytest resets our filter
+def test_max_rss_replaces_workers_that_grew_too_large(store_dir):
+    """Like Django Q's max_rss: a worker over the limit is replaced between two tasks."""
+    with Cluster(workers=1, max_rss=200_000) as cluster:  # 200 MB
+        reports = [result(async_task(fx.grow_and_report_pid, 80), wait=WAIT) for _ in range(6)]
+        pids = [pid for pid, _ in reports]
+        assert len(set(pids)) >= 2  # the first worker went over 200 MB and was replaced
+        assert all(rss < 200_000 + 90_000 for _, rss in reports)
+        assert _wait_for(lambda: cluster.done == 6, 10) and cluster.failed == 0
