@@ -14,12 +14,13 @@ push+pull+set one by one costs ~300 us, the same inside a transaction ~30 us.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sqlite3
 import threading
 import time
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import diskcache
 
@@ -43,6 +44,21 @@ def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
         raise StoreError(f"cannot open the store at {path}: {exc}. If the disk is full, free "
                          "space; if the files are damaged, move the directory away and start "
                          "again") from exc
+
+
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Turn the ways a write to the store can fail into one clear StoreError."""
+    try:
+        yield
+    except diskcache.Timeout:
+        raise StoreError(f"the store at {path} stayed locked by another process for over "
+                         "60 s; is a process stuck holding it? Try again, or restart the "
+                         "processes that use this directory") from None
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"cannot write to the store at {path}: {exc}. If the disk is full, "
+                         "free space; if the files are damaged, move the directory away and "
+                         "start again") from exc
 
 
 class Lease(NamedTuple):
@@ -83,14 +99,19 @@ class Broker:
     # -- producers -------------------------------------------------------------------
 
     def enqueue(self, package: bytes) -> None:
-        """Put one signed package at the back of the queue."""
-        self._queue.push((0, package), retry=True)
+        """Put one signed package at the back of the queue.
+
+        Raises StoreError if the queue cannot take it (disk full, damaged, or locked by
+        another process for longer than SQLite's 60 s busy timeout): never a silent loss.
+        """
+        with writing(self._queue.directory):
+            self._queue.push((0, package))
         self._wake()
 
     def enqueue_many(self, packages: Iterable[bytes]) -> None:
-        """Put many packages in one transaction (all or none)."""
+        """Put many packages in one transaction: all of them, or none and StoreError."""
         push = self._queue.push
-        with self._queue.transact(retry=True):
+        with writing(self._queue.directory), self._queue.transact():
             for package in packages:
                 push((0, package))
         self._wake()

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 
 import cloudpickle
 
-from .broker import open_cache
+from .broker import open_cache, writing
 
 PAGE = 256
 _NAME = "name:"
@@ -171,7 +171,8 @@ class Part:
         """Remember which tasks, in which order, make up an ``async_iter``."""
         cached = manifest.get("cached")
         expire = None if not self.expiring or cached is True else float(cached)
-        self._cache.set(("iter", iter_id), manifest, expire=expire, retry=True)
+        with writing(self._cache.directory):
+            self._cache.set(("iter", iter_id), manifest, expire=expire)
 
     def manifest(self, iter_id: str) -> dict[str, Any] | None:
         return self._cache.get(("iter", iter_id))

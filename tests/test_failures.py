@@ -223,3 +223,72 @@ def test_max_rss_replaces_workers_that_grew_too_large(store_dir):
         assert len(set(pids)) >= 2  # the first worker went over 200 MB and was replaced
         assert all(rss < 200_000 + 90_000 for _, rss in reports)
         assert _wait_for(lambda: cluster.done == 6, 10) and cluster.failed == 0
+
+
+# -- bad input and a damaged store ---------------------------------------------------------
+
+
+def test_tampered_foreign_truncated_and_random_packages_never_run(cluster, broker, tmp_path):
+    from nbqueue import signing
+    from nbqueue.tasks import _checked, _package
+    marker = tmp_path / "ran"
+
+    def package():
+        options = _checked({}, nbqueue.conf.settings())
+        return _package(fx.logged, (str(marker), 0), {}, options, broker)[1]
+
+    good = package()
+    tampered = bytearray(package())
+    tampered[-5] ^= 0xFF
+    foreign = signing.sign(b"another key" * 3, package()[len(signing.MAGIC) + 32:])
+    for bad in (bytes(tampered), foreign, package()[:20], os.urandom(200)):
+        broker.enqueue(bad)
+    broker.enqueue(good)
+    assert _wait_for(lambda: broker.store.saved.totals() == (1, 4) and not broker.leased(), 30)
+    assert marker.read_text().count("start") == 1  # only the signed package ran
+    reasons = sorted(r["result"] for r in _all_records(broker) if not r["success"])
+    assert len(reasons) == 4 and all(r.startswith("SignatureError: package") for r in reasons)
+    assert any("truncated" in r or "no nbqueue header" in r for r in reasons)
+    assert any("does not match" in r for r in reasons)
+    assert cluster.running
+
+
+def _all_records(broker):
+    cache = broker.store.saved._cache
+    return [cache[k] for k in cache.iterkeys() if isinstance(k, str) and not k.startswith("name:")]
+
+
+def test_corrupt_store_file_is_a_clear_error_at_the_call(tmp_path):
+    directory = tmp_path / "corrupt"
+    nbqueue.configure(directory=str(directory))
+    try:
+        nbqueue.get_broker()  # creates the store
+        from nbqueue import broker as broker_module
+        broker_module._brokers.pop(str(directory)).close()
+        with open(directory / "queue" / "cache.db", "r+b") as db:
+            db.write(b"this is not a database" * 100)
+        with pytest.raises(nbqueue.StoreError, match="cannot open the store"):
+            async_task(fx.add, 1)
+    finally:
+        nbqueue.conf.reset()
+
+
+def test_full_disk_is_a_clear_error_at_the_call(store_dir):
+    """A file size limit stands for a full disk: SQLite's write fails, async_task says so."""
+    code = f"""
+import resource, signal, sys, nbqueue
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+nbqueue.configure(directory={store_dir!r})
+nbqueue.async_task(len, b"small")
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+try:
+    nbqueue.async_task(len, b"x" * (4 << 20))
+except nbqueue.StoreError as exc:
+    print("StoreError:", exc)
+print("queued", nbqueue.queue_size())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert "StoreError: cannot write to the store" in done.stdout, done.stderr
+    assert "free space" in done.stdout
+    assert "queued 1" in done.stdout  # the earlier task is still there, nothing half-written
