@@ -107,6 +107,7 @@ class Cluster:
         self.failed = 0
         self._rate = (time.monotonic(), 0, 0.0)  # (when, done+failed then, tasks/s)
         self._slot_dir = ""
+        self._panels: list[Any] = []  # status panels shown in Jupyter
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -168,6 +169,12 @@ class Cluster:
         self.broker.unsubscribe(self._wakeup)
         self.broker.forget(self.id)
         shutil.rmtree(self._slot_dir, ignore_errors=True)
+        for panel in self._panels:  # show "stopped" now, before this call returns
+            try:
+                panel.refresh()
+            except Exception:
+                log.debug("nbqueue cluster: a status panel could not be redrawn",
+                          exc_info=True)
         self._stopped.set()
 
     def __enter__(self) -> Cluster:
@@ -519,7 +526,9 @@ class Cluster:
         from .widgets import ClusterPanel, in_notebook
         if not in_notebook():
             return {"text/plain": repr(self)}
-        bundle = dict(ClusterPanel(self).widget._repr_mimebundle_() or {})
+        panel = ClusterPanel(self)
+        self._panels.append(panel)
+        bundle = dict(panel.widget._repr_mimebundle_() or {})
         bundle["text/plain"] = repr(self)
         return bundle
 

@@ -50,7 +50,7 @@ def _check(name: str, ok: bool, wanted: str, value: Any) -> None:
 
 
 def check_timeout(name: str, value: Any) -> None:
-    _check(name, value is None or (_is_number(value) and value > 0),
+    _check(name, value is None or (_is_number(value) and 0 < value < float("inf")),
            "a positive number of seconds or None", value)
 
 

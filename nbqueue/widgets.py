@@ -51,6 +51,7 @@ class GroupProgress:
         self.rate = 0.0
         self.started = time.monotonic()
         self._first = self._counts()[0:2]
+        self._complete = False  # drawn as complete; ``finished`` is set once it is drawn
         self.finished = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -84,7 +85,7 @@ class GroupProgress:
     @property
     def state(self) -> str:
         """'running', then 'success' (all done) or 'danger' (finished with failures)."""
-        if not self.finished.is_set():
+        if not self._complete:
             return "running"
         return "danger" if self.failed else "success"
 
@@ -105,14 +106,21 @@ class GroupProgress:
             self.eta = left / self.rate if self.rate > 0 else None
             if total and finished >= total and (self.total is not None or
                                                 self._expected() is not None):
-                self.finished.set()
-            self._draw()
+                self._complete = True
+            try:
+                self._draw()
+            finally:
+                if self._complete:
+                    # Only now: whoever waits on ``finished`` (``wait()``) must find the
+                    # panel drawn complete, e.g. before its cell ends and the notebook's
+                    # widget state is saved.
+                    self.finished.set()
 
     def summary(self) -> str:
         """One line of figures, as the panel shows them."""
         return (f"{self.done} done · {self.failed} failed · {self.running} running · "
                 f"{self.shown_total} total · {self.rate:.1f} tasks/s · "
-                f"{_clock(0 if self.finished.is_set() else self.eta)} left")
+                f"{_clock(0 if self._complete else self.eta)} left")
 
     # -- drawing ---------------------------------------------------------------------
 
@@ -135,7 +143,7 @@ class GroupProgress:
     def _draw(self) -> None:
         finished = self.done + self.failed
         if self.widget is not None:
-            style = "danger" if self.failed else ("success" if self.finished.is_set()
+            style = "danger" if self.failed else ("success" if self._complete
                                                   else "info")
             self._bar.max = max(self.shown_total, 1)
             self._bar.value = min(finished, self._bar.max)
