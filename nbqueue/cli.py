@@ -21,7 +21,8 @@ from .errors import NbqueueError
 def _cluster(args: argparse.Namespace) -> int:
     from .cluster import Cluster
     options = {name: getattr(args, name) for name in
-               ("workers", "retry", "max_attempts", "save_limit", "bulk", "label", "directory")}
+               ("workers", "retry", "max_attempts", "save_limit", "bulk", "label", "directory",
+                "max_rss")}
     if args.timeout is not None:
         options["timeout"] = args.timeout
     if args.ack_failures:
@@ -91,6 +92,8 @@ def parser() -> argparse.ArgumentParser:
                      help="successes kept in the store (0 = all)")
     run.add_argument("--bulk", type=int, help="tasks leased per queue transaction")
     run.add_argument("--label", help="a name shown in `nbqueue info`")
+    run.add_argument("--max-rss", dest="max_rss", type=int,
+                     help="kilobytes a worker may grow to before it is replaced")
     run.add_argument("--grace", type=float, default=10.0,
                      help="seconds running tasks get to finish on stop (default 10)")
     run.add_argument("-v", "--verbose", action="store_true", help="log what the cluster does")
