@@ -15,7 +15,7 @@ from .errors import (ClusterError, ConfigurationError, InsecureStoreError, Nbque
                      TaskFunctionError, TaskTimeout)
 from .models import Failure, Success, Task
 from .tasks import (AsyncTask, async_iter, async_task, count_group, delete_cached,
-                    delete_group, fetch, fetch_group, queue_size, result, result_group)
+                    delete_group, fetch, fetch_group, flush, queue_size, result, result_group)
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -36,7 +36,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "async_task", "async_iter", "AsyncTask", "result", "fetch", "result_group", "fetch_group",
-    "count_group", "delete_group", "delete_cached", "queue_size", "Task", "Success",
+    "count_group", "delete_group", "delete_cached", "queue_size", "flush", "Task", "Success",
     "Failure", "Cluster", "configure", "get_broker", "Broker", "progress",
     "NbqueueError", "ConfigurationError", "TaskFunctionError", "PackingError",
     "SignatureError", "InsecureStoreError", "StoreError", "TaskTimeout", "ClusterError",

@@ -313,13 +313,29 @@ def count_group(group_id: str, failures: bool = False, cached: bool = False,
 
 def delete_group(group_id: str, tasks: bool = False, cached: bool = False,
                  broker: Broker | None = None) -> int:
-    """Remove a group label from its tasks, or delete them with ``tasks=True``; return how many."""
+    """Remove a group label from its tasks, or delete them with ``tasks=True``; return how many.
+
+    The group starts afresh: a progress panel's default total counts only the tasks this
+    process puts in it from now on (so a notebook that clears its group and fills it
+    again, run twice in one kernel, does not wait for the first run's tasks).
+    """
+    (broker or get_broker()).enqueued.pop(group_id, None)
     return _store(broker).part(cached).delete_group(group_id, tasks)
 
 
 def delete_cached(task_id: str, broker: Broker | None = None) -> bool:
     """Delete a task from the cached part of the store; return whether it was there."""
     return _store(broker).cached.delete(task_id)
+
+
+def flush(broker: Broker | None = None) -> None:
+    """Wait until every task this process enqueued is written to the queue on disk.
+
+    ``async_task`` writes behind, in batches, usually within a millisecond; call this
+    before the process ends abruptly on purpose. Raises StoreError if the store cannot
+    take them (disk full, damaged); they are kept and written again on the next call.
+    """
+    (broker or get_broker()).flush()
 
 
 def queue_size(broker: Broker | None = None) -> int:
@@ -519,4 +535,4 @@ for _name, _doc in (("broker", "Optional broker from get_broker()."),
     setattr(AsyncTask, _name, _option_property(_name, _doc))
 
 __all__ = ["async_task", "async_iter", "result", "fetch", "result_group", "fetch_group",
-           "count_group", "delete_group", "delete_cached", "queue_size", "AsyncTask"]
+           "count_group", "delete_group", "delete_cached", "queue_size", "flush", "AsyncTask"]

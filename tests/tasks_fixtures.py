@@ -157,6 +157,7 @@ def enqueue_from_client(directory, count, group, seconds, ready_path):
     nbqueue.configure(directory=directory)
     cluster = nbqueue.Cluster(workers=1, retry=2).start()
     ids = [nbqueue.async_task(nap, seconds, i, group=group) for i in range(count)]
+    nbqueue.flush()  # async_task writes behind; the ids below must be in the queue
     with open(ready_path, "w") as out:
         out.write("\n".join(ids))
     time.sleep(600)

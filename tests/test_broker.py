@@ -371,6 +371,7 @@ def test_two_brokers_on_one_directory_share_the_queue(store_dir):
     two = Broker(store_dir)
     try:
         one.enqueue(b"shared")
+        one.flush()  # enqueue writes behind; another process sees it once written
         (lease,) = two.lease("w", 1, 30)
         assert lease.package == b"shared"
         assert one.leased() == 1
@@ -443,3 +444,18 @@ def test_many_producers_and_consumers_consume_each_package_once(store_dir, tmp_p
         assert check.leased() == 0
     finally:
         check.close()
+
+
+def test_enqueue_writes_behind_and_flush_writes_now(store_dir, tmp_path):
+    one = Broker(store_dir)
+    other = Broker(store_dir)  # stands for another process on the same directory
+    try:
+        for i in range(500):
+            one.enqueue(f"p{i}".encode())
+        one.flush()
+        assert other.size() == 500
+        leases = other.lease("w", 500, 30)
+        assert [lease.package for lease in leases] == [f"p{i}".encode() for i in range(500)]
+    finally:
+        one.close()
+        other.close()

@@ -273,22 +273,31 @@ def test_corrupt_store_file_is_a_clear_error_at_the_call(tmp_path):
         nbqueue.conf.reset()
 
 
-def test_full_disk_is_a_clear_error_at_the_call(store_dir):
-    """A file size limit stands for a full disk: SQLite's write fails, async_task says so."""
+def test_full_disk_is_a_clear_error_and_loses_nothing(store_dir):
+    """A file size limit stands for a full disk: SQLite's write fails, nbqueue says so at
+    the next call and keeps the task until the disk has room again."""
     code = f"""
 import resource, signal, sys, nbqueue
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 nbqueue.configure(directory={store_dir!r})
 nbqueue.async_task(len, b"small")
-resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-try:
-    nbqueue.async_task(len, b"x" * (4 << 20))
-except nbqueue.StoreError as exc:
-    print("StoreError:", exc)
+nbqueue.flush()
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+nbqueue.async_task(len, b"x" * (4 << 20))
+for call in (nbqueue.flush, lambda: nbqueue.async_task(len, b"more")):
+    try:
+        call()
+    except nbqueue.StoreError as exc:
+        print("StoreError:", exc)
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # room again
+nbqueue.flush()
 print("queued", nbqueue.queue_size())
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
-    assert "StoreError: cannot write to the store" in done.stdout, done.stderr
-    assert "free space" in done.stdout
-    assert "queued 1" in done.stdout  # the earlier task is still there, nothing half-written
+    errors = [line for line in done.stdout.splitlines() if line.startswith("StoreError")]
+    assert len(errors) == 2, done.stdout + done.stderr
+    assert all("cannot write to the store" in e and "free space" in e for e in errors)
+    assert "kept in memory and written again" in errors[0]
+    assert "queued 2" in done.stdout  # the big task was kept and written once there was room
