@@ -129,7 +129,7 @@ class GroupProgress:
         from IPython.display import display
         self._title = w.HTML()
         self._bar = w.IntProgress(min=0, max=1, value=0, bar_style="info",
-                                  layout=w.Layout(width="100%"))
+                                  layout=w.Layout(width="auto"))  # 100 % + margins overflows
         self._label = w.HTML()
         self.widget = w.VBox([self._title, self._bar, self._label],
                              layout=w.Layout(width="100%", max_width="720px"))

@@ -1,0 +1,385 @@
+"""Every notebook in notebooks/, run top to bottom by nbclient in a real IPython kernel.
+
+Each notebook is copied into the test's temporary directory and run there, so its store
+(the default ``.nbqueue`` of the working directory) is private to the test. The kernel is
+this venv's Python (a private kernelspec named ``python3``, see ``kernelspec``), so it
+imports the ``nbqueue`` under test. The assertions read the notebook's outputs, the widget
+views it displayed and the widget state nbclient stores in its metadata (what a saved
+notebook shows). After each notebook, no process the kernel started (the cluster's loky
+workers) may be left running.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover - psutil comes with IPython >= 9 on Linux
+    psutil = None
+
+pytestmark = pytest.mark.timeout(180)
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NAMES = ["01-quickstart", "02-groups-and-progress", "03-cached-results",
+         "04-asynctask-interactive", "05-failures-and-timeouts"]
+VIEW = "application/vnd.jupyter.widget-view+json"
+STATE = "application/vnd.jupyter.widget-state+json"
+RUN_LIMIT = 60  # seconds: each notebook is meant to run in well under a minute
+
+
+# -- running a notebook ------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def kernelspec(tmp_path_factory):
+    """A private ``python3`` kernelspec that runs this venv's Python, found first.
+
+    ``JUPYTER_PATH`` comes before the user's and the system's Jupyter directories, so a
+    ``python3`` kernelspec elsewhere on the machine cannot shadow it.
+    """
+    data = tmp_path_factory.mktemp("jupyter")
+    spec = data / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (nbqueue tests)", "language": "python",
+    }))
+    saved = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(data), saved]))
+    yield spec
+    if saved is None:
+        os.environ.pop("JUPYTER_PATH", None)
+    else:
+        os.environ["JUPYTER_PATH"] = saved
+
+
+class Run:
+    """One notebook executed in a fresh kernel, with what the test needs to judge it."""
+
+    def __init__(self, name: str, workdir: Path) -> None:
+        shutil.copy(NOTEBOOKS / f"{name}.ipynb", workdir)
+        self.path = workdir / f"{name}.ipynb"
+        self.workdir = workdir
+        self.nb = nbformat.read(self.path, as_version=4)
+        self.kernel_cmd: list[str] = []
+        self.kernel_pid: int | None = None
+        self.descendants: dict[int, object] = {}  # pid -> psutil.Process, over the run
+        self.last_cell_descendants: list[object] = []
+        self.seconds = 0.0
+
+    def execute(self) -> None:
+        client = NotebookClient(
+            self.nb, timeout=120, kernel_name="python3",
+            resources={"metadata": {"path": str(self.workdir)}},
+            store_widget_state=True,
+            on_notebook_start=lambda notebook: self._kernel_started(client),
+            on_cell_executed=lambda cell, cell_index, execute_reply: self._cell_done(
+                client, cell_index),
+        )
+        # The kernel gets this environment without NBQUEUE_* settings of the caller, so
+        # the notebook runs with its documented defaults.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NBQUEUE_")}
+        started = time.monotonic()
+        try:
+            client.execute(env=env)
+        finally:
+            self.seconds = time.monotonic() - started
+            nbformat.write(self.nb, self.workdir / f"executed-{self.path.name}")
+
+    def _kernel_started(self, client: NotebookClient) -> None:
+        process = getattr(client.km.provisioner, "process", None)
+        self.kernel_cmd = list(getattr(process, "args", []) or [])
+        self.kernel_pid = getattr(process, "pid", None)
+
+    def _children(self) -> list:
+        if psutil is None or self.kernel_pid is None:
+            return []
+        try:
+            return psutil.Process(self.kernel_pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def _cell_done(self, client: NotebookClient, cell_index: int) -> None:
+        children = self._children()
+        for child in children:
+            self.descendants.setdefault(child.pid, child)
+        if cell_index == len(self.nb.cells) - 1:
+            self.last_cell_descendants = children
+
+    # -- reading the outputs -------------------------------------------------------------
+
+    def code_cells(self) -> list:
+        return [c for c in self.nb.cells if c.cell_type == "code"]
+
+    def text(self) -> str:
+        """All printed and displayed text of the notebook, cell after cell."""
+        parts = []
+        for cell in self.code_cells():
+            for out in cell.outputs:
+                if out.output_type == "stream":
+                    parts.append(out.text)
+                elif out.output_type in ("execute_result", "display_data"):
+                    parts.append(out.data.get("text/plain", ""))
+                elif out.output_type == "error":
+                    parts.append("\n".join(out.traceback))
+        return "\n".join(parts)
+
+    def value(self, label: str) -> str:
+        """What the notebook printed after ``label`` on a line of its own."""
+        match = re.search(rf"^{re.escape(label)}\s*(.*)$", self.text(), re.M)
+        assert match, f"{label!r} not printed; the notebook printed:\n{self.text()}"
+        return match.group(1).strip()
+
+    def views(self) -> list[str]:
+        """Model ids of the widget views the notebook displayed, in order."""
+        return [out.data[VIEW]["model_id"] for cell in self.code_cells()
+                for out in cell.outputs
+                if out.output_type in ("execute_result", "display_data") and VIEW in out.data]
+
+    def widget_state(self) -> dict[str, dict]:
+        """The stored state of every widget model, by model id."""
+        return self.nb.metadata["widgets"][STATE]["state"]
+
+    def panels(self, dom_class: str) -> list[dict]:
+        """Each displayed panel of the given CSS class: the states of its parts."""
+        state = self.widget_state()
+        found = []
+        for model_id in self.views():
+            model = state.get(model_id)
+            assert model is not None, f"displayed widget {model_id} has no stored state"
+            if dom_class not in model["state"].get("_dom_classes", []):
+                continue
+            children = [ref.removeprefix("IPY_MODEL_") for ref in model["state"]["children"]]
+            found.append({"model": model, "parts": [state[c] for c in children]})
+        return found
+
+
+def progress_panels(run: Run) -> list[dict]:
+    """Each ``nbqueue-progress`` panel as its title, bar and label states."""
+    panels = []
+    for panel in run.panels("nbqueue-progress"):
+        parts = panel["parts"]
+        assert [p["model_name"] for p in parts] == ["HTMLModel", "IntProgressModel",
+                                                    "HTMLModel"]
+        panels.append({"title": parts[0]["state"]["value"], "bar": parts[1]["state"],
+                       "label": parts[2]["state"]["value"]})
+    return panels
+
+
+def wait_gone(processes: list, seconds: float = 15.0) -> list:
+    """The processes still alive (zombies count as gone) after up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = []
+        for proc in processes:
+            try:
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(proc)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+# -- the saved notebooks -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_is_saved_clean(name):
+    """Saved without outputs, for kernel python3, with a cluster started and stopped."""
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    source = "\n".join(c.source for c in code)
+    assert "cluster = nbqueue.Cluster(workers=2).start()" in source
+    assert "cluster.stop()" in code[-1].source
+    assert "directory" not in source  # the default store: .nbqueue in the working dir
+    # every wait is bounded, except AsyncTask's documented result(wait=-1)
+    unbounded = re.findall(r"(\w+(?:\.\w+)*)\([^()]*wait=-1", source)
+    assert unbounded == (["a.result"] if name == "04-asynctask-interactive" else [])
+
+
+# -- the notebooks, run ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs(name, kernelspec, tmp_path):
+    """Runs without an error, in the venv's Python, quickly, leaves no process behind, and
+    shows the results and widgets it is about."""
+    run = Run(name, tmp_path)
+    run.execute()  # a cell that raises fails the test here, with the cell and its error
+    assert run.kernel_cmd and run.kernel_cmd[0] == sys.executable
+    errors = [out for cell in run.code_cells() for out in cell.outputs
+              if out.output_type == "error"]
+    assert not errors
+    assert all(c.execution_count is not None for c in run.code_cells())
+    assert run.seconds < RUN_LIMIT, f"{name} took {run.seconds:.1f} s"
+    assert (run.workdir / ".nbqueue").is_dir()  # the default store, in the working dir
+    if psutil is not None:
+        # after cluster.stop(), no worker process is left (loky's resource tracker may
+        # stay until the kernel exits) ...
+        workers = [p for p in run.last_cell_descendants
+                   if "resource_tracker" not in " ".join(_cmdline(p))]
+        assert wait_gone(workers, 10) == []
+        # ... and once nbclient has shut the kernel down, nothing it started is left
+        assert run.descendants, "the cluster's worker processes were never seen"
+        assert wait_gone(list(run.descendants.values())) == []
+    check = CHECKS[name]
+    check(run)
+
+
+def test_progress_notebook_runs_twice_in_one_kernel(kernelspec, tmp_path):
+    """"Run All" again without restarting the kernel: same results, no stale totals.
+
+    The second run finds the first run's store and this kernel's bookkeeping; the
+    notebook clears its groups, so its panels must count only the new tasks (a panel
+    waiting for 600 of 300 tasks would time out).
+    """
+    name = "02-groups-and-progress"
+    shutil.copy(NOTEBOOKS / f"{name}.ipynb", tmp_path)
+    nb = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4)
+    client = NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NBQUEUE_")}
+    with client.setup_kernel(env=env):
+        for _ in range(2):
+            started = time.monotonic()
+            for index, cell in enumerate(nb.cells):
+                client.execute_cell(cell, index)
+            assert time.monotonic() - started < RUN_LIMIT
+    text = "\n".join(out.text for cell in nb.cells if cell.cell_type == "code"
+                     for out in cell.outputs if out.output_type == "stream")
+    assert "300 results, 6,000,000 darts" in text
+    assert "primes below 300,000: 25997" in text
+    assert re.search(r"<Cluster nbqueue stopped workers=2 .* done=600 failed=0", text)
+
+
+def _cmdline(proc) -> list[str]:
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
+def check_quickstart(run: Run) -> None:
+    assert run.value("copysign(2, -2) =") == "-2.0"
+    assert run.value("after waiting:") == "-2.0"
+    assert run.value("slow_square(12) =") == "144"
+    assert run.value("function:") == "__main__.slow_square args: (12,)"
+    assert run.value("success:").startswith("True")
+    assert run.value("by name:") == "144"
+    assert run.value("collected by the hook:") == "[(0, 0), (1, 1), (2, 4), (3, 9), (4, 16)]"
+    assert re.search(r"<Cluster nbqueue stopped workers=2 .* done=8 failed=0", run.text())
+
+
+def check_groups_and_progress(run: Run) -> None:
+    assert "300 results, 6,000,000 darts" in run.text()
+    estimate = float(re.search(r"pi is about (\d\.\d+)", run.text()).group(1))
+    assert abs(estimate - math.pi) < 0.01
+    assert run.value("primes below 300,000:") == "25997"  # pi(300000)
+    assert re.search(r"<Cluster nbqueue stopped workers=2 .* done=600 failed=0", run.text())
+
+    # the two progress panels: nbqueue.progress('pi') and result_group(progress=True)
+    panels = progress_panels(run)
+    assert [re.search(r"<b>(\w+)</b>", p["title"]).group(1) for p in panels] == [
+        "pi", "primes"]
+    for panel in panels:
+        bar = panel["bar"]
+        assert bar["value"] == bar["max"] == 300
+        assert bar["bar_style"] == "success"
+        assert "complete" in panel["title"]
+        assert "100 % · 300 done · 0 failed · 0 running · 300 total" in panel["label"]
+    state = run.widget_state().values()
+    assert any(m["model_name"] == "IntProgressModel" and m["state"]["value"] ==
+               m["state"]["max"] and m["state"]["bar_style"] == "success" for m in state)
+    assert any(m["model_name"] == "HTMLModel" and "complete" in m["state"]["value"]
+               for m in state)
+
+    # the cluster's status panel, displayed once, shown stopped after cluster.stop()
+    (cluster,) = run.panels("nbqueue-cluster")
+    html, button = cluster["parts"]
+    assert html["model_name"] == "HTMLModel" and button["model_name"] == "ButtonModel"
+    assert "<b>nbqueue cluster</b>" in html["state"]["value"]
+    assert "stopped" in html["state"]["value"]
+    assert re.search(r"class='nbqueue-done'>600<", html["state"]["value"])
+    assert button["state"]["disabled"] is True
+
+
+def check_cached_results(run: Run) -> None:
+    assert run.value("from the cache:") == "100"
+    assert run.value("saved results:") == "None"
+    assert run.value("saved results after save():") == "100"
+    assert run.value("cache after delete_cached():") == "None"
+    assert run.value("saved copy is still there:") == "100"
+    assert run.value("right after the run:") == "2"
+    assert run.value("2.5 s later:") == "None"  # cached=2 expired
+    assert run.value("100 cached results, e.g.") == "[(0.0, 0), (0.5, 1), (0.5, 2)]"
+    assert run.value("cached count:") == "100 - saved count: 0"
+    assert run.value("after delete_group:") == "0"
+
+
+def check_asynctask_interactive(run: Run) -> None:
+    assert run.value("floor(1.5) =") == "1"
+    assert run.value("after changing args:") == (
+        "None - <AsyncTask math.floor not run with these parameters>")
+    assert run.value("floor(2.5) =") == "2"
+    assert run.value("both runs of the group:") == "[1, 2]"
+    first, second = int(run.value("seed 1:")), int(run.value("seed 2:"))
+    assert first != second and first % 2 == second % 2 == 0  # 10,000 steps of +-1
+    assert run.value("after changing the seed:") == "None"
+    assert run.value("after setting a timeout:") == "None - started: False"
+    assert int(run.value("seed 2 with a timeout:")) == second
+    assert re.search(r"success: True args: \(10000,\) kwargs: \{'seed': 2\}", run.text())
+    assert run.value("slow_double(21) =") == "42"
+    (panel,) = progress_panels(run)  # AsyncTask.result(wait=..., progress=True)
+    assert "<b>slow</b>" in panel["title"] and "complete" in panel["title"]
+    assert panel["bar"]["value"] == panel["bar"]["max"] == 1
+    assert panel["bar"]["bar_style"] == "success"
+
+
+def check_failures_and_timeouts(run: Run) -> None:
+    text = run.text()
+    assert run.value("success: False - attempts:") == "1"
+    assert "ValueError: negative input: -4\n\nTraceback (most recent call last):" in text
+    assert 'in checked_sqrt\nValueError: negative input: -4' in text
+    assert run.value("result:") == "ValueError: negative input: -4"
+    assert run.value("Failure.get_task:") == "True"
+    assert run.value("Success.get_task:") == "None"
+    assert "nbqueue.errors.TaskTimeout: timed out after 1 s" in text
+    packing = run.value("PackingError:")
+    assert "positional argument 0 (lock) cannot be pickled" in packing
+    assert "cannot pickle '_thread.lock' object" in packing
+    assert run.value("TaskFunctionError:") == "cannot resolve 'my.buggy.code': No module named 'my'"
+    assert run.value("An error occurred:") == (
+        "nbqueue.errors.TaskFunctionError: cannot resolve 'my.buggy.code': "
+        "No module named 'my'")
+    assert run.value("successes:") == "[2.0, 3.0, 4.0, 5.0, 6.0, 7.0]"
+    assert run.value("failures:") == (
+        "['ValueError: negative input: -1', 'ValueError: negative input: -2']")
+    (panel,) = progress_panels(run)  # red: the group finished with failures
+    assert panel["bar"]["value"] == panel["bar"]["max"] == 8
+    assert panel["bar"]["bar_style"] == "danger"
+    assert "finished with failures" in panel["title"]
+    assert "6 done · 2 failed" in panel["label"]
+
+
+CHECKS = {
+    "01-quickstart": check_quickstart,
+    "02-groups-and-progress": check_groups_and_progress,
+    "03-cached-results": check_cached_results,
+    "04-asynctask-interactive": check_asynctask_interactive,
+    "05-failures-and-timeouts": check_failures_and_timeouts,
+}
