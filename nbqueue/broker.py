@@ -31,6 +31,7 @@ from .errors import StoreError
 from .signing import load_key, private_directory
 
 _INDEX = "leases"
+LOCK_TIMEOUT = 60.0  # seconds SQLite waits for another process's write lock
 _CLUSTER = "cluster"
 
 
@@ -41,7 +42,7 @@ def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
     would cost one more SQLite statement per write for nothing.
     """
     try:
-        return diskcache.Cache(path, eviction_policy="none", timeout=60,
+        return diskcache.Cache(path, eviction_policy="none", timeout=LOCK_TIMEOUT,
                                cull_limit=10 if expiring else 0)
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open the store at {path}: {exc}. If the disk is full, free "
@@ -56,7 +57,7 @@ def writing(path: str) -> Iterator[None]:
         yield
     except diskcache.Timeout:
         raise StoreError(f"the store at {path} stayed locked by another process for over "
-                         "60 s; is a process stuck holding it? Try again, or restart the "
+                         f"{LOCK_TIMEOUT:g} s; is a process stuck holding it? Try again, or restart the "
                          "processes that use this directory") from None
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot write to the store at {path}: {exc}. If the disk is full, "

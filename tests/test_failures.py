@@ -301,3 +301,56 @@ print("queued", nbqueue.queue_size())
     assert all("cannot write to the store" in e and "free space" in e for e in errors)
     assert "kept in memory and written again" in errors[0]
     assert "queued 2" in done.stdout  # the big task was kept and written once there was room
+
+
+def test_locked_store_waits_then_is_a_clear_error(store_dir, tmp_path):
+    """Another process holds the queue's write lock: a short hold is waited out (nothing
+    lost); one past the lock timeout is a StoreError saying so, and the task is kept."""
+    holder = f"""
+import sqlite3, sys, time
+con = sqlite3.connect({os.path.join(store_dir, "queue", "cache.db")!r}, isolation_level=None)
+con.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[1]))
+con.execute("ROLLBACK")
+"""
+    client = f"""
+import time, nbqueue
+from nbqueue import broker
+broker.LOCK_TIMEOUT = 1.0
+nbqueue.configure(directory={store_dir!r})
+nbqueue.get_broker()
+print("ready", flush=True)
+input()
+nbqueue.async_task(len, "abc")
+try:
+    nbqueue.flush()
+except nbqueue.StoreError as exc:
+    print("StoreError:", exc, flush=True)
+time.sleep(3.5)
+nbqueue.flush()
+print("queued", nbqueue.queue_size(), flush=True)
+"""
+    for hold, expect_error in ((0.5, False), (4.0, True)):  # 4 s outlasts two 1 s waits
+        nbqueue.get_broker().purge()
+        proc = subprocess.Popen([sys.executable, "-c", client], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            lock = subprocess.Popen([sys.executable, "-c", holder, str(hold)],
+                                    stdout=subprocess.PIPE, text=True)
+            assert lock.stdout.readline().strip() == "locked"
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            out, _ = proc.communicate(timeout=30)
+            lock.wait(timeout=30)
+        finally:
+            for p in (proc, locals().get("lock")):
+                if p is not None and p.poll() is None:
+                    p.kill()
+        errors = [line for line in out.splitlines() if line.startswith("StoreError")]
+        if expect_error:
+            assert len(errors) == 1 and "stayed locked by another process for over 1 s" in errors[0]
+        else:
+            assert errors == []
+        assert "queued 1" in out  # waited out, or kept and written once the lock was gone
