@@ -183,3 +183,9 @@ def grow_and_report_pid(megabytes):
     from nbqueue.worker import rss_kilobytes
     _BALLAST.append(bytearray(megabytes * 1024 * 1024))
     return os.getpid(), rss_kilobytes()
+
+
+def block_on_pipe():
+    """Wait in a read(2) that never returns: a blocking system call."""
+    read_end, _write_end = os.pipe()
+    return os.read(read_end, 1)

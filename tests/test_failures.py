@@ -354,3 +354,14 @@ print("queued", nbqueue.queue_size(), flush=True)
         else:
             assert errors == []
         assert "queued 1" in out  # waited out, or kept and written once the lock was gone
+
+
+@pytest.mark.parametrize("stuck", [fx.block_on_pipe, fx.ignore_alarm_then_sleep],
+                         ids=["blocking-syscall", "ignores-the-signal-like-C-code"])
+def test_timeout_stops_a_stuck_task_within_grace(cluster, stuck):
+    args = () if stuck is fx.block_on_pipe else (60,)
+    started = time.monotonic()
+    task = fetch(async_task(stuck, *args, timeout=1, ack_failure=True), wait=WAIT)
+    assert not task.success and "timed out after 1 s" in task.result
+    assert time.monotonic() - started < 1 + 1 + 3  # timeout + kill grace + slack for 2 cores
+    assert [result(async_task(fx.add, i), wait=WAIT) for i in range(5)] == list(range(5))
