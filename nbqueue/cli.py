@@ -1,6 +1,7 @@
 """The ``nbqueue`` command: run a cluster from a terminal, or print a store's figures.
 
     nbqueue cluster --workers 4 [--directory .nbqueue] [--timeout 60] ...
+    nbqueue cluster --executor dask [--address tcp://host:8786] ...
     nbqueue info [--directory .nbqueue]
 """
 
@@ -15,7 +16,7 @@ import time
 from typing import Any
 
 from . import conf
-from .errors import NbqueueError
+from .errors import ConfigurationError, NbqueueError
 
 
 def _cluster(args: argparse.Namespace) -> int:
@@ -27,7 +28,16 @@ def _cluster(args: argparse.Namespace) -> int:
         options["timeout"] = args.timeout
     if args.ack_failures:
         options["ack_failures"] = True
-    cluster = Cluster(**options)
+    if args.address is not None and args.executor != "dask":
+        raise ConfigurationError("--address is the address of a dask scheduler: "
+                                 "give --executor dask too")
+    if args.address is not None:
+        options["address"] = args.address
+    if args.dashboard_address is not None:
+        if args.executor != "dask":
+            raise ConfigurationError("--dashboard-address needs --executor dask")
+        options["dashboard_address"] = args.dashboard_address
+    cluster = Cluster(executor=args.executor, **options)
     stop = {"asked": False}
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -42,6 +52,9 @@ def _cluster(args: argparse.Namespace) -> int:
     print(f"nbqueue: cluster {cluster.id[:8]} serving {cluster.directory} with "
           f"{cluster.workers} {cluster.executor_name} workers (Ctrl-C stops it)",
           file=sys.stderr, flush=True)
+    if cluster.info().get("dashboard"):
+        print(f"nbqueue: dask dashboard at {cluster.info()['dashboard']}", file=sys.stderr,
+              flush=True)
     try:
         while not stop["asked"]:
             time.sleep(0.2)
@@ -73,6 +86,8 @@ def _info(args: argparse.Namespace) -> int:
         print(f"cluster   {c['id'][:8]} pid {c['pid']} on {c['host']}: {c['workers']} "
               f"{c['executor']} workers, {c['done']} done, {c['failed']} failed, "
               f"{c['rate']} tasks/s")
+        if c.get("dashboard"):
+            print(f"          dashboard {c['dashboard']}")
     return 0
 
 
@@ -94,6 +109,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--label", help="a name shown in `nbqueue info`")
     run.add_argument("--max-rss", dest="max_rss", type=int,
                      help="kilobytes a worker may grow to before it is replaced")
+    run.add_argument("--executor", choices=["loky", "dask"], default="loky",
+                     help="where tasks run: loky processes of the cluster's own (default), "
+                          'or dask.distributed (pip install "nbqueue[dask]")')
+    run.add_argument("--address", help="with --executor dask: a running scheduler, like "
+                     "tcp://host:8786 (default: start a LocalCluster of --workers processes)")
+    run.add_argument("--dashboard-address", dest="dashboard_address",
+                     help="with --executor dask and no --address: where the LocalCluster "
+                          "serves its dashboard (default 127.0.0.1:8787)")
     run.add_argument("--grace", type=float, default=10.0,
                      help="seconds running tasks get to finish on stop (default 10)")
     run.add_argument("-v", "--verbose", action="store_true", help="log what the cluster does")

@@ -86,8 +86,8 @@ class Cluster:
         self.id = uuid.uuid4().hex
         self.executor_name = executor
         self._executor_options = executor_options
-        if executor != "loky" or executor_options:
-            make_executor(executor, 1, "", **executor_options)  # fail at the call, not start
+        if executor != "loky" or executor_options:  # fail at the call, not at start
+            make_executor(executor, 1, "", self.settings.max_rss, **executor_options)
         self._executor: Executor | None = None
         self._lock = threading.Lock()
         self._inflight: dict[str, _Job] = {}
@@ -124,6 +124,14 @@ class Cluster:
         self._slot_dir = tempfile.mkdtemp(prefix=f"nbqueue-{self.id[:8]}-")
         self._executor = make_executor(self.executor_name, self.workers, self._slot_dir,
                                        self.settings.max_rss, **self._executor_options)
+        try:
+            self._executor.open()  # dask: connect, or start a LocalCluster
+        except Exception:
+            self._executor, self.started_at = None, None
+            shutil.rmtree(self._slot_dir, ignore_errors=True)
+            raise
+        # until measured, one task per chunk (dask takes longer chunks: ~25 ms a round trip)
+        self._task_seconds = getattr(self._executor, "chunk_seconds", CHUNK_SECONDS)
         self.broker.subscribe(self._wakeup)
         self._beat()
         for name, target in (("feeder", self._feed), ("writer", self._write),
@@ -194,7 +202,8 @@ class Cluster:
         return self.workers * max(4, 2 * self._chunk_size())
 
     def _chunk_size(self) -> int:
-        return max(1, min(MAX_CHUNK, int(CHUNK_SECONDS / max(self._task_seconds, 1e-6))))
+        seconds = getattr(self._executor, "chunk_seconds", CHUNK_SECONDS)
+        return max(1, min(MAX_CHUNK, int(seconds / max(self._task_seconds, 1e-6))))
 
     def _feed(self) -> None:
         settings = self.settings
@@ -362,6 +371,8 @@ class Cluster:
             if job.judged:
                 continue
             why = self._dead_running.pop(job.header["id"], None)
+            if why is None and job.header["id"] in getattr(exc, "running", ()):
+                why = f"the worker process running this task died ({exc.reason})"
             if why is None:
                 self._give_back([job], counted=False)  # collateral: it was only waiting
             elif self._final(job, success=False):
@@ -432,29 +443,48 @@ class Cluster:
                 log.exception("nbqueue cluster: monitor error; going on")
 
     def _enforce_timeouts(self) -> None:
-        """Tier 2 of timeouts: kill a worker stuck past its task's deadline + grace."""
+        """Tier 2 of timeouts: kill a worker stuck past its task's deadline + grace
+        (dask has no tier 1: its grace is 0, and ``kill`` restarts the dask worker)."""
         if not self._slot_dir:
             return
         now = time.time()
-        for entry in os.scandir(self._slot_dir):
-            state = read_slot(entry.path)
-            if state is None or not state[2] or now < state[2] + KILL_GRACE:
+        grace = getattr(self._executor, "kill_grace", KILL_GRACE)
+        note = getattr(self._executor, "timeout_note", "(the task did not respond to the "
+                       "timeout signal, so its worker process was killed)")
+        for task_id, _, deadline, handle in self._running_states():
+            if not deadline or now < deadline + grace:
                 continue
-            task_id = state[0]
             with self._lock:
                 job = next((j for j in self._inflight.values()
                             if j.header["id"] == task_id), None)
             if job is None or job.judged:
                 continue
-            why = (f"TaskTimeout: timed out after {job.timeout:g} s (the task did not "
-                   "respond to the timeout signal, so its worker process was killed)")
+            why = f"TaskTimeout: timed out after {job.timeout:g} s {note}"
             self._judge(job, why, attempt=job.lease.attempt,
                         final=self._final(job, success=False))
             log.warning("nbqueue cluster: task %s ran past its %g s timeout; killing worker "
-                        "%s", job.header["name"], job.timeout, entry.name)
-            self._executor.kill(int(entry.name))
+                        "%s", job.header["name"], job.timeout, handle)
+            self._executor.kill(handle)
+
+    def _running_states(self) -> list[tuple[str, float, float, Any]]:
+        """(task id, started, deadline or 0, worker handle) of each task running now:
+        from the executor (dask), or from the workers' slots (loky; the handle a pid)."""
+        states = self._executor.running() if self._executor is not None else None
+        if states is not None:
+            return states
+        if not self._slot_dir or not os.path.isdir(self._slot_dir):
+            return []
+        states = []
+        for entry in os.scandir(self._slot_dir):
+            state = read_slot(entry.path)
+            if state is not None and entry.name.isdigit():
+                states.append((state[0], state[1], state[2], int(entry.name)))
+        return states
 
     def _beat(self) -> None:
+        capacity = self._executor.capacity() if self._executor is not None else None
+        if capacity:  # dask: its threads now (workers come and go)
+            self.workers = capacity
         self.broker.beat(self.id, self.info(), ttl=3 * HEARTBEAT + 2)
 
     # -- hooks -----------------------------------------------------------------------
@@ -485,9 +515,7 @@ class Cluster:
 
     def running_tasks(self) -> int:
         """Tasks running in a worker right now."""
-        if not self._slot_dir or not os.path.isdir(self._slot_dir):
-            return 0
-        return sum(1 for e in os.scandir(self._slot_dir) if read_slot(e.path) is not None)
+        return len(self._running_states())
 
     def rate(self) -> float:
         """Tasks finished per second, over the last few seconds."""
@@ -499,10 +527,9 @@ class Cluster:
         return rate
 
     def _groups_running(self) -> dict[str, int]:
-        if not self._slot_dir or not os.path.isdir(self._slot_dir):
+        running = {state[0] for state in self._running_states()}
+        if not running:
             return {}
-        running = {state[0] for e in os.scandir(self._slot_dir)
-                   if (state := read_slot(e.path)) is not None}
         with self._lock:
             groups = [j.header["group"] for j in self._inflight.values()
                       if j.header["id"] in running]
@@ -519,7 +546,8 @@ class Cluster:
                 "workers": self.workers, "directory": self.directory,
                 "started": self.started_at, "done": self.done, "failed": self.failed,
                 "running": self.running_tasks(), "in_flight": len(self._inflight),
-                "queued": self.broker.size(), "rate": round(self.rate(), 1)}
+                "queued": self.broker.size(), "rate": round(self.rate(), 1),
+                "dashboard": self._executor.dashboard if self._executor is not None else None}
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         """In Jupyter, a live status panel with a stop button; plain text elsewhere."""

@@ -1,30 +1,58 @@
-"""Where chunks of tasks run: a small interface, and its loky implementation.
+"""Where chunks of tasks run: a small interface, and two implementations.
 
 The cluster hands an executor lists of task items (see ``worker.run_chunk``) and
-gets futures back. Each executor owns its processes: a cluster does not use loky's
-process-wide reusable executor, because joblib (which many notebooks also use)
-resizes or restarts that shared one and would kill our tasks in flight. Instead,
-like loky's reusable executor, ours replaces a pool that broke (a worker died) with
-a fresh one on the next submit.
+gets ``concurrent.futures.Future``s back; the queue, the store, signing, hooks and
+progress stay with the cluster, in its process, whatever the executor.
+
+- ``loky`` (the default): worker processes of this cluster's own. A cluster does not
+  use loky's process-wide reusable executor, because joblib (which many notebooks also
+  use) resizes or restarts that shared one and would kill our tasks in flight.
+  Instead, like loky's reusable executor, ours replaces a pool that broke (a worker
+  died) with a fresh one on the next submit.
+- ``dask`` (``pip install "nbqueue[dask]"``): a ``dask.distributed`` scheduler, either
+  one already running anywhere (``address=``) or a ``LocalCluster`` started for the
+  cluster and closed with it. See ``DaskExecutor`` for timeouts and lost workers.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 import os
 import signal
 import threading
+import time
+import uuid
 import warnings
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from . import worker
+from .errors import ClusterError, ConfigurationError
+
+log = logging.getLogger("nbqueue")
+
+
+class WorkerLost(Exception):
+    """A chunk's worker was lost (killed, crashed, out of memory, restarted, shut down).
+
+    ``running`` holds the ids of the tasks that were running when it happened (the
+    cluster counts an attempt for those); the chunk's other tasks were only waiting.
+    """
+
+    def __init__(self, message: str, running: tuple[str, ...] = (), reason: str = "") -> None:
+        super().__init__(message)
+        self.running = tuple(running)
+        self.reason = reason or message
+
 
 BROKEN: tuple[type[BaseException], ...]
 try:
     from loky.process_executor import BrokenProcessPool, ShutdownExecutorError
-    BROKEN = (BrokenProcessPool, ShutdownExecutorError)
+    BROKEN = (BrokenProcessPool, ShutdownExecutorError, WorkerLost)
 except ImportError:  # pragma: no cover - loky is a hard dependency
-    BROKEN = ()
+    BROKEN = (WorkerLost,)
 
 
 # A recycled worker (max_rss) is replaced between two tasks and loses nothing; loky's
@@ -37,12 +65,29 @@ class Executor:
     """What a cluster needs of an executor."""
 
     name = "base"
+    dashboard: str | None = None  # a link to the executor's own dashboard, if it has one
+
+    def open(self) -> None:
+        """Connect or start what the executor needs, before the cluster's threads start.
+
+        Raises ClusterError saying what went wrong. The loky pool spawns lazily instead.
+        """
+
+    def capacity(self) -> int | None:
+        """Tasks that can run at once now, or None: the cluster's ``workers``."""
+        return None
+
+    def running(self) -> list[tuple[str, float, float, Any]] | None:
+        """(task id, started, deadline or 0, handle for ``kill``) of each running task,
+        or None: the workers write them into the cluster's slot directory."""
+        return None
 
     def submit(self, items: list[tuple]) -> Future:
         raise NotImplementedError
 
-    def kill(self, pid: int) -> None:
-        """Stop the worker process ``pid`` at once (a timeout it could not honour)."""
+    def kill(self, handle: Any) -> None:
+        """Stop the worker running a task past its timeout: ``handle`` comes from the
+        slot directory (a pid) or from ``running()``."""
         raise NotImplementedError
 
     def shutdown(self, kill: bool = False) -> None:
@@ -106,11 +151,442 @@ class LokyExecutor(Executor):
             pool.shutdown(wait=True, kill_workers=kill)
 
 
+# -- dask ------------------------------------------------------------------------------
+
+DASK_HINT = 'the dask executor needs dask.distributed: pip install "nbqueue[dask]"'
+_DEFAULT: Any = object()  # an option left out
+
+
+def _distributed() -> Any:
+    """The ``distributed`` module, imported only when a dask executor is asked for."""
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ConfigurationError(f"{DASK_HINT} (importing it failed: {exc})") from None
+    return distributed
+
+
+def run_on_dask(topic: str, key: str, items: list[tuple]) -> list[tuple]:
+    """The unit a cluster submits to dask: ``worker.run_chunk``, telling the cluster
+    when each task starts (an event on ``topic``, through the scheduler) so that it can
+    count running tasks and time them. Runs in a thread of a dask worker: no slot."""
+    from distributed import get_worker
+    try:
+        here: Any = get_worker()
+    except ValueError:  # not on a worker (a test calling it directly)
+        here = None
+    pid = os.getpid()
+    outcomes = []
+    for item in items:
+        if here is not None:
+            here.log_event(topic, [key, item[0], pid, here.address])
+        outcomes.append(worker.execute(item, None))
+    return outcomes
+
+
+class _Chunk:
+    """A chunk of tasks handed to the dask executor, and what is known of its run."""
+
+    __slots__ = ("key", "items", "future", "dask", "task", "since", "address", "pid",
+                 "killed", "timeouts")
+
+    def __init__(self, key: str, items: list[tuple], future: Future) -> None:
+        self.key = key
+        self.items = items
+        self.future = future
+        self.dask: Any = None  # the dask future, once submitted
+        self.task: str | None = None  # the task running now, from the start events
+        self.since = 0.0  # when it started, by this process's clock
+        self.address: str | None = None  # the dask worker running it
+        self.pid: int | None = None
+        self.killed = False
+        self.timeouts = {item[0]: item[4] for item in items}
+
+
+class DaskExecutor(Executor):
+    """Chunks of tasks run as dask tasks, on a scheduler at ``address`` or on a
+    ``distributed.LocalCluster`` of ``workers`` single-threaded processes started by
+    ``open()`` and closed by ``shutdown()``.
+
+    The cluster keeps at most as many chunks in dask as it has threads (the rest wait
+    here), so every dask task is running: a worker that dies takes only its running
+    chunks with it, as with loky.
+
+    Timeouts: dask runs tasks in worker threads, where ``SIGALRM`` cannot reach them and
+    no thread can be stopped from outside. So the cluster times each task from the
+    start event its worker sends, and at the deadline records the failure and calls
+    ``kill``, which stops that worker process: on our own LocalCluster a SIGKILL (its
+    nanny starts a fresh worker; the scheduler, with ``allowed_failures=0``, ends the
+    chunk at once); on another scheduler the chunk is cancelled first, so that dask does
+    not run the timed-out task again elsewhere, then the worker is restarted through its
+    nanny (a worker without a nanny is shut down instead).
+
+    Lost workers: dask's ``KilledWorker`` (and a cancelled or lost chunk) becomes
+    ``WorkerLost``, one of ``BROKEN``, naming the task that was running, so the cluster
+    re-delivers it (an attempt counted) and the chunk's other tasks (not counted),
+    exactly as for a broken loky pool. Our LocalCluster's scheduler has
+    ``allowed_failures=0``; another scheduler may first re-run a task itself, up to its
+    ``distributed.scheduler.allowed-failures`` times, before it reports ``KilledWorker``.
+    """
+
+    name = "dask"
+    chunk_seconds = 0.2  # a chunk's round trip through the scheduler costs ~10-30 ms
+    kill_grace = 0.0  # no first tier: restart the worker at the deadline
+    timeout_note = ("(a task on dask runs in a worker thread that cannot be interrupted, "
+                    "so its worker process was restarted)")
+
+    def __init__(self, workers: int, slot_dir: str | None = None, max_rss: int | None = None,
+                 address: str | None = None, client: Any = None,
+                 dashboard_address: Any = _DEFAULT, memory_limit: Any = _DEFAULT,
+                 connect_timeout: float = 10.0) -> None:
+        if max_rss:
+            raise ConfigurationError(
+                "max_rss is an option of the loky executor; on dask, give the workers a "
+                "memory limit instead (Cluster(executor='dask', memory_limit='2GB') for a "
+                "LocalCluster, `dask worker --memory-limit 2GB` elsewhere)")
+        if address is not None and (not isinstance(address, str) or not address):
+            raise ConfigurationError(f"address must be a dask scheduler address like "
+                                     f"'tcp://host:8786', not {address!r}")
+        if address is not None and client is not None:
+            raise ConfigurationError("give the dask executor an address or a client, not both")
+        local_only = [name for name, value in (("dashboard_address", dashboard_address),
+                                               ("memory_limit", memory_limit))
+                      if value is not _DEFAULT]
+        if local_only and (address is not None or client is not None):
+            raise ConfigurationError(
+                f"{' and '.join(local_only)} only apply to a LocalCluster that the cluster "
+                "starts (no address= or client=); give them to `dask scheduler` / "
+                "`dask worker` instead")
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) \
+                or not connect_timeout > 0:
+            raise ConfigurationError(f"connect_timeout must be a number of seconds > 0, "
+                                     f"not {connect_timeout!r}")
+        self._dd = _distributed()
+        if client is not None and not isinstance(client, self._dd.Client):
+            raise ConfigurationError(f"client must be a distributed.Client, not "
+                                     f"{type(client).__name__}")
+        self.workers = workers
+        self.address = address
+        self.client: Any = client
+        self._own_client = client is None
+        self._local: Any = None  # the LocalCluster we started, if any
+        self._local_options = {
+            "dashboard_address": ("127.0.0.1:8787" if dashboard_address is _DEFAULT
+                                  else dashboard_address),  # None: no dashboard
+            "memory_limit": "auto" if memory_limit is _DEFAULT else memory_limit}
+        self.connect_timeout = float(connect_timeout)
+        self._lock = threading.Lock()
+        self._waiting: collections.deque[_Chunk] = collections.deque()
+        self._chunks: dict[str, _Chunk] = {}  # key -> chunk in dask
+        self._capacity = 0
+        self._topic = f"nbqueue-{uuid.uuid4().hex}"
+        self._seq = 0
+        self._closed = False
+        self._cancel_first = True  # unless the scheduler never re-runs a lost task
+        self._poller: threading.Thread | None = None
+        self._restarter: ThreadPoolExecutor | None = None
+        self.restarts = 0
+
+    # -- life cycle --------------------------------------------------------------------
+
+    def open(self) -> None:
+        dd = self._dd
+        where = self.address or ("the given client" if self.client is not None
+                                 else "a new LocalCluster")
+        try:
+            if self.client is None and self.address is not None:
+                self.client = dd.Client(self.address, timeout=self.connect_timeout,
+                                        set_as_default=False)
+            elif self.client is None:
+                # Single-threaded worker processes, as with loky (tasks are mostly Python
+                # holding the GIL); allowed_failures=0: a lost task comes back to us.
+                self._local = dd.LocalCluster(
+                    n_workers=self.workers, threads_per_worker=1, processes=True,
+                    silence_logs=logging.CRITICAL, scheduler_kwargs={"allowed_failures": 0},
+                    **self._local_options)
+                self.client = dd.Client(self._local, set_as_default=False)
+            self.client.subscribe_topic(self._topic, self._on_event)
+            self._cancel_first = self._local is None and self._scheduler_allowed_failures() != 0
+            self._update_capacity()
+            self.dashboard = self._dashboard_link()
+        except Exception as exc:
+            self.shutdown(kill=True)
+            if isinstance(exc, (ClusterError, ConfigurationError)):
+                raise
+            raise ClusterError(f"the dask executor cannot start or reach its scheduler "
+                               f"({where}): "
+                               f"{type(exc).__name__}: {exc}. Start one with `dask scheduler` "
+                               "and workers with `dask worker ADDRESS`, or leave out address= "
+                               "to start a LocalCluster") from exc
+        self._restarter = ThreadPoolExecutor(1, thread_name_prefix="nbqueue-dask-restart")
+        self._poller = threading.Thread(target=self._poll, name="nbqueue-dask-poll",
+                                        daemon=True)
+        self._poller.start()
+
+    def _scheduler_allowed_failures(self) -> int | None:
+        try:
+            return self.client.run_on_scheduler(_allowed_failures)
+        except Exception:
+            return None
+
+    def _dashboard_link(self) -> str | None:
+        try:
+            if "dashboard" not in self.client.scheduler_info().get("services", {}):
+                return None
+            return self.client.dashboard_link
+        except Exception:
+            return None
+
+    def _update_capacity(self) -> None:
+        threads = sum(self.client.nthreads().values())
+        with self._lock:
+            self._capacity = threads
+
+    def _poll(self) -> None:
+        """Follow the number of threads (workers come and go) and feed freed room."""
+        while not self._closed:
+            time.sleep(0.25)
+            try:
+                self._update_capacity()
+            except Exception:
+                if not self._closed:
+                    log.debug("nbqueue dask executor: cannot read the workers", exc_info=True)
+                continue
+            self._pump()
+
+    def capacity(self) -> int | None:
+        with self._lock:
+            return self._capacity or None
+
+    def shutdown(self, kill: bool = False) -> None:
+        """Close: chunks not yet in dask are cancelled; chunks in dask end as WorkerLost
+        (the cluster hands their tasks back). ``kill`` waits for nothing; without it,
+        chunks in dask get up to a minute to finish first."""
+        if not kill:
+            deadline = time.monotonic() + 60
+            while self._chunks and time.monotonic() < deadline:
+                time.sleep(0.05)
+        with self._lock:
+            self._closed = True
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            chunks, self._chunks = list(self._chunks.values()), {}
+        for chunk in waiting:
+            if not chunk.future.cancel():
+                _settle(chunk.future, exception=WorkerLost("the executor shut down"))
+        for chunk in chunks:
+            if kill and self._local is not None and chunk.pid:
+                self._sigkill(chunk.pid)  # else its nanny waits 4 s for the task to return
+            if chunk.dask is not None:
+                try:
+                    chunk.dask.cancel()
+                except Exception:
+                    pass
+            _settle(chunk.future, exception=WorkerLost("the executor shut down"))
+        if self._restarter is not None:  # a worker being restarted: let it finish (<= 30 s)
+            self._restarter.shutdown(wait=True)
+        client, local = self.client, self._local
+        self.dashboard = None
+        if client is not None:
+            try:
+                client.unsubscribe_topic(self._topic)
+            except Exception:
+                pass
+            if self._own_client:
+                try:
+                    client.close(timeout=10)
+                except Exception:
+                    log.debug("nbqueue dask executor: closing the client", exc_info=True)
+        if local is not None:
+            try:
+                local.close(timeout=20)
+            except Exception:
+                log.warning("nbqueue dask executor: the LocalCluster did not close cleanly",
+                            exc_info=True)
+        if self._poller is not None and self._poller is not threading.current_thread():
+            self._poller.join(timeout=5)
+
+    # -- chunks ------------------------------------------------------------------------
+
+    def submit(self, items: list[tuple]) -> Future:
+        future: Future = Future()
+        with self._lock:
+            if self._closed or self.client is None:
+                raise RuntimeError("the dask executor is not open")
+            self._seq += 1
+            self._waiting.append(_Chunk(f"nbqueue-chunk-{self._topic[8:16]}-{self._seq}",
+                                        items, future))
+        self._pump()
+        return future
+
+    def _pump(self) -> None:
+        """Hand waiting chunks to dask while it has idle threads."""
+        while True:
+            with self._lock:
+                if (self._closed or not self._waiting
+                        or len(self._chunks) >= self._capacity):
+                    return
+                chunk = self._waiting.popleft()
+                if not chunk.future.set_running_or_notify_cancel():
+                    continue  # cancelled while it waited here
+                self._chunks[chunk.key] = chunk
+            try:
+                chunk.dask = self.client.submit(run_on_dask, self._topic, chunk.key,
+                                                chunk.items, key=chunk.key, pure=False)
+            except Exception as exc:
+                with self._lock:
+                    self._chunks.pop(chunk.key, None)
+                _settle(chunk.future, exception=WorkerLost(
+                    f"cannot submit to dask: {type(exc).__name__}: {exc}"))
+                continue
+            chunk.dask.add_done_callback(partial(self._on_done, chunk))
+
+    def _on_event(self, event: tuple) -> None:
+        """A task started (in the client's event loop: be quick)."""
+        try:
+            key, task_id, pid, address = event[1]
+        except (TypeError, ValueError):
+            return
+        with self._lock:
+            chunk = self._chunks.get(key)
+            if chunk is not None:
+                chunk.task, chunk.since = task_id, time.time()
+                chunk.pid, chunk.address = pid, address
+
+    def _on_done(self, chunk: _Chunk, done: Any) -> None:
+        """A chunk's dask future finished (in dask's callback thread)."""
+        with self._lock:  # first: it no longer runs, whatever its outcome
+            self._chunks.pop(chunk.key, None)
+        try:
+            status = done.status
+            if status == "finished":
+                try:
+                    _settle(chunk.future, result=done.result())
+                except Exception as exc:  # its result was lost with its worker
+                    _settle(chunk.future, exception=self._lost(chunk, exc))
+            elif status == "error":
+                exc = done.exception()
+                if isinstance(exc, self._dd.KilledWorker):
+                    _settle(chunk.future, exception=self._lost(chunk, exc))
+                else:  # the chunk itself could not run (e.g. nbqueue missing on the worker)
+                    _settle(chunk.future, exception=exc)
+            else:  # cancelled: by kill(), by shutdown, or the scheduler went away
+                _settle(chunk.future, exception=self._lost(chunk, None))
+        except Exception as exc:
+            _settle(chunk.future, exception=self._lost(chunk, exc))
+        finally:
+            self._pump()
+
+    def _lost(self, chunk: _Chunk, exc: BaseException | None) -> WorkerLost:
+        with self._lock:
+            task, address, pid, killed = chunk.task, chunk.address, chunk.pid, chunk.killed
+        # With at most one chunk per thread in dask, a chunk lost with no start event yet
+        # was starting its first task: count that one, so that a task that kills its
+        # worker at once is not re-delivered forever.
+        running = task or chunk.items[0][0]
+        where = f"dask worker {address} (pid {pid})" if address else "its dask worker"
+        if killed:
+            reason = f"{where} was restarted to stop a task past its timeout"
+        else:
+            reason = f"{where} was lost: it was killed, ran out of memory or crashed"
+        detail = f" [{type(exc).__name__}: {exc}]" if exc is not None else ""
+        return WorkerLost(f"{reason}{detail}", (running,), reason)
+
+    # -- timeouts ----------------------------------------------------------------------
+
+    def running(self) -> list[tuple[str, float, float, Any]]:
+        with self._lock:
+            states = []
+            for chunk in self._chunks.values():
+                if chunk.task is None:
+                    continue
+                timeout = chunk.timeouts.get(chunk.task)
+                deadline = chunk.since + timeout if timeout else 0.0
+                states.append((chunk.task, chunk.since, deadline, chunk.key))
+            return states
+
+    def kill(self, handle: Any) -> None:
+        """Stop the chunk ``handle`` (a key from ``running()``): restart its worker."""
+        with self._lock:
+            chunk = self._chunks.get(handle)
+            if chunk is None or chunk.killed or self._restarter is None:
+                return
+            chunk.killed = True
+        try:
+            self._restarter.submit(self._restart, chunk)
+        except RuntimeError:  # shutting down: the chunk goes with everything else
+            pass
+
+    def _restart(self, chunk: _Chunk) -> None:
+        if self._local is not None and chunk.pid:
+            # Our LocalCluster's workers are our children, on this machine: SIGKILL it,
+            # as loky's tier 2 does. Its nanny starts a fresh one; the scheduler, which
+            # never re-runs a lost task (allowed_failures=0), ends the chunk at once.
+            self.restarts += 1
+            self._sigkill(chunk.pid)
+            return
+        if self._cancel_first and chunk.dask is not None:
+            # Another scheduler may re-run a task whose worker is lost: take it out first.
+            chunk.dask.cancel()
+        try:
+            outcome = self.client.restart_workers([chunk.address], timeout=30,
+                                                  raise_for_error=False)
+            self.restarts += 1
+            log.info("nbqueue dask executor: restarted worker %s: %s", chunk.address, outcome)
+        except Exception as exc:
+            if self._closed:
+                return
+            log.warning("nbqueue dask executor: could not restart worker %s (%s); the "
+                        "timed-out task runs on there until it returns, and its result will "
+                        "be dropped", chunk.address, exc)
+            if not self._cancel_first and chunk.dask is not None:
+                chunk.dask.cancel()
+
+    @staticmethod
+    def _sigkill(pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    # -- for tests and the curious -----------------------------------------------------
+
+    def worker_pids(self) -> dict[str, int]:
+        """{worker address: pid} of the dask workers that answer now."""
+        return self.client.run(os.getpid, on_error="ignore")
+
+
+def _allowed_failures(dask_scheduler: Any) -> int:
+    return dask_scheduler.allowed_failures
+
+
+def _settle(future: Future, result: Any = None, exception: BaseException | None = None) -> None:
+    """Set a future's outcome unless it already has one."""
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
+EXECUTORS = ("loky", "dask")
+
+
 def make_executor(name: str, workers: int, slot_dir: str, max_rss: int | None = None,
                   **options: Any) -> Executor:
-    """The executor called ``name``; raises ValueError naming the known ones."""
+    """The executor called ``name``; raises ConfigurationError naming the known ones."""
     if name == "loky":
         if options:
-            raise ValueError(f"the loky executor takes no options, got {sorted(options)}")
+            raise ConfigurationError(f"the loky executor takes no options, got "
+                                     f"{sorted(options)}")
         return LokyExecutor(workers, slot_dir, max_rss)
-    raise ValueError(f"unknown executor {name!r}; the executors are: 'loky'")
+    if name == "dask":
+        known = {"address", "client", "dashboard_address", "memory_limit", "connect_timeout"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigurationError(f"unknown option(s) of the dask executor: {unknown}; "
+                                     f"it takes {sorted(known)}")
+        return DaskExecutor(workers, slot_dir, max_rss, **options)
+    raise ConfigurationError(f"unknown executor {name!r}; the executors are: "
+                             + ", ".join(repr(e) for e in EXECUTORS))

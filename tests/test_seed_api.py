@@ -4,7 +4,9 @@ Each example of ``seed/000_78813f960cc09cd0.txt`` is walked as written, with onl
 import line adapted (``from nbqueue import ...``). Dotted paths of hooks point at
 ``tests.tasks_fixtures`` instead of a user's ``hooks`` module. Everything is real:
 a private store in a temp directory and, where work must run in the background, a
-real two-worker loky cluster (the ``cluster`` fixture).
+real two-worker cluster (the ``cluster`` fixture). Every test that uses it runs twice:
+with the loky executor, and with the dask executor on a real ``distributed.LocalCluster``
+of two worker processes.
 
 Waits are in milliseconds, as in the reference; they are generous so that a slow
 machine is not a failure, and every test is bounded by pytest-timeout.
@@ -59,6 +61,32 @@ def _clear_hook_lists():
     yield
     fx.HOOKED.clear()
     fx.HOOK_TASKS.clear()
+
+
+@pytest.fixture(scope="module")
+def dask_scheduler():
+    """One LocalCluster (2 single-threaded worker processes) for the whole module.
+
+    Starting one costs 2-6 s, so the dask half of this module shares it: each test's
+    ``Cluster(executor="dask", address=...)`` connects its own client to it, exactly as a
+    notebook connects to a scheduler started with ``dask scheduler``. Its scheduler keeps
+    dask's defaults (``allowed-failures`` 3), like such a scheduler.
+    """
+    distributed = pytest.importorskip("distributed", reason='needs "nbqueue[dask]"')
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address="127.0.0.1:0") as local:
+        yield local.scheduler_address
+
+
+@pytest.fixture(params=["loky", "dask"])
+def cluster(request, store_dir):
+    """A running two-worker cluster on the test's store, with each executor in turn."""
+    options = {}
+    if request.param == "dask":
+        options = {"executor": "dask", "address": request.getfixturevalue("dask_scheduler")}
+    running = nbqueue.Cluster(workers=2, directory=store_dir, **options).start()
+    yield running
+    running.stop(wait=5)
 
 
 @pytest.fixture
