@@ -1,6 +1,7 @@
 # Two commands set up everything on a fresh machine with Python 3.10+, pip and make:
 #   make demo   - create .venv, install nbqueue, run the main job (examples/montecarlo.py)
 #   make test   - create .venv with the test extras, run the whole suite
+#   make bench  - create .venv with the bench extras (the peers), run benchmarks/run.py
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,6 +20,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@ $(VENV)/.installed
+
 demo: $(VENV)/.installed
 	$(BIN)/python examples/montecarlo.py
 
@@ -29,6 +34,10 @@ $(CHROMIUM):
 
 test: $(VENV)/.installed-test $(CHROMIUM)
 	$(BIN)/python -m pytest
+
+# BENCH_ARGS="--quick" (or --only noop,latency, --skip-peers, --json FILE) narrows it
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

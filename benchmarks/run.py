@@ -1,0 +1,918 @@
+#!/usr/bin/env python
+"""nbqueue's benchmark suite (issue #5): nbqueue next to raw loky and its peers.
+
+    python benchmarks/run.py [--quick] [--json out.json] [--only noop,latency,...]
+                             [--skip-peers] [--systems loky,nbqueue,...] [--scale F]
+
+Every system is measured in this one process, one after another, on the same
+workloads; systems that need a worker process of their own (the huey consumer,
+django-q2's qcluster, ``nbqueue cluster``) are started here as subprocesses and
+stopped by pid afterwards. Each figure is the median of several repeats, and every
+nbqueue figure is also given as a ratio to raw loky measured in the same run, since
+this machine is shared and absolute figures are noisy.
+
+Workloads (sizes at --scale 1):
+  noop     2,000 no-op tasks, from the first enqueue to all results in hand -> tasks/s
+  cpu      200 tasks of 10 ms of pure-Python CPU work -> tasks/s, efficiency vs ideal
+  latency  200 sequential single tasks, enqueue then wait for the result -> p50/p95 ms
+  enqueue  10,000 async_task calls (no cluster consuming) -> calls/s; async_iter of
+           10,000 items -> items/s
+  results  result_group of a 10,000-task group, count_group, on a 100,000-task store -> ms
+  memory   RSS of a fresh "kernel" process with a running cluster, idle and after
+           100,000 tasks (benchmarks/memory_child.py)
+
+Prints a markdown table (figures, ratio to raw loky, target, met / not met) and
+writes JSON (default benchmarks/results/latest.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from importlib import metadata
+from typing import Any, Callable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+# every worker process of every system must import the workload functions
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [HERE] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != HERE])
+
+import workloads  # noqa: E402
+
+WORKERS = 2
+WORKLOADS = ("noop", "cpu", "latency", "enqueue", "results", "memory")
+PEERS = ("huey", "dask", "django-q2")
+SYSTEMS = ("loky", "nbqueue", "nbqueue-proc") + PEERS
+SYSTEM_NAMES = {
+    "loky": "raw loky",
+    "nbqueue": "nbqueue, in-process cluster",
+    "nbqueue-proc": "nbqueue, `nbqueue cluster` process",
+    "huey": "huey, SqliteHuey",
+    "dask": "dask, LocalCluster",
+    "django-q2": "django-q2, ORM on SQLite",
+}
+# where a workload runs a system differently, the table says so
+WORKLOAD_NAMES = {
+    ("enqueue", "nbqueue"): "nbqueue, no cluster running",
+    ("enqueue", "huey"): "huey, no consumer running",
+    ("enqueue", "django-q2"): "django-q2, no qcluster running",
+    ("results", "nbqueue"): "nbqueue, the store the memory run left",
+    ("memory", "nbqueue"): "nbqueue, in-process cluster, fresh process",
+}
+SIZES = {"noop": 2000, "cpu": 200, "latency": 200, "enqueue": 10_000, "iter": 10_000,
+         "group": 10_000, "store": 100_000}
+CPU_MS = 10.0
+WAIT_MS = 600_000  # a result that takes longer than this is a failure of the run
+
+
+# -- figures -----------------------------------------------------------------------
+
+class Results:
+    """Measured figures by (workload, system, figure), with their repeats."""
+
+    def __init__(self) -> None:
+        self.figures: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.errors: list[dict[str, str]] = []
+        self.notes: dict[str, str] = {}
+
+    def add(self, workload: str, system: str, figure: str, unit: str, runs: list[float],
+            better: str, **extra: Any) -> float:
+        value = statistics.median(runs)
+        self.figures[workload, system, figure] = dict(
+            workload=workload, system=system, figure=figure, unit=unit, value=value,
+            runs=runs, better=better, **extra)
+        print(f"  {workload:<8} {system:<13} {figure:<28} {fmt(value, unit):>12}   "
+              f"runs: {', '.join(fmt(r, unit) for r in runs)}", flush=True)
+        return value
+
+    def get(self, workload: str, system: str, figure: str) -> float | None:
+        entry = self.figures.get((workload, system, figure))
+        return None if entry is None else entry["value"]
+
+    def error(self, system: str, workload: str, exc: BaseException) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        self.errors.append({"system": system, "workload": workload, "error": text,
+                            "traceback": traceback.format_exc()})
+        print(f"  !! {system} {workload}: {text}", flush=True)
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if unit == "%":
+        return f"{value:.1f} %"
+    if unit in ("ms",):
+        return f"{value:.3g} ms" if value < 10 else f"{value:,.1f} ms"
+    if unit == "MB":
+        return f"{value:,.1f} MB"
+    if unit.endswith("/s"):
+        return f"{value:,.0f} {unit}"
+    return f"{value:.3g} {unit}"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+# -- subprocesses, stopped by pid ---------------------------------------------------
+
+class Child:
+    """A worker process of a system, in a session of its own, stopped by its pid."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+                 cwd: str | None = None, log_dir: str | None = None) -> None:
+        self.name = name
+        self.log_path = os.path.join(log_dir or tempfile.gettempdir(), f"{name}.log")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(argv, env=dict(os.environ, **(env or {})), cwd=cwd,
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGINT, grace: float = 30.0) -> None:
+        """Ask for a graceful stop, then kill the process group it leads if it lingers."""
+        if self.alive():
+            try:
+                os.kill(self.pid, sig)
+                self.proc.wait(timeout=grace)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        try:  # its own workers, if any outlived it (the group is the one we made)
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            with open(self.log_path, errors="replace") as log:
+                return "".join(log.readlines()[-lines:])
+        except OSError:
+            return ""
+
+
+# -- the systems --------------------------------------------------------------------
+#
+# Each system has the same few operations, so the workloads are written once:
+#   many(func, args_list) -> results   enqueue all, then wait for all results
+#   one(func, arg) -> result           enqueue one and wait for its result
+#   submit_only(n) -> seconds          time n enqueue calls (enqueue workload)
+
+class System:
+    key = ""
+    workloads: tuple[str, ...] = ()
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def many(self, func: Callable, args: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def one(self, func: Callable, arg: Any) -> Any:
+        raise NotImplementedError
+
+
+class Loky(System):
+    key = "loky"
+    workloads = ("noop", "cpu", "latency", "enqueue")
+
+    def start(self) -> None:
+        from loky import get_reusable_executor
+        self.executor = get_reusable_executor(max_workers=WORKERS, timeout=None)
+
+    def stop(self) -> None:
+        self.executor.shutdown(wait=True)
+
+    def many(self, func, args):
+        futures = [self.executor.submit(func, a) for a in args]
+        return [f.result() for f in futures]
+
+    def one(self, func, arg):
+        return self.executor.submit(func, arg).result()
+
+    def enqueue(self, n: int) -> dict[str, float]:
+        with Timer() as t:
+            futures = [self.executor.submit(workloads.noop, i) for i in range(n)]
+        for f in futures:
+            f.result()
+        return {"calls/s": n / t.seconds}
+
+
+class Nbqueue(System):
+    """nbqueue with a cluster in this process (``proc=False``) or in an ``nbqueue cluster``
+    subprocess (``proc=True``); a fresh store for each."""
+
+    key = "nbqueue"
+    workloads = ("noop", "cpu", "latency", "enqueue")
+
+    def __init__(self, tmp: str, proc: bool = False) -> None:
+        self.tmp = tmp
+        self.proc = proc
+        self.cluster: Any = None
+        self.child: Child | None = None
+        self.groups = 0
+        if proc:
+            self.key = "nbqueue-proc"
+            self.workloads = ("noop", "latency")
+
+    def fresh_store(self, label: str) -> str:
+        import nbqueue
+        directory = tempfile.mkdtemp(prefix=f"nbq-{label}-", dir=self.tmp)
+        os.rmdir(directory)  # nbqueue creates it, private
+        nbqueue.configure(directory=directory)
+        self.directory = directory
+        return directory
+
+    def start(self) -> None:
+        import nbqueue
+        directory = self.fresh_store(self.key)
+        if self.proc:
+            self.child = Child("nbqueue-cluster", [
+                sys.executable, "-m", "nbqueue", "cluster", "--directory", directory,
+                "--workers", str(WORKERS)], log_dir=self.tmp)
+            broker = nbqueue.get_broker(directory)
+            deadline = time.monotonic() + 120
+            while not broker.clusters():
+                if not self.child.alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"nbqueue cluster did not start:\n{self.child.tail()}")
+                time.sleep(0.05)
+        else:
+            self.cluster = nbqueue.Cluster(workers=WORKERS, directory=directory).start()
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop(wait=10)
+            self.cluster = None
+        if self.child is not None:
+            self.child.stop(signal.SIGINT)
+            self.child = None
+
+    def many(self, func, args):
+        import nbqueue
+        self.groups += 1
+        group = f"bench-{self.groups}"
+        for a in args:
+            nbqueue.async_task(func, a, group=group)
+        results = nbqueue.result_group(group, count=len(args), wait=WAIT_MS)
+        if results is None or len(results) != len(args):
+            raise RuntimeError(f"group {group}: {0 if results is None else len(results)} "
+                               f"results of {len(args)}")
+        return results
+
+    def one(self, func, arg):
+        import nbqueue
+        return nbqueue.result(nbqueue.async_task(func, arg), wait=WAIT_MS)
+
+    def enqueue(self, n: int) -> dict[str, float]:
+        """async_task calls with no cluster consuming: what the producer's calls cost;
+        and async_iter of n items."""
+        import nbqueue
+        self.fresh_store("enqueue")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", nbqueue.NoClusterWarning)
+            noop = workloads.noop
+            with Timer() as calls:
+                for i in range(n):
+                    nbqueue.async_task(noop, i)
+            with Timer() as flush:
+                nbqueue.flush()
+            with Timer() as it:
+                nbqueue.async_iter(noop, range(n))
+        return {"calls/s": n / calls.seconds,
+                "calls/s incl. flush": n / (calls.seconds + flush.seconds),
+                "async_iter items/s": n / it.seconds}
+
+
+class Huey(System):
+    key = "huey"
+    workloads = ("noop", "cpu", "latency", "enqueue")
+
+    def __init__(self, tmp: str) -> None:
+        self.tmp = tmp
+        self.child: Child | None = None
+
+    def setup(self) -> None:
+        os.environ["NBQUEUE_BENCH_HUEY_DB"] = os.path.join(self.tmp, "huey.db")
+        import huey_app
+        self.app = huey_app
+        self.tasks = {workloads.noop: huey_app.noop, workloads.spin: huey_app.spin}
+
+    def start(self) -> None:
+        # process workers (-k process), 2 of them; each polls the queue every 5 ms,
+        # as nbqueue's cluster polls its own (-d 0.005 -m 0.005 -b 1: no back-off)
+        self.child = Child("huey-consumer", [
+            sys.executable, "-m", "huey.bin.huey_consumer", "huey_app.huey", "-w",
+            str(WORKERS), "-k", "process", "-d", "0.005", "-m", "0.005", "-b", "1",
+            "-C", "-q"], log_dir=self.tmp, cwd=HERE)
+        # wait until the consumer answers
+        r = self.app.noop(-1)
+        if r.get(blocking=True, timeout=120, backoff=1.0, max_delay=0.01) != -1:
+            raise RuntimeError(f"huey consumer did not answer:\n{self.child.tail()}")
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop(signal.SIGINT)
+            self.child = None
+
+    def _get(self, result):
+        # huey's blocking get starts polling at 50 ms; 1 ms polls make its round trip fair
+        return result.get(blocking=True, timeout=WAIT_MS / 1000, backoff=1.0, max_delay=0.001)
+
+    def many(self, func, args):
+        task = self.tasks[func]
+        pending = [task(a) for a in args]
+        return [self._get(r) for r in pending]
+
+    def one(self, func, arg):
+        return self._get(self.tasks[func](arg))
+
+    def enqueue(self, n: int) -> dict[str, float]:
+        """Enqueue calls before the consumer runs (the producer's cost), then flush."""
+        noop = self.app.noop
+        with Timer() as t:
+            for i in range(n):
+                noop(i)
+        self.app.huey.flush()
+        return {"calls/s": n / t.seconds}
+
+
+class Dask(System):
+    key = "dask"
+    workloads = ("noop", "cpu", "latency", "enqueue")
+
+    def start(self) -> None:
+        import logging
+
+        from dask.distributed import Client, LocalCluster
+        self.cluster = LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
+                                    dashboard_address=None, silence_logs=logging.ERROR)
+        self.client = Client(self.cluster)
+        self.client.wait_for_workers(WORKERS, timeout=120)
+
+    def stop(self) -> None:
+        import logging
+        # workers that heartbeat into a scheduler already closed log tracebacks: not ours
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        self.client.close()
+        self.cluster.close()
+
+    def many(self, func, args):
+        futures = [self.client.submit(func, a, pure=False) for a in args]
+        return self.client.gather(futures)
+
+    def one(self, func, arg):
+        return self.client.submit(func, arg, pure=False).result()
+
+    def enqueue(self, n: int) -> dict[str, float]:
+        with Timer() as t:
+            futures = [self.client.submit(workloads.noop, i, pure=False) for i in range(n)]
+        self.client.gather(futures)
+        del futures
+        return {"calls/s": n / t.seconds}
+
+
+class DjangoQ(System):
+    key = "django-q2"
+    workloads = ("noop", "cpu", "latency", "enqueue")
+
+    def __init__(self, tmp: str) -> None:
+        self.tmp = tmp
+        self.child: Child | None = None
+        self.groups = 0
+
+    def setup(self) -> None:
+        os.environ["NBQUEUE_BENCH_DJQ_DB"] = os.path.join(self.tmp, "djq.sqlite3")
+        os.environ["DJANGO_SETTINGS_MODULE"] = "djq_settings"
+        import django
+        django.setup()
+        from django.core.management import call_command
+        call_command("migrate", verbosity=0, interactive=False)
+        from django_q import tasks
+        from django_q.models import OrmQ
+        self.tasks = tasks
+        self.OrmQ = OrmQ
+
+    def start(self) -> None:
+        self.child = Child("django-q2-qcluster", [sys.executable, "-m", "django", "qcluster"],
+                           log_dir=self.tmp, cwd=HERE)
+        task_id = self.tasks.async_task(workloads.noop, -1)
+        if self.tasks.result(task_id, wait=120_000) != -1:
+            raise RuntimeError(f"qcluster did not answer:\n{self.child.tail()}")
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop(signal.SIGTERM)
+            self.child = None
+
+    def many(self, func, args):
+        self.groups += 1
+        group = f"bench-{self.groups}"
+        for a in args:
+            self.tasks.async_task(func, a, group=group)
+        results = self.tasks.result_group(group, count=len(args), wait=WAIT_MS)
+        if results is None or len(results) != len(args):
+            raise RuntimeError(f"group {group}: {0 if results is None else len(results)} "
+                               f"results of {len(args)}")
+        return results
+
+    def one(self, func, arg):
+        return self.tasks.result(self.tasks.async_task(func, arg), wait=WAIT_MS)
+
+    def enqueue(self, n: int) -> dict[str, float]:
+        """Enqueue calls before the qcluster runs (the producer's cost), then purge.
+
+        At most 2,000 calls: each is one autocommitted INSERT (~5-15 ms), so 10,000
+        would take minutes and tell nothing more about the rate."""
+        n = min(n, 2000)
+        with Timer() as t:
+            for i in range(n):
+                self.tasks.async_task(workloads.noop, i)
+        self.OrmQ.objects.all().delete()
+        return {"calls/s": n / t.seconds, "n": n}
+
+
+# -- the workloads ------------------------------------------------------------------
+
+class Suite:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.repeats = args.repeats or (1 if args.quick else 3)
+        self.sizes = {k: max(2, int(round(v * args.scale))) for k, v in SIZES.items()}
+        self.sizes["group"] = min(self.sizes["group"], self.sizes["store"])
+        self.only = set(args.only.split(",")) if args.only else set(WORKLOADS)
+        unknown = self.only - set(WORKLOADS)
+        if unknown:
+            raise SystemExit(f"unknown workload(s): {', '.join(sorted(unknown))}")
+        systems = set(args.systems.split(",")) if args.systems else set(SYSTEMS)
+        if args.skip_peers:
+            systems -= set(PEERS)
+        self.systems = systems
+        self.results = Results()
+        self.tmp = tempfile.mkdtemp(prefix="nbqueue-bench-")
+        self.load: dict[str, tuple[float, float, float]] = {}  # at each system's start
+
+    def wants(self, workload: str) -> bool:
+        return workload in self.only
+
+    def repeat(self, measure: Callable[[], Any]) -> list[Any]:
+        return [measure() for _ in range(self.repeats)]
+
+    # each workload, on one started system
+
+    def noop(self, system: System) -> None:
+        n = self.sizes["noop"]
+        args = list(range(n))
+
+        def once() -> float:
+            with Timer() as t:
+                results = system.many(workloads.noop, args)
+            assert len(results) == n
+            return n / t.seconds
+        self.results.add("noop", system.key, "tasks/s", "tasks/s", self.repeat(once), "higher",
+                         n=n)
+
+    def cpu(self, system: System) -> None:
+        n = self.sizes["cpu"]
+        args = [CPU_MS] * n
+        ideal = WORKERS / (CPU_MS / 1000)
+
+        def once() -> float:
+            with Timer() as t:
+                system.many(workloads.spin, args)
+            return n / t.seconds
+        runs = self.repeat(once)
+        self.results.add("cpu", system.key, "tasks/s", "tasks/s", runs, "higher", n=n,
+                         task_ms=CPU_MS)
+        self.results.add("cpu", system.key, "efficiency", "%", [100 * r / ideal for r in runs],
+                         "higher", ideal_tasks_per_s=ideal)
+
+    def latency(self, system: System) -> None:
+        n = self.sizes["latency"]
+        p50s, p95s = [], []
+        for _ in range(self.repeats):
+            samples = []
+            for i in range(n):
+                start = time.perf_counter()
+                value = system.one(workloads.noop, i)
+                samples.append((time.perf_counter() - start) * 1000)
+                if value != i:
+                    raise RuntimeError(f"round trip {i} returned {value!r}")
+            p50s.append(percentile(samples, 0.5))
+            p95s.append(percentile(samples, 0.95))
+        self.results.add("latency", system.key, "p50", "ms", p50s, "lower", n=n)
+        self.results.add("latency", system.key, "p95", "ms", p95s, "lower", n=n)
+
+    def enqueue(self, system: System) -> None:
+        n = self.sizes["enqueue"]
+        runs = self.repeat(lambda: system.enqueue(n))
+        for figure in runs[0]:
+            if figure == "n":
+                continue
+            unit = "items/s" if figure.startswith("async_iter") else "calls/s"
+            self.results.add("enqueue", system.key, figure, unit,
+                             [r[figure] for r in runs], "higher", n=runs[0].get("n", n))
+
+    def warm(self, system: System) -> None:
+        system.many(workloads.noop, list(range(50)))
+        system.many(workloads.spin, [1.0] * 4)
+        system.one(workloads.noop, 0)
+
+    def run_system(self, system: System) -> None:
+        wanted = [w for w in system.workloads if self.wants(w)]
+        if system.key not in self.systems or not wanted:
+            return
+        load = os.getloadavg()
+        self.load[system.key] = load
+        print(f"\n== {SYSTEM_NAMES[system.key]}: {', '.join(wanted)} (load average "
+              f"{load[0]:.1f})", flush=True)
+        try:
+            if hasattr(system, "setup"):
+                system.setup()
+        except Exception as exc:
+            self.results.error(system.key, "setup", exc)
+            return
+        # the producer's own cost, before any consumer runs (nbqueue, huey, django-q2)
+        consumer_less = isinstance(system, (Nbqueue, Huey, DjangoQ))
+        if "enqueue" in wanted and consumer_less:
+            try:
+                self.enqueue(system)
+            except Exception as exc:
+                self.results.error(system.key, "enqueue", exc)
+            wanted.remove("enqueue")
+        if not wanted:
+            return
+        try:
+            system.start()
+        except Exception as exc:
+            self.results.error(system.key, "start", exc)
+            try:
+                system.stop()
+            except Exception:
+                pass
+            return
+        try:
+            self.warm(system)
+            for workload in wanted:
+                try:
+                    getattr(self, workload)(system)
+                except Exception as exc:
+                    self.results.error(system.key, workload, exc)
+        except Exception as exc:
+            self.results.error(system.key, "warm-up", exc)
+        finally:
+            try:
+                system.stop()
+            except Exception as exc:
+                self.results.error(system.key, "stop", exc)
+        gc.collect()
+
+    # results and memory: nbqueue alone, on a store filled by a fresh "kernel" process
+
+    def memory_and_store(self) -> None:
+        if "nbqueue" not in self.systems or not (self.wants("memory") or self.wants("results")):
+            return
+        store = self.sizes["store"]
+        size = self.sizes["group"]
+        groups = max(1, store // size)
+        print(f"\n== nbqueue, a fresh process with an in-process cluster: {groups * size:,} "
+              "tasks (memory), then reads of the store it leaves (results)", flush=True)
+        directory = os.path.join(self.tmp, "nbq-store")
+        try:
+            with Timer() as t:
+                out = subprocess.run(
+                    [sys.executable, os.path.join(HERE, "memory_child.py"), directory,
+                     str(groups), str(size), str(WORKERS)],
+                    capture_output=True, text=True, timeout=3600)
+            if out.returncode != 0:
+                raise RuntimeError(f"memory_child.py exited {out.returncode}:\n"
+                                   f"{out.stderr[-3000:]}")
+            figures = json.loads(out.stdout.strip().splitlines()[-1])
+        except Exception as exc:
+            self.results.error("nbqueue", "memory", exc)
+            return
+        print(f"  ({t.seconds:.1f} s)", flush=True)
+        if self.wants("memory"):
+            tasks = figures["tasks"]
+            r = self.results
+            r.add("memory", "nbqueue", "RSS idle", "MB", [figures["rss_idle_mb"]], "lower",
+                  tasks=tasks)
+            r.add("memory", "nbqueue", f"RSS after {tasks:,} tasks", "MB",
+                  [figures["rss_after_mb"]], "lower", tasks=tasks)
+            r.add("memory", "nbqueue", "RSS peak", "MB", [figures["rss_peak_mb"]], "lower",
+                  tasks=tasks)
+            r.add("memory", "nbqueue", "RSS growth", "MB", [figures["rss_growth_mb"]], "lower",
+                  tasks=tasks)
+            # where the growth is: anonymous memory (Python heap, SQLite page caches) or
+            # file pages (SQLite's memory-mapped store files)
+            r.add("memory", "nbqueue", "growth: anonymous", "MB", [figures["anon_growth_mb"]],
+                  "lower", tasks=tasks)
+            r.add("memory", "nbqueue", "growth: file pages", "MB", [figures["file_growth_mb"]],
+                  "lower", tasks=tasks)
+            r.add("memory", "nbqueue", "sustained tasks/s", "tasks/s",
+                  [tasks / figures["seconds"]], "higher", tasks=tasks)
+        if self.wants("results"):
+            self.read_store(directory, groups, size)
+
+    def read_store(self, directory: str, groups: int, size: int) -> None:
+        import nbqueue
+        broker = nbqueue.get_broker(directory)
+        cold = []
+        with Timer() as t:
+            first = nbqueue.result_group("g0", broker=broker)
+        cold.append(t.seconds * 1000)
+        if first is None or len(first) != size:
+            raise RuntimeError(f"result_group g0: {0 if first is None else len(first)} "
+                               f"of {size}")
+        runs = []
+        for _ in range(self.repeats):
+            with Timer() as t:
+                values = nbqueue.result_group("g0", broker=broker)
+            assert values is not None and len(values) == size
+            runs.append(t.seconds * 1000)
+        self.results.add("results", "nbqueue", f"result_group of {size:,}", "ms", runs, "lower",
+                         n=size, cold_ms=cold[0])
+        counts = []
+        for _ in range(self.repeats):
+            calls = []
+            for _ in range(50):
+                with Timer() as t:
+                    got = nbqueue.count_group("g1" if groups > 1 else "g0", broker=broker)
+                calls.append(t.seconds * 1000)
+                assert got == size, got
+            counts.append(statistics.median(calls))
+        self.results.add("results", "nbqueue", f"count_group, store of {groups * size:,}", "ms",
+                         counts, "lower", store=groups * size)
+
+    def run(self) -> None:
+        started = time.perf_counter()
+        self.started_at = datetime.datetime.now(datetime.timezone.utc)
+        self.load_start = os.getloadavg()
+        try:
+            self.run_system(Loky())
+            self.run_system(Nbqueue(self.tmp))
+            self.run_system(Nbqueue(self.tmp, proc=True))
+            self.memory_and_store()
+            self.run_system(Huey(self.tmp))
+            self.run_system(Dask())
+            self.run_system(DjangoQ(self.tmp))
+        finally:
+            self.seconds = time.perf_counter() - started
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# -- targets ------------------------------------------------------------------------
+
+def evaluate(suite: Suite) -> list[dict[str, Any]]:
+    """Each target of issue #5, with its value and verdict: met, not met, not measured."""
+    r = suite.results
+    s = suite.sizes
+    groups = max(1, s["store"] // s["group"])
+    targets: list[dict[str, Any]] = []
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None or b == 0 else a / b
+
+    def target(tid: str, text: str, row: tuple[str, str, str], value: float | None,
+               op: str, bound: float, unit: str) -> None:
+        if value is None:
+            verdict = "not measured"
+        elif op == ">=":
+            verdict = "met" if value >= bound else "not met"
+        else:
+            verdict = "met" if value <= bound else "not met"
+        targets.append(dict(id=tid, target=text, row=list(row), value=value, op=op,
+                            bound=bound, unit=unit, verdict=verdict))
+
+    noop = r.get("noop", "nbqueue", "tasks/s")
+    target("noop_vs_loky", "nbqueue ≥ 50 % of raw loky", ("noop", "nbqueue", "tasks/s"),
+           ratio(noop, r.get("noop", "loky", "tasks/s")), ">=", 0.5, "×")
+    for peer, bound in (("huey", 4), ("dask", 8), ("django-q2", 25)):
+        target(f"noop_vs_{peer}", f"nbqueue ≥ {bound}× this", ("noop", peer, "tasks/s"),
+               ratio(noop, r.get("noop", peer, "tasks/s")), ">=", bound, "×")
+    eff = r.get("cpu", "nbqueue", "efficiency")
+    target("cpu_efficiency", "≥ 90 % of ideal", ("cpu", "nbqueue", "efficiency"),
+           eff, ">=", 90.0, "%")
+    target("latency_in_process", "p50 ≤ 2 ms", ("latency", "nbqueue", "p50"),
+           r.get("latency", "nbqueue", "p50"), "<=", 2.0, "ms")
+    target("latency_other_process", "p50 ≤ 15 ms", ("latency", "nbqueue-proc", "p50"),
+           r.get("latency", "nbqueue-proc", "p50"), "<=", 15.0, "ms")
+    target("enqueue_calls", "≥ 8,000 calls/s", ("enqueue", "nbqueue", "calls/s"),
+           r.get("enqueue", "nbqueue", "calls/s"), ">=", 8000, "calls/s")
+    target("async_iter", "≥ 30,000 items/s", ("enqueue", "nbqueue", "async_iter items/s"),
+           r.get("enqueue", "nbqueue", "async_iter items/s"), ">=", 30000, "items/s")
+    target("result_group", "≤ 300 ms", ("results", "nbqueue", f"result_group of {s['group']:,}"),
+           r.get("results", "nbqueue", f"result_group of {s['group']:,}"), "<=", 300.0, "ms")
+    count_row = ("results", "nbqueue", f"count_group, store of {groups * s['group']:,}")
+    target("count_group", "≤ 5 ms", count_row, r.get(*count_row), "<=", 5.0, "ms")
+    target("rss_growth", "≤ 30 MB", ("memory", "nbqueue", "RSS growth"),
+           r.get("memory", "nbqueue", "RSS growth"), "<=", 30.0, "MB")
+    return targets
+
+
+# ratio to raw loky: which loky figure each nbqueue figure is compared with
+LOKY_REFERENCE = {
+    ("noop", "tasks/s"): ("noop", "tasks/s"),
+    ("cpu", "tasks/s"): ("cpu", "tasks/s"),
+    ("cpu", "efficiency"): ("cpu", "efficiency"),
+    ("latency", "p50"): ("latency", "p50"),
+    ("latency", "p95"): ("latency", "p95"),
+    ("enqueue", "calls/s"): ("enqueue", "calls/s"),
+    ("enqueue", "calls/s incl. flush"): ("enqueue", "calls/s"),
+    ("enqueue", "async_iter items/s"): ("enqueue", "calls/s"),
+}
+
+
+def table_rows(suite: Suite, targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    r = suite.results
+    by_row = {tuple(t["row"]): t for t in targets}
+    order = {w: i for i, w in enumerate(WORKLOADS)}
+    sys_order = {k: i for i, k in enumerate(SYSTEMS)}
+    rows = []
+    for (workload, system, figure), entry in sorted(
+            r.figures.items(), key=lambda kv: (order[kv[0][0]], sys_order[kv[0][1]])):
+        ratio = None
+        if system.startswith("nbqueue") and (workload, figure) in LOKY_REFERENCE:
+            ref_workload, ref_figure = LOKY_REFERENCE[workload, figure]
+            ref = r.get(ref_workload, "loky", ref_figure)
+            if ref:
+                ratio = entry["value"] / ref
+        t = by_row.get((workload, system, figure))
+        verdict = None
+        if t is not None:
+            verdict = t["verdict"]
+            if t["unit"] == "×" and t["value"] is not None:
+                verdict += f" ({t['value']:.2f}×)"
+        rows.append(dict(workload=workload, system=system, figure=figure,
+                         value=entry["value"], unit=entry["unit"], ratio_to_loky=ratio,
+                         target=None if t is None else t["target"], verdict=verdict))
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| workload | system | figure | value | × raw loky | target | met? |",
+             "| --- | --- | --- | ---: | ---: | --- | --- |"]
+    for row in rows:
+        ratio = "" if row["ratio_to_loky"] is None else f"{row['ratio_to_loky']:.2f}×"
+        name = WORKLOAD_NAMES.get((row["workload"], row["system"]), SYSTEM_NAMES[row["system"]])
+        lines.append(f"| {row['workload']} | {name} | {row['figure']} | "
+                     f"{fmt(row['value'], row['unit'])} | {ratio} | {row['target'] or ''} | "
+                     f"{row['verdict'] or ''} |")
+    return "\n".join(lines)
+
+
+# -- the machine --------------------------------------------------------------------
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("nbqueue", "loky", "cloudpickle", "diskcache", "dask", "distributed", "huey",
+                 "django", "django-q2"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def machine() -> dict[str, Any]:
+    try:
+        nproc = len(os.sched_getaffinity(0))
+    except AttributeError:
+        nproc = os.cpu_count()
+    mem = None
+    try:
+        with open("/proc/meminfo") as info:
+            mem = round(int(info.readline().split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return {"arch": platform.machine(), "cpu": cpu_model(), "nproc": nproc,
+            "memory_gib": mem, "system": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(), "hostname": platform.node()}
+
+
+# -- main ---------------------------------------------------------------------------
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one repeat per figure")
+    p.add_argument("--repeats", type=int, help="repeats per figure (default 3, 1 with --quick)")
+    p.add_argument("--json", default=os.path.join(HERE, "results", "latest.json"),
+                   help="where to write the JSON (default benchmarks/results/latest.json)")
+    p.add_argument("--only", help=f"comma-separated workloads of: {','.join(WORKLOADS)}")
+    p.add_argument("--systems", help=f"comma-separated systems of: {','.join(SYSTEMS)}")
+    p.add_argument("--skip-peers", action="store_true", help="only raw loky and nbqueue")
+    p.add_argument("--show", metavar="JSON",
+                   help="print the table of a saved run (no measuring) and exit")
+    p.add_argument("--scale", type=float,
+                   default=float(os.environ.get("NBQUEUE_BENCH_SCALE", "1")),
+                   help="multiply every workload size (a smoke run: 0.01); "
+                        "default $NBQUEUE_BENCH_SCALE or 1")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.show:
+        with open(args.show) as saved:
+            report = json.load(saved)
+        m = report["machine"]
+        print(f"{report['date']}: {m['cpu']}, {m['nproc']} cores ({m['arch']}), Python "
+              f"{m['python']}; {report['settings']['repeats']} repeat(s), scale "
+              f"{report['settings']['scale']:g}, {report['seconds']:.0f} s\n")
+        print(markdown(report["table"]))
+        return 0
+    suite = Suite(args)
+    info = machine()
+    print(f"nbqueue benchmarks: {info['cpu']}, {info['nproc']} cores ({info['arch']}), Python "
+          f"{info['python']}; {suite.repeats} repeat(s) per figure, scale {args.scale:g}, "
+          f"workers = {WORKERS}", flush=True)
+    suite.run()
+    targets = evaluate(suite)
+    rows = table_rows(suite, targets)
+    table = markdown(rows)
+    met = sum(t["verdict"] == "met" for t in targets)
+    missed = [t for t in targets if t["verdict"] == "not met"]
+    print("\n" + table + "\n")
+    print(f"targets: {met} met, {len(missed)} not met, "
+          f"{sum(t['verdict'] == 'not measured' for t in targets)} not measured")
+    for t in missed:
+        print(f"  not met: {t['id']}: {t['target']} ({'/'.join(t['row'])} = "
+              f"{t['value']:.4g} {t['unit']})")
+    for e in suite.results.errors:
+        print(f"  error: {e['system']} {e['workload']}: {e['error']}")
+    print(f"run time {suite.seconds:.0f} s; load average (1 min) at the start "
+          f"{suite.load_start[0]:.1f}, at the end {os.getloadavg()[0]:.1f}, on "
+          f"{info['nproc']} cores")
+    report = {
+        "date": suite.started_at.isoformat(timespec="seconds"),
+        "machine": info, "versions": versions(),
+        "settings": {"workers": WORKERS, "repeats": suite.repeats, "quick": args.quick,
+                     "scale": args.scale, "sizes": suite.sizes, "cpu_task_ms": CPU_MS,
+                     "only": sorted(suite.only), "systems": sorted(suite.systems)},
+        "load_average": {"start": suite.load_start, "end": os.getloadavg(),
+                         "at_each_system": suite.load},
+        "seconds": suite.seconds,
+        "workloads": {w: {} for w in WORKLOADS},
+        "targets": targets, "table": rows, "markdown": table, "errors": suite.results.errors,
+        "systems": {k: SYSTEM_NAMES[k] for k in SYSTEMS},
+    }
+    for (workload, system, figure), entry in suite.results.figures.items():
+        report["workloads"][workload].setdefault(system, {})[figure] = entry
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=2, default=str)
+        print(f"wrote {args.json}")
+    return 1 if suite.results.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""The functions every system's workers run in the benchmarks.
+
+They live in a module of their own (imported as ``workloads``, with ``benchmarks/`` on
+``sys.path`` and ``PYTHONPATH``), so that each system pickles them by reference and its
+workers import them: loky, nbqueue, huey, dask and django-q2 all run the same code.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+def noop(x=None):
+    """A task that does nothing: it returns its argument (never None, for huey's sake)."""
+    return x
+
+
+def spin(ms: float = 10.0) -> int:
+    """Pure-Python work for ``ms`` milliseconds of this thread's CPU time.
+
+    Measured in CPU time, not wall time, so that each task does the same work whatever
+    else runs on the machine: a busy machine shows up as lower efficiency, not as
+    shorter tasks.
+    """
+    end = time.thread_time() + ms / 1000.0
+    n = 0
+    while time.thread_time() < end:
+        for _ in range(100):
+            n += 1
+    return n
