@@ -31,6 +31,7 @@ from .errors import StoreError
 from .signing import load_key, private_directory
 
 _INDEX = "leases"
+_LEASE = "lease:"  # string keys: diskcache stores them as they are, tuples it pickles
 LOCK_TIMEOUT = 60.0  # seconds SQLite waits for another process's write lock
 _CLUSTER = "cluster"
 
@@ -39,11 +40,15 @@ def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
     """A diskcache Cache that never evicts (queued work and results must not vanish).
 
     Only an ``expiring`` cache culls expired keys as it writes; elsewhere that check
-    would cost one more SQLite statement per write for nothing.
+    would cost one more SQLite statement per write for nothing. SQLite's page cache is
+    kept small and memory-mapping is off: with diskcache's defaults (32 MiB of cache and
+    64 MiB of mapped file per connection, one connection per thread and file) a cluster's
+    RSS grew by ~70 MB over 100,000 tasks; with these, by ~8 MB, at the same speed.
     """
     try:
         return diskcache.Cache(path, eviction_policy="none", timeout=LOCK_TIMEOUT,
-                               cull_limit=10 if expiring else 0)
+                               cull_limit=10 if expiring else 0, sqlite_cache_size=256,
+                               sqlite_mmap_size=0)
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open the store at {path}: {exc}. If the disk is full, free "
                          "space; if the files are damaged, move the directory away and start "
@@ -140,7 +145,7 @@ class Broker:
         push = self._queue.push
         with writing(self._queue.directory), self._queue.transact():
             for package in packages:
-                push((0, package))
+                push(package)
         self._wake()
 
     def flush(self) -> None:
@@ -159,7 +164,7 @@ class Broker:
             try:
                 with writing(self._queue.directory), self._queue.transact():
                     for package in batch:
-                        self._queue.push((0, package))
+                        self._queue.push(package)
             except StoreError as exc:
                 with self._outbox_lock:
                     self._outbox[:0] = batch
@@ -217,9 +222,9 @@ class Broker:
             deadline = time.time() + duration
             index = queue.get(_INDEX, {})
             while key is not None:
-                attempt, package = item
+                attempt, package = (0, item) if isinstance(item, bytes) else item
                 token = f"{self._token_prefix}{next(self._tokens)}"
-                queue.set(("L", token), (attempt + 1, package))
+                queue.set(_LEASE + token, (attempt + 1, package))
                 index[token] = (deadline, owner)
                 leases.append(Lease(token, attempt + 1, package))
                 if len(leases) >= count:
@@ -250,7 +255,7 @@ class Broker:
             for token in tokens:
                 if index.pop(token, None) is None:
                     continue  # expired and reaped meanwhile: the new delivery owns it now
-                item = queue.pop(("L", token), None)
+                item = queue.pop(_LEASE + token, None)
                 if requeue is not None and item is not None:
                     attempt, package = item
                     queue.push((attempt - 1 if requeue == "front" else attempt, package),
@@ -289,7 +294,7 @@ class Broker:
             for token, (deadline, _owner) in list(index.items()):
                 if deadline < now:
                     del index[token]
-                    item = queue.pop(("L", token), None)
+                    item = queue.pop(_LEASE + token, None)
                     if item is not None:
                         queue.push(item, side="front")
                         reaped += 1

@@ -8,7 +8,6 @@ signature does not check out is never unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import pickle
@@ -78,7 +77,7 @@ def load_key(directory: str) -> bytes:
 
 def sign(key: bytes, payload: bytes) -> bytes:
     """Wrap ``payload`` into a signed package."""
-    return MAGIC + hmac.new(key, payload, hashlib.sha256).digest() + payload
+    return MAGIC + hmac.digest(key, payload, "sha256") + payload
 
 
 def verify(key: bytes, package: Any) -> bytes:
@@ -90,7 +89,7 @@ def verify(key: bytes, package: Any) -> bytes:
     if package[:len(MAGIC)] != MAGIC:
         raise SignatureError("package has no nbqueue header (random or foreign bytes)")
     payload = bytes(package[_HEADER:])
-    expected = hmac.new(key, payload, hashlib.sha256).digest()
+    expected = hmac.digest(key, payload, "sha256")
     if not hmac.compare_digest(expected, bytes(package[len(MAGIC):_HEADER])):
         raise SignatureError("package signature does not match this store's key "
                              "(tampered, truncated, or signed with another key)")

@@ -8,9 +8,9 @@ Each part keeps, in one diskcache Cache:
 - group membership as pages of at most ``PAGE`` ids, ``("g", group, i)``, plus the
   page count ``("gp", group)``: adding a result rewrites at most one small page, so
   grouping costs the same for the 10th and the 100,000th task,
-- per group success/failure counters ``("gc", group, success)``, so ``count_group`` of
+- per group success/failure counters ``"ok:"/"failed:" + group``, so ``count_group`` of
   the saved part is two reads whatever the group's size,
-- store-wide totals ``("t", success)`` and, when ``save_limit`` is set, a queue of
+- store-wide totals ``"total:ok"``/``"total:failed"`` and, when ``save_limit`` is set, a queue of
   success ids, oldest first, to prune from.
 
 The cached part keeps the same layout with an expiry on every key; its counts are
@@ -33,6 +33,10 @@ from .broker import open_cache, writing
 
 PAGE = 256
 _NAME = "name:"
+# string keys for what is written with every outcome: diskcache stores strings as they
+# are, where it pickles (and pickletools-optimizes) a tuple key on every call
+_COUNT = {True: "ok:", False: "failed:"}
+_TOTAL = {True: "total:ok", False: "total:failed"}
 Record = dict[str, Any]
 
 
@@ -115,9 +119,9 @@ class Part:
     def _count(self, group: str | None, success: bool, delta: int) -> None:
         if self.expiring:
             return
-        self._cache.incr(("t", success), delta)
+        self._cache.incr(_TOTAL[success], delta)
         if group is not None:
-            self._cache.incr(("gc", group, success), delta)
+            self._cache.incr(_COUNT[success] + group, delta)
 
     def _append(self, group: str, ids: list[str], expire: float | None) -> None:
         cache = self._cache
@@ -136,7 +140,7 @@ class Part:
 
     def _prune(self, save_limit: int) -> None:
         cache = self._cache
-        while cache.get(("t", True), 0) > save_limit:
+        while cache.get(_TOTAL[True], 0) > save_limit:
             key, task_id = cache.pull(prefix="s")
             if key is None:
                 break
@@ -202,11 +206,11 @@ class Part:
         """Successes in the group, or failures when ``failures`` is True."""
         if self.expiring:
             return sum(1 for r in self.group_records(group) if r["success"] != failures)
-        return self._cache.get(("gc", group, not failures), 0)
+        return self._cache.get(_COUNT[not failures] + group, 0)
 
     def totals(self) -> tuple[int, int]:
         """(successes, failures) stored in this part (the cached part does not count)."""
-        return self._cache.get(("t", True), 0), self._cache.get(("t", False), 0)
+        return self._cache.get(_TOTAL[True], 0), self._cache.get(_TOTAL[False], 0)
 
     def delete(self, task_id: str) -> bool:
         """Delete one task by uuid or name; return whether it was there."""
@@ -236,7 +240,7 @@ class Part:
                     cache.set(task_id, record, expire=self._expire(record))
             for i in range(cache.get(("gp", group), 0)):
                 cache.delete(("g", group, i))
-            for key in (("gp", group), ("gc", group, True), ("gc", group, False)):
+            for key in (("gp", group), _COUNT[True] + group, _COUNT[False] + group):
                 cache.delete(key)
         return touched
 
