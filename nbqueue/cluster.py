@@ -541,7 +541,8 @@ class Cluster:
 
     def info(self) -> dict[str, Any]:
         """This cluster's figures: what ``nbqueue info`` and the status panel show."""
-        return {"groups_running": self._groups_running(),"id": self.id, "label": self.settings.label, "pid": os.getpid(),
+        return {"groups_running": self._groups_running(), "id": self.id,
+                "label": self.settings.label, "pid": os.getpid(),
                 "host": socket.gethostname(), "executor": self.executor_name,
                 "workers": self.workers, "directory": self.directory,
                 "started": self.started_at, "done": self.done, "failed": self.failed,
