@@ -18,7 +18,7 @@ import cloudpickle
 
 from . import conf, signing
 from .broker import Broker, get_broker
-from .errors import ConfigurationError, NoClusterWarning, PackingError, TaskFunctionError
+from .errors import ConfigurationError, NoClusterWarning, PackingError
 from .models import Task, _group_results, make_record
 from .names import new_task_id
 from .store import decode

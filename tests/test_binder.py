@@ -27,7 +27,6 @@ NOT_IN_REPO = shutil.ignore_patterns(
     ".git", ".venv", "venv", "test-artifacts", ".hypothesis", ".pytest_cache", "__pycache__",
     ".nbqueue", "build", "dist", "*.egg-info", "docs")
 
-pytestmark = pytest.mark.skipif(not BINDER.is_dir(), reason="no binder/ directory")
 
 
 def _clean_env(venv: Path) -> dict[str, str]:

@@ -49,10 +49,11 @@ STOP_GRACE = 10        # seconds between SIGTERM and SIGKILL
 
 COUNTS = re.compile(r"(\d+) % · (\d+) done · (\d+) failed · (\d+) running · (\d+) total")
 
-pytestmark = [
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM}"),
-    pytest.mark.skipif(not NOTEBOOK.exists(), reason=f"{NOTEBOOK} is missing"),
-]
+# `make test` installs Debian's Chromium first; only a bare `pytest` on a machine without
+# it skips this test, and never in CI, where a missing browser must fail the run.
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"),
+                                reason=f"no Chromium at {CHROMIUM}: run `make test`, which "
+                                       "installs it")
 
 
 def _free_port() -> int:
