@@ -48,6 +48,7 @@ CHUNK_SECONDS = 0.02
 MAX_CHUNK = 64
 KILL_GRACE = 1.0  # seconds past a timeout before a worker that ignored SIGALRM is killed
 HEARTBEAT = 1.0
+IDLE_POLL = 0.05  # seconds between queue polls of a cluster that has been idle for a while
 
 
 @dataclass
@@ -207,6 +208,7 @@ class Cluster:
 
     def _feed(self) -> None:
         settings = self.settings
+        pause = settings.poll
         while not self._stopping.is_set():
             try:
                 room = self._max_inflight() - len(self._inflight)
@@ -216,9 +218,15 @@ class Cluster:
                     continue
                 leases = self.broker.lease(self.id, min(room, settings.bulk), settings.retry)
                 if not leases:
-                    self._wakeup.wait(settings.poll)
+                    # An empty poll is a short write transaction: every `poll` seconds
+                    # while work comes in, backing off to IDLE_POLL over ~0.5 s without
+                    # any (an idle cluster then costs ~1 % of a core, not ~7 %).
+                    # Enqueues in this process wake the feeder at once either way.
+                    woken = self._wakeup.wait(pause)
                     self._wakeup.clear()
+                    pause = settings.poll if woken else min(pause * 1.1, IDLE_POLL)
                     continue
+                pause = settings.poll
                 self._dispatch(leases)
             except Exception:
                 log.exception("nbqueue cluster: feeder error; going on in 1 s")
