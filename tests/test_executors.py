@@ -30,6 +30,7 @@ from nbqueue import (Cluster, async_task, count_group, fetch, fetch_group, queue
 from nbqueue.errors import ClusterError, ConfigurationError
 
 from . import tasks_fixtures as fx
+from .waiting import wait_for
 
 distributed = pytest.importorskip("distributed", reason='needs "nbqueue[dask]"')
 psutil = pytest.importorskip("psutil")
@@ -37,18 +38,6 @@ psutil = pytest.importorskip("psutil")
 pytestmark = pytest.mark.timeout(120)
 
 WAIT = 30_000  # ms: bounded, but never flaky on a slow 2-core machine
-
-
-def wait_for(predicate, seconds: float = 30.0, what: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not met within {seconds} s")
-        time.sleep(0.02)
 
 
 def gone(pid: int) -> bool:

@@ -28,6 +28,7 @@ from nbqueue import (AsyncTask, Failure, NoClusterWarning, Success, Task, TaskFu
 from nbqueue.names import humanize
 
 from . import tasks_fixtures as fx
+from .waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,18 +37,6 @@ ADD = "tests.tasks_fixtures.add"
 ECHO = "tests.tasks_fixtures.echo"
 BOOM = "tests.tasks_fixtures.boom"
 NAP = "tests.tasks_fixtures.nap"
-
-
-def wait_for(predicate, seconds: float = 10.0):
-    """Poll ``predicate`` until it returns something truthy; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {seconds} s")
-        time.sleep(0.01)
 
 
 def is_uuid4(text: str) -> bool:
