@@ -113,7 +113,8 @@ class LokyExecutor(Executor):
         # timeout=None: workers stay up for the cluster's life instead of idling out,
         # since spawning one costs ~0.2 s of imports.
         return ProcessPoolExecutor(max_workers=self.workers, timeout=None,
-                                   initializer=worker.limit_rss, initargs=(self.max_rss,))
+                                   initializer=worker.prepare,
+                                   initargs=(os.getpid(), self.max_rss))
 
     def start(self) -> None:
         """Spawn the workers now rather than on the first task (~0.2 s each)."""

@@ -31,6 +31,7 @@ import cloudpickle
 
 from .errors import TaskFunctionError, TaskTimeout
 
+HOST_WATCH = 0.25  # seconds between checks that the cluster host is still alive
 # seq (odd while writing), started, deadline (0 = none), task id
 SLOT = struct.Struct("<Qdd40s")
 
@@ -210,6 +211,22 @@ def rss_kilobytes() -> int:
     with open("/proc/self/statm") as src:
         pages = int(src.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def prepare(host_pid: int, max_rss: int | None) -> None:
+    """Worker initializer: exit with the cluster's host; recycle past ``max_rss`` kB."""
+    threading.Thread(target=_exit_with_host, args=(host_pid,), name="nbqueue-host-watch",
+                     daemon=True).start()
+    limit_rss(max_rss)
+
+
+def _exit_with_host(host_pid: int) -> None:
+    """A worker whose host died (SIGKILL, OOM) is orphaned, and loky's pipes never tell
+    it: it holds both ends. Its tasks' leases will expire and be delivered again, so it
+    must not keep running them; exit within HOST_WATCH seconds of being re-parented."""
+    while os.getppid() == host_pid:
+        time.sleep(HOST_WATCH)
+    os._exit(1)
 
 
 def limit_rss(max_rss: int | None) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 import nbqueue
 from nbqueue import Cluster, async_task, count_group, fetch, fetch_group, result, result_group
+from nbqueue.cluster import _alive
 from nbqueue.worker import read_slot
 from tests import tasks_fixtures as fx
 
@@ -121,8 +122,10 @@ def test_sigkill_of_the_cluster_host_then_a_new_cluster(store_dir, tmp_path):
         assert _wait_for(lambda: count_group("kill-host") >= 60, 60)
         workers = _loky_workers(host.pid)
         assert len(workers) == 2
-        _kill_tree(host.pid)
+        # the host alone: were its workers killed first, the host could see them die
+        # and hand their tasks back (rightly) before its own death
         killed_at = time.time()
+        os.kill(host.pid, signal.SIGKILL)
         host.wait(timeout=10)
     finally:
         _kill_tree(host.pid)
@@ -142,7 +145,11 @@ def test_sigkill_of_the_cluster_host_then_a_new_cluster(store_dir, tmp_path):
             # so renewals stopped; a lease lasts `retry` (2 s) from its last renewal
             assert second_start > killed_at + 0.5, (task_no, spans)
     # the dead host's workers notice and exit on their own (loky's pipes close)
-    assert _wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in workers), 10)
+    try:
+        assert _wait_for(lambda: not any(_alive(pid) for pid in workers), 10)
+    finally:
+        for pid in workers:
+            _kill_tree(pid)
 
 
 def test_client_kernel_killed_then_a_new_cluster_finishes_its_work(store_dir, tmp_path):
