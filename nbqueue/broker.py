@@ -1,6 +1,10 @@
 """The task queue of one store directory, over diskcache.
 
-Pending packages sit in a diskcache push/pull queue (integer keys). Taking work
+Pending packages sit in a diskcache push/pull queue (integer keys): a package
+written with others goes in as one *bundle* of up to BUNDLE packages (one row, not
+BUNDLE rows: enqueueing and leasing cost per bundle, not per package), a package
+delivered again as ``(attempt, package)``, and a ``pending`` counter keeps their
+number (bundles stay under BUNDLE_BYTES, so a big package goes alone). Taking work
 is a *lease*: inside one transaction a batch is pulled, each package is kept under
 a lease key, and the lease index records when it expires and who holds it. A lease
 ends only by ``ack`` (its outcome is stored), ``release`` (handed back unrun) or by
@@ -31,6 +35,9 @@ from .errors import StoreError
 from .signing import load_key, private_directory
 
 _INDEX = "leases"
+_PENDING = "pending"
+BUNDLE = 64  # packages per queue row at most: large enough to batch, small to split
+BUNDLE_BYTES = 30_000  # and bytes: under diskcache's 32 KiB a bundle stays in its SQLite row
 _LEASE = "lease:"  # string keys: diskcache stores them as they are, tuples it pickles
 LOCK_TIMEOUT = 60.0  # seconds SQLite waits for another process's write lock
 _CLUSTER = "cluster"
@@ -142,11 +149,24 @@ class Broker:
     def enqueue_many(self, packages: Iterable[bytes]) -> None:
         """Put many packages in one transaction: all of them, or none and StoreError."""
         self.flush()  # keep this process's order
-        push = self._queue.push
         with writing(self._queue.directory), self._queue.transact():
-            for package in packages:
-                push(package)
+            self._push(list(packages))
         self._wake()
+
+    def _push(self, packages: list[bytes]) -> None:
+        """Append fresh packages in bundles; inside a transaction."""
+        queue = self._queue
+        bundle: list[bytes] = []
+        size = 0
+        for package in packages:
+            if bundle and (len(bundle) == BUNDLE or size + len(package) > BUNDLE_BYTES):
+                queue.push(bundle)
+                bundle, size = [], 0
+            bundle.append(package)
+            size += len(package)
+        if bundle:
+            queue.push(bundle)
+        queue.set(_PENDING, queue.get(_PENDING, 0) + len(packages))
 
     def flush(self) -> None:
         """Write every package this process has enqueued; raise StoreError if the store
@@ -163,8 +183,7 @@ class Broker:
                 return
             try:
                 with writing(self._queue.directory), self._queue.transact():
-                    for package in batch:
-                        self._queue.push(package)
+                    self._push(batch)
             except StoreError as exc:
                 with self._outbox_lock:
                     self._outbox[:0] = batch
@@ -222,15 +241,24 @@ class Broker:
             deadline = time.time() + duration
             index = queue.get(_INDEX, {})
             while key is not None:
-                attempt, package = (0, item) if isinstance(item, bytes) else item
-                token = f"{self._token_prefix}{next(self._tokens)}"
-                queue.set(_LEASE + token, (attempt + 1, package))
-                index[token] = (deadline, owner)
-                leases.append(Lease(token, attempt + 1, package))
+                if isinstance(item, list):  # a bundle of first deliveries
+                    wanted = count - len(leases)
+                    if len(item) > wanted:
+                        queue.push(item[wanted:], side="front")
+                        del item[wanted:]
+                    taken = [(0, package) for package in item]
+                else:
+                    taken = [item]
+                for attempt, package in taken:
+                    token = f"{self._token_prefix}{next(self._tokens)}"
+                    queue.set(_LEASE + token, (attempt + 1, package))
+                    index[token] = (deadline, owner)
+                    leases.append(Lease(token, attempt + 1, package))
                 if len(leases) >= count:
                     break
                 key, item = queue.pull()
             queue.set(_INDEX, index)
+            queue.set(_PENDING, max(0, queue.get(_PENDING, 0) - len(leases)))
         return leases
 
     def ack(self, tokens: Iterable[str]) -> None:
@@ -252,15 +280,19 @@ class Broker:
         queue = self._queue
         with queue.transact(retry=True):
             index = queue.get(_INDEX, {})
+            requeued = []
             for token in tokens:
                 if index.pop(token, None) is None:
                     continue  # expired and reaped meanwhile: the new delivery owns it now
                 item = queue.pop(_LEASE + token, None)
                 if requeue is not None and item is not None:
                     attempt, package = item
-                    queue.push((attempt - 1 if requeue == "front" else attempt, package),
-                               side="front")
+                    requeued.append((attempt - 1 if requeue == "front" else attempt, package))
+            for item in reversed(requeued):  # back at the front, in their order
+                queue.push(item, side="front")
             queue.set(_INDEX, index)
+            if requeued:
+                queue.set(_PENDING, queue.get(_PENDING, 0) + len(requeued))
 
     def renew(self, tokens: Iterable[str], duration: float) -> list[str]:
         """Extend live leases by ``duration`` from now; return the tokens no longer held."""
@@ -299,6 +331,7 @@ class Broker:
                         queue.push(item, side="front")
                         reaped += 1
             queue.set(_INDEX, index)
+            queue.set(_PENDING, queue.get(_PENDING, 0) + reaped)
         return reaped
 
     def leased(self) -> int:
@@ -308,20 +341,19 @@ class Broker:
     def size(self) -> int:
         """Pending packages, not counting the leased ones."""
         self.flush()
-        with self._queue.transact(retry=True):
-            total = len(self._queue)
-            index = self._queue.get(_INDEX)
-        if index is None:
-            return total
-        return total - 1 - len(index)
+        return self._queue.get(_PENDING, 0, retry=True)
 
     def purge(self) -> int:
         """Drop every pending package; return how many. Leased ones are left alone."""
         self.flush()
         dropped = 0
         with self._queue.transact(retry=True):
-            while self._queue.pull()[0] is not None:
-                dropped += 1
+            while True:
+                key, item = self._queue.pull()
+                if key is None:
+                    break
+                dropped += len(item) if isinstance(item, list) else 1
+            self._queue.set(_PENDING, 0)
         return dropped
 
     # -- cluster heartbeats ----------------------------------------------------------

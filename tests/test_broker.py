@@ -264,6 +264,31 @@ def test_enqueue_many_keeps_order(broker):
     assert broker.size() == 0
 
 
+def test_bundles_split_at_lease_and_keep_order_and_count(broker):
+    packages = [b"b%04d" % i for i in range(3 * broker_module.BUNDLE + 5)]
+    broker.enqueue_many(packages)
+    assert len(broker._queue) < len(packages) // 10  # rows are bundles, not packages
+    leased = []
+    for count in (1, 7, broker_module.BUNDLE, 3, 1000):
+        got = broker.lease("w", count, 30)
+        assert len(got) == min(count, len(packages) - len(leased))
+        leased += got
+        assert broker.size() == len(packages) - len(leased)
+    assert _packages(leased) == packages
+    broker.release([lease.token for lease in leased[:10]])
+    assert broker.size() == 10
+    assert _packages(broker.lease("w", 100, 30)) == packages[:10]
+
+
+def test_a_big_package_is_a_bundle_of_its_own(broker):
+    big = b"x" * (broker_module.BUNDLE_BYTES + 1)
+    broker.enqueue_many([b"a", big, b"b", b"c"])
+    rows = [broker._queue[key] for key in broker._queue.iterkeys()
+            if isinstance(key, int)]
+    assert rows == [[b"a"], [big], [b"b", b"c"]]
+    assert _packages(broker.lease("w", 10, 30)) == [b"a", big, b"b", b"c"]
+
+
 def test_enqueue_many_accepts_a_generator(broker):
     broker.enqueue_many(b"g%d" % i for i in range(10))
     assert broker.size() == 10
