@@ -40,7 +40,7 @@ BUNDLE = 64  # packages per queue row at most: large enough to batch, small to s
 BUNDLE_BYTES = 30_000  # and bytes: under diskcache's 32 KiB a bundle stays in its SQLite row
 _LEASE = "lease:"  # string keys: diskcache stores them as they are, tuples it pickles
 LOCK_TIMEOUT = 60.0  # seconds SQLite waits for another process's write lock
-_CLUSTER = "cluster"
+_CLUSTER = "cluster:"
 
 
 def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
@@ -334,6 +334,10 @@ class Broker:
             queue.set(_PENDING, queue.get(_PENDING, 0) + reaped)
         return reaped
 
+    def pending(self) -> int:
+        """Packages waiting, this process's outbox included: ``size`` without a flush."""
+        return self._queue.get(_PENDING, 0, retry=True) + len(self._outbox)
+
     def leased(self) -> int:
         """How many packages are leased (running or waiting for a retry)."""
         return len(self._queue.get(_INDEX, {}))
@@ -360,16 +364,16 @@ class Broker:
 
     def beat(self, cluster_id: str, info: dict[str, Any], ttl: float) -> None:
         """Record that a cluster is alive, with its figures, for ``ttl`` seconds."""
-        self._state.set((_CLUSTER, cluster_id), info, expire=ttl, retry=True)
+        self._state.set(_CLUSTER + cluster_id, info, expire=ttl, retry=True)
 
     def forget(self, cluster_id: str) -> None:
-        self._state.delete((_CLUSTER, cluster_id), retry=True)
+        self._state.delete(_CLUSTER + cluster_id, retry=True)
 
     def clusters(self) -> list[dict[str, Any]]:
         """The live clusters on this directory, each as the info it last reported."""
         alive = []
         for key in list(self._state.iterkeys()):
-            if isinstance(key, tuple) and key[0] == _CLUSTER:
+            if isinstance(key, str) and key.startswith(_CLUSTER):
                 info = self._state.get(key)
                 if info is not None:
                     alive.append(info)

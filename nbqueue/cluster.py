@@ -10,8 +10,10 @@ a pool of worker processes and the store.
   the queue, kills workers stuck past a timeout, and writes a heartbeat;
 - the *hook runner* calls hooks, in this process, with the finished Task.
 
-Chunks: a no-op task costs ~0.1 ms in loky, so tasks are sent in chunks sized to
-take ~20 ms by the running average of task time (1 for slow tasks, up to 64).
+Chunks: a no-op task costs ~0.1 ms in loky, and each chunk a few store writes, so
+tasks are sent in chunks sized to take ~50 ms by the running average of task time
+(1 for slow tasks, up to 64). While every worker has a chunk, the feeder leases only
+whole chunks; the last of the queue is spread evenly so that no worker idles.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from .worker import failure_text, read_slot
 log = logging.getLogger("nbqueue")
 
 _UNSET: Any = conf._UNSET
-CHUNK_SECONDS = 0.02
+CHUNK_SECONDS = 0.05
 MAX_CHUNK = 64
 KILL_GRACE = 1.0  # seconds past a timeout before a worker that ignored SIGALRM is killed
 HEARTBEAT = 1.0
@@ -211,12 +213,18 @@ class Cluster:
         pause = settings.poll
         while not self._stopping.is_set():
             try:
+                chunk = self._chunk_size()
                 room = self._max_inflight() - len(self._inflight)
-                if room <= 0:
+                if self._inflight and (room < chunk or len(self._chunks) >= self.workers
+                                       and self.broker.pending() < chunk):
+                    # Every worker has a chunk: lease again once a whole chunk waits,
+                    # or a chunk finishes. Leasing each task as it comes would mean
+                    # chunks of one, and a round trip through the store per task.
                     self._room.wait(0.05)
                     self._room.clear()
                     continue
-                leases = self.broker.lease(self.id, min(room, settings.bulk), settings.retry)
+                wanted = min(room, settings.bulk)
+                leases = self.broker.lease(self.id, wanted, settings.retry)
                 if not leases:
                     # An empty poll is a short write transaction: every `poll` seconds
                     # while work comes in, backing off to IDLE_POLL over ~0.5 s without
@@ -227,12 +235,15 @@ class Cluster:
                     pause = settings.poll if woken else min(pause * 1.1, IDLE_POLL)
                     continue
                 pause = settings.poll
-                self._dispatch(leases)
+                # a full batch goes in whole chunks; the last of the queue is spread
+                # evenly over the workers so that none idles at the end
+                self._dispatch(leases, chunk if len(leases) == wanted else
+                               min(chunk, math.ceil(len(leases) / self.workers)))
             except Exception:
                 log.exception("nbqueue cluster: feeder error; going on in 1 s")
                 time.sleep(1)
 
-    def _dispatch(self, leases: list[Lease]) -> None:
+    def _dispatch(self, leases: list[Lease], size: int) -> None:
         jobs = []
         for lease in leases:
             try:
@@ -250,8 +261,7 @@ class Cluster:
                             "finished", attempt=lease.attempt - 1, final=True)
                 continue
             jobs.append(job)
-        per_worker = math.ceil(len(jobs) / self.workers) if jobs else 0
-        size = max(1, min(self._chunk_size(), per_worker))
+        size = max(1, size)
         for i in range(0, len(jobs), size):
             self._submit(jobs[i:i + size])
 
