@@ -36,6 +36,7 @@ from .signing import load_key, private_directory
 
 _INDEX = "leases"
 _PENDING = "pending"
+FLUSH_DELAY = 0.002  # seconds the outbox waits for a cluster in this process to lease it
 BUNDLE = 64  # packages per queue row at most: large enough to batch, small to split
 BUNDLE_BYTES = 30_000  # and bytes: under diskcache's 32 KiB a bundle stays in its SQLite row
 _LEASE = "lease:"  # string keys: diskcache stores them as they are, tuples it pickles
@@ -105,10 +106,19 @@ class Broker:
         self._outbox_ready = threading.Event()
         self._outbox_error: StoreError | None = None
         self._flush_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._flusher: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"<Broker {self.directory}>"
+
+    @contextlib.contextmanager
+    def _transaction(self, retry: bool = False) -> Iterator[None]:
+        """A write transaction on the queue. Threads of this process queue up on a lock
+        first: SQLite makes a writer that finds the file locked sleep 1 ms or more, which
+        is longer than most of our transactions last."""
+        with self._write_lock, writing(self._queue.directory), self._queue.transact(retry):
+            yield
 
     @property
     def store(self) -> Any:
@@ -149,7 +159,7 @@ class Broker:
     def enqueue_many(self, packages: Iterable[bytes]) -> None:
         """Put many packages in one transaction: all of them, or none and StoreError."""
         self.flush()  # keep this process's order
-        with writing(self._queue.directory), self._queue.transact():
+        with self._transaction():
             self._push(list(packages))
         self._wake()
 
@@ -182,22 +192,28 @@ class Broker:
             if not batch:
                 return
             try:
-                with writing(self._queue.directory), self._queue.transact():
+                with self._transaction():
                     self._push(batch)
             except StoreError as exc:
-                with self._outbox_lock:
-                    self._outbox[:0] = batch
-                    self._outbox_error = StoreError(
-                        f"{len(self._outbox)} task(s) enqueued by this process are not in the "
-                        f"queue yet ({exc}). They are kept in memory and written again; call "
-                        "nbqueue.flush() to retry now")
+                self._keep(batch, exc)
                 return
             self._outbox_error = None
         self._wake()
 
+    def _keep(self, batch: list[bytes], exc: StoreError) -> None:
+        """Put packages the store refused back at the front of the outbox."""
+        with self._outbox_lock:
+            self._outbox[:0] = batch
+            self._outbox_error = StoreError(
+                f"{len(self._outbox)} task(s) enqueued by this process are not in the "
+                f"queue yet ({exc}). They are kept in memory and written again; call "
+                "nbqueue.flush() to retry now")
+
     def _flush_loop(self) -> None:
         while True:
             self._outbox_ready.wait()
+            if self._wakeups:  # a cluster in this process leases from the outbox itself;
+                time.sleep(FLUSH_DELAY)  # writing first would cost it a commit and a wait
             self._outbox_ready.clear()
             self._write_outbox()
             if self._outbox:  # the store refused them: try again shortly
@@ -229,36 +245,64 @@ class Broker:
     # -- consumers -------------------------------------------------------------------
 
     def lease(self, owner: str, count: int, duration: float) -> list[Lease]:
-        """Take up to ``count`` packages, leased to ``owner`` for ``duration`` seconds."""
-        if self._outbox:
-            self._write_outbox()
+        """Take up to ``count`` packages, leased to ``owner`` for ``duration`` seconds.
+
+        This process's outbox is written in the same transaction, and what of it is
+        leased at once never goes through the queue: a cluster in the kernel that
+        enqueued the task saves a commit and a hand-off per round trip.
+        """
+        if not self._outbox:
+            with self._transaction(retry=True):
+                return self._take(owner, count, duration, [])
+        with self._flush_lock:  # the outbox's order: older packages are in the queue
+            with self._outbox_lock:
+                fresh, self._outbox = self._outbox, []
+            try:
+                with self._transaction():
+                    leases = self._take(owner, count, duration, fresh)
+            except StoreError as exc:
+                self._keep(fresh, exc)
+                raise self._outbox_error from exc  # type: ignore[misc]
+            self._outbox_error = None
+        return leases
+
+    def _take(self, owner: str, count: int, duration: float,
+              fresh: list[bytes]) -> list[Lease]:
+        """Lease from the queue, then from ``fresh`` (not yet queued); queue the rest of
+        ``fresh``. Inside a transaction."""
         queue = self._queue
         leases: list[Lease] = []
-        with queue.transact(retry=True):
+        key, item = queue.pull()
+        if key is None and not fresh:
+            return leases
+        deadline = time.time() + duration
+        index = queue.get(_INDEX, {})
+        pending = queue.get(_PENDING, 0)
+        taken: list[tuple[int, bytes]] = []
+        while key is not None:
+            if isinstance(item, list):  # a bundle of first deliveries
+                wanted = count - len(taken)
+                if len(item) > wanted:
+                    queue.push(item[wanted:], side="front")
+                    del item[wanted:]
+                taken.extend((0, package) for package in item)
+            else:
+                taken.append(item)
+            if len(taken) >= count:
+                break
             key, item = queue.pull()
-            if key is None:
-                return leases
-            deadline = time.time() + duration
-            index = queue.get(_INDEX, {})
-            while key is not None:
-                if isinstance(item, list):  # a bundle of first deliveries
-                    wanted = count - len(leases)
-                    if len(item) > wanted:
-                        queue.push(item[wanted:], side="front")
-                        del item[wanted:]
-                    taken = [(0, package) for package in item]
-                else:
-                    taken = [item]
-                for attempt, package in taken:
-                    token = f"{self._token_prefix}{next(self._tokens)}"
-                    queue.set(_LEASE + token, (attempt + 1, package))
-                    index[token] = (deadline, owner)
-                    leases.append(Lease(token, attempt + 1, package))
-                if len(leases) >= count:
-                    break
-                key, item = queue.pull()
-            queue.set(_INDEX, index)
-            queue.set(_PENDING, max(0, queue.get(_PENDING, 0) - len(leases)))
+        queue.set(_PENDING, max(0, pending - len(taken)))
+        if fresh:
+            room = max(0, count - len(taken))
+            taken.extend((0, package) for package in fresh[:room])
+            if fresh[room:]:
+                self._push(fresh[room:])
+        for attempt, package in taken:
+            token = f"{self._token_prefix}{next(self._tokens)}"
+            queue.set(_LEASE + token, (attempt + 1, package))
+            index[token] = (deadline, owner)
+            leases.append(Lease(token, attempt + 1, package))
+        queue.set(_INDEX, index)
         return leases
 
     def ack(self, tokens: Iterable[str]) -> None:
@@ -278,7 +322,7 @@ class Broker:
         if not tokens:
             return
         queue = self._queue
-        with queue.transact(retry=True):
+        with self._transaction(retry=True):
             index = queue.get(_INDEX, {})
             requeued = []
             for token in tokens:
@@ -301,7 +345,7 @@ class Broker:
             return []
         queue = self._queue
         lost = []
-        with queue.transact(retry=True):
+        with self._transaction(retry=True):
             index = queue.get(_INDEX, {})
             deadline = time.time() + duration
             for token in tokens:
@@ -321,7 +365,7 @@ class Broker:
         if not any(deadline < now for deadline, _ in index.values()):
             return 0
         reaped = 0
-        with queue.transact(retry=True):
+        with self._transaction(retry=True):
             index = queue.get(_INDEX, {})
             for token, (deadline, _owner) in list(index.items()):
                 if deadline < now:
@@ -351,7 +395,7 @@ class Broker:
         """Drop every pending package; return how many. Leased ones are left alone."""
         self.flush()
         dropped = 0
-        with self._queue.transact(retry=True):
+        with self._transaction(retry=True):
             while True:
                 key, item = self._queue.pull()
                 if key is None:
