@@ -5,8 +5,10 @@ written with others goes in as one *bundle* of up to BUNDLE packages (one row, n
 BUNDLE rows: enqueueing and leasing cost per bundle, not per package), a package
 delivered again as ``(attempt, package)``, and a ``pending`` counter keeps their
 number (bundles stay under BUNDLE_BYTES, so a big package goes alone). Taking work
-is a *lease*: inside one transaction a batch is pulled, each package is kept under
-a lease key, and the lease index records when it expires and who holds it. A lease
+is a *lease*: inside one transaction a batch is pulled and kept in lease rows
+(``"lease:" + row``, up to BUNDLE packages each; a package's token is ``row.number``),
+and the lease index records, per row, when it expires, who holds it and which of its
+packages are still out. A lease
 ends only by ``ack`` (its outcome is stored), ``release`` (handed back unrun) or by
 expiring, after which ``reap`` puts it back in the queue for another delivery. So a
 crash anywhere loses nothing: the worst case is a second delivery after ``retry``.
@@ -76,6 +78,20 @@ def writing(path: str) -> Iterator[None]:
         raise StoreError(f"cannot write to the store at {path}: {exc}. If the disk is full, "
                          "free space; if the files are damaged, move the directory away and "
                          "start again") from exc
+
+
+def _rows(tokens: Iterable[str]) -> tuple[dict[str, list[int]], list[str]]:
+    """Lease tokens (``row.number``) grouped by the lease row that holds them, and the
+    tokens that were never a lease of ours."""
+    by_row: dict[str, list[int]] = {}
+    foreign = []
+    for token in tokens:
+        batch, _, number = token.rpartition(".")
+        if number.isdigit():
+            by_row.setdefault(batch, []).append(int(number))
+        else:
+            foreign.append(token)
+    return by_row, foreign
 
 
 class Lease(NamedTuple):
@@ -297,11 +313,19 @@ class Broker:
             taken.extend((0, package) for package in fresh[:room])
             if fresh[room:]:
                 self._push(fresh[room:])
+        row: dict[int, tuple[int, bytes]] = {}
+        rows: list[tuple[str, dict[int, tuple[int, bytes]]]] = []
+        size = 0
         for attempt, package in taken:
-            token = f"{self._token_prefix}{next(self._tokens)}"
-            queue.set(_LEASE + token, (attempt + 1, package))
-            index[token] = (deadline, owner)
-            leases.append(Lease(token, attempt + 1, package))
+            if not rows or len(row) == BUNDLE or size + len(package) > BUNDLE_BYTES:
+                row, size = {}, 0
+                rows.append((f"{self._token_prefix}{next(self._tokens)}", row))
+            row[len(row)] = (attempt + 1, package)
+            size += len(package)
+            leases.append(Lease(f"{rows[-1][0]}.{len(row) - 1}", attempt + 1, package))
+        for batch, row in rows:
+            queue.set(_LEASE + batch, row)
+            index[batch] = (deadline, owner, tuple(row))
         queue.set(_INDEX, index)
         return leases
 
@@ -318,20 +342,30 @@ class Broker:
         self._end(tokens, requeue="front" if not counted else "counted")
 
     def _end(self, tokens: Iterable[str], requeue: str | None) -> None:
-        tokens = list(tokens)
-        if not tokens:
+        by_row, _ = _rows(tokens)
+        if not by_row:
             return
         queue = self._queue
         with self._transaction(retry=True):
             index = queue.get(_INDEX, {})
             requeued = []
-            for token in tokens:
-                if index.pop(token, None) is None:
+            for batch, numbers in by_row.items():
+                held = index.get(batch)
+                if held is None:
                     continue  # expired and reaped meanwhile: the new delivery owns it now
-                item = queue.pop(_LEASE + token, None)
-                if requeue is not None and item is not None:
-                    attempt, package = item
-                    requeued.append((attempt - 1 if requeue == "front" else attempt, package))
+                row = queue.get(_LEASE + batch, {})
+                for number in numbers:
+                    item = row.pop(number, None)
+                    if requeue is not None and item is not None:
+                        attempt, package = item
+                        requeued.append((attempt - 1 if requeue == "front" else attempt,
+                                         package))
+                if row:
+                    queue.set(_LEASE + batch, row)
+                    index[batch] = (held[0], held[1], tuple(row))
+                else:
+                    queue.delete(_LEASE + batch)
+                    del index[batch]
             for item in reversed(requeued):  # back at the front, in their order
                 queue.push(item, side="front")
             queue.set(_INDEX, index)
@@ -340,20 +374,19 @@ class Broker:
 
     def renew(self, tokens: Iterable[str], duration: float) -> list[str]:
         """Extend live leases by ``duration`` from now; return the tokens no longer held."""
-        tokens = list(tokens)
-        if not tokens:
-            return []
+        by_row, lost = _rows(tokens)
+        if not by_row:
+            return lost
         queue = self._queue
-        lost = []
         with self._transaction(retry=True):
             index = queue.get(_INDEX, {})
             deadline = time.time() + duration
-            for token in tokens:
-                held = index.get(token)
-                if held is None:
-                    lost.append(token)
-                else:
-                    index[token] = (deadline, held[1])
+            for batch, numbers in by_row.items():
+                held = index.get(batch)
+                live = held[2] if held is not None else ()
+                lost.extend(f"{batch}.{number}" for number in numbers if number not in live)
+                if held is not None:
+                    index[batch] = (deadline, held[1], live)
             queue.set(_INDEX, index)
         return lost
 
@@ -362,21 +395,21 @@ class Broker:
         now = time.time() if now is None else now
         queue = self._queue
         index = queue.get(_INDEX, {})
-        if not any(deadline < now for deadline, _ in index.values()):
+        if not any(held[0] < now for held in index.values()):
             return 0
-        reaped = 0
+        reaped = []
         with self._transaction(retry=True):
             index = queue.get(_INDEX, {})
-            for token, (deadline, _owner) in list(index.items()):
-                if deadline < now:
-                    del index[token]
-                    item = queue.pop(_LEASE + token, None)
-                    if item is not None:
-                        queue.push(item, side="front")
-                        reaped += 1
+            for batch, held in list(index.items()):
+                if held[0] < now:
+                    del index[batch]
+                    row = queue.pop(_LEASE + batch, None) or {}
+                    reaped.extend(row[number] for number in sorted(row))
+            for item in reversed(reaped):
+                queue.push(item, side="front")
             queue.set(_INDEX, index)
-            queue.set(_PENDING, queue.get(_PENDING, 0) + reaped)
-        return reaped
+            queue.set(_PENDING, queue.get(_PENDING, 0) + len(reaped))
+        return len(reaped)
 
     def pending(self) -> int:
         """Packages waiting, this process's outbox included: ``size`` without a flush."""
@@ -384,7 +417,7 @@ class Broker:
 
     def leased(self) -> int:
         """How many packages are leased (running or waiting for a retry)."""
-        return len(self._queue.get(_INDEX, {}))
+        return sum(len(held[2]) for held in self._queue.get(_INDEX, {}).values())
 
     def size(self) -> int:
         """Pending packages, not counting the leased ones."""
