@@ -1,17 +1,16 @@
 """The task queue of one store directory, over diskcache.
 
-Pending packages sit in a diskcache push/pull queue (integer keys): a package
-written with others goes in as one *bundle* of up to BUNDLE packages (one row, not
-BUNDLE rows: enqueueing and leasing cost per bundle, not per package), a package
-delivered again as ``(attempt, package)``, and a ``pending`` counter keeps their
-number (bundles stay under BUNDLE_BYTES, so a big package goes alone). Taking work
-is a *lease*: inside one transaction a batch is pulled and kept in lease rows
-(``"lease:" + row``, up to BUNDLE packages each; a package's token is ``row.number``),
-and the lease index records, per row, when it expires, who holds it and which of its
-packages are still out. A lease
-ends only by ``ack`` (its outcome is stored), ``release`` (handed back unrun) or by
-expiring, after which ``reap`` puts it back in the queue for another delivery. So a
-crash anywhere loses nothing: the worst case is a second delivery after ``retry``.
+Pending packages sit in a diskcache push/pull queue (integer keys): packages
+written together go in as *bundles* of up to BUNDLE packages (one row each, so
+enqueueing and leasing cost per bundle, not per package; a big package goes alone),
+a package delivered again as ``(attempt, package)``; a ``pending`` counter keeps
+their number. Taking work is a *lease*: inside one transaction a batch is pulled and
+kept in lease rows (``"lease:" + row``, up to BUNDLE packages each; a package's
+token is ``row.number``), and the lease index records, per row, when it expires, who
+holds it and which of its packages are still out. A lease ends only by ``ack`` (its
+outcome is stored), ``release`` (handed back unrun) or by expiring, after which
+``reap`` puts it back in the queue for another delivery. So a crash anywhere loses
+nothing: the worst case is a second delivery after ``retry``.
 
 Every process may enqueue and every cluster may lease at once; SQLite serialises
 the transactions. Leasing a batch in one transaction is the lever for speed: one
