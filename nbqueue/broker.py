@@ -464,7 +464,19 @@ class Broker:
 
 
 _brokers: dict[str, Broker] = {}
+_given: dict[tuple[str, str], Broker] = {}  # (directory as given, working directory)
 _brokers_lock = threading.Lock()
+
+
+def drop_broker(directory: str | os.PathLike[str]) -> None:
+    """Close and forget the shared broker of ``directory``, if any (tests, tools)."""
+    path = os.path.abspath(os.fspath(directory))
+    with _brokers_lock:
+        broker = _brokers.pop(path, None)
+        for key in [k for k, v in _given.items() if v is broker]:
+            del _given[key]
+    if broker is not None:
+        broker.close()
 
 
 def get_broker(directory: str | os.PathLike[str] | None = None) -> Broker:
@@ -472,11 +484,15 @@ def get_broker(directory: str | os.PathLike[str] | None = None) -> Broker:
     if directory is None:
         from .conf import settings
         directory = settings().directory
-    path = os.path.abspath(os.fspath(directory))
-    broker = _brokers.get(path)
-    if broker is None:
-        with _brokers_lock:
-            broker = _brokers.get(path)
-            if broker is None:
-                broker = _brokers[path] = Broker(path)
+    given = os.fspath(directory)
+    key = (given, os.getcwd())  # a relative directory follows the working directory
+    broker = _given.get(key)
+    if broker is not None:
+        return broker
+    path = os.path.abspath(given)
+    with _brokers_lock:
+        broker = _brokers.get(path)
+        if broker is None:
+            broker = _brokers[path] = Broker(path)
+        _given[key] = broker
     return broker

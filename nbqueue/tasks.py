@@ -9,6 +9,7 @@ Django Q: 0 = do not wait, -1 = wait forever.
 from __future__ import annotations
 
 import pickle
+import sys
 import time
 import uuid
 import warnings
@@ -129,8 +130,25 @@ def _function(func: Any, options: dict[str, Any]) -> tuple[str, str | None, byte
     """(display name, dotted path, pickled function) of a task function, checked."""
     func_name, func_ref = _check_callable("the task function", func,
                                           strict=not options["sync"])
+    if func_ref is None:
+        func_ref = _reference(func)
     func_bytes = None if func_ref is not None else _pickle("the task function", func)
     return func_name, func_ref, func_bytes
+
+
+def _reference(func: Any) -> str | None:
+    """The dotted path of a top-level function of an importable module, which cloudpickle
+    would pickle by reference anyway: shipping the path saves that (~15 us a call)."""
+    module = getattr(func, "__module__", None)
+    name = getattr(func, "__qualname__", None)
+    if (not isinstance(module, str) or not isinstance(name, str) or module == "__main__"
+            or not name.isidentifier()
+            or getattr(sys.modules.get(module), name, None) is not func):
+        return None
+    by_value = cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES  # register_pickle_by_value
+    if any(module == m or module.startswith(m + ".") for m in by_value):
+        return None
+    return f"{module}.{name}"
 
 
 def _package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
@@ -19,9 +18,7 @@ def store_dir(tmp_path):
     nbqueue.configure(directory=directory)
     yield directory
     conf.reset()
-    broker = broker_module._brokers.pop(os.path.abspath(directory), None)
-    if broker is not None:
-        broker.close()
+    broker_module.drop_broker(directory)
 
 
 @pytest.fixture

@@ -386,9 +386,7 @@ def test_get_broker_is_shared_per_directory(store_dir, tmp_path):
         first.enqueue(b"here")
         assert other.size() == 0
     finally:
-        popped = broker_module._brokers.pop(os.path.abspath(other_dir), None)
-        if popped is not None:
-            popped.close()
+        broker_module.drop_broker(other_dir)
 
 
 def test_two_brokers_on_one_directory_share_the_queue(store_dir):

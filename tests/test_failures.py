@@ -272,7 +272,7 @@ def test_corrupt_store_file_is_a_clear_error_at_the_call(tmp_path):
     try:
         nbqueue.get_broker()  # creates the store
         from nbqueue import broker as broker_module
-        broker_module._brokers.pop(str(directory)).close()
+        broker_module.drop_broker(directory)
         with open(directory / "queue" / "cache.db", "r+b") as db:
             db.write(b"this is not a database" * 100)
         with pytest.raises(nbqueue.StoreError, match="cannot open the store"):
