@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -465,3 +466,23 @@ def test_count_and_group_records_at_scale(tmp_path):
         print(f"built 100k records in {build:.1f} s")
     finally:
         part.close()
+
+
+def test_batched_rows_are_diskcache_rows(part):
+    """Outcomes written in one statement read back through diskcache's own API, keep
+    its row count right, update a taken name in place, and put a big result in a file."""
+    big = rec("g", result=b"x" * 200_000)
+    first, same_name = rec("g", name="shared-name"), rec("g", name="shared-name")
+    part.write([big, first])
+    part.write([same_name])
+    cache = part._cache
+    assert len(cache) == len(list(cache.iterkeys()))  # diskcache's count trigger held
+    assert decode(part.get(big["id"])["result"]) == b"x" * 200_000
+    assert _value_files(cache.directory)  # over 32 KiB: in a file of its own
+    assert part.get("shared-name")["id"] == same_name["id"]  # the latest of the name
+    assert part.get(first["id"])["id"] == first["id"]
+    assert part.count("g") == 3
+
+
+def _value_files(directory):
+    return [f for _, _, files in os.walk(directory) for f in files if f.endswith(".val")]
