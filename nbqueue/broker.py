@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 import diskcache
 
+from . import conf
 from .errors import StoreError
 from .signing import load_key, private_directory
 
@@ -482,8 +483,7 @@ def drop_broker(directory: str | os.PathLike[str]) -> None:
 def get_broker(directory: str | os.PathLike[str] | None = None) -> Broker:
     """The broker of ``directory`` (default: the configured one), shared in this process."""
     if directory is None:
-        from .conf import settings
-        directory = settings().directory
+        directory = conf.settings().directory
     given = os.fspath(directory)
     key = (given, os.getcwd())  # a relative directory follows the working directory
     broker = _given.get(key)

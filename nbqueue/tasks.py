@@ -89,7 +89,7 @@ def _split_options(kwargs: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(options, dict):
             raise ConfigurationError(f"q_options must be a dict of options, got "
                                      f"{type(options).__name__}")
-        unknown = sorted(set(options) - set(OPTIONS))
+        unknown = sorted(set(options) - set(OPTIONS[:-1]))
         if unknown:
             raise ConfigurationError(f"unknown option(s) in q_options: {', '.join(unknown)}; "
                                      f"the options are: {', '.join(OPTIONS[:-1])}")
@@ -97,33 +97,50 @@ def _split_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {name: kwargs.pop(name) for name in OPTIONS if name in kwargs}
 
 
-def _checked(options: dict[str, Any], settings: conf.Settings) -> dict[str, Any]:
-    """Validate per-task options and fill in the defaults."""
-    group = options.get("group")
-    if group is not None and not isinstance(group, str):
-        raise ConfigurationError(f"option 'group' must be a string, got {group!r}")
-    task_name = options.get("task_name")
-    if task_name is not None and (not isinstance(task_name, str) or not task_name):
+def _check_group(name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ConfigurationError(f"option 'group' must be a string, got {value!r}")
+
+
+def _check_task_name(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
         raise ConfigurationError(f"option 'task_name' must be a non-empty string, got "
-                                 f"{task_name!r}")
-    for name in ("save", "ack_failure", "sync"):
-        value = options.get(name)
-        if value is not None and not isinstance(value, bool):
-            raise ConfigurationError(f"option {name!r} must be True, False or None, got "
-                                     f"{value!r}")
-    conf.check_timeout("timeout", options.get("timeout"))
-    cached = options.get("cached")
-    cached = settings.cached if cached is None else cached
-    conf.check_cached("cached", cached)
-    if options.get("max_attempts") is not None:
-        conf.check_max_attempts("max_attempts", options["max_attempts"])
-    broker = options.get("broker")
-    if broker is not None and not isinstance(broker, Broker):
+                                 f"{value!r}")
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"option {name!r} must be True, False or None, got "
+                                 f"{value!r}")
+
+
+def _check_broker(name: str, value: Any) -> None:
+    if not isinstance(value, Broker):
         raise ConfigurationError(f"option 'broker' must come from get_broker(), got "
-                                 f"{type(broker).__name__}")
-    sync = options.get("sync")
-    return dict(options, cached=cached, sync=settings.sync if sync is None else sync,
-                broker=broker or get_broker())
+                                 f"{type(value).__name__}")
+
+
+_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "group": _check_group, "task_name": _check_task_name, "save": _check_flag,
+    "ack_failure": _check_flag, "sync": _check_flag, "timeout": conf.check_timeout,
+    "cached": conf.check_cached, "max_attempts": conf.check_max_attempts,
+    "broker": _check_broker, "hook": lambda name, value: None,
+}
+
+
+def _checked(options: dict[str, Any], settings: conf.Settings) -> dict[str, Any]:
+    """Validate per-task options (a fresh dict, completed in place) and fill in defaults.
+    Only the options given are checked: async_task's hot path."""
+    for name, value in options.items():
+        if value is not None:
+            _CHECKS[name](name, value)
+    if options.get("cached") is None:
+        options["cached"] = settings.cached
+    if options.get("sync") is None:
+        options["sync"] = settings.sync
+    if options.get("broker") is None:
+        options["broker"] = get_broker()
+    return options
 
 
 def _function(func: Any, options: dict[str, Any]) -> tuple[str, str | None, bytes | None]:
