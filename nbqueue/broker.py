@@ -123,6 +123,8 @@ class Broker:
         self._outbox_error: StoreError | None = None
         self._flush_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._acks: list[str] = []
+        self._acks_lock = threading.Lock()
         self._flusher: threading.Thread | None = None
 
     def __repr__(self) -> str:
@@ -268,13 +270,17 @@ class Broker:
         enqueued the task saves a commit and a hand-off per round trip.
         """
         if not self._outbox:
+            if not self._acks and not self._queue.get(_PENDING, 0, retry=True):
+                return []  # an empty poll reads, and leaves the write lock to producers
             with self._transaction(retry=True):
+                self._finish_acks()
                 return self._take(owner, count, duration, [])
         with self._flush_lock:  # the outbox's order: older packages are in the queue
             with self._outbox_lock:
                 fresh, self._outbox = self._outbox, []
             try:
                 with self._transaction():
+                    self._finish_acks()
                     leases = self._take(owner, count, duration, fresh)
             except StoreError as exc:
                 self._keep(fresh, exc)
@@ -341,36 +347,58 @@ class Broker:
         """
         self._end(tokens, requeue="front" if not counted else "counted")
 
+    def ack_soon(self, tokens: Iterable[str]) -> None:
+        """``ack`` in the next lease's transaction, or at ``flush_acks``: a cluster whose
+        feeder leases again at once saves a transaction and a wait per round trip."""
+        with self._acks_lock:
+            self._acks.extend(tokens)
+
+    def flush_acks(self) -> None:
+        """Acknowledge what ``ack_soon`` was given."""
+        if self._acks:
+            with self._transaction(retry=True):
+                self._finish_acks()
+
+    def _finish_acks(self) -> None:
+        with self._acks_lock:
+            tokens, self._acks = self._acks, []
+        if tokens:
+            self._finish(_rows(tokens)[0], None)
+
     def _end(self, tokens: Iterable[str], requeue: str | None) -> None:
         by_row, _ = _rows(tokens)
         if not by_row:
             return
-        queue = self._queue
         with self._transaction(retry=True):
-            index = queue.get(_INDEX, {})
-            requeued = []
-            for batch, numbers in by_row.items():
-                held = index.get(batch)
-                if held is None:
-                    continue  # expired and reaped meanwhile: the new delivery owns it now
-                row = queue.get(_LEASE + batch, {})
-                for number in numbers:
-                    item = row.pop(number, None)
-                    if requeue is not None and item is not None:
-                        attempt, package = item
-                        requeued.append((attempt - 1 if requeue == "front" else attempt,
-                                         package))
-                if row:
-                    queue.set(_LEASE + batch, row)
-                    index[batch] = (held[0], held[1], tuple(row))
-                else:
-                    queue.delete(_LEASE + batch)
-                    del index[batch]
-            for item in reversed(requeued):  # back at the front, in their order
-                queue.push(item, side="front")
-            queue.set(_INDEX, index)
-            if requeued:
-                queue.set(_PENDING, queue.get(_PENDING, 0) + len(requeued))
+            self._finish(by_row, requeue)
+
+    def _finish(self, by_row: dict[str, list[int]], requeue: str | None) -> None:
+        """End leases (see ``release`` for ``requeue``); inside a transaction."""
+        queue = self._queue
+        index = queue.get(_INDEX, {})
+        requeued = []
+        for batch, numbers in by_row.items():
+            held = index.get(batch)
+            if held is None:
+                continue  # expired and reaped meanwhile: the new delivery owns it now
+            row = queue.get(_LEASE + batch, {})
+            for number in numbers:
+                item = row.pop(number, None)
+                if requeue is not None and item is not None:
+                    attempt, package = item
+                    requeued.append((attempt - 1 if requeue == "front" else attempt,
+                                     package))
+            if row:
+                queue.set(_LEASE + batch, row)
+                index[batch] = (held[0], held[1], tuple(row))
+            else:
+                queue.delete(_LEASE + batch)
+                del index[batch]
+        for item in reversed(requeued):  # back at the front, in their order
+            queue.push(item, side="front")
+        queue.set(_INDEX, index)
+        if requeued:
+            queue.set(_PENDING, queue.get(_PENDING, 0) + len(requeued))
 
     def renew(self, tokens: Iterable[str], duration: float) -> list[str]:
         """Extend live leases by ``duration`` from now; return the tokens no longer held."""
@@ -458,6 +486,7 @@ class Broker:
 
     def close(self) -> None:
         self.flush()
+        self.flush_acks()
         self._queue.close()
         self._state.close()
         if self._store is not None:

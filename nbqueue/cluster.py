@@ -51,6 +51,7 @@ MAX_CHUNK = 64
 KILL_GRACE = 1.0  # seconds past a timeout before a worker that ignored SIGALRM is killed
 HEARTBEAT = 1.0
 IDLE_POLL = 0.05  # seconds between queue polls of a cluster that has been idle for a while
+HOT_POLL = 0.001  # ... and right after a task finished, when its caller may send the next
 
 
 @dataclass
@@ -169,6 +170,7 @@ class Cluster:
             self._executor.shutdown(kill=True)
         self._events.put(None)
         writer.join(timeout=30)
+        self.broker.flush_acks()
         with self._lock:
             left = list(self._inflight)
         if left:  # outcomes that never came back: the tasks go back to the queue
@@ -220,19 +222,21 @@ class Cluster:
                     # Every worker has a chunk: lease again once a whole chunk waits,
                     # or a chunk finishes. Leasing each task as it comes would mean
                     # chunks of one, and a round trip through the store per task.
+                    self.broker.flush_acks()
                     self._room.wait(0.05)
                     self._room.clear()
                     continue
                 wanted = min(room, settings.bulk)
                 leases = self.broker.lease(self.id, wanted, settings.retry)
                 if not leases:
-                    # An empty poll is a short write transaction: every `poll` seconds
-                    # while work comes in, backing off to IDLE_POLL over ~0.5 s without
-                    # any (an idle cluster then costs ~1 % of a core, not ~7 %).
-                    # Enqueues in this process wake the feeder at once either way.
+                    # An empty poll is one read (~10 us). Every HOT_POLL seconds right
+                    # after a wake-up (a task finished: its caller may send the next),
+                    # growing 10 % a poll to IDLE_POLL (an idle cluster then costs ~1 %
+                    # of a core). Enqueues in this process wake the feeder at once.
                     woken = self._wakeup.wait(pause)
                     self._wakeup.clear()
-                    pause = settings.poll if woken else min(pause * 1.1, IDLE_POLL)
+                    pause = (min(HOT_POLL, settings.poll) if woken
+                             else min(pause * 1.1, max(IDLE_POLL, settings.poll)))
                     continue
                 pause = settings.poll
                 # a full batch goes in whole chunks; the last of the queue is spread
@@ -339,7 +343,12 @@ class Cluster:
         if not finished:
             return
         self.broker.store.save([record for _, record, _ in finished], self.settings.save_limit)
-        self.broker.ack(job.lease.token for job, _, final in finished if final)
+        done = [job.lease.token for job, _, final in finished if final]
+        if self._stopping.is_set():
+            self.broker.ack(done)
+        else:  # with the feeder's next lease, which this wakes
+            self.broker.ack_soon(done)
+            self._wakeup.set()
         self._forget(job.lease.token for job, _, _ in finished)
         for job, record, final in finished:
             if record["success"]:

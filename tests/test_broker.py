@@ -482,3 +482,17 @@ def test_enqueue_writes_behind_and_flush_writes_now(store_dir, tmp_path):
     finally:
         one.close()
         other.close()
+
+
+def test_ack_soon_is_done_by_the_next_lease_or_flush_acks(broker):
+    broker.enqueue_many([b"a", b"b", b"c"])
+    first, second = broker.lease("w", 2, 30)
+    broker.ack_soon([first.token])
+    assert broker.leased() == 2  # not yet
+    assert _packages(broker.lease("w", 1, 30)) == [b"c"]  # the same transaction acks
+    assert broker.leased() == 2  # second and c
+    broker.ack_soon([second.token])
+    broker.flush_acks()
+    assert broker.leased() == 1
+    assert broker.lease("w", 5, 30) == []  # an empty queue: nothing leased, nothing lost
+    assert broker.size() == 0 and broker.leased() == 1
