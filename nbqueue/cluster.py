@@ -13,8 +13,9 @@ a pool of worker processes and the store.
 Chunks: a no-op task costs ~0.1 ms in loky, and each chunk a few store writes, so
 tasks are sent in chunks sized to take ~100 ms by the running average of task time
 (1 for slow tasks, up to 64; on 2 cores 10 ms tasks ran at 83-88 % of ideal in chunks
-of 30 ms, 91 % of 100 ms). While every worker has a chunk, the feeder leases only
-whole chunks; the last of the queue is spread evenly so that no worker idles.
+of 30 ms, at 91-92 % in chunks of 100 ms). While every worker has a chunk, the feeder
+leases only whole chunks; the last of the queue is spread evenly so that no worker
+idles.
 """
 
 from __future__ import annotations
