@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import sqlite3
 import threading
 import time
 import uuid
@@ -30,7 +29,7 @@ from typing import Any, Callable, Iterable
 
 import cloudpickle
 
-from .broker import open_cache, writing
+from .broker import UPSERT_OK, open_cache, upsert, writing
 
 PAGE = 256
 _NAME = "name:"
@@ -47,30 +46,6 @@ _ITER = "iter:"
 def _page(group: str, i: int) -> str:
     return f"g:{i}:{group}"
 
-
-# One statement for many rows: ``Cache.set`` costs a SELECT and an INSERT each, ~35 us
-# of a cluster's GIL time per row, two rows per outcome. The columns and the unique
-# (key, raw) index are diskcache's table (stable since diskcache 3); an existing key
-# is updated in place, so diskcache's count and size triggers stay right.
-_UPSERT_OK = sqlite3.sqlite_version_info >= (3, 24, 0)
-_UPSERT_SQL = (
-    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag,"
-    " size, mode, filename, value) VALUES (?, ?, ?, NULL, ?, 0, NULL, ?, ?, ?, ?)"
-    " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
-    " expire_time = NULL, access_time = excluded.access_time, access_count = 0, tag = NULL,"
-    " size = excluded.size, mode = excluded.mode, filename = excluded.filename,"
-    " value = excluded.value")
-
-
-def _upsert(cache: Any, rows: list[tuple[str, Any]]) -> None:
-    """Set many never-expiring keys in one statement; inside ``cache.transact()``."""
-    disk, now = cache._disk, time.time()
-    values = []
-    for key, value in rows:
-        db_key, raw = disk.put(key)
-        size, mode, filename, db_value = disk.store(value, False, key=key)
-        values.append((db_key, raw, now, now, size, mode, filename, db_value))
-    cache._con.executemany(_UPSERT_SQL, values)
 Record = dict[str, Any]
 
 
@@ -125,10 +100,10 @@ class Part:
                 old = None
                 if replace or record["attempt_count"] != 1:
                     if new_rows:  # the earlier outcome may be among them
-                        _upsert(cache, new_rows)
+                        upsert(cache, new_rows)
                         new_rows = []
                     old = cache.get(task_id)
-                if old is None and expire is None and _UPSERT_OK:
+                if old is None and expire is None and UPSERT_OK:
                     new_rows += ((task_id, record), (_NAME + record["name"], task_id))
                 else:
                     cache.set(task_id, record, expire=expire)
@@ -144,7 +119,7 @@ class Part:
                         old is None or not old["success"]):
                     cache.push(task_id, prefix="s")
             if new_rows:
-                _upsert(cache, new_rows)
+                upsert(cache, new_rows)
             # one counter update per (group, outcome), not per record: each incr costs
             # as much as a record write, so this halves the cost of a large batch
             for (group, success), delta in deltas.items():
