@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import multiprocessing.util
 import os
+import pickle
 import sqlite3
 import sys
 import threading
@@ -88,6 +89,24 @@ def upsert(cache: Any, rows: list[tuple[str, Any]]) -> None:
         size, mode, filename, db_value = disk.store(value, False, key=key)
         values.append((db_key, raw, now, now, size, mode, filename, db_value))
     cache._con.executemany(_UPSERT_SQL, values)
+
+
+_SELECT_SQL = ("SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({})"
+               " AND (expire_time IS NULL OR expire_time > ?)")
+
+
+def read_many(cache: Any, keys: list[str]) -> dict[str, Any]:
+    """The values of many string keys, read 500 a statement (``Cache.get`` costs a
+    statement and a file-like unpickling each: 10,000 took ~0.3 s, this ~0.1 s)."""
+    found: dict[str, Any] = {}
+    fetch, con, now = cache._disk.fetch, cache._con, time.time()
+    for i in range(0, len(keys), 500):
+        part = keys[i:i + 500]
+        rows = con.execute(_SELECT_SQL.format(",".join("?" * len(part))), (*part, now))
+        for key, mode, filename, value in rows:
+            found[key] = (pickle.loads(value) if mode == diskcache.core.MODE_PICKLE
+                          and value is not None else fetch(mode, filename, value, False))
+    return found
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 
 import cloudpickle
 
-from .broker import UPSERT_OK, open_cache, upsert, writing
+from .broker import UPSERT_OK, open_cache, read_many, upsert, writing
 
 PAGE = 256
 _NAME = "name:"
@@ -186,10 +186,9 @@ class Part:
         return record
 
     def records(self, task_ids: list[str]) -> list[Record | None]:
-        """The records of many tasks by uuid, in one read transaction."""
-        get = self._cache.get
-        with self._cache.transact(retry=True):
-            return [get(task_id) for task_id in task_ids]
+        """The records of many tasks by uuid (None for those not stored)."""
+        found = read_many(self._cache, task_ids)
+        return [found.get(task_id) for task_id in task_ids]
 
     def write_manifest(self, iter_id: str, manifest: dict[str, Any]) -> None:
         """Remember which tasks, in which order, make up an ``async_iter``."""
@@ -212,14 +211,14 @@ class Part:
 
     def group_records(self, group: str, failures: bool = True) -> list[Record]:
         """The group's records, in the order their first outcome was stored."""
-        cache = self._cache
+        ids = self.group_ids(group)
+        found = read_many(self._cache, ids)
         records = []
-        with cache.transact(retry=True):  # one read snapshot, and ~3x faster than one by one
-            for task_id in self.group_ids(group):
-                record = cache.get(task_id)
-                if record is not None and record["group"] == group and (
-                        failures or record["success"]):
-                    records.append(record)
+        for task_id in ids:
+            record = found.get(task_id)
+            if record is not None and record["group"] == group and (
+                    failures or record["success"]):
+                records.append(record)
         return records
 
     def count(self, group: str, failures: bool = False) -> int:

@@ -496,3 +496,19 @@ def test_ack_soon_is_done_by_the_next_lease_or_flush_acks(broker):
     assert broker.leased() == 1
     assert broker.lease("w", 5, 30) == []  # an empty queue: nothing leased, nothing lost
     assert broker.size() == 0 and broker.leased() == 1
+
+
+def test_read_many_reads_what_cache_get_reads(tmp_path):
+    cache = broker_module.open_cache(str(tmp_path / "c"), expiring=True)
+    try:
+        big = b"y" * 100_000  # in a file of its own
+        cache.set("small", {"a": 1})
+        cache.set("big", big)
+        cache.set("text", "hello")
+        cache.set("gone", 1, expire=0.01)
+        time.sleep(0.05)
+        keys = ["small", "big", "text", "gone", "missing"] + [f"k{i}" for i in range(1200)]
+        found = broker_module.read_many(cache, keys)
+        assert found == {"small": {"a": 1}, "big": big, "text": "hello"}
+    finally:
+        cache.close()
