@@ -54,13 +54,19 @@ def load_key(directory: str) -> bytes:
     if key is not None:
         return key
     path = os.path.join(directory, KEY_FILE)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(32))
+    if not os.path.exists(path):
+        # written whole under a name of its own, then linked into place: processes that
+        # start together never read a key file that another one is still writing
+        draft = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32))
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        finally:
+            os.unlink(draft)
     _refuse_if_shared(path, "the key file", f"chmod 600 {path}")
     with open(path) as src:
         text = src.read().strip()

@@ -217,3 +217,19 @@ def test_flipping_any_single_byte_is_detected(data):
     package[index] ^= flip
     with pytest.raises(SignatureError):
         verify(KEY, bytes(package))
+
+
+def test_processes_starting_together_share_one_whole_key(tmp_path):
+    """Many processes creating the key at once all read the same complete key."""
+    import subprocess
+    import sys
+    directory = str(tmp_path / "store")
+    os.makedirs(directory, mode=0o700)
+    code = ("import sys; from nbqueue import signing; "
+            "print(signing.load_key(sys.argv[1]).hex())")
+    procs = [subprocess.Popen([sys.executable, "-c", code, directory],
+                              stdout=subprocess.PIPE, text=True) for _ in range(12)]
+    keys = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(keys) == 1 and len(keys.pop()) == 64
+    assert sorted(os.listdir(directory)) == ["key"]  # no drafts left behind
