@@ -32,21 +32,18 @@ import cloudpickle
 from .broker import UPSERT_OK, open_cache, read_many, upsert, writing
 
 PAGE = 256
+# Keys are strings only: diskcache stores a str key as it is, but pickles any other
+# key and runs pickletools.optimize on it, ~0.3 ms of pure Python per read or write.
 _NAME = "name:"
-# string keys for what is written with every outcome: diskcache stores strings as they
-# are, where it pickles (and pickletools-optimizes) a tuple key on every call
 _COUNT = {True: "ok:", False: "failed:"}
 _TOTAL = {True: "total:ok", False: "total:failed"}
 _PAGES = "gp:"
 _ITER = "iter:"
-# Keys are strings only: diskcache stores a str key as it is, but pickles any other
-# key and runs pickletools.optimize on it, ~0.3 ms of pure Python per read or write.
+Record = dict[str, Any]
 
 
 def _page(group: str, i: int) -> str:
     return f"g:{i}:{group}"
-
-Record = dict[str, Any]
 
 
 def _is_uuid(text: str) -> bool:
