@@ -210,6 +210,18 @@ class System:
         raise NotImplementedError
 
 
+def run_group(api: Any, group: str, func: Callable, args: list[Any]) -> list[Any]:
+    """One call per argument through a Django Q style API (nbqueue's or django-q2's),
+    all in ``group``, then every result."""
+    for a in args:
+        api.async_task(func, a, group=group)
+    results = api.result_group(group, count=len(args), wait=WAIT_MS)
+    if results is None or len(results) != len(args):
+        raise RuntimeError(f"group {group}: {0 if results is None else len(results)} "
+                           f"results of {len(args)}")
+    return results
+
+
 class Loky(System):
     key = "loky"
     workloads = ("noop", "cpu", "latency", "enqueue")
@@ -288,14 +300,7 @@ class Nbqueue(System):
     def many(self, func, args):
         import nbqueue
         self.groups += 1
-        group = f"bench-{self.groups}"
-        for a in args:
-            nbqueue.async_task(func, a, group=group)
-        results = nbqueue.result_group(group, count=len(args), wait=WAIT_MS)
-        if results is None or len(results) != len(args):
-            raise RuntimeError(f"group {group}: {0 if results is None else len(results)} "
-                               f"results of {len(args)}")
-        return results
+        return run_group(nbqueue, f"bench-{self.groups}", func, args)
 
     def one(self, func, arg):
         import nbqueue
@@ -444,14 +449,7 @@ class DjangoQ(System):
 
     def many(self, func, args):
         self.groups += 1
-        group = f"bench-{self.groups}"
-        for a in args:
-            self.tasks.async_task(func, a, group=group)
-        results = self.tasks.result_group(group, count=len(args), wait=WAIT_MS)
-        if results is None or len(results) != len(args):
-            raise RuntimeError(f"group {group}: {0 if results is None else len(results)} "
-                               f"results of {len(args)}")
-        return results
+        return run_group(self.tasks, f"bench-{self.groups}", func, args)
 
     def one(self, func, arg):
         return self.tasks.result(self.tasks.async_task(func, arg), wait=WAIT_MS)

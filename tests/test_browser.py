@@ -193,19 +193,14 @@ class Lab:
                 self.proc.wait(STOP_GRACE)
         self._log.close()
         # Kernels run in sessions of their own and their workers may outlive them.
-        gone, alive = psutil.wait_procs(family, timeout=STOP_GRACE)
-        for proc in alive:
-            try:
-                proc.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        gone, alive = psutil.wait_procs(alive, timeout=STOP_GRACE)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        gone, alive = psutil.wait_procs(alive, timeout=STOP_GRACE)
+        alive = psutil.wait_procs(family, timeout=STOP_GRACE)[1]
+        for end in (psutil.Process.terminate, psutil.Process.kill):
+            for proc in alive:
+                try:
+                    end(proc)
+                except psutil.NoSuchProcess:
+                    pass
+            alive = psutil.wait_procs(alive, timeout=STOP_GRACE)[1]
         return [proc.pid for proc in alive]
 
 
