@@ -20,12 +20,16 @@ idles.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import math
 import os
 import queue
 import shutil
+import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -38,8 +42,8 @@ import cloudpickle
 
 from . import conf, signing
 from .broker import Broker, Lease, get_broker
-from .errors import ClusterError, SignatureError
-from .executors import BROKEN, Executor, make_executor
+from .errors import ClusterError, ConfigurationError, SignatureError
+from .executors import BROKEN, EXECUTOR_OPTIONS, Executor, make_executor
 from .models import Task, make_record
 from .names import new_task_id
 from .tasks import find_hook, run_hook
@@ -54,6 +58,7 @@ KILL_GRACE = 1.0  # seconds past a timeout before a worker that ignored SIGALRM 
 HEARTBEAT = 1.0
 IDLE_POLL = 0.05  # seconds between queue polls of a cluster that has been idle for a while
 HOT_POLL = 0.001  # ... and right after a task finished, when its caller may send the next
+EXIT_GRACE = 1.0  # seconds running tasks get to finish when the process or kernel ends
 
 
 @dataclass
@@ -79,6 +84,7 @@ class Cluster:
                  label: str | None = None, directory: str | os.PathLike[str] | None = None,
                  max_rss: int | None = None, executor: str = "loky",
                  **executor_options: Any) -> None:
+        _check_option_names(executor, executor_options)
         given = {"workers": workers, "retry": retry, "max_attempts": max_attempts,
                  "ack_failures": ack_failures, "save_limit": save_limit, "bulk": bulk,
                  "poll": poll, "label": label, "directory": directory, "max_rss": max_rss}
@@ -92,7 +98,7 @@ class Cluster:
         self.id = uuid.uuid4().hex
         self.executor_name = executor
         self._executor_options = executor_options
-        if executor != "loky" or executor_options:  # fail at the call, not at start
+        if executor != "loky":  # fail at the call, not at start
             make_executor(executor, 1, "", self.settings.max_rss, **executor_options)
         self._executor: Executor | None = None
         self._lock = threading.Lock()
@@ -108,6 +114,11 @@ class Cluster:
         self._threads: list[threading.Thread] = []
         self._task_seconds = CHUNK_SECONDS  # until measured: one task per chunk
         self._dead_running: dict[str, str] = {}  # task id -> why its worker died
+        self._doomed: set[int] = set()  # pids of live workers of a pool that broke
+        self._deaths_lock = threading.Lock()
+        self._stop_lock = threading.Lock()
+        self._context: Cluster | None = None
+        self.error: str | None = None  # why the cluster stopped on its own, if it did
         self.started_at: float | None = None
         self.done = 0
         self.failed = 0
@@ -121,15 +132,54 @@ class Cluster:
     def running(self) -> bool:
         return self.started_at is not None and not self._stopping.is_set()
 
+    @property
+    def stopped(self) -> bool:
+        """Whether ``stop()`` has finished: its workers and threads are gone."""
+        return self._stopped.is_set()
+
+    def _options(self) -> tuple:
+        return (conf.merged(self.settings, workers=self.workers), self.executor_name,
+                self._executor_options)
+
     def start(self) -> Cluster:
-        """Start the workers and threads; returns at once (the first tasks wait for spawn)."""
-        if self.started_at is not None:
-            raise ClusterError("this cluster was already started; make a new Cluster() "
-                               "to start again")
+        """Start the workers and threads; returns at once (the first tasks wait for spawn).
+
+        One process serves a store directory with one cluster: if this process already
+        runs one on the same directory (a notebook cell run again), ``start()`` returns
+        that running cluster when its options are the same, and otherwise stops it,
+        handing its tasks in flight back to the queue uncounted, and starts this one.
+        """
+        with _serving_lock:
+            current = _serving.get(self.directory)
+            if current is self and self.running:
+                return self
+            if self.started_at is not None:
+                raise ClusterError("this cluster was stopped; make a new Cluster() to start "
+                                   "again")
+            if current is not None and current.running:
+                if current._options() == self._options():
+                    return current
+                log.warning("nbqueue: replacing the running cluster on %s (%s) with a new "
+                            "one (%s); its tasks in flight go back to the queue", self.directory,
+                            current._describe(), self._describe())
+                current.stop(wait=0)
+            self._start()
+            _serving[self.directory] = self
+        _install_exit_hooks()
+        return self
+
+    def _describe(self) -> str:
+        timeout = self.settings.timeout
+        return (f"{self.workers} {self.executor_name} workers, timeout "
+                f"{'none' if timeout is None else f'{timeout:g} s'}, "
+                f"retry {self.settings.retry:g} s")
+
+    def _start(self) -> None:
         self.started_at = time.time()
         self._slot_dir = tempfile.mkdtemp(prefix=f"nbqueue-{self.id[:8]}-")
         self._executor = make_executor(self.executor_name, self.workers, self._slot_dir,
                                        self.settings.max_rss, **self._executor_options)
+        self._executor.at_exit = _stop_all
         try:
             self._executor.open()  # dask: connect, or start a LocalCluster
         except Exception:
@@ -142,10 +192,32 @@ class Cluster:
         self._beat()
         for name, target in (("feeder", self._feed), ("writer", self._write),
                              ("monitor", self._monitor), ("hooks", self._run_hooks)):
-            thread = threading.Thread(target=target, name=f"nbqueue-{name}", daemon=True)
+            thread = threading.Thread(target=self._supervised, args=(name, target),
+                                      name=f"nbqueue-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        return self
+
+    def _supervised(self, name: str, loop: Any) -> None:
+        """Run one of the cluster's threads. Each loop goes on through the errors it
+        expects; anything else (``BaseException`` included) stops the whole cluster,
+        visibly: a cluster with a dead thread would still look alive while it stored or
+        fed nothing.
+
+        SIGINT is blocked in these threads, and so in the threads and worker processes
+        they start (a mask is inherited): a worker gets Ctrl-C blocked from its first
+        instruction, until its initializer ignores it. Python runs signal handlers in the
+        main thread anyway.
+        """
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            loop()
+        except BaseException as exc:  # noqa: BLE001 - this is the supervisor
+            self.error = f"its {name} thread failed: {type(exc).__name__}: {exc}"
+            log.critical("nbqueue cluster %s on %s stopped: %s; its tasks in flight go back "
+                         "to the queue. Start a new Cluster() to go on", self.id[:8],
+                         self.directory, self.error, exc_info=exc)
+            threading.Thread(target=self.stop, kwargs={"wait": 0}, name="nbqueue-stop",
+                             daemon=True).start()
 
     def stop(self, wait: float = 10.0) -> None:
         """Stop gracefully: take no new work, let running tasks finish for up to ``wait``
@@ -153,50 +225,73 @@ class Cluster:
         (its attempt not counted), store what finished, and run the pending hooks."""
         if self.started_at is None:
             return
-        if self._stopping.is_set():  # stopping in another thread (the panel's button)
-            self._stopped.wait(wait + 60)
+        with self._stop_lock:
+            stopping_elsewhere = self._stopping.is_set()
+            self._stopping.set()
+        if stopping_elsewhere:  # in another thread (the panel's button, the supervisor)
+            if threading.current_thread() not in self._threads:
+                self._stopped.wait(wait + 60)
             return
-        self._stopping.set()
         self._wakeup.set()
         feeder, writer, monitor, hooks = self._threads
-        feeder.join()
+        _join(feeder, 10)
         with self._lock:
             futures = list(self._chunks)
         for future in futures:
             future.cancel()
         deadline = time.monotonic() + wait
-        while self._inflight and time.monotonic() < deadline:
+        while self._inflight and time.monotonic() < deadline and writer.is_alive():
             time.sleep(0.01)
         self._shutting_down = True
         if self._executor is not None:
-            self._executor.shutdown(kill=True)
+            try:
+                self._executor.shutdown(kill=True)
+            except Exception:
+                log.exception("nbqueue cluster: the %s executor did not shut down cleanly",
+                              self.executor_name)
         self._events.put(None)
-        writer.join(timeout=30)
-        self.broker.flush_acks()
-        with self._lock:
-            left = list(self._inflight)
-        if left:  # outcomes that never came back: the tasks go back to the queue
-            self._forget(left)
-            self.broker.release(left, counted=False)
-        monitor.join()
+        _join(writer, 30)
+        self._hand_back_at_stop()
+        _join(monitor, 10)
         self._hooks.put(None)
-        hooks.join()
+        _join(hooks, 30)
         self.broker.unsubscribe(self._wakeup)
         self.broker.forget(self.id)
+        if self.error is not None:
+            self.broker.record_stop(self.id, self.info())
         shutil.rmtree(self._slot_dir, ignore_errors=True)
+        with _serving_lock:
+            if _serving.get(self.directory) is self:
+                del _serving[self.directory]
+        self._stopped.set()
         for panel in self._panels:  # show "stopped" now, before this call returns
             try:
                 panel.refresh()
             except Exception:
                 log.debug("nbqueue cluster: a status panel could not be redrawn",
                           exc_info=True)
-        self._stopped.set()
+
+    def _hand_back_at_stop(self) -> None:
+        """Acknowledge what was stored; every task still in flight goes back uncounted."""
+        try:
+            self.broker.flush_acks()
+            with self._lock:
+                left = list(self._inflight)
+            if left:
+                self._forget(left)
+                self.broker.release(left, counted=False)
+                log.info("nbqueue cluster: %d task(s) in flight went back to the queue",
+                         len(left))
+        except Exception:
+            log.exception("nbqueue cluster: could not hand the tasks in flight back; they "
+                          "will be delivered again once their lease expires")
 
     def __enter__(self) -> Cluster:
-        return self.start()
+        self._context = self if self.running else self.start()
+        return self._context
 
     def __exit__(self, *exc_info: Any) -> None:
-        self.stop()
+        (self._context or self).stop()
 
     def join(self) -> None:
         """Block until the cluster is stopped (Ctrl-C in a terminal stops it gracefully)."""
@@ -286,7 +381,7 @@ class Cluster:
             return
         with self._lock:
             self._chunks[future] = tokens
-        future.add_done_callback(self._events.put)
+        future.add_done_callback(self._chunk_done)
 
     def _max_attempts(self, job: _Job) -> int:
         limit = job.header["max_attempts"]
@@ -309,14 +404,10 @@ class Cluster:
     # -- writer ----------------------------------------------------------------------
 
     def _write(self) -> None:
+        """Store outcomes as chunks finish, until ``stop()`` sends None (after the
+        executor shut down, so every chunk's event is queued before it)."""
         while True:
-            try:
-                first = self._events.get(timeout=0.1)
-            except queue.Empty:
-                if self._stopping.is_set() and self._shutting_down and not self._inflight:
-                    return
-                continue
-            events = [first]
+            events = [self._events.get()]
             while True:
                 try:
                     events.append(self._events.get_nowait())
@@ -327,7 +418,7 @@ class Cluster:
             except Exception:
                 log.exception("nbqueue cluster: writer error; the affected tasks will be "
                               "delivered again after their lease expires")
-            if None in events and not self._inflight:
+            if None in events:
                 return
 
     def _handle(self, events: list[Any]) -> None:
@@ -344,20 +435,26 @@ class Cluster:
                 finished.append(event)  # a verdict: (job, record, final)
         if not finished:
             return
-        self.broker.store.save([record for _, record, _ in finished], self.settings.save_limit)
-        done = [job.lease.token for job, _, final in finished if final]
+        outcomes = [(job, record) for job, record, final in finished if final]
+        for job, record, final in finished:
+            if not final:  # delivered again once its lease expires; not an outcome yet
+                log.info("nbqueue cluster: task %s failed on attempt %d; it is delivered "
+                         "again in about %g s: %s", record["name"], record["attempt_count"],
+                         self.settings.retry, str(record["result"]).split("\n", 1)[0])
+        self.broker.store.save([record for _, record in outcomes], self.settings.save_limit)
+        done = [job.lease.token for job, _ in outcomes]
         if self._stopping.is_set():
             self.broker.ack(done)
         else:  # with the feeder's next lease, which this wakes
             self.broker.ack_soon(done)
             self._wakeup.set()
         self._forget(job.lease.token for job, _, _ in finished)
-        for job, record, final in finished:
+        for job, record in outcomes:
             if record["success"]:
                 self.done += 1
             else:
                 self.failed += 1
-            self._hooks.put((job, record, final))
+            self._hooks.put((job, record))
 
     def _finish_chunk(self, future: Future, jobs: list[_Job],
                       finished: list[tuple[_Job, dict[str, Any], bool]]) -> None:
@@ -369,7 +466,7 @@ class Cluster:
         except BROKEN as exc:
             self._broken(jobs, exc)
             return
-        except Exception as exc:  # the chunk itself failed to run: count it on each task
+        except BaseException as exc:  # the chunk itself failed to run: count it on each task
             outcomes = [(j.header["id"], False, failure_text(exc), time.time(), time.time())
                         for j in jobs]
         by_id = {job.header["id"]: job for job in jobs}
@@ -382,49 +479,83 @@ class Cluster:
             finished.append((job, record, self._final(job, record["success"])))
 
     def _final(self, job: _Job, success: bool) -> bool:
+        """Whether an outcome is the task's last: a success, a failure acknowledged
+        (``ack_failures``, the default), or the last attempt."""
         if success:
             return True
         ack = job.header["ack_failure"]
         if ack if ack is not None else self.settings.ack_failures:
             return True
+        return self._last_attempt(job)
+
+    def _last_attempt(self, job: _Job) -> bool:
         limit = self._max_attempts(job)
         return bool(limit) and job.lease.attempt >= limit
 
+    def _chunk_done(self, future: Future) -> None:
+        """A chunk ended (in the executor's thread). When a worker died, loky fails every
+        chunk first and kills the pool's other workers right after: so the workers dead
+        at this moment are the ones that died first, and only their tasks are charged."""
+        if (not self._shutting_down and not future.cancelled()
+                and isinstance(future.exception(), BROKEN)):
+            self._note_dead_workers(str(future.exception()))
+        self._events.put(future)
+
     def _broken(self, jobs: list[_Job], exc: BaseException) -> None:
-        """The pool broke (a worker died, or we killed it): judge or hand back each task."""
-        if self._shutting_down:
-            self._give_back([j for j in jobs if not j.judged], counted=False)
-            return
-        self._note_dead_workers(str(exc))
+        """The pool broke (a worker died, or we killed it): judge or hand back each task,
+        once every worker of the broken pool is dead (one still running a task would
+        otherwise run it beside its next delivery)."""
+        self._await_doomed()
         for job in jobs:
+            why = self._dead_running.pop(job.header["id"], None)
             if job.judged:
                 continue
-            why = self._dead_running.pop(job.header["id"], None)
             if why is None and job.header["id"] in getattr(exc, "running", ()):
                 why = f"the worker process running this task died ({exc.reason})"
-            if why is None:
+            if why is None or self._shutting_down:
                 self._give_back([job], counted=False)  # collateral: it was only waiting
-            elif self._final(job, success=False):
-                self._judge(job, why, attempt=job.lease.attempt, final=True)
+            elif self._last_attempt(job):  # a lost task is delivered again, whatever
+                self._judge(job, why, attempt=job.lease.attempt, final=True)  # ack_failures
             else:
                 self._give_back([job], counted=True)
 
     def _note_dead_workers(self, reason: str) -> None:
-        """Read the slots of dead workers: the tasks in them were running when it broke."""
+        """Read the slots: a dead worker's task was running when it died; a live worker
+        is doomed (loky kills it next)."""
         codes = [line.strip() for line in reason.splitlines() if "exit codes" in line]
         why = codes[0] if codes else "it was killed, ran out of memory or crashed"
-        for entry in os.scandir(self._slot_dir):
-            try:
+        with self._deaths_lock:
+            for entry in os.scandir(self._slot_dir):
+                if not entry.name.isdigit():
+                    continue
                 pid = int(entry.name)
-            except ValueError:
-                continue
-            if _alive(pid):
-                continue
-            state = read_slot(entry.path)
-            if state is not None:
-                self._dead_running.setdefault(
-                    state[0], f"the worker process running this task died ({why})")
-            os.unlink(entry.path)
+                if _alive(pid):
+                    self._doomed.add(pid)
+                    continue
+                state = read_slot(entry.path)
+                if state is not None:
+                    self._dead_running.setdefault(
+                        state[0], f"the worker process running this task died ({why})")
+                os.unlink(entry.path)
+
+    def _await_doomed(self, timeout: float = 5.0) -> None:
+        """Wait until the doomed workers are dead (SIGKILL them past ``timeout``)."""
+        with self._deaths_lock:
+            doomed, self._doomed = self._doomed, set()
+        deadline = time.monotonic() + timeout
+        while doomed:
+            doomed = {pid for pid in doomed if _alive(pid)}
+            if not doomed:
+                break
+            if time.monotonic() > deadline:
+                for pid in doomed:
+                    _kill(pid)
+                deadline = float("inf")
+            time.sleep(0.005)
+        with self._deaths_lock:
+            for entry in os.scandir(self._slot_dir):
+                if entry.name.isdigit() and not _alive(int(entry.name)):
+                    os.unlink(entry.path)
 
     def _give_back(self, jobs: list[_Job], counted: bool) -> None:
         tokens = [j.lease.token for j in jobs]
@@ -523,12 +654,12 @@ class Cluster:
             item = self._hooks.get()
             if item is None:
                 return
-            job, record, final = item
+            job, record = item
             header = job.header
             if header["hook_name"] is None:
                 continue
             try:
-                hook = find_hook(self.broker, header, final)
+                hook = find_hook(self.broker, header)
             except Exception as exc:
                 log.error("nbqueue cluster: hook %s of task %s cannot be loaded: %s",
                           header["hook_name"], header["name"], exc)
@@ -577,7 +708,8 @@ class Cluster:
                 "started": self.started_at, "done": self.done, "failed": self.failed,
                 "running": self.running_tasks(), "in_flight": len(self._inflight),
                 "queued": self.broker.size(), "rate": round(self.rate(), 1),
-                "dashboard": self._executor.dashboard if self._executor is not None else None}
+                "dashboard": self._executor.dashboard if self._executor is not None else None,
+                "error": self.error}
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         """In Jupyter, a live status panel with a stop button; plain text elsewhere."""
@@ -597,6 +729,22 @@ class Cluster:
                 f"directory={self.directory}>")
 
 
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _join(thread: threading.Thread, timeout: float) -> None:
+    """Join a cluster thread, unless it is the caller (a hook that stops its cluster)."""
+    if thread is not threading.current_thread():
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning("nbqueue cluster: thread %s did not end within %g s", thread.name,
+                        timeout)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -612,5 +760,90 @@ def _alive(pid: int) -> bool:
 
 
 _EMPTY_ARGS = cloudpickle.dumps(((), {}))
+
+# -- one cluster per store directory in a process, and its end with the process ----------
+
+_serving: dict[str, Cluster] = {}  # directory -> the running cluster of this process
+_serving_lock = threading.RLock()
+_exit_hooks_installed = False
+
+
+def _check_option_names(executor: str, options: dict[str, Any]) -> None:
+    """Refuse a misspelt option at the call, naming it (``Cluster(wrkers=2)``)."""
+    if executor not in EXECUTOR_OPTIONS:
+        raise ConfigurationError(f"unknown executor {executor!r}; the executors are: "
+                                 + ", ".join(repr(e) for e in EXECUTOR_OPTIONS))
+    unknown = sorted(set(options) - set(EXECUTOR_OPTIONS[executor]))
+    if not unknown:
+        return
+    own = [p for p in inspect.signature(Cluster.__init__).parameters
+           if p not in ("self", "executor_options")]
+    extra = [o for name, opts in EXECUTOR_OPTIONS.items() for o in opts]
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, own + extra, n=1)
+        if name in extra:
+            parts.append(f"{name!r} is an option of another executor (not {executor!r})")
+        else:
+            parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ConfigurationError(
+        f"unknown option(s) of Cluster: {', '.join(parts)}. Its options are "
+        f"{', '.join(own)}; with executor='dask' also {', '.join(EXECUTOR_OPTIONS['dask'])}")
+
+
+def _stop_all(why: str = "this process is exiting") -> None:
+    """Stop every running cluster of this process at once, handing their tasks in
+    flight back to the queue uncounted, so that the next cluster runs them without
+    waiting for ``retry``. Runs at exit (before loky's own handler, which would wait
+    for every running task) and when Jupyter asks the kernel to shut down or restart
+    (it kills the kernel 5 s later)."""
+    with _serving_lock:
+        clusters = [c for c in _serving.values() if c.running]
+    for cluster in clusters:
+        if cluster._inflight:
+            log.warning("nbqueue: %s: the cluster on %s stops and hands %d task(s) in "
+                        "flight back to the queue; a cluster started later runs them", why,
+                        cluster.directory, len(cluster._inflight))
+        cluster.stop(wait=EXIT_GRACE)
+
+
+def _install_exit_hooks() -> None:
+    """Call ``_stop_all`` as the interpreter exits, and in a Jupyter kernel as soon as a
+    shutdown or restart is requested (the request is handled in the kernel's control
+    thread, also while a cell is running; the kernel's own shutdown then terminates
+    every child process, our workers included)."""
+    global _exit_hooks_installed
+    with _serving_lock:
+        if _exit_hooks_installed:
+            return
+        _exit_hooks_installed = True
+    try:
+        threading._register_atexit(_stop_all)  # type: ignore[attr-defined]
+    except RuntimeError:  # already exiting
+        return
+    kernel = _jupyter_kernel()
+    if kernel is None:
+        return
+    original = kernel.do_shutdown
+
+    def do_shutdown(restart: bool) -> Any:
+        try:
+            _stop_all("the kernel is restarting" if restart else "the kernel is shutting down")
+        except BaseException:  # noqa: BLE001 - the shutdown itself must go on
+            log.exception("nbqueue: stopping the clusters at kernel shutdown failed")
+        return original(restart)
+
+    kernel.do_shutdown = do_shutdown
+
+
+def _jupyter_kernel() -> Any:
+    """The ipykernel Kernel this process runs, if it is one."""
+    if "IPython" not in sys.modules:
+        return None
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return getattr(get_ipython(), "kernel", None)
 
 __all__ = ["Cluster"]

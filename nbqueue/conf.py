@@ -26,7 +26,7 @@ class Settings:
     timeout: float | None = None  # seconds a task may run; None = no limit
     retry: float = 60.0  # seconds before an unacknowledged task is delivered again
     max_attempts: int = 3  # deliveries before a task is given up; 0 = unlimited
-    ack_failures: bool = False
+    ack_failures: bool = True  # a task that raised is final; False: delivered again
     save_limit: int = 0  # newest successes kept; 0 = all, -1 = none
     sync: bool = False
     cached: bool | int = False

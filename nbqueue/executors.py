@@ -26,7 +26,7 @@ import uuid
 import warnings
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 from . import worker
 from .errors import ClusterError, ConfigurationError
@@ -66,6 +66,8 @@ class Executor:
 
     name = "base"
     dashboard: str | None = None  # a link to the executor's own dashboard, if it has one
+    # called as the interpreter exits, before the executor's own exit handlers run
+    at_exit: Callable[[], None] | None = None
 
     def open(self) -> None:
         """Connect or start what the executor needs, before the cluster's threads start.
@@ -114,7 +116,7 @@ class LokyExecutor(Executor):
         # since spawning one costs ~0.2 s of imports.
         return ProcessPoolExecutor(max_workers=self.workers, timeout=None,
                                    initializer=worker.prepare,
-                                   initargs=(os.getpid(), self.max_rss))
+                                   initargs=(os.getpid(), self.max_rss, self.slot_dir))
 
     def start(self) -> None:
         """Spawn the workers now rather than on the first task (~0.2 s each)."""
@@ -130,14 +132,25 @@ class LokyExecutor(Executor):
 
     def submit(self, items: list[tuple]) -> Future:
         with self._lock:
-            if self._pool is None:
+            fresh = self._pool is None
+            if fresh:
                 self._pool = self._fresh_pool()
             try:
-                return self._pool.submit(worker.run_chunk, self.slot_dir, items)
+                future = self._pool.submit(worker.run_chunk, self.slot_dir, items)
             except BROKEN + (RuntimeError,):
+                # its workers are being killed; the cluster waits for their deaths
+                # before it hands their tasks back
                 self._pool.shutdown(wait=False, kill_workers=True)
-                self._pool = self._fresh_pool()
-                return self._pool.submit(worker.run_chunk, self.slot_dir, items)
+                self._pool, fresh = self._fresh_pool(), True
+                future = self._pool.submit(worker.run_chunk, self.slot_dir, items)
+        if fresh and self.at_exit is not None:
+            # loky registers, with each new pool, an exit handler that waits for every
+            # running task; ours, registered after it, runs first and hands them back
+            try:
+                threading._register_atexit(self.at_exit)  # type: ignore[attr-defined]
+            except RuntimeError:  # the interpreter is already exiting
+                pass
+        return future
 
     def kill(self, pid: int) -> None:
         try:
@@ -572,22 +585,26 @@ def _settle(future: Future, result: Any = None, exception: BaseException | None 
 
 
 EXECUTORS = ("loky", "dask")
+# the options each executor takes beside the cluster's own
+EXECUTOR_OPTIONS: dict[str, tuple[str, ...]] = {
+    "loky": (),
+    "dask": ("address", "client", "dashboard_address", "memory_limit", "connect_timeout"),
+}
 
 
 def make_executor(name: str, workers: int, slot_dir: str, max_rss: int | None = None,
                   **options: Any) -> Executor:
     """The executor called ``name``; raises ConfigurationError naming the known ones."""
+    if name not in EXECUTOR_OPTIONS:
+        raise ConfigurationError(f"unknown executor {name!r}; the executors are: "
+                                 + ", ".join(repr(e) for e in EXECUTORS))
+    unknown = sorted(set(options) - set(EXECUTOR_OPTIONS[name]))
+    if unknown:
+        raise ConfigurationError(f"unknown option(s) of the {name} executor: {unknown}; "
+                                 f"it takes {list(EXECUTOR_OPTIONS[name]) or 'none'}")
     if name == "loky":
-        if options:
-            raise ConfigurationError(f"the loky executor takes no options, got "
-                                     f"{sorted(options)}")
         return LokyExecutor(workers, slot_dir, max_rss)
     if name == "dask":
-        known = {"address", "client", "dashboard_address", "memory_limit", "connect_timeout"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigurationError(f"unknown option(s) of the dask executor: {unknown}; "
-                                     f"it takes {sorted(known)}")
         return DaskExecutor(workers, slot_dir, max_rss, **options)
     raise ConfigurationError(f"unknown executor {name!r}; the executors are: "
                              + ", ".join(repr(e) for e in EXECUTORS))

@@ -162,11 +162,15 @@ def _slot(slot_dir: str | None) -> Slot | None:
 
 
 def execute(item: Item, slot: Slot | None = None,
-            func: Callable[..., Any] | None = None) -> Outcome:
-    """Run one task and return its outcome; never raises (but for KeyboardInterrupt).
+            func: Callable[..., Any] | None = None, inline: bool = False) -> Outcome:
+    """Run one task and return its outcome.
 
-    ``func`` is the very callable to run when the caller has it (``sync=True`` in the
-    process that enqueued), instead of the unpickled copy.
+    Whatever the task raises, ``SystemExit`` (``sys.exit()``) and ``KeyboardInterrupt``
+    included, is its failure: a worker must live on to run the next task. ``inline``
+    (``sync=True``, in the caller's own process) lets a KeyboardInterrupt through, with
+    the failure's outcome as ``exc.outcome``: there it is the user's Ctrl-C.
+    ``func`` is the very callable to run when the caller has it, instead of the
+    unpickled copy.
     """
     task_id, func_ref, func_bytes, args_bytes, timeout = item
     started = time.time()
@@ -196,10 +200,13 @@ def execute(item: Item, slot: Slot | None = None,
         success = True
     except TaskTimeout as exc:
         success, blob = False, failure_text(exc)
-    except Exception as exc:
+    except BaseException as exc:
         if armed and _alarm.fired:
             exc = TaskTimeout(f"timed out after {timeout:g} s")
         success, blob = False, failure_text(exc)
+        if inline and isinstance(exc, KeyboardInterrupt):
+            exc.outcome = (task_id, success, blob, started, time.time())  # type: ignore
+            raise
     finally:
         if slot is not None:
             slot.clear()
@@ -213,8 +220,16 @@ def rss_kilobytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def prepare(host_pid: int, max_rss: int | None) -> None:
-    """Worker initializer: exit with the cluster's host; recycle past ``max_rss`` kB."""
+def prepare(host_pid: int, max_rss: int | None, slot_dir: str | None = None) -> None:
+    """Worker initializer: ignore Ctrl-C, exit with the cluster's host, recycle past
+    ``max_rss`` kB, and take a slot at once (the cluster finds every worker by its slot).
+
+    Jupyter's Interrupt signals the kernel's whole process group, and the workers are
+    in it: SIGINT is meant for the kernel's own code, never for the tasks.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a pending one is discarded
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _slot(slot_dir)
     threading.Thread(target=_exit_with_host, args=(host_pid,), name="nbqueue-host-watch",
                      daemon=True).start()
     limit_rss(max_rss)

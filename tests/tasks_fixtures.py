@@ -49,6 +49,18 @@ def die():
     os._exit(3)
 
 
+def exits(code=None):
+    """A task that calls sys.exit, as scripts do."""
+    import sys
+    sys.exit(code)
+
+
+def raises(name):
+    """Raise a BaseException by its builtin name (KeyboardInterrupt, GeneratorExit ...)."""
+    import builtins
+    raise getattr(builtins, name)("raised on purpose")
+
+
 def log_run(path, seconds=0.0, value=None):
     """Append 'start' and 'stop' lines with this pid, to count real runs of a task."""
     with open(path, "a") as out:

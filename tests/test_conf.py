@@ -30,7 +30,7 @@ def test_defaults():
     assert s.timeout is None
     assert s.retry == 60.0
     assert s.max_attempts == 3
-    assert s.ack_failures is False
+    assert s.ack_failures is True  # a task that raised is final (README: Failures)
     assert s.save_limit == 0
     assert s.sync is False
     assert s.cached is False

@@ -373,3 +373,102 @@ def test_timeout_stops_a_stuck_task_within_grace(cluster, stuck):
     assert not task.success and "timed out after 1 s" in task.result
     assert time.monotonic() - started < 1 + 1 + 3  # timeout + kill grace + slack for 2 cores
     assert [result(async_task(fx.add, i), wait=WAIT) for i in range(5)] == list(range(5))
+
+
+# -- the notebook's everyday life, without a kernel (tests/test_kernel.py drives real ones) --
+
+@pytest.mark.parametrize("call", [("exits", 3), ("exits", None), ("raises", "SystemExit"),
+                                  ("raises", "KeyboardInterrupt"),
+                                  ("raises", "GeneratorExit")])
+def test_a_task_raising_any_base_exception_is_its_failure(cluster, call):
+    name, arg = call
+    task = fetch(async_task(getattr(fx, name), arg), wait=WAIT)
+    assert task is not None and not task.success and task.attempt_count == 1
+    expected = {"exits": "SystemExit", "raises": arg}[name]
+    assert task.result.startswith(expected), task.result
+    assert result(async_task(fx.add, 1, 1), wait=WAIT) == 2  # the cluster goes on
+    assert cluster.running and cluster.error is None
+
+
+def test_sigint_to_the_workers_does_not_interrupt_their_tasks(cluster, tmp_path):
+    """Jupyter's Interrupt signals the kernel's process group, workers included."""
+    log = str(tmp_path / "log")
+    ids = [async_task(fx.logged, log, i, 0.3, group="sigint") for i in range(12)]
+    deadline = time.monotonic() + 1.5  # from their spawn on: no window where Ctrl-C kills
+    while time.monotonic() < deadline:
+        for pid in _loky_workers(os.getpid()):
+            os.kill(pid, signal.SIGINT)
+        time.sleep(0.002)
+    tasks = fetch_group("sigint", count=12, wait=WAIT)
+    assert len(tasks) == 12 and all(t.success and t.attempt_count == 1 for t in tasks)
+    assert sorted(result(i) for i in ids) == list(range(12))
+    assert all(len(spans) == 1 for spans in _runs(log).values())
+
+
+def test_an_innocent_task_beside_worker_killers_is_never_charged(store_dir, tmp_path):
+    """loky kills every worker of a broken pool; only the task whose worker died first
+    is charged an attempt, the others go back uncounted once their workers are dead."""
+    log = str(tmp_path / "log")
+    with Cluster(workers=2, max_attempts=2) as running:
+        innocent = async_task(fx.logged, log, 0, 1.5)
+        assert _wait_for(lambda: os.path.exists(log), 30)
+        killers = [async_task(fx.die, max_attempts=1) for _ in range(2)]
+        task = fetch(innocent, wait=WAIT)
+        assert task.success and task.attempt_count == 1, task.result
+        for killer in killers:
+            dead = fetch(killer, wait=WAIT)
+            assert not dead.success and "worker process running this task died" in dead.result
+        assert running.running
+    spans = sorted(_runs(log)[0], key=lambda span: span[0])
+    assert spans[-1][1] is not None  # its last run finished
+    assert all(stop is None for _, stop in spans[:-1])  # earlier ones were cut by the break
+
+
+def test_a_dead_cluster_thread_stops_the_cluster_visibly(store_dir, caplog):
+    """No thread dies silently: the supervisor stops the cluster and says why."""
+    running = Cluster(workers=1).start()
+    try:
+        assert result(async_task(fx.add, 1), wait=WAIT) == 1
+
+        def broken() -> None:
+            raise SystemExit("injected fault")
+
+        running._enforce_timeouts = broken  # the monitor calls it every 100 ms
+        assert _wait_for(lambda: not running.running, 10)
+        assert _wait_for(lambda: running._stopped.is_set(), 20)
+        assert "monitor" in running.error and "SystemExit: injected fault" in running.error
+        assert any(r.levelname == "CRITICAL" and "injected fault" in r.getMessage()
+                   for r in caplog.records)
+        assert "injected fault" in running.info()["error"]
+        stopped = nbqueue.get_broker().stopped_clusters()
+        assert stopped and "injected fault" in stopped[0]["error"]
+        assert nbqueue.get_broker().clusters() == []
+        queued = async_task(fx.add, 2)  # waits for the next cluster, nothing lost
+    finally:
+        running.stop(wait=1)
+    with Cluster(workers=1):
+        assert result(queued, wait=WAIT) == 2
+
+
+def test_a_script_that_ends_without_stop_hands_its_tasks_back_at_once(store_dir, tmp_path):
+    log = str(tmp_path / "log")
+    code = ("import nbqueue, time\n"
+            "from tests import tasks_fixtures as fx\n"
+            f"nbqueue.configure(directory={store_dir!r})\n"
+            "nbqueue.Cluster(workers=2).start()\n"
+            f"ids = [nbqueue.async_task(fx.logged, {log!r}, i, 2.0, group='ending')"
+            " for i in range(6)]\n"
+            "nbqueue.flush()\n"
+            "time.sleep(1.0)\n")
+    began = time.monotonic()
+    ended = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd(), timeout=60,
+                           capture_output=True, text=True)
+    took = time.monotonic() - began
+    assert ended.returncode == 0, ended.stderr
+    assert "hands 6 task(s) in flight back to the queue" in ended.stderr
+    assert took < 8, took  # no wait for the running tasks (2 s each, 3 rounds)
+    broker = nbqueue.get_broker()
+    assert broker.leased() == 0 and broker.size() == 6
+    with Cluster(workers=2):
+        tasks = fetch_group("ending", count=6, wait=WAIT)
+    assert len(tasks) == 6 and all(t.success and t.attempt_count == 1 for t in tasks)
