@@ -12,7 +12,7 @@ from .broker import Broker, get_broker
 from .conf import configure
 from .errors import (ClusterError, ConfigurationError, InsecureStoreError, NbqueueError,
                      NoClusterWarning, PackingError, SignatureError, StoreError,
-                     TaskFunctionError, TaskTimeout)
+                     TaskFunctionError, TaskTimeout, WaitWarning)
 from .models import Failure, Success, Task
 from .tasks import (AsyncTask, async_iter, async_task, count_group, delete_cached,
                     delete_group, fetch, fetch_group, flush, queue_size, result, result_group)
@@ -40,5 +40,5 @@ __all__ = [
     "Failure", "Cluster", "configure", "get_broker", "Broker", "progress",
     "NbqueueError", "ConfigurationError", "TaskFunctionError", "PackingError",
     "SignatureError", "InsecureStoreError", "StoreError", "TaskTimeout", "ClusterError",
-    "NoClusterWarning",
+    "NoClusterWarning", "WaitWarning",
 ]

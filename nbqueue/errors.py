@@ -46,3 +46,7 @@ class ClusterError(NbqueueError, RuntimeError):
 
 class NoClusterWarning(UserWarning):
     """Work was enqueued into a directory that no live cluster serves."""
+
+
+class WaitWarning(UserWarning):
+    """A wait for a task or group looks like it can never end; the message says why."""

@@ -139,10 +139,11 @@ class Task:
         return _group_results(self._part(), self.group, failures)
 
     def group_count(self, failures: bool = False) -> int:
-        """Successes in this task's group, or failures with ``failures=True``."""
+        """Tasks in this task's group (successes and failures, as in Django Q), or only
+        the failures with ``failures=True``."""
         if self.group is None:
             return 0
-        return self._part().count(self.group, failures)
+        return group_count(self._part(), self.group, failures)
 
     def group_delete(self, tasks: bool = False) -> int:
         """Remove the group label from this task's group, or delete its tasks (``tasks=True``)."""
@@ -198,10 +199,12 @@ class Task:
     @classmethod
     def get_group_count(cls, group_id: str, failures: bool = False, cached: bool = False,
                         store: Store | None = None) -> int:
-        """Successes in the group, or failures when ``failures=True``."""
+        """Tasks in the group (successes and failures, as in Django Q), or only the
+        failures when ``failures=True``; ``Success``/``Failure`` count only their kind."""
+        part = _default_store(store).part(cached)
         if cls._success_filter is not None:
-            failures = not cls._success_filter
-        return _default_store(store).part(cached).count(group_id, failures)
+            return part.count(group_id, failures=not cls._success_filter)
+        return group_count(part, group_id, failures)
 
     @classmethod
     def delete_group(cls, group_id: str, objects: bool = False, cached: bool = False,
@@ -220,6 +223,13 @@ class Failure(Task):
     """The failed tasks only."""
 
     _success_filter = False
+
+
+def group_count(part: Any, group: str, failures: bool = False) -> int:
+    """Django Q's count of a group: every task of it, or only the failures."""
+    if failures:
+        return part.count(group, failures=True)
+    return sum(part.tally(group))
 
 
 def _group_results(part, group: str, failures: bool) -> list[Any]:

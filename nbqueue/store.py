@@ -24,14 +24,17 @@ import pickle
 import threading
 import time
 import uuid
+import warnings
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
 import cloudpickle
 
 from .broker import UPSERT_OK, open_cache, read_many, upsert, writing
+from .errors import WaitWarning
 
 PAGE = 256
+HINT_AFTER = 5.0  # seconds a wait goes on before it says why it may never end
 # Keys are strings only: diskcache stores a str key as it is, but pickles any other
 # key and runs pickletools.optimize on it, ~0.3 ms of pure Python per read or write.
 _NAME = "name:"
@@ -224,6 +227,14 @@ class Part:
             return sum(1 for r in self.group_records(group) if r["success"] != failures)
         return self._cache.get(_COUNT[not failures] + group, 0)
 
+    def tally(self, group: str) -> tuple[int, int]:
+        """(successes, failures) of the group, in one read of the group for the cached part."""
+        if self.expiring:
+            records = self.group_records(group)
+            ok = sum(1 for r in records if r["success"])
+            return ok, len(records) - ok
+        return self.count(group, False), self.count(group, True)
+
     def totals(self) -> tuple[int, int]:
         """(successes, failures) stored in this part (the cached part does not count)."""
         return self._cache.get(_TOTAL[True], 0), self._cache.get(_TOTAL[False], 0)
@@ -299,18 +310,29 @@ class Store:
         with self._changed:
             self._changed.notify_all()
 
-    def wait(self, ready: Callable[[], Any], wait_ms: int | float | None) -> Any:
+    def wait(self, ready: Callable[[], Any], wait_ms: int | float | None,
+             hint: Callable[[], str | None] | None = None) -> Any:
         """Call ``ready()`` until it returns something truthy or ``wait_ms`` runs out.
 
         ``wait_ms`` is in milliseconds, -1 waits forever. Local writes wake the waiter
         at once; writes by other processes are seen by polling (0.5 ms, growing to 10 ms).
+        After HINT_AFTER seconds, ``hint()`` may say why the wait may never end: that is
+        warned once (WaitWarning).
         """
         value = ready()
         if value or not wait_ms:
             return value
-        deadline = None if wait_ms < 0 else time.monotonic() + wait_ms / 1000
+        now = time.monotonic()
+        deadline = None if wait_ms < 0 else now + wait_ms / 1000
+        hint_at = now + HINT_AFTER if hint is not None else float("inf")
         pause = 0.0005
         while True:
+            if time.monotonic() >= hint_at:
+                hint_at = float("inf")
+                text = hint()  # type: ignore[misc]
+                if text:
+                    warnings.warn(WaitWarning(f"this wait may never end: {text}"),
+                                  stacklevel=4)
             if deadline is None:
                 step = pause
             else:

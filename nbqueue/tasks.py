@@ -20,7 +20,7 @@ import cloudpickle
 from . import conf, signing
 from .broker import Broker, get_broker
 from .errors import ConfigurationError, NoClusterWarning, PackingError
-from .models import Task, _group_results, make_record
+from .models import Task, _group_results, group_count, make_record
 from .names import new_task_id
 from .store import decode
 from .worker import execute, resolve
@@ -180,10 +180,13 @@ def _package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
         hook_name, hook_ref = _check_callable("option 'hook'", hook)
     task_id, name = new_task_id()
     if hook is not None and hook_ref is None:
-        if broker.has_local_consumer or options["sync"]:
-            broker.local_hooks[task_id] = hook  # called as this very object
-        else:
+        # A cluster of this process calls this very object, whenever it starts; a copy
+        # goes with the package for a cluster in another process.
+        broker.local_hooks[task_id] = hook
+        if not (broker.has_local_consumer or options["sync"]):
             hook_bytes = _pickle("option 'hook'", hook)
+    if options.get("save") is False or options["cached"]:
+        _remember(broker, task_id, "cached" if options["cached"] else "unsaved")
     header = {
         "id": task_id, "name": options.get("task_name") or name, "func": func_name,
         "func_ref": func_ref, "func_bytes": func_bytes,
@@ -196,36 +199,58 @@ def _package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
     return header, signing.pack(broker.key, header)
 
 
+SERVE_CHECK = 5.0  # seconds between two checks that a cluster serves the store
+
+
 def _warn_if_unserved(broker: Broker) -> None:
-    if broker.warned_no_cluster:
+    """Warn once that no cluster serves the store, and again after one was seen (a
+    cluster stopped). Checks at most every SERVE_CHECK seconds: a check reads the
+    clusters' heartbeats, too slow for every call."""
+    now = time.monotonic()
+    if now < broker.serve_check_at:
         return
-    broker.warned_no_cluster = True
-    if not broker.has_local_consumer and not broker.clusters():
+    broker.serve_check_at = now + SERVE_CHECK
+    if broker.has_local_consumer or broker.clusters():
+        broker.warned_no_cluster = False
+    elif not broker.warned_no_cluster:
+        broker.warned_no_cluster = True
         warnings.warn(NoClusterWarning(
             f"no nbqueue cluster is serving {broker.directory}, so this task waits in the "
             "queue. Start one in this kernel with `nbqueue.Cluster().start()`, or in a "
             f"terminal with `nbqueue cluster --directory {broker.directory}`"), stacklevel=3)
 
 
+def _remember(broker: Broker, task_id: str, how: str) -> None:
+    """Note a task whose outcome a plain ``result()`` would wait for in vain (not saved,
+    or cached), to say so if someone waits for it. The newest SENT_KEPT only."""
+    sent = broker.sent_unusual
+    sent[task_id] = how
+    if len(sent) > SENT_KEPT:
+        del sent[next(iter(sent))]
+
+
+SENT_KEPT = 10_000
+
+
 def run_hook(hook: Any, task: Task, logger: Any = None) -> None:
-    """Call a hook with the finished task; a failing hook is logged, never raised."""
+    """Call a hook with the finished task; a failing hook is logged, never raised
+    (``sys.exit()`` in a hook included: it must not stop the cluster)."""
     try:
         hook(task)
-    except Exception:
+    except BaseException:  # noqa: BLE001
         import logging
         (logger or logging.getLogger("nbqueue")).exception(
             "hook %r of task %s (%s) raised; the task's outcome is stored all the same",
             getattr(hook, "__name__", hook), task.name, task.id)
 
 
-def find_hook(broker: Broker, header: dict[str, Any], final: bool = True) -> Any:
+def find_hook(broker: Broker, header: dict[str, Any]) -> Any:
     """The hook of a task as something to call, or None.
 
-    A hook given as an object in this process is returned as that very object; it is
-    forgotten after the task's final outcome.
+    A hook given as an object in this process is returned as that very object (and
+    forgotten: hooks run once, for the task's final outcome).
     """
-    hooks = broker.local_hooks
-    hook = hooks.pop(header["id"], None) if final else hooks.get(header["id"])
+    hook = broker.local_hooks.pop(header["id"], None)
     if hook is not None:
         return hook
     if header["hook_ref"] is not None:
@@ -240,7 +265,13 @@ def _run_inline(header: dict[str, Any], func: Any, broker: Broker,
     """``sync=True``: run the task here, through the same steps a cluster takes."""
     item = (header["id"], header["func_ref"], header["func_bytes"], header["args"],
             header["timeout"])
-    outcome = execute(item, func=None if isinstance(func, str) else func)
+    try:
+        outcome = execute(item, func=None if isinstance(func, str) else func, inline=True)
+    except KeyboardInterrupt as exc:  # Ctrl-C in this process: a failure, then stop
+        broker.local_hooks.pop(header["id"], None)
+        broker.store.save([make_record(header, exc.outcome, attempt=1)],  # type: ignore
+                          settings.save_limit)
+        raise
     record = make_record(header, outcome, attempt=1)
     broker.store.save([record], settings.save_limit)
     try:
@@ -289,13 +320,79 @@ def _check_wait(wait: Any) -> None:
                                  f"got {wait!r}")
 
 
+def _check_count(count: Any) -> None:
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool)
+                              or count < 1):
+        raise ConfigurationError(f"count must be a whole number >= 1 (how many tasks of the "
+                                 f"group to wait for) or None, got {count!r}")
+
+
+def _unserved(broker: Broker) -> str | None:
+    if broker.has_local_consumer or broker.clusters():
+        return None
+    return (f"no nbqueue cluster serves {broker.directory}: start one with "
+            f"`nbqueue.Cluster().start()`, or `nbqueue cluster --directory {broker.directory}` "
+            "in a terminal")
+
+
+def _idle(broker: Broker) -> bool:
+    return broker.pending() == 0 and broker.leased() == 0
+
+
+def _task_wait_hint(broker: Broker, task_id: str, cached: bool) -> str | None:
+    """Why a wait for one task may never end, or None when it looks like it will."""
+    here, there = ("cached", "saved") if cached else ("saved", "cached")
+    if broker.store.part(not cached).get(task_id) is not None:
+        return (f"task {task_id!r} is stored in the {there} part of the store, and this "
+                f"reads the {here} part: pass cached={not cached}")
+    sent = broker.sent_unusual.get(task_id)
+    if sent == "unsaved":
+        return (f"task {task_id!r} was sent with save=False: its result is never stored, so "
+                "this wait cannot end. Use a hook to get it, or leave save=True")
+    if sent is not None and (sent == "cached") != cached:
+        return (f"task {task_id!r} was sent with cached={sent == 'cached'}; read it with "
+                f"cached={sent == 'cached'}")
+    unserved = _unserved(broker)
+    if unserved:
+        return f"task {task_id!r} is not finished and {unserved}"
+    if _idle(broker):
+        return (f"nothing is queued or running in {broker.directory}, so no outcome of "
+                f"{task_id!r} is coming: check the id or name (mistyped?), and that it was "
+                "sent to this store directory")
+    return None
+
+
+def _group_wait_hint(broker: Broker, group: str, count: int | None,
+                     cached: bool) -> str | None:
+    """Why a wait for a group may never end, or None when it looks like it will."""
+    unserved = _unserved(broker)
+    if unserved:
+        return f"group {group!r} is not complete and {unserved}"
+    if not _idle(broker):
+        return None
+    part, other = broker.store.part(cached), broker.store.part(not cached)
+    have = sum(part.tally(group))
+    if not have and sum(other.tally(group)):
+        return (f"group {group!r} is stored in the {'saved' if cached else 'cached'} part of "
+                f"the store: pass cached={not cached}")
+    wanted = f"the {count} waited for" if count is not None else "any"
+    return (f"nothing is queued or running in {broker.directory}, and group {group!r} has "
+            f"{have} outcome(s), not {wanted}: check the group name and count")
+
+
 def fetch(task_id: str, wait: int = 0, cached: bool = False,
           broker: Broker | None = None) -> Task | None:
-    """The finished task by uuid or name, or None if it has not finished (after ``wait`` ms)."""
+    """The finished task by uuid or name, or None if it has not finished (after ``wait`` ms).
+
+    A wait that looks like it can never end (the task is not saved, is in the other
+    part of the store, or nothing is queued or running) warns once after a few seconds.
+    """
     _check_wait(wait)
-    store = _store(broker)
+    broker = broker or get_broker()
+    store = broker.store
     part = store.part(cached)
-    record = store.wait(lambda: part.get(task_id) or _iter_record(part, task_id), wait)
+    record = store.wait(lambda: part.get(task_id) or _iter_record(part, task_id), wait,
+                        hint=lambda: _task_wait_hint(broker, task_id, cached))
     return None if record is None else Task(record, store, cached)
 
 
@@ -311,23 +408,31 @@ def result(task_id: str, wait: int = 0, cached: bool = False,
 
 
 def _group_ready(part, group_id: str, failures: bool, count: int | None) -> bool:
+    ok, failed = part.tally(group_id)
     if count is None:
-        return part.count(group_id, failures=False) > 0 or (
-            failures and part.count(group_id, failures=True) > 0)
-    return part.count(group_id, False) + part.count(group_id, True) >= count
+        return ok > 0 or (failures and failed > 0)
+    return ok + failed >= count
 
 
 def _wait_group(group_id: str, failures: bool, wait: int, count: int | None, cached: bool,
                 broker: Broker | None, progress: bool) -> None:
     _check_wait(wait)
-    store = _store(broker)
+    _check_count(count)
+    broker = broker or get_broker()
+    store = broker.store
     part = store.part(cached)
     panel = None
     if progress and wait:
         from .widgets import GroupProgress
         panel = GroupProgress(group_id, count, cached, broker)
     try:
-        store.wait(lambda: _group_ready(part, group_id, failures, count), wait)
+        store.wait(lambda: _group_ready(part, group_id, failures, count), wait,
+                   hint=lambda: _group_wait_hint(broker, group_id, count, cached))
+    except KeyboardInterrupt:
+        if panel is not None:  # the wait ends here; the panel goes on showing the group
+            panel.detach()
+            panel = None
+        raise
     finally:
         if panel is not None:
             panel.stop()
@@ -358,8 +463,9 @@ def fetch_group(group_id: str, failures: bool = True, wait: int = 0,
 
 def count_group(group_id: str, failures: bool = False, cached: bool = False,
                 broker: Broker | None = None) -> int:
-    """How many tasks of the group succeeded, or failed with ``failures=True``."""
-    return _store(broker).part(cached).count(group_id, failures)
+    """How many tasks of the group finished, as Django Q counts: all of them, successes
+    and failures; only the failures with ``failures=True``."""
+    return group_count(_store(broker).part(cached), group_id, failures)
 
 
 def delete_group(group_id: str, tasks: bool = False, cached: bool = False,

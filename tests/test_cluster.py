@@ -11,10 +11,11 @@ import pytest
 
 import nbqueue
 from nbqueue import (AsyncTask, Cluster, async_iter, async_task, count_group, fetch,
-                     queue_size, result, result_group)
+                     fetch_group, get_broker, queue_size, result, result_group)
 from nbqueue.errors import (ConfigurationError, NoClusterWarning, PackingError,
                             TaskFunctionError)
 from tests import tasks_fixtures as fx
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 WAIT = 20_000  # ms; bounded, generous for a loaded 2-core machine
@@ -160,21 +161,37 @@ def test_worker_death_is_a_failure_after_max_attempts(cluster):
 
 
 def test_failed_task_is_retried_until_max_attempts(store_dir, tmp_path):
+    """ack_failures=False (Django Q's way): a task that raised is delivered again after
+    `retry`; its failures before the last attempt are not outcomes (nothing stored)."""
     runs = str(tmp_path / "runs")
-    with Cluster(workers=1, retry=1, max_attempts=5):
+    with Cluster(workers=1, retry=1, max_attempts=5, ack_failures=False):
         task_id = async_task(fx.fail_until, runs, 2)
+        seen = set()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             task = fetch(task_id)
+            seen.add(None if task is None else task.success)
             if task is not None and task.success:
                 break
             time.sleep(0.05)
     assert task.success and task.result == 3 and task.attempt_count == 3
+    assert seen == {None, True}  # no failure was ever shown as the task's outcome
+
+
+def test_a_task_that_raised_is_final_by_default(cluster, tmp_path):
+    """ack_failures=True is the default: a failure is stored at once, never delivered again."""
+    runs = str(tmp_path / "runs")
+    task = fetch(async_task(fx.fail_until, runs, 2), wait=WAIT)
+    assert not task.success and task.attempt_count == 1
+    wait_for(lambda: get_broker().leased() == 0, 10, "the failure acknowledged")
+    time.sleep(1)
+    with open(runs) as src:
+        assert len(src.read().splitlines()) == 1
 
 
 def test_per_task_max_attempts_stops_retries(store_dir, tmp_path):
     runs = str(tmp_path / "runs")
-    with Cluster(workers=1, retry=1, max_attempts=10):
+    with Cluster(workers=1, retry=1, max_attempts=10, ack_failures=False):
         task_id = async_task(fx.fail_until, runs, 100, max_attempts=2)
         time.sleep(4)  # time for more deliveries, if any were (wrongly) made
         task = fetch(task_id)
@@ -259,12 +276,60 @@ def test_unsigned_package_is_refused_and_recorded(cluster, broker):
     assert queue_size() == 0 and broker.leased() == 0
 
 
-def test_cluster_repr_info_and_double_start(cluster):
+def test_cluster_repr_info_and_double_start(store_dir):
+    cluster = Cluster(workers=2).start()
     assert "running" in repr(cluster) and "workers=2" in repr(cluster)
     info = cluster.info()
     assert info["workers"] == 2 and info["directory"] == cluster.directory
-    with pytest.raises(nbqueue.ClusterError):
+    assert info["error"] is None
+    assert cluster.start() is cluster  # running: start() is a no-op
+    cluster.stop(wait=5)
+    with pytest.raises(nbqueue.ClusterError, match="make a new Cluster"):
         cluster.start()
+
+
+def _feeders() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "nbqueue-feeder" and t.is_alive())
+
+
+def test_start_again_on_the_same_directory_gives_the_running_cluster(store_dir):
+    """A cell `Cluster(workers=2).start()` run three times: one cluster, one pool."""
+    before = _feeders()
+    first = Cluster(workers=2).start()
+    try:
+        assert Cluster(workers=2).start() is first
+        assert Cluster(workers=2, directory=store_dir).start() is first
+        assert _feeders() == before + 1
+        assert result(async_task(fx.add, 1, 2), wait=WAIT) == 3
+        # other options: the running cluster is replaced, and its work goes on
+        slow = [async_task(fx.nap, 0.3, i, group="handover") for i in range(8)]
+        time.sleep(0.2)
+        second = Cluster(workers=3, timeout=30).start()
+        assert second is not first and second.running and not first.running
+        assert second.workers == 3 and _feeders() == before + 1
+        tasks = fetch_group("handover", count=8, wait=WAIT)
+        assert len(tasks) == 8 and all(t.success and t.attempt_count == 1 for t in tasks)
+        assert sorted(t.result for t in tasks) == list(range(8))
+    finally:
+        Cluster(workers=3, timeout=30).start().stop(wait=5)
+    assert _feeders() == before
+
+
+def test_with_block_on_a_started_cluster(store_dir):
+    with Cluster(workers=1).start() as running:
+        assert running.running
+        assert result(async_task(fx.add, 2, 2), wait=WAIT) == 4
+    assert not running.running
+    with Cluster(workers=1) as running:
+        assert result(async_task(fx.add, 3, 3), wait=WAIT) == 6
+    assert not running.running
+
+
+def test_misspelt_cluster_option_is_named(store_dir):
+    with pytest.raises(ConfigurationError, match="'wrkers' \\(did you mean 'workers'\\?\\)"):
+        Cluster(wrkers=2)
+    with pytest.raises(ConfigurationError, match="another executor"):
+        Cluster(address="tcp://127.0.0.1:1")
 
 
 def test_asynctask_against_cluster(cluster):
@@ -276,3 +341,70 @@ def test_asynctask_against_cluster(cluster):
     task.run()
     assert task.result(wait=WAIT) == 10
     assert sorted(task.result_group(count=2, wait=WAIT)) == [3, 10]
+
+
+def test_no_cluster_warning_again_after_a_cluster_stopped(store_dir):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Cluster(workers=1):
+            assert result(async_task(fx.add, 1), wait=WAIT) == 1
+        async_task(fx.add, 2)  # the cluster is gone: say so again
+    found = [w for w in caught if issubclass(w.category, NoClusterWarning)]
+    assert len(found) == 1
+
+
+def test_hook_object_given_before_the_cluster_starts_is_called_itself(store_dir):
+    """The very object is called, not a pickled copy: the caller's own list fills."""
+    seen: list = []
+    task_id = async_task(fx.add, 2, 3, hook=lambda task: seen.append(task.result))
+    with Cluster(workers=1):
+        assert result(task_id, wait=WAIT) == 5
+        wait_for(lambda: seen, 10, "the hook")
+    assert seen == [5]
+    assert task_id not in get_broker().local_hooks  # forgotten once it ran
+
+
+@pytest.mark.parametrize("count", ["5", -1, 0, 2.5, True])
+def test_group_count_must_be_a_whole_number(store_dir, count):
+    with pytest.raises(ConfigurationError, match="count must be a whole number >= 1"):
+        result_group("g", count=count, wait=10)
+    with pytest.raises(ConfigurationError, match="count must be a whole number >= 1"):
+        fetch_group("g", count=count)
+
+
+@pytest.fixture
+def quick_hints(monkeypatch):
+    from nbqueue import store
+    monkeypatch.setattr(store, "HINT_AFTER", 0.3)
+
+
+def _hint(call) -> str:
+    from nbqueue.errors import WaitWarning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    found = [str(w.message) for w in caught if issubclass(w.category, WaitWarning)]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_waits_that_can_never_end_say_why(cluster, quick_hints):
+    unsaved = async_task(fx.add, 1, save=False)
+    assert "save=False" in _hint(lambda: result(unsaved, wait=1500))
+    cached = async_task(fx.add, 2, cached=True)
+    assert result(cached, wait=WAIT, cached=True) == 2
+    assert "cached=True" in _hint(lambda: result(cached, wait=1500))
+    assert "check the id or name" in _hint(lambda: result("four-alpha-india-baconx", wait=1500))
+    assert "group 'nope' has 0 outcome(s), not the 3 waited for" in _hint(
+        lambda: result_group("nope", count=3, wait=1500))
+    cluster.stop(wait=5)
+    queued = async_task(fx.add, 3)
+    assert "no nbqueue cluster serves" in _hint(lambda: result(queued, wait=1500))
+
+
+def test_a_wait_that_will_end_does_not_warn(cluster, quick_hints):
+    from nbqueue.errors import WaitWarning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert result(async_task(fx.nap, 1.0, 7), wait=WAIT) == 7
+    assert not [w for w in caught if issubclass(w.category, WaitWarning)]

@@ -367,13 +367,15 @@ def test_option_timeout(cluster):
 
 
 def test_option_ack_failure(cluster):
-    """ack_failure=True acknowledges a failed task; without it, it stays leased for retry."""
+    """ack_failure=True acknowledges a failed task; with False, it stays leased for a
+    delivery after `retry`, and its failure is no outcome yet (nothing stored)."""
     acked = async_task(BOOM, ack_failure=True)
     assert fetch(acked, WAIT).success is False
     wait_for(lambda: get_broker().leased() == 0)
     kept = async_task(BOOM, ack_failure=False)
-    assert fetch(kept, WAIT).success is False
-    time.sleep(0.2)
+    wait_for(lambda: get_broker().leased() == 1 and not cluster._inflight, 20,
+             "the first attempt to finish")
+    assert fetch(kept, 300) is None
     assert get_broker().leased() == 1  # delivered again after `retry`
 
 
@@ -634,10 +636,18 @@ def test_task_group_result(mixed_group):
 
 
 def test_task_group_count(mixed_group):
-    """Task.group_count(failures=False): successes in the group; failures with True."""
+    """Task.group_count(failures=False): every task of the group, as Django Q counts
+    (successes and failures); only the failures with True."""
     task = fetch(mixed_group[0])
-    assert task.group_count() == 2
+    assert task.group_count() == 3
     assert task.group_count(failures=True) == 1
+
+
+def test_count_group_counts_every_task_as_django_q(mixed_group):
+    """count_group(g) counts successes and failures; failures=True only the failures."""
+    assert count_group("mix") == 3
+    assert count_group("mix", failures=True) == 1
+    assert count_group("no-such-group") == 0
 
 
 def test_task_group_delete_label_only(mixed_group):
@@ -707,8 +717,8 @@ def test_task_get_task_group(mixed_group):
 
 
 def test_task_get_group_count(mixed_group):
-    """classmethod Task.get_group_count(group_id, failures=False)."""
-    assert Task.get_group_count("mix") == 2
+    """classmethod Task.get_group_count(group_id, failures=False): every task, as Django Q."""
+    assert Task.get_group_count("mix") == 3
     assert Task.get_group_count("mix", failures=True) == 1
     assert Task.get_group_count("no-such-group") == 0
 
