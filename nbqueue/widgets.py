@@ -10,11 +10,14 @@ from __future__ import annotations
 import html
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from .broker import Broker, get_broker
+from .conf import Settings
 
 INTERVAL = 0.25
+RATE_WINDOW = 5.0  # seconds of finished tasks that "tasks/s" counts, on every panel
 _COLOURS = {"running": "#1976d2", "success": "#2e7d32", "danger": "#c62828"}
 
 
@@ -36,6 +39,36 @@ def _clock(seconds: float | None) -> str:
     return (f"{hours}:" if hours else "") + f"{rest // 60:02d}:{rest % 60:02d}"
 
 
+class RateMeter:
+    """Tasks finished per second over a sliding window, so every panel means the same by it.
+
+    Fed samples of (time, tasks finished so far); the rate is over the last ``window``
+    seconds, or since the first sample while the meter is younger than that.
+    """
+
+    def __init__(self, window: float = RATE_WINDOW) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, finished: int, when: float | None = None) -> float:
+        """Record ``finished`` tasks so far at ``when`` (``time.monotonic()``); return the rate."""
+        now = time.monotonic() if when is None else when
+        self._samples.append((now, finished))
+        # keep the newest sample at or before the window's start: the rate spans the window
+        while len(self._samples) > 1 and self._samples[1][0] <= now - self.window:
+            self._samples.popleft()
+        return self.rate()
+
+    def rate(self) -> float:
+        """Tasks per second between the oldest kept sample and the newest one; 0 before two."""
+        if len(self._samples) < 2:
+            return 0.0
+        (first, before), (last, after) = self._samples[0], self._samples[-1]
+        if last <= first:
+            return 0.0
+        return max(after - before, 0) / (last - first)
+
+
 class GroupProgress:
     """The live progress of one group; make one with ``nbqueue.progress(group)``."""
 
@@ -48,10 +81,16 @@ class GroupProgress:
         self.total = total
         self.interval = interval
         self.done = self.failed = self.running = 0
+        self.shown_total = 0
         self.rate = 0.0
+        self.eta: float | None = None
         self.started = time.monotonic()
-        self._first = self._counts()[0:2]
+        self._meter = RateMeter()
         self._complete = False  # drawn as complete; ``finished`` is set once it is drawn
+        self._closed = False  # the last figures are drawn and the bar closed: no more drawing
+        self._stopped = False  # stop() ended the updates before the group was complete
+        self._shown = False  # the widget is on screen (displayed once, in __init__)
+        self.detached = False  # no owner will stop() it: it runs until the group completes
         self.finished = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -89,26 +128,42 @@ class GroupProgress:
             return "running"
         return "danger" if self.failed else "success"
 
+    def _read(self) -> None:
+        """Read the store once into the figures (under the lock, without drawing)."""
+        self.done, self.failed, self.running = self._counts()
+        finished = self.done + self.failed
+        total = self._expected()
+        if total is not None and total >= finished:
+            self.running = min(self.running, total - finished)  # heartbeats lag ~1 s
+        else:
+            total = finished + self.running
+        self.shown_total = total
+        self.rate = self._meter.add(finished)
+        left = total - finished
+        self.eta = left / self.rate if self.rate > 0 else None
+        if total and finished >= total and (self.total is not None or
+                                            self._expected() is not None):
+            self._complete = True
+
     def refresh(self) -> None:
-        """Read the store once and redraw."""
+        """Read the store once and redraw; once complete, draw the final figures and close."""
         with self._lock:
-            self.done, self.failed, self.running = self._counts()
-            finished = self.done + self.failed
-            total = self._expected()
-            if total is not None and total >= finished:
-                self.running = min(self.running, total - finished)  # heartbeats lag ~1 s
+            if self._closed:
+                return
+            self._read()
+            if self._complete:
+                self._finish()
             else:
-                total = finished + self.running
-            self.shown_total = total
-            elapsed = max(time.monotonic() - self.started, 1e-9)
-            self.rate = (finished - sum(self._first)) / elapsed
-            left = total - finished
-            self.eta = left / self.rate if self.rate > 0 else None
-            if total and finished >= total and (self.total is not None or
-                                                self._expected() is not None):
-                self._complete = True
-            try:
                 self._draw()
+
+    def _finish(self) -> None:
+        """Draw the figures just read as the last ones, then close: once, under the lock."""
+        try:
+            self._draw()
+        finally:
+            self._closed = True
+            try:
+                self._close()
             finally:
                 if self._complete:
                     # Only now: whoever waits on ``finished`` (``wait()``) must find the
@@ -135,6 +190,7 @@ class GroupProgress:
                              layout=w.Layout(width="100%", max_width="720px"))
         self.widget.add_class("nbqueue-progress")
         display(self.widget)
+        self._shown = True
 
     def _make_tqdm(self) -> None:
         from tqdm.auto import tqdm
@@ -150,6 +206,8 @@ class GroupProgress:
             self._bar.bar_style = style
             state = {"running": "running", "success": "complete",
                      "danger": "finished with failures"}[self.state]
+            if self._stopped and not self._complete:
+                state += " · no longer updated"  # these figures are the last ones shown
             colour = _COLOURS[self.state]
             self._title.value = (f"<b>{html.escape(self.group)}</b> "
                                  f"<span style='color:{colour}' class='nbqueue-state'>"
@@ -168,14 +226,14 @@ class GroupProgress:
     # -- life ------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        # Never closes the bar itself: refresh() does, with the figures it has just read.
         while not self._stop.wait(self.interval):
             try:
                 self.refresh()
             except Exception:  # a panel must never take the kernel down
                 continue
-            if self.finished.is_set():
-                break
-        self._close()
+            if self._closed:
+                return
 
     def _close(self) -> None:
         if self.widget is None and not getattr(self._tqdm, "disable", True):
@@ -186,11 +244,36 @@ class GroupProgress:
         return self.finished.wait(timeout)
 
     def stop(self) -> None:
-        """Stop updating (the panel keeps its last state)."""
+        """Stop updating now: read the figures once more, draw them as the last ones, close."""
         self._stop.set()
-        self._thread.join(timeout=5)
-        self.refresh()
-        self._close()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        with self._lock:
+            if self._closed:
+                return
+            self._stopped = True
+            try:
+                self._read()
+            finally:
+                self._finish()
+
+    def detach(self) -> None:
+        """Keep updating on its own until the group is complete, then draw it once and close.
+
+        For an owner that stops waiting (an interrupted cell) while the group still runs:
+        unlike ``stop()``, the panel goes on showing true figures with no one waiting on it.
+        The loop already ends only at completion or ``stop()``; this records that no
+        ``stop()`` is coming, so the panel's life is the loop's.
+        """
+        self.detached = True
+
+    def _ipython_display_(self) -> None:
+        """Show the live panel, not a text copy of it: once on screen, nothing more."""
+        if self.widget is None or self._shown:
+            return  # a tqdm bar is already on screen, and so is a displayed widget
+        from IPython.display import display
+        display(self.widget)
+        self._shown = True
 
     def __repr__(self) -> str:
         return f"<GroupProgress {self.group!r}: {self.summary()}>"
@@ -207,6 +290,15 @@ def progress(group: str, total: int | None = None, cached: bool = False,
     return GroupProgress(group, total, cached, broker)
 
 
+def _cluster_state(cluster: Any) -> str:
+    """'not started', 'running', 'stopping' (its stop() has begun) or 'stopped'."""
+    if cluster.running:
+        return "running"
+    if cluster.started_at is None:
+        return "not started"
+    return "stopped" if cluster.stopped else "stopping"
+
+
 class ClusterPanel:
     """A live status panel of a running cluster, with a stop button."""
 
@@ -214,6 +306,12 @@ class ClusterPanel:
         import ipywidgets as w
         self.cluster = cluster
         self.interval = interval
+        self.state = "not started"
+        self.rate = 0.0
+        self._meter = RateMeter()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._stopped = False  # stop() ended the updates: the figures say so
         self._html = w.HTML()
         self._button = w.Button(description="Stop cluster", button_style="warning",
                                 icon="stop")
@@ -228,37 +326,76 @@ class ClusterPanel:
     def _stop_cluster(self) -> None:
         self._button.disabled = True
         self._button.description = "stopping ..."
-        threading.Thread(target=self.cluster.stop, daemon=True).start()
+        threading.Thread(target=self._stop_then_show, name="nbqueue-cluster-stop",
+                         daemon=True).start()
+
+    def _stop_then_show(self) -> None:
+        """Stop the cluster, then show it stopped, even if this panel's loop has ended."""
+        self.cluster.stop()
+        self.refresh()
 
     def refresh(self) -> None:
-        c = self.cluster
-        info = c.info()
-        state = "running" if c.running else ("stopped" if c.started_at else "not started")
-        colour = {"running": "#2e7d32", "stopped": "#c62828"}.get(state, "#555")
-        rows = [("state", f"<span style='color:{colour}'>{state}</span>"),
-                ("workers", f"{info['workers']} {html.escape(info['executor'])} "
-                            f"({info['running']} busy)"),
-                ("queued", info["queued"]), ("running", info["running"]),
-                ("done", info["done"]), ("failed", info["failed"]),
-                ("tasks/s", info["rate"]), ("directory", html.escape(info["directory"]))]
-        if info.get("dashboard"):
-            link = html.escape(info["dashboard"])
-            rows.append(("dashboard", f"<a href='{link}' target='_blank'>{link}</a>"))
-        cells = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{k}</th>"
-                        f"<td class='nbqueue-{k.replace('/', '-')}'>{v}</td></tr>"
-                        for k, v in rows)
-        self._html.value = (f"<b>nbqueue cluster</b> {html.escape(c.settings.label)}"
-                            f"<table>{cells}</table>")
-        if not c.running:
-            self._button.disabled = True
+        """Read the cluster's figures once and redraw."""
+        with self._lock:
+            c = self.cluster
+            info = c.info()
+            state = _cluster_state(c)
+            error = info.get("error") or ""  # one of its threads failed: the cluster stops
+            if error and state == "running":
+                state = "stopping"  # its stop() is starting in another thread
+            self.state = state
+            self.rate = self._meter.add(info["done"] + info["failed"])
+            if state not in ("running", "stopping"):
+                self.rate = 0.0  # nothing finishes in a cluster that is not running
+            colour = {"running": "#2e7d32", "stopping": "#ef6c00",
+                      "stopped": "#c62828"}.get(state, "#555")
+            shown = state
+            if error:
+                shown, colour = f"{state}: {error}", "#c62828"
+            if self._stopped and state != "stopped":
+                shown += " · no longer updated"  # these figures are the last ones shown
+            executor = html.escape(info["executor"])
+            workers = {"running": f"{info['workers']} {executor} ({info['running']} busy)",
+                       "stopping": f"{info['workers']} {executor} "
+                                   f"(stopping; {info['running']} busy)",
+                       "stopped": f"0 (stopped; had {info['workers']} {executor})",
+                       "not started": f"0 (not started; {info['workers']} {executor} "
+                                      f"to start)"}[state]
+            rows = [("state", f"<span style='color:{colour}'>{html.escape(shown)}</span>"),
+                    ("workers", workers),
+                    ("queued", info["queued"]), ("running", info["running"]),
+                    ("done", info["done"]), ("failed", info["failed"]),
+                    ("tasks/s", f"{self.rate:.1f}"),
+                    ("directory", html.escape(info["directory"]))]
+            if info.get("dashboard"):
+                link = html.escape(info["dashboard"])
+                rows.append(("dashboard", f"<a href='{link}' target='_blank'>{link}</a>"))
+            cells = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{k}</th>"
+                            f"<td class='nbqueue-{k.replace('/', '-')}'>{v}</td></tr>"
+                            for k, v in rows)
+            label = c.settings.label
+            title = "<b>nbqueue cluster</b>" + (
+                f" · {html.escape(label)}" if label != Settings.label else "")
+            self._html.value = f"{title}<table>{cells}</table>"
+            if state != "running":
+                self._button.disabled = True
+                self._button.description = {"stopping": "stopping ...",
+                                            "stopped": "stopped"}.get(state, state)
+
+    def stop(self) -> None:
+        """Stop updating the panel (the cluster goes on): its figures are read once more and
+        shown as the last ones."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._stopped = True
+        self.refresh()
 
     def _loop(self) -> None:
-        while True:
-            time.sleep(self.interval)
+        while not self._stop.wait(self.interval):
             try:
                 self.refresh()
             except Exception:
                 continue
-            if self.cluster.started_at is not None and not self.cluster.running:
-                self.refresh()
+            if self.state == "stopped":
                 return

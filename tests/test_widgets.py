@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
 
 import nbqueue
-from nbqueue import AsyncTask, async_iter, async_task, result, result_group
-from nbqueue.widgets import ClusterPanel, GroupProgress, _clock, in_notebook
+from nbqueue import AsyncTask, async_iter, async_task, count_group, result, result_group
+from nbqueue.widgets import ClusterPanel, GroupProgress, RateMeter, _clock, in_notebook
 from tests import tasks_fixtures as fx
+from tests.waiting import wait_for
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90),
+              pytest.mark.filterwarnings("ignore::nbqueue.NoClusterWarning")]  # queued first
 
 
 def test_not_a_notebook_here():
@@ -76,14 +82,211 @@ def test_cluster_panel_shows_figures_and_stops(cluster):
     text = panel._html.value
     assert "running" in text and "2 loky" in text and cluster.directory in text
     panel._button.click()
-    deadline = time.monotonic() + 30
-    while cluster.running and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not cluster.running
-    time.sleep(0.3)
+    wait_for(lambda: not cluster.running, 30, "the cluster stopping")
+    wait_for(lambda: panel._button.description == "stopped", 30, "the panel showing 'stopped'")
     assert "stopped" in panel._html.value and panel._button.disabled
 
 
 def test_cluster_mimebundle_outside_jupyter_is_text(cluster):
     bundle = cluster._repr_mimebundle_()
     assert list(bundle) == ["text/plain"] and "Cluster" in bundle["text/plain"]
+
+
+# -- every figure true when shown, final only when it says so ------------------------------
+
+def _finished(group: str) -> int:
+    return count_group(group) + count_group(group, failures=True)
+
+
+def _last_tqdm_figure(err: str) -> tuple[int, int]:
+    """The done/total of the last frame a tqdm bar drew."""
+    figures = re.findall(r"\| *(\d+)/(\d+) \[", err)
+    assert figures, err
+    return tuple(map(int, figures[-1]))
+
+
+def test_tqdm_bar_ends_on_the_final_figure_after_stop(store_dir, capsys):
+    """The loop drew 0/40 long ago; stop() must draw 40/40 before it closes the bar."""
+    for i in range(40):
+        async_task(fx.nap, 0.005, i, group="final")
+    nbqueue.flush()
+    panel = GroupProgress("final", widget=False, interval=3600)  # the loop never redraws
+    assert panel.done + panel.failed == 0
+    with nbqueue.Cluster(workers=2, directory=store_dir):
+        wait_for(lambda: _finished("final") == 40, 60, "the group finishing")
+        panel.stop()
+    assert panel.done + panel.failed == 40 and panel.state == "success"
+    assert _last_tqdm_figure(capsys.readouterr().err) == (40, 40)
+    assert panel._tqdm.disable  # closed, once: nothing is drawn after the final figure
+    panel.refresh()
+    assert capsys.readouterr().err == ""
+
+
+def test_result_group_progress_bar_ends_at_40_of_40(cluster, capsys):
+    for i in range(40):
+        async_task(fx.add, i, group="forty")
+    assert sorted(result_group("forty", count=40, wait=30_000, progress=True)) == list(range(40))
+    assert _last_tqdm_figure(capsys.readouterr().err) == (40, 40)
+
+
+def test_stopped_panel_says_it_is_no_longer_updated(store_dir):
+    for i in range(3):
+        async_task(fx.add, i, group="left")
+    panel = GroupProgress("left", widget=True, interval=3600)
+    panel.stop()
+    assert panel.state == "running" and not panel.finished.is_set()
+    assert "running · no longer updated" in panel._title.value
+    assert "0 done" in panel._label.value
+
+
+def test_ipython_display_of_a_shown_panel_adds_nothing(cluster, capsys):
+    from IPython.core.formatters import DisplayFormatter
+
+    async_task(fx.add, 1, group="shown")
+    bar = GroupProgress("shown", total=1, widget=False)
+    shown = GroupProgress("shown", total=1, widget=True)  # displayed by __init__
+    assert shown.wait(30) and bar.wait(30)
+    capsys.readouterr()
+    formatter = DisplayFormatter()
+    assert formatter.format(bar) == ({}, {})  # the tqdm bar is already on screen
+    assert formatter.format(shown) == ({}, {})  # the widget is already on screen
+    assert capsys.readouterr().out == ""
+    shown._shown = False  # a widget not on screen yet is displayed, once
+    assert formatter.format(shown) == ({}, {})
+    assert capsys.readouterr().out.count("VBox(") == 1
+    assert formatter.format(shown) == ({}, {}) and capsys.readouterr().out == ""
+    for panel in (bar, shown):
+        text = repr(panel)
+        assert text.startswith("<GroupProgress 'shown': 1 done · 0 failed") and "\n" not in text
+
+
+def test_panel_as_a_cells_last_line_shows_no_text_copy(cluster):
+    """In a real IPython shell, ``panel`` as a cell's last line adds no stale text."""
+    result(async_task(fx.add, 1, group="cell"), wait=20_000)
+    script = textwrap.dedent(f"""
+        from IPython.core.interactiveshell import InteractiveShell
+        shell = InteractiveShell.instance()
+        shell.run_cell("import nbqueue; nbqueue.configure(directory={cluster.directory!r})")
+        shell.run_cell("from nbqueue.widgets import GroupProgress")
+        print("--widget--", flush=True)
+        shell.run_cell("GroupProgress('cell', total=1, widget=True)")
+        print("--bar--", flush=True)
+        shell.run_cell("GroupProgress('cell', total=1, widget=False)")
+        print("--end--", flush=True)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0 and "Error" not in run.stdout, run.stdout + run.stderr
+    widget_part = run.stdout.split("--widget--")[1].split("--bar--")[0]
+    bar_part = run.stdout.split("--bar--")[1].split("--end--")[0]
+    assert widget_part.count("VBox(") == 1  # the panel, shown once by __init__
+    # this shell writes its "Out[0]: " prompt first; no result text may follow it
+    assert "<GroupProgress" not in run.stdout, run.stdout
+    assert bar_part.replace("Out[0]: ", "").strip() == "", run.stdout
+    assert "1/1" in run.stderr  # the tqdm bar itself
+
+
+def test_cluster_panel_shows_a_stopped_cluster_as_stopped(cluster):
+    result(async_task(fx.add, 1), wait=20_000)
+    panel = ClusterPanel(cluster, interval=3600)  # redrawn here, not by its thread
+    assert panel._button.description == "Stop cluster" and not panel._button.disabled
+    cluster.stop(wait=5)
+    panel.refresh()
+    text = panel._html.value
+    assert panel.state == "stopped"
+    assert panel._button.description == "stopped" and panel._button.disabled
+    assert "0 (stopped; had 2 loky)" in text and "stopping" not in text
+    assert "class='nbqueue-running'>0<" in text and "class='nbqueue-done'>1<" in text
+    assert "class='nbqueue-tasks-s'>0.0<" in text
+    for i in range(3):  # queued as read now: a stopped cluster leaves them in the queue
+        async_task(fx.add, i)
+    nbqueue.flush()
+    panel.refresh()
+    assert "class='nbqueue-queued'>3<" in panel._html.value
+    panel.stop()
+
+
+def test_cluster_panel_shows_why_a_cluster_stopped(cluster, monkeypatch):
+    """A cluster stopped by a failed thread says why, in red, escaped."""
+    cluster.stop(wait=5)
+    info = cluster.info
+    monkeypatch.setattr(cluster, "info", lambda: {**info(), "error": "writer <died> & gone"})
+    panel = ClusterPanel(cluster, interval=3600)
+    panel.stop()
+    assert panel.state == "stopped" and panel._button.description == "stopped"
+    assert ("<span style='color:#c62828'>stopped: writer &lt;died&gt; &amp; gone</span>"
+            in panel._html.value)
+
+
+def test_cluster_panel_title_names_only_a_chosen_label(cluster, store_dir):
+    panel = ClusterPanel(cluster, interval=3600)
+    panel.stop()
+    assert panel._html.value.startswith("<b>nbqueue cluster</b><table>")
+    named = nbqueue.Cluster(workers=1, label="my<lab>", directory=store_dir)
+    panel = ClusterPanel(named, interval=3600)
+    panel.stop()
+    assert panel._html.value.startswith("<b>nbqueue cluster</b> · my&lt;lab&gt;<table>")
+    assert panel.state == "not started" and panel._button.disabled
+    assert "not started · no longer updated" in panel._html.value  # stop() says so
+
+
+def test_rate_meter_over_a_sliding_window():
+    meter = RateMeter(window=5.0)
+    assert meter.rate() == 0.0
+    assert meter.add(0, when=100.0) == 0.0  # one sample: no rate yet
+    assert meter.add(10, when=101.0) == 10.0  # younger than the window: since the first
+    assert meter.add(30, when=103.0) == 10.0
+    assert meter.add(80, when=105.0) == 16.0
+    assert meter.add(90, when=106.0) == 16.0  # the last 5 s: (90 - 10) / (106 - 101)
+    assert meter.add(90, when=112.0) == 0.0  # nothing finished since 106
+    assert meter.add(90, when=112.0) == 0.0  # no time passed
+    assert meter.add(100, when=113.0) == pytest.approx(10 / 7)  # since 106, the window's start
+
+
+def test_group_and_cluster_panels_agree_on_tasks_per_second(store_dir):
+    import ipywidgets  # noqa: F401 - imported first, so both panels take their first sample
+    import tqdm.auto  # noqa: F401 - at nearly the same moment
+
+    for i in range(100):
+        async_task(fx.nap, 0.04, i, group="agree")
+    nbqueue.flush()
+    cluster = nbqueue.Cluster(workers=2, directory=store_dir)
+    group_panel = GroupProgress("agree", widget=False, interval=3600)  # redrawn here only
+    cluster_panel = ClusterPanel(cluster, interval=3600)
+    pairs = []
+    with cluster:
+        deadline = time.monotonic() + 60
+        while not group_panel.finished.is_set():  # both read at the same moments
+            assert time.monotonic() < deadline, "the group did not complete within 60 s"
+            time.sleep(0.2)
+            group_panel.refresh()
+            cluster_panel.refresh()
+            pairs.append((group_panel.rate, cluster_panel.rate))
+    group_panel.stop()
+    cluster_panel.stop()
+    busy = [(g, c) for g, c in pairs if g > 0 or c > 0]
+    assert len(busy) >= 3, pairs
+    for group_rate, cluster_rate in busy:  # read a few ms apart: a task or two may differ
+        assert abs(group_rate - cluster_rate) <= 0.05 * max(group_rate, cluster_rate) + 2, pairs
+    assert group_panel.rate > 0 and "tasks/s" in group_panel.summary()
+
+
+def test_detached_panel_runs_on_until_the_group_is_complete(store_dir):
+    for i in range(20):
+        async_task(fx.add, i, group="detached")
+    async_task(fx.boom, group="detached", ack_failure=True)
+    nbqueue.flush()
+    stopped = GroupProgress("detached", widget=True, interval=0.05)
+    detached = GroupProgress("detached", widget=True, interval=0.05)
+    stopped.stop()  # stops updating now
+    detached.detach()  # its owner stopped waiting: it goes on by itself
+    with nbqueue.Cluster(workers=2, directory=store_dir):
+        assert detached.wait(60)
+    wait_for(lambda: not detached._thread.is_alive(), 10, "the panel's thread ending")
+    assert (detached.done, detached.failed, detached.shown_total) == (20, 1, 21)
+    assert detached._bar.value == detached._bar.max == 21
+    assert detached._bar.bar_style == "danger" and detached.state == "danger"
+    assert "finished with failures" in detached._title.value
+    assert "20 done · 1 failed · 0 running · 21 total" in detached._label.value
+    assert (stopped.done, stopped.failed) == (0, 0) and not stopped.finished.is_set()
+    assert "no longer updated" in stopped._title.value
