@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import itertools
 import multiprocessing.util
 import os
@@ -45,6 +46,31 @@ BUNDLE_BYTES = 30_000  # and bytes: under diskcache's 32 KiB a bundle stays in i
 _LEASE = "lease:"  # string keys: diskcache stores them as they are, tuples it pickles
 LOCK_TIMEOUT = 60.0  # seconds SQLite waits for another process's write lock
 _CLUSTER = "cluster:"
+_STOPPED = "stopped:"
+STOPPED_KEPT = 86400.0  # seconds the record of a cluster that stopped on its own is kept
+
+
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: past a file size limit
+
+
+def store_advice(exc: BaseException, path: str) -> str:
+    """What to do about ``exc``, raised opening or writing ``path`` (a part of a store: its
+    queue, state, results or cache): the real cause named, because a read-only store is
+    not helped by freeing disk space, nor a damaged file by making it writable."""
+    store = os.path.dirname(os.path.abspath(path))
+    text = str(exc).lower()
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code in _FULL or "database or disk is full" in text:
+        return f"The disk of {store} is full: free space and try again"
+    if "file is not a database" in text or "database disk image is malformed" in text:
+        return f"A file of the store is damaged: move {store} away and start again"
+    if (code in _READ_ONLY or "readonly database" in text
+            or (os.path.isdir(path) and not os.access(path, os.W_OK))):
+        return (f"The store at {store} is read-only for this process: make it writable "
+                f"(`chmod -R u+w {store}`) or choose another directory with "
+                "configure(directory=...)")
+    return f"Check that {store} is on a working disk that this process may write to"
 
 
 def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
@@ -61,9 +87,8 @@ def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
                                cull_limit=10 if expiring else 0, sqlite_cache_size=256,
                                sqlite_mmap_size=0)
     except (sqlite3.Error, OSError) as exc:
-        raise StoreError(f"cannot open the store at {path}: {exc}. If the disk is full, free "
-                         "space; if the files are damaged, move the directory away and start "
-                         "again") from exc
+        raise StoreError(f"cannot open the store at {path}: {exc}. "
+                         f"{store_advice(exc, path)}") from exc
 
 
 # One statement for many rows: ``Cache.set`` costs a SELECT and an INSERT each, ~35 us
@@ -119,9 +144,8 @@ def writing(path: str) -> Iterator[None]:
                          f"{LOCK_TIMEOUT:g} s; is a process stuck holding it? Try again, or restart the "
                          "processes that use this directory") from None
     except (sqlite3.Error, OSError) as exc:
-        raise StoreError(f"cannot write to the store at {path}: {exc}. If the disk is full, "
-                         "free space; if the files are damaged, move the directory away and "
-                         "start again") from exc
+        raise StoreError(f"cannot write to the store at {path}: {exc}. "
+                         f"{store_advice(exc, path)}") from exc
 
 
 def _rows(tokens: Iterable[str]) -> tuple[dict[str, list[int]], list[str]]:
@@ -159,6 +183,8 @@ class Broker:
         self._wakeups: list[threading.Event] = []
         self._store: Any = None
         self.warned_no_cluster = False
+        self.serve_check_at = 0.0  # when async_task next checks that a cluster serves
+        self.sent_unusual: dict[str, str] = {}  # task id -> "unsaved"/"cached", the newest
         self.local_hooks: dict[str, Any] = {}  # task id -> hook object of this process
         self.enqueued: dict[str, int] = {}  # group -> tasks this process put in it
         self._outbox: list[bytes] = []
@@ -295,6 +321,7 @@ class Broker:
     def unsubscribe(self, event: threading.Event) -> None:
         if event in self._wakeups:
             self._wakeups.remove(event)
+        self.serve_check_at = 0.0  # a cluster stopped: check again at the next enqueue
 
     @property
     def has_local_consumer(self) -> bool:
@@ -520,6 +547,19 @@ class Broker:
 
     def forget(self, cluster_id: str) -> None:
         self._state.delete(_CLUSTER + cluster_id, retry=True)
+
+    def record_stop(self, cluster_id: str, info: dict[str, Any]) -> None:
+        """Keep, for a day, the figures of a cluster that stopped on its own (``info``
+        names why, under ``"error"``), for ``nbqueue info`` to show."""
+        self._state.set(_STOPPED + cluster_id, dict(info, stopped=time.time()),
+                        expire=STOPPED_KEPT, retry=True)
+
+    def stopped_clusters(self) -> list[dict[str, Any]]:
+        """The clusters that stopped on their own in the last day, newest first."""
+        found = [self._state.get(key) for key in list(self._state.iterkeys())
+                 if isinstance(key, str) and key.startswith(_STOPPED)]
+        return sorted((info for info in found if info is not None),
+                      key=lambda info: -info.get("stopped", 0))
 
     def clusters(self) -> list[dict[str, Any]]:
         """The live clusters on this directory, each as the info it last reported."""

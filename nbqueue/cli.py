@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
 from typing import Any
 
-from . import conf
-from .errors import ConfigurationError, NbqueueError
+from . import __version__, conf
+from .errors import ConfigurationError, NbqueueError, StoreError
+from .signing import KEY_FILE
 
 
 def _cluster(args: argparse.Namespace) -> int:
@@ -26,8 +28,8 @@ def _cluster(args: argparse.Namespace) -> int:
                 "max_rss")}
     if args.timeout is not None:
         options["timeout"] = args.timeout
-    if args.ack_failures:
-        options["ack_failures"] = True
+    if args.ack_failures is not None:
+        options["ack_failures"] = args.ack_failures
     if args.address is not None and args.executor != "dask":
         raise ConfigurationError("--address is the address of a dask scheduler: "
                                  "give --executor dask too")
@@ -56,24 +58,37 @@ def _cluster(args: argparse.Namespace) -> int:
         print(f"nbqueue: dask dashboard at {cluster.info()['dashboard']}", file=sys.stderr,
               flush=True)
     try:
-        while not stop["asked"]:
+        while not stop["asked"] and cluster.running:
             time.sleep(0.2)
     finally:
         cluster.stop(wait=args.grace)
         print(f"nbqueue: stopped; {cluster.done} done, {cluster.failed} failed",
               file=sys.stderr)
+    if cluster.error is not None:
+        print(f"nbqueue: the cluster stopped on its own: {cluster.error}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
     from .broker import get_broker
-    broker = get_broker(args.directory or conf.settings().directory)
+    given = args.directory or conf.settings().directory
+    path = os.path.abspath(given)
+    # opening a store creates it: a mistyped --directory must not leave an empty one behind
+    if not os.path.isfile(os.path.join(path, KEY_FILE)):
+        what = "no such directory" if not os.path.exists(path) else "no nbqueue store in it"
+        raise StoreError(f"there is no store at {path} ({what}). Check the path; to make a "
+                         f"store there, start a cluster on it (`nbqueue cluster --directory "
+                         f"{given}`) or enqueue a task after configure(directory={given!r})")
+    broker = get_broker(given)
     saved_ok, saved_failed = broker.store.saved.totals()
     clusters = broker.clusters()
     figures = {"directory": broker.directory, "queued": broker.size(),
                "running": sum(c.get("running", 0) for c in clusters),
                "leased": broker.leased(), "done": saved_ok, "failed": saved_failed,
                "clusters": clusters}
+    stopped = broker.stopped_clusters()
+    figures["stopped_clusters"] = stopped
     if args.json:
         print(json.dumps(figures, indent=2, default=str))
         return 0
@@ -88,21 +103,34 @@ def _info(args: argparse.Namespace) -> int:
               f"{c['rate']} tasks/s")
         if c.get("dashboard"):
             print(f"          dashboard {c['dashboard']}")
+    for c in stopped:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["stopped"]))
+        print(f"stopped   {c['id'][:8]} pid {c['pid']} on {c['host']} at {when}: {c['error']}")
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="nbqueue", description=__doc__.splitlines()[0])
+    top.add_argument("--version", action="version", version=f"nbqueue {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("cluster", help="run a worker cluster in the foreground")
+    run = sub.add_parser(
+        "cluster", help="run a worker cluster in the foreground",
+        description="Run a worker cluster in the foreground until Ctrl-C. Tasks given as "
+                    "dotted paths import from the working directory first (as with "
+                    "`python -m`), so start it in the folder of the notebook whose modules "
+                    "they name.")
     run.add_argument("--directory", help="the store directory (default .nbqueue)")
     run.add_argument("--workers", type=int, help="worker processes (default: one per CPU)")
     run.add_argument("--timeout", type=float, help="seconds a task may run")
     run.add_argument("--retry", type=float, help="seconds before a lost task is re-delivered")
     run.add_argument("--max-attempts", dest="max_attempts", type=int,
                      help="deliveries before a task is given up (0 = unlimited)")
-    run.add_argument("--ack-failures", dest="ack_failures", action="store_true",
-                     help="do not re-deliver failed tasks")
+    failures = run.add_mutually_exclusive_group()
+    failures.add_argument("--retry-failures", dest="ack_failures", action="store_false",
+                          default=None, help="deliver a task that raised again after --retry "
+                          "seconds, up to --max-attempts (by default its failure is final)")
+    failures.add_argument("--ack-failures", dest="ack_failures", action="store_true",
+                          default=None, help="a task that raised is final (the default)")
     run.add_argument("--save-limit", dest="save_limit", type=int,
                      help="successes kept in the store (0 = all)")
     run.add_argument("--bulk", type=int, help="tasks leased per queue transaction")
@@ -129,6 +157,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # As `python -m nbqueue` does: modules beside the notebook (a task 'mymod.work') import
+    # in this process and in the loky workers, which start with this process's sys.path.
+    cwd = os.getcwd()
+    if sys.path[:1] != [cwd]:
+        sys.path.insert(0, cwd)
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False)
                         else logging.WARNING, format="%(asctime)s %(name)s %(message)s")

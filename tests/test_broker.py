@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
+import sqlite3
 import threading
 import time
 
+import pytest
+
 from nbqueue import broker as broker_module
 from nbqueue.broker import Broker, Lease, get_broker
+from nbqueue.errors import StoreError
 from tests import tasks_fixtures
 
 
@@ -512,3 +517,96 @@ def test_read_many_reads_what_cache_get_reads(tmp_path):
         assert found == {"small": {"a": 1}, "big": big, "text": "hello"}
     finally:
         cache.close()
+
+
+# -- store errors name their cause ------------------------------------------------------
+
+
+def _sqlite_error(db, *statements):
+    """The error real SQLite statements raise."""
+    con = sqlite3.connect(db)
+    try:
+        for statement in statements:
+            con.execute(statement)
+        con.commit()
+    except sqlite3.Error as exc:
+        return exc
+    finally:
+        con.close()
+    raise AssertionError(f"{statements!r} did not fail")
+
+
+def test_store_errors_say_read_only_full_damaged_or_what_happened(tmp_path):
+    part = tmp_path / "store" / "queue"
+    part.mkdir(parents=True)
+    db = str(part / "cache.db")
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (x BLOB)")
+    con.commit()
+    con.close()
+    store = str(tmp_path / "store")
+
+    read_only = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        with pytest.raises(StoreError) as info:
+            with broker_module.writing(str(part)):
+                read_only.execute("INSERT INTO t VALUES (1)")
+    finally:
+        read_only.close()
+    message = str(info.value)
+    assert message.startswith(f"cannot write to the store at {part}: attempt to write")
+    assert f"{store} is read-only for this process" in message
+    assert f"chmod -R u+w {store}" in message and "configure(directory=" in message
+    assert "full" not in message and "damaged" not in message
+
+    # a database that may not grow stands for a full disk: SQLite says the same
+    full = _sqlite_error(db, "PRAGMA max_page_count = 3", "INSERT INTO t VALUES (zeroblob(1e6))")
+    assert str(full) == "database or disk is full"
+    for exc in (full, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+                OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))):
+        advice = broker_module.store_advice(exc, str(part))
+        assert advice == f"The disk of {store} is full: free space and try again"
+
+    for exc in (OSError(errno.EROFS, os.strerror(errno.EROFS)),
+                PermissionError(errno.EACCES, os.strerror(errno.EACCES))):
+        assert "is read-only for this process" in broker_module.store_advice(exc, str(part))
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "cache.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError) as info:
+        broker_module.open_cache(str(damaged))
+    message = str(info.value)
+    assert message.startswith(f"cannot open the store at {damaged}: file is not a database")
+    assert f"damaged: move {tmp_path} away" in message and "read-only" not in message
+
+    other = _sqlite_error(db, "INSERT INTO missing VALUES (1)")  # neither of the above
+    advice = broker_module.store_advice(other, str(part))
+    assert advice == f"Check that {store} is on a working disk that this process may write to"
+
+
+def test_read_only_store_is_a_clear_error(store_dir):
+    get_broker(store_dir).flush()  # the store exists ...
+    broker_module.drop_broker(store_dir)
+    modes = {}
+    for root, dirs, files in os.walk(store_dir):  # ... and is made read-only
+        for name in [root] + [os.path.join(root, f) for f in files]:
+            modes[name] = os.stat(name).st_mode
+            os.chmod(name, modes[name] & ~0o222)
+    try:
+        try:
+            open(os.path.join(store_dir, "probe"), "w").close()
+        except PermissionError:
+            pass
+        else:
+            pytest.skip(f"chmod a-w does not stop uid {os.geteuid()} from writing (as for "
+                        "root), so the store cannot be made read-only here")
+        with pytest.raises(StoreError) as info:
+            get_broker(store_dir)
+        message = str(info.value)
+        assert f"{store_dir} is read-only for this process" in message, message
+        assert f"chmod -R u+w {store_dir}" in message and "free space" not in message
+    finally:
+        for name, mode in modes.items():
+            os.chmod(name, mode)
+        broker_module.drop_broker(store_dir)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,5 +60,68 @@ def test_bad_option_is_a_clear_error(store_dir):
 
 
 def test_info_with_no_cluster(store_dir):
+    nbqueue.get_broker()  # an empty store: `nbqueue info` only reads stores that exist
     text = _run_cli("info", "--directory", store_dir).stdout
     assert "queued    0" in text and "none alive" in text
+
+
+def test_version():
+    done = _run_cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"nbqueue {nbqueue.__version__}"
+
+
+def test_info_on_a_missing_store_makes_none(tmp_path):
+    for name, make in (("typo", None), ("empty", "dir"), ("other", "file")):
+        target = tmp_path / name
+        if make:
+            target.mkdir()
+        if make == "file":
+            (target / "notes.txt").write_text("not a store")
+        before = sorted(p.name for p in tmp_path.rglob("*"))
+        done = _run_cli("info", "--directory", name, cwd=tmp_path)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"no store at {target}" in done.stderr
+        assert f"nbqueue cluster --directory {name}" in done.stderr
+        assert f"configure(directory={name!r})" in done.stderr
+        assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing was created
+
+
+def _console_script():
+    script = os.path.join(os.path.dirname(sys.executable), "nbqueue")
+    if not os.path.exists(script):
+        script = shutil.which("nbqueue", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip("the nbqueue console script is not installed beside this Python "
+                    "(pip install -e . makes it)")
+    return script
+
+
+def test_console_script_cluster_imports_modules_beside_it(store_dir, tmp_path, monkeypatch):
+    """`nbqueue cluster` started in a folder runs a task 'mymod.work' from mymod.py there,
+    in its loky workers, as `python -m nbqueue cluster` would."""
+    (tmp_path / "mymod.py").write_text("import os\n\n\ndef work(x):\n"
+                                       "    return x * 2, os.getpid()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # async_task imports the path at the call
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen([_console_script(), "cluster", "--directory", store_dir,
+                             "--workers", "1"], cwd=tmp_path, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        broker = nbqueue.get_broker()
+        deadline = time.monotonic() + 30
+        while not broker.clusters() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert broker.clusters(), "the cluster did not start"
+        task_id = async_task("mymod.work", 21)
+        task = nbqueue.fetch(task_id, wait=WAIT)
+        assert task is not None, "no result within the wait"
+        assert task.success, task.result
+        value, pid = task.result
+        assert value == 42 and pid != proc.pid  # run in a loky worker, not the host
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert "stopped; 1 done, 0 failed" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
