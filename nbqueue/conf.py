@@ -75,8 +75,10 @@ def validate(settings: Settings) -> Settings:
     _check("retry", _is_number(s.retry) and s.retry > 0, "a positive number of seconds", s.retry)
     if s.timeout is not None and s.retry <= s.timeout:
         raise ConfigurationError(
-            f"option 'retry' ({s.retry} s) must exceed 'timeout' ({s.timeout} s), or a task "
-            "still running would be delivered a second time; raise retry or lower timeout")
+            f"option 'timeout' ({s.timeout:g} s) needs option 'retry' ({s.retry:g} s, the "
+            "seconds before a lost task is delivered again) above it, as in Django Q: give "
+            f"both, e.g. timeout={s.timeout:g}, retry={max(2 * s.timeout, 60):g} (or set "
+            "retry with configure() or NBQUEUE_RETRY), or lower timeout")
     check_max_attempts("max_attempts", s.max_attempts)
     for name in ("ack_failures", "sync"):
         _check(name, isinstance(getattr(s, name), bool), "True or False", getattr(s, name))

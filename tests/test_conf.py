@@ -97,6 +97,7 @@ def test_retry_must_exceed_timeout():
         configure(timeout=60)  # default retry is 60
     message = str(caught.value)
     assert "'retry'" in message and "'timeout'" in message
+    assert "timeout=60, retry=120" in message  # the fix, spelled out
     with pytest.raises(ConfigurationError, match="'retry'"):
         configure(timeout=10, retry=5)
     s = configure(timeout=10, retry=10.5)
