@@ -314,10 +314,11 @@ class DaskExecutor(Executor):
             elif self.client is None:
                 # Single-threaded worker processes, as with loky (tasks are mostly Python
                 # holding the GIL); allowed_failures=0: a lost task comes back to us.
+                # preload: each worker ignores Ctrl-C (see worker.dask_setup)
                 self._local = dd.LocalCluster(
                     n_workers=self.workers, threads_per_worker=1, processes=True,
                     silence_logs=logging.CRITICAL, scheduler_kwargs={"allowed_failures": 0},
-                    **self._local_options)
+                    preload=[worker.__name__], **self._local_options)
                 self.client = dd.Client(self._local, set_as_default=False)
             self.client.subscribe_topic(self._topic, self._on_event)
             self._cancel_first = self._local is None and self._scheduler_allowed_failures() != 0

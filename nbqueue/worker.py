@@ -235,6 +235,14 @@ def prepare(host_pid: int, max_rss: int | None, slot_dir: str | None = None) -> 
     limit_rss(max_rss)
 
 
+def dask_setup(dask_worker: Any) -> None:
+    """dask's preload hook, in each worker process of a cluster's own LocalCluster: those
+    workers are children of the kernel, in its process group, and Jupyter's Interrupt
+    is for the kernel's own code only."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _exit_with_host(host_pid: int) -> None:
     """A worker whose host died (SIGKILL, OOM) is orphaned, and loky's pipes never tell
     it: it holds both ends. Its tasks' leases will expire and be delivered again, so it

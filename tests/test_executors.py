@@ -167,6 +167,22 @@ def test_worker_killed_mid_task_is_redelivered_and_every_task_completes(dask_clu
     assert result(async_task(fx.add, 1, 1), WAIT) == 2
 
 
+def test_sigint_leaves_the_dask_workers_and_their_tasks_alone(dask_cluster):
+    """Jupyter's Interrupt signals the kernel's process group, our LocalCluster's
+    workers included: they ignore it, and every task runs once, to its end."""
+    executor = dask_cluster._executor
+    pids = set(executor.worker_pids().values())
+    ids = [async_task(fx.nap, 0.3, i, group="interrupted") for i in range(10)]
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        for pid in pids:
+            os.kill(pid, signal.SIGINT)
+        time.sleep(0.05)
+    assert sorted(result_group("interrupted", count=10, wait=WAIT)) == list(range(10))
+    assert all(fetch(i).attempt_count == 1 for i in ids)
+    assert set(executor.worker_pids().values()) == pids  # none died
+
+
 def test_task_that_kills_its_worker_is_a_failure_after_max_attempts(dask_cluster):
     """A task that kills its dask worker at once is delivered ``max_attempts`` times, then
     recorded as a Failure saying so; the other tasks are not disturbed."""
