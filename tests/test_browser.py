@@ -8,12 +8,18 @@ says the group is complete. The page is saved to
 ``test-artifacts/browser/02-groups-and-progress.png``; the server log and the browser
 console go beside it.
 
+A second test plays a user who interrupts a ``result_group(..., progress=True)`` cell
+half-way (Kernel → Interrupt Kernel): the cell ends with a KeyboardInterrupt, while the
+panel goes on counting the group to its end and every task runs to completion. Its page
+is saved to ``test-artifacts/browser/interrupt.png``.
+
 The widgets render from the prebuilt lab extension that ``jupyterlab_widgets`` installs
 into ``<venv>/share/jupyter/labextensions``: no ``jupyter lab build``, no Node.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -35,6 +41,8 @@ NAME = "02-groups-and-progress.ipynb"
 NOTEBOOK = ROOT / "notebooks" / NAME
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 SCREENSHOT = ARTIFACTS / "02-groups-and-progress.png"
+INTERRUPT_NAME = "interrupt.ipynb"
+INTERRUPT_SCREENSHOT = ARTIFACTS / "interrupt.png"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -46,6 +54,9 @@ SERVER_START = 60      # seconds for JupyterLab to answer /api/status
 KERNEL_IDLE = 60       # seconds for the notebook's kernel to start
 GROUP_DONE = 120       # seconds for the notebook's groups and cells to finish
 STOP_GRACE = 10        # seconds between SIGTERM and SIGKILL
+# The interrupt test's group: 40 sleeps of 0.25 s on 2 workers, about 5 s of work.
+INTERRUPT_TASKS = 40
+INTERRUPT_SLEEP = 0.25
 
 COUNTS = re.compile(r"(\d+) % · (\d+) done · (\d+) failed · (\d+) running · (\d+) total")
 
@@ -108,6 +119,7 @@ class Lab:
     """A JupyterLab server process, talked to over its REST API."""
 
     def __init__(self, root: Path, base: Path, log: Path) -> None:
+        self.root = root
         self.port = _free_port()
         self.token = secrets.token_hex(24)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -260,9 +272,58 @@ def _check_complete(panel) -> None:
     assert done == total > 0, counts
 
 
-@pytest.mark.timeout(300)
-def test_progress_notebook_in_jupyterlab(lab, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+def _counts(panel) -> tuple[int, int, int, int, int]:
+    """The panel's figures: percent, done, failed, running, total."""
+    text = panel.locator(".nbqueue-counts").inner_text()
+    match = COUNTS.search(text)
+    assert match, text
+    return tuple(map(int, match.groups()))
+
+
+def _wait_counts(panel, ok, timeout: float, what: str) -> tuple[int, int, int, int, int]:
+    """Poll the panel's figures until ``ok(figures)``; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = _counts(panel)
+        if ok(counts):
+            return counts
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not seen within {timeout} s; the panel shows {counts}")
+        time.sleep(0.05)
+
+
+def _interrupt_kernel(page) -> None:
+    """Kernel → Interrupt Kernel, from the menu bar as a user would."""
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Kernel$")).click()
+    page.locator(".lm-Menu-item:visible",
+                 has_text=re.compile(r"^Interrupt Kernel")).first.click()
+
+
+def _run_new_cell(page, code: str):
+    """Add a code cell below the last one, type ``code`` in it, run it; return the cell."""
+    from playwright.sync_api import expect
+
+    cells = page.locator(".jp-Notebook .jp-Cell")
+    before = cells.count()
+    cells.last.locator(".jp-InputPrompt").click()  # select it, in command mode
+    page.keyboard.press("Escape")
+    page.keyboard.press("b")  # insert a cell below
+    expect(cells).to_have_count(before + 1)
+    cell = cells.nth(before)
+    cell.locator(".cm-content").click()
+    # Inserted as text, not typed key by key: the editor's bracket auto-closing stays out.
+    page.keyboard.insert_text(code)
+    expect(cell.locator(".cm-content")).to_have_text(code)
+    page.keyboard.press("Shift+Enter")
+    expect(cell.locator(".jp-InputPrompt")).to_have_text(
+        re.compile(r"\[\d+\]:"), timeout=GROUP_DONE * 1000)
+    return cell
+
+
+@contextlib.contextmanager
+def _chromium_page(tmp_path: Path, failure: Path, console_log: Path):
+    """A page of a fresh Chromium; ``failure`` gets the page if the block raises."""
+    from playwright.sync_api import sync_playwright
 
     console: list[str] = []
     with sync_playwright() as playwright:
@@ -276,52 +337,153 @@ def test_progress_notebook_in_jupyterlab(lab, tmp_path):
             page.on("console", lambda message: console.append(
                 f"{message.type}: {message.text}"))
             page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
-            page.goto(f"{lab.url}/lab/tree/{NAME}?token={lab.token}")
-            page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for(timeout=60_000)
-            deadline = time.monotonic() + KERNEL_IDLE
-            while not lab.kernel_states() and time.monotonic() < deadline:
-                _accept_kernel_dialog(page)
-                time.sleep(0.25)
-            lab.wait_kernels_idle(KERNEL_IDLE)
-            expect(page.locator(".jp-Notebook-ExecutionIndicator")).to_have_attribute(
-                "data-status", "idle", timeout=KERNEL_IDLE * 1000)
-
-            # The file browser only takes room from the notebook in the picture.
-            page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current").click()
-            expect(page.locator("#jp-left-stack")).to_be_hidden()
-
-            _run_all_cells(page)
-
-            panels = page.locator(".nbqueue-progress")
-            expect(panels.first.locator(".nbqueue-state")).to_have_text(
-                "complete", timeout=GROUP_DONE * 1000)
-            # The notebook goes on after its first group; let every cell finish.
-            expect(page.locator(".jp-InputPrompt", has_text="[*]")).to_have_count(
-                0, timeout=GROUP_DONE * 1000)
-            lab.wait_kernels_idle(GROUP_DONE)
-
-            # Every code cell ran: a failing cell stops Run All and leaves "[ ]:" below it.
-            prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
-            assert prompts and all(re.fullmatch(r"\[\d+\]:", p.strip()) for p in prompts), prompts
-            tracebacks = page.locator(".jp-OutputArea-output", has_text="Traceback")
-            assert tracebacks.count() == 0, tracebacks.all_inner_texts()
-
-            assert panels.count() >= 1
-            for panel in panels.all():
-                _check_complete(panel)
-
-            # The picture: the first panel in the middle of the page, no hover effects.
-            panels.first.evaluate("element => element.scrollIntoView({block: 'center'})")
-            page.mouse.move(0, 0)
-            page.wait_for_timeout(500)  # let the scroll and the last redraw settle
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            yield page
         except BaseException:
             try:
-                page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+                page.screenshot(path=str(failure), full_page=True)
             except Exception:  # the page may be gone; the original error matters
                 pass
             raise
         finally:
-            (ARTIFACTS / "browser-console.log").write_text("\n".join(console) + "\n")
+            console_log.write_text("\n".join(console) + "\n")
             context.close()
+
+
+def _open_notebook(page, lab: Lab, name: str) -> None:
+    """Open ``name`` and wait until its kernel is idle; hide the file browser."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")
+    page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for(timeout=60_000)
+    deadline = time.monotonic() + KERNEL_IDLE
+    while not lab.kernel_states() and time.monotonic() < deadline:
+        _accept_kernel_dialog(page)
+        time.sleep(0.25)
+    lab.wait_kernels_idle(KERNEL_IDLE)
+    expect(page.locator(".jp-Notebook-ExecutionIndicator")).to_have_attribute(
+        "data-status", "idle", timeout=KERNEL_IDLE * 1000)
+
+    # The file browser only takes room from the notebook in the picture.
+    page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current").click()
+    expect(page.locator("#jp-left-stack")).to_be_hidden()
+
+
+def _screenshot(page, element, path: Path) -> None:
+    """The page, with ``element`` in the middle of it and no hover effects."""
+    element.evaluate("element => element.scrollIntoView({block: 'center'})")
+    page.mouse.move(0, 0)
+    page.wait_for_timeout(500)  # let the scroll and the last redraw settle
+    page.screenshot(path=str(path), full_page=True)
+
+
+@pytest.mark.timeout(300)
+def test_progress_notebook_in_jupyterlab(lab, tmp_path):
+    from playwright.sync_api import expect
+
+    with _chromium_page(tmp_path, ARTIFACTS / "failure.png",
+                        ARTIFACTS / "browser-console.log") as page:
+        _open_notebook(page, lab, NAME)
+        _run_all_cells(page)
+
+        panels = page.locator(".nbqueue-progress")
+        expect(panels.first.locator(".nbqueue-state")).to_have_text(
+            "complete", timeout=GROUP_DONE * 1000)
+        # The notebook goes on after its first group; let every cell finish.
+        expect(page.locator(".jp-InputPrompt", has_text="[*]")).to_have_count(
+            0, timeout=GROUP_DONE * 1000)
+        lab.wait_kernels_idle(GROUP_DONE)
+
+        # Every code cell ran: a failing cell stops Run All and leaves "[ ]:" below it.
+        prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+        assert prompts and all(re.fullmatch(r"\[\d+\]:", p.strip()) for p in prompts), prompts
+        tracebacks = page.locator(".jp-OutputArea-output", has_text="Traceback")
+        assert tracebacks.count() == 0, tracebacks.all_inner_texts()
+
+        assert panels.count() >= 1
+        for panel in panels.all():
+            _check_complete(panel)
+
+        _screenshot(page, panels.first, SCREENSHOT)
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def _write_interrupt_notebook(path: Path, store: Path) -> None:
+    """A fresh notebook: a cluster and a group of sleeps, then a wait with a panel."""
+    import nbformat
+
+    setup = (
+        "import nbqueue\n"
+        f"nbqueue.configure(directory={str(store)!r})\n"
+        "cluster = nbqueue.Cluster(workers=2).start()\n"
+        f"for i in range({INTERRUPT_TASKS}):\n"
+        f"    nbqueue.async_task('time.sleep', {INTERRUPT_SLEEP}, group='g')"
+    )
+    wait = f"nbqueue.result_group('g', count={INTERRUPT_TASKS}, wait=-1, progress=True)"
+    notebook = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(setup), nbformat.v4.new_code_cell(wait)],
+        metadata={"kernelspec": {"display_name": "Python 3 (ipykernel)",
+                                 "language": "python", "name": "python3"},
+                  "language_info": {"name": "python"}})
+    nbformat.write(notebook, str(path))
+
+
+@pytest.mark.timeout(300)
+def test_interrupt_keeps_the_panel_updating(lab, tmp_path):
+    """Interrupt a result_group(..., progress=True) cell half-way, as a user does.
+
+    The cell ends with a KeyboardInterrupt; the panel keeps counting after it, to all
+    tasks done and "complete"; no task was interrupted (the workers ignore the SIGINT
+    that the interrupt sends to the kernel's whole process group).
+    """
+    from playwright.sync_api import expect
+
+    failure = ARTIFACTS / "interrupt-failure.png"
+    for stale in (INTERRUPT_SCREENSHOT, failure):
+        stale.unlink(missing_ok=True)
+    _write_interrupt_notebook(lab.root / INTERRUPT_NAME, tmp_path / "store")
+
+    with _chromium_page(tmp_path, failure, ARTIFACTS / "interrupt-browser-console.log") as page:
+        _open_notebook(page, lab, INTERRUPT_NAME)
+        _run_all_cells(page)
+
+        waiting = page.locator(".jp-Notebook .jp-CodeCell").nth(1)
+        panel = waiting.locator(".nbqueue-progress")
+        expect(panel.locator(".nbqueue-counts")).to_be_visible(timeout=GROUP_DONE * 1000)
+        # Some tasks done, not all: the moment to interrupt.
+        _, done, _, _, _ = _wait_counts(panel, lambda c: c[1] >= 1, GROUP_DONE,
+                                        "a first task done")
+        assert done < INTERRUPT_TASKS, f"the group ended before the interrupt: {done} done"
+        _interrupt_kernel(page)
+
+        # The cell ends with a KeyboardInterrupt; the kernel is free again.
+        expect(waiting.locator(".jp-OutputArea-output", has_text="KeyboardInterrupt")
+               ).to_have_count(1, timeout=KERNEL_IDLE * 1000)
+        first = _counts(panel)
+        expect(waiting.locator(".jp-InputPrompt")).to_have_text(
+            re.compile(r"\[\d+\]:"), timeout=KERNEL_IDLE * 1000)
+        assert first[1] < INTERRUPT_TASKS, (
+            f"all tasks were done before the interrupt ended the cell: {first}")
+        # The panel goes on: more tasks done at a later moment, up to all of them.
+        second = _wait_counts(panel, lambda c: c[1] > first[1], GROUP_DONE,
+                              f"the done count growing past {first[1]} after the interrupt")
+        expect(panel.locator(".nbqueue-state")).to_have_text(
+            "complete", timeout=GROUP_DONE * 1000)
+        _check_complete(panel)
+        final = _counts(panel)
+        assert final == (100, INTERRUPT_TASKS, 0, 0, INTERRUPT_TASKS), (first, second, final)
+        lab.wait_kernels_idle(KERNEL_IDLE)
+
+        # Every task ran to its end: none failed (an interrupted worker fails its task).
+        counted = _run_new_cell(
+            page, "print(nbqueue.count_group('g')); "
+                  "print(nbqueue.count_group('g', failures=True))")
+        expect(counted.locator(".jp-OutputArea-output")).to_have_text(
+            f"{INTERRUPT_TASKS}\n0", timeout=KERNEL_IDLE * 1000)
+
+        _screenshot(page, panel, INTERRUPT_SCREENSHOT)
+
+        # Done: stop the cluster, as the notebook would; the fixture shuts the kernel down.
+        stopped = _run_new_cell(page, "cluster.stop()")
+        assert stopped.locator(".jp-OutputArea-output", has_text="Traceback").count() == 0
+        lab.wait_kernels_idle(KERNEL_IDLE)
+    assert INTERRUPT_SCREENSHOT.stat().st_size > 10_000
