@@ -512,9 +512,10 @@ def _interrupted_by_stop(kernel: Kernel, kernels, store_dir, tmp_path, how: str)
     print(f"the whole group was done {group_seconds:.1f} s after the {how} call")
 
     assert exited, "the old kernel process did not exit"
-    assert returncode != -signal.SIGKILL and status != "SigkillRequest", \
-        f"the old kernel needed SIGKILL (returncode {returncode}, status {status})"
-    assert seconds < 5.0, f"the {how} took {seconds:.2f} s"
+    # it ends on the shutdown request itself: neither the SIGTERM (2.5 s) nor the SIGKILL
+    assert returncode == 0 and status == "ShutdownRequest", \
+        f"the old kernel did not end by itself (returncode {returncode}, status {status})"
+    assert seconds < 2.5, f"the {how} took {seconds:.2f} s"
     assert done == 40
     assert group_seconds < 40, f"the group finished {group_seconds:.1f} s after the {how}"
     assert nbqueue.count_group("r", failures=True) == 0
