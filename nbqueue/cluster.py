@@ -10,6 +10,12 @@ a pool of worker processes and the store.
   the queue, kills workers stuck past a timeout, and writes a heartbeat;
 - the *hook runner* calls hooks, in this process, with the finished Task.
 
+Each thread runs under a supervisor: what a loop does not expect, ``BaseException``
+included, stops the whole cluster visibly (``error``, the log, ``nbqueue info``). A
+process serves a store directory with one cluster (``start()`` run again gives it back),
+and hands its tasks in flight back to the queue, uncounted, as the process exits or as
+Jupyter asks its kernel to shut down or restart.
+
 Chunks: a no-op task costs ~0.1 ms in loky, and each chunk a few store writes, so
 tasks are sent in chunks sized to take ~100 ms by the running average of task time
 (1 for slow tasks, up to 64; on 2 cores 10 ms tasks ran at 83-88 % of ideal in chunks
@@ -724,6 +730,8 @@ class Cluster:
 
     def __repr__(self) -> str:
         state = "running" if self.running else ("stopped" if self.started_at else "not started")
+        if self.error is not None:
+            state = f"stopped ({self.error})"
         return (f"<Cluster {self.settings.label} {state} workers={self.workers} "
                 f"executor={self.executor_name} done={self.done} failed={self.failed} "
                 f"directory={self.directory}>")

@@ -210,14 +210,22 @@ def _warn_if_unserved(broker: Broker) -> None:
     if now < broker.serve_check_at:
         return
     broker.serve_check_at = now + SERVE_CHECK
-    if broker.has_local_consumer or broker.clusters():
+    unserved = _unserved(broker)
+    if unserved is None:
         broker.warned_no_cluster = False
     elif not broker.warned_no_cluster:
         broker.warned_no_cluster = True
-        warnings.warn(NoClusterWarning(
-            f"no nbqueue cluster is serving {broker.directory}, so this task waits in the "
-            "queue. Start one in this kernel with `nbqueue.Cluster().start()`, or in a "
-            f"terminal with `nbqueue cluster --directory {broker.directory}`"), stacklevel=3)
+        warnings.warn(NoClusterWarning(f"this task waits in the queue: {unserved}"),
+                      stacklevel=3)
+
+
+def _unserved(broker: Broker) -> str | None:
+    """What to do when no cluster serves the store, or None when one does."""
+    if broker.has_local_consumer or broker.clusters():
+        return None
+    return (f"no nbqueue cluster serves {broker.directory}: start one in this kernel with "
+            f"`nbqueue.Cluster().start()`, or in a terminal with "
+            f"`nbqueue cluster --directory {broker.directory}`")
 
 
 def _remember(broker: Broker, task_id: str, how: str) -> None:
@@ -325,14 +333,6 @@ def _check_count(count: Any) -> None:
                               or count < 1):
         raise ConfigurationError(f"count must be a whole number >= 1 (how many tasks of the "
                                  f"group to wait for) or None, got {count!r}")
-
-
-def _unserved(broker: Broker) -> str | None:
-    if broker.has_local_consumer or broker.clusters():
-        return None
-    return (f"no nbqueue cluster serves {broker.directory}: start one with "
-            f"`nbqueue.Cluster().start()`, or `nbqueue cluster --directory {broker.directory}` "
-            "in a terminal")
 
 
 def _idle(broker: Broker) -> bool:

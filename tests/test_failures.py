@@ -442,6 +442,10 @@ def test_a_dead_cluster_thread_stops_the_cluster_visibly(store_dir, caplog):
         assert "injected fault" in running.info()["error"]
         stopped = nbqueue.get_broker().stopped_clusters()
         assert stopped and "injected fault" in stopped[0]["error"]
+        info = subprocess.run([sys.executable, "-m", "nbqueue", "info", "--directory",
+                               store_dir], capture_output=True, text=True, timeout=60)
+        assert f"stopped   {running.id[:8]}" in info.stdout, info.stdout
+        assert "SystemExit: injected fault" in info.stdout
         assert nbqueue.get_broker().clusters() == []
         queued = async_task(fx.add, 2)  # waits for the next cluster, nothing lost
     finally:
