@@ -650,6 +650,16 @@ def test_count_group_counts_every_task_as_django_q(mixed_group):
     assert count_group("no-such-group") == 0
 
 
+def test_count_group_cached_counts_every_task_too(cluster):
+    """The same holds for the cached part of the store."""
+    async_task(ADD, 1, 2, group="cmix", cached=True)
+    async_task(BOOM, "cached failure", group="cmix", cached=True)
+    assert len(fetch_group("cmix", cached=True, count=2, wait=WAIT)) == 2
+    assert count_group("cmix", cached=True) == 2
+    assert count_group("cmix", cached=True, failures=True) == 1
+    assert Task.get_group_count("cmix", cached=True) == 2
+
+
 def test_task_group_delete_label_only(mixed_group):
     """Task.group_delete(tasks=False): resets the group label on the group's tasks."""
     ok1, ok2, bad = mixed_group
