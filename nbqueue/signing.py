@@ -25,12 +25,36 @@ KEY_FILE = "key"
 _keys: dict[str, bytes] = {}
 
 
-def _refuse_if_shared(path: str, what: str, fix: str) -> None:
-    mode = os.stat(path).st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+def _owner_name(uid: int) -> str:
+    try:
+        import pwd
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _refuse_if_unsafe(path: str, what: str, fix: str) -> os.stat_result:
+    """Refuse a store directory or key file that is a symlink, is owned by another user,
+    or is open to others: whoever controls it can run code as us (the cluster runs what
+    the store holds), as OpenSSH refuses someone else's key file."""
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise StoreError(f"cannot read {what} {path}: {exc}") from exc
+    if stat.S_ISLNK(info.st_mode):
         raise InsecureStoreError(
-            f"{what} {path} is open to other users (mode {stat.filemode(mode)}); anyone who "
-            f"can read or write it can run code as you. Fix it with `{fix}`.")
+            f"{what} {path} is a symbolic link; nbqueue uses only a real {what.split()[-1]} "
+            f"owned by you. Point configure(directory=...) at the real path instead.")
+    if info.st_uid != os.geteuid():
+        raise InsecureStoreError(
+            f"{what} {path} is owned by {_owner_name(info.st_uid)}, not by you "
+            f"({_owner_name(os.geteuid())}); its queued tasks would run as you. Use a store "
+            "of your own (configure(directory=...)), or have its owner run the cluster.")
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise InsecureStoreError(
+            f"{what} {path} is open to other users (mode {stat.filemode(info.st_mode)}); "
+            f"anyone who can read or write it can run code as you. Fix it with `{fix}`.")
+    return info
 
 
 def private_directory(directory: str | os.PathLike[str]) -> str:
@@ -44,7 +68,10 @@ def private_directory(directory: str | os.PathLike[str]) -> str:
     except OSError as exc:
         raise StoreError(f"cannot create the store directory {path}: {exc}; choose a "
                          "writable place with configure(directory=...)") from exc
-    _refuse_if_shared(path, "the store directory", f"chmod 700 {path}")
+    info = _refuse_if_unsafe(path, "the store directory", f"chmod 700 {path}")
+    if not stat.S_ISDIR(info.st_mode):
+        raise StoreError(f"the store directory {path} is not a directory; choose another "
+                         "path with configure(directory=...)")
     return path
 
 
@@ -67,16 +94,22 @@ def load_key(directory: str) -> bytes:
             pass  # another process made it first: use theirs
         finally:
             os.unlink(draft)
-    _refuse_if_shared(path, "the key file", f"chmod 600 {path}")
-    with open(path) as src:
-        text = src.read().strip()
+    info = _refuse_if_unsafe(path, "the key file", f"chmod 600 {path}")
+    damaged = (f"the key file {path} is damaged ({{}}); delete it (queued work signed with "
+               "the old key will then be refused) and try again")
+    if not stat.S_ISREG(info.st_mode):
+        raise StoreError(damaged.format("it is not a regular file"))
+    try:
+        with open(path) as src:
+            text = src.read(1024).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StoreError(damaged.format(f"it cannot be read: {exc}")) from exc
     try:
         key = bytes.fromhex(text)
     except ValueError:
         key = b""
     if len(key) < 16:
-        raise StoreError(f"the key file {path} is damaged; delete it (queued work signed "
-                         "with the old key will then be refused) and try again")
+        raise StoreError(damaged.format("it does not hold a key of 32 hex-encoded bytes"))
     _keys[directory] = key
     return key
 

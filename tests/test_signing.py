@@ -124,6 +124,69 @@ def test_damaged_key_file_is_reported(tmp_path, forget_keys):
         load_key(directory)
 
 
+OTHER_UID = 65534  # "nobody"
+
+
+def _foreign_store(tmp_path):
+    """A store made private by another user: directory 0700 and key 0600, theirs."""
+    directory = private_directory(tmp_path / "theirs")
+    key = os.path.join(directory, signing.KEY_FILE)
+    with open(key, "w") as out:
+        out.write("ab" * 32)
+    os.chmod(key, 0o600)
+    return directory, key
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_a_store_owned_by_another_user_is_refused(tmp_path, forget_keys):
+    """As OpenSSH refuses another user's key: their queued tasks would run as us."""
+    directory, key = _foreign_store(tmp_path)
+    os.chown(key, OTHER_UID, OTHER_UID)
+    with pytest.raises(InsecureStoreError, match=f"the key file {key} is owned by .*uid "
+                       f"{OTHER_UID}.*not by you"):
+        load_key(directory)
+    os.chown(directory, OTHER_UID, OTHER_UID)
+    with pytest.raises(InsecureStoreError, match=f"the store directory {directory} is owned "
+                       f"by .*uid {OTHER_UID}"):
+        private_directory(directory)
+    import nbqueue
+    with pytest.raises(InsecureStoreError):
+        nbqueue.Cluster(directory=directory)
+
+
+def test_symlinked_store_or_key_is_refused(tmp_path, forget_keys):
+    real = private_directory(tmp_path / "real")
+    link = tmp_path / "link"
+    os.symlink(real, link)
+    with pytest.raises(InsecureStoreError, match="is a symbolic link"):
+        private_directory(link)
+    directory = private_directory(tmp_path / "store")
+    elsewhere = tmp_path / "elsewhere-key"
+    elsewhere.write_text("ab" * 32)
+    os.chmod(elsewhere, 0o600)
+    os.symlink(elsewhere, os.path.join(directory, signing.KEY_FILE))
+    with pytest.raises(InsecureStoreError, match="the key file .* is a symbolic link"):
+        load_key(directory)
+
+
+@pytest.mark.parametrize("content, why", [
+    ("abcd", "does not hold a key"),
+    (None, "is not a regular file"),
+    (b"\xff\xfe not text", "cannot be read"),
+])
+def test_a_short_unreadable_or_odd_key_is_a_clear_error(tmp_path, forget_keys, content, why):
+    directory = private_directory(tmp_path / "store")
+    path = os.path.join(directory, signing.KEY_FILE)
+    if content is None:
+        os.mkdir(path, 0o700)
+    else:
+        with open(path, "wb" if isinstance(content, bytes) else "w") as out:
+            out.write(content)
+        os.chmod(path, 0o600)
+    with pytest.raises(StoreError, match=f"the key file {path} is damaged \\(it {why}"):
+        load_key(directory)
+
+
 # -- sign / verify / pack / unpack --------------------------------------------------------------
 
 
