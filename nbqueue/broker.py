@@ -36,7 +36,7 @@ import diskcache
 
 from . import conf
 from .errors import StoreError
-from .signing import load_key, private_directory
+from .signing import forget_key, load_key, private_directory
 
 _INDEX = "leases"
 _PENDING = "pending"
@@ -492,6 +492,22 @@ class Broker:
             queue.set(_INDEX, index)
         return lost
 
+    def held(self, tokens: Iterable[str], owner: str) -> set[str]:
+        """The tokens among ``tokens`` whose lease ``owner`` still holds, unexpired: the
+        fence before an outcome is stored (a holder that stalled past ``retry`` may have
+        lost its tasks to another delivery)."""
+        by_row, _ = _rows(tokens)
+        if not by_row:
+            return set()
+        index = self._queue.get(_INDEX, {}, retry=True)
+        now = time.time()
+        found = set()
+        for batch, numbers in by_row.items():
+            entry = index.get(batch)
+            if entry is not None and entry[0] >= now and entry[1] == owner:
+                found.update(f"{batch}.{n}" for n in numbers if n in entry[2])
+        return found
+
     def reap(self, now: float | None = None) -> int:
         """Put every expired lease back in the queue (its attempt counted); return how many."""
         now = time.time() if now is None else now
@@ -585,14 +601,17 @@ _given: dict[tuple[str, str], Broker] = {}  # (directory as given, working direc
 _brokers_lock = threading.Lock()
 
 
-def drop_broker(directory: str | os.PathLike[str]) -> None:
-    """Close and forget the shared broker of ``directory``, if any (tests, tools)."""
+def drop_broker(directory: str | os.PathLike[str], close: bool = True) -> None:
+    """Forget the shared broker of ``directory`` and its key, if any, and close it (tests,
+    tools); ``close=False`` for a store that was deleted under it, whose files must not be
+    made again by the old broker."""
     path = os.path.abspath(os.fspath(directory))
     with _brokers_lock:
         broker = _brokers.pop(path, None)
         for key in [k for k, v in _given.items() if v is broker]:
             del _given[key]
-    if broker is not None:
+        forget_key(path)
+    if broker is not None and close:
         broker.close()
 
 

@@ -47,8 +47,8 @@ from typing import Any
 import cloudpickle
 
 from . import conf, signing
-from .broker import Broker, Lease, get_broker
-from .errors import ClusterError, ConfigurationError, SignatureError
+from .broker import Broker, Lease, drop_broker, get_broker
+from .errors import ClusterError, ConfigurationError, SignatureError, StoreGone
 from .executors import BROKEN, EXECUTOR_OPTIONS, Executor, make_executor
 from .models import Task, make_record
 from .names import new_task_id
@@ -185,7 +185,9 @@ class Cluster:
         self._slot_dir = tempfile.mkdtemp(prefix=f"nbqueue-{self.id[:8]}-")
         self._executor = make_executor(self.executor_name, self.workers, self._slot_dir,
                                        self.settings.max_rss, **self._executor_options)
+        self._identity = self._store_identity()
         self._executor.at_exit = _stop_all
+        self._executor.directory = self.directory
         try:
             self._executor.open()  # dask: connect, or start a LocalCluster
         except Exception:
@@ -262,9 +264,13 @@ class Cluster:
         self._hooks.put(None)
         _join(hooks, 30)
         self.broker.unsubscribe(self._wakeup)
-        self.broker.forget(self.id)
-        if self.error is not None:
-            self.broker.record_stop(self.id, self.info())
+        try:
+            self.broker.forget(self.id)
+            if self.error is not None:
+                self.broker.record_stop(self.id, self.info())
+        except Exception:  # the store itself may be what failed
+            log.warning("nbqueue cluster: could not record the stop in the store",
+                        exc_info=True)
         shutil.rmtree(self._slot_dir, ignore_errors=True)
         with _serving_lock:
             if _serving.get(self.directory) is self:
@@ -442,6 +448,16 @@ class Cluster:
         if not finished:
             return
         outcomes = [(job, record) for job, record, final in finished if final]
+        # the fence: a lease this cluster no longer holds (it stalled past `retry`, and
+        # the task went to another delivery) stores nothing and counts nothing
+        held = self.broker.held([job.lease.token for job, _ in outcomes], self.id)
+        if len(held) < len(outcomes):
+            log.warning("nbqueue cluster: dropped %d outcome(s) whose leases had expired "
+                        "(this cluster was stalled for over %g s); those tasks belong to "
+                        "another delivery now", len(outcomes) - len(held),
+                        self.settings.retry)
+            outcomes = [(job, record) for job, record in outcomes
+                        if job.lease.token in held]
         for job, record, final in finished:
             if not final:  # delivered again once its lease expires; not an outcome yet
                 log.info("nbqueue cluster: task %s failed on attempt %d; it is delivered "
@@ -585,9 +601,12 @@ class Cluster:
 
     def _monitor(self) -> None:
         renew_every = min(self.settings.retry / 4, 10.0)
-        last_renew = last_beat = time.monotonic()
+        last_renew = last_beat = last_check = time.monotonic()
         while not (self._stopping.is_set() and self._shutting_down):
             time.sleep(0.1)
+            if time.monotonic() - last_check >= HEARTBEAT:
+                last_check = time.monotonic()
+                self._check_store()  # outside the try: a gone store stops the cluster
             try:
                 self._enforce_timeouts()
                 now = time.monotonic()
@@ -595,7 +614,9 @@ class Cluster:
                     last_renew = now
                     with self._lock:
                         tokens = [t for t, j in self._inflight.items() if not j.judged]
-                    self.broker.renew(tokens, self.settings.retry)
+                    lost = self.broker.renew(tokens, self.settings.retry)
+                    if lost:
+                        self._drop_lost(lost)
                 if now - last_beat >= HEARTBEAT:
                     last_beat = now
                     if not self._stopping.is_set():
@@ -607,6 +628,36 @@ class Cluster:
                         self._wakeup.set()
             except Exception:
                 log.exception("nbqueue cluster: monitor error; going on")
+
+    def _drop_lost(self, tokens: list[str]) -> None:
+        """Leases that expired while this cluster stalled: their tasks belong to another
+        delivery. Chunks of them not started yet never start; outcomes are fenced."""
+        lost = set(tokens)
+        log.warning("nbqueue cluster: lost the leases of %d task(s) (this cluster was "
+                    "stalled for over %g s); they are delivered again elsewhere", len(lost),
+                    self.settings.retry)
+        with self._lock:
+            doomed = [future for future, chunk in self._chunks.items() if set(chunk) <= lost]
+        for future in doomed:
+            future.cancel()
+
+    def _store_identity(self) -> tuple[int, ...]:
+        directory = os.stat(self.directory)
+        key = os.stat(os.path.join(self.directory, signing.KEY_FILE))
+        return directory.st_dev, directory.st_ino, key.st_ino
+
+    def _check_store(self) -> None:
+        """Stop if the store directory was deleted or replaced under the cluster: what it
+        stores would land in files no one can read."""
+        try:
+            same = self._store_identity() == self._identity
+        except FileNotFoundError:
+            same = False
+        if not same:
+            drop_broker(self.directory, close=False)  # a new Cluster() opens the new store
+            raise StoreGone(f"the store directory {self.directory} was deleted or replaced "
+                            "while this cluster ran, so it stopped; start a new Cluster() "
+                            "to serve the store there now")
 
     def _enforce_timeouts(self) -> None:
         """Tier 2 of timeouts: kill a worker stuck past its task's deadline + grace

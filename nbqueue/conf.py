@@ -199,6 +199,13 @@ def configure(**options: Any) -> Settings:
     return new
 
 
+def reload() -> None:
+    """Read the environment again at the next ``settings()``; ``configure`` calls hold."""
+    global _current
+    with _lock:
+        _current = None
+
+
 def reset() -> None:
     """Forget every ``configure`` call (the environment is read again). Used by tests."""
     global _current

@@ -36,6 +36,10 @@ class StoreError(NbqueueError, OSError):
     """The store cannot be opened, read or written (corrupt, locked or full)."""
 
 
+class StoreGone(StoreError):
+    """The store directory of a running cluster was deleted or replaced under it."""
+
+
 class TaskTimeout(NbqueueError, TimeoutError):
     """Raised inside a task that ran past its ``timeout``."""
 

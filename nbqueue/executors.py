@@ -68,6 +68,7 @@ class Executor:
     dashboard: str | None = None  # a link to the executor's own dashboard, if it has one
     # called as the interpreter exits, before the executor's own exit handlers run
     at_exit: Callable[[], None] | None = None
+    directory: str | None = None  # the store: the default of tasks that enqueue tasks
 
     def open(self) -> None:
         """Connect or start what the executor needs, before the cluster's threads start.
@@ -116,7 +117,8 @@ class LokyExecutor(Executor):
         # since spawning one costs ~0.2 s of imports.
         return ProcessPoolExecutor(max_workers=self.workers, timeout=None,
                                    initializer=worker.prepare,
-                                   initargs=(os.getpid(), self.max_rss, self.slot_dir))
+                                   initargs=(os.getpid(), self.max_rss, self.slot_dir,
+                                             self.directory))
 
     def start(self) -> None:
         """Spawn the workers now rather than on the first task (~0.2 s each)."""
@@ -180,7 +182,8 @@ def _distributed() -> Any:
     return distributed
 
 
-def run_on_dask(topic: str, key: str, items: list[tuple]) -> list[tuple]:
+def run_on_dask(topic: str, key: str, items: list[tuple],
+                directory: str | None = None) -> list[tuple]:
     """The unit a cluster submits to dask: ``worker.run_chunk``, telling the cluster
     when each task starts (an event on ``topic``, through the scheduler) so that it can
     count running tasks and time them. Runs in a thread of a dask worker: no slot."""
@@ -190,6 +193,7 @@ def run_on_dask(topic: str, key: str, items: list[tuple]) -> list[tuple]:
     except ValueError:  # not on a worker (a test calling it directly)
         here = None
     pid = os.getpid()
+    worker.use_store(directory)
     outcomes = []
     for item in items:
         if here is not None:
@@ -446,7 +450,8 @@ class DaskExecutor(Executor):
                 self._chunks[chunk.key] = chunk
             try:
                 chunk.dask = self.client.submit(run_on_dask, self._topic, chunk.key,
-                                                chunk.items, key=chunk.key, pure=False)
+                                                chunk.items, self.directory, key=chunk.key,
+                                                pure=False)
             except Exception as exc:
                 with self._lock:
                     self._chunks.pop(chunk.key, None)

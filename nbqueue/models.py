@@ -29,7 +29,7 @@ def make_record(header: dict[str, Any], outcome: tuple, attempt: int) -> Record:
         "hook": header["hook_name"], "args": header["args"], "group": header["group"],
         "result": blob, "success": success, "started": header["enqueued"],
         "stopped": stopped, "attempt_count": attempt, "cached": header["cached"],
-        "save": header["save"],
+        "save": header["save"], "iter": header.get("iter"),
     }
 
 

@@ -114,6 +114,11 @@ def load_key(directory: str) -> bytes:
     return key
 
 
+def forget_key(directory: str) -> None:
+    """Read the key of ``directory`` again next time (the store was deleted or replaced)."""
+    _keys.pop(directory, None)
+
+
 def sign(key: bytes, payload: bytes) -> bytes:
     """Wrap ``payload`` into a signed package."""
     return MAGIC + hmac.digest(key, payload, "sha256") + payload

@@ -23,7 +23,6 @@ import os
 import pickle
 import threading
 import time
-import uuid
 import warnings
 from collections import defaultdict
 from typing import Any, Callable, Iterable
@@ -31,7 +30,7 @@ from typing import Any, Callable, Iterable
 import cloudpickle
 
 from .broker import UPSERT_OK, open_cache, read_many, upsert, writing
-from .errors import WaitWarning
+from .errors import ConfigurationError, WaitWarning
 
 PAGE = 256
 HINT_AFTER = 5.0  # seconds a wait goes on before it says why it may never end
@@ -42,6 +41,7 @@ _COUNT = {True: "ok:", False: "failed:"}
 _TOTAL = {True: "total:ok", False: "total:failed"}
 _PAGES = "gp:"
 _ITER = "iter:"
+_ITER_OK = "total:iter"  # successes of async_iter tasks, which save_limit does not prune
 Record = dict[str, Any]
 
 
@@ -49,12 +49,12 @@ def _page(group: str, i: int) -> str:
     return f"g:{i}:{group}"
 
 
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except (ValueError, AttributeError, TypeError):
-        return False
-    return True
+def _check_name(what: str, value: Any) -> None:
+    """A task id or group name must be a non-empty string, whatever else it may be."""
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(
+            f"{what} must be a non-empty string (a task's uuid or name for a task id, the "
+            f"label given as group= for a group), got {value!r}")
 
 
 def decode(blob: Any) -> Any:
@@ -91,7 +91,7 @@ class Part:
         cache = self._cache
         joined: dict[str, list[str]] = defaultdict(list)
         expires: dict[str, float | None] = {}
-        deltas: dict[tuple[str | None, bool], int] = defaultdict(int)
+        deltas: dict[tuple[str | None, bool, bool], int] = defaultdict(int)
         new_rows: list[tuple[str, Any]] = []
         with cache.transact(retry=True):
             for record in records:
@@ -109,22 +109,22 @@ class Part:
                     cache.set(task_id, record, expire=expire)
                     cache.set(_NAME + record["name"], task_id, expire=expire)
                 if old is not None:
-                    deltas[old["group"], old["success"]] -= 1
+                    deltas[old["group"], old["success"], bool(old.get("iter"))] -= 1
                 if group is not None:
                     if old is None or old["group"] != group:
                         joined[group].append(task_id)
                     expires[group] = expire
-                deltas[group, success] += 1
+                deltas[group, success, bool(record.get("iter"))] += 1
                 if success and save_limit > 0 and not self.expiring and (
-                        old is None or not old["success"]):
-                    cache.push(task_id, prefix="s")
+                        old is None or not old["success"]) and not record.get("iter"):
+                    cache.push(task_id, prefix="s")  # an async_iter's results stay whole
             if new_rows:
                 upsert(cache, new_rows)
             # one counter update per (group, outcome), not per record: each incr costs
             # as much as a record write, so this halves the cost of a large batch
-            for (group, success), delta in deltas.items():
+            for (group, success, of_iter), delta in deltas.items():
                 if delta:
-                    self._count(group, success, delta)
+                    self._count(group, success, delta, of_iter)
             for group, ids in joined.items():
                 self._append(group, ids, expires[group])
             if save_limit > 0 and not self.expiring:
@@ -136,10 +136,13 @@ class Part:
             return None
         return float(cached)
 
-    def _count(self, group: str | None, success: bool, delta: int) -> None:
+    def _count(self, group: str | None, success: bool, delta: int,
+               of_iter: bool = False) -> None:
         if self.expiring:
             return
         self._cache.incr(_TOTAL[success], delta)
+        if of_iter and success:  # kept whole, whatever save_limit: not counted by _prune
+            self._cache.incr(_ITER_OK, delta)
         if group is not None:
             self._cache.incr(_COUNT[success] + group, delta)
 
@@ -160,7 +163,7 @@ class Part:
 
     def _prune(self, save_limit: int) -> None:
         cache = self._cache
-        while cache.get(_TOTAL[True], 0) > save_limit:
+        while cache.get(_TOTAL[True], 0) - cache.get(_ITER_OK, 0) > save_limit:
             key, task_id = cache.pull(prefix="s")
             if key is None:
                 break
@@ -173,17 +176,19 @@ class Part:
         cache.delete(record["id"])
         if cache.get(_NAME + record["name"]) == record["id"]:
             cache.delete(_NAME + record["name"])
-        self._count(record["group"], record["success"], -1)
+        self._count(record["group"], record["success"], -1, bool(record.get("iter")))
 
     def get(self, task_id: str) -> Record | None:
-        """The record of a task by uuid or name, or None."""
+        """The record of a task by uuid or name, or None.
+
+        Raises ConfigurationError if ``task_id`` is not a non-empty string."""
+        _check_name("task id", task_id)
         cache = self._cache
         record = cache.get(task_id)
-        if record is None and not _is_uuid(task_id):
-            real_id = cache.get(_NAME + task_id)
-            if real_id is not None:
-                record = cache.get(real_id)
-        return record
+        if not isinstance(record, dict):  # not found, or one of the store's own keys
+            real_id = cache.get(_NAME + task_id)  # a name, also one that looks like a uuid
+            record = cache.get(real_id) if isinstance(real_id, str) else None
+        return record if isinstance(record, dict) else None
 
     def records(self, task_ids: list[str]) -> list[Record | None]:
         """The records of many tasks by uuid (None for those not stored)."""
@@ -201,6 +206,7 @@ class Part:
         return self._cache.get(_ITER + iter_id)
 
     def group_ids(self, group: str) -> list[str]:
+        _check_name("group", group)
         cache = self._cache
         ids: list[str] = []
         for i in range(cache.get(_PAGES + group, 0)):
@@ -223,6 +229,7 @@ class Part:
 
     def count(self, group: str, failures: bool = False) -> int:
         """Successes in the group, or failures when ``failures`` is True."""
+        _check_name("group", group)
         if self.expiring:
             return sum(1 for r in self.group_records(group) if r["success"] != failures)
         return self._cache.get(_COUNT[not failures] + group, 0)
@@ -250,6 +257,7 @@ class Part:
 
     def delete_group(self, group: str, tasks: bool = False) -> int:
         """Forget a group: drop its label from its tasks, or delete them with ``tasks=True``."""
+        _check_name("group", group)
         cache = self._cache
         touched = 0
         with cache.transact(retry=True):
@@ -261,8 +269,9 @@ class Part:
                 if tasks:
                     self._delete(record)
                 else:
-                    self._count(group, record["success"], -1)
-                    self._count(None, record["success"], 1)  # totals unchanged overall
+                    of_iter = bool(record.get("iter"))
+                    self._count(group, record["success"], -1, of_iter)
+                    self._count(None, record["success"], 1, of_iter)  # totals unchanged
                     record["group"] = None
                     cache.set(task_id, record, expire=self._expire(record))
             for i in range(cache.get(_PAGES + group, 0)):

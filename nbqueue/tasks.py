@@ -23,7 +23,7 @@ from .errors import ConfigurationError, NoClusterWarning, PackingError
 from .models import Task, _group_results, group_count, make_record
 from .names import new_task_id
 from .store import decode
-from .worker import execute, resolve
+from .worker import execute, resolve, serving
 
 OPTIONS = ("hook", "group", "save", "timeout", "ack_failure", "sync", "cached", "broker",
            "task_name", "max_attempts", "q_options")
@@ -352,6 +352,11 @@ def _task_wait_hint(broker: Broker, task_id: str, cached: bool) -> str | None:
     if sent is not None and (sent == "cached") != cached:
         return (f"task {task_id!r} was sent with cached={sent == 'cached'}; read it with "
                 f"cached={sent == 'cached'}")
+    if serving() == broker.directory:
+        return (f"this wait for task {task_id!r} runs inside a task of the cluster that "
+                "would run it: while every worker waits like this, none is free to run it "
+                "(a deadlock). Don't wait for a task's children inside the task: give them a "
+                "hook or a group, and wait for them in the notebook")
     unserved = _unserved(broker)
     if unserved:
         return f"task {task_id!r} is not finished and {unserved}"

@@ -22,6 +22,7 @@ import os
 import pickle
 import signal
 import struct
+import sys
 import threading
 import time
 import traceback
@@ -220,7 +221,29 @@ def rss_kilobytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def prepare(host_pid: int, max_rss: int | None, slot_dir: str | None = None) -> None:
+_serving: list[str] = []  # the store directory whose tasks this process runs, if any
+
+
+def use_store(directory: str | None) -> None:
+    """Make ``directory`` the default store of the tasks run here, so that a task that
+    calls ``async_task`` sends its children where it came from (and not to a
+    ``.nbqueue`` in the worker's working directory, which no cluster serves)."""
+    if not directory or _serving == [directory]:
+        return
+    _serving[:] = [directory]
+    os.environ["NBQUEUE_DIRECTORY"] = directory
+    conf = sys.modules.get("nbqueue.conf")
+    if conf is not None:  # already read: read the environment again
+        conf.reload()
+
+
+def serving() -> str | None:
+    """The store directory whose tasks this process runs (a worker), or None."""
+    return _serving[0] if _serving else None
+
+
+def prepare(host_pid: int, max_rss: int | None, slot_dir: str | None = None,
+            directory: str | None = None) -> None:
     """Worker initializer: ignore Ctrl-C, exit with the cluster's host, recycle past
     ``max_rss`` kB, and take a slot at once (the cluster finds every worker by its slot).
 
@@ -229,6 +252,7 @@ def prepare(host_pid: int, max_rss: int | None, slot_dir: str | None = None) -> 
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a pending one is discarded
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    use_store(directory)
     _slot(slot_dir)
     threading.Thread(target=_exit_with_host, args=(host_pid,), name="nbqueue-host-watch",
                      daemon=True).start()

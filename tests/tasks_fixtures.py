@@ -61,6 +61,27 @@ def raises(name):
     raise getattr(builtins, name)("raised on purpose")
 
 
+def spawn_children(count, group):
+    """A task that enqueues tasks: they go to the store this task came from."""
+    import nbqueue
+    return [nbqueue.async_task(add, i, 100, group=group) for i in range(count)]
+
+
+def wait_for_child(seconds, hint_after=0.5):
+    """A task that waits for its own child (a deadlock on a single worker): returns what
+    the wait gave and the warnings it raised."""
+    import warnings
+
+    import nbqueue
+    from nbqueue import store
+    store.HINT_AFTER = hint_after
+    child = nbqueue.async_task(add, 1, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = nbqueue.result(child, wait=int(seconds * 1000))
+    return value, [str(w.message) for w in caught]
+
+
 def log_run(path, seconds=0.0, value=None):
     """Append 'start' and 'stop' lines with this pid, to count real runs of a task."""
     with open(path, "a") as out:

@@ -408,3 +408,35 @@ def test_a_wait_that_will_end_does_not_warn(cluster, quick_hints):
         warnings.simplefilter("always")
         assert result(async_task(fx.nap, 1.0, 7), wait=WAIT) == 7
     assert not [w for w in caught if issubclass(w.category, WaitWarning)]
+
+
+@pytest.mark.parametrize("executor", ["loky", "dask"])
+def test_tasks_enqueued_by_a_task_go_to_its_store(store_dir, tmp_path, monkeypatch, executor):
+    """With configure(directory=D), a task's children go to D, not to .nbqueue in the
+    worker's working directory (where no cluster would ever run them)."""
+    monkeypatch.chdir(tmp_path)
+    options = {"dashboard_address": None} if executor == "dask" else {}
+    with Cluster(workers=2, executor=executor, **options):
+        children = result(async_task(fx.spawn_children, 5, "children"), wait=WAIT)
+        assert len(children) == 5
+        assert sorted(result_group("children", count=5, wait=WAIT)) == list(range(100, 105))
+    assert not (tmp_path / ".nbqueue").exists()
+
+
+def test_a_task_waiting_for_its_own_child_on_one_worker_says_why(store_dir):
+    with Cluster(workers=1):
+        value, said = result(async_task(fx.wait_for_child, 2), wait=WAIT)
+        assert value is None  # the child waited for the one worker, busy waiting for it
+        assert len(said) == 1 and "a deadlock" in said[0], said
+        assert count_group("x") == 0
+
+
+def test_async_iter_results_are_not_pruned_by_save_limit(store_dir):
+    """result(iter_id) needs every item: save_limit prunes single tasks only."""
+    with Cluster(workers=2, save_limit=5):
+        iter_id = async_iter(fx.add, [(i, 1) for i in range(30)])
+        assert result(iter_id, wait=WAIT) == list(range(1, 31))
+        singles = [async_task(fx.add, i) for i in range(20)]
+        assert result(singles[-1], wait=WAIT) == 19
+        wait_for(lambda: sum(fetch(i) is not None for i in singles) <= 5, 20, "pruning")
+        assert result(iter_id) == list(range(1, 31))

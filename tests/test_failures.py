@@ -476,3 +476,52 @@ def test_a_script_that_ends_without_stop_hands_its_tasks_back_at_once(store_dir,
     with Cluster(workers=2):
         tasks = fetch_group("ending", count=6, wait=WAIT)
     assert len(tasks) == 6 and all(t.success and t.attempt_count == 1 for t in tasks)
+
+
+# -- integrity ---------------------------------------------------------------------------
+
+def test_a_stalled_host_stores_nothing_for_leases_it_lost(store_dir, tmp_path):
+    """SIGSTOP a cluster host past `retry`: another cluster runs its tasks; when the
+    host wakes, its outcomes for leases it lost are fenced off: counts = distinct tasks."""
+    log = str(tmp_path / "log")
+    host = subprocess.Popen([sys.executable, "-m", "nbqueue", "cluster", "--directory",
+                             store_dir, "--workers", "2", "--retry", "2", "-v"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        ids = [async_task(fx.logged, log, i, 0.5, group="stall") for i in range(16)]
+        assert _wait_for(lambda: os.path.exists(log), 60)
+        os.kill(host.pid, signal.SIGSTOP)
+        stopped_at = time.time()
+        with Cluster(workers=2, retry=2):
+            tasks = fetch_group("stall", count=16, wait=WAIT)
+            assert len(tasks) == 16
+            os.kill(host.pid, signal.SIGCONT)
+            time.sleep(4)  # the woken host finishes what it had, and must store none of it
+        assert count_group("stall") == 16 and count_group("stall", failures=True) == 0
+        tasks = fetch_group("stall")
+        assert len(tasks) == 16 and sorted(result(i) for i in ids) == list(range(16))
+        assert nbqueue.get_broker().store.saved.totals() == (16, 0)
+    finally:
+        os.kill(host.pid, signal.SIGCONT)
+        host.send_signal(signal.SIGINT)
+        try:
+            _, err = host.communicate(timeout=30)
+        finally:
+            _kill_tree(host.pid)
+    assert time.time() - stopped_at > 2
+    assert "lost the leases" in err or "dropped" in err, err[-2000:]
+
+
+def test_the_store_deleted_under_a_running_cluster_stops_it(store_dir):
+    import shutil
+    running = Cluster(workers=1).start()
+    try:
+        assert result(async_task(fx.add, 1), wait=WAIT) == 1
+        shutil.rmtree(store_dir)
+        assert _wait_for(lambda: running.stopped, 10)
+        assert "was deleted or replaced" in running.error
+    finally:
+        running.stop(wait=1)
+    with Cluster(workers=1):  # a new cluster serves the new store there
+        assert result(async_task(fx.add, 2), wait=WAIT) == 2
+    assert os.path.isfile(os.path.join(store_dir, "key"))

@@ -981,3 +981,26 @@ def test_async_task_fetch_group(cluster):
     assert {t.id for t in tasks} == {first, second, bad}
     assert all(isinstance(t, Task) for t in tasks)
     assert {t.id for t in a.fetch_group(failures=False)} == {first, second}
+
+
+@pytest.mark.parametrize("bad", [None, 123, "", b"id", ["a"]])
+def test_bad_ids_and_group_names_are_clear_errors(store_dir, bad):
+    for call in (lambda: result(bad), lambda: fetch(bad), lambda: nbqueue.delete_cached(bad),
+                 lambda: count_group(bad), lambda: result_group(bad),
+                 lambda: fetch_group(bad), lambda: nbqueue.delete_group(bad)):
+        with pytest.raises(nbqueue.ConfigurationError, match="must be a non-empty string"):
+            call()
+
+
+def test_the_store_s_own_keys_are_not_tasks(cluster):
+    """'total:ok' is a counter, not a task: no record comes back for it."""
+    assert result(async_task(ADD, 1, 1), wait=WAIT) == 2
+    assert result("total:ok") is None and fetch("total:ok") is None
+    assert result("ok:x") is None and fetch("gp:x") is None
+
+
+def test_a_task_name_that_looks_like_a_uuid_is_found_by_name(cluster):
+    name = "12345678-1234-5678-1234-567812345678"
+    task_id = async_task(ADD, 2, 2, task_name=name)
+    assert result(task_id, wait=WAIT) == 4
+    assert result(name) == 4 and fetch(name).id == task_id
