@@ -23,6 +23,7 @@ import atexit
 import contextlib
 import errno
 import itertools
+import logging
 import multiprocessing.util
 import os
 import pickle
@@ -35,8 +36,10 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import diskcache
 
 from . import conf
-from .errors import StoreError
-from .signing import forget_key, load_key, private_directory
+from .errors import SignatureError, StoreError
+from .signing import forget_key, load_key, private_directory, sign, verify
+
+log = logging.getLogger("nbqueue")
 
 _INDEX = "leases"
 _PENDING = "pending"
@@ -73,6 +76,82 @@ def store_advice(exc: BaseException, path: str) -> str:
     return f"Check that {store} is on a working disk that this process may write to"
 
 
+class SignedDisk(diskcache.Disk):
+    """diskcache's serialization, signed with the store's key: every value is pickled and
+    signed (``signing.sign``) as it is written, and read back only once its signature
+    checks out, so that nothing read from the store is unpickled unless this store's
+    owner wrote it. A row written without the key (by a plain ``diskcache.Cache``, or by
+    someone else) raises SignatureError instead. Integers stay plain: they are diskcache's
+    counters (``incr`` adds to them in SQL), and unpickle nothing.
+
+    Values over diskcache's 32 KiB go to files, written whole or not at all, so a writer
+    killed halfway leaves no partial value behind.
+    """
+
+    def __init__(self, directory: str, **options: Any) -> None:
+        super().__init__(directory, **options)
+        self._key = load_key(os.path.dirname(directory))
+        self._clean_drafts()
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
+        if type(value) is int:
+            return super().store(value, read, key)
+        payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return super().store(sign(self._key, payload), False, key)
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if mode == diskcache.core.MODE_RAW and type(value) is int:
+            return value
+        if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
+            raise SignatureError(f"a value in the store at {self._directory} was not written "
+                                 "by nbqueue with this store's key; it is left unread")
+        data = super().fetch(mode, filename, value, False)
+        try:
+            return pickle.loads(verify(self._key, data))
+        except SignatureError as exc:
+            raise SignatureError(f"a value in the store at {self._directory} failed its "
+                                 f"signature check ({exc}); it is left unread") from None
+
+    def _write(self, full_path: str, iterator: Any, mode: str,
+               encoding: str | None = None) -> int:
+        """Write a value file whole or not at all: as a draft, renamed into place once
+        written. Drafts of writers that died are removed when the store is next opened."""
+        draft = os.path.join(self._directory, _DRAFTS, f"{os.getpid()}-{os.urandom(8).hex()}")
+        try:
+            size = super()._write(draft, iterator, mode, encoding)
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            os.rename(draft, full_path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(draft)
+            raise
+        return size
+
+    def _clean_drafts(self) -> None:
+        try:
+            entries = list(os.scandir(os.path.join(self._directory, _DRAFTS)))
+        except OSError:
+            return
+        for entry in entries:
+            pid = entry.name.split("-", 1)[0]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+_DRAFTS = "drafts"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
     """A diskcache Cache that never evicts (queued work and results must not vanish).
 
@@ -85,7 +164,7 @@ def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
     try:
         return diskcache.Cache(path, eviction_policy="none", timeout=LOCK_TIMEOUT,
                                cull_limit=10 if expiring else 0, sqlite_cache_size=256,
-                               sqlite_mmap_size=0)
+                               sqlite_mmap_size=0, disk=SignedDisk)
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open the store at {path}: {exc}. "
                          f"{store_advice(exc, path)}") from exc
@@ -129,8 +208,7 @@ def read_many(cache: Any, keys: list[str]) -> dict[str, Any]:
         part = keys[i:i + 500]
         rows = con.execute(_SELECT_SQL.format(",".join("?" * len(part))), (*part, now))
         for key, mode, filename, value in rows:
-            found[key] = (pickle.loads(value) if mode == diskcache.core.MODE_PICKLE
-                          and value is not None else fetch(mode, filename, value, False))
+            found[key] = fetch(mode, filename, value, False)
     return found
 
 
@@ -163,11 +241,27 @@ def _rows(tokens: Iterable[str]) -> tuple[dict[str, list[int]], list[str]]:
 
 
 class Lease(NamedTuple):
-    """One delivery of a package: ``attempt`` counts deliveries, 1 for the first."""
+    """One delivery of a package: ``attempt`` counts deliveries, 1 for the first.
+
+    ``refused`` says why a queue row failed its signature check: it was taken out of the
+    queue (or it would block it), nothing of it was unpickled, and the cluster records
+    it as a Failure."""
 
     token: str
     attempt: int
     package: bytes
+    refused: str | None = None
+
+
+def _checked_get(cache: Any, key: str, default: Any, what: str) -> Any:
+    """``cache.get``, a value that fails its signature check read as ``default`` (and
+    written over at the next write): one bad row must not stop the queue."""
+    try:
+        return cache.get(key, default, retry=True)
+    except SignatureError as exc:
+        log.error("nbqueue: %s in %s is unreadable and was dropped: %s", what,
+                  cache.directory, exc)
+        return default
 
 
 class Broker:
@@ -366,12 +460,13 @@ class Broker:
         leases: list[Lease] = []
         with self._acks_lock:
             acks, self._acks = self._acks, []
-        index = queue.get(_INDEX, {})
+        index = _checked_get(queue, _INDEX, {}, "the lease index")
         if acks:
             self._finish(_rows(acks)[0], None, index)
-        key, item = queue.pull()
+        refused: list[str] = []
+        key, item = self._pull(refused)
         taken: list[tuple[int, bytes]] = []
-        if key is not None:
+        if key is not None or refused:
             pending = queue.get(_PENDING, 0)
             while key is not None:
                 if isinstance(item, list):  # a bundle of first deliveries
@@ -384,8 +479,8 @@ class Broker:
                     taken.append(item)
                 if len(taken) >= count:
                     break
-                key, item = queue.pull()
-            queue.set(_PENDING, max(0, pending - len(taken)))
+                key, item = self._pull(refused)
+            queue.set(_PENDING, max(0, pending - len(taken) - len(refused)))
         deadline = time.time() + duration
         if fresh:
             room = max(0, count - len(taken))
@@ -404,6 +499,8 @@ class Broker:
             leases.append(Lease(f"{rows[-1][0]}.{len(row) - 1}", attempt + 1, package))
         for batch, row in rows:
             index[batch] = (deadline, owner, tuple(row))
+        leases.extend(Lease(f"refused-{number}", 1, b"", why)  # a token of no lease row
+                      for number, why in enumerate(refused))
         if rows or acks:
             written = [(_LEASE + batch, row) for batch, row in rows] + [(_INDEX, index)]
             if UPSERT_OK:
@@ -412,6 +509,15 @@ class Broker:
                 for key, value in written:
                     queue.set(key, value)
         return leases
+
+    def _pull(self, refused: list[str]) -> tuple[Any, Any]:
+        """``queue.pull()``; a row that fails its signature check is taken out of the queue
+        all the same (in this transaction), and why is added to ``refused``."""
+        while True:
+            try:
+                return self._queue.pull()
+            except SignatureError as exc:
+                refused.append(f"a queue row {exc}")
 
     def ack(self, tokens: Iterable[str]) -> None:
         """End leases whose outcome is stored: the packages are gone for good."""
@@ -442,7 +548,7 @@ class Broker:
         if not by_row:
             return
         with self._transaction(retry=True):
-            index = self._queue.get(_INDEX, {})
+            index = _checked_get(self._queue, _INDEX, {}, "the lease index")
             self._finish(by_row, requeue, index)
             self._queue.set(_INDEX, index)
 
@@ -456,7 +562,7 @@ class Broker:
             held = index.get(batch)
             if held is None:
                 continue  # expired and reaped meanwhile: the new delivery owns it now
-            row = queue.get(_LEASE + batch, {})
+            row = _checked_get(queue, _LEASE + batch, {}, "a lease row")
             for number in numbers:
                 item = row.pop(number, None)
                 if requeue is not None and item is not None:
@@ -481,7 +587,7 @@ class Broker:
             return lost
         queue = self._queue
         with self._transaction(retry=True):
-            index = queue.get(_INDEX, {})
+            index = _checked_get(queue, _INDEX, {}, "the lease index")
             deadline = time.time() + duration
             for batch, numbers in by_row.items():
                 held = index.get(batch)
@@ -499,7 +605,7 @@ class Broker:
         by_row, _ = _rows(tokens)
         if not by_row:
             return set()
-        index = self._queue.get(_INDEX, {}, retry=True)
+        index = _checked_get(self._queue, _INDEX, {}, "the lease index")
         now = time.time()
         found = set()
         for batch, numbers in by_row.items():
@@ -512,16 +618,17 @@ class Broker:
         """Put every expired lease back in the queue (its attempt counted); return how many."""
         now = time.time() if now is None else now
         queue = self._queue
-        index = queue.get(_INDEX, {})
+        index = _checked_get(queue, _INDEX, {}, "the lease index")
         if not any(held[0] < now for held in index.values()):
             return 0
         reaped = []
         with self._transaction(retry=True):
-            index = queue.get(_INDEX, {})
+            index = _checked_get(queue, _INDEX, {}, "the lease index")
             for batch, held in list(index.items()):
                 if held[0] < now:
                     del index[batch]
-                    row = queue.pop(_LEASE + batch, None) or {}
+                    row = _checked_get(queue, _LEASE + batch, {}, "a lease row")
+                    queue.delete(_LEASE + batch)
                     reaped.extend(row[number] for number in sorted(row))
             for item in reversed(reaped):
                 queue.push(item, side="front")
@@ -535,7 +642,8 @@ class Broker:
 
     def leased(self) -> int:
         """How many packages are leased (running or waiting for a retry)."""
-        return sum(len(held[2]) for held in self._queue.get(_INDEX, {}).values())
+        index = _checked_get(self._queue, _INDEX, {}, "the lease index")
+        return sum(len(held[2]) for held in index.values())
 
     def size(self) -> int:
         """Pending packages, not counting the leased ones."""
@@ -572,20 +680,22 @@ class Broker:
 
     def stopped_clusters(self) -> list[dict[str, Any]]:
         """The clusters that stopped on their own in the last day, newest first."""
-        found = [self._state.get(key) for key in list(self._state.iterkeys())
-                 if isinstance(key, str) and key.startswith(_STOPPED)]
+        found = self._state_rows(_STOPPED)
         return sorted((info for info in found if info is not None),
                       key=lambda info: -info.get("stopped", 0))
 
     def clusters(self) -> list[dict[str, Any]]:
         """The live clusters on this directory, each as the info it last reported."""
-        alive = []
+        return [info for info in self._state_rows(_CLUSTER) if info is not None]
+
+    def _state_rows(self, prefix: str) -> list[Any]:
+        """The values of the state rows whose key starts with ``prefix``; a row that
+        fails its signature check is left out (and logged): never unpickled."""
+        found = []
         for key in list(self._state.iterkeys()):
-            if isinstance(key, str) and key.startswith(_CLUSTER):
-                info = self._state.get(key)
-                if info is not None:
-                    alive.append(info)
-        return alive
+            if isinstance(key, str) and key.startswith(prefix):
+                found.append(_checked_get(self._state, key, None, "a cluster heartbeat"))
+        return found
 
     def close(self) -> None:
         self.flush()

@@ -359,6 +359,9 @@ class Cluster:
     def _dispatch(self, leases: list[Lease], size: int) -> None:
         jobs = []
         for lease in leases:
+            if lease.refused is not None:
+                self._reject(lease, SignatureError(lease.refused))
+                continue
             try:
                 header = signing.unpack(self.broker.key, lease.package)
             except SignatureError as exc:

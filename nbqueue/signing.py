@@ -1,13 +1,15 @@
-"""The private store directory, its key, and signed task packages.
+"""The private store directory, its key, and signed packages.
 
-A package is ``MAGIC + HMAC-SHA256(key, payload) + payload``. The key is created
-once, 32 random bytes, in a 0600 file inside the 0700 store directory, so only the
-user who owns the store can put work in it that a cluster will run. A package whose
-signature does not check out is never unpickled.
+A package is ``MAGIC + MAC + payload``, the MAC a keyed BLAKE2b of the payload (as
+sound as HMAC-SHA256, and ~3x faster: it is taken of every value the store holds).
+The key is created once, 32 random bytes, in a 0600 file inside the 0700 store
+directory, both owned by the user, so only they can put work in it that a cluster will
+run. A package whose signature does not check out is never unpickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import pickle
@@ -17,7 +19,7 @@ from typing import Any
 
 from .errors import InsecureStoreError, SignatureError, StoreError
 
-MAGIC = b"NBQ1"
+MAGIC = b"NBQ2"
 _MAC_SIZE = 32
 _HEADER = len(MAGIC) + _MAC_SIZE
 KEY_FILE = "key"
@@ -119,22 +121,26 @@ def forget_key(directory: str) -> None:
     _keys.pop(directory, None)
 
 
+def _mac(key: bytes, payload: Any) -> bytes:
+    return hashlib.blake2b(payload, key=key, digest_size=_MAC_SIZE).digest()
+
+
 def sign(key: bytes, payload: bytes) -> bytes:
     """Wrap ``payload`` into a signed package."""
-    return MAGIC + hmac.digest(key, payload, "sha256") + payload
+    return MAGIC + _mac(key, payload) + payload
 
 
-def verify(key: bytes, package: Any) -> bytes:
-    """Return the payload of a signed package; raise SignatureError saying why not."""
+def verify(key: bytes, package: Any) -> memoryview:
+    """The payload of a signed package, as a view (no copy of a large one); raise
+    SignatureError saying why not."""
     if not isinstance(package, (bytes, bytearray)):
         raise SignatureError(f"package is a {type(package).__name__}, not bytes")
     if len(package) < _HEADER:
         raise SignatureError(f"package is truncated ({len(package)} bytes)")
     if package[:len(MAGIC)] != MAGIC:
         raise SignatureError("package has no nbqueue header (random or foreign bytes)")
-    payload = bytes(package[_HEADER:])
-    expected = hmac.digest(key, payload, "sha256")
-    if not hmac.compare_digest(expected, bytes(package[len(MAGIC):_HEADER])):
+    payload = memoryview(package)[_HEADER:]
+    if not hmac.compare_digest(_mac(key, payload), package[len(MAGIC):_HEADER]):
         raise SignatureError("package signature does not match this store's key "
                              "(tampered, truncated, or signed with another key)")
     return payload

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 
 import cloudpickle
 
-from .broker import UPSERT_OK, open_cache, read_many, upsert, writing
+from .broker import UPSERT_OK, _checked_get, open_cache, read_many, upsert, writing
 from .errors import ConfigurationError, WaitWarning
 
 PAGE = 256
@@ -102,7 +102,8 @@ class Part:
                     if new_rows:  # the earlier outcome may be among them
                         upsert(cache, new_rows)
                         new_rows = []
-                    old = cache.get(task_id)
+                    old = _checked_get(cache, task_id, None, "an earlier outcome")
+                    old = old if isinstance(old, dict) else None
                 if old is None and expire is None and UPSERT_OK:
                     new_rows += ((task_id, record), (_NAME + record["name"], task_id))
                 else:
@@ -149,7 +150,8 @@ class Part:
     def _append(self, group: str, ids: list[str], expire: float | None) -> None:
         cache = self._cache
         pages = cache.get(_PAGES + group, 0)
-        page = cache.get(_page(group, pages - 1), None) if pages else None
+        page = (_checked_get(cache, _page(group, pages - 1), None, "a group page")
+                if pages else None)
         if page is None or len(page) >= PAGE:
             page, pages = [], pages + 1
         while ids:
@@ -167,14 +169,14 @@ class Part:
             key, task_id = cache.pull(prefix="s")
             if key is None:
                 break
-            record = cache.get(task_id)
-            if record is not None and record["success"]:
+            record = _checked_get(cache, task_id, None, "an outcome to prune")
+            if isinstance(record, dict) and record["success"]:
                 self._delete(record)
 
     def _delete(self, record: Record) -> None:
         cache = self._cache
         cache.delete(record["id"])
-        if cache.get(_NAME + record["name"]) == record["id"]:
+        if _checked_get(cache, _NAME + record["name"], None, "a name") == record["id"]:
             cache.delete(_NAME + record["name"])
         self._count(record["group"], record["success"], -1, bool(record.get("iter")))
 

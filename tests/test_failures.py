@@ -19,7 +19,8 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 import nbqueue
-from nbqueue import Cluster, async_task, count_group, fetch, fetch_group, result, result_group
+from nbqueue import (Cluster, async_iter, async_task, count_group, fetch, fetch_group, result,
+                     result_group)
 from nbqueue.cluster import _alive
 from nbqueue.worker import read_slot
 from tests import tasks_fixtures as fx
@@ -525,3 +526,92 @@ def test_the_store_deleted_under_a_running_cluster_stops_it(store_dir):
     with Cluster(workers=1):  # a new cluster serves the new store there
         assert result(async_task(fx.add, 2), wait=WAIT) == 2
     assert os.path.isfile(os.path.join(store_dir, "key"))
+
+
+class _Evil:
+    """Unpickling it creates a file: proof that a row was unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _foreign(store_dir: str, part: str):
+    """The store's files opened with plain diskcache, as someone without the key would."""
+    import diskcache
+    return diskcache.Cache(os.path.join(store_dir, part))
+
+
+def test_rows_written_without_the_key_are_never_unpickled(cluster, store_dir, tmp_path):
+    """Every value read from the store is checked before it is unpickled: outcomes,
+    cached outcomes, group pages, async_iter manifests, heartbeats and queue rows."""
+    import pickle
+    marker = tmp_path / "ran"
+    evil = _Evil(str(marker))
+    good = async_task(fx.add, 1, 1, group="tampered")
+    assert result(good, wait=WAIT) == 2
+    iter_id = async_iter(fx.add, [1, 2])
+    assert result(iter_id, wait=WAIT) == [1, 2]
+    results, cache, state = (_foreign(store_dir, p) for p in ("results", "cache", "state"))
+    results.set(good, evil)  # a pickled value (diskcache's own format)
+    results.set("g:0:tampered", pickle.dumps(evil))  # raw bytes that are a pickle
+    results.set("iter:" + iter_id, evil)
+    cache.set(good, evil)
+    state.set("cluster:intruder", evil)
+    for call in (lambda: result(good), lambda: fetch(good),
+                 lambda: result(good, cached=True), lambda: result_group("tampered"),
+                 lambda: result(iter_id)):
+        with pytest.raises(nbqueue.SignatureError, match="not written by nbqueue|signature"):
+            call()
+    # a heartbeat row is skipped: enqueueing (which reads them) goes on
+    assert result(async_task(fx.add, 2, 2), wait=WAIT) == 4
+    assert [c["id"] for c in nbqueue.get_broker().clusters()] == [cluster.id]
+    # a queue row: taken out of the queue, recorded as a Failure; the queue goes on
+    queue = _foreign(store_dir, "queue")
+    queue.push([evil])
+    queue.push(pickle.dumps(evil))
+    queue.incr("pending", 2)
+    after = async_task(fx.add, 3, 3)
+    assert result(after, wait=WAIT) == 6
+    assert _wait_for(lambda: cluster.failed >= 2, 10)
+    failures = [t for t in nbqueue.Failure.get_task_group("none")]  # noqa: F841
+    stored = nbqueue.get_broker().store.saved.totals()
+    assert stored[1] >= 2
+    assert not marker.exists()  # nothing was unpickled
+    assert cluster.running
+
+
+def test_a_killed_writer_of_large_values_leaves_no_partial_file(store_dir):
+    """Values over 32 KiB are files, written whole or not at all: SIGKILL a process
+    while it writes 50 MB values, then every file in the store is a whole value that a
+    row refers to."""
+    import sqlite3
+    code = ("import nbqueue, itertools\n"
+            f"part = nbqueue.get_broker({store_dir!r}).store.saved\n"
+            "print('writing', flush=True)\n"
+            "for i in itertools.count():\n"
+            "    part._cache.set(f'big{i % 3}', bytes(50_000_000))\n")
+    writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        time.sleep(1.5)
+    finally:
+        _kill_tree(writer.pid)
+        writer.wait(timeout=10)
+    results = os.path.join(store_dir, "results")
+    with sqlite3.connect(os.path.join(results, "cache.db")) as con:
+        named = {row[0] for row in con.execute(
+            "SELECT filename FROM Cache WHERE filename IS NOT NULL")}
+    drafts = os.listdir(os.path.join(results, "drafts"))
+    assert len(drafts) <= 1  # the one it was writing, if any
+    part = nbqueue.get_broker().store.saved  # opening the store removes a dead writer's
+    assert os.listdir(os.path.join(results, "drafts")) == []
+    on_disk = {os.path.relpath(os.path.join(root, name), results)
+               for root, _, files in os.walk(results) for name in files
+               if not name.startswith("cache.db")}
+    assert named and on_disk == named
+    for key in ("big0", "big1", "big2"):
+        value = part._cache.get(key)
+        assert value is None or value == bytes(50_000_000)
