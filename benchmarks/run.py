@@ -20,6 +20,9 @@ Workloads (sizes at --scale 1):
   results  result_group of a 10,000-task group, count_group, on a 100,000-task store -> ms
   memory   RSS of a fresh "kernel" process with a running cluster, idle and after
            100,000 tasks (benchmarks/memory_child.py)
+  signing  the cost of signing every value of the store: a no-op task's package signed
+           and checked (us), and a 4 MB value written and read through the store,
+           next to plain diskcache on the same disk (MB/s)
 
 Prints a markdown table (figures, ratio to raw loky, target, met / not met) and
 writes JSON (default benchmarks/results/latest.json).
@@ -56,7 +59,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 import workloads  # noqa: E402
 
 WORKERS = 2
-WORKLOADS = ("noop", "cpu", "latency", "enqueue", "results", "memory")
+WORKLOADS = ("noop", "cpu", "latency", "enqueue", "results", "memory", "signing")
 PEERS = ("huey", "dask", "django-q2")
 SYSTEMS = ("loky", "nbqueue", "nbqueue-proc") + PEERS
 SYSTEM_NAMES = {
@@ -74,6 +77,7 @@ WORKLOAD_NAMES = {
     ("enqueue", "django-q2"): "django-q2, no qcluster running",
     ("results", "nbqueue"): "nbqueue, the store the memory run left",
     ("memory", "nbqueue"): "nbqueue, in-process cluster, fresh process",
+    ("signing", "nbqueue"): "nbqueue's store, in this process",
 }
 SIZES = {"noop": 2000, "cpu": 200, "latency": 200, "enqueue": 10_000, "iter": 10_000,
          "group": 10_000, "store": 100_000}
@@ -679,6 +683,49 @@ class Suite:
         self.results.add("results", "nbqueue", f"count_group, store of {groups * size:,}", "ms",
                          counts, "lower", store=groups * size)
 
+    # signing: what checking every value costs, nbqueue alone, in this process
+
+    def signing(self) -> None:
+        if "nbqueue" not in self.systems or not self.wants("signing"):
+            return
+        import diskcache
+
+        from nbqueue import signing
+        from nbqueue.broker import open_cache
+        print("\n== nbqueue: the cost of signing every value of the store", flush=True)
+        directory = os.path.join(self.tmp, "nbq-signing")
+        key = signing.load_key(signing.private_directory(directory))
+        header = {"id": "0" * 36, "name": "four-alpha-india-bacon", "func": "workloads.noop",
+                  "func_ref": "workloads.noop", "func_bytes": None, "args": b"\x80\x05" * 10,
+                  "hook_name": None, "hook_ref": None, "hook_bytes": None, "group": "g",
+                  "save": None, "cached": False, "timeout": None, "ack_failure": None,
+                  "max_attempts": None, "enqueued": time.time(), "iter": None}
+        n = 20_000
+        package_us = []
+        for _ in range(self.repeats):
+            with Timer() as t:
+                for _ in range(n):
+                    signing.unpack(key, signing.pack(key, header))
+            package_us.append(t.seconds / n * 1e6)
+        self.results.add("signing", "nbqueue", "pack + unpack, a no-op task's package", "us",
+                         package_us, "lower", n=n)
+        value = os.urandom(4 * 1024 * 1024)
+        stores = (("4 MB value, write + read, signed store", open_cache(
+                      os.path.join(directory, "signed"))),
+                  ("4 MB value, write + read, plain diskcache", diskcache.Cache(
+                      os.path.join(directory, "plain"), eviction_policy="none")))
+        rounds = 10
+        for figure, cache in stores:
+            speeds = []
+            for _ in range(self.repeats):
+                with Timer() as t:
+                    for i in range(rounds):
+                        cache.set("v", value)
+                        assert len(cache.get("v")) == len(value)
+                speeds.append(2 * rounds * 4 / t.seconds)
+            self.results.add("signing", "nbqueue", figure, "MB/s", speeds, "higher")
+            cache.close()
+
     def run(self) -> None:
         started = time.perf_counter()
         self.started_at = datetime.datetime.now(datetime.timezone.utc)
@@ -688,6 +735,7 @@ class Suite:
             self.run_system(Nbqueue(self.tmp))
             self.run_system(Nbqueue(self.tmp, proc=True))
             self.memory_and_store()
+            self.signing()
             self.run_system(Huey(self.tmp))
             self.run_system(Dask())
             self.run_system(DjangoQ(self.tmp))

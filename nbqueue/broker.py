@@ -37,7 +37,7 @@ import diskcache
 
 from . import conf
 from .errors import SignatureError, StoreError
-from .signing import forget_key, load_key, private_directory, sign, verify
+from .signing import forget_key, load_key, private_directory, seal, verify
 
 log = logging.getLogger("nbqueue")
 
@@ -96,8 +96,13 @@ class SignedDisk(diskcache.Disk):
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
         if type(value) is int:
             return super().store(value, read, key)
-        payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        return super().store(sign(self._key, payload), False, key)
+        header, payload = seal(self._key, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        size = len(header) + len(payload)
+        if size < self.min_file_size:
+            return super().store(header + payload, False, key)
+        filename, full_path = self.filename(key, value)  # a large value: no joined copy
+        self._write(full_path, iter((header, payload)), "xb")
+        return size, diskcache.core.MODE_BINARY, filename, None
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
         if mode == diskcache.core.MODE_RAW and type(value) is int:

@@ -1,7 +1,8 @@
 """The private store directory, its key, and signed packages.
 
-A package is ``MAGIC + MAC + payload``, the MAC a keyed BLAKE2b of the payload (as
-sound as HMAC-SHA256, and ~3x faster: it is taken of every value the store holds).
+A package is ``MAGIC + MAC + payload``: the MAC a keyed BLAKE2b of a small payload, an
+HMAC-SHA256 of a large one (each the faster of the two at that size; both are sound),
+taken of every value the store holds.
 The key is created once, 32 random bytes, in a 0600 file inside the 0700 store
 directory, both owned by the user, so only they can put work in it that a cluster will
 run. A package whose signature does not check out is never unpickled.
@@ -19,7 +20,9 @@ from typing import Any
 
 from .errors import InsecureStoreError, SignatureError, StoreError
 
-MAGIC = b"NBQ2"
+MAGIC = b"NBQ2"  # keyed BLAKE2b
+MAGIC_LARGE = b"NBQ3"  # HMAC-SHA256, for payloads of LARGE bytes or more
+LARGE = 64 * 1024
 _MAC_SIZE = 32
 _HEADER = len(MAGIC) + _MAC_SIZE
 KEY_FILE = "key"
@@ -121,13 +124,24 @@ def forget_key(directory: str) -> None:
     _keys.pop(directory, None)
 
 
-def _mac(key: bytes, payload: Any) -> bytes:
-    return hashlib.blake2b(payload, key=key, digest_size=_MAC_SIZE).digest()
+def _mac(key: bytes, payload: Any, magic: bytes) -> bytes:
+    if magic == MAGIC:
+        return hashlib.blake2b(payload, key=key, digest_size=_MAC_SIZE).digest()
+    return hmac.digest(key, payload, "sha256")
+
+
+def seal(key: bytes, payload: Any) -> tuple[bytes, Any]:
+    """The header (magic and MAC) that signs ``payload``: keyed BLAKE2b for small ones
+    (0.7 us for a task's package, HMAC-SHA256 1.4 us), HMAC-SHA256 from LARGE bytes on
+    (1.8 GB/s where the CPU has SHA instructions, BLAKE2b 1.0 GB/s)."""
+    magic = MAGIC if len(payload) < LARGE else MAGIC_LARGE
+    return magic + _mac(key, payload, magic), payload
 
 
 def sign(key: bytes, payload: bytes) -> bytes:
     """Wrap ``payload`` into a signed package."""
-    return MAGIC + _mac(key, payload) + payload
+    header, _ = seal(key, payload)
+    return header + payload
 
 
 def verify(key: bytes, package: Any) -> memoryview:
@@ -137,10 +151,11 @@ def verify(key: bytes, package: Any) -> memoryview:
         raise SignatureError(f"package is a {type(package).__name__}, not bytes")
     if len(package) < _HEADER:
         raise SignatureError(f"package is truncated ({len(package)} bytes)")
-    if package[:len(MAGIC)] != MAGIC:
+    magic = bytes(package[:len(MAGIC)])
+    if magic not in (MAGIC, MAGIC_LARGE):
         raise SignatureError("package has no nbqueue header (random or foreign bytes)")
     payload = memoryview(package)[_HEADER:]
-    if not hmac.compare_digest(_mac(key, payload), package[len(MAGIC):_HEADER]):
+    if not hmac.compare_digest(_mac(key, payload, magic), package[len(MAGIC):_HEADER]):
         raise SignatureError("package signature does not match this store's key "
                              "(tampered, truncated, or signed with another key)")
     return payload

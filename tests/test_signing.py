@@ -296,3 +296,17 @@ def test_processes_starting_together_share_one_whole_key(tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert len(keys) == 1 and len(keys.pop()) == 64
     assert sorted(os.listdir(directory)) == ["key"]  # no drafts left behind
+
+
+def test_large_payloads_are_signed_and_checked_too():
+    """From signing.LARGE bytes on, HMAC-SHA256 (faster there than BLAKE2b) signs."""
+    payload = os.urandom(signing.LARGE + 10)
+    package = sign(KEY, payload)
+    assert package.startswith(signing.MAGIC_LARGE) and verify(KEY, package) == payload
+    tampered = bytearray(package)
+    tampered[-1] ^= 1
+    with pytest.raises(SignatureError, match="does not match"):
+        verify(KEY, bytes(tampered))
+    relabelled = signing.MAGIC + package[len(signing.MAGIC):]  # the other MAC's header
+    with pytest.raises(SignatureError, match="does not match"):
+        verify(KEY, relabelled)
