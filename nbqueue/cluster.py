@@ -53,7 +53,7 @@ from .executors import BROKEN, EXECUTOR_OPTIONS, Executor, make_executor
 from .models import Task, make_record
 from .names import new_task_id
 from .tasks import find_hook, run_hook
-from .worker import failure_text, read_slot
+from .worker import Spilled, clean_spill, failure_text, read_slot, unspill
 
 log = logging.getLogger("nbqueue")
 
@@ -186,6 +186,7 @@ class Cluster:
         self._executor = make_executor(self.executor_name, self.workers, self._slot_dir,
                                        self.settings.max_rss, **self._executor_options)
         self._identity = self._store_identity()
+        clean_spill(self.directory, lambda host: not _alive(host))  # of clusters gone
         self._executor.at_exit = _stop_all
         self._executor.directory = self.directory
         try:
@@ -272,6 +273,7 @@ class Cluster:
             log.warning("nbqueue cluster: could not record the stop in the store",
                         exc_info=True)
         shutil.rmtree(self._slot_dir, ignore_errors=True)
+        clean_spill(self.directory, lambda host: host == os.getpid())  # its workers are gone
         with _serving_lock:
             if _serving.get(self.directory) is self:
                 del _serving[self.directory]
@@ -497,11 +499,26 @@ class Cluster:
         by_id = {job.header["id"]: job for job in jobs}
         for outcome in outcomes:
             job = by_id.get(outcome[0])
+            if isinstance(outcome[2], Spilled):
+                outcome = self._unspilled(outcome, keep=job is not None and not job.judged)
             if job is None or job.judged:
                 continue
             self._task_seconds = 0.8 * self._task_seconds + 0.2 * (outcome[4] - outcome[3])
             record = make_record(job.header, outcome, job.lease.attempt)
             finished.append((job, record, self._final(job, record["success"])))
+
+    def _unspilled(self, outcome: tuple, keep: bool) -> tuple:
+        """An outcome whose large result a worker wrote to the store's spill directory,
+        with the result read back (and checked, and its file removed)."""
+        task_id, success, spilled, started, stopped = outcome
+        try:
+            if not keep:
+                os.unlink(spilled.path)
+                return outcome
+            return task_id, success, unspill(spilled, self.broker.key), started, stopped
+        except (OSError, SignatureError) as exc:
+            return (task_id, False, f"StoreError: the task's result ({spilled.size:,} bytes) "
+                    f"could not be read back from {spilled.path}: {exc}", started, stopped)
 
     def _final(self, job: _Job, success: bool) -> bool:
         """Whether an outcome is the task's last: a success, a failure acknowledged

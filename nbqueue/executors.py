@@ -183,7 +183,7 @@ def _distributed() -> Any:
 
 
 def run_on_dask(topic: str, key: str, items: list[tuple],
-                directory: str | None = None) -> list[tuple]:
+                directory: str | None = None, host: int | None = None) -> list[tuple]:
     """The unit a cluster submits to dask: ``worker.run_chunk``, telling the cluster
     when each task starts (an event on ``topic``, through the scheduler) so that it can
     count running tasks and time them. Runs in a thread of a dask worker: no slot."""
@@ -193,7 +193,7 @@ def run_on_dask(topic: str, key: str, items: list[tuple],
     except ValueError:  # not on a worker (a test calling it directly)
         here = None
     pid = os.getpid()
-    worker.use_store(directory)
+    worker.use_store(directory, host)
     outcomes = []
     for item in items:
         if here is not None:
@@ -449,9 +449,11 @@ class DaskExecutor(Executor):
                     continue  # cancelled while it waited here
                 self._chunks[chunk.key] = chunk
             try:
+                # workers of our own LocalCluster share this machine's disk: they spill
                 chunk.dask = self.client.submit(run_on_dask, self._topic, chunk.key,
-                                                chunk.items, self.directory, key=chunk.key,
-                                                pure=False)
+                                                chunk.items, self.directory,
+                                                os.getpid() if self._local else None,
+                                                key=chunk.key, pure=False)
             except Exception as exc:
                 with self._lock:
                     self._chunks.pop(chunk.key, None)

@@ -26,13 +26,15 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import cloudpickle
 
 from .errors import TaskFunctionError, TaskTimeout
 
 HOST_WATCH = 0.25  # seconds between checks that the cluster host is still alive
+SPILL_BYTES = 1 << 20  # results this large go to the store's spill directory, not a pipe
+SPILL_DIR = "spill"
 # seq (odd while writing), started, deadline (0 = none), task id
 SLOT = struct.Struct("<Qdd40s")
 
@@ -198,6 +200,7 @@ def execute(item: Item, slot: Slot | None = None,
             except Exception as exc:
                 raise TypeError(f"the task returned a {type(value).__name__} that cannot be "
                                 f"pickled ({exc}); return plain data instead") from None
+        blob = spill(task_id, blob)
         success = True
     except TaskTimeout as exc:
         success, blob = False, failure_text(exc)
@@ -224,10 +227,24 @@ def rss_kilobytes() -> int:
 _serving: list[str] = []  # the store directory whose tasks this process runs, if any
 
 
-def use_store(directory: str | None) -> None:
+_spill: list[tuple[str, bytes, int]] = []  # (spill directory, key, host pid), if any
+
+
+def use_store(directory: str | None, host: int | None = None) -> None:
     """Make ``directory`` the default store of the tasks run here, so that a task that
     calls ``async_task`` sends its children where it came from (and not to a
-    ``.nbqueue`` in the worker's working directory, which no cluster serves)."""
+    ``.nbqueue`` in the worker's working directory, which no cluster serves).
+
+    ``host``: the pid of the cluster's host, on this machine. Results of SPILL_BYTES or
+    more then go to a signed file of the store's ``spill`` directory, named after the
+    host, and only its name goes back through the executor (a worker killed while it
+    sent a large result through loky's pipe left the cluster's reader waiting for the
+    rest for good: the other workers hold the pipe open)."""
+    if host is not None and directory and not _spill:
+        from .signing import load_key
+        path = os.path.join(directory, SPILL_DIR)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        _spill.append((path, load_key(directory), host))
     if not directory or _serving == [directory]:
         return
     _serving[:] = [directory]
@@ -242,6 +259,59 @@ def serving() -> str | None:
     return _serving[0] if _serving else None
 
 
+class Spilled(NamedTuple):
+    """A result that went to a file of the store rather than through the executor."""
+
+    path: str
+    size: int
+
+
+def spill(task_id: str, blob: bytes) -> Spilled | bytes:
+    """Write a large result to a signed file of the store, whole or not at all."""
+    if not _spill or len(blob) < SPILL_BYTES:
+        return blob
+    from .signing import seal
+    directory, key, host = _spill[0]
+    header, payload = seal(key, blob)
+    name = f"{host}-{task_id}-{os.urandom(6).hex()}"
+    draft = os.path.join(directory, name + ".part")
+    with open(draft, "xb") as out:
+        out.write(header)
+        out.write(payload)
+    path = os.path.join(directory, name)
+    os.rename(draft, path)
+    return Spilled(path, len(blob))
+
+
+def unspill(spilled: Spilled, key: bytes) -> bytes:
+    """The result a worker spilled, checked against the store's key; the file is removed.
+
+    Raises SignatureError or OSError saying what is wrong with it."""
+    from .signing import verify
+    with open(spilled.path, "rb") as src:
+        data = src.read()
+    blob = bytes(verify(key, data))
+    os.unlink(spilled.path)
+    return blob
+
+
+def clean_spill(directory: str, hosts: Any) -> None:
+    """Remove the spill files of the hosts ``hosts(pid)`` says are gone: results their
+    clusters never collected (those tasks are delivered again) and drafts of killed
+    workers."""
+    try:
+        entries = list(os.scandir(os.path.join(directory, SPILL_DIR)))
+    except OSError:
+        return
+    for entry in entries:
+        host = entry.name.split("-", 1)[0]
+        if host.isdigit() and hosts(int(host)):
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass
+
+
 def prepare(host_pid: int, max_rss: int | None, slot_dir: str | None = None,
             directory: str | None = None) -> None:
     """Worker initializer: ignore Ctrl-C, exit with the cluster's host, recycle past
@@ -252,7 +322,7 @@ def prepare(host_pid: int, max_rss: int | None, slot_dir: str | None = None,
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a pending one is discarded
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    use_store(directory)
+    use_store(directory, host_pid)
     _slot(slot_dir)
     threading.Thread(target=_exit_with_host, args=(host_pid,), name="nbqueue-host-watch",
                      daemon=True).start()

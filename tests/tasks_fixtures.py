@@ -82,6 +82,11 @@ def wait_for_child(seconds, hint_after=0.5):
     return value, [str(w.message) for w in caught]
 
 
+def sized_result(megabytes, tag=0):
+    """A result of ``megabytes`` MB, different for each tag."""
+    return bytes([tag % 256]) * (megabytes * 1024 * 1024)
+
+
 def log_run(path, seconds=0.0, value=None):
     """Append 'start' and 'stop' lines with this pid, to count real runs of a task."""
     with open(path, "a") as out:

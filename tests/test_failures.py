@@ -615,3 +615,28 @@ def test_a_killed_writer_of_large_values_leaves_no_partial_file(store_dir):
     for key in ("big0", "big1", "big2"):
         value = part._cache.get(key)
         assert value is None or value == bytes(50_000_000)
+
+
+def test_workers_killed_while_they_send_large_results_never_wedge_the_cluster(store_dir):
+    """SIGKILL workers again and again while tasks return 20 MB each: a worker killed
+    halfway through sending its result must not leave the cluster waiting for the rest
+    (loky's reader would block for good, the other workers holding the pipe open)."""
+    running = Cluster(workers=2, max_attempts=0).start()
+    try:
+        ids = [async_task(fx.sized_result, 20, i, group="large") for i in range(12)]
+        deadline = time.monotonic() + 4
+        kills = 0
+        while time.monotonic() < deadline:
+            for pid in _loky_workers(os.getpid()):
+                os.kill(pid, signal.SIGKILL)
+                kills += 1
+            time.sleep(0.05 + 0.1 * (kills % 3))
+        tasks = fetch_group("large", count=12, wait=WAIT)
+        assert tasks is not None and len(tasks) == 12 and all(t.success for t in tasks)
+        assert all(result(i) == bytes([n]) * (20 * 1024 * 1024) for n, i in enumerate(ids))
+        assert kills > 5
+    finally:
+        began = time.monotonic()
+        running.stop(wait=2)
+        assert time.monotonic() - began < 2 + 10
+    assert not os.listdir(os.path.join(store_dir, "spill"))
