@@ -46,6 +46,8 @@ _PENDING = "pending"
 FLUSH_DELAY = 0.002  # seconds the outbox waits for a cluster in this process to lease it
 BUNDLE = 64  # packages per queue row at most: large enough to batch, small to split
 BUNDLE_BYTES = 30_000  # and bytes: under diskcache's 32 KiB a bundle stays in its SQLite row
+OUTBOX_BYTES = 8 << 20  # packages written behind at most; past it async_task writes first
+WRITE_BYTES = 1 << 20  # packages in one transaction of the outbox at most
 _LEASE = "lease:"  # string keys: diskcache stores them as they are, tuples it pickles
 LOCK_TIMEOUT = 60.0  # seconds SQLite waits for another process's write lock
 _CLUSTER = "cluster:"
@@ -227,8 +229,19 @@ def writing(path: str) -> Iterator[None]:
                          f"{LOCK_TIMEOUT:g} s; is a process stuck holding it? Try again, or restart the "
                          "processes that use this directory") from None
     except (sqlite3.Error, OSError) as exc:
-        raise StoreError(f"cannot write to the store at {path}: {exc}. "
-                         f"{store_advice(exc, path)}") from exc
+        cause = _first_cause(exc)
+        raise StoreError(f"cannot write to the store at {path}: {cause}. "
+                         f"{store_advice(cause, path)}") from exc
+
+
+def _first_cause(exc: BaseException) -> BaseException:
+    """The error that failed a transaction: SQLite rolls back by itself on a full disk,
+    and diskcache's own ROLLBACK then fails with "no transaction is active", which would
+    hide the real cause."""
+    while ("cannot rollback" in str(exc)
+           and isinstance(exc.__context__, (sqlite3.Error, OSError))):
+        exc = exc.__context__
+    return exc
 
 
 def _rows(tokens: Iterable[str]) -> tuple[dict[str, list[int]], list[str]]:
@@ -287,6 +300,7 @@ class Broker:
         self.local_hooks: dict[str, Any] = {}  # task id -> hook object of this process
         self.enqueued: dict[str, int] = {}  # group -> tasks this process put in it
         self._outbox: list[bytes] = []
+        self._outbox_bytes = 0
         self._outbox_lock = threading.Lock()
         self._outbox_ready = threading.Event()
         self._outbox_error: StoreError | None = None
@@ -325,14 +339,21 @@ class Broker:
         ~140 us, one per batch ~30 us a package, which is most of what ``async_task``
         costs. ``flush()`` waits for the outbox to be written.
 
-        Raises StoreError if earlier packages could not be written (disk full, damaged,
-        or locked by another process past SQLite's 60 s busy timeout); those are kept
-        and written again, nothing is dropped.
+        The outbox holds at most OUTBOX_BYTES: past that, the caller waits for it to be
+        written. Raises StoreError, and does not take the package, if earlier packages
+        could not be written (disk full, damaged, or locked by another process past
+        SQLite's 60 s busy timeout); those are kept and written again, nothing is dropped.
         """
+        while True:
+            with self._outbox_lock:
+                if self._outbox_error is not None:
+                    raise self._outbox_error
+                if not self._outbox or self._outbox_bytes + len(package) <= OUTBOX_BYTES:
+                    self._outbox.append(package)
+                    self._outbox_bytes += len(package)
+                    break
+            self.flush()  # full: write it now, or raise saying why the store refuses it
         with self._outbox_lock:
-            if self._outbox_error is not None:
-                raise self._outbox_error
-            self._outbox.append(package)
             if self._flusher is None:
                 self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
                                                  name="nbqueue-outbox")
@@ -372,25 +393,43 @@ class Broker:
         if self._outbox_error is not None:
             raise self._outbox_error
 
+    def _take_outbox(self) -> list[bytes]:
+        with self._outbox_lock:
+            batch, self._outbox, self._outbox_bytes = self._outbox, [], 0
+        return batch
+
     def _write_outbox(self) -> None:
+        """Write the outbox in transactions of at most WRITE_BYTES each, so that a store
+        short of space takes what fits (one transaction for all would never fit)."""
         with self._flush_lock:  # one writer at a time keeps the order of the outbox
-            with self._outbox_lock:
-                batch, self._outbox = self._outbox, []
+            batch = self._take_outbox()
             if not batch:
                 return
-            try:
-                with self._transaction():
-                    self._push(batch)
-            except StoreError as exc:
-                self._keep(batch, exc)
-                return
+            start = 0
+            while start < len(batch):
+                end, size = start, 0
+                while end < len(batch) and (end == start or size + len(batch[end])
+                                            <= WRITE_BYTES):
+                    size += len(batch[end])
+                    end += 1
+                try:
+                    with self._transaction():
+                        self._push(batch[start:end])
+                except StoreError as exc:
+                    self._keep(batch[start:], exc)
+                    return
+                start = end
             self._outbox_error = None
         self._wake()
 
     def _keep(self, batch: list[bytes], exc: StoreError) -> None:
-        """Put packages the store refused back at the front of the outbox."""
+        """Put packages the store refused back at the front of the outbox, and give the
+        space of a failed transaction back (SQLite keeps it in its write-ahead log)."""
+        with contextlib.suppress(Exception):
+            self._queue._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         with self._outbox_lock:
             self._outbox[:0] = batch
+            self._outbox_bytes += sum(len(package) for package in batch)
             self._outbox_error = StoreError(
                 f"{len(self._outbox)} task(s) enqueued by this process are not in the "
                 f"queue yet ({exc}). They are kept in memory and written again; call "
@@ -445,8 +484,7 @@ class Broker:
             with self._transaction(retry=True):
                 return self._take(owner, count, duration, [])
         with self._flush_lock:  # the outbox's order: older packages are in the queue
-            with self._outbox_lock:
-                fresh, self._outbox = self._outbox, []
+            fresh = self._take_outbox()
             try:
                 with self._transaction():
                     leases = self._take(owner, count, duration, fresh)

@@ -640,3 +640,51 @@ def test_workers_killed_while_they_send_large_results_never_wedge_the_cluster(st
         running.stop(wait=2)
         assert time.monotonic() - began < 2 + 10
     assert not os.listdir(os.path.join(store_dir, "spill"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MB tmpfs: a disk that fills up for real (mounting needs root)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs",
+                           str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip()}); "
+                    "test_full_disk_is_a_clear_error_and_loses_nothing covers a full disk "
+                    "with a file size limit")
+    try:
+        yield mount
+    finally:
+        nbqueue.conf.reset()
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_disk_that_fills_up_refuses_tasks_at_the_call_and_drops_none(small_disk):
+    """20 KB tasks until a real disk is full: each is either taken (and written, once
+    there is room) or refused at the call with StoreError; readers go on working."""
+    from nbqueue import broker as broker_module
+    directory = str(small_disk / "store")
+    nbqueue.configure(directory=directory)
+    try:
+        assert count_group("nothing") == 0  # the store in use, its results part too
+        ballast = small_disk / "ballast"
+        ballast.write_bytes(bytes(10 << 20))
+        taken, refused = [], []
+        for i in range(2000):
+            try:
+                taken.append(async_task(fx.add, bytes(20_000), b""))
+            except nbqueue.StoreError as exc:
+                refused.append(str(exc))
+        try:
+            nbqueue.flush()
+        except nbqueue.StoreError:
+            pass
+        assert taken and refused, (len(taken), len(refused))
+        assert all("full" in why or "free space" in why for why in refused), refused[:1]
+        assert count_group("nothing") == 0 and result(taken[0]) is None  # reads still work
+        ballast.unlink()  # room again: what was taken is written, nothing dropped
+        nbqueue.flush()
+        assert nbqueue.queue_size() == len(taken)
+    finally:
+        broker_module.drop_broker(directory)
