@@ -141,7 +141,7 @@ class SignedDisk(diskcache.Disk):
             return
         for entry in entries:
             pid = entry.name.split("-", 1)[0]
-            if pid.isdigit() and not _process_alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
 
@@ -149,14 +149,19 @@ class SignedDisk(diskcache.Disk):
 _DRAFTS = "drafts"
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie child counts as dead)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as src:
+            return src.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:

@@ -47,7 +47,7 @@ from typing import Any
 import cloudpickle
 
 from . import conf, signing
-from .broker import Broker, Lease, drop_broker, get_broker
+from .broker import Broker, Lease, drop_broker, get_broker, process_alive
 from .errors import ClusterError, ConfigurationError, SignatureError, StoreGone
 from .executors import BROKEN, EXECUTOR_OPTIONS, Executor, make_executor
 from .models import Task, make_record
@@ -186,7 +186,7 @@ class Cluster:
         self._executor = make_executor(self.executor_name, self.workers, self._slot_dir,
                                        self.settings.max_rss, **self._executor_options)
         self._identity = self._store_identity()
-        clean_spill(self.directory, lambda host: not _alive(host))  # of clusters gone
+        clean_spill(self.directory, lambda host: not process_alive(host))  # of clusters gone
         self._executor.at_exit = _stop_all
         self._executor.directory = self.directory
         try:
@@ -571,7 +571,7 @@ class Cluster:
                 if not entry.name.isdigit():
                     continue
                 pid = int(entry.name)
-                if _alive(pid):
+                if process_alive(pid):
                     self._doomed.add(pid)
                     continue
                 state = read_slot(entry.path)
@@ -586,7 +586,7 @@ class Cluster:
             doomed, self._doomed = self._doomed, set()
         deadline = time.monotonic() + timeout
         while doomed:
-            doomed = {pid for pid in doomed if _alive(pid)}
+            doomed = {pid for pid in doomed if process_alive(pid)}
             if not doomed:
                 break
             if time.monotonic() > deadline:
@@ -596,7 +596,7 @@ class Cluster:
             time.sleep(0.005)
         with self._deaths_lock:
             for entry in os.scandir(self._slot_dir):
-                if entry.name.isdigit() and not _alive(int(entry.name)):
+                if entry.name.isdigit() and not process_alive(int(entry.name)):
                     os.unlink(entry.path)
 
     def _give_back(self, jobs: list[_Job], counted: bool) -> None:
@@ -824,18 +824,6 @@ def _join(thread: threading.Thread, timeout: float) -> None:
                         timeout)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child counts as dead
-        with open(f"/proc/{pid}/stat") as src:
-            return src.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 _EMPTY_ARGS = cloudpickle.dumps(((), {}))

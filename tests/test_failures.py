@@ -21,7 +21,7 @@ import pytest
 import nbqueue
 from nbqueue import (Cluster, async_iter, async_task, count_group, fetch, fetch_group, result,
                      result_group)
-from nbqueue.cluster import _alive
+from nbqueue.broker import process_alive as _alive
 from nbqueue.worker import read_slot
 from tests import tasks_fixtures as fx
 
