@@ -691,7 +691,7 @@ class Suite:
         import diskcache
 
         from nbqueue import signing
-        from nbqueue.broker import open_cache
+        from nbqueue.storage import open_cache
         print("\n== nbqueue: the cost of signing every value of the store", flush=True)
         directory = os.path.join(self.tmp, "nbq-signing")
         key = signing.load_key(signing.private_directory(directory))

@@ -21,23 +21,19 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import itertools
 import logging
 import multiprocessing.util
 import os
-import pickle
-import sqlite3
 import sys
 import threading
 import time
 from typing import Any, Iterable, Iterator, NamedTuple
 
-import diskcache
-
 from . import conf
 from .errors import SignatureError, StoreError
-from .signing import forget_key, load_key, private_directory, seal, verify
+from .signing import forget_key, load_key, private_directory
+from .storage import UPSERT_OK, checked_get, open_cache, upsert, writing
 
 log = logging.getLogger("nbqueue")
 
@@ -49,204 +45,9 @@ BUNDLE_BYTES = 30_000  # and bytes: under diskcache's 32 KiB a bundle stays in i
 OUTBOX_BYTES = 8 << 20  # packages written behind at most; past it async_task writes first
 WRITE_BYTES = 1 << 20  # packages in one transaction of the outbox at most
 _LEASE = "lease:"  # string keys: diskcache stores them as they are, tuples it pickles
-LOCK_TIMEOUT = 60.0  # seconds SQLite waits for another process's write lock
 _CLUSTER = "cluster:"
 _STOPPED = "stopped:"
 STOPPED_KEPT = 86400.0  # seconds the record of a cluster that stopped on its own is kept
-
-
-_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
-_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # EFBIG: past a file size limit
-
-
-def store_advice(exc: BaseException, path: str) -> str:
-    """What to do about ``exc``, raised opening or writing ``path`` (a part of a store: its
-    queue, state, results or cache): the real cause named, because a read-only store is
-    not helped by freeing disk space, nor a damaged file by making it writable."""
-    store = os.path.dirname(os.path.abspath(path))
-    text = str(exc).lower()
-    code = exc.errno if isinstance(exc, OSError) else None
-    if code in _FULL or "database or disk is full" in text:
-        return f"The disk of {store} is full: free space and try again"
-    if "file is not a database" in text or "database disk image is malformed" in text:
-        return f"A file of the store is damaged: move {store} away and start again"
-    if (code in _READ_ONLY or "readonly database" in text
-            or (os.path.isdir(path) and not os.access(path, os.W_OK))):
-        return (f"The store at {store} is read-only for this process: make it writable "
-                f"(`chmod -R u+w {store}`) or choose another directory with "
-                "configure(directory=...)")
-    return f"Check that {store} is on a working disk that this process may write to"
-
-
-class SignedDisk(diskcache.Disk):
-    """diskcache's serialization, signed with the store's key: every value is pickled and
-    signed (``signing.sign``) as it is written, and read back only once its signature
-    checks out, so that nothing read from the store is unpickled unless this store's
-    owner wrote it. A row written without the key (by a plain ``diskcache.Cache``, or by
-    someone else) raises SignatureError instead. Integers stay plain: they are diskcache's
-    counters (``incr`` adds to them in SQL), and unpickle nothing.
-
-    Values over diskcache's 32 KiB go to files, written whole or not at all, so a writer
-    killed halfway leaves no partial value behind.
-    """
-
-    def __init__(self, directory: str, **options: Any) -> None:
-        super().__init__(directory, **options)
-        self._key = load_key(os.path.dirname(directory))
-        self._clean_drafts()
-
-    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
-        if type(value) is int:
-            return super().store(value, read, key)
-        header, payload = seal(self._key, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-        size = len(header) + len(payload)
-        if size < self.min_file_size:
-            return super().store(header + payload, False, key)
-        filename, full_path = self.filename(key, value)  # a large value: no joined copy
-        self._write(full_path, iter((header, payload)), "xb")
-        return size, diskcache.core.MODE_BINARY, filename, None
-
-    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
-        if mode == diskcache.core.MODE_RAW and type(value) is int:
-            return value
-        if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
-            raise SignatureError(f"a value in the store at {self._directory} was not written "
-                                 "by nbqueue with this store's key; it is left unread")
-        data = super().fetch(mode, filename, value, False)
-        try:
-            return pickle.loads(verify(self._key, data))
-        except SignatureError as exc:
-            raise SignatureError(f"a value in the store at {self._directory} failed its "
-                                 f"signature check ({exc}); it is left unread") from None
-
-    def _write(self, full_path: str, iterator: Any, mode: str,
-               encoding: str | None = None) -> int:
-        """Write a value file whole or not at all: as a draft, renamed into place once
-        written. Drafts of writers that died are removed when the store is next opened."""
-        draft = os.path.join(self._directory, _DRAFTS, f"{os.getpid()}-{os.urandom(8).hex()}")
-        try:
-            size = super()._write(draft, iterator, mode, encoding)
-            os.makedirs(os.path.dirname(full_path), exist_ok=True)
-            os.rename(draft, full_path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(draft)
-            raise
-        return size
-
-    def _clean_drafts(self) -> None:
-        try:
-            entries = list(os.scandir(os.path.join(self._directory, _DRAFTS)))
-        except OSError:
-            return
-        for entry in entries:
-            pid = entry.name.split("-", 1)[0]
-            if pid.isdigit() and not process_alive(int(pid)):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-
-
-_DRAFTS = "drafts"
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie child counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as src:
-            return src.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
-    """A diskcache Cache that never evicts (queued work and results must not vanish).
-
-    Only an ``expiring`` cache culls expired keys as it writes; elsewhere that check
-    would cost one more SQLite statement per write for nothing. SQLite's page cache is
-    kept small and memory-mapping is off: with diskcache's defaults (32 MiB of cache and
-    64 MiB of mapped file per connection, one connection per thread and file) a cluster's
-    RSS grew by ~70 MB over 100,000 tasks; with these, by ~8 MB, at the same speed.
-    """
-    try:
-        return diskcache.Cache(path, eviction_policy="none", timeout=LOCK_TIMEOUT,
-                               cull_limit=10 if expiring else 0, sqlite_cache_size=256,
-                               sqlite_mmap_size=0, disk=SignedDisk)
-    except (sqlite3.Error, OSError) as exc:
-        raise StoreError(f"cannot open the store at {path}: {exc}. "
-                         f"{store_advice(exc, path)}") from exc
-
-
-# One statement for many rows: ``Cache.set`` costs a SELECT and an INSERT each, ~35 us
-# of a cluster's GIL time per row (two rows per outcome stored, two per lease). The columns and the unique
-# (key, raw) index are diskcache's table (stable since diskcache 3); an existing key
-# is updated in place, so diskcache's count and size triggers stay right.
-UPSERT_OK = sqlite3.sqlite_version_info >= (3, 24, 0)
-_UPSERT_SQL = (
-    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag,"
-    " size, mode, filename, value) VALUES (?, ?, ?, NULL, ?, 0, NULL, ?, ?, ?, ?)"
-    " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
-    " expire_time = NULL, access_time = excluded.access_time, access_count = 0, tag = NULL,"
-    " size = excluded.size, mode = excluded.mode, filename = excluded.filename,"
-    " value = excluded.value")
-
-
-def upsert(cache: Any, rows: list[tuple[str, Any]]) -> None:
-    """Set many never-expiring keys in one statement; inside ``cache.transact()``."""
-    disk, now = cache._disk, time.time()
-    values = []
-    for key, value in rows:
-        db_key, raw = disk.put(key)
-        size, mode, filename, db_value = disk.store(value, False, key=key)
-        values.append((db_key, raw, now, now, size, mode, filename, db_value))
-    cache._con.executemany(_UPSERT_SQL, values)
-
-
-_SELECT_SQL = ("SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({})"
-               " AND (expire_time IS NULL OR expire_time > ?)")
-
-
-def read_many(cache: Any, keys: list[str]) -> dict[str, Any]:
-    """The values of many string keys, read 500 a statement (``Cache.get`` costs a
-    statement and a file-like unpickling each: 10,000 took ~0.3 s, this ~0.1 s)."""
-    found: dict[str, Any] = {}
-    fetch, con, now = cache._disk.fetch, cache._con, time.time()
-    for i in range(0, len(keys), 500):
-        part = keys[i:i + 500]
-        rows = con.execute(_SELECT_SQL.format(",".join("?" * len(part))), (*part, now))
-        for key, mode, filename, value in rows:
-            found[key] = fetch(mode, filename, value, False)
-    return found
-
-
-@contextlib.contextmanager
-def writing(path: str) -> Iterator[None]:
-    """Turn the ways a write to the store can fail into one clear StoreError."""
-    try:
-        yield
-    except diskcache.Timeout:
-        raise StoreError(f"the store at {path} stayed locked by another process for over "
-                         f"{LOCK_TIMEOUT:g} s; is a process stuck holding it? Try again, or restart the "
-                         "processes that use this directory") from None
-    except (sqlite3.Error, OSError) as exc:
-        cause = _first_cause(exc)
-        raise StoreError(f"cannot write to the store at {path}: {cause}. "
-                         f"{store_advice(cause, path)}") from exc
-
-
-def _first_cause(exc: BaseException) -> BaseException:
-    """The error that failed a transaction: SQLite rolls back by itself on a full disk,
-    and diskcache's own ROLLBACK then fails with "no transaction is active", which would
-    hide the real cause."""
-    while ("cannot rollback" in str(exc)
-           and isinstance(exc.__context__, (sqlite3.Error, OSError))):
-        exc = exc.__context__
-    return exc
 
 
 def _rows(tokens: Iterable[str]) -> tuple[dict[str, list[int]], list[str]]:
@@ -274,17 +75,6 @@ class Lease(NamedTuple):
     attempt: int
     package: bytes
     refused: str | None = None
-
-
-def _checked_get(cache: Any, key: str, default: Any, what: str) -> Any:
-    """``cache.get``, a value that fails its signature check read as ``default`` (and
-    written over at the next write): one bad row must not stop the queue."""
-    try:
-        return cache.get(key, default, retry=True)
-    except SignatureError as exc:
-        log.error("nbqueue: %s in %s is unreadable and was dropped: %s", what,
-                  cache.directory, exc)
-        return default
 
 
 class Broker:
@@ -508,7 +298,7 @@ class Broker:
         leases: list[Lease] = []
         with self._acks_lock:
             acks, self._acks = self._acks, []
-        index = _checked_get(queue, _INDEX, {}, "the lease index")
+        index = checked_get(queue, _INDEX, {}, "the lease index")
         if acks:
             self._finish(_rows(acks)[0], None, index)
         refused: list[str] = []
@@ -596,7 +386,7 @@ class Broker:
         if not by_row:
             return
         with self._transaction(retry=True):
-            index = _checked_get(self._queue, _INDEX, {}, "the lease index")
+            index = checked_get(self._queue, _INDEX, {}, "the lease index")
             self._finish(by_row, requeue, index)
             self._queue.set(_INDEX, index)
 
@@ -610,7 +400,7 @@ class Broker:
             held = index.get(batch)
             if held is None:
                 continue  # expired and reaped meanwhile: the new delivery owns it now
-            row = _checked_get(queue, _LEASE + batch, {}, "a lease row")
+            row = checked_get(queue, _LEASE + batch, {}, "a lease row")
             for number in numbers:
                 item = row.pop(number, None)
                 if requeue is not None and item is not None:
@@ -635,7 +425,7 @@ class Broker:
             return lost
         queue = self._queue
         with self._transaction(retry=True):
-            index = _checked_get(queue, _INDEX, {}, "the lease index")
+            index = checked_get(queue, _INDEX, {}, "the lease index")
             deadline = time.time() + duration
             for batch, numbers in by_row.items():
                 held = index.get(batch)
@@ -653,7 +443,7 @@ class Broker:
         by_row, _ = _rows(tokens)
         if not by_row:
             return set()
-        index = _checked_get(self._queue, _INDEX, {}, "the lease index")
+        index = checked_get(self._queue, _INDEX, {}, "the lease index")
         now = time.time()
         found = set()
         for batch, numbers in by_row.items():
@@ -666,16 +456,16 @@ class Broker:
         """Put every expired lease back in the queue (its attempt counted); return how many."""
         now = time.time() if now is None else now
         queue = self._queue
-        index = _checked_get(queue, _INDEX, {}, "the lease index")
+        index = checked_get(queue, _INDEX, {}, "the lease index")
         if not any(held[0] < now for held in index.values()):
             return 0
         reaped = []
         with self._transaction(retry=True):
-            index = _checked_get(queue, _INDEX, {}, "the lease index")
+            index = checked_get(queue, _INDEX, {}, "the lease index")
             for batch, held in list(index.items()):
                 if held[0] < now:
                     del index[batch]
-                    row = _checked_get(queue, _LEASE + batch, {}, "a lease row")
+                    row = checked_get(queue, _LEASE + batch, {}, "a lease row")
                     queue.delete(_LEASE + batch)
                     reaped.extend(row[number] for number in sorted(row))
             for item in reversed(reaped):
@@ -690,7 +480,7 @@ class Broker:
 
     def leased(self) -> int:
         """How many packages are leased (running or waiting for a retry)."""
-        index = _checked_get(self._queue, _INDEX, {}, "the lease index")
+        index = checked_get(self._queue, _INDEX, {}, "the lease index")
         return sum(len(held[2]) for held in index.values())
 
     def size(self) -> int:
@@ -742,7 +532,7 @@ class Broker:
         found = []
         for key in list(self._state.iterkeys()):
             if isinstance(key, str) and key.startswith(prefix):
-                found.append(_checked_get(self._state, key, None, "a cluster heartbeat"))
+                found.append(checked_get(self._state, key, None, "a cluster heartbeat"))
         return found
 
     def close(self) -> None:

@@ -47,7 +47,8 @@ from typing import Any
 import cloudpickle
 
 from . import conf, signing
-from .broker import Broker, Lease, drop_broker, get_broker, process_alive
+from .broker import Broker, Lease, drop_broker, get_broker
+from .storage import process_alive
 from .errors import ClusterError, ConfigurationError, SignatureError, StoreGone
 from .executors import BROKEN, EXECUTOR_OPTIONS, Executor, make_executor
 from .models import Task, make_record

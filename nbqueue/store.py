@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 
 import cloudpickle
 
-from .broker import UPSERT_OK, _checked_get, open_cache, read_many, upsert, writing
+from .storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
 from .errors import ConfigurationError, WaitWarning
 
 PAGE = 256
@@ -102,7 +102,7 @@ class Part:
                     if new_rows:  # the earlier outcome may be among them
                         upsert(cache, new_rows)
                         new_rows = []
-                    old = _checked_get(cache, task_id, None, "an earlier outcome")
+                    old = checked_get(cache, task_id, None, "an earlier outcome")
                     old = old if isinstance(old, dict) else None
                 if old is None and expire is None and UPSERT_OK:
                     new_rows += ((task_id, record), (_NAME + record["name"], task_id))
@@ -150,7 +150,7 @@ class Part:
     def _append(self, group: str, ids: list[str], expire: float | None) -> None:
         cache = self._cache
         pages = cache.get(_PAGES + group, 0)
-        page = (_checked_get(cache, _page(group, pages - 1), None, "a group page")
+        page = (checked_get(cache, _page(group, pages - 1), None, "a group page")
                 if pages else None)
         if page is None or len(page) >= PAGE:
             page, pages = [], pages + 1
@@ -169,14 +169,14 @@ class Part:
             key, task_id = cache.pull(prefix="s")
             if key is None:
                 break
-            record = _checked_get(cache, task_id, None, "an outcome to prune")
+            record = checked_get(cache, task_id, None, "an outcome to prune")
             if isinstance(record, dict) and record["success"]:
                 self._delete(record)
 
     def _delete(self, record: Record) -> None:
         cache = self._cache
         cache.delete(record["id"])
-        if _checked_get(cache, _NAME + record["name"], None, "a name") == record["id"]:
+        if checked_get(cache, _NAME + record["name"], None, "a name") == record["id"]:
             cache.delete(_NAME + record["name"])
         self._count(record["group"], record["success"], -1, bool(record.get("iter")))
 

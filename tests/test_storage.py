@@ -1,0 +1,166 @@
+"""nbqueue.storage: the contract between nbqueue and diskcache, tested against
+diskcache's own public API on a real store in a temp directory."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import sqlite3
+import time
+
+import diskcache
+import pytest
+
+from nbqueue import signing, storage
+from nbqueue.errors import SignatureError, StoreError
+
+
+@pytest.fixture
+def part(tmp_path):
+    """One part of a store (its key beside it), opened as nbqueue opens it."""
+    signing.private_directory(tmp_path / "store")
+    cache = storage.open_cache(str(tmp_path / "store" / "results"))
+    yield cache
+    cache.close()
+
+
+def test_upsert_writes_what_get_reads_and_read_many_reads_what_set_writes(part):
+    rows = [(f"k{i}", {"n": i}) for i in range(50)] + [("big", b"z" * 100_000)]
+    with part.transact():
+        storage.upsert(part, rows)
+    assert all(part.get(key) == value for key, value in rows)
+    part.set("set-small", [1, 2])
+    part.set("set-big", b"w" * 100_000)
+    assert storage.read_many(part, ["set-small", "set-big", "nope"]) == {
+        "set-small": [1, 2], "set-big": b"w" * 100_000}
+
+
+def test_counts_sizes_and_counters_stay_right(part):
+    with part.transact():
+        storage.upsert(part, [("a", "x" * 10), ("b", b"y" * 100_000)])
+        storage.upsert(part, [("a", "again"), ("b", b"y" * 50_000)])  # updated in place
+    assert len(part) == 2 and part.volume() > 50_000
+    part.incr("counter", 5)
+    part.incr("counter", 2)
+    assert part.get("counter") == 7  # integers stay plain: diskcache adds to them in SQL
+    assert part.check() == []  # diskcache's own consistency check
+
+
+def test_replacing_a_large_value_orphans_no_file(part):
+    def files():
+        return sorted(os.path.join(root, name) for root, _, names in os.walk(part.directory)
+                      for name in names if name.endswith(".val"))
+    with part.transact():
+        storage.upsert(part, [("big", b"1" * 100_000)])
+    first = files()
+    part.set("big", b"2" * 100_000)
+    with part.transact():
+        storage.upsert(part, [("big", b"3" * 100_000)])
+    assert len(files()) == 1 and files() != first and part.get("big") == b"3" * 100_000
+    part.delete("big")
+    assert files() == []
+
+
+def test_a_value_written_without_the_key_is_refused_unread(part, tmp_path):
+    plain = diskcache.Cache(part.directory)
+    marker = tmp_path / "ran"
+    plain.set("pickled", _Evil(str(marker)))
+    plain.set("raw-bytes", pickle.dumps(_Evil(str(marker))))
+    plain.set("text", "hello")
+    for key in ("pickled", "raw-bytes", "text"):
+        with pytest.raises(SignatureError):
+            part.get(key)
+    assert storage.checked_get(part, "pickled", "default", "a test row") == "default"
+    assert not marker.exists()
+    plain.close()
+
+
+class _Evil:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_read_many_reads_what_cache_get_reads(tmp_path):
+    cache = storage.open_cache(str(tmp_path / "c"), expiring=True)
+    try:
+        big = b"y" * 100_000  # in a file of its own
+        cache.set("small", {"a": 1})
+        cache.set("big", big)
+        cache.set("text", "hello")
+        cache.set("gone", 1, expire=0.01)
+        time.sleep(0.05)
+        keys = ["small", "big", "text", "gone", "missing"] + [f"k{i}" for i in range(1200)]
+        found = storage.read_many(cache, keys)
+        assert found == {"small": {"a": 1}, "big": big, "text": "hello"}
+    finally:
+        cache.close()
+
+
+# -- store errors name their cause ------------------------------------------------------
+
+
+def _sqlite_error(db, *statements):
+    """The error real SQLite statements raise."""
+    con = sqlite3.connect(db)
+    try:
+        for statement in statements:
+            con.execute(statement)
+        con.commit()
+    except sqlite3.Error as exc:
+        return exc
+    finally:
+        con.close()
+    raise AssertionError(f"{statements!r} did not fail")
+
+
+def test_store_errors_say_read_only_full_damaged_or_what_happened(tmp_path):
+    part = tmp_path / "store" / "queue"
+    part.mkdir(parents=True)
+    db = str(part / "cache.db")
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE t (x BLOB)")
+    con.commit()
+    con.close()
+    store = str(tmp_path / "store")
+
+    read_only = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        with pytest.raises(StoreError) as info:
+            with storage.writing(str(part)):
+                read_only.execute("INSERT INTO t VALUES (1)")
+    finally:
+        read_only.close()
+    message = str(info.value)
+    assert message.startswith(f"cannot write to the store at {part}: attempt to write")
+    assert f"{store} is read-only for this process" in message
+    assert f"chmod -R u+w {store}" in message and "configure(directory=" in message
+    assert "full" not in message and "damaged" not in message
+
+    # a database that may not grow stands for a full disk: SQLite says the same
+    full = _sqlite_error(db, "PRAGMA max_page_count = 3", "INSERT INTO t VALUES (zeroblob(1e6))")
+    assert str(full) == "database or disk is full"
+    for exc in (full, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+                OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))):
+        advice = storage.store_advice(exc, str(part))
+        assert advice == f"The disk of {store} is full: free space and try again"
+
+    for exc in (OSError(errno.EROFS, os.strerror(errno.EROFS)),
+                PermissionError(errno.EACCES, os.strerror(errno.EACCES))):
+        assert "is read-only for this process" in storage.store_advice(exc, str(part))
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "cache.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError) as info:
+        storage.open_cache(str(damaged))
+    message = str(info.value)
+    assert message.startswith(f"cannot open the store at {damaged}: file is not a database")
+    assert f"damaged: move {tmp_path} away" in message and "read-only" not in message
+
+    other = _sqlite_error(db, "INSERT INTO missing VALUES (1)")  # neither of the above
+    advice = storage.store_advice(other, str(part))
+    assert advice == f"Check that {store} is on a working disk that this process may write to"
