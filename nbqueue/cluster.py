@@ -53,7 +53,7 @@ from .errors import ClusterError, ConfigurationError, SignatureError, StoreGone
 from .executors import BROKEN, EXECUTOR_OPTIONS, Executor, make_executor
 from .models import Task, make_record
 from .names import new_task_id
-from .tasks import find_hook, run_hook
+from .hooks import find_hook, run_hook
 from .worker import Spilled, clean_spill, failure_text, read_slot, unspill
 
 log = logging.getLogger("nbqueue")

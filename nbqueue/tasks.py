@@ -21,6 +21,7 @@ from . import conf, signing
 from .broker import Broker, get_broker
 from .errors import ConfigurationError, NoClusterWarning, PackingError
 from .models import Task, _group_results, group_count, make_record
+from .hooks import find_hook, run_hook
 from .names import new_task_id
 from .store import decode
 from .worker import execute, resolve, serving
@@ -238,34 +239,6 @@ def _remember(broker: Broker, task_id: str, how: str) -> None:
 
 
 SENT_KEPT = 10_000
-
-
-def run_hook(hook: Any, task: Task, logger: Any = None) -> None:
-    """Call a hook with the finished task; a failing hook is logged, never raised
-    (``sys.exit()`` in a hook included: it must not stop the cluster)."""
-    try:
-        hook(task)
-    except BaseException:  # noqa: BLE001
-        import logging
-        (logger or logging.getLogger("nbqueue")).exception(
-            "hook %r of task %s (%s) raised; the task's outcome is stored all the same",
-            getattr(hook, "__name__", hook), task.name, task.id)
-
-
-def find_hook(broker: Broker, header: dict[str, Any]) -> Any:
-    """The hook of a task as something to call, or None.
-
-    A hook given as an object in this process is returned as that very object (and
-    forgotten: hooks run once, for the task's final outcome).
-    """
-    hook = broker.local_hooks.pop(header["id"], None)
-    if hook is not None:
-        return hook
-    if header["hook_ref"] is not None:
-        return resolve(header["hook_ref"])
-    if header["hook_bytes"] is not None:
-        return cloudpickle.loads(header["hook_bytes"])
-    return None
 
 
 def _run_inline(header: dict[str, Any], func: Any, broker: Broker,

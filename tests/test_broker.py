@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import errno
 import multiprocessing
 import os
-import sqlite3
 import subprocess
 import sys
 import threading

@@ -302,7 +302,8 @@ def test_start_again_on_the_same_directory_gives_the_running_cluster(store_dir):
         assert _feeders() == before + 1
         assert result(async_task(fx.add, 1, 2), wait=WAIT) == 3
         # other options: the running cluster is replaced, and its work goes on
-        slow = [async_task(fx.nap, 0.3, i, group="handover") for i in range(8)]
+        for i in range(8):
+            async_task(fx.nap, 0.3, i, group="handover")
         time.sleep(0.2)
         second = Cluster(workers=3, timeout=30).start()
         assert second is not first and second.running and not first.running
