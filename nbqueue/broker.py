@@ -300,7 +300,7 @@ class Broker:
             acks, self._acks = self._acks, []
         index = checked_get(queue, _INDEX, {}, "the lease index")
         if acks:
-            self._finish(_rows(acks)[0], None, index)
+            self._finish(_rows(acks)[0], index)
         refused: list[str] = []
         key, item = self._pull(refused)
         taken: list[tuple[int, bytes]] = []
@@ -359,7 +359,7 @@ class Broker:
 
     def ack(self, tokens: Iterable[str]) -> None:
         """End leases whose outcome is stored: the packages are gone for good."""
-        self._end(tokens, requeue=None)
+        self._end(tokens)
 
     def release(self, tokens: Iterable[str], counted: bool = False) -> None:
         """Hand leased packages back to the front of the queue for another delivery.
@@ -367,7 +367,7 @@ class Broker:
         ``counted=False`` (the task never ran, or was stopped through no fault of its
         own) gives the attempt back; ``counted=True`` keeps it on the task's count.
         """
-        self._end(tokens, requeue="front" if not counted else "counted")
+        self._end(tokens, back=True, counted=counted)
 
     def ack_soon(self, tokens: Iterable[str]) -> None:
         """``ack`` in the next lease's transaction, or at ``flush_acks``: a cluster whose
@@ -381,19 +381,20 @@ class Broker:
             tokens, self._acks = self._acks, []
         self.ack(tokens)
 
-    def _end(self, tokens: Iterable[str], requeue: str | None) -> None:
+    def _end(self, tokens: Iterable[str], back: bool = False, counted: bool = False) -> None:
         by_row, _ = _rows(tokens)
         if not by_row:
             return
         with self._transaction(retry=True):
             index = checked_get(self._queue, _INDEX, {}, "the lease index")
-            self._finish(by_row, requeue, index)
+            self._finish(by_row, index, back, counted)
             self._queue.set(_INDEX, index)
 
-    def _finish(self, by_row: dict[str, list[int]], requeue: str | None,
-                index: dict[str, tuple]) -> None:
-        """End leases (see ``release`` for ``requeue``) in ``index``, which the caller
-        writes back; inside a transaction."""
+    def _finish(self, by_row: dict[str, list[int]], index: dict[str, tuple],
+                back: bool = False, counted: bool = False) -> None:
+        """End leases in ``index``, which the caller writes back; inside a transaction.
+        ``back``: their packages go back to the front of the queue, with their attempt
+        ``counted`` or given back (see ``release``)."""
         queue = self._queue
         requeued = []
         for batch, numbers in by_row.items():
@@ -403,10 +404,9 @@ class Broker:
             row = checked_get(queue, _LEASE + batch, {}, "a lease row")
             for number in numbers:
                 item = row.pop(number, None)
-                if requeue is not None and item is not None:
+                if back and item is not None:
                     attempt, package = item
-                    requeued.append((attempt - 1 if requeue == "front" else attempt,
-                                     package))
+                    requeued.append((attempt if counted else attempt - 1, package))
             if row:
                 queue.set(_LEASE + batch, row)
                 index[batch] = (held[0], held[1], tuple(row))

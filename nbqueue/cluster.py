@@ -52,16 +52,14 @@ from .storage import process_alive
 from .errors import ClusterError, ConfigurationError, SignatureError, StoreGone
 from .executors import BROKEN, EXECUTOR_OPTIONS, Executor, make_executor
 from .models import Task, make_record
-from .names import new_task_id
 from .hooks import find_hook, run_hook
+from .names import new_task_id
 from .worker import Spilled, clean_spill, failure_text, read_slot, unspill
 
 log = logging.getLogger("nbqueue")
 
-_UNSET: Any = conf._UNSET
 CHUNK_SECONDS = 0.1
 MAX_CHUNK = 64
-KILL_GRACE = 1.0  # seconds past a timeout before a worker that ignored SIGALRM is killed
 HEARTBEAT = 1.0
 IDLE_POLL = 0.05  # seconds between queue polls of a cluster that has been idle for a while
 HOT_POLL = 0.001  # ... and right after a task finished, when its caller may send the next
@@ -84,7 +82,7 @@ class Cluster:
     ``NBQUEUE_*`` environment. Also a context manager: ``with Cluster() as c: ...``.
     """
 
-    def __init__(self, workers: int | None = None, timeout: float | None = _UNSET,
+    def __init__(self, workers: int | None = None, timeout: float | None = conf.UNSET,
                  retry: float | None = None, max_attempts: int | None = None,
                  ack_failures: bool | None = None, save_limit: int | None = None,
                  bulk: int | None = None, poll: float | None = None,
@@ -96,7 +94,7 @@ class Cluster:
                  "ack_failures": ack_failures, "save_limit": save_limit, "bulk": bulk,
                  "poll": poll, "label": label, "directory": directory, "max_rss": max_rss}
         options = {k: v for k, v in given.items() if v is not None}
-        if timeout is not _UNSET:
+        if timeout is not conf.UNSET:
             options["timeout"] = timeout
         self.settings = conf.merged(conf.settings(), **options)
         self.workers = self.settings.worker_count
@@ -197,7 +195,7 @@ class Cluster:
             shutil.rmtree(self._slot_dir, ignore_errors=True)
             raise
         # until measured, one task per chunk (dask takes longer chunks: ~25 ms a round trip)
-        self._task_seconds = getattr(self._executor, "chunk_seconds", CHUNK_SECONDS)
+        self._task_seconds = self._executor.chunk_seconds
         self.broker.subscribe(self._wakeup)
         self._beat()
         for name, target in (("feeder", self._feed), ("writer", self._write),
@@ -319,7 +317,7 @@ class Cluster:
         return self.workers * max(4, 2 * self._chunk_size())
 
     def _chunk_size(self) -> int:
-        seconds = getattr(self._executor, "chunk_seconds", CHUNK_SECONDS)
+        seconds = self._executor.chunk_seconds if self._executor else CHUNK_SECONDS
         return max(1, min(MAX_CHUNK, int(seconds / max(self._task_seconds, 1e-6))))
 
     def _feed(self) -> None:
@@ -683,12 +681,10 @@ class Cluster:
     def _enforce_timeouts(self) -> None:
         """Tier 2 of timeouts: kill a worker stuck past its task's deadline + grace
         (dask has no tier 1: its grace is 0, and ``kill`` restarts the dask worker)."""
-        if not self._slot_dir:
+        if not self._slot_dir or self._executor is None:
             return
         now = time.time()
-        grace = getattr(self._executor, "kill_grace", KILL_GRACE)
-        note = getattr(self._executor, "timeout_note", "(the task did not respond to the "
-                       "timeout signal, so its worker process was killed)")
+        grace, note = self._executor.kill_grace, self._executor.timeout_note
         for task_id, _, deadline, handle in self._running_states():
             if not deadline or now < deadline + grace:
                 continue

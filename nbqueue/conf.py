@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 
-_UNSET: Any = object()
+UNSET: Any = object()  # an option left out (None may be a value of its own)
 
 
 @dataclass(frozen=True)
@@ -216,5 +216,5 @@ def reset() -> None:
 
 def merged(base: Settings, **options: Any) -> Settings:
     """``base`` with the options that are not None replaced, validated."""
-    given = {k: v for k, v in options.items() if v is not _UNSET}
+    given = {k: v for k, v in options.items() if v is not UNSET}
     return validate(replace(base, **given))

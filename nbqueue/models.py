@@ -136,7 +136,7 @@ class Task:
         """Results of this task's group; failed ones too with ``failures=True``."""
         if self.group is None:
             return None
-        return _group_results(self._part(), self.group, failures)
+        return group_results(self._part(), self.group, failures)
 
     def group_count(self, failures: bool = False) -> int:
         """Tasks in this task's group (successes and failures, as in Django Q), or only
@@ -232,5 +232,5 @@ def group_count(part: Any, group: str, failures: bool = False) -> int:
     return sum(part.tally(group))
 
 
-def _group_results(part, group: str, failures: bool) -> list[Any]:
+def group_results(part, group: str, failures: bool) -> list[Any]:
     return [decode(r["result"]) for r in part.group_records(group, failures)]

@@ -20,7 +20,6 @@ taken by reading the group (records expire one by one, counters could not follow
 from __future__ import annotations
 
 import os
-import pickle
 import threading
 import time
 import warnings
@@ -62,14 +61,6 @@ def decode(blob: Any) -> Any:
     if isinstance(blob, (bytes, bytearray)):
         return cloudpickle.loads(blob)
     return blob
-
-
-def encode(value: Any) -> bytes:
-    """Pickle a value for the store: plain pickle, or cloudpickle for lambdas and the like."""
-    try:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class Part:

@@ -20,7 +20,7 @@ import cloudpickle
 from . import conf, signing
 from .broker import Broker, get_broker
 from .errors import ConfigurationError, NoClusterWarning, PackingError
-from .models import Task, _group_results, group_count, make_record
+from .models import Task, group_results, group_count, make_record
 from .hooks import find_hook, run_hook
 from .names import new_task_id
 from .store import decode
@@ -28,7 +28,6 @@ from .worker import execute, resolve, serving
 
 OPTIONS = ("hook", "group", "save", "timeout", "ack_failure", "sync", "cached", "broker",
            "task_name", "max_attempts", "q_options")
-_UNSET: Any = conf._UNSET
 
 
 def _callable_name(func: Callable[..., Any]) -> str:
@@ -426,7 +425,7 @@ def result_group(group_id: str, failures: bool = False, wait: int = 0,
     ``progress=True`` shows a live progress panel (or tqdm bar) while it waits.
     """
     _wait_group(group_id, failures, wait, count, cached, broker, progress)
-    results = _group_results(_store(broker).part(cached), group_id, failures)
+    results = group_results(_store(broker).part(cached), group_id, failures)
     return results or None
 
 

@@ -255,7 +255,7 @@ def test_reset_forgets_configure():
 
 def test_merged_validates_and_skips_unset():
     base = configure(workers=2)
-    s = conf.merged(base, workers=5, timeout=conf._UNSET)
+    s = conf.merged(base, workers=5, timeout=conf.UNSET)
     assert s.workers == 5
     assert s.timeout is None
     assert settings().workers == 2  # merged does not change the process settings

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import time
 import uuid
 
+import cloudpickle
 import pytest
 
 from nbqueue.names import humanize
-from nbqueue.store import PAGE, Part, Store, decode, encode
+from nbqueue.store import PAGE, Part, Store, decode
+
+
+def encode(value):
+    """A value pickled as a worker pickles a result: plain pickle, cloudpickle for the rest."""
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def rec(group=None, success=True, result="ok", cached=False, save=True, task_id=None,
