@@ -701,19 +701,8 @@ class Cluster:
             self._executor.kill(handle)
 
     def _running_states(self) -> list[tuple[str, float, float, Any]]:
-        """(task id, started, deadline or 0, worker handle) of each task running now:
-        from the executor (dask), or from the workers' slots (loky; the handle a pid)."""
-        states = self._executor.running() if self._executor is not None else None
-        if states is not None:
-            return states
-        if not self._slot_dir or not os.path.isdir(self._slot_dir):
-            return []
-        states = []
-        for entry in os.scandir(self._slot_dir):
-            state = read_slot(entry.path)
-            if state is not None and entry.name.isdigit():
-                states.append((state[0], state[1], state[2], int(entry.name)))
-        return states
+        """(task id, started, deadline or 0, worker handle) of each task running now."""
+        return self._executor.running() if self._executor is not None else []
 
     def _beat(self) -> None:
         capacity = self._executor.capacity() if self._executor is not None else None

@@ -1,0 +1,122 @@
+"""Where chunks of tasks run: a small interface, and two implementations.
+
+The cluster hands an executor lists of task items (see ``worker.run_chunk``) and
+gets ``concurrent.futures.Future``s back; the queue, the store, signing, hooks and
+progress stay with the cluster, in its process, whatever the executor.
+
+- ``loky`` (the default): worker processes of this cluster's own. A cluster does not
+  use loky's process-wide reusable executor, because joblib (which many notebooks also
+  use) resizes or restarts that shared one and would kill our tasks in flight.
+  Instead, like loky's reusable executor, ours replaces a pool that broke (a worker
+  died) with a fresh one on the next submit.
+- ``dask`` (``pip install "nbqueue[dask]"``): a ``dask.distributed`` scheduler, either
+  one already running anywhere (``address=``) or a ``LocalCluster`` started for the
+  cluster and closed with it. See ``DaskExecutor`` for timeouts and lost workers.
+
+This package holds the interface (``Executor``) and ``make_executor``; ``loky.py`` and
+``dask.py`` beside it each hold one executor (dask is imported only when asked for).
+"""
+
+from __future__ import annotations
+
+import warnings
+from concurrent.futures import Future
+from typing import Any, Callable
+
+from ..errors import ConfigurationError
+
+class WorkerLost(Exception):
+    """A chunk's worker was lost (killed, crashed, out of memory, restarted, shut down).
+
+    ``running`` holds the ids of the tasks that were running when it happened (the
+    cluster counts an attempt for those); the chunk's other tasks were only waiting.
+    """
+
+    def __init__(self, message: str, running: tuple[str, ...] = (), reason: str = "") -> None:
+        super().__init__(message)
+        self.running = tuple(running)
+        self.reason = reason or message
+
+
+BROKEN: tuple[type[BaseException], ...]
+try:
+    from loky.process_executor import BrokenProcessPool, ShutdownExecutorError
+    BROKEN = (BrokenProcessPool, ShutdownExecutorError, WorkerLost)
+except ImportError:  # pragma: no cover - loky is a hard dependency
+    BROKEN = (WorkerLost,)
+
+
+# A recycled worker (max_rss) is replaced between two tasks and loses nothing; loky's
+# warning about it, worded for memory leaks, would only alarm a notebook's user.
+warnings.filterwarnings("ignore", message="A worker was restarted while some jobs",
+                        category=UserWarning)
+
+
+class Executor:
+    """What a cluster needs of an executor."""
+
+    name = "base"
+    dashboard: str | None = None  # a link to the executor's own dashboard, if it has one
+    # seconds of work in a chunk: a no-op costs ~0.1 ms in loky, a chunk a few store writes
+    chunk_seconds = 0.1
+    # seconds past a task's deadline before its worker is killed (tier 2 of timeouts)
+    kill_grace = 1.0
+    # how the failure text of a task that was killed past its timeout explains it
+    timeout_note = ("(the task did not respond to the timeout signal, so its worker "
+                    "process was killed)")
+    # called as the interpreter exits, before the executor's own exit handlers run
+    at_exit: Callable[[], None] | None = None
+    directory: str | None = None  # the store: the default of tasks that enqueue tasks
+
+    def open(self) -> None:
+        """Connect or start what the executor needs, before the cluster's threads start.
+
+        Raises ClusterError saying what went wrong. The loky pool spawns lazily instead.
+        """
+
+    def capacity(self) -> int | None:
+        """Tasks that can run at once now, or None: the cluster's ``workers``."""
+        return None
+
+    def running(self) -> list[tuple[str, float, float, Any]]:
+        """(task id, started, deadline or 0, handle for ``kill``) of each running task."""
+        raise NotImplementedError
+
+    def submit(self, items: list[tuple]) -> Future:
+        raise NotImplementedError
+
+    def kill(self, handle: Any) -> None:
+        """Stop the worker running a task past its timeout: ``handle`` comes from the
+        slot directory (a pid) or from ``running()``."""
+        raise NotImplementedError
+
+    def shutdown(self, kill: bool = False) -> None:
+        raise NotImplementedError
+
+
+EXECUTORS = ("loky", "dask")
+# the options each executor takes beside the cluster's own
+EXECUTOR_OPTIONS: dict[str, tuple[str, ...]] = {
+    "loky": (),
+    "dask": ("address", "client", "dashboard_address", "memory_limit", "connect_timeout"),
+}
+
+
+def make_executor(name: str, workers: int, slot_dir: str, max_rss: int | None = None,
+                  **options: Any) -> Executor:
+    """The executor called ``name``; raises ConfigurationError naming the known ones."""
+    if name not in EXECUTOR_OPTIONS:
+        raise ConfigurationError(f"unknown executor {name!r}; the executors are: "
+                                 + ", ".join(repr(e) for e in EXECUTORS))
+    unknown = sorted(set(options) - set(EXECUTOR_OPTIONS[name]))
+    if unknown:
+        raise ConfigurationError(f"unknown option(s) of the {name} executor: {unknown}; "
+                                 f"it takes {list(EXECUTOR_OPTIONS[name]) or 'none'}")
+    if name == "loky":
+        from .loky import LokyExecutor
+        return LokyExecutor(workers, slot_dir, max_rss)
+    if name == "dask":
+        from .dask import DaskExecutor
+        return DaskExecutor(workers, slot_dir, max_rss, **options)
+    raise ConfigurationError(f"unknown executor {name!r}; the executors are: "
+                             + ", ".join(repr(e) for e in EXECUTORS))
