@@ -1,7 +1,9 @@
 """The seed's reference text, example by example, and every entry of its Reference section.
 
-Each example of ``seed/000_78813f960cc09cd0.txt`` is walked as written, with only the
-import line adapted (``from nbqueue import ...``). Dotted paths of hooks point at
+Each example of Django Q's *Tasks* reference text (the API nbqueue follows: its
+``async_task``, ``result``, groups, cached results, ``async_iter`` and ``AsyncTask``
+sections) is walked as written, with only the import line adapted
+(``from nbqueue import ...``). Dotted paths of hooks point at
 ``tests.tasks_fixtures`` instead of a user's ``hooks`` module. Everything is real:
 a private store in a temp directory and, where work must run in the background, a
 real two-worker cluster (the ``cluster`` fixture). Every test that uses it runs twice:

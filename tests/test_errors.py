@@ -1,0 +1,48 @@
+"""nbqueue.errors: every error is an NbqueueError and the standard error users catch."""
+
+from __future__ import annotations
+
+import pytest
+
+import nbqueue
+from nbqueue import errors
+
+EXPECTED = {
+    errors.ConfigurationError: ValueError,
+    errors.TaskFunctionError: ImportError,
+    errors.PackingError: TypeError,
+    errors.SignatureError: ValueError,
+    errors.InsecureStoreError: PermissionError,
+    errors.StoreError: OSError,
+    errors.StoreGone: OSError,
+    errors.TaskTimeout: TimeoutError,
+    errors.ClusterError: RuntimeError,
+}
+
+
+@pytest.mark.parametrize("error, standard", EXPECTED.items(), ids=lambda e: e.__name__)
+def test_each_error_is_also_the_standard_error_users_catch(error, standard):
+    assert issubclass(error, errors.NbqueueError) and issubclass(error, standard)
+    assert error.__doc__, "every error says in one line what it means"
+    with pytest.raises(standard):
+        raise error("what went wrong, and what to do")
+
+
+def test_the_errors_users_meet_are_exported_from_nbqueue():
+    for name in ("NbqueueError", "ConfigurationError", "TaskFunctionError", "PackingError",
+                 "SignatureError", "InsecureStoreError", "StoreError", "TaskTimeout",
+                 "ClusterError", "NoClusterWarning", "WaitWarning"):
+        assert getattr(nbqueue, name) is getattr(errors, name)
+        assert name in nbqueue.__all__
+
+
+def test_warnings_are_user_warnings():
+    assert issubclass(errors.NoClusterWarning, UserWarning)
+    assert issubclass(errors.WaitWarning, UserWarning)
+
+
+def test_a_bad_option_names_itself_and_the_fix(store_dir):
+    with pytest.raises(errors.ConfigurationError, match="'retry'.*timeout=120, retry=240"):
+        nbqueue.configure(timeout=120)
+    with pytest.raises(errors.ConfigurationError, match="did you mean 'workers'"):
+        nbqueue.Cluster(wrkers=2)

@@ -1,0 +1,73 @@
+"""nbqueue.models: Task, Success and Failure as views of records in a real store."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from datetime import timezone
+
+import pytest
+
+import nbqueue
+from nbqueue.models import Failure, Success, Task, group_count, make_record
+
+
+def _header(task_id, group="g", name=None):
+    return {"id": task_id, "name": name or f"name-{task_id}", "func": "math.floor",
+            "hook_name": None, "args": pickle.dumps(((2.5,), {"k": 1})), "group": group,
+            "save": None, "cached": False, "enqueued": time.time() - 2, "iter": None}
+
+
+def _store(records):
+    store = nbqueue.get_broker().store
+    store.save(records)
+    return store
+
+
+def test_a_record_is_made_of_the_header_and_the_outcome(store_dir):
+    header = _header("a")
+    record = make_record(header, ("a", True, pickle.dumps(2), 0.0, time.time()), attempt=2)
+    assert record["result"] == pickle.dumps(2) and record["attempt_count"] == 2
+    assert record["started"] == header["enqueued"] and record["success"] is True
+
+
+def test_task_fields_times_and_lazy_result(store_dir):
+    outcome = ("a", True, pickle.dumps({"big": "value"}), 0.0, time.time())
+    store = _store([make_record(_header("a"), outcome, attempt=1)])
+    task = Task.get_task("a", store=store)
+    assert task.id == "a" and task.name == "name-a" and task.func == "math.floor"
+    assert "result" not in task._decoded  # nothing unpickled until it is read
+    assert task.args == (2.5,) and task.kwargs == {"k": 1}
+    assert task.result == {"big": "value"}
+    assert task.started.tzinfo is timezone.utc and task.stopped > task.started
+    assert 1.5 < task.time_taken() < 60
+    assert task == Task.get_task("name-a", store=store) and hash(task) == hash("a")
+    assert repr(task).startswith("<Task name-a math.floor success group='g' attempts=1")
+
+
+def test_success_and_failure_are_filtered_views(store_dir):
+    ok = make_record(_header("ok"), ("ok", True, pickle.dumps(1), 0.0, time.time()), 1)
+    bad = make_record(_header("bad"), ("bad", False, "ValueError: no", 0.0, time.time()), 1)
+    store = _store([ok, bad])
+    assert isinstance(Success.get_task("ok", store=store), Success)
+    assert Success.get_task("bad", store=store) is None
+    assert Failure.get_task("bad", store=store).result == "ValueError: no"
+    assert [t.id for t in Failure.get_task_group("g", store=store)] == ["bad"]
+    assert group_count(store.saved, "g") == 2 and group_count(store.saved, "g", True) == 1
+    assert Task.get_group_count("g", store=store) == 2
+    assert Success.get_group_count("g", store=store) == 1
+
+
+def test_save_turns_a_cached_task_into_a_saved_one(store_dir):
+    header = dict(_header("c"), cached=True)
+    store = _store([make_record(header, ("c", True, pickle.dumps(5), 0.0, time.time()), 1)])
+    task = Task.get_task("c", cached=True, store=store)
+    assert task.cached and Task.get_task("c", store=store) is None
+    task.save()
+    assert not task.cached and Task.get_task("c", store=store).result == 5
+
+
+@pytest.mark.parametrize("bad", [None, 5, ""])
+def test_a_bad_id_is_a_clear_error(store_dir, bad):
+    with pytest.raises(nbqueue.ConfigurationError, match="non-empty string"):
+        Task.get_task(bad)
