@@ -279,6 +279,7 @@ class Nbqueue(System):
 
     def start(self) -> None:
         import nbqueue
+        from nbqueue.heartbeats import heartbeats
         directory = self.fresh_store(self.key)
         if self.proc:
             self.child = Child("nbqueue-cluster", [
@@ -286,7 +287,7 @@ class Nbqueue(System):
                 "--workers", str(WORKERS)], log_dir=self.tmp)
             broker = nbqueue.get_broker(directory)
             deadline = time.monotonic() + 120
-            while not broker.clusters():
+            while not heartbeats(broker.directory).clusters():
                 if not self.child.alive() or time.monotonic() > deadline:
                     raise RuntimeError(f"nbqueue cluster did not start:\n{self.child.tail()}")
                 time.sleep(0.05)

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 from . import conf
 from .errors import SignatureError, StoreError
+from .heartbeats import drop_heartbeats
 from .signing import forget_key, load_key, private_directory
 from .storage import UPSERT_OK, checked_get, open_cache, upsert, writing
 
@@ -45,9 +46,6 @@ BUNDLE_BYTES = 30_000  # and bytes: under diskcache's 32 KiB a bundle stays in i
 OUTBOX_BYTES = 8 << 20  # packages written behind at most; past it async_task writes first
 WRITE_BYTES = 1 << 20  # packages in one transaction of the outbox at most
 _LEASE = "lease:"  # string keys: diskcache stores them as they are, tuples it pickles
-_CLUSTER = "cluster:"
-_STOPPED = "stopped:"
-STOPPED_KEPT = 86400.0  # seconds the record of a cluster that stopped on its own is kept
 
 
 def _rows(tokens: Iterable[str]) -> tuple[dict[str, list[int]], list[str]]:
@@ -84,7 +82,6 @@ class Broker:
         self.directory = private_directory(directory)
         self.key = load_key(self.directory)
         self._queue = open_cache(os.path.join(self.directory, "queue"))
-        self._state = open_cache(os.path.join(self.directory, "state"), expiring=True)
         self._tokens = itertools.count()
         self._token_prefix = os.urandom(6).hex()
         self._wakeups: list[threading.Event] = []
@@ -501,45 +498,10 @@ class Broker:
             self._queue.set(_PENDING, 0)
         return dropped
 
-    # -- cluster heartbeats ----------------------------------------------------------
-
-    def beat(self, cluster_id: str, info: dict[str, Any], ttl: float) -> None:
-        """Record that a cluster is alive, with its figures, for ``ttl`` seconds."""
-        self._state.set(_CLUSTER + cluster_id, info, expire=ttl, retry=True)
-
-    def forget(self, cluster_id: str) -> None:
-        self._state.delete(_CLUSTER + cluster_id, retry=True)
-
-    def record_stop(self, cluster_id: str, info: dict[str, Any]) -> None:
-        """Keep, for a day, the figures of a cluster that stopped on its own (``info``
-        names why, under ``"error"``), for ``nbqueue info`` to show."""
-        self._state.set(_STOPPED + cluster_id, dict(info, stopped=time.time()),
-                        expire=STOPPED_KEPT, retry=True)
-
-    def stopped_clusters(self) -> list[dict[str, Any]]:
-        """The clusters that stopped on their own in the last day, newest first."""
-        found = self._state_rows(_STOPPED)
-        return sorted((info for info in found if info is not None),
-                      key=lambda info: -info.get("stopped", 0))
-
-    def clusters(self) -> list[dict[str, Any]]:
-        """The live clusters on this directory, each as the info it last reported."""
-        return [info for info in self._state_rows(_CLUSTER) if info is not None]
-
-    def _state_rows(self, prefix: str) -> list[Any]:
-        """The values of the state rows whose key starts with ``prefix``; a row that
-        fails its signature check is left out (and logged): never unpickled."""
-        found = []
-        for key in list(self._state.iterkeys()):
-            if isinstance(key, str) and key.startswith(prefix):
-                found.append(checked_get(self._state, key, None, "a cluster heartbeat"))
-        return found
-
     def close(self) -> None:
         self.flush()
         self.flush_acks()
         self._queue.close()
-        self._state.close()
         if self._store is not None:
             self._store.close()
 
@@ -559,6 +521,7 @@ def drop_broker(directory: str | os.PathLike[str], close: bool = True) -> None:
         for key in [k for k, v in _given.items() if v is broker]:
             del _given[key]
         forget_key(path)
+    drop_heartbeats(path, close)
     if broker is not None and close:
         broker.close()
 

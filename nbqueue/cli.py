@@ -72,6 +72,7 @@ def _cluster(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from .broker import get_broker
+    from .heartbeats import heartbeats
     given = args.directory or conf.settings().directory
     path = os.path.abspath(given)
     # opening a store creates it: a mistyped --directory must not leave an empty one behind
@@ -82,12 +83,12 @@ def _info(args: argparse.Namespace) -> int:
                          f"{given}`) or enqueue a task after configure(directory={given!r})")
     broker = get_broker(given)
     saved_ok, saved_failed = broker.store.saved.totals()
-    clusters = broker.clusters()
+    clusters = heartbeats(broker.directory).clusters()
     figures = {"directory": broker.directory, "queued": broker.size(),
                "running": sum(c.get("running", 0) for c in clusters),
                "leased": broker.leased(), "done": saved_ok, "failed": saved_failed,
                "clusters": clusters}
-    stopped = broker.stopped_clusters()
+    stopped = heartbeats(broker.directory).stopped_clusters()
     figures["stopped_clusters"] = stopped
     if args.json:
         print(json.dumps(figures, indent=2, default=str))

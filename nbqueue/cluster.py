@@ -52,6 +52,7 @@ from .storage import process_alive
 from .errors import ClusterError, ConfigurationError, SignatureError, StoreGone
 from .executors import BROKEN, EXECUTOR_OPTIONS, Executor, make_executor
 from .models import Task, make_record
+from .heartbeats import heartbeats
 from .hooks import find_hook, run_hook
 from .names import new_task_id
 from .worker import Spilled, clean_spill, failure_text, read_slot, unspill
@@ -100,6 +101,7 @@ class Cluster:
         self.workers = self.settings.worker_count
         self.broker: Broker = get_broker(self.settings.directory)
         self.directory = self.broker.directory
+        self.heartbeats = heartbeats(self.directory)
         self.id = uuid.uuid4().hex
         self.executor_name = executor
         self._executor_options = executor_options
@@ -265,9 +267,9 @@ class Cluster:
         _join(hooks, 30)
         self.broker.unsubscribe(self._wakeup)
         try:
-            self.broker.forget(self.id)
+            self.heartbeats.forget(self.id)
             if self.error is not None:
-                self.broker.record_stop(self.id, self.info())
+                self.heartbeats.record_stop(self.id, self.info())
         except Exception:  # the store itself may be what failed
             log.warning("nbqueue cluster: could not record the stop in the store",
                         exc_info=True)
@@ -708,7 +710,7 @@ class Cluster:
         capacity = self._executor.capacity() if self._executor is not None else None
         if capacity:  # dask: its threads now (workers come and go)
             self.workers = capacity
-        self.broker.beat(self.id, self.info(), ttl=3 * HEARTBEAT + 2)
+        self.heartbeats.beat(self.id, self.info(), ttl=3 * HEARTBEAT + 2)
 
     # -- hooks -----------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from . import conf, signing
 from .broker import Broker, get_broker
 from .errors import ConfigurationError, NoClusterWarning, PackingError
 from .models import Task, group_results, group_count, make_record
+from .heartbeats import heartbeats
 from .hooks import find_hook, run_hook
 from .names import new_task_id
 from .store import decode
@@ -221,7 +222,7 @@ def _warn_if_unserved(broker: Broker) -> None:
 
 def _unserved(broker: Broker) -> str | None:
     """What to do when no cluster serves the store, or None when one does."""
-    if broker.has_local_consumer or broker.clusters():
+    if broker.has_local_consumer or heartbeats(broker.directory).clusters():
         return None
     return (f"no nbqueue cluster serves {broker.directory}: start one in this kernel with "
             f"`nbqueue.Cluster().start()`, or in a terminal with "

@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any
 
 from .broker import Broker, get_broker
+from .heartbeats import heartbeats
 from .conf import Settings
 
 INTERVAL = 0.25
@@ -113,7 +114,7 @@ class GroupProgress:
         done = self.part.count(self.group, failures=False)
         failed = self.part.count(self.group, failures=True)
         running = sum(c.get("groups_running", {}).get(self.group, 0)
-                      for c in self.broker.clusters())
+                      for c in heartbeats(self.broker.directory).clusters())
         return done, failed, running
 
     def _expected(self) -> int | None:

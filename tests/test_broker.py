@@ -299,38 +299,6 @@ def test_enqueue_many_accepts_a_generator(broker):
     assert broker.size() == 10
 
 
-# -- heartbeats -----------------------------------------------------------------------
-
-
-def test_heartbeats_beat_clusters_forget(broker):
-    assert broker.clusters() == []
-    broker.beat("c1", {"id": "c1", "workers": 2}, ttl=30)
-    broker.beat("c2", {"id": "c2", "workers": 4}, ttl=30)
-    assert sorted(info["id"] for info in broker.clusters()) == ["c1", "c2"]
-
-    broker.beat("c1", {"id": "c1", "workers": 8}, ttl=30)  # a beat replaces the info
-    infos = {info["id"]: info for info in broker.clusters()}
-    assert infos["c1"]["workers"] == 8
-
-    broker.forget("c2")
-    assert [info["id"] for info in broker.clusters()] == ["c1"]
-    broker.forget("never-there")
-
-
-def test_heartbeat_expires_after_ttl(broker):
-    broker.beat("short", {"id": "short"}, ttl=0.4)
-    broker.beat("long", {"id": "long"}, ttl=30)
-    assert len(broker.clusters()) == 2
-    time.sleep(0.6)
-    assert [info["id"] for info in broker.clusters()] == ["long"]
-
-
-def test_heartbeats_do_not_touch_the_queue(broker):
-    broker.beat("c", {"id": "c"}, ttl=30)
-    assert broker.size() == 0
-    assert broker.lease("w", 10, 30) == []
-
-
 # -- wakeups --------------------------------------------------------------------------
 
 

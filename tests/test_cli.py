@@ -16,6 +16,7 @@ import pytest
 import nbqueue
 from nbqueue import async_task, result, result_group
 from nbqueue.errors import NoClusterWarning
+from nbqueue.heartbeats import heartbeats
 from tests import tasks_fixtures as fx
 
 pytestmark = pytest.mark.timeout(90)
@@ -33,7 +34,7 @@ def test_command_line_cluster_and_info(store_dir):
     try:
         broker = nbqueue.get_broker()
         deadline = time.monotonic() + 30
-        while not broker.clusters() and time.monotonic() < deadline:
+        while not heartbeats(broker.directory).clusters() and time.monotonic() < deadline:
             time.sleep(0.05)
         with warnings.catch_warnings():
             warnings.simplefilter("error", NoClusterWarning)  # the cluster's heartbeat is seen
@@ -109,9 +110,10 @@ def test_console_script_cluster_imports_modules_beside_it(store_dir, tmp_path, m
     try:
         broker = nbqueue.get_broker()
         deadline = time.monotonic() + 30
-        while not broker.clusters() and proc.poll() is None and time.monotonic() < deadline:
+        while (not heartbeats(broker.directory).clusters() and proc.poll() is None
+               and time.monotonic() < deadline):
             time.sleep(0.05)
-        assert broker.clusters(), "the cluster did not start"
+        assert heartbeats(broker.directory).clusters(), "the cluster did not start"
         task_id = async_task("mymod.work", 21)
         task = nbqueue.fetch(task_id, wait=WAIT)
         assert task is not None, "no result within the wait"

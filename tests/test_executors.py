@@ -28,6 +28,7 @@ import nbqueue
 from nbqueue import (Cluster, async_task, count_group, fetch, fetch_group, queue_size, result,
                      result_group)
 from nbqueue.errors import ClusterError, ConfigurationError
+from nbqueue.heartbeats import heartbeats
 
 from . import tasks_fixtures as fx
 from .waiting import wait_for
@@ -259,7 +260,7 @@ def test_info_panel_and_dashboard_link(dask_cluster, capsys):
     assert "dask" in panel._html.value
 
     from nbqueue import cli
-    wait_for(lambda: nbqueue.get_broker().clusters(), what="a heartbeat")
+    wait_for(lambda: heartbeats(nbqueue.get_broker().directory).clusters(), what="a heartbeat")
     assert cli.main(["info", "--json"]) == 0
     (beat,) = json.loads(capsys.readouterr().out)["clusters"]
     assert beat["executor"] == "dask" and beat["dashboard"] == link
@@ -337,11 +338,11 @@ def test_command_line_cluster_on_a_dask_scheduler(store_dir, foreign_scheduler):
                             stderr=subprocess.PIPE, text=True)
     try:
         broker = nbqueue.get_broker()
-        wait_for(lambda: broker.clusters(), what="the cluster's heartbeat")
+        wait_for(lambda: heartbeats(broker.directory).clusters(), what="the cluster's heartbeat")
         ids = [async_task(fx.add, i, 1, group="cli") for i in range(20)]
         assert sorted(result_group("cli", count=20, wait=WAIT)) == list(range(1, 21))
         assert sorted(result(i) for i in ids) == list(range(1, 21))
-        (beat,) = broker.clusters()
+        (beat,) = heartbeats(broker.directory).clusters()
         assert beat["executor"] == "dask" and beat["pid"] == proc.pid
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0

@@ -23,6 +23,7 @@ from nbqueue import (Cluster, async_iter, async_task, count_group, fetch, fetch_
                      result_group)
 from nbqueue.storage import process_alive as _alive
 from nbqueue.worker import read_slot
+from nbqueue.heartbeats import heartbeats
 from tests import tasks_fixtures as fx
 
 pytestmark = pytest.mark.timeout(120)
@@ -118,7 +119,7 @@ def test_sigkill_of_the_cluster_host_then_a_new_cluster(store_dir, tmp_path):
                             stderr=subprocess.DEVNULL)
     try:
         broker = nbqueue.get_broker()
-        assert _wait_for(lambda: broker.clusters(), 30)
+        assert _wait_for(lambda: heartbeats(broker.directory).clusters(), 30)
         ids = [async_task(fx.logged, log, i, 0.02, group="kill-host") for i in range(300)]
         assert _wait_for(lambda: count_group("kill-host") >= 60, 60)
         workers = _loky_workers(host.pid)
@@ -210,8 +211,9 @@ def test_many_producers_two_clusters(store_dir):
         assert sorted(t.result for t in tasks) == list(range(16_000))
         assert all(t.attempt_count == 1 for t in tasks)
         broker = nbqueue.get_broker()
-        assert _wait_for(lambda: sum(c["done"] for c in broker.clusters()) == 16_000, 10)
-        assert all(c["done"] > 0 for c in broker.clusters())  # both clusters took part
+        beats = heartbeats(broker.directory)
+        assert _wait_for(lambda: sum(c["done"] for c in beats.clusters()) == 16_000, 10)
+        assert all(c["done"] > 0 for c in beats.clusters())  # both clusters took part
     finally:
         for proc in consumers:
             proc.send_signal(signal.SIGINT)
@@ -441,13 +443,13 @@ def test_a_dead_cluster_thread_stops_the_cluster_visibly(store_dir, caplog):
         assert any(r.levelname == "CRITICAL" and "injected fault" in r.getMessage()
                    for r in caplog.records)
         assert "injected fault" in running.info()["error"]
-        stopped = nbqueue.get_broker().stopped_clusters()
+        stopped = heartbeats(nbqueue.get_broker().directory).stopped_clusters()
         assert stopped and "injected fault" in stopped[0]["error"]
         info = subprocess.run([sys.executable, "-m", "nbqueue", "info", "--directory",
                                store_dir], capture_output=True, text=True, timeout=60)
         assert f"stopped   {running.id[:8]}" in info.stdout, info.stdout
         assert "SystemExit: injected fault" in info.stdout
-        assert nbqueue.get_broker().clusters() == []
+        assert heartbeats(nbqueue.get_broker().directory).clusters() == []
         queued = async_task(fx.add, 2)  # waits for the next cluster, nothing lost
     finally:
         running.stop(wait=1)
@@ -567,7 +569,7 @@ def test_rows_written_without_the_key_are_never_unpickled(cluster, store_dir, tm
             call()
     # a heartbeat row is skipped: enqueueing (which reads them) goes on
     assert result(async_task(fx.add, 2, 2), wait=WAIT) == 4
-    assert [c["id"] for c in nbqueue.get_broker().clusters()] == [cluster.id]
+    assert [c["id"] for c in heartbeats(nbqueue.get_broker().directory).clusters()] == [cluster.id]
     # a queue row: taken out of the queue, recorded as a Failure; the queue goes on
     queue = _foreign(store_dir, "queue")
     queue.push([evil])

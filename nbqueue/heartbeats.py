@@ -1,0 +1,79 @@
+"""The clusters of a store: the heartbeat of each running cluster, with its figures, and
+the record of one that stopped on its own. They live in the store's ``state`` part,
+whose rows expire, so a cluster that died without a word drops out by itself."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from .storage import checked_get, open_cache
+
+_CLUSTER = "cluster:"
+_STOPPED = "stopped:"
+STOPPED_KEPT = 86400.0  # seconds the record of a cluster that stopped on its own is kept
+
+
+class Heartbeats:
+    """The clusters of the store at ``directory`` (absolute); get one with ``heartbeats()``."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._state = open_cache(os.path.join(directory, "state"), expiring=True)
+
+    def beat(self, cluster_id: str, info: dict[str, Any], ttl: float) -> None:
+        """Record that a cluster is alive, with its figures, for ``ttl`` seconds."""
+        self._state.set(_CLUSTER + cluster_id, info, expire=ttl, retry=True)
+
+    def forget(self, cluster_id: str) -> None:
+        self._state.delete(_CLUSTER + cluster_id, retry=True)
+
+    def record_stop(self, cluster_id: str, info: dict[str, Any]) -> None:
+        """Keep, for a day, the figures of a cluster that stopped on its own (``info``
+        names why, under ``"error"``), for ``nbqueue info`` to show."""
+        self._state.set(_STOPPED + cluster_id, dict(info, stopped=time.time()),
+                        expire=STOPPED_KEPT, retry=True)
+
+    def clusters(self) -> list[dict[str, Any]]:
+        """The live clusters on this directory, each as the info it last reported."""
+        return [info for info in self._rows(_CLUSTER) if info is not None]
+
+    def stopped_clusters(self) -> list[dict[str, Any]]:
+        """The clusters that stopped on their own in the last day, newest first."""
+        return sorted((info for info in self._rows(_STOPPED) if info is not None),
+                      key=lambda info: -info.get("stopped", 0))
+
+    def _rows(self, prefix: str) -> list[Any]:
+        """The values of the rows whose key starts with ``prefix``; a row that fails its
+        signature check is left out (and logged): never unpickled."""
+        return [checked_get(self._state, key, None, "a cluster heartbeat")
+                for key in list(self._state.iterkeys())
+                if isinstance(key, str) and key.startswith(prefix)]
+
+    def close(self) -> None:
+        self._state.close()
+
+
+_open: dict[str, Heartbeats] = {}
+_lock = threading.Lock()
+
+
+def heartbeats(directory: str) -> Heartbeats:
+    """The heartbeats of the store at ``directory`` (absolute), shared in this process."""
+    found = _open.get(directory)
+    if found is None:
+        with _lock:
+            found = _open.get(directory)
+            if found is None:
+                found = _open[directory] = Heartbeats(directory)
+    return found
+
+
+def drop_heartbeats(directory: str, close: bool = True) -> None:
+    """Forget (and close) the heartbeats of ``directory``, if open (``drop_broker``)."""
+    with _lock:
+        found = _open.pop(directory, None)
+    if found is not None and close:
+        found.close()
