@@ -628,6 +628,17 @@ def test_hard_kill_leases_expire_after_retry(kernels, store_dir, tmp_path):
     assert first_fresh < earliest
 
 
+def run_group_of_naps(kernel: Kernel, group: str, count: int,
+                      workers: int) -> tuple[int, int, int]:
+    """Run ``count`` 50 ms tasks in ``group`` from the kernel; return how many finished,
+    then the kernel's live workers (expected: ``workers``) and its feeder threads."""
+    done = kernel.value(f"tids = [nbqueue.async_task(time.sleep, 0.05, group={group!r}) "
+                        f"for i in range({count})]\n"
+                        f"print(len(nbqueue.result_group({group!r}, count={count}, "
+                        "wait=30000, failures=True) or []))", 60)
+    return done, wait_worker_count(kernel, workers), kernel.value(FEEDERS)
+
+
 @pytest.mark.timeout(180)
 def test_rerunning_the_cluster_cell_gives_one_cluster(kernels, store_dir, tmp_path):
     """Running the cluster cell again keeps one cluster; a different one replaces it."""
@@ -640,12 +651,7 @@ def test_rerunning_the_cluster_cell_gives_one_cluster(kernels, store_dir, tmp_pa
         ids.append(int(kernel.run(cell).split()[-1]))
         kernel.run("_kept.append(cluster)")  # keeps each object alive: ids stay unique
     same = kernel.value("print(json.dumps([c is cluster for c in _kept]))")
-    done = kernel.value("tids = [nbqueue.async_task(time.sleep, 0.05, group='w') "
-                        "for i in range(40)]\n"
-                        "print(len(nbqueue.result_group('w', count=40, wait=30000, "
-                        "failures=True) or []))", 60)
-    workers = wait_worker_count(kernel, 2)
-    feeders = kernel.value(FEEDERS)
+    done, workers, feeders = run_group_of_naps(kernel, "w", 40, workers=2)
     print(f"ids {ids}; workers {workers}; feeder threads {feeders}")
     assert len(set(ids)) == 1 and same == [True, True, True], (ids, same)
     assert done == 40
@@ -657,12 +663,7 @@ def test_rerunning_the_cluster_cell_gives_one_cluster(kernels, store_dir, tmp_pa
                           "cluster = nbqueue.Cluster(workers=3).start()\n"
                           "print(json.dumps([old is cluster, old.running, cluster.running, "
                           "cluster.workers]))")
-    done = kernel.value("tids = [nbqueue.async_task(time.sleep, 0.05, group='w3') "
-                        "for i in range(60)]\n"
-                        "print(len(nbqueue.result_group('w3', count=60, wait=30000, "
-                        "failures=True) or []))", 60)
-    workers = wait_worker_count(kernel, 3)
-    feeders = kernel.value(FEEDERS)
+    done, workers, feeders = run_group_of_naps(kernel, "w3", 60, workers=3)
     print(f"replaced: {states}; workers {workers}; feeder threads {feeders}")
     assert states == [False, False, True, 3]
     assert done == 60 and nbqueue.count_group("w3") == 60
