@@ -44,14 +44,13 @@ from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
-
 from . import conf, signing
 from .broker import Broker, Lease, drop_broker, get_broker
 from .storage import process_alive
 from .errors import ClusterError, ConfigurationError, SignatureError, StoreGone
 from .executors import BROKEN, EXECUTOR_OPTIONS, Executor, make_executor
-from .models import Task, make_record
+from .models import Task
+from .records import Header, Outcome, decode_header, failure, make_record, refused_record
 from .heartbeats import heartbeats
 from .hooks import find_hook, run_hook
 from .names import new_task_id
@@ -70,7 +69,7 @@ EXIT_GRACE = 1.0  # seconds running tasks get to finish when the process or kern
 @dataclass
 class _Job:
     lease: Lease
-    header: dict[str, Any]
+    header: Header
     timeout: float | None
     judged: bool = False  # an outcome was already decided outside its chunk (timeout kill)
 
@@ -366,11 +365,11 @@ class Cluster:
                 self._reject(lease, SignatureError(lease.refused))
                 continue
             try:
-                header = signing.unpack(self.broker.key, lease.package)
+                header = decode_header(self.broker.key, lease.package)
             except SignatureError as exc:
                 self._reject(lease, exc)
                 continue
-            job = _Job(lease, header, header["timeout"] or self.settings.timeout)
+            job = _Job(lease, header, header.timeout or self.settings.timeout)
             limit = self._max_attempts(job)
             with self._lock:
                 self._inflight[lease.token] = job
@@ -385,8 +384,7 @@ class Cluster:
             self._submit(jobs[i:i + size])
 
     def _submit(self, jobs: list[_Job]) -> None:
-        items = [(j.header["id"], j.header["func_ref"], j.header["func_bytes"],
-                  j.header["args"], j.timeout) for j in jobs]
+        items = [j.header.item(j.timeout) for j in jobs]
         tokens = [j.lease.token for j in jobs]
         try:
             future = self._executor.submit(items)
@@ -402,7 +400,7 @@ class Cluster:
         future.add_done_callback(self._chunk_done)
 
     def _max_attempts(self, job: _Job) -> int:
-        limit = job.header["max_attempts"]
+        limit = job.header.max_attempts
         return self.settings.max_attempts if limit is None else limit
 
     def _reject(self, lease: Lease, exc: SignatureError) -> None:
@@ -410,11 +408,7 @@ class Cluster:
         task_id, name = new_task_id()
         log.warning("nbqueue cluster: refused a queued package: %s (recorded as task %s)",
                     exc, name)
-        now = time.time()
-        record = {"id": task_id, "name": name, "func": "<rejected package>", "hook": None,
-                  "args": _EMPTY_ARGS, "group": None, "result": f"SignatureError: {exc}",
-                  "success": False, "started": now, "stopped": now,
-                  "attempt_count": lease.attempt, "cached": False, "save": True}
+        record = refused_record(task_id, name, f"SignatureError: {exc}", lease.attempt)
         self.broker.store.save([record], self.settings.save_limit)
         self.broker.ack([lease.token])
         self.failed += 1
@@ -495,20 +489,19 @@ class Cluster:
             self._broken(jobs, exc)
             return
         except BaseException as exc:  # the chunk itself failed to run: count it on each task
-            outcomes = [(j.header["id"], False, failure_text(exc), time.time(), time.time())
-                        for j in jobs]
-        by_id = {job.header["id"]: job for job in jobs}
+            outcomes = [failure(j.header.id, failure_text(exc)) for j in jobs]
+        by_id = {job.header.id: job for job in jobs}
         for outcome in outcomes:
-            job = by_id.get(outcome[0])
-            if isinstance(outcome[2], Spilled):
+            job = by_id.get(outcome.id)
+            if isinstance(outcome.result, Spilled):
                 outcome = self._unspilled(outcome, keep=job is not None and not job.judged)
             if job is None or job.judged:
                 continue
-            self._task_seconds = 0.8 * self._task_seconds + 0.2 * (outcome[4] - outcome[3])
+            self._task_seconds = 0.8 * self._task_seconds + 0.2 * (outcome.stopped - outcome.started)
             record = make_record(job.header, outcome, job.lease.attempt)
             finished.append((job, record, self._final(job, record["success"])))
 
-    def _unspilled(self, outcome: tuple, keep: bool) -> tuple:
+    def _unspilled(self, outcome: Outcome, keep: bool) -> Outcome:
         """An outcome whose large result a worker wrote to the store's spill directory,
         with the result read back (and checked, and its file removed)."""
         task_id, success, spilled, started, stopped = outcome
@@ -516,9 +509,9 @@ class Cluster:
             if not keep:
                 os.unlink(spilled.path)
                 return outcome
-            return task_id, success, unspill(spilled, self.broker.key), started, stopped
+            return Outcome(task_id, success, unspill(spilled, self.broker.key), started, stopped)
         except (OSError, SignatureError) as exc:
-            return (task_id, False, f"StoreError: the task's result ({spilled.size:,} bytes) "
+            return Outcome(task_id, False, f"StoreError: the task's result ({spilled.size:,} bytes) "
                     f"could not be read back from {spilled.path}: {exc}", started, stopped)
 
     def _final(self, job: _Job, success: bool) -> bool:
@@ -526,7 +519,7 @@ class Cluster:
         (``ack_failures``, the default), or the last attempt."""
         if success:
             return True
-        ack = job.header["ack_failure"]
+        ack = job.header.ack_failure
         if ack if ack is not None else self.settings.ack_failures:
             return True
         return self._last_attempt(job)
@@ -550,10 +543,10 @@ class Cluster:
         otherwise run it beside its next delivery)."""
         self._await_doomed()
         for job in jobs:
-            why = self._dead_running.pop(job.header["id"], None)
+            why = self._dead_running.pop(job.header.id, None)
             if job.judged:
                 continue
-            if why is None and job.header["id"] in getattr(exc, "running", ()):
+            if why is None and job.header.id in getattr(exc, "running", ()):
                 why = f"the worker process running this task died ({exc.reason})"
             if why is None or self._shutting_down:
                 self._give_back([job], counted=False)  # collateral: it was only waiting
@@ -614,8 +607,7 @@ class Cluster:
     def _judge(self, job: _Job, why: str, attempt: int, final: bool) -> None:
         """Decide a task's outcome outside its chunk (timeouts, give-ups, worker deaths)."""
         job.judged = True
-        now = time.time()
-        outcome = (job.header["id"], False, why, now, now)
+        outcome = failure(job.header.id, why)
         self._events.put((job, make_record(job.header, outcome, attempt), final))
 
     # -- monitor ---------------------------------------------------------------------
@@ -692,14 +684,14 @@ class Cluster:
                 continue
             with self._lock:
                 job = next((j for j in self._inflight.values()
-                            if j.header["id"] == task_id), None)
+                            if j.header.id == task_id), None)
             if job is None or job.judged:
                 continue
             why = f"TaskTimeout: timed out after {job.timeout:g} s {note}"
             self._judge(job, why, attempt=job.lease.attempt,
                         final=self._final(job, success=False))
             log.warning("nbqueue cluster: task %s ran past its %g s timeout; killing worker "
-                        "%s", job.header["name"], job.timeout, handle)
+                        "%s", job.header.name, job.timeout, handle)
             self._executor.kill(handle)
 
     def _running_states(self) -> list[tuple[str, float, float, Any]]:
@@ -721,18 +713,18 @@ class Cluster:
                 return
             job, record = item
             header = job.header
-            if header["hook_name"] is None:
+            if header.hook_name is None:
                 continue
             try:
                 hook = find_hook(self.broker, header)
             except Exception as exc:
                 log.error("nbqueue cluster: hook %s of task %s cannot be loaded: %s",
-                          header["hook_name"], header["name"], exc)
+                          header.hook_name, header.name, exc)
                 continue
             if hook is None:
                 log.warning("nbqueue cluster: hook %s of task %s was an object of a process "
-                            "that has ended; it cannot run here", header["hook_name"],
-                            header["name"])
+                            "that has ended; it cannot run here", header.hook_name,
+                            header.name)
                 continue
             run_hook(hook, Task(record, self.broker.store, bool(record["cached"])), log)
 
@@ -756,8 +748,8 @@ class Cluster:
         if not running:
             return {}
         with self._lock:
-            groups = [j.header["group"] for j in self._inflight.values()
-                      if j.header["id"] in running]
+            groups = [j.header.group for j in self._inflight.values()
+                      if j.header.id in running]
         counts: dict[str, int] = {}
         for group in groups:
             if group is not None:
@@ -814,7 +806,6 @@ def _join(thread: threading.Thread, timeout: float) -> None:
 
 
 
-_EMPTY_ARGS = cloudpickle.dumps(((), {}))
 
 # -- one cluster per store directory in a process, and its end with the process ----------
 

@@ -21,13 +21,13 @@ def find_hook(broker: Any, header: dict[str, Any]) -> Any:
     forgotten: hooks run once, for the task's final outcome). Raises what resolving a
     dotted path or unpickling raises.
     """
-    hook = broker.local_hooks.pop(header["id"], None)
+    hook = broker.local_hooks.pop(header.id, None)
     if hook is not None:
         return hook
-    if header["hook_ref"] is not None:
-        return resolve(header["hook_ref"])
-    if header["hook_bytes"] is not None:
-        return cloudpickle.loads(header["hook_bytes"])
+    if header.hook_ref is not None:
+        return resolve(header.hook_ref)
+    if header.hook_bytes is not None:
+        return cloudpickle.loads(header.hook_bytes)
     return None
 
 

@@ -11,7 +11,8 @@ from typing import Any, ClassVar
 
 import cloudpickle
 
-from .store import Record, Store, decode
+from .records import Record, decode_result
+from .store import Store
 
 
 def _default_store(store: Store | None) -> Store:
@@ -19,18 +20,6 @@ def _default_store(store: Store | None) -> Store:
         return store
     from .broker import get_broker
     return get_broker().store
-
-
-def make_record(header: dict[str, Any], outcome: tuple, attempt: int) -> Record:
-    """The stored record of one attempt of a task: its header plus what the worker returned."""
-    _task_id, success, blob, _started, stopped = outcome
-    return {
-        "id": header["id"], "name": header["name"], "func": header["func"],
-        "hook": header["hook_name"], "args": header["args"], "group": header["group"],
-        "result": blob, "success": success, "started": header["enqueued"],
-        "stopped": stopped, "attempt_count": attempt, "cached": header["cached"],
-        "save": header["save"], "iter": header.get("iter"),
-    }
 
 
 def _when(timestamp: float | None) -> datetime | None:
@@ -84,7 +73,7 @@ class Task:
     def result(self) -> Any:
         """The value the function returned, or for a failure the error and its traceback."""
         if "result" not in self._decoded:
-            self._decoded["result"] = decode(self._record["result"])
+            self._decoded["result"] = decode_result(self._record["result"])
         return self._decoded["result"]
 
     @property
@@ -233,4 +222,4 @@ def group_count(part: Any, group: str, failures: bool = False) -> int:
 
 
 def group_results(part, group: str, failures: bool) -> list[Any]:
-    return [decode(r["result"]) for r in part.group_records(group, failures)]
+    return [decode_result(r["result"]) for r in part.group_records(group, failures)]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import pickle
 import secrets
 import stat
 from typing import Any
@@ -159,20 +158,3 @@ def verify(key: bytes, package: Any) -> memoryview:
         raise SignatureError("package signature does not match this store's key "
                              "(tampered, truncated, or signed with another key)")
     return payload
-
-
-def pack(key: bytes, header: dict[str, Any]) -> bytes:
-    """Pickle and sign a task header."""
-    return sign(key, pickle.dumps(header, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def unpack(key: bytes, package: Any) -> dict[str, Any]:
-    """Check and unpickle a package made by ``pack``."""
-    payload = verify(key, package)
-    try:
-        header = pickle.loads(payload)
-    except Exception as exc:  # signed but unreadable: written by an incompatible version
-        raise SignatureError(f"package is signed but cannot be read: {exc!r}") from exc
-    if not isinstance(header, dict) or "id" not in header:
-        raise SignatureError("package is signed but is not an nbqueue task")
-    return header

@@ -26,8 +26,7 @@ import warnings
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
-import cloudpickle
-
+from .records import Manifest, Record
 from .storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
 from .errors import ConfigurationError, WaitWarning
 
@@ -41,7 +40,6 @@ _TOTAL = {True: "total:ok", False: "total:failed"}
 _PAGES = "gp:"
 _ITER = "iter:"
 _ITER_OK = "total:iter"  # successes of async_iter tasks, which save_limit does not prune
-Record = dict[str, Any]
 
 
 def _page(group: str, i: int) -> str:
@@ -54,13 +52,6 @@ def _check_name(what: str, value: Any) -> None:
         raise ConfigurationError(
             f"{what} must be a non-empty string (a task's uuid or name for a task id, the "
             f"label given as group= for a group), got {value!r}")
-
-
-def decode(blob: Any) -> Any:
-    """The Python value of a pickled result (pickled by the worker, or a failure's text)."""
-    if isinstance(blob, (bytes, bytearray)):
-        return cloudpickle.loads(blob)
-    return blob
 
 
 class Part:
@@ -188,14 +179,14 @@ class Part:
         found = read_many(self._cache, task_ids)
         return [found.get(task_id) for task_id in task_ids]
 
-    def write_manifest(self, iter_id: str, manifest: dict[str, Any]) -> None:
+    def write_manifest(self, iter_id: str, manifest: Manifest) -> None:
         """Remember which tasks, in which order, make up an ``async_iter``."""
         cached = manifest.get("cached")
         expire = None if not self.expiring or cached is True else float(cached)
         with writing(self._cache.directory):
             self._cache.set(_ITER + iter_id, manifest, expire=expire)
 
-    def manifest(self, iter_id: str) -> dict[str, Any] | None:
+    def manifest(self, iter_id: str) -> Manifest | None:
         return self._cache.get(_ITER + iter_id)
 
     def group_ids(self, group: str) -> list[str]:

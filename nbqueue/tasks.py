@@ -17,14 +17,14 @@ from typing import Any, Callable, Iterable
 
 import cloudpickle
 
-from . import conf, signing
+from . import conf
 from .broker import Broker, get_broker
 from .errors import ConfigurationError, NoClusterWarning, PackingError
-from .models import Task, group_results, group_count, make_record
+from .models import Task, group_results, group_count
+from .records import Header, encode_header, iter_record, make_record
 from .heartbeats import heartbeats
 from .hooks import find_hook, run_hook
 from .names import new_task_id
-from .store import decode
 from .worker import execute, resolve, serving
 
 OPTIONS = ("hook", "group", "save", "timeout", "ack_failure", "sync", "cached", "broker",
@@ -171,7 +171,7 @@ def _reference(func: Any) -> str | None:
 
 def _package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
              broker: Broker, function: tuple[str, str | None, bytes | None] | None = None,
-             ) -> tuple[dict[str, Any], bytes]:
+             ) -> tuple[Header, bytes]:
     """The header and signed package of one task (``function``: ``_function``'s answer,
     when many tasks share the function, as in ``async_iter``)."""
     func_name, func_ref, func_bytes = function or _function(func, options)
@@ -188,16 +188,12 @@ def _package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
             hook_bytes = _pickle("option 'hook'", hook)
     if options.get("save") is False or options["cached"]:
         _remember(broker, task_id, "cached" if options["cached"] else "unsaved")
-    header = {
-        "id": task_id, "name": options.get("task_name") or name, "func": func_name,
-        "func_ref": func_ref, "func_bytes": func_bytes,
-        "args": _pickle_arguments(args, kwargs), "hook_name": hook_name, "hook_ref": hook_ref,
-        "hook_bytes": hook_bytes, "group": options.get("group"), "save": options.get("save"),
-        "cached": options["cached"], "timeout": options.get("timeout"),
-        "ack_failure": options.get("ack_failure"), "max_attempts": options.get("max_attempts"),
-        "enqueued": time.time(), "iter": options.get("iter"),
-    }
-    return header, signing.pack(broker.key, header)
+    header = Header(
+        task_id, options.get("task_name") or name, func_name, func_ref, func_bytes,
+        _pickle_arguments(args, kwargs), hook_name, hook_ref, hook_bytes, options.get("group"),
+        options.get("save"), options["cached"], options.get("timeout"),
+        options.get("ack_failure"), options.get("max_attempts"), time.time(), options.get("iter"))
+    return header, encode_header(broker.key, header)
 
 
 SERVE_CHECK = 5.0  # seconds between two checks that a cluster serves the store
@@ -241,15 +237,13 @@ def _remember(broker: Broker, task_id: str, how: str) -> None:
 SENT_KEPT = 10_000
 
 
-def _run_inline(header: dict[str, Any], func: Any, broker: Broker,
+def _run_inline(header: Header, func: Any, broker: Broker,
                 settings: conf.Settings) -> None:
     """``sync=True``: run the task here, through the same steps a cluster takes."""
-    item = (header["id"], header["func_ref"], header["func_bytes"], header["args"],
-            header["timeout"])
     try:
-        outcome = execute(item, func=None if isinstance(func, str) else func, inline=True)
+        outcome = execute(header.item(header.timeout), func=None if isinstance(func, str) else func, inline=True)
     except KeyboardInterrupt as exc:  # Ctrl-C in this process: a failure, then stop
-        broker.local_hooks.pop(header["id"], None)
+        broker.local_hooks.pop(header.id, None)
         broker.store.save([make_record(header, exc.outcome, attempt=1)],  # type: ignore
                           settings.save_limit)
         raise
@@ -260,10 +254,10 @@ def _run_inline(header: dict[str, Any], func: Any, broker: Broker,
     except Exception as exc:
         import logging
         logging.getLogger("nbqueue").error("hook of task %s cannot be loaded: %s",
-                                           header["id"], exc)
+                                           header.id, exc)
         return
     if hook is not None:
-        run_hook(hook, Task(record, broker.store, bool(header["cached"])))
+        run_hook(hook, Task(record, broker.store, bool(header.cached)))
 
 
 def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
@@ -280,7 +274,7 @@ def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str
     options = _checked(_split_options(kwargs), conf.settings())
     broker = options["broker"]
     header, package = _package(func, args, kwargs, options, broker)
-    group = header["group"]
+    group = header.group
     if group is not None:
         broker.enqueued[group] = broker.enqueued.get(group, 0) + 1
     if options["sync"]:
@@ -288,7 +282,7 @@ def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str
     else:
         broker.enqueue(package)
         _warn_if_unserved(broker)
-    return header["id"]
+    return header.id
 
 
 def _store(broker: Broker | None = None):
@@ -506,7 +500,7 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
         packages.append(package)
     part = broker.store.part(bool(options["cached"]))
     part.write_manifest(iter_id, {
-        "id": iter_id, "group": options["group"], "ids": [h["id"] for h in headers],
+        "id": iter_id, "group": options["group"], "ids": [h.id for h in headers],
         "func": function[0],
         "enqueued": time.time(), "cached": options["cached"]})
     group = options["group"]
@@ -531,25 +525,7 @@ def _iter_record(part, iter_id: str) -> dict[str, Any] | None:
     records = part.records(manifest["ids"])
     if any(r is None for r in records):
         return None
-    values = [decode(r["result"]) for r in records]
-    return {
-        "id": iter_id, "name": iter_id, "func": manifest["func"], "hook": None,
-        "args": cloudpickle.dumps(((), {})), "group": manifest["group"],
-        "result": pickle.dumps(values, protocol=pickle.HIGHEST_PROTOCOL)
-        if _picklable(values) else cloudpickle.dumps(values),
-        "success": all(r["success"] for r in records), "started": manifest["enqueued"],
-        "stopped": max((r["stopped"] for r in records), default=manifest["enqueued"]),
-        "attempt_count": max((r["attempt_count"] for r in records), default=0),
-        "cached": manifest["cached"], "save": True,
-    }
-
-
-def _picklable(value: Any) -> bool:
-    try:
-        pickle.dumps(value)
-    except Exception:
-        return False
-    return True
+    return iter_record(manifest, records)
 
 
 # -- AsyncTask -----------------------------------------------------------------------

@@ -31,15 +31,13 @@ from typing import Any, Callable, NamedTuple
 import cloudpickle
 
 from .errors import TaskFunctionError, TaskTimeout
+from .records import Item, Outcome
 
 HOST_WATCH = 0.25  # seconds between checks that the cluster host is still alive
 SPILL_BYTES = 1 << 20  # results this large go to the store's spill directory, not a pipe
 SPILL_DIR = "spill"
 # seq (odd while writing), started, deadline (0 = none), task id
 SLOT = struct.Struct("<Qdd40s")
-
-Item = tuple  # (task_id, func_ref, func_bytes, args_bytes, timeout)
-Outcome = tuple  # (task_id, success, result_blob, started, stopped)
 
 _resolved: dict[str, Callable[..., Any]] = {}
 
@@ -209,12 +207,12 @@ def execute(item: Item, slot: Slot | None = None,
             exc = TaskTimeout(f"timed out after {timeout:g} s")
         success, blob = False, failure_text(exc)
         if inline and isinstance(exc, KeyboardInterrupt):
-            exc.outcome = (task_id, success, blob, started, time.time())  # type: ignore
+            exc.outcome = Outcome(task_id, success, blob, started, time.time())  # type: ignore
             raise
     finally:
         if slot is not None:
             slot.clear()
-    return task_id, success, blob, started, time.time()
+    return Outcome(task_id, success, blob, started, time.time())
 
 
 def rss_kilobytes() -> int:

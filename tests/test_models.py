@@ -9,13 +9,13 @@ from datetime import timezone
 import pytest
 
 import nbqueue
-from nbqueue.models import Failure, Success, Task, group_count, make_record
+from nbqueue.models import Failure, Success, Task, group_count
+from nbqueue.records import Header, Outcome, make_record
 
 
 def _header(task_id, group="g", name=None):
-    return {"id": task_id, "name": name or f"name-{task_id}", "func": "math.floor",
-            "hook_name": None, "args": pickle.dumps(((2.5,), {"k": 1})), "group": group,
-            "save": None, "cached": False, "enqueued": time.time() - 2, "iter": None}
+    return Header(task_id, name or f"name-{task_id}", "math.floor", "math.floor", None,
+                  pickle.dumps(((2.5,), {"k": 1})), group=group, enqueued=time.time() - 2)
 
 
 def _store(records):
@@ -26,13 +26,13 @@ def _store(records):
 
 def test_a_record_is_made_of_the_header_and_the_outcome(store_dir):
     header = _header("a")
-    record = make_record(header, ("a", True, pickle.dumps(2), 0.0, time.time()), attempt=2)
+    record = make_record(header, Outcome("a", True, pickle.dumps(2), 0.0, time.time()), attempt=2)
     assert record["result"] == pickle.dumps(2) and record["attempt_count"] == 2
-    assert record["started"] == header["enqueued"] and record["success"] is True
+    assert record["started"] == header.enqueued and record["success"] is True
 
 
 def test_task_fields_times_and_lazy_result(store_dir):
-    outcome = ("a", True, pickle.dumps({"big": "value"}), 0.0, time.time())
+    outcome = Outcome("a", True, pickle.dumps({"big": "value"}), 0.0, time.time())
     store = _store([make_record(_header("a"), outcome, attempt=1)])
     task = Task.get_task("a", store=store)
     assert task.id == "a" and task.name == "name-a" and task.func == "math.floor"
@@ -46,8 +46,8 @@ def test_task_fields_times_and_lazy_result(store_dir):
 
 
 def test_success_and_failure_are_filtered_views(store_dir):
-    ok = make_record(_header("ok"), ("ok", True, pickle.dumps(1), 0.0, time.time()), 1)
-    bad = make_record(_header("bad"), ("bad", False, "ValueError: no", 0.0, time.time()), 1)
+    ok = make_record(_header("ok"), Outcome("ok", True, pickle.dumps(1), 0.0, time.time()), 1)
+    bad = make_record(_header("bad"), Outcome("bad", False, "ValueError: no", 0.0, time.time()), 1)
     store = _store([ok, bad])
     assert isinstance(Success.get_task("ok", store=store), Success)
     assert Success.get_task("bad", store=store) is None
@@ -59,8 +59,8 @@ def test_success_and_failure_are_filtered_views(store_dir):
 
 
 def test_save_turns_a_cached_task_into_a_saved_one(store_dir):
-    header = dict(_header("c"), cached=True)
-    store = _store([make_record(header, ("c", True, pickle.dumps(5), 0.0, time.time()), 1)])
+    header = _header("c")._replace(cached=True)
+    store = _store([make_record(header, Outcome("c", True, pickle.dumps(5), 0.0, time.time()), 1)])
     task = Task.get_task("c", cached=True, store=store)
     assert task.cached and Task.get_task("c", store=store) is None
     task.save()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import stat
 
 import pytest
@@ -12,7 +11,7 @@ from hypothesis import strategies as st
 
 from nbqueue import signing
 from nbqueue.errors import InsecureStoreError, SignatureError, StoreError
-from nbqueue.signing import (MAGIC, load_key, pack, private_directory, sign, unpack,
+from nbqueue.signing import (MAGIC, load_key, private_directory, sign,
                              verify)
 
 KEY = bytes(range(32))
@@ -187,7 +186,7 @@ def test_a_short_unreadable_or_odd_key_is_a_clear_error(tmp_path, forget_keys, c
         load_key(directory)
 
 
-# -- sign / verify / pack / unpack --------------------------------------------------------------
+# -- sign / verify ---------------------------------------------------------------------------------
 
 
 def test_sign_verify_roundtrip():
@@ -196,11 +195,6 @@ def test_sign_verify_roundtrip():
     assert verify(KEY, package) == b"payload"
     assert verify(KEY, bytearray(package)) == b"payload"
     assert verify(KEY, sign(KEY, b"")) == b""
-
-
-def test_pack_unpack_roundtrip():
-    header = {"id": "some-id", "func": "math.copysign", "args": (2, -2), "nested": {"x": [1]}}
-    assert unpack(KEY, pack(KEY, header)) == header
 
 
 def _reason(package, key=KEY):
@@ -234,17 +228,6 @@ def test_each_bad_package_is_refused_with_its_reason():
 def test_none_and_memoryview_are_not_bytes():
     assert "NoneType" in _reason(None)
     assert "memoryview" in _reason(memoryview(sign(KEY, b"x")))
-
-
-def test_unpack_refuses_signed_garbage_and_non_tasks():
-    with pytest.raises(SignatureError, match="cannot be read"):
-        unpack(KEY, sign(KEY, b"\x80\x05not a pickle"))
-    with pytest.raises(SignatureError, match="not an nbqueue task"):
-        unpack(KEY, sign(KEY, pickle.dumps([1, 2, 3])))
-    with pytest.raises(SignatureError, match="not an nbqueue task"):
-        unpack(KEY, sign(KEY, pickle.dumps({"no": "id"})))
-    with pytest.raises(SignatureError, match="does not match"):
-        unpack(OTHER_KEY, pack(KEY, {"id": "x"}))
 
 
 # -- properties ----------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nbqueue
-from nbqueue import async_task, queue_size, signing
+from nbqueue import async_task, queue_size
 from nbqueue.errors import ConfigurationError, NoClusterWarning
+from nbqueue.records import decode_header
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.filterwarnings("ignore::nbqueue.errors.NoClusterWarning")]
@@ -71,8 +72,8 @@ def test_any_picklable_arguments_make_a_valid_signed_package(broker, args):
     from nbqueue.tasks import _checked, _package
     options = _checked({}, nbqueue.conf.settings())
     header, package = _package("builtins.len", tuple(args), {}, options, broker)
-    assert signing.unpack(broker.key, package) == header
-    assert header["func_ref"] == "builtins.len"
+    assert decode_header(broker.key, package) == header
+    assert header.func_ref == "builtins.len"
 
 
 def test_unknown_q_option_and_bad_broker_are_refused(store_dir):

@@ -1,0 +1,176 @@
+"""The messages of a task, one named type per hop, and the functions that convert them.
+
+::
+
+    async_task --Header--> queue --Header--> cluster --Item--> worker
+    worker --Outcome--> cluster --Record--> store --Task--> result()
+
+- ``Header``: all that a task is, as the caller packed it; pickled and signed, it is
+  the package in the queue (``encode_header``/``decode_header``).
+- ``Item``: the part of a header a worker needs to run the task.
+- ``Outcome``: what the worker sends back: the pickled result or a failure's text.
+- ``Record``: what the store keeps of a finished task (``make_record``): the header's
+  description of it and its outcome. ``models.Task`` is the read-only view of one.
+- ``Manifest``: the ids of an ``async_iter``, whose combined result is an iter record.
+
+Workers import this module, so it imports only the standard library and nbqueue's
+signing and errors.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from typing import Any, NamedTuple, TypedDict
+
+from .errors import SignatureError
+from .signing import sign, verify
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+EMPTY_ARGS = pickle.dumps(((), {}), protocol=PROTOCOL)
+
+
+class Item(NamedTuple):
+    """A task as a worker runs it (``worker.execute``)."""
+
+    id: str
+    func_ref: str | None  # a dotted path, or None when func_bytes holds the function
+    func_bytes: bytes | None  # the cloudpickled function
+    args: bytes  # the pickled (args, kwargs)
+    timeout: float | None
+
+
+class Header(NamedTuple):
+    """A task as queued: what to run, how, and how to describe its outcome."""
+
+    id: str
+    name: str
+    func: str  # display name: the dotted path, or module.qualname of an object
+    func_ref: str | None
+    func_bytes: bytes | None
+    args: bytes
+    hook_name: str | None = None
+    hook_ref: str | None = None
+    hook_bytes: bytes | None = None
+    group: str | None = None
+    save: bool | None = None
+    cached: bool | int = False
+    timeout: float | None = None
+    ack_failure: bool | None = None
+    max_attempts: int | None = None
+    enqueued: float = 0.0
+    iter: str | None = None  # the async_iter this task is part of
+
+    def item(self, timeout: float | None) -> Item:
+        """What a worker needs of this task, with the timeout that applies to it."""
+        return Item(self.id, self.func_ref, self.func_bytes, self.args, timeout)
+
+
+class Outcome(NamedTuple):
+    """The end of one attempt of a task, as a worker (or the cluster) reports it."""
+
+    id: str
+    success: bool
+    result: Any  # pickled result bytes, a failure's text, or a worker.Spilled
+    started: float
+    stopped: float
+
+
+class Record(TypedDict, total=False):
+    """A finished task as stored (a dict, so that stores of every version read alike)."""
+
+    id: str
+    name: str
+    func: str
+    hook: str | None
+    args: bytes
+    group: str | None
+    result: Any
+    success: bool
+    started: float  # when it was enqueued, as in Django Q
+    stopped: float
+    attempt_count: int
+    cached: bool | int
+    save: bool | None
+    iter: str | None
+
+
+class Manifest(TypedDict):
+    """An ``async_iter``: its tasks, in input order."""
+
+    id: str
+    group: str
+    ids: list[str]
+    func: str
+    enqueued: float
+    cached: bool | int
+
+
+def encode_header(key: bytes, header: Header) -> bytes:
+    """The signed package of a task."""
+    return sign(key, pickle.dumps(header, protocol=PROTOCOL))
+
+
+def decode_header(key: bytes, package: Any) -> Header:
+    """The header of a package made by ``encode_header``, checked before it is unpickled.
+
+    Raises SignatureError saying why a package cannot be a task of this store."""
+    payload = verify(key, package)
+    try:
+        header = pickle.loads(payload)
+    except Exception as exc:  # signed but unreadable: written by an incompatible version
+        raise SignatureError(f"package is signed but cannot be read: {exc!r}") from exc
+    if isinstance(header, Header):
+        return header
+    if isinstance(header, dict) and "id" in header:  # queued by nbqueue 0.1
+        return Header(**{f: header[f] for f in Header._fields if f in header})
+    raise SignatureError("package is signed but is not an nbqueue task")
+
+
+def make_record(header: Header, outcome: Outcome, attempt: int) -> Record:
+    """The stored record of one attempt of a task: its header plus its outcome."""
+    return {
+        "id": header.id, "name": header.name, "func": header.func, "hook": header.hook_name,
+        "args": header.args, "group": header.group, "result": outcome.result,
+        "success": outcome.success, "started": header.enqueued, "stopped": outcome.stopped,
+        "attempt_count": attempt, "cached": header.cached, "save": header.save,
+        "iter": header.iter,
+    }
+
+
+def failure(task_id: str, why: str) -> Outcome:
+    """The outcome of a task that the cluster judged failed without a worker's word."""
+    now = time.time()
+    return Outcome(task_id, False, why, now, now)
+
+
+def refused_record(task_id: str, name: str, why: str, attempt: int) -> Record:
+    """The record of a queued package that is not a task of this store (bad signature)."""
+    header = Header(task_id, name, "<rejected package>", None, None, EMPTY_ARGS, save=True)
+    return make_record(header, failure(task_id, why), attempt)
+
+
+def decode_result(blob: Any) -> Any:
+    """The Python value of a stored result: pickled bytes, or a failure's text as is."""
+    if isinstance(blob, (bytes, bytearray)):
+        return pickle.loads(blob)
+    return blob
+
+
+def iter_record(manifest: Manifest, records: list[Record]) -> Record:
+    """The combined record of a finished ``async_iter``: its results in input order."""
+    values = [decode_result(r["result"]) for r in records]
+    try:
+        result = pickle.dumps(values, protocol=PROTOCOL)
+    except Exception:  # a value of a class defined in a notebook
+        import cloudpickle
+        result = cloudpickle.dumps(values, protocol=PROTOCOL)
+    enqueued = manifest["enqueued"]
+    return {
+        "id": manifest["id"], "name": manifest["id"], "func": manifest["func"], "hook": None,
+        "args": EMPTY_ARGS, "group": manifest["group"], "result": result,
+        "success": all(r["success"] for r in records), "started": enqueued,
+        "stopped": max((r["stopped"] for r in records), default=enqueued),
+        "attempt_count": max((r["attempt_count"] for r in records), default=0),
+        "cached": manifest["cached"], "save": True,
+    }

@@ -1,0 +1,112 @@
+"""nbqueue.records: the named messages of a task and the functions that convert them."""
+
+from __future__ import annotations
+
+import ast
+import os
+import pickle
+import sys
+import time
+
+import cloudpickle
+import pytest
+
+from nbqueue import errors, records, signing
+from nbqueue.errors import SignatureError
+from nbqueue.records import (EMPTY_ARGS, Header, Item, Outcome, decode_header, decode_result,
+                             encode_header, failure, iter_record, make_record, refused_record)
+from nbqueue.signing import sign
+
+KEY = os.urandom(32)
+
+
+def _header(**fields):
+    base = Header("id-1", "name-1", "math.floor", "math.floor", None,
+                  pickle.dumps(((2.5,), {})), enqueued=100.0)
+    return base._replace(**fields)
+
+
+def test_a_header_round_trips_through_a_signed_package():
+    header = _header(group="g", timeout=3.0, cached=60, hook_name="h", iter="it")
+    package = encode_header(KEY, header)
+    decoded = decode_header(KEY, package)
+    assert decoded == header and isinstance(decoded, Header)
+    assert decoded.group == "g" and decoded.cached == 60 and decoded.iter == "it"
+
+
+def test_a_header_queued_as_a_dict_by_an_older_version_still_reads():
+    old = dict(_header()._asdict(), unknown_field=1)
+    del old["iter"]
+    decoded = decode_header(KEY, sign(KEY, pickle.dumps(old)))
+    assert decoded == _header() and decoded.iter is None
+
+
+def test_decode_header_refuses_what_is_not_a_task_of_this_store():
+    with pytest.raises(SignatureError, match="cannot be read"):
+        decode_header(KEY, sign(KEY, b"\x80\x05not a pickle"))
+    with pytest.raises(SignatureError, match="not an nbqueue task"):
+        decode_header(KEY, sign(KEY, pickle.dumps([1, 2, 3])))
+    with pytest.raises(SignatureError, match="not an nbqueue task"):
+        decode_header(KEY, sign(KEY, pickle.dumps({"no": "id"})))
+    with pytest.raises(SignatureError, match="does not match"):
+        decode_header(os.urandom(32), encode_header(KEY, _header()))
+
+
+def test_a_worker_gets_only_what_it_runs():
+    header = _header(timeout=None)
+    assert header.item(7.0) == Item("id-1", "math.floor", None, header.args, 7.0)
+
+
+def test_a_record_is_the_header_described_with_its_outcome():
+    header = _header(group="g", save=False, cached=True, hook_name="mod.hook")
+    record = make_record(header, Outcome("id-1", True, b"blob", 101.0, 102.0), attempt=2)
+    assert record == {
+        "id": "id-1", "name": "name-1", "func": "math.floor", "hook": "mod.hook",
+        "args": header.args, "group": "g", "result": b"blob", "success": True,
+        "started": 100.0, "stopped": 102.0, "attempt_count": 2, "cached": True,
+        "save": False, "iter": None}
+
+
+def test_failures_judged_by_the_cluster_and_refused_packages():
+    before = time.time()
+    outcome = failure("x", "TaskTimeout: timed out")
+    assert not outcome.success and outcome.result == "TaskTimeout: timed out"
+    assert before <= outcome.started == outcome.stopped <= time.time()
+    record = refused_record("r", "refused-name", "SignatureError: bad", attempt=3)
+    assert record["func"] == "<rejected package>" and record["success"] is False
+    assert record["attempt_count"] == 3 and record["save"] is True
+    assert pickle.loads(record["args"]) == ((), {}) and record["args"] == EMPTY_ARGS
+
+
+def test_results_decode_from_pickles_and_failures_stay_text():
+    assert decode_result(pickle.dumps([1, 2, 3])) == [1, 2, 3]
+    assert decode_result(cloudpickle.dumps(lambda x: x + 1))(1) == 2
+    assert decode_result("Traceback ... ValueError") == "Traceback ... ValueError"
+
+
+def test_an_iter_record_keeps_input_order_and_the_worst_outcome():
+    manifest = {"id": "it", "group": "g", "ids": ["a", "b"], "func": "f", "enqueued": 5.0,
+                "cached": False}
+    records = [make_record(_header(id=i), Outcome(i, ok, value, 6.0, stop), attempt=n)
+               for i, ok, value, stop, n in (("a", True, pickle.dumps(1), 9.0, 1),
+                                             ("b", False, "ValueError: no", 8.0, 2))]
+    combined = iter_record(manifest, records)
+    assert decode_result(combined["result"]) == [1, "ValueError: no"]
+    assert combined["success"] is False and combined["stopped"] == 9.0
+    assert combined["attempt_count"] == 2 and combined["started"] == 5.0
+
+
+def _imports(module):
+    """What importing ``module`` imports (its top-level import statements)."""
+    tree = ast.parse(open(module.__file__).read())
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            yield "." * node.level + (node.module or "")
+
+
+@pytest.mark.parametrize("module", [records, signing, errors])
+def test_records_and_what_it_imports_need_only_the_standard_library(module):
+    for name in _imports(module):
+        assert name in (".errors", ".signing") or name.split(".")[0] in sys.stdlib_module_names, name
