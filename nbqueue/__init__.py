@@ -14,8 +14,9 @@ from .errors import (ClusterError, ConfigurationError, InsecureStoreError, Nbque
                      NoClusterWarning, PackingError, SignatureError, StoreError,
                      TaskFunctionError, TaskTimeout, WaitWarning)
 from .models import Failure, Success, Task
-from .tasks import (AsyncTask, async_iter, async_task, count_group, delete_cached,
-                    delete_group, fetch, fetch_group, flush, queue_size, result, result_group)
+from .results import (count_group, delete_cached, delete_group, fetch, fetch_group, flush,
+                      queue_size, result, result_group)
+from .tasks import AsyncTask, async_iter, async_task
 
 if TYPE_CHECKING:
     from .cluster import Cluster

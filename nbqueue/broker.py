@@ -85,12 +85,7 @@ class Broker:
         self._tokens = itertools.count()
         self._token_prefix = os.urandom(6).hex()
         self._wakeups: list[threading.Event] = []
-        self._store: Any = None
-        self.warned_no_cluster = False
-        self.serve_check_at = 0.0  # when async_task next checks that a cluster serves
-        self.sent_unusual: dict[str, str] = {}  # task id -> "unsaved"/"cached", the newest
-        self.local_hooks: dict[str, Any] = {}  # task id -> hook object of this process
-        self.enqueued: dict[str, int] = {}  # group -> tasks this process put in it
+        self.departures = 0  # local consumers that unsubscribed, ever
         self._outbox: list[bytes] = []
         self._outbox_bytes = 0
         self._outbox_lock = threading.Lock()
@@ -112,14 +107,6 @@ class Broker:
         is longer than most of our transactions last."""
         with self._write_lock, writing(self._queue.directory), self._queue.transact(retry):
             yield
-
-    @property
-    def store(self) -> Any:
-        """The result store of the same directory."""
-        if self._store is None:
-            from .store import Store
-            self._store = Store(self.directory)
-        return self._store
 
     # -- producers -------------------------------------------------------------------
 
@@ -251,7 +238,7 @@ class Broker:
     def unsubscribe(self, event: threading.Event) -> None:
         if event in self._wakeups:
             self._wakeups.remove(event)
-        self.serve_check_at = 0.0  # a cluster stopped: check again at the next enqueue
+        self.departures += 1
 
     @property
     def has_local_consumer(self) -> bool:
@@ -502,8 +489,6 @@ class Broker:
         self.flush()
         self.flush_acks()
         self._queue.close()
-        if self._store is not None:
-            self._store.close()
 
 
 _brokers: dict[str, Broker] = {}

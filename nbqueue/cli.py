@@ -73,6 +73,7 @@ def _cluster(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from .broker import get_broker
     from .heartbeats import heartbeats
+    from .store import get_store
     given = args.directory or conf.settings().directory
     path = os.path.abspath(given)
     # opening a store creates it: a mistyped --directory must not leave an empty one behind
@@ -82,7 +83,7 @@ def _info(args: argparse.Namespace) -> int:
                          f"store there, start a cluster on it (`nbqueue cluster --directory "
                          f"{given}`) or enqueue a task after configure(directory={given!r})")
     broker = get_broker(given)
-    saved_ok, saved_failed = broker.store.saved.totals()
+    saved_ok, saved_failed = get_store(broker.directory).saved.totals()
     clusters = heartbeats(broker.directory).clusters()
     figures = {"directory": broker.directory, "queued": broker.size(),
                "running": sum(c.get("running", 0) for c in clusters),

@@ -9,19 +9,33 @@ from typing import Any
 
 import cloudpickle
 
+from .records import Header
 from .worker import resolve
 
 log = logging.getLogger("nbqueue")
 
+local_hooks: dict[str, Any] = {}  # task id -> hook object given in this process
 
-def find_hook(broker: Any, header: dict[str, Any]) -> Any:
+
+def keep_local_hook(task_id: str, hook: Any) -> None:
+    """Keep a hook given as an object, for a cluster of this process to call that very
+    object (task ids are uuid4: one dict serves every store directory)."""
+    local_hooks[task_id] = hook
+
+
+def forget_local_hook(task_id: str) -> None:
+    """Drop the local hook of a task whose hook will not run."""
+    local_hooks.pop(task_id, None)
+
+
+def find_hook(header: Header) -> Any:
     """The hook of a task as something to call, or None.
 
     A hook given as an object in this process is returned as that very object (and
     forgotten: hooks run once, for the task's final outcome). Raises what resolving a
     dotted path or unpickling raises.
     """
-    hook = broker.local_hooks.pop(header.id, None)
+    hook = local_hooks.pop(header.id, None)
     if hook is not None:
         return hook
     if header.hook_ref is not None:

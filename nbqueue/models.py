@@ -12,14 +12,14 @@ from typing import Any, ClassVar
 import cloudpickle
 
 from .records import Record, decode_result
-from .store import Store
+from .store import Store, get_store
 
 
 def _default_store(store: Store | None) -> Store:
     if store is not None:
         return store
     from .broker import get_broker
-    return get_broker().store
+    return get_store(get_broker().directory)
 
 
 def _when(timestamp: float | None) -> datetime | None:

@@ -15,6 +15,8 @@ Each part keeps, in one diskcache Cache:
 
 The cached part keeps the same layout with an expiry on every key; its counts are
 taken by reading the group (records expire one by one, counters could not follow).
+
+``get_store(directory)`` gives the Store of a directory, shared in the process.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections import defaultdict
 from typing import Any, Callable, Iterable
 
 from .records import Manifest, Record
+from .signing import private_directory
 from .storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
 from .errors import ConfigurationError, WaitWarning
 
@@ -339,3 +342,29 @@ class Store:
             if value:
                 return value
             pause = min(pause * 1.5, 0.01)
+
+
+_stores: dict[str, Store] = {}
+_stores_lock = threading.Lock()
+
+
+def get_store(directory: str | os.PathLike[str]) -> Store:
+    """The Store of ``directory``, shared in this process (one per absolute path)."""
+    found = _stores.get(directory)  # type: ignore[call-overload]
+    if found is not None:
+        return found
+    path = os.path.abspath(os.fspath(directory))
+    with _stores_lock:
+        found = _stores.get(path)
+        if found is None:
+            found = _stores[path] = Store(private_directory(path))
+    return found
+
+
+def drop_store(directory: str | os.PathLike[str], close: bool = True) -> None:
+    """Forget the shared Store of ``directory``, if any, and close it (tests, tools, a
+    store deleted under its cluster); ``close=False`` for a store deleted under it."""
+    with _stores_lock:
+        found = _stores.pop(os.path.abspath(os.fspath(directory)), None)
+    if found is not None and close:
+        found.close()

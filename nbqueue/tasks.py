@@ -1,9 +1,9 @@
-"""The Tasks API: put work in the queue and read outcomes back, from any process.
+"""The Tasks API's sending side: put work in the queue, from any process.
 
 ``async_task`` checks its input, pickles and signs one package and pushes it; it
-never imports the cluster. Everything that reads (``result``, ``fetch``, groups)
-goes to the store of the same directory and may wait, in milliseconds as in
-Django Q: 0 = do not wait, -1 = wait forever.
+never imports the cluster. ``sync=True`` runs the task here instead, through the
+steps a cluster takes. Reading outcomes back (``result``, ``fetch``, groups) is
+``results``'s part.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ import cloudpickle
 from . import conf
 from .broker import Broker, get_broker
 from .errors import ConfigurationError, NoClusterWarning, PackingError
-from .models import Task, group_results, group_count
-from .records import Header, encode_header, iter_record, make_record
-from .heartbeats import heartbeats
-from .hooks import find_hook, run_hook
+from .models import Task
+from .records import Header, encode_header, make_record
+from .hooks import find_hook, forget_local_hook, keep_local_hook, run_hook
 from .names import new_task_id
-from .worker import execute, resolve, serving
+from .results import _unserved, fetch, fetch_group, result, result_group
+from .sent import Sent, sent
+from .store import get_store
+from .worker import execute, resolve
 
 OPTIONS = ("hook", "group", "save", "timeout", "ack_failure", "sync", "cached", "broker",
            "task_name", "max_attempts", "q_options")
@@ -183,11 +185,11 @@ def _package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
     if hook is not None and hook_ref is None:
         # A cluster of this process calls this very object, whenever it starts; a copy
         # goes with the package for a cluster in another process.
-        broker.local_hooks[task_id] = hook
+        keep_local_hook(task_id, hook)
         if not (broker.has_local_consumer or options["sync"]):
             hook_bytes = _pickle("option 'hook'", hook)
     if options.get("save") is False or options["cached"]:
-        _remember(broker, task_id, "cached" if options["cached"] else "unsaved")
+        sent(broker.directory).remember(task_id, "cached" if options["cached"] else "unsaved")
     header = Header(
         task_id, options.get("task_name") or name, func_name, func_ref, func_bytes,
         _pickle_arguments(args, kwargs), hook_name, hook_ref, hook_bytes, options.get("group"),
@@ -199,65 +201,48 @@ def _package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
 SERVE_CHECK = 5.0  # seconds between two checks that a cluster serves the store
 
 
-def _warn_if_unserved(broker: Broker) -> None:
+def _warn_if_unserved(broker: Broker, memo: Sent) -> None:
     """Warn once that no cluster serves the store, and again after one was seen (a
-    cluster stopped). Checks at most every SERVE_CHECK seconds: a check reads the
-    clusters' heartbeats, too slow for every call."""
+    cluster stopped). Checks at most every SERVE_CHECK seconds, and at once after a
+    cluster of this process stopped: a check reads the clusters' heartbeats, too slow
+    for every call."""
     now = time.monotonic()
-    if now < broker.serve_check_at:
+    if now < memo.serve_check_at and broker.departures == memo.departures_seen:
         return
-    broker.serve_check_at = now + SERVE_CHECK
+    memo.serve_check_at = now + SERVE_CHECK
+    memo.departures_seen = broker.departures
     unserved = _unserved(broker)
     if unserved is None:
-        broker.warned_no_cluster = False
-    elif not broker.warned_no_cluster:
-        broker.warned_no_cluster = True
+        memo.warned_no_cluster = False
+    elif not memo.warned_no_cluster:
+        memo.warned_no_cluster = True
         warnings.warn(NoClusterWarning(f"this task waits in the queue: {unserved}"),
                       stacklevel=3)
-
-
-def _unserved(broker: Broker) -> str | None:
-    """What to do when no cluster serves the store, or None when one does."""
-    if broker.has_local_consumer or heartbeats(broker.directory).clusters():
-        return None
-    return (f"no nbqueue cluster serves {broker.directory}: start one in this kernel with "
-            f"`nbqueue.Cluster().start()`, or in a terminal with "
-            f"`nbqueue cluster --directory {broker.directory}`")
-
-
-def _remember(broker: Broker, task_id: str, how: str) -> None:
-    """Note a task whose outcome a plain ``result()`` would wait for in vain (not saved,
-    or cached), to say so if someone waits for it. The newest SENT_KEPT only."""
-    sent = broker.sent_unusual
-    sent[task_id] = how
-    if len(sent) > SENT_KEPT:
-        del sent[next(iter(sent))]
-
-
-SENT_KEPT = 10_000
 
 
 def _run_inline(header: Header, func: Any, broker: Broker,
                 settings: conf.Settings) -> None:
     """``sync=True``: run the task here, through the same steps a cluster takes."""
     try:
-        outcome = execute(header.item(header.timeout), func=None if isinstance(func, str) else func, inline=True)
+        outcome = execute(header.item(header.timeout),
+                          func=None if isinstance(func, str) else func, inline=True)
     except KeyboardInterrupt as exc:  # Ctrl-C in this process: a failure, then stop
-        broker.local_hooks.pop(header.id, None)
-        broker.store.save([make_record(header, exc.outcome, attempt=1)],  # type: ignore
-                          settings.save_limit)
+        forget_local_hook(header.id)
+        stopped = make_record(header, exc.outcome, attempt=1)  # type: ignore[attr-defined]
+        get_store(broker.directory).save([stopped], settings.save_limit)
         raise
     record = make_record(header, outcome, attempt=1)
-    broker.store.save([record], settings.save_limit)
+    store = get_store(broker.directory)
+    store.save([record], settings.save_limit)
     try:
-        hook = find_hook(broker, header)
+        hook = find_hook(header)
     except Exception as exc:
         import logging
         logging.getLogger("nbqueue").error("hook of task %s cannot be loaded: %s",
                                            header.id, exc)
         return
     if hook is not None:
-        run_hook(hook, Task(record, broker.store, bool(header.cached)))
+        run_hook(hook, Task(record, store, bool(header.cached)))
 
 
 def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
@@ -274,202 +259,15 @@ def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str
     options = _checked(_split_options(kwargs), conf.settings())
     broker = options["broker"]
     header, package = _package(func, args, kwargs, options, broker)
-    group = header.group
-    if group is not None:
-        broker.enqueued[group] = broker.enqueued.get(group, 0) + 1
+    memo = sent(broker.directory)
+    if header.group is not None:
+        memo.count(header.group)
     if options["sync"]:
         _run_inline(header, func, broker, conf.settings())
     else:
         broker.enqueue(package)
-        _warn_if_unserved(broker)
+        _warn_if_unserved(broker, memo)
     return header.id
-
-
-def _store(broker: Broker | None = None):
-    return (broker or get_broker()).store
-
-
-def _check_wait(wait: Any) -> None:
-    if not isinstance(wait, (int, float)) or isinstance(wait, bool) or (wait < 0 and wait != -1):
-        raise ConfigurationError(f"wait must be milliseconds >= 0, or -1 to wait forever; "
-                                 f"got {wait!r}")
-
-
-def _check_count(count: Any) -> None:
-    if count is not None and (not isinstance(count, int) or isinstance(count, bool)
-                              or count < 1):
-        raise ConfigurationError(f"count must be a whole number >= 1 (how many tasks of the "
-                                 f"group to wait for) or None, got {count!r}")
-
-
-def _idle(broker: Broker) -> bool:
-    return broker.pending() == 0 and broker.leased() == 0
-
-
-def _task_wait_hint(broker: Broker, task_id: str, cached: bool) -> str | None:
-    """Why a wait for one task may never end, or None when it looks like it will."""
-    here, there = ("cached", "saved") if cached else ("saved", "cached")
-    if broker.store.part(not cached).get(task_id) is not None:
-        return (f"task {task_id!r} is stored in the {there} part of the store, and this "
-                f"reads the {here} part: pass cached={not cached}")
-    sent = broker.sent_unusual.get(task_id)
-    if sent == "unsaved":
-        return (f"task {task_id!r} was sent with save=False: its result is never stored, so "
-                "this wait cannot end. Use a hook to get it, or leave save=True")
-    if sent is not None and (sent == "cached") != cached:
-        return (f"task {task_id!r} was sent with cached={sent == 'cached'}; read it with "
-                f"cached={sent == 'cached'}")
-    if serving() == broker.directory:
-        return (f"this wait for task {task_id!r} runs inside a task of the cluster that "
-                "would run it: while every worker waits like this, none is free to run it "
-                "(a deadlock). Don't wait for a task's children inside the task: give them a "
-                "hook or a group, and wait for them in the notebook")
-    unserved = _unserved(broker)
-    if unserved:
-        return f"task {task_id!r} is not finished and {unserved}"
-    if _idle(broker):
-        return (f"nothing is queued or running in {broker.directory}, so no outcome of "
-                f"{task_id!r} is coming: check the id or name (mistyped?), and that it was "
-                "sent to this store directory")
-    return None
-
-
-def _group_wait_hint(broker: Broker, group: str, count: int | None,
-                     cached: bool) -> str | None:
-    """Why a wait for a group may never end, or None when it looks like it will."""
-    unserved = _unserved(broker)
-    if unserved:
-        return f"group {group!r} is not complete and {unserved}"
-    if not _idle(broker):
-        return None
-    part, other = broker.store.part(cached), broker.store.part(not cached)
-    have = sum(part.tally(group))
-    if not have and sum(other.tally(group)):
-        return (f"group {group!r} is stored in the {'saved' if cached else 'cached'} part of "
-                f"the store: pass cached={not cached}")
-    wanted = f"the {count} waited for" if count is not None else "any"
-    return (f"nothing is queued or running in {broker.directory}, and group {group!r} has "
-            f"{have} outcome(s), not {wanted}: check the group name and count")
-
-
-def fetch(task_id: str, wait: int = 0, cached: bool = False,
-          broker: Broker | None = None) -> Task | None:
-    """The finished task by uuid or name, or None if it has not finished (after ``wait`` ms).
-
-    A wait that looks like it can never end (the task is not saved, is in the other
-    part of the store, or nothing is queued or running) warns once after a few seconds.
-    """
-    _check_wait(wait)
-    broker = broker or get_broker()
-    store = broker.store
-    part = store.part(cached)
-    record = store.wait(lambda: part.get(task_id) or _iter_record(part, task_id), wait,
-                        hint=lambda: _task_wait_hint(broker, task_id, cached))
-    return None if record is None else Task(record, store, cached)
-
-
-def result(task_id: str, wait: int = 0, cached: bool = False,
-           broker: Broker | None = None) -> Any:
-    """The result of a task by uuid or name; None until it has finished.
-
-    ``wait`` is in milliseconds; -1 waits until the task has finished, whatever it
-    returned (None, 0 and [] included). A failed task's result is its error text.
-    """
-    task = fetch(task_id, wait, cached, broker)
-    return None if task is None else task.result
-
-
-def _group_ready(part, group_id: str, failures: bool, count: int | None) -> bool:
-    ok, failed = part.tally(group_id)
-    if count is None:
-        return ok > 0 or (failures and failed > 0)
-    return ok + failed >= count
-
-
-def _wait_group(group_id: str, failures: bool, wait: int, count: int | None, cached: bool,
-                broker: Broker | None, progress: bool) -> None:
-    _check_wait(wait)
-    _check_count(count)
-    broker = broker or get_broker()
-    store = broker.store
-    part = store.part(cached)
-    panel = None
-    if progress and wait:
-        from .widgets import GroupProgress
-        panel = GroupProgress(group_id, count, cached, broker)
-    try:
-        store.wait(lambda: _group_ready(part, group_id, failures, count), wait,
-                   hint=lambda: _group_wait_hint(broker, group_id, count, cached))
-    except KeyboardInterrupt:
-        if panel is not None:  # the wait ends here; the panel goes on showing the group
-            panel.detach()
-            panel = None
-        raise
-    finally:
-        if panel is not None:
-            panel.stop()
-
-
-def result_group(group_id: str, failures: bool = False, wait: int = 0,
-                 count: int | None = None, cached: bool = False,
-                 broker: Broker | None = None, progress: bool = False) -> list[Any] | None:
-    """The results of a group, or None while it has none.
-
-    With ``count``, waits (up to ``wait`` ms) until that many tasks of the group have
-    finished, failed ones included, so a failure cannot make the wait hang.
-    ``progress=True`` shows a live progress panel (or tqdm bar) while it waits.
-    """
-    _wait_group(group_id, failures, wait, count, cached, broker, progress)
-    results = group_results(_store(broker).part(cached), group_id, failures)
-    return results or None
-
-
-def fetch_group(group_id: str, failures: bool = True, wait: int = 0,
-                count: int | None = None, cached: bool = False,
-                broker: Broker | None = None, progress: bool = False) -> list[Task] | None:
-    """The tasks of a group (or None while it has none); see ``result_group``."""
-    _wait_group(group_id, failures, wait, count, cached, broker, progress)
-    tasks = Task.get_task_group(group_id, failures, cached, _store(broker))
-    return tasks or None
-
-
-def count_group(group_id: str, failures: bool = False, cached: bool = False,
-                broker: Broker | None = None) -> int:
-    """How many tasks of the group finished, as Django Q counts: all of them, successes
-    and failures; only the failures with ``failures=True``."""
-    return group_count(_store(broker).part(cached), group_id, failures)
-
-
-def delete_group(group_id: str, tasks: bool = False, cached: bool = False,
-                 broker: Broker | None = None) -> int:
-    """Remove a group label from its tasks, or delete them with ``tasks=True``; return how many.
-
-    The group starts afresh: a progress panel's default total counts only the tasks this
-    process puts in it from now on (so a notebook that clears its group and fills it
-    again, run twice in one kernel, does not wait for the first run's tasks).
-    """
-    (broker or get_broker()).enqueued.pop(group_id, None)
-    return _store(broker).part(cached).delete_group(group_id, tasks)
-
-
-def delete_cached(task_id: str, broker: Broker | None = None) -> bool:
-    """Delete a task from the cached part of the store; return whether it was there."""
-    return _store(broker).cached.delete(task_id)
-
-
-def flush(broker: Broker | None = None) -> None:
-    """Wait until every task this process enqueued is written to the queue on disk.
-
-    ``async_task`` writes behind, in batches, usually within a millisecond; call this
-    before the process ends abruptly on purpose. Raises StoreError if the store cannot
-    take them (disk full, damaged); they are kept and written again on the next call.
-    """
-    (broker or get_broker()).flush()
-
-
-def queue_size(broker: Broker | None = None) -> int:
-    """How many tasks wait in the queue (not counting those being run)."""
-    return (broker or get_broker()).size()
 
 
 # -- async_iter ----------------------------------------------------------------------
@@ -498,13 +296,14 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
         header, package = _package(func, args, dict(kwargs), options, broker, function)
         headers.append(header)
         packages.append(package)
-    part = broker.store.part(bool(options["cached"]))
+    part = get_store(broker.directory).part(bool(options["cached"]))
     part.write_manifest(iter_id, {
         "id": iter_id, "group": options["group"], "ids": [h.id for h in headers],
         "func": function[0],
         "enqueued": time.time(), "cached": options["cached"]})
     group = options["group"]
-    broker.enqueued[group] = broker.enqueued.get(group, 0) + len(headers)
+    memo = sent(broker.directory)
+    memo.count(group, len(headers))
     if show_progress:
         from .widgets import GroupProgress
         GroupProgress(group, len(headers), bool(options["cached"]), broker)
@@ -513,19 +312,8 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
             _run_inline(header, func, broker, conf.settings())
     else:
         broker.enqueue_many(packages)
-        _warn_if_unserved(broker)
+        _warn_if_unserved(broker, memo)
     return iter_id
-
-
-def _iter_record(part, iter_id: str) -> dict[str, Any] | None:
-    """The combined record of an async_iter once all its tasks have finished, else None."""
-    manifest = part.manifest(iter_id)
-    if manifest is None:
-        return None
-    records = part.records(manifest["ids"])
-    if any(r is None for r in records):
-        return None
-    return iter_record(manifest, records)
 
 
 # -- AsyncTask -----------------------------------------------------------------------
@@ -645,5 +433,4 @@ for _name, _doc in (("broker", "Optional broker from get_broker()."),
                     ("max_attempts", "Overrides the max_attempts setting.")):
     setattr(AsyncTask, _name, _option_property(_name, _doc))
 
-__all__ = ["async_task", "async_iter", "result", "fetch", "result_group", "fetch_group",
-           "count_group", "delete_group", "delete_cached", "queue_size", "flush", "AsyncTask"]
+__all__ = ["async_task", "async_iter", "AsyncTask"]

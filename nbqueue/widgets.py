@@ -15,6 +15,8 @@ from typing import Any
 
 from .broker import Broker, get_broker
 from .heartbeats import heartbeats
+from .sent import sent
+from .store import get_store
 from .conf import Settings
 
 INTERVAL = 0.25
@@ -78,7 +80,7 @@ class GroupProgress:
                  interval: float = INTERVAL) -> None:
         self.group = group
         self.broker = broker or get_broker()
-        self.part = self.broker.store.part(cached)
+        self.part = get_store(self.broker.directory).part(cached)
         self.total = total
         self.interval = interval
         self.done = self.failed = self.running = 0
@@ -120,7 +122,7 @@ class GroupProgress:
     def _expected(self) -> int | None:
         if self.total is not None:
             return self.total
-        return self.broker.enqueued.get(self.group)
+        return sent(self.broker.directory).enqueued.get(self.group)
 
     @property
     def state(self) -> str:

@@ -8,6 +8,7 @@ import pytest
 import nbqueue
 from nbqueue import broker as broker_module
 from nbqueue import conf
+from nbqueue.store import drop_store
 
 
 @pytest.fixture
@@ -19,6 +20,7 @@ def store_dir(tmp_path):
     yield directory
     conf.reset()
     broker_module.drop_broker(directory)
+    drop_store(directory)
 
 
 @pytest.fixture

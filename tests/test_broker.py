@@ -379,11 +379,6 @@ def test_two_brokers_on_one_directory_share_the_queue(store_dir):
         two.close()
 
 
-def test_store_property_uses_same_directory(broker):
-    assert broker.store is broker.store
-    assert broker.store.directory == broker.directory
-
-
 # -- several processes at once ------------------------------------------------------------
 
 

@@ -14,6 +14,8 @@ from nbqueue import (AsyncTask, Cluster, async_iter, async_task, count_group, fe
                      fetch_group, get_broker, queue_size, result, result_group)
 from nbqueue.errors import (ConfigurationError, NoClusterWarning, PackingError,
                             TaskFunctionError)
+from nbqueue.hooks import local_hooks
+from nbqueue.store import get_store
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 
@@ -269,10 +271,10 @@ def test_unsigned_package_is_refused_and_recorded(cluster, broker):
     broker.enqueue(b"NBQ1" + b"\0" * 32 + b"not a real payload")
     assert result(async_task(fx.add, 1), wait=WAIT) == 1
     deadline = time.monotonic() + 10
-    while (broker.store.saved.totals()[1] < 2 or broker.leased()) and (
-            time.monotonic() < deadline):
+    saved = get_store(broker.directory).saved
+    while (saved.totals()[1] < 2 or broker.leased()) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert broker.store.saved.totals()[1] == 2
+    assert saved.totals()[1] == 2
     assert queue_size() == 0 and broker.leased() == 0
 
 
@@ -362,7 +364,7 @@ def test_hook_object_given_before_the_cluster_starts_is_called_itself(store_dir)
         assert result(task_id, wait=WAIT) == 5
         wait_for(lambda: seen, 10, "the hook")
     assert seen == [5]
-    assert task_id not in get_broker().local_hooks  # forgotten once it ran
+    assert task_id not in local_hooks  # forgotten once it ran
 
 
 @pytest.mark.parametrize("count", ["5", -1, 0, 2.5, True])

@@ -24,6 +24,7 @@ from nbqueue import (Cluster, async_iter, async_task, count_group, fetch, fetch_
 from nbqueue.storage import process_alive as _alive
 from nbqueue.worker import read_slot
 from nbqueue.heartbeats import heartbeats
+from nbqueue.store import drop_store, get_store
 from tests import tasks_fixtures as fx
 
 pytestmark = pytest.mark.timeout(120)
@@ -254,7 +255,7 @@ def test_tampered_foreign_truncated_and_random_packages_never_run(cluster, broke
     for bad in (bytes(tampered), foreign, package()[:20], os.urandom(200)):
         broker.enqueue(bad)
     broker.enqueue(good)
-    assert _wait_for(lambda: broker.store.saved.totals() == (1, 4) and not broker.leased(), 30)
+    assert _wait_for(lambda: get_store(broker.directory).saved.totals() == (1, 4) and not broker.leased(), 30)
     assert marker.read_text().count("start") == 1  # only the signed package ran
     reasons = sorted(r["result"] for r in _all_records(broker) if not r["success"])
     assert len(reasons) == 4 and all(r.startswith("SignatureError: package") for r in reasons)
@@ -264,7 +265,7 @@ def test_tampered_foreign_truncated_and_random_packages_never_run(cluster, broke
 
 
 def _all_records(broker):
-    cache = broker.store.saved._cache
+    cache = get_store(broker.directory).saved._cache
     values = (cache.get(k) for k in cache.iterkeys() if isinstance(k, str))
     return [v for v in values if isinstance(v, dict) and "success" in v]
 
@@ -436,7 +437,7 @@ def test_a_dead_cluster_thread_stops_the_cluster_visibly(store_dir, caplog):
         def broken() -> None:
             raise SystemExit("injected fault")
 
-        running._enforce_timeouts = broken  # the monitor calls it every 100 ms
+        running.monitor.enforce_timeouts = broken  # the monitor calls it every 100 ms
         assert _wait_for(lambda: not running.running, 10)
         assert _wait_for(lambda: running._stopped.is_set(), 20)
         assert "monitor" in running.error and "SystemExit: injected fault" in running.error
@@ -503,7 +504,7 @@ def test_a_stalled_host_stores_nothing_for_leases_it_lost(store_dir, tmp_path):
         assert count_group("stall") == 16 and count_group("stall", failures=True) == 0
         tasks = fetch_group("stall")
         assert len(tasks) == 16 and sorted(result(i) for i in ids) == list(range(16))
-        assert nbqueue.get_broker().store.saved.totals() == (16, 0)
+        assert get_store(nbqueue.get_broker().directory).saved.totals() == (16, 0)
     finally:
         os.kill(host.pid, signal.SIGCONT)
         host.send_signal(signal.SIGINT)
@@ -578,7 +579,7 @@ def test_rows_written_without_the_key_are_never_unpickled(cluster, store_dir, tm
     after = async_task(fx.add, 3, 3)
     assert result(after, wait=WAIT) == 6
     assert _wait_for(lambda: cluster.failed >= 2, 10)
-    assert nbqueue.get_broker().store.saved.totals()[1] >= 2  # both stored as Failures
+    assert get_store(nbqueue.get_broker().directory).saved.totals()[1] >= 2  # both stored as Failures
     assert not marker.exists()  # nothing was unpickled
     assert cluster.running
 
@@ -589,7 +590,8 @@ def test_a_killed_writer_of_large_values_leaves_no_partial_file(store_dir):
     row refers to."""
     import sqlite3
     code = ("import nbqueue, itertools\n"
-            f"part = nbqueue.get_broker({store_dir!r}).store.saved\n"
+            "from nbqueue.store import get_store\n"
+            f"part = get_store({store_dir!r}).saved\n"
             "print('writing', flush=True)\n"
             "for i in itertools.count():\n"
             "    part._cache.set(f'big{i % 3}', bytes(50_000_000))\n")
@@ -608,7 +610,7 @@ def test_a_killed_writer_of_large_values_leaves_no_partial_file(store_dir):
         folder = os.path.join(results, "drafts")
         return os.listdir(folder) if os.path.isdir(folder) else []
     assert len(drafts()) <= 1  # the one it was writing, if any
-    part = nbqueue.get_broker().store.saved  # opening the store removes a dead writer's
+    part = get_store(nbqueue.get_broker().directory).saved  # opening the store removes a dead writer's
     assert drafts() == []
     on_disk = {os.path.relpath(os.path.join(root, name), results)
                for root, _, files in os.walk(results) for name in files
@@ -696,3 +698,4 @@ def test_a_disk_that_fills_up_refuses_tasks_at_the_call_and_drops_none(small_dis
         assert nbqueue.queue_size() == len(taken)
     finally:
         broker_module.drop_broker(directory)
+        drop_store(directory)

@@ -11,6 +11,7 @@ import pytest
 import nbqueue
 from nbqueue.models import Failure, Success, Task, group_count
 from nbqueue.records import Header, Outcome, make_record
+from nbqueue.store import get_store
 
 
 def _header(task_id, group="g", name=None):
@@ -19,7 +20,7 @@ def _header(task_id, group="g", name=None):
 
 
 def _store(records):
-    store = nbqueue.get_broker().store
+    store = get_store(nbqueue.get_broker().directory)
     store.save(records)
     return store
 

@@ -28,6 +28,7 @@ from nbqueue import (AsyncTask, Failure, NoClusterWarning, Success, Task, TaskFu
                      async_iter, async_task, count_group, delete_cached, fetch, fetch_group,
                      get_broker, queue_size, result, result_group)
 from nbqueue.names import humanize
+from nbqueue.store import get_store
 
 from . import tasks_fixtures as fx
 from .waiting import wait_for
@@ -215,7 +216,7 @@ def test_example_cached_result(cluster):
     assert result(id) is None  # it is not in the saved part
 
     # the expiry is 10 seconds from when it was stored
-    _, expire_time = get_broker().store.cached._cache.get(id, expire_time=True)
+    _, expire_time = get_store(get_broker().directory).cached._cache.get(id, expire_time=True)
     assert 5 < expire_time - time.time() <= 10
 
     # or fetch the task object
@@ -375,7 +376,7 @@ def test_option_ack_failure(cluster):
     assert fetch(acked, WAIT).success is False
     wait_for(lambda: get_broker().leased() == 0)
     kept = async_task(BOOM, ack_failure=False)
-    wait_for(lambda: get_broker().leased() == 1 and not cluster._inflight, 20,
+    wait_for(lambda: get_broker().leased() == 1 and len(cluster.inflight) == 0, 20,
              "the first attempt to finish")
     assert fetch(kept, 300) is None
     assert get_broker().leased() == 1  # delivered again after `retry`
@@ -401,7 +402,7 @@ def test_option_cached_true(cluster):
     task_id = async_task(ADD, 5, 5, cached=True)
     assert result(task_id, WAIT, cached=True) == 10
     assert result(task_id) is None
-    _, expire_time = get_broker().store.cached._cache.get(task_id, expire_time=True)
+    _, expire_time = get_store(get_broker().directory).cached._cache.get(task_id, expire_time=True)
     assert expire_time is None  # kept until deleted
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from nbqueue.names import humanize
 from nbqueue.records import decode_result as decode
-from nbqueue.store import PAGE, Part, Store
+from nbqueue.store import PAGE, Part, Store, drop_store, get_store
 
 
 def encode(value):
@@ -437,6 +437,35 @@ def test_wait_sees_writes_of_another_store_object(tmp_path):
     finally:
         one.close()
         two.close()
+
+
+# -- get_store -----------------------------------------------------------------------------
+
+
+def test_get_store_is_shared_per_directory(broker, tmp_path, monkeypatch):
+    store = get_store(broker.directory)
+    assert get_store(broker.directory) is store
+    assert get_store(broker.directory + os.sep) is store
+    assert store.directory == broker.directory
+    monkeypatch.chdir(os.path.dirname(broker.directory))
+    assert get_store(os.path.basename(broker.directory)) is store
+    drop_store(broker.directory)
+    assert get_store(broker.directory) is not store
+
+
+def test_get_store_makes_one_store_for_threads_at_once(tmp_path):
+    directory = str(tmp_path / "shared")
+    found = []
+    threads = [threading.Thread(target=lambda: found.append(get_store(directory)))
+               for _ in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(found) == 8 and all(store is found[0] for store in found)
+    finally:
+        drop_store(directory)
 
 
 # -- scale ---------------------------------------------------------------------------------

@@ -83,8 +83,6 @@ def test_unknown_q_option_and_bad_broker_are_refused(store_dir):
         async_task("math.floor", 1, q_options=[("group", "g")])
     with pytest.raises(ConfigurationError, match="broker"):
         async_task("math.floor", 1, broker="not a broker")
-    with pytest.raises(ConfigurationError, match="wait"):
-        nbqueue.result("some-id", wait=-5)
 
 
 def test_no_cluster_warning_names_the_command(store_dir):

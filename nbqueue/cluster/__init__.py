@@ -1,0 +1,390 @@
+"""The cluster: a few threads in this process that move work between the queue, a pool
+of worker processes and the store.
+
+::
+
+    queue --lease--> Feeder --chunks of Items--> Executor --> worker processes
+      ^                |                            |
+      |                | adds Jobs                  | Futures of Outcomes
+      |                v                            v
+      |            InFlight <------ removes ---- Writer --Records--> store
+      |           (token -> Job,                 |   |
+      |            Future -> tokens)             |   +--finished Tasks--> HookRunner
+      +------- ack, release ---------------------+
+      +------- renew, reap ---- Monitor (timeouts, heartbeat, store watch)
+
+- the ``Feeder`` (``feeder.py``) leases batches, checks each package's signature and
+  submits chunks of tasks, keeping the workers busy;
+- the ``Writer`` (``writer.py``) stores the outcomes of finished chunks in one
+  transaction, then acknowledges their leases (never before); the ``HookRunner``
+  calls hooks, in this process, with the finished Task;
+- the ``Monitor`` (``monitor.py``) renews leases, kills workers stuck past a timeout,
+  reaps the expired leases of dead clusters, beats and watches the store directory;
+- ``InFlight`` (``inflight.py``) is the table of leased jobs and running chunks they
+  share; ``Deaths`` (``deaths.py``) tells which dead worker ran which task.
+
+Each thread runs under a supervisor: what a loop does not expect, ``BaseException``
+included, stops the whole cluster visibly (``error``, the log, ``nbqueue info``). A
+process serves a store directory with one cluster (``serving.py``): ``start()`` run
+again gives it back, and the process hands its tasks in flight back to the queue,
+uncounted, as it exits or as Jupyter asks its kernel to shut down or restart.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any
+
+from .. import conf
+from ..broker import Broker, get_broker
+from ..errors import ClusterError, ConfigurationError
+from ..executors import EXECUTOR_OPTIONS, Executor, make_executor
+from ..heartbeats import heartbeats
+from ..storage import process_alive
+from ..store import get_store
+from ..worker import clean_spill
+from .deaths import Deaths
+from .feeder import Feeder
+from .inflight import InFlight
+from .monitor import Monitor
+from .serving import install_exit_hooks, serving, serving_lock, stop_all
+from .writer import HookRunner, Writer
+
+log = logging.getLogger("nbqueue")
+
+
+class Cluster:
+    """Workers that run the queued tasks of one store directory, hosted by this process.
+
+    ``Cluster(workers=4, timeout=60).start()`` returns at once; ``stop()`` finishes or
+    hands back the work in flight. Options left out come from ``configure`` and the
+    ``NBQUEUE_*`` environment. Also a context manager: ``with Cluster() as c: ...``.
+    """
+
+    def __init__(self, workers: int | None = None, timeout: float | None = conf.UNSET,
+                 retry: float | None = None, max_attempts: int | None = None,
+                 ack_failures: bool | None = None, save_limit: int | None = None,
+                 bulk: int | None = None, poll: float | None = None,
+                 label: str | None = None, directory: str | os.PathLike[str] | None = None,
+                 max_rss: int | None = None, executor: str = "loky",
+                 **executor_options: Any) -> None:
+        _check_option_names(executor, executor_options)
+        given = {"workers": workers, "retry": retry, "max_attempts": max_attempts,
+                 "ack_failures": ack_failures, "save_limit": save_limit, "bulk": bulk,
+                 "poll": poll, "label": label, "directory": directory, "max_rss": max_rss}
+        options = {k: v for k, v in given.items() if v is not None}
+        if timeout is not conf.UNSET:
+            options["timeout"] = timeout
+        self.settings = conf.merged(conf.settings(), **options)
+        self.workers = self.settings.worker_count
+        self.broker: Broker = get_broker(self.settings.directory)
+        self.directory = self.broker.directory
+        self.heartbeats = heartbeats(self.directory)
+        self.store = get_store(self.directory)
+        self.id = uuid.uuid4().hex
+        self.executor_name = executor
+        self._executor_options = executor_options
+        if executor != "loky":  # fail at the call, not at start
+            make_executor(executor, 1, "", self.settings.max_rss, **executor_options)
+        self._executor: Executor | None = None
+        self.inflight = InFlight()
+        self.wakeup = threading.Event()  # the queue has work, or a task just finished
+        self.stopping = threading.Event()
+        self.shutting_down = False  # the executor is being shut down: no more outcomes
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._context: Cluster | None = None
+        self.error: str | None = None  # why the cluster stopped on its own, if it did
+        self.started_at: float | None = None
+        self.done = 0
+        self.failed = 0
+        self._rate = (time.monotonic(), 0, 0.0)  # (when, done+failed then, tasks/s)
+        self._slot_dir = ""
+        self._panels: list[Any] = []  # status panels shown in Jupyter
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            raise ClusterError("this cluster is not started; call start() first")
+        return self._executor
+
+    # -- life cycle ------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.started_at is not None and not self.stopping.is_set()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether ``stop()`` has finished: its workers and threads are gone."""
+        return self._stopped.is_set()
+
+    def _options(self) -> tuple:
+        return (conf.merged(self.settings, workers=self.workers), self.executor_name,
+                self._executor_options)
+
+    def start(self) -> Cluster:
+        """Start the workers and threads; returns at once (the first tasks wait for spawn).
+
+        One process serves a store directory with one cluster: if this process already
+        runs one on the same directory (a notebook cell run again), ``start()`` returns
+        that running cluster when its options are the same, and otherwise stops it,
+        handing its tasks in flight back to the queue uncounted, and starts this one.
+        """
+        with serving_lock:
+            current = serving.get(self.directory)
+            if current is self and self.running:
+                return self
+            if self.started_at is not None:
+                raise ClusterError("this cluster was stopped; make a new Cluster() to start "
+                                   "again")
+            if current is not None and current.running:
+                if current._options() == self._options():
+                    return current
+                log.warning("nbqueue: replacing the running cluster on %s (%s) with a new "
+                            "one (%s); its tasks in flight go back to the queue", self.directory,
+                            current._describe(), self._describe())
+                current.stop(wait=0)
+            self._start()
+            serving[self.directory] = self
+        install_exit_hooks()
+        return self
+
+    def _describe(self) -> str:
+        timeout = self.settings.timeout
+        return (f"{self.workers} {self.executor_name} workers, timeout "
+                f"{'none' if timeout is None else f'{timeout:g} s'}, "
+                f"retry {self.settings.retry:g} s")
+
+    def _start(self) -> None:
+        self.started_at = time.time()
+        self._slot_dir = tempfile.mkdtemp(prefix=f"nbqueue-{self.id[:8]}-")
+        executor = make_executor(self.executor_name, self.workers, self._slot_dir,
+                                 self.settings.max_rss, **self._executor_options)
+        clean_spill(self.directory, lambda host: not process_alive(host))  # of clusters gone
+        executor.at_exit = stop_all
+        executor.directory = self.directory
+        try:
+            executor.open()  # dask: connect, or start a LocalCluster
+        except Exception:
+            self.started_at = None
+            shutil.rmtree(self._slot_dir, ignore_errors=True)
+            raise
+        self._executor = executor
+        self.deaths = Deaths(self._slot_dir)
+        self.feeder, self.writer = Feeder(self), Writer(self)
+        self.monitor, self.hook_runner = Monitor(self), HookRunner(self)
+        self.broker.subscribe(self.wakeup)
+        self.monitor.beat()
+        for name, part in (("feeder", self.feeder), ("writer", self.writer),
+                           ("monitor", self.monitor), ("hooks", self.hook_runner)):
+            thread = threading.Thread(target=self._supervised, args=(name, part.run),
+                                      name=f"nbqueue-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _supervised(self, name: str, loop: Any) -> None:
+        """Run one of the cluster's threads. Each loop goes on through the errors it
+        expects; anything else (``BaseException`` included) stops the whole cluster,
+        visibly: a cluster with a dead thread would still look alive while it stored or
+        fed nothing.
+
+        SIGINT is blocked in these threads, and so in the threads and worker processes
+        they start (a mask is inherited): a worker gets Ctrl-C blocked from its first
+        instruction, until its initializer ignores it. Python runs signal handlers in the
+        main thread anyway.
+        """
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            loop()
+        except BaseException as exc:  # noqa: BLE001 - this is the supervisor
+            self.error = f"its {name} thread failed: {type(exc).__name__}: {exc}"
+            log.critical("nbqueue cluster %s on %s stopped: %s; its tasks in flight go back "
+                         "to the queue. Start a new Cluster() to go on", self.id[:8],
+                         self.directory, self.error, exc_info=exc)
+            threading.Thread(target=self.stop, kwargs={"wait": 0}, name="nbqueue-stop",
+                             daemon=True).start()
+
+    def stop(self, wait: float = 10.0) -> None:
+        """Stop gracefully: take no new work, let running tasks finish for up to ``wait``
+        seconds, then kill the workers and hand every unfinished task back to the queue
+        (its attempt not counted), store what finished, and run the pending hooks."""
+        if self.started_at is None:
+            return
+        with self._stop_lock:
+            stopping_elsewhere = self.stopping.is_set()
+            self.stopping.set()
+        if stopping_elsewhere:  # in another thread (the panel's button, the supervisor)
+            if threading.current_thread() not in self._threads:
+                self._stopped.wait(wait + 60)
+            return
+        self.wakeup.set()
+        feeder, writer, monitor, hooks = self._threads
+        _join(feeder, 10)
+        for future in self.inflight.chunks():
+            future.cancel()
+        deadline = time.monotonic() + wait
+        while len(self.inflight) and time.monotonic() < deadline and writer.is_alive():
+            time.sleep(0.01)
+        self._shut_down_executor()
+        self.writer.events.put(None)
+        _join(writer, 30)
+        self._hand_back_at_stop()
+        _join(monitor, 10)
+        self.hook_runner.close()
+        _join(hooks, 30)
+        self._clean_up()
+
+    def _shut_down_executor(self) -> None:
+        self.shutting_down = True
+        try:
+            self.executor.shutdown(kill=True)
+        except Exception:
+            log.exception("nbqueue cluster: the %s executor did not shut down cleanly",
+                          self.executor_name)
+
+    def _hand_back_at_stop(self) -> None:
+        """Acknowledge what was stored; every task still in flight goes back uncounted."""
+        try:
+            self.broker.flush_acks()
+            left = self.inflight.tokens()
+            if left:
+                self.inflight.remove(left)
+                self.broker.release(left, counted=False)
+                log.info("nbqueue cluster: %d task(s) in flight went back to the queue",
+                         len(left))
+        except Exception:
+            log.exception("nbqueue cluster: could not hand the tasks in flight back; they "
+                          "will be delivered again once their lease expires")
+
+    def _clean_up(self) -> None:
+        """The end of ``stop()``: record it, remove the cluster's files, redraw panels."""
+        self.broker.unsubscribe(self.wakeup)
+        try:
+            self.heartbeats.forget(self.id)
+            if self.error is not None:
+                self.heartbeats.record_stop(self.id, self.info())
+        except Exception:  # the store itself may be what failed
+            log.warning("nbqueue cluster: could not record the stop in the store",
+                        exc_info=True)
+        shutil.rmtree(self._slot_dir, ignore_errors=True)
+        clean_spill(self.directory, lambda host: host == os.getpid())  # its workers are gone
+        with serving_lock:
+            if serving.get(self.directory) is self:
+                del serving[self.directory]
+        self._stopped.set()
+        for panel in self._panels:  # show "stopped" now, before this call returns
+            try:
+                panel.refresh()
+            except Exception:
+                log.debug("nbqueue cluster: a status panel could not be redrawn",
+                          exc_info=True)
+
+    def __enter__(self) -> Cluster:
+        self._context = self if self.running else self.start()
+        return self._context
+
+    def __exit__(self, *exc_info: Any) -> None:
+        (self._context or self).stop()
+
+    def join(self) -> None:
+        """Block until the cluster is stopped (Ctrl-C in a terminal stops it gracefully)."""
+        while self.running:
+            time.sleep(0.2)
+
+    # -- figures ---------------------------------------------------------------------
+
+    def _running_states(self) -> list[tuple[str, float, float, Any]]:
+        """(task id, started, deadline or 0, worker handle) of each task running now."""
+        return self._executor.running() if self._executor is not None else []
+
+    def running_tasks(self) -> int:
+        """Tasks running in a worker right now."""
+        return len(self._running_states())
+
+    def rate(self) -> float:
+        """Tasks finished per second, over the last few seconds."""
+        when, count, rate = self._rate
+        now, total = time.monotonic(), self.done + self.failed
+        if now - when >= 1.0:
+            rate = (total - count) / (now - when)
+            self._rate = (now, total, rate)
+        return rate
+
+    def info(self) -> dict[str, Any]:
+        """This cluster's figures: what ``nbqueue info`` and the status panel show."""
+        running = self._running_states()
+        groups = self.inflight.groups({state[0] for state in running}) if running else {}
+        return {"groups_running": groups, "id": self.id,
+                "label": self.settings.label, "pid": os.getpid(),
+                "host": socket.gethostname(), "executor": self.executor_name,
+                "workers": self.workers, "directory": self.directory,
+                "started": self.started_at, "done": self.done, "failed": self.failed,
+                "running": len(running), "in_flight": len(self.inflight),
+                "queued": self.broker.size(), "rate": round(self.rate(), 1),
+                "dashboard": self._executor.dashboard if self._executor is not None else None,
+                "error": self.error}
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """In Jupyter, a live status panel with a stop button; plain text elsewhere."""
+        from ..widgets import ClusterPanel, in_notebook
+        if not in_notebook():
+            return {"text/plain": repr(self)}
+        panel = ClusterPanel(self)
+        self._panels.append(panel)
+        bundle = dict(panel.widget._repr_mimebundle_() or {})
+        bundle["text/plain"] = repr(self)
+        return bundle
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else ("stopped" if self.started_at else "not started")
+        if self.error is not None:
+            state = f"stopped ({self.error})"
+        return (f"<Cluster {self.settings.label} {state} workers={self.workers} "
+                f"executor={self.executor_name} done={self.done} failed={self.failed} "
+                f"directory={self.directory}>")
+
+
+def _join(thread: threading.Thread, timeout: float) -> None:
+    """Join a cluster thread, unless it is the caller (a hook that stops its cluster)."""
+    if thread is not threading.current_thread():
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning("nbqueue cluster: thread %s did not end within %g s", thread.name,
+                        timeout)
+
+
+def _check_option_names(executor: str, options: dict[str, Any]) -> None:
+    """Refuse a misspelt option at the call, naming it (``Cluster(wrkers=2)``)."""
+    if executor not in EXECUTOR_OPTIONS:
+        raise ConfigurationError(f"unknown executor {executor!r}; the executors are: "
+                                 + ", ".join(repr(e) for e in EXECUTOR_OPTIONS))
+    unknown = sorted(set(options) - set(EXECUTOR_OPTIONS[executor]))
+    if not unknown:
+        return
+    own = [p for p in inspect.signature(Cluster.__init__).parameters
+           if p not in ("self", "executor_options")]
+    extra = [o for name, opts in EXECUTOR_OPTIONS.items() for o in opts]
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, own + extra, n=1)
+        if name in extra:
+            parts.append(f"{name!r} is an option of another executor (not {executor!r})")
+        else:
+            parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ConfigurationError(
+        f"unknown option(s) of Cluster: {', '.join(parts)}. Its options are "
+        f"{', '.join(own)}; with executor='dask' also {', '.join(EXECUTOR_OPTIONS['dask'])}")
+
+__all__ = ["Cluster"]

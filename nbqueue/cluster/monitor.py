@@ -1,0 +1,127 @@
+"""The monitor: the cluster's clock, ten times a second.
+
+- it renews the leases of the tasks in flight, so that a task longer than ``retry``
+  is not delivered twice, and notices leases lost while the cluster stalled;
+- it kills a worker stuck past its task's timeout (tier 2 of timeouts, see
+  ``nbqueue.worker``);
+- once a second it writes the cluster's heartbeat, puts the expired leases of dead
+  clusters back in the queue, and checks that the store directory is still the one
+  the cluster opened (``StoreGone`` stops the cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from .. import signing
+from ..broker import drop_broker
+from ..errors import StoreGone
+from ..store import drop_store
+
+if TYPE_CHECKING:
+    from . import Cluster
+
+log = logging.getLogger("nbqueue")
+
+HEARTBEAT = 1.0
+TICK = 0.1
+
+
+class Monitor:
+    """Renews leases, enforces timeouts, beats, reaps and watches the store (one thread)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._identity = self._store_identity()
+
+    def run(self) -> None:
+        cluster = self.cluster
+        renew_every = min(cluster.settings.retry / 4, 10.0)
+        last_renew = last_beat = last_check = time.monotonic()
+        while not (cluster.stopping.is_set() and cluster.shutting_down):
+            time.sleep(TICK)
+            if time.monotonic() - last_check >= HEARTBEAT:
+                last_check = time.monotonic()
+                self.check_store()  # outside the try: a gone store stops the cluster
+            try:
+                self.enforce_timeouts()
+                now = time.monotonic()
+                if now - last_renew >= renew_every:
+                    last_renew = now
+                    self._renew()
+                if now - last_beat >= HEARTBEAT:
+                    last_beat = now
+                    if not cluster.stopping.is_set():
+                        self.beat()
+                    reaped = cluster.broker.reap()
+                    if reaped:
+                        log.info("nbqueue cluster: %d expired lease(s) back in the queue",
+                                 reaped)
+                        cluster.wakeup.set()
+            except Exception:
+                log.exception("nbqueue cluster: monitor error; going on")
+
+    def beat(self) -> None:
+        cluster = self.cluster
+        capacity = cluster.executor.capacity()
+        if capacity:  # dask: its threads now (workers come and go)
+            cluster.workers = capacity
+        cluster.heartbeats.beat(cluster.id, cluster.info(), ttl=3 * HEARTBEAT + 2)
+
+    def _renew(self) -> None:
+        """Extend the leases in flight; drop the chunks of leases lost meanwhile: their
+        tasks belong to another delivery (chunks not started never start, and the
+        writer's fence drops the outcomes of the others)."""
+        cluster = self.cluster
+        lost = cluster.broker.renew(cluster.inflight.renewable(), cluster.settings.retry)
+        if not lost:
+            return
+        log.warning("nbqueue cluster: lost the leases of %d task(s) (this cluster was "
+                    "stalled for over %g s); they are delivered again elsewhere", len(lost),
+                    cluster.settings.retry)
+        for future in cluster.inflight.chunks_within(set(lost)):
+            future.cancel()
+
+    def _store_identity(self) -> tuple[int, ...]:
+        directory = self.cluster.directory
+        stat = os.stat(directory)
+        key = os.stat(os.path.join(directory, signing.KEY_FILE))
+        return stat.st_dev, stat.st_ino, key.st_ino
+
+    def check_store(self) -> None:
+        """Stop if the store directory was deleted or replaced under the cluster: what it
+        stores would land in files no one can read."""
+        try:
+            same = self._store_identity() == self._identity
+        except FileNotFoundError:
+            same = False
+        if not same:
+            directory = self.cluster.directory
+            drop_broker(directory, close=False)  # a new Cluster() opens the new store
+            drop_store(directory, close=False)
+            raise StoreGone(f"the store directory {directory} was deleted or replaced "
+                            "while this cluster ran, so it stopped; start a new Cluster() "
+                            "to serve the store there now")
+
+    def enforce_timeouts(self) -> None:
+        """Tier 2 of timeouts: kill a worker stuck past its task's deadline + grace
+        (dask has no tier 1: its grace is 0, and ``kill`` restarts the dask worker)."""
+        cluster = self.cluster
+        executor = cluster.executor
+        now = time.time()
+        grace, note = executor.kill_grace, executor.timeout_note
+        for task_id, _, deadline, handle in executor.running():
+            if not deadline or now < deadline + grace:
+                continue
+            job = cluster.inflight.job_of_task(task_id)
+            if job is None or job.judged:
+                continue
+            cluster.writer.judge(job, f"TaskTimeout: timed out after {job.timeout:g} s {note}",
+                                 attempt=job.lease.attempt,
+                                 final=job.is_final(False, cluster.settings))
+            log.warning("nbqueue cluster: task %s ran past its %g s timeout; killing worker "
+                        "%s", job.header.name, job.timeout, handle)
+            executor.kill(handle)

@@ -1,0 +1,99 @@
+"""One cluster per store directory in a process, and their end with the process.
+
+A notebook cell that starts a cluster is run again and again: the process keeps one
+running cluster per directory (``serving``), which ``Cluster.start`` consults. When the
+interpreter exits, or Jupyter asks the kernel to shut down or restart (it kills the
+kernel 5 s later), every running cluster stops at once and hands its tasks in flight
+back to the queue uncounted, so that the next cluster runs them without waiting for
+``retry``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import Cluster
+
+log = logging.getLogger("nbqueue")
+
+EXIT_GRACE = 1.0  # seconds running tasks get to finish when the process or kernel ends
+
+serving: dict[str, Cluster] = {}  # directory -> the running cluster of this process
+serving_lock = threading.RLock()
+_exit_hooks_installed = False
+
+
+def stop_all(why: str = "this process is exiting") -> None:
+    """Stop every running cluster of this process, handing their tasks in flight back.
+    Runs at exit before loky's own handler, which would wait for every running task."""
+    with serving_lock:
+        clusters = [c for c in serving.values() if c.running]
+    for cluster in clusters:
+        if len(cluster.inflight):
+            log.warning("nbqueue: %s: the cluster on %s stops and hands %d task(s) in "
+                        "flight back to the queue; a cluster started later runs them", why,
+                        cluster.directory, len(cluster.inflight))
+        cluster.stop(wait=EXIT_GRACE)
+
+
+def install_exit_hooks() -> None:
+    """Call ``stop_all`` as the interpreter exits, and in a Jupyter kernel as soon as a
+    shutdown or restart is requested (the request is handled in the kernel's control
+    thread, also while a cell is running; the kernel's own shutdown then terminates
+    every child process, our workers included)."""
+    global _exit_hooks_installed
+    with serving_lock:
+        if _exit_hooks_installed:
+            return
+        _exit_hooks_installed = True
+    try:
+        threading._register_atexit(stop_all)  # type: ignore[attr-defined]
+    except RuntimeError:  # already exiting
+        return
+    kernel = _jupyter_kernel()
+    if kernel is None:
+        return
+    original = kernel.do_shutdown
+
+    def do_shutdown(restart: bool) -> Any:
+        try:
+            stop_all("the kernel is restarting" if restart else "the kernel is shutting down")
+            _stop_resource_trackers()
+        except BaseException:  # noqa: BLE001 - the shutdown itself must go on
+            log.exception("nbqueue: stopping the clusters at kernel shutdown failed")
+        return original(restart)
+
+    kernel.do_shutdown = do_shutdown
+
+
+def _stop_resource_trackers(timeout: float = 1.0) -> None:
+    """Let loky's and multiprocessing's resource trackers end now, as they do when the
+    kernel exits: they ignore SIGTERM, and ipykernel's shutdown, which SIGTERMs every
+    child, would wait for them until Jupyter kills the kernel (2.5 s into a restart).
+    A tracker ends once its pipe is closed; joined in a thread, never for long."""
+    trackers = []
+    for module in ("loky.backend.resource_tracker", "multiprocessing.resource_tracker"):
+        tracker = getattr(sys.modules.get(module), "_resource_tracker", None)
+        if tracker is not None and getattr(tracker, "_fd", None) is not None:
+            trackers.append(tracker)
+    if not trackers:
+        return
+    thread = threading.Thread(target=lambda: [t._stop() for t in trackers],
+                              name="nbqueue-trackers", daemon=True)
+    thread.start()
+    thread.join(timeout)
+
+
+def _jupyter_kernel() -> Any:
+    """The ipykernel Kernel this process runs, if it is one."""
+    if "IPython" not in sys.modules:
+        return None
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return getattr(get_ipython(), "kernel", None)

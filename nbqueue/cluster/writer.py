@@ -1,0 +1,217 @@
+"""The writer stores outcomes; the hook runner calls hooks with the finished tasks.
+
+The writer takes events from one queue: a finished chunk (its Future, put there by
+the executor's thread) or a verdict reached outside a chunk (``judge``: a timeout
+kill, a task given up, a worker death). It stores every final outcome of a batch of
+events in one transaction, and only then acknowledges their leases: an outcome not
+stored is not done. An outcome whose lease this cluster no longer holds (it stalled
+past ``retry`` and the task went to another delivery) is dropped: the fence.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+from concurrent.futures import CancelledError, Future
+from typing import TYPE_CHECKING, Union
+
+from ..errors import SignatureError
+from ..executors import BROKEN
+from ..hooks import find_hook, run_hook
+from ..models import Task
+from ..records import Outcome, Record, failure, make_record
+from ..worker import Spilled, failure_text, unspill
+from .inflight import Job
+
+if TYPE_CHECKING:
+    from . import Cluster
+
+log = logging.getLogger("nbqueue")
+
+Verdict = tuple[Job, Record, bool]  # (job, record, final)
+Event = Union[Future, Verdict, None]  # None: the last event, from stop()
+
+
+class Writer:
+    """Stores the outcomes of the cluster's tasks and acknowledges them (one thread)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.events: queue.Queue[Event] = queue.Queue()
+
+    def run(self) -> None:
+        """Store outcomes as chunks finish, until ``stop()`` sends None (after the
+        executor shut down, so every chunk's event is queued before it)."""
+        while True:
+            events = [self.events.get()]
+            while True:
+                try:
+                    events.append(self.events.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._handle(events)
+            except Exception:
+                log.exception("nbqueue cluster: writer error; the affected tasks will be "
+                              "delivered again after their lease expires")
+            if None in events:
+                return
+
+    def chunk_done(self, future: Future) -> None:
+        """A chunk ended (in the executor's thread): note the workers that died first."""
+        cluster = self.cluster
+        if (not cluster.shutting_down and not future.cancelled()
+                and isinstance(future.exception(), BROKEN)):
+            cluster.deaths.note(str(future.exception()))
+        self.events.put(future)
+
+    def judge(self, job: Job, why: str, attempt: int, final: bool) -> None:
+        """Decide a task's outcome outside its chunk (timeouts, give-ups, worker deaths)."""
+        job.judged = True
+        record = make_record(job.header, failure(job.header.id, why), attempt)
+        self.events.put((job, record, final))
+
+    def hand_back(self, jobs: list[Job], counted: bool) -> None:
+        """Return tasks to the queue unfinished, their attempt ``counted`` or not."""
+        tokens = [job.lease.token for job in jobs]
+        self.cluster.inflight.remove(tokens)
+        self.cluster.broker.release(tokens, counted=counted)
+
+    def _handle(self, events: list[Event]) -> None:
+        cluster = self.cluster
+        finished: list[Verdict] = []
+        for event in events:
+            if isinstance(event, Future):
+                self._finish_chunk(event, cluster.inflight.take_chunk(event), finished)
+            elif event is not None:
+                finished.append(event)
+        if not finished:
+            return
+        for job, record, final in finished:
+            if not final:  # delivered again once its lease expires; not an outcome yet
+                log.info("nbqueue cluster: task %s failed on attempt %d; it is delivered "
+                         "again in about %g s: %s", record["name"], record["attempt_count"],
+                         cluster.settings.retry, str(record["result"]).split("\n", 1)[0])
+        outcomes = self._fenced([(job, record) for job, record, final in finished if final])
+        cluster.store.save([record for _, record in outcomes], cluster.settings.save_limit)
+        done = [job.lease.token for job, _ in outcomes]
+        if cluster.stopping.is_set():
+            cluster.broker.ack(done)
+        else:  # with the feeder's next lease, which this wakes
+            cluster.broker.ack_soon(done)
+            cluster.wakeup.set()
+        cluster.inflight.remove(job.lease.token for job, _, _ in finished)
+        for job, record in outcomes:
+            if record["success"]:
+                cluster.done += 1
+            else:
+                cluster.failed += 1
+            cluster.hook_runner.put(job, record)
+
+    def _fenced(self, outcomes: list[tuple[Job, Record]]) -> list[tuple[Job, Record]]:
+        """The outcomes whose leases this cluster still holds."""
+        cluster = self.cluster
+        held = cluster.broker.held([job.lease.token for job, _ in outcomes], cluster.id)
+        if len(held) == len(outcomes):
+            return outcomes
+        log.warning("nbqueue cluster: dropped %d outcome(s) whose leases had expired (this "
+                    "cluster was stalled for over %g s); those tasks belong to another "
+                    "delivery now", len(outcomes) - len(held), cluster.settings.retry)
+        return [(job, record) for job, record in outcomes if job.lease.token in held]
+
+    def _finish_chunk(self, future: Future, jobs: list[Job], finished: list[Verdict]) -> None:
+        settings = self.cluster.settings
+        try:
+            outcomes = future.result()
+        except CancelledError:
+            self.hand_back(jobs, counted=False)
+            return
+        except BROKEN as exc:
+            self._broken(jobs, exc)
+            return
+        except BaseException as exc:  # the chunk itself failed to run: count it on each task
+            outcomes = [failure(job.header.id, failure_text(exc)) for job in jobs]
+        by_id = {job.header.id: job for job in jobs}
+        for outcome in outcomes:
+            job = by_id.get(outcome.id)
+            if isinstance(outcome.result, Spilled):
+                outcome = self._unspilled(outcome, keep=job is not None and not job.judged)
+            if job is None or job.judged:
+                continue
+            self.cluster.feeder.measured(outcome.stopped - outcome.started)
+            record = make_record(job.header, outcome, job.lease.attempt)
+            finished.append((job, record, job.is_final(record["success"], settings)))
+
+    def _unspilled(self, outcome: Outcome, keep: bool) -> Outcome:
+        """An outcome whose large result a worker wrote to the store's spill directory,
+        with the result read back (and checked, and its file removed)."""
+        spilled = outcome.result
+        try:
+            if not keep:
+                os.unlink(spilled.path)
+                return outcome
+            return outcome._replace(result=unspill(spilled, self.cluster.broker.key))
+        except (OSError, SignatureError) as exc:
+            return outcome._replace(success=False, result=(
+                f"StoreError: the task's result ({spilled.size:,} bytes) could not be read "
+                f"back from {spilled.path}: {exc}"))
+
+    def _broken(self, jobs: list[Job], exc: BaseException) -> None:
+        """The pool broke (a worker died, or we killed it): judge or hand back each task,
+        once every worker of the broken pool is dead (one still running a task would
+        otherwise run it beside its next delivery)."""
+        cluster = self.cluster
+        cluster.deaths.await_doomed()
+        for job in jobs:
+            why = cluster.deaths.why(job.header.id)
+            if job.judged:
+                continue
+            if why is None and job.header.id in getattr(exc, "running", ()):
+                why = f"the worker process running this task died ({exc.reason})"
+            if why is None or cluster.shutting_down:
+                self.hand_back([job], counted=False)  # collateral: it was only waiting
+            elif job.last_attempt(cluster.settings):  # lost: delivered again, whatever
+                self.judge(job, why, attempt=job.lease.attempt, final=True)  # ack_failures
+            else:
+                self.hand_back([job], counted=True)
+
+
+class HookRunner:
+    """Calls the hooks of finished tasks, in this process, one after another (one thread)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._queue: queue.Queue[tuple[Job, Record] | None] = queue.Queue()
+
+    def put(self, job: Job, record: Record) -> None:
+        if job.header.hook_name is not None:
+            self._queue.put((job, record))
+
+    def close(self) -> None:
+        """Let ``run`` return once the hooks already queued have run."""
+        self._queue.put(None)
+
+    def run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            self._call(*item)
+
+    def _call(self, job: Job, record: Record) -> None:
+        header = job.header
+        try:
+            hook = find_hook(header)
+        except Exception as exc:
+            log.error("nbqueue cluster: hook %s of task %s cannot be loaded: %s",
+                      header.hook_name, header.name, exc)
+            return
+        if hook is None:
+            log.warning("nbqueue cluster: hook %s of task %s was an object of a process that "
+                        "has ended; it cannot run here", header.hook_name, header.name)
+            return
+        run_hook(hook, Task(record, self.cluster.store, bool(record["cached"])), log)
+
+
+__all__ = ["Writer", "HookRunner"]

@@ -1,0 +1,50 @@
+"""What this process sent to each store directory, as the API remembers it: the size of
+the groups it filled (a progress panel's default total), the tasks a plain ``result()``
+would wait for in vain, and whether it warned that no cluster serves the store.
+
+Only this process's own tasks: another process's are in the store, or nowhere.
+"""
+
+from __future__ import annotations
+
+import threading
+
+SENT_KEPT = 10_000  # unusual tasks remembered, the newest
+
+
+class Sent:
+    """What this process sent to one store directory; get it with ``sent()``."""
+
+    def __init__(self) -> None:
+        self.enqueued: dict[str, int] = {}  # group -> tasks this process put in it
+        self.unusual: dict[str, str] = {}  # task id -> "unsaved"/"cached", the newest
+        self.warned_no_cluster = False
+        self.serve_check_at = 0.0  # when async_task next checks that a cluster serves
+        self.departures_seen = 0  # the broker's ``departures`` at that check
+
+    def count(self, group: str, tasks: int = 1) -> None:
+        """Note ``tasks`` more tasks put in ``group``."""
+        self.enqueued[group] = self.enqueued.get(group, 0) + tasks
+
+    def remember(self, task_id: str, how: str) -> None:
+        """Note a task whose outcome a plain ``result()`` would wait for in vain (``how``:
+        "unsaved" or "cached"), to say so if someone waits for it."""
+        unusual = self.unusual
+        unusual[task_id] = how
+        if len(unusual) > SENT_KEPT:
+            del unusual[next(iter(unusual))]
+
+
+_sent: dict[str, Sent] = {}
+_lock = threading.Lock()
+
+
+def sent(directory: str) -> Sent:
+    """What this process sent to the store at ``directory`` (absolute), shared in it."""
+    found = _sent.get(directory)
+    if found is None:
+        with _lock:
+            found = _sent.get(directory)
+            if found is None:
+                found = _sent[directory] = Sent()
+    return found
