@@ -19,13 +19,10 @@ push+pull+set one by one costs ~300 us, the same inside a transaction ~30 us.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import itertools
 import logging
-import multiprocessing.util
 import os
-import sys
 import threading
 import time
 from typing import Any, Iterable, Iterator, NamedTuple
@@ -34,17 +31,15 @@ from . import conf
 from .errors import SignatureError, StoreError
 from .heartbeats import drop_heartbeats
 from .signing import forget_key, load_key, private_directory
-from .storage import UPSERT_OK, checked_get, open_cache, upsert, writing
+from .outbox import Outbox
+from .storage import UPSERT_OK, checked_get, checkpoint, open_cache, upsert, writing
 
 log = logging.getLogger("nbqueue")
 
 _INDEX = "leases"
 _PENDING = "pending"
-FLUSH_DELAY = 0.002  # seconds the outbox waits for a cluster in this process to lease it
 BUNDLE = 64  # packages per queue row at most: large enough to batch, small to split
 BUNDLE_BYTES = 30_000  # and bytes: under diskcache's 32 KiB a bundle stays in its SQLite row
-OUTBOX_BYTES = 8 << 20  # packages written behind at most; past it async_task writes first
-WRITE_BYTES = 1 << 20  # packages in one transaction of the outbox at most
 _LEASE = "lease:"  # string keys: diskcache stores them as they are, tuples it pickles
 
 
@@ -86,12 +81,8 @@ class Broker:
         self._token_prefix = os.urandom(6).hex()
         self._wakeups: list[threading.Event] = []
         self.departures = 0  # local consumers that unsubscribed, ever
-        self._outbox: list[bytes] = []
-        self._outbox_bytes = 0
-        self._outbox_lock = threading.Lock()
-        self._outbox_ready = threading.Event()
-        self._outbox_error: StoreError | None = None
-        self._flush_lock = threading.Lock()
+        self._outbox = Outbox(self.directory, self._write, lambda: bool(self._wakeups),
+                              self._wake)
         self._write_lock = threading.Lock()
         self._acks: list[str] = []
         self._acks_lock = threading.Lock()
@@ -104,43 +95,26 @@ class Broker:
     def _transaction(self, retry: bool = False) -> Iterator[None]:
         """A write transaction on the queue. Threads of this process queue up on a lock
         first: SQLite makes a writer that finds the file locked sleep 1 ms or more, which
-        is longer than most of our transactions last."""
-        with self._write_lock, writing(self._queue.directory), self._queue.transact(retry):
-            yield
+        is longer than most of our transactions last. A transaction the store refused
+        gives its space back (SQLite keeps it in its write-ahead log)."""
+        try:
+            with self._write_lock, writing(self._queue.directory), self._queue.transact(retry):
+                yield
+        except StoreError:
+            checkpoint(self._queue)
+            raise
 
     # -- producers -------------------------------------------------------------------
 
     def enqueue(self, package: bytes) -> None:
-        """Put one signed package at the back of the queue, written behind.
+        """Put one signed package at the back of the queue, written behind by the outbox
+        (see ``nbqueue.outbox``); ``flush()`` waits for it to be written.
 
-        The package goes to an in-memory outbox that a background thread commits in
-        batches, usually within a millisecond: one SQLite commit per package costs
-        ~140 us, one per batch ~30 us a package, which is most of what ``async_task``
-        costs. ``flush()`` waits for the outbox to be written.
-
-        The outbox holds at most OUTBOX_BYTES: past that, the caller waits for it to be
-        written. Raises StoreError, and does not take the package, if earlier packages
-        could not be written (disk full, damaged, or locked by another process past
-        SQLite's 60 s busy timeout); those are kept and written again, nothing is dropped.
+        Raises StoreError, and does not take the package, if earlier packages could not
+        be written (disk full, damaged, or locked by another process past SQLite's 60 s
+        busy timeout); those are kept and written again, nothing is dropped.
         """
-        while True:
-            with self._outbox_lock:
-                if self._outbox_error is not None:
-                    raise self._outbox_error
-                if not self._outbox or self._outbox_bytes + len(package) <= OUTBOX_BYTES:
-                    self._outbox.append(package)
-                    self._outbox_bytes += len(package)
-                    break
-            self.flush()  # full: write it now, or raise saying why the store refuses it
-        with self._outbox_lock:
-            if self._flusher is None:
-                self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
-                                                 name="nbqueue-outbox")
-                self._flusher.start()
-                atexit.register(self._flush_at_exit)
-                # multiprocessing children end with os._exit, past atexit: flush there too
-                multiprocessing.util.Finalize(self, self._flush_at_exit, exitpriority=10)
-        self._outbox_ready.set()
+        self._outbox.put(package)
         self._wake()  # a cluster in this process writes the outbox itself as it leases
 
     def enqueue_many(self, packages: Iterable[bytes]) -> None:
@@ -168,68 +142,11 @@ class Broker:
     def flush(self) -> None:
         """Write every package this process has enqueued; raise StoreError if the store
         cannot take them (they are kept, and written again on the next flush)."""
-        self._write_outbox()
-        if self._outbox_error is not None:
-            raise self._outbox_error
+        self._outbox.flush()
 
-    def _take_outbox(self) -> list[bytes]:
-        with self._outbox_lock:
-            batch, self._outbox, self._outbox_bytes = self._outbox, [], 0
-        return batch
-
-    def _write_outbox(self) -> None:
-        """Write the outbox in transactions of at most WRITE_BYTES each, so that a store
-        short of space takes what fits (one transaction for all would never fit)."""
-        with self._flush_lock:  # one writer at a time keeps the order of the outbox
-            batch = self._take_outbox()
-            if not batch:
-                return
-            start = 0
-            while start < len(batch):
-                end, size = start, 0
-                while end < len(batch) and (end == start or size + len(batch[end])
-                                            <= WRITE_BYTES):
-                    size += len(batch[end])
-                    end += 1
-                try:
-                    with self._transaction():
-                        self._push(batch[start:end])
-                except StoreError as exc:
-                    self._keep(batch[start:], exc)
-                    return
-                start = end
-            self._outbox_error = None
-        self._wake()
-
-    def _keep(self, batch: list[bytes], exc: StoreError) -> None:
-        """Put packages the store refused back at the front of the outbox, and give the
-        space of a failed transaction back (SQLite keeps it in its write-ahead log)."""
-        with contextlib.suppress(Exception):
-            self._queue._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        with self._outbox_lock:
-            self._outbox[:0] = batch
-            self._outbox_bytes += sum(len(package) for package in batch)
-            self._outbox_error = StoreError(
-                f"{len(self._outbox)} task(s) enqueued by this process are not in the "
-                f"queue yet ({exc}). They are kept in memory and written again; call "
-                "nbqueue.flush() to retry now")
-
-    def _flush_loop(self) -> None:
-        while True:
-            self._outbox_ready.wait()
-            if self._wakeups:  # a cluster in this process leases from the outbox itself;
-                time.sleep(FLUSH_DELAY)  # writing first would cost it a commit and a wait
-            self._outbox_ready.clear()
-            self._write_outbox()
-            if self._outbox:  # the store refused them: try again shortly
-                time.sleep(0.5)
-                self._outbox_ready.set()
-
-    def _flush_at_exit(self) -> None:
-        self._write_outbox()
-        if self._outbox:
-            print(f"nbqueue: {len(self._outbox)} task(s) could not be written to "
-                  f"{self.directory} before exit: {self._outbox_error}", file=sys.stderr)
+    def _write(self, packages: list[bytes]) -> None:
+        with self._transaction():
+            self._push(packages)
 
     def subscribe(self, event: threading.Event) -> None:
         """Have ``event`` set whenever this process enqueues (wakes a local cluster at once)."""
@@ -257,21 +174,13 @@ class Broker:
         leased at once never goes through the queue: a cluster in the kernel that
         enqueued the task saves a commit and a hand-off per round trip.
         """
-        if not self._outbox:
+        if not len(self._outbox):
             if not self._acks and not self._queue.get(_PENDING, 0, retry=True):
                 return []  # an empty poll reads, and leaves the write lock to producers
             with self._transaction(retry=True):
                 return self._take(owner, count, duration, [])
-        with self._flush_lock:  # the outbox's order: older packages are in the queue
-            fresh = self._take_outbox()
-            try:
-                with self._transaction():
-                    leases = self._take(owner, count, duration, fresh)
-            except StoreError as exc:
-                self._keep(fresh, exc)
-                raise self._outbox_error from exc  # type: ignore[misc]
-            self._outbox_error = None
-        return leases
+        with self._outbox.taken() as fresh, self._transaction():
+            return self._take(owner, count, duration, fresh)
 
     def _take(self, owner: str, count: int, duration: float,
               fresh: list[bytes]) -> list[Lease]:
@@ -284,7 +193,7 @@ class Broker:
             acks, self._acks = self._acks, []
         index = checked_get(queue, _INDEX, {}, "the lease index")
         if acks:
-            self._finish(_rows(acks)[0], index)
+            self._end_leases_in(_rows(acks)[0], index)
         refused: list[str] = []
         key, item = self._pull(refused)
         taken: list[tuple[int, bytes]] = []
@@ -343,7 +252,7 @@ class Broker:
 
     def ack(self, tokens: Iterable[str]) -> None:
         """End leases whose outcome is stored: the packages are gone for good."""
-        self._end(tokens)
+        self._end_leases(tokens)
 
     def release(self, tokens: Iterable[str], counted: bool = False) -> None:
         """Hand leased packages back to the front of the queue for another delivery.
@@ -351,7 +260,7 @@ class Broker:
         ``counted=False`` (the task never ran, or was stopped through no fault of its
         own) gives the attempt back; ``counted=True`` keeps it on the task's count.
         """
-        self._end(tokens, back=True, counted=counted)
+        self._end_leases(tokens, back=True, counted=counted)
 
     def ack_soon(self, tokens: Iterable[str]) -> None:
         """``ack`` in the next lease's transaction, or at ``flush_acks``: a cluster whose
@@ -365,16 +274,17 @@ class Broker:
             tokens, self._acks = self._acks, []
         self.ack(tokens)
 
-    def _end(self, tokens: Iterable[str], back: bool = False, counted: bool = False) -> None:
+    def _end_leases(self, tokens: Iterable[str], back: bool = False,
+                    counted: bool = False) -> None:
         by_row, _ = _rows(tokens)
         if not by_row:
             return
         with self._transaction(retry=True):
             index = checked_get(self._queue, _INDEX, {}, "the lease index")
-            self._finish(by_row, index, back, counted)
+            self._end_leases_in(by_row, index, back, counted)
             self._queue.set(_INDEX, index)
 
-    def _finish(self, by_row: dict[str, list[int]], index: dict[str, tuple],
+    def _end_leases_in(self, by_row: dict[str, list[int]], index: dict[str, tuple],
                 back: bool = False, counted: bool = False) -> None:
         """End leases in ``index``, which the caller writes back; inside a transaction.
         ``back``: their packages go back to the front of the queue, with their attempt

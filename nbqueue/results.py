@@ -38,7 +38,7 @@ def _check_count(count: Any) -> None:
                                  f"group to wait for) or None, got {count!r}")
 
 
-def _unserved(broker: Broker) -> str | None:
+def no_cluster_advice(broker: Broker) -> str | None:
     """What to do when no cluster serves the store, or None when one does."""
     if broker.has_local_consumer or heartbeats(broker.directory).clusters():
         return None
@@ -69,9 +69,9 @@ def _task_wait_hint(broker: Broker, task_id: str, cached: bool) -> str | None:
                 "would run it: while every worker waits like this, none is free to run it "
                 "(a deadlock). Don't wait for a task's children inside the task: give them a "
                 "hook or a group, and wait for them in the notebook")
-    unserved = _unserved(broker)
-    if unserved:
-        return f"task {task_id!r} is not finished and {unserved}"
+    advice = no_cluster_advice(broker)
+    if advice:
+        return f"task {task_id!r} is not finished and {advice}"
     if _idle(broker):
         return (f"nothing is queued or running in {broker.directory}, so no outcome of "
                 f"{task_id!r} is coming: check the id or name (mistyped?), and that it was "
@@ -82,9 +82,9 @@ def _task_wait_hint(broker: Broker, task_id: str, cached: bool) -> str | None:
 def _group_wait_hint(broker: Broker, group: str, count: int | None,
                      cached: bool) -> str | None:
     """Why a wait for a group may never end, or None when it looks like it will."""
-    unserved = _unserved(broker)
-    if unserved:
-        return f"group {group!r} is not complete and {unserved}"
+    advice = no_cluster_advice(broker)
+    if advice:
+        return f"group {group!r} is not complete and {advice}"
     if not _idle(broker):
         return None
     store = get_store(broker.directory)

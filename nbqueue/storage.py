@@ -14,7 +14,8 @@ directory, and nothing else in nbqueue imports diskcache. The contract:
   diskcache's count and size stay right.
 - ``writing(path)`` turns the ways a write can fail (locked, full, read-only, damaged)
   into one StoreError that names the cause; ``checked_get`` reads a value, one that fails
-  its check read as a default (for rows a cluster must get past).
+  its check read as a default (for rows a cluster must get past); ``checkpoint(cache)``
+  gives the space of a failed transaction back to the disk.
 """
 
 from __future__ import annotations
@@ -218,6 +219,13 @@ def read_many(cache: Any, keys: list[str]) -> dict[str, Any]:
         for key, mode, filename, value in rows:
             found[key] = fetch(mode, filename, value, False)
     return found
+
+
+def checkpoint(cache: Any) -> None:
+    """Give the space of a failed transaction back to the disk: SQLite keeps it in the
+    write-ahead log until a checkpoint truncates it (best effort)."""
+    with contextlib.suppress(Exception):
+        cache._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 @contextlib.contextmanager

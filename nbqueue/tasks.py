@@ -24,7 +24,7 @@ from .models import Task
 from .records import Header, encode_header, make_record
 from .hooks import find_hook, forget_local_hook, keep_local_hook, run_hook
 from .names import new_task_id
-from .results import _unserved, fetch, fetch_group, result, result_group
+from .results import fetch, fetch_group, no_cluster_advice, result, result_group
 from .sent import Sent, sent
 from .store import get_store
 from .worker import execute, resolve
@@ -211,12 +211,12 @@ def _warn_if_unserved(broker: Broker, memo: Sent) -> None:
         return
     memo.serve_check_at = now + SERVE_CHECK
     memo.departures_seen = broker.departures
-    unserved = _unserved(broker)
-    if unserved is None:
+    advice = no_cluster_advice(broker)
+    if advice is None:
         memo.warned_no_cluster = False
     elif not memo.warned_no_cluster:
         memo.warned_no_cluster = True
-        warnings.warn(NoClusterWarning(f"this task waits in the queue: {unserved}"),
+        warnings.warn(NoClusterWarning(f"this task waits in the queue: {advice}"),
                       stacklevel=3)
 
 
