@@ -10,6 +10,7 @@ dead, or one could still run beside its next delivery.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -17,6 +18,8 @@ import time
 
 from ..storage import process_alive
 from ..worker import read_slot
+
+log = logging.getLogger("nbqueue")
 
 
 class Deaths:
@@ -53,18 +56,24 @@ class Deaths:
             return self._running.pop(task_id, None)
 
     def await_doomed(self, timeout: float = 5.0) -> None:
-        """Wait until the doomed workers are dead (SIGKILL them past ``timeout``)."""
+        """Wait until the doomed workers are dead (SIGKILL them past ``timeout``; one that
+        outlives its SIGKILL by another ``timeout``, stuck in the kernel, is logged)."""
         with self._lock:
             doomed, self._doomed = self._doomed, set()
-        deadline = time.monotonic() + timeout
+        deadline, killed = time.monotonic() + timeout, False
         while doomed:
             doomed = {pid for pid in doomed if process_alive(pid)}
             if not doomed:
                 break
             if time.monotonic() > deadline:
+                if killed:
+                    log.error("nbqueue cluster: worker(s) %s outlived SIGKILL for %g s; their "
+                              "tasks go back to the queue all the same", sorted(doomed),
+                              timeout)
+                    break
                 for pid in doomed:
                     kill(pid)
-                deadline = float("inf")
+                deadline, killed = time.monotonic() + timeout, True
             time.sleep(0.005)
         with self._lock:
             for entry in os.scandir(self.slot_dir):
@@ -73,7 +82,8 @@ class Deaths:
 
 
 def kill(pid: int) -> None:
+    """SIGKILL a worker; one already gone (or a pid no longer ours) is left alone."""
     try:
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
