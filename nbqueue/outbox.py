@@ -1,7 +1,7 @@
 """The outbox: the packages this process enqueued, written behind into the queue.
 
 ``async_task`` hands its package to the outbox and returns; a background thread
-commits the outbox in batches, usually within a millisecond, because one SQLite commit
+commits the outbox in batches, within a few milliseconds, because one SQLite commit
 per package costs several times what a batched one costs per package, and that commit
 would be most of ``async_task``'s time. A cluster in the same process takes the outbox
 straight into its lease (``Broker.lease``), so that its packages never wait for the

@@ -158,7 +158,7 @@ def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
     would cost one more SQLite statement per write for nothing. SQLite's page cache is
     kept small and memory-mapping is off: with diskcache's defaults (32 MiB of cache and
     64 MiB of mapped file per connection, one connection per thread and file) a cluster's
-    RSS grew by ~70 MB over 100,000 tasks; with these, by ~8 MB, at the same speed.
+    RSS grew many times as much over a long run as it does with these, at the same speed.
     """
     try:
         return diskcache.Cache(path, eviction_policy="none", timeout=LOCK_TIMEOUT,
@@ -169,10 +169,11 @@ def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
                          f"{store_advice(exc, path)}") from exc
 
 
-# One statement for many rows: ``Cache.set`` costs a SELECT and an INSERT each, ~35 us
-# of a cluster's GIL time per row (two rows per outcome stored, two per lease). The columns and the unique
-# (key, raw) index are diskcache's table (stable since diskcache 3); an existing key
-# is updated in place, so diskcache's count and size triggers stay right.
+# One statement for many rows: ``Cache.set`` costs a SELECT and an INSERT each, in the
+# cluster's GIL time, for every row (two rows per outcome stored, two per lease). The
+# columns and the unique (key, raw) index are diskcache's table (stable since diskcache
+# 3); an existing key is updated in place, so diskcache's count and size triggers stay
+# right.
 UPSERT_OK = sqlite3.sqlite_version_info >= (3, 24, 0)
 _UPSERT_SQL = (
     "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag,"
@@ -210,7 +211,7 @@ _SELECT_SQL = ("SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND k
 
 def read_many(cache: Any, keys: list[str]) -> dict[str, Any]:
     """The values of many string keys, read 500 a statement (``Cache.get`` costs a
-    statement and a file-like unpickling each: 10,000 took ~0.3 s, this ~0.1 s)."""
+    statement and a file-like unpickling each, several times this for many keys)."""
     found: dict[str, Any] = {}
     fetch, con, now = cache._disk.fetch, cache._con, time.time()
     for i in range(0, len(keys), 500):
@@ -235,8 +236,8 @@ def writing(path: str) -> Iterator[None]:
         yield
     except diskcache.Timeout:
         raise StoreError(f"the store at {path} stayed locked by another process for over "
-                         f"{LOCK_TIMEOUT:g} s; is a process stuck holding it? Try again, or restart the "
-                         "processes that use this directory") from None
+                         f"{LOCK_TIMEOUT:g} s; is a process stuck holding it? Try again, or "
+                         "restart the processes that use this directory") from None
     except (sqlite3.Error, OSError) as exc:
         cause = _first_cause(exc)
         raise StoreError(f"cannot write to the store at {path}: {cause}. "

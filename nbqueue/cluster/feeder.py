@@ -1,6 +1,6 @@
 """The feeder: leases tasks from the queue and submits them to the executor in chunks.
 
-Chunks: a no-op task costs ~0.1 ms in loky, and each chunk a few store writes, so
+Chunks: a task costs loky little, but each chunk costs a few store writes, so
 tasks are sent in chunks sized to take ~``Executor.chunk_seconds`` by the running
 average of task time (1 for slow tasks, up to MAX_CHUNK). While every worker has a
 chunk, the feeder leases only whole chunks; the last of the queue is spread evenly so
@@ -65,10 +65,11 @@ class Feeder:
                 wanted = min(room, settings.bulk)
                 leases = broker.lease(cluster.id, wanted, settings.retry)
                 if not leases:
-                    # An empty poll is one read (~10 us). Every HOT_POLL seconds right
-                    # after a wake-up (a task finished: its caller may send the next),
-                    # growing 10 % a poll to IDLE_POLL (an idle cluster then costs ~1 %
-                    # of a core). Enqueues in this process wake the feeder at once.
+                    # An empty poll is one read of a counter, without the write lock.
+                    # Every HOT_POLL seconds right after a wake-up (a task finished: its
+                    # caller may send the next), growing 10 % a poll to IDLE_POLL, so an
+                    # idle cluster costs little CPU. Enqueues in this process wake the
+                    # feeder at once.
                     woken = cluster.wakeup.wait(pause)
                     cluster.wakeup.clear()
                     pause = (min(HOT_POLL, settings.poll) if woken

@@ -57,7 +57,7 @@ class Executor:
 
     name = "base"
     dashboard: str | None = None  # a link to the executor's own dashboard, if it has one
-    # seconds of work in a chunk: a no-op costs ~0.1 ms in loky, a chunk a few store writes
+    # seconds of work in a chunk: a task costs loky little, a chunk a few store writes
     chunk_seconds = 0.1
     # seconds past a task's deadline before its worker is killed (tier 2 of timeouts)
     kill_grace = 1.0

@@ -99,7 +99,7 @@ class DaskExecutor(Executor):
     """
 
     name = "dask"
-    chunk_seconds = 0.2  # a chunk's round trip through the scheduler costs ~10-30 ms
+    chunk_seconds = 0.2  # a chunk's round trip through the scheduler costs far more than loky's
     kill_grace = 0.0  # no first tier: restart the worker at the deadline
     timeout_note = ("(a task on dask runs in a worker thread that cannot be interrupted, "
                     "so its worker process was restarted)")

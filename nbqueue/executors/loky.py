@@ -35,7 +35,7 @@ class LokyExecutor(Executor):
         from loky import ProcessPoolExecutor
         self.restarts += 1
         # timeout=None: workers stay up for the cluster's life instead of idling out,
-        # since spawning one costs ~0.2 s of imports.
+        # since spawning one imports Python and nbqueue afresh, slower than most tasks.
         return ProcessPoolExecutor(max_workers=self.workers, timeout=None,
                                    initializer=worker.prepare,
                                    initargs=(os.getpid(), self.max_rss, self.slot_dir,
