@@ -44,6 +44,23 @@ class TaskTimeout(NbqueueError, TimeoutError):
     """Raised inside a task that ran past its ``timeout``."""
 
 
+class TaskCancelled(NbqueueError):
+    """Raised inside a running task that ``nbqueue.cancel`` stopped."""
+
+
+class TaskFailed(NbqueueError, RuntimeError):
+    """A task ended in failure; ``.task`` is its ``Failure`` (its ``.result`` the error
+    text). What a future, ``await`` and ``nbqueue.map`` raise for a failed task."""
+
+    def __init__(self, task: object) -> None:
+        self.task = task
+        first = str(getattr(task, "result", "") or "").split("\n", 1)[0]
+        super().__init__(f"task {getattr(task, 'name', '?')} failed: {first}")
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.task,)
+
+
 class ClusterError(NbqueueError, RuntimeError):
     """A cluster cannot be started, or was used in a state that does not allow it."""
 
