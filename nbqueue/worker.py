@@ -371,7 +371,32 @@ def limit_rss(max_rss: int | None) -> None:
     pe._MEMORY_LEAK_CHECK_DELAY = 0.0
 
 
-def run_chunk(slot_dir: str | None, items: list[Item]) -> list[Outcome]:
-    """Run tasks one after another in this worker; the unit a cluster submits to loky."""
+def run_chunk(slot_dir: str | None, items: list[Item]) -> list[Outcome | str]:
+    """Run tasks one after another in this worker; the unit a cluster submits to loky.
+    Outcomes also go to the cluster's outcome stream as they end (``nbqueue.stream``);
+    the ones it sent are named by their task id in the chunk's result."""
     slot = _slot(slot_dir)
-    return [execute(item, slot) for item in items]
+    sender = _sender(slot_dir)
+    if sender is None:
+        return [execute(item, slot) for item in items]
+    outcomes = []
+    for item in items:
+        outcome = execute(item, slot)
+        sender.add(outcome)
+        outcomes.append(outcome)
+    return sender.end_chunk(outcomes)
+
+
+_senders: dict[str, Any] = {}  # slot directory -> this worker's Sender, or None
+
+
+def _sender(slot_dir: str | None) -> Any:
+    if slot_dir is None or not _spill:
+        return None
+    if slot_dir not in _senders:
+        from .stream import SOCKET, Sender
+        try:
+            _senders[slot_dir] = Sender(os.path.join(slot_dir, SOCKET), _spill[0][1])
+        except OSError:
+            _senders[slot_dir] = None  # no stream: chunks carry every outcome
+    return _senders[slot_dir]

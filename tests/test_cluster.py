@@ -443,3 +443,19 @@ def test_async_iter_results_are_not_pruned_by_save_limit(store_dir):
         assert result(singles[-1], wait=WAIT) == 19
         wait_for(lambda: sum(fetch(i) is not None for i in singles) <= 5, 20, "pruning")
         assert result(iter_id) == list(range(1, 31))
+
+
+@pytest.mark.timeout(60)
+def test_fast_outcomes_of_a_chunk_are_not_held_back_by_a_slow_task(store_dir):
+    """Outcomes travel by the stream as tasks end: the fast tasks of a chunk are stored
+    while a slow one of the same chunk still runs."""
+    with Cluster(workers=1) as running:
+        warm = [async_task(fx.add, i, 1, group="warm") for i in range(300)]
+        assert len(nbqueue.result_group("warm", count=len(warm), wait=30_000)) == 300
+        assert running.feeder.chunk_size() >= 6  # the next six go in one chunk
+        async_iter(fx.nap, [0, 0, 0, 3, 0, 0], group="mixed")
+        start = time.monotonic()
+        wait_for(lambda: count_group("mixed") >= 3, 2, "the three fast outcomes")
+        assert time.monotonic() - start < 1.5 and count_group("mixed") == 3  # slow runs on
+        wait_for(lambda: count_group("mixed") == 6, 20, "the rest")
+        assert running.info()["failed"] == 0

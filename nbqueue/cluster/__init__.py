@@ -52,6 +52,7 @@ from ..executors import EXECUTOR_OPTIONS, Executor, make_executor
 from ..heartbeats import heartbeats
 from ..storage import process_alive
 from ..store import get_store
+from ..stream import Collector
 from ..worker import clean_spill
 from .deaths import Deaths
 from .feeder import Feeder
@@ -97,6 +98,7 @@ class Cluster:
         if executor != "loky":  # fail at the call, not at start
             make_executor(executor, 1, "", self.settings.max_rss, **executor_options)
         self._executor: Executor | None = None
+        self.collector: Collector | None = None  # the outcome stream, when it has one
         self.inflight = InFlight()
         self.wakeup = threading.Event()  # the queue has work, or a task just finished
         self.stopping = threading.Event()
@@ -185,10 +187,14 @@ class Cluster:
         self.deaths = Deaths(self._slot_dir)
         self.feeder, self.writer = Feeder(self), Writer(self)
         self.monitor, self.hook_runner = Monitor(self), HookRunner(self)
+        parts = [("feeder", self.feeder), ("writer", self.writer),
+                 ("monitor", self.monitor), ("hooks", self.hook_runner)]
+        if executor.streams_outcomes:
+            self.collector = Collector(self._slot_dir, self.broker.key, self.writer.streamed)
+            parts.append(("collector", self.collector))
         self.broker.subscribe(self.wakeup)
         self.monitor.beat()
-        for name, part in (("feeder", self.feeder), ("writer", self.writer),
-                           ("monitor", self.monitor), ("hooks", self.hook_runner)):
+        for name, part in parts:
             thread = threading.Thread(target=self._supervised, args=(name, part.run),
                                       name=f"nbqueue-{name}", daemon=True)
             thread.start()
@@ -230,7 +236,7 @@ class Cluster:
                 self._stopped.wait(wait + 60)
             return
         self.wakeup.set()
-        feeder, writer, monitor, hooks = self._threads
+        feeder, writer, monitor, hooks = self._threads[:4]
         _join(feeder, 10)
         for future in self.inflight.chunks():
             future.cancel()
@@ -238,6 +244,10 @@ class Cluster:
         while len(self.inflight) and time.monotonic() < deadline and writer.is_alive():
             time.sleep(0.01)
         self._shut_down_executor()
+        if self.collector is not None:  # the workers are gone: read what they sent
+            self.collector.drain()
+            self.collector.close()
+            _join(self._threads[4], 5)
         self.writer.events.put(None)
         _join(writer, 30)
         self._hand_back_at_stop()

@@ -53,6 +53,7 @@ class InFlight:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
+        self._by_task: dict[str, Job] = {}
         self._chunks: dict[Future, list[str]] = {}
         self.room = threading.Event()  # set when jobs leave the table
 
@@ -62,6 +63,7 @@ class InFlight:
     def add(self, job: Job) -> None:
         with self._lock:
             self._jobs[job.lease.token] = job
+            self._by_task[job.header.id] = job
 
     def add_chunk(self, future: Future, jobs: list[Job]) -> None:
         with self._lock:
@@ -76,7 +78,9 @@ class InFlight:
     def remove(self, tokens: Iterable[str]) -> None:
         with self._lock:
             for token in tokens:
-                self._jobs.pop(token, None)
+                job = self._jobs.pop(token, None)
+                if job is not None and self._by_task.get(job.header.id) is job:
+                    del self._by_task[job.header.id]
         self.room.set()
 
     def tokens(self) -> list[str]:
@@ -101,9 +105,7 @@ class InFlight:
             return [future for future, chunk in self._chunks.items() if set(chunk) <= tokens]
 
     def job_of_task(self, task_id: str) -> Job | None:
-        with self._lock:
-            return next((job for job in self._jobs.values() if job.header.id == task_id),
-                        None)
+        return self._by_task.get(task_id)
 
     def groups(self, task_ids: set[str]) -> dict[str, int]:
         """How many of ``task_ids`` each group has in flight."""

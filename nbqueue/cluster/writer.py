@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import threading
 from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING, Union
 
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("nbqueue")
 
 Verdict = tuple[Job, Record, bool]  # (job, record, final)
-Event = Union[Future, Verdict, None]  # None: the last event, from stop()
+# a chunk's Future, outcomes from the stream, a verdict, or None: the last, from stop()
+Event = Union[Future, list[Outcome], Verdict, None]
 
 
 class Writer:
@@ -39,6 +41,8 @@ class Writer:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.events: queue.Queue[Event] = queue.Queue()
+        self._arrived: set[str] = set()  # ids of streamed outcomes not handled yet
+        self._arrived_lock = threading.Lock()
 
     def run(self) -> None:
         """Store outcomes as chunks finish, until ``stop()`` sends None (after the
@@ -57,6 +61,12 @@ class Writer:
                               "delivered again after their lease expires")
             if None in events:
                 return
+
+    def streamed(self, outcomes: list[Outcome]) -> None:
+        """Outcomes from the stream (in the collector's thread), ahead of their chunk."""
+        with self._arrived_lock:
+            self._arrived.update(outcome.id for outcome in outcomes)
+        self.events.put(outcomes)
 
     def chunk_done(self, future: Future) -> None:
         """A chunk ended (in the executor's thread): note the workers that died first."""
@@ -84,6 +94,10 @@ class Writer:
         for event in events:
             if isinstance(event, Future):
                 self._finish_chunk(event, cluster.inflight.take_chunk(event), finished)
+            elif isinstance(event, list):
+                with self._arrived_lock:
+                    self._arrived.difference_update(outcome.id for outcome in event)
+                self._outcomes(event, finished)
             elif event is not None:
                 finished.append(event)
         if not finished:
@@ -121,7 +135,7 @@ class Writer:
         return [(job, record) for job, record in outcomes if job.lease.token in held]
 
     def _finish_chunk(self, future: Future, jobs: list[Job], finished: list[Verdict]) -> None:
-        settings = self.cluster.settings
+        """A chunk ended: its outcomes, except those the stream brought (named by id)."""
         try:
             outcomes = future.result()
         except CancelledError:
@@ -131,10 +145,21 @@ class Writer:
             self._broken(jobs, exc)
             return
         except BaseException as exc:  # the chunk itself failed to run: count it on each task
-            outcomes = [failure(job.header.id, failure_text(exc)) for job in jobs]
-        by_id = {job.header.id: job for job in jobs}
+            outcomes = [failure(job.header.id, failure_text(exc)) for job in jobs
+                        if not self._arrived_ahead(job)]
+        self._outcomes([o for o in outcomes if not isinstance(o, str)], finished)
+
+    def _arrived_ahead(self, job: Job) -> bool:
+        """Whether the task's outcome came through the stream, not handled yet."""
+        with self._arrived_lock:
+            return job.header.id in self._arrived
+
+    def _outcomes(self, outcomes: list[Outcome], finished: list[Verdict]) -> None:
+        """Make the records of outcomes whose jobs are still in flight and not judged."""
+        settings = self.cluster.settings
+        inflight = self.cluster.inflight
         for outcome in outcomes:
-            job = by_id.get(outcome.id)
+            job = inflight.job_of_task(outcome.id)
             if isinstance(outcome.result, Spilled):
                 outcome = self._unspilled(outcome, keep=job is not None and not job.judged)
             if job is None or job.judged:
@@ -163,9 +188,11 @@ class Writer:
         otherwise run it beside its next delivery)."""
         cluster = self.cluster
         cluster.deaths.await_doomed()
+        if cluster.collector is not None:  # what the dead workers sent is all read
+            cluster.collector.drain()
         for job in jobs:
             why = cluster.deaths.why(job.header.id)
-            if job.judged:
+            if job.judged or self._arrived_ahead(job):
                 continue
             if why is None and job.header.id in getattr(exc, "running", ()):
                 why = f"the worker process running this task died ({exc.reason})"

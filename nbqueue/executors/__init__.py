@@ -67,6 +67,9 @@ class Executor:
     # called as the interpreter exits, before the executor's own exit handlers run
     at_exit: Callable[[], None] | None = None
     directory: str | None = None  # the store: the default of tasks that enqueue tasks
+    # whether its workers send outcomes through the cluster's stream as tasks end
+    # (``nbqueue.stream``), or only in their chunk's result
+    streams_outcomes = False
 
     def open(self) -> None:
         """Connect or start what the executor needs, before the cluster's threads start.

@@ -22,6 +22,7 @@ class LokyExecutor(Executor):
     """``workers`` loky processes of this cluster's own, replaced when the pool breaks."""
 
     name = "loky"
+    streams_outcomes = True
 
     def __init__(self, workers: int, slot_dir: str, max_rss: int | None = None) -> None:
         self.workers = workers
