@@ -23,6 +23,10 @@ Workloads (sizes at --scale 1):
   signing  the cost of signing every value of the store: a no-op task's package signed
            and checked (us), and a 4 MB value written and read through the store,
            next to plain diskcache on the same disk (MB/s)
+  reuse    what reuse=True costs per async_task call (no cluster running): 2,000 calls
+           with reuse off (calls/s), then the extra time of a reuse=True call that sends
+           a new task, and the time of one that finds the same call queued or succeeded,
+           by dotted path and as a lambda (us)
 
 Prints a markdown table (figures, ratio to raw loky, target, met / not met) and
 writes JSON (default benchmarks/results/latest.json).
@@ -59,7 +63,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 import workloads  # noqa: E402
 
 WORKERS = 2
-WORKLOADS = ("noop", "cpu", "latency", "enqueue", "results", "memory", "signing")
+WORKLOADS = ("noop", "cpu", "latency", "enqueue", "results", "memory", "signing", "reuse")
 PEERS = ("huey", "dask", "django-q2")
 SYSTEMS = ("loky", "nbqueue", "nbqueue-proc") + PEERS
 SYSTEM_NAMES = {
@@ -78,9 +82,10 @@ WORKLOAD_NAMES = {
     ("results", "nbqueue"): "nbqueue, the store the memory run left",
     ("memory", "nbqueue"): "nbqueue, in-process cluster, fresh process",
     ("signing", "nbqueue"): "nbqueue's store, in this process",
+    ("reuse", "nbqueue"): "nbqueue, no cluster running",
 }
 SIZES = {"noop": 2000, "cpu": 200, "latency": 200, "enqueue": 10_000, "iter": 10_000,
-         "group": 10_000, "store": 100_000}
+         "group": 10_000, "store": 100_000, "reuse": 2000}
 CPU_MS = 10.0
 WAIT_MS = 600_000  # a result that takes longer than this is a failure of the run
 
@@ -725,6 +730,57 @@ class Suite:
             self.results.add("signing", "nbqueue", figure, "MB/s", speeds, "higher")
             cache.close()
 
+    # reuse: what reuse=True costs per async_task call, nbqueue alone, in this process
+
+    def reuse(self) -> None:
+        if "nbqueue" not in self.systems or not self.wants("reuse"):
+            return
+        import nbqueue
+        print("\n== nbqueue: the cost of reuse=True per async_task call", flush=True)
+        n = self.sizes["reuse"]
+        noop = workloads.noop
+        twin = lambda x: x  # noqa: E731  a function shipped by value, as a notebook's are
+        nbq = Nbqueue(self.tmp)
+        figures: dict[str, list[float]] = {}
+
+        def timed(calls: Callable[[], None]) -> float:
+            with Timer() as t:
+                calls()
+            nbqueue.flush()
+            return t.seconds / n * 1e6  # us a call
+
+        def once() -> None:
+            nbq.fresh_store("reuse")
+            nbqueue.async_task(noop, -1)  # the store opened, in both ways, before timing
+            nbqueue.async_task(noop, -1, reuse=True)
+            ids = range(n)
+            more = range(n, 2 * n)
+            off = timed(lambda: [nbqueue.async_task(noop, i) for i in ids])
+            new = timed(lambda: [nbqueue.async_task(noop, i, reuse=True) for i in more])
+            queued = timed(lambda: [nbqueue.async_task(noop, i, reuse=True) for i in more])
+            for i in ids:  # stored successes to find
+                nbqueue.async_task(noop, i, reuse=True, sync=True)
+                nbqueue.async_task(twin, i, reuse=True, sync=True)
+            found = timed(lambda: [nbqueue.async_task(noop, i, reuse=True) for i in ids])
+            found_lambda = timed(lambda: [nbqueue.async_task(twin, i, reuse=True) for i in ids])
+            for figure, value in (("calls/s, reuse off", 1e6 / off),
+                                  ("reuse=True, new call: more per call",
+                                   max(0.0, new - off)),
+                                  ("reuse=True, found queued: per call", queued),
+                                  ("reuse=True, found success: per call", found),
+                                  ("reuse=True, found success, a lambda: per call",
+                                   found_lambda)):
+                figures.setdefault(figure, []).append(value)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", nbqueue.NoClusterWarning)
+            for _ in range(self.repeats):
+                once()
+        for figure, runs in figures.items():
+            unit = "calls/s" if figure.startswith("calls/s") else "us"
+            self.results.add("reuse", "nbqueue", figure, unit, runs,
+                             "higher" if unit == "calls/s" else "lower", n=n)
+
     def run(self) -> None:
         started = time.perf_counter()
         self.started_at = datetime.datetime.now(datetime.timezone.utc)
@@ -735,6 +791,7 @@ class Suite:
             self.run_system(Nbqueue(self.tmp, proc=True))
             self.memory_and_store()
             self.signing()
+            self.reuse()
             self.run_system(Huey(self.tmp))
             self.run_system(Dask())
             self.run_system(DjangoQ(self.tmp))

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING
 
 from .broker import Broker, get_broker
 from .conf import configure
+from .control import cancel, cancel_group, retry, retry_group
 from .errors import (ClusterError, ConfigurationError, InsecureStoreError, NbqueueError,
                      NoClusterWarning, PackingError, SignatureError, StoreError,
-                     TaskFunctionError, TaskTimeout, WaitWarning)
+                     TaskCancelled, TaskFailed, TaskFunctionError, TaskTimeout, WaitWarning)
+from .futures import TaskFuture, as_completed, future
 from .models import Failure, Success, Task
 from .results import (count_group, delete_cached, delete_group, fetch, fetch_group, flush,
                       queue_size, result, result_group)
@@ -30,6 +32,9 @@ def __getattr__(name: str):
     if name == "Cluster":
         from .cluster import Cluster
         return Cluster
+    if name == "map":  # not imported above, nor in __all__: `import *` keeps builtin map
+        from .futures import map
+        return map
     if name == "progress":
         from .widgets import progress
         return progress
@@ -41,5 +46,6 @@ __all__ = [
     "Failure", "Cluster", "configure", "get_broker", "Broker", "progress",
     "NbqueueError", "ConfigurationError", "TaskFunctionError", "PackingError",
     "SignatureError", "InsecureStoreError", "StoreError", "TaskTimeout", "ClusterError",
-    "NoClusterWarning", "WaitWarning",
+    "NoClusterWarning", "WaitWarning", "future", "TaskFuture", "as_completed", "TaskFailed",
+    "TaskCancelled", "cancel", "cancel_group", "retry", "retry_group",
 ]

@@ -26,49 +26,24 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator
 
-from . import conf
+from . import conf, leases, search
 from .errors import SignatureError, StoreError
 from .heartbeats import drop_heartbeats
+from .leases import INDEX, PENDING, ROW, Lease
+from .records import Header
 from .signing import forget_key, load_key, private_directory
 from .outbox import Outbox
 from .storage import UPSERT_OK, checked_get, checkpoint, open_cache, upsert, writing
 
 log = logging.getLogger("nbqueue")
 
-_INDEX = "leases"
-_PENDING = "pending"
+_CANCELS = "cancels"  # task id -> when its cancel was requested (leased tasks only)
+_CANCEL_COUNT = "cancels changed"
+CANCELS_KEPT = 7 * 86400.0  # seconds a request no cluster acted on is kept
 BUNDLE = 64  # packages per queue row at most: large enough to batch, small to split
 BUNDLE_BYTES = 30_000  # and bytes: under diskcache's 32 KiB a bundle stays in its SQLite row
-_LEASE = "lease:"  # string keys: diskcache stores them as they are, tuples it pickles
-
-
-def _rows(tokens: Iterable[str]) -> tuple[dict[str, list[int]], list[str]]:
-    """Lease tokens (``row.number``) grouped by the lease row that holds them, and the
-    tokens that were never a lease of ours."""
-    by_row: dict[str, list[int]] = {}
-    foreign = []
-    for token in tokens:
-        batch, _, number = token.rpartition(".")
-        if number.isdigit():
-            by_row.setdefault(batch, []).append(int(number))
-        else:
-            foreign.append(token)
-    return by_row, foreign
-
-
-class Lease(NamedTuple):
-    """One delivery of a package: ``attempt`` counts deliveries, 1 for the first.
-
-    ``refused`` says why a queue row failed its signature check: it was taken out of the
-    queue (or it would block it), nothing of it was unpickled, and the cluster records
-    it as a Failure."""
-
-    token: str
-    attempt: int
-    package: bytes
-    refused: str | None = None
 
 
 class Broker:
@@ -88,6 +63,8 @@ class Broker:
         self._acks: list[str] = []
         self._acks_lock = threading.Lock()
         self._flusher: threading.Thread | None = None
+        self._snapshot: tuple[float, frozenset[str]] | None = None  # see holds()
+        self._cancel_watchers: list[threading.Event] = []
 
     def __repr__(self) -> str:
         return f"<Broker {self.directory}>"
@@ -138,7 +115,7 @@ class Broker:
             size += len(package)
         if bundle:
             queue.push(bundle)
-        queue.set(_PENDING, queue.get(_PENDING, 0) + len(packages))
+        queue.set(PENDING, queue.get(PENDING, 0) + len(packages))
 
     def flush(self) -> None:
         """Write every package this process has enqueued; raise StoreError if the store
@@ -176,7 +153,7 @@ class Broker:
         enqueued the task saves a commit and a hand-off per round trip.
         """
         if not len(self._outbox):
-            if not self._acks and not self._queue.get(_PENDING, 0, retry=True):
+            if not self._acks and not self._queue.get(PENDING, 0, retry=True):
                 return []  # an empty poll reads, and leaves the write lock to producers
             with self._transaction(retry=True):
                 return self._take(owner, count, duration, [])
@@ -189,17 +166,17 @@ class Broker:
         queued); queue the rest of ``fresh``. Inside a transaction, in as few statements
         as can be: this is every round trip's path."""
         queue = self._queue
-        leases: list[Lease] = []
+        taken_leases: list[Lease] = []
         with self._acks_lock:
             acks, self._acks = self._acks, []
-        index = checked_get(queue, _INDEX, {}, "the lease index")
+        index = leases.read_index(queue)
         if acks:
-            self._end_leases_in(_rows(acks)[0], index)
+            leases.end(queue, leases.by_row(acks)[0], index)
         refused: list[str] = []
         key, item = self._pull(refused)
         taken: list[tuple[int, bytes]] = []
         if key is not None or refused:
-            pending = queue.get(_PENDING, 0)
+            pending = queue.get(PENDING, 0)
             while key is not None:
                 if isinstance(item, list):  # a bundle of first deliveries
                     wanted = count - len(taken)
@@ -212,7 +189,7 @@ class Broker:
                 if len(taken) >= count:
                     break
                 key, item = self._pull(refused)
-            queue.set(_PENDING, max(0, pending - len(taken) - len(refused)))
+            queue.set(PENDING, max(0, pending - len(taken) - len(refused)))
         deadline = time.time() + duration
         if fresh:
             room = max(0, count - len(taken))
@@ -228,19 +205,19 @@ class Broker:
                 rows.append((f"{self._token_prefix}{next(self._tokens)}", row))
             row[len(row)] = (attempt + 1, package)
             size += len(package)
-            leases.append(Lease(f"{rows[-1][0]}.{len(row) - 1}", attempt + 1, package))
+            taken_leases.append(Lease(f"{rows[-1][0]}.{len(row) - 1}", attempt + 1, package))
         for batch, row in rows:
             index[batch] = (deadline, owner, tuple(row))
-        leases.extend(Lease(f"refused-{number}", 1, b"", why)  # a token of no lease row
+        taken_leases.extend(Lease(f"refused-{number}", 1, b"", why)  # a token of no lease row
                       for number, why in enumerate(refused))
         if rows or acks:
-            written = [(_LEASE + batch, row) for batch, row in rows] + [(_INDEX, index)]
+            written = [(ROW + batch, row) for batch, row in rows] + [(INDEX, index)]
             if UPSERT_OK:
                 upsert(queue, written)
             else:
                 for key, value in written:
                     queue.set(key, value)
-        return leases
+        return taken_leases
 
     def _pull(self, refused: list[str]) -> tuple[Any, Any]:
         """``queue.pull()``; a row that fails its signature check is taken out of the queue
@@ -277,115 +254,148 @@ class Broker:
 
     def _end_leases(self, tokens: Iterable[str], back: bool = False,
                     counted: bool = False) -> None:
-        by_row, _ = _rows(tokens)
-        if not by_row:
+        rows, _ = leases.by_row(tokens)
+        if not rows:
             return
         with self._transaction(retry=True):
-            index = checked_get(self._queue, _INDEX, {}, "the lease index")
-            self._end_leases_in(by_row, index, back, counted)
-            self._queue.set(_INDEX, index)
-
-    def _end_leases_in(self, by_row: dict[str, list[int]], index: dict[str, tuple],
-                back: bool = False, counted: bool = False) -> None:
-        """End leases in ``index``, which the caller writes back; inside a transaction.
-        ``back``: their packages go back to the front of the queue, with their attempt
-        ``counted`` or given back (see ``release``)."""
-        queue = self._queue
-        requeued = []
-        for batch, numbers in by_row.items():
-            held = index.get(batch)
-            if held is None:
-                continue  # expired and reaped meanwhile: the new delivery owns it now
-            row = checked_get(queue, _LEASE + batch, {}, "a lease row")
-            for number in numbers:
-                item = row.pop(number, None)
-                if back and item is not None:
-                    attempt, package = item
-                    requeued.append((attempt if counted else attempt - 1, package))
-            if row:
-                queue.set(_LEASE + batch, row)
-                index[batch] = (held[0], held[1], tuple(row))
-            else:
-                queue.delete(_LEASE + batch)
-                del index[batch]
-        for item in reversed(requeued):  # back at the front, in their order
-            queue.push(item, side="front")
-        if requeued:
-            queue.set(_PENDING, queue.get(_PENDING, 0) + len(requeued))
+            index = leases.read_index(self._queue)
+            leases.end(self._queue, rows, index, back, counted)
+            self._queue.set(INDEX, index)
 
     def renew(self, tokens: Iterable[str], duration: float) -> list[str]:
         """Extend live leases by ``duration`` from now; return the tokens no longer held."""
-        by_row, lost = _rows(tokens)
-        if not by_row:
+        rows, lost = leases.by_row(tokens)
+        if not rows:
             return lost
-        queue = self._queue
         with self._transaction(retry=True):
-            index = checked_get(queue, _INDEX, {}, "the lease index")
-            deadline = time.time() + duration
-            for batch, numbers in by_row.items():
-                held = index.get(batch)
-                live = held[2] if held is not None else ()
-                lost.extend(f"{batch}.{number}" for number in numbers if number not in live)
-                if held is not None:
-                    index[batch] = (deadline, held[1], live)
-            queue.set(_INDEX, index)
+            index = leases.read_index(self._queue)
+            lost.extend(leases.renew(rows, index, duration))
+            self._queue.set(INDEX, index)
         return lost
 
     def held(self, tokens: Iterable[str], owner: str) -> set[str]:
         """The tokens among ``tokens`` whose lease ``owner`` still holds, unexpired: the
         fence before an outcome is stored (a holder that stalled past ``retry`` may have
         lost its tasks to another delivery)."""
-        by_row, _ = _rows(tokens)
-        if not by_row:
+        rows, _ = leases.by_row(tokens)
+        if not rows:
             return set()
-        index = checked_get(self._queue, _INDEX, {}, "the lease index")
-        now = time.time()
-        found = set()
-        for batch, numbers in by_row.items():
-            entry = index.get(batch)
-            if entry is not None and entry[0] >= now and entry[1] == owner:
-                found.update(f"{batch}.{n}" for n in numbers if n in entry[2])
-        return found
+        return leases.held_by(rows, leases.read_index(self._queue), owner)
 
     def reap(self, now: float | None = None) -> int:
         """Put every expired lease back in the queue (its attempt counted); return how many."""
         now = time.time() if now is None else now
-        queue = self._queue
-        index = checked_get(queue, _INDEX, {}, "the lease index")
-        if not any(held[0] < now for held in index.values()):
+        if not any(held[0] < now for held in leases.read_index(self._queue).values()):
             return 0
-        reaped = []
         with self._transaction(retry=True):
-            index = checked_get(queue, _INDEX, {}, "the lease index")
-            for batch, held in list(index.items()):
-                if held[0] < now:
-                    del index[batch]
-                    row = checked_get(queue, _LEASE + batch, {}, "a lease row")
-                    queue.delete(_LEASE + batch)
-                    reaped.extend(row[number] for number in sorted(row))
-            for item in reversed(reaped):
-                queue.push(item, side="front")
-            queue.set(_INDEX, index)
-            queue.set(_PENDING, queue.get(_PENDING, 0) + len(reaped))
-        return len(reaped)
+            index = leases.read_index(self._queue)
+            reaped = leases.reap(self._queue, index, now)
+            self._queue.set(INDEX, index)
+        return reaped
 
     def pending(self) -> int:
         """Packages waiting, this process's outbox included: ``size`` without a flush."""
-        return self._queue.get(_PENDING, 0, retry=True) + len(self._outbox)
+        return self._queue.get(PENDING, 0, retry=True) + len(self._outbox)
 
     def leased(self) -> int:
         """How many packages are leased (running or waiting for a retry)."""
-        index = checked_get(self._queue, _INDEX, {}, "the lease index")
+        index = leases.read_index(self._queue)
         return sum(len(held[2]) for held in index.values())
+
+    def holds(self, task_ids: Iterable[str], max_age: float = 0.0) -> set[str]:
+        """Those of ``task_ids`` whose package is queued or leased (running, or waiting for
+        another delivery), as a snapshot of the queue at most ``max_age`` seconds old
+        shows (``purge`` makes a new one needed). A new snapshot writes this process's
+        outbox first, then reads every package: for ``reuse=True``, which asks only about
+        tasks sent a while ago that have no outcome, and many of them when a cell that
+        sent many tasks is run again."""
+        snapshot = self._snapshot
+        if snapshot is None or time.monotonic() - snapshot[0] > max_age:
+            self.flush()
+            taken = time.monotonic()
+            ids = search.held_ids(self._queue, self.key)
+            if ids is None:  # unreadable: all counted as held, better wait than run twice
+                return set(task_ids)
+            snapshot = self._snapshot = (taken, ids)
+        return set(snapshot[1].intersection(task_ids))
+
+    # -- finding tasks: cancel requests, deliveries again ------------------------------
+
+    def cancel(self, match: search.Match, needles: list[bytes] | None = None,
+               ) -> tuple[list[tuple[Header, int, bytes]], list[Header]]:
+        """In one transaction: take the queued packages whose header matches out of the
+        queue, and request the cancel of the leased ones, for their clusters to act on.
+        Returns (header, deliveries so far, package) of each taken out, and the headers of
+        the leased ones."""
+        with self._transaction(retry=True):
+            queue = self._queue
+            removed = search.take_out(queue, self.key, match, needles)
+            if removed:
+                queue.set(PENDING, max(0, queue.get(PENDING, 0) - len(removed)))
+            rows = [ROW + batch for batch in leases.read_index(queue)]
+            leased = search.leased(queue, self.key, rows, match, needles)
+            if leased:
+                now = time.time()
+                requests = {task_id: when for task_id, when in self.cancel_requests().items()
+                            if now - when < CANCELS_KEPT}
+                requests.update((header.id, now) for header in leased)
+                self._set_cancels(requests)
+        self._snapshot = None
+        return removed, leased
+
+    def notify_cancels(self) -> None:
+        """Wake the clusters of this process to act on new cancel requests now."""
+        for event in self._cancel_watchers:
+            event.set()
+
+    def cancel_count(self) -> int:
+        """A number that changes whenever the cancel requests do (one read)."""
+        return self._queue.get(_CANCEL_COUNT, 0, retry=True)
+
+    def cancel_requests(self) -> dict[str, float]:
+        """Task id -> when its cancel was requested, of tasks clusters hold leases on."""
+        return checked_get(self._queue, _CANCELS, {}, "the cancel requests")
+
+    def forget_cancels(self, task_ids: Iterable[str]) -> None:
+        """Drop the cancel requests of tasks whose outcome is stored, or sent again."""
+        ids = set(task_ids)
+        with self._transaction(retry=True):
+            requests = self.cancel_requests()
+            if ids & requests.keys():
+                self._set_cancels({k: v for k, v in requests.items() if k not in ids})
+
+    def _set_cancels(self, requests: dict[str, float]) -> None:
+        self._queue.set(_CANCELS, requests)
+        self._queue.set(_CANCEL_COUNT, self._queue.get(_CANCEL_COUNT, 0) + 1)
+
+    def watch_cancels(self, event: threading.Event) -> None:
+        """Have ``event`` set when this process requests a cancel (a local cluster acts
+        at once instead of at its next look)."""
+        self._cancel_watchers.append(event)
+
+    def unwatch_cancels(self, event: threading.Event) -> None:
+        if event in self._cancel_watchers:
+            self._cancel_watchers.remove(event)
+
+    def enqueue_again(self, items: list[tuple[int, bytes]]) -> None:
+        """Put ``(deliveries so far, package)`` items at the back of the queue, in one
+        transaction: tasks sent again under their own ids (``nbqueue.retry``)."""
+        self.flush()
+        with self._transaction():
+            for item in items:
+                self._queue.push(item)
+            self._queue.set(PENDING, self._queue.get(PENDING, 0) + len(items))
+        self._wake()
 
     def size(self) -> int:
         """Pending packages, not counting the leased ones."""
         self.flush()
-        return self._queue.get(_PENDING, 0, retry=True)
+        return self._queue.get(PENDING, 0, retry=True)
 
     def purge(self) -> int:
         """Drop every pending package; return how many. Leased ones are left alone."""
         self.flush()
+        self._snapshot = None
         dropped = 0
         with self._transaction(retry=True):
             while True:
@@ -393,7 +403,7 @@ class Broker:
                 if key is None:
                     break
                 dropped += len(item) if isinstance(item, list) else 1
-            self._queue.set(_PENDING, 0)
+            self._queue.set(PENDING, 0)
         return dropped
 
     def close(self) -> None:

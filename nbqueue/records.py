@@ -38,6 +38,7 @@ class Item(NamedTuple):
     func_bytes: bytes | None  # the cloudpickled function
     args: bytes  # the pickled (args, kwargs)
     timeout: float | None
+    token: str = ""  # the lease of this delivery, which its outcome names
 
 
 class Header(NamedTuple):
@@ -61,9 +62,9 @@ class Header(NamedTuple):
     enqueued: float = 0.0
     iter: str | None = None  # the async_iter this task is part of
 
-    def item(self, timeout: float | None) -> Item:
+    def item(self, timeout: float | None, token: str = "") -> Item:
         """What a worker needs of this task, with the timeout that applies to it."""
-        return Item(self.id, self.func_ref, self.func_bytes, self.args, timeout)
+        return Item(self.id, self.func_ref, self.func_bytes, self.args, timeout, token)
 
 
 class Outcome(NamedTuple):
@@ -74,6 +75,7 @@ class Outcome(NamedTuple):
     result: Any  # pickled result bytes, a failure's text, or a worker.Spilled
     started: float
     stopped: float
+    token: str = ""  # the lease of the delivery it ends ("": decided by the cluster)
 
 
 class Record(TypedDict, total=False):
@@ -93,6 +95,7 @@ class Record(TypedDict, total=False):
     cached: bool | int
     save: bool | None
     iter: str | None
+    package: bytes  # a failure's signed package, for ``nbqueue.retry``
 
 
 class Manifest(TypedDict):

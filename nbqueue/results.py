@@ -109,6 +109,12 @@ def _iter_record(part: Part, iter_id: str) -> Record | None:
     return iter_record(manifest, records)
 
 
+def find_record(part: Part, task_id: str) -> Record | None:
+    """The record of a task by uuid or name, or the combined record of a finished
+    ``async_iter`` by its id; None while it has no outcome."""
+    return part.get(task_id) or _iter_record(part, task_id)
+
+
 def fetch(task_id: str, wait: int = 0, cached: bool = False,
           broker: Broker | None = None) -> Task | None:
     """The finished task by uuid or name, or None if it has not finished (after ``wait`` ms).
@@ -120,7 +126,7 @@ def fetch(task_id: str, wait: int = 0, cached: bool = False,
     broker = broker or get_broker()
     store = get_store(broker.directory)
     part = store.part(cached)
-    record = store.wait(lambda: part.get(task_id) or _iter_record(part, task_id), wait,
+    record = store.wait(lambda: find_record(part, task_id), wait,
                         hint=lambda: _task_wait_hint(broker, task_id, cached))
     return None if record is None else Task(record, store, cached)
 

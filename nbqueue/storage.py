@@ -11,7 +11,8 @@ directory, and nothing else in nbqueue imports diskcache. The contract:
   ``read_many(cache, keys)`` reads many in a few: what ``Cache.set``/``Cache.get`` do,
   on diskcache's own table (its schema is stable since diskcache 3), without a statement
   per key. Both go through ``SignedDisk``, so what one path writes the other reads, and
-  diskcache's count and size stay right.
+  diskcache's count and size stay right. ``read_all(cache)`` reads every value in one
+  statement: one snapshot.
 - ``writing(path)`` turns the ways a write can fail (locked, full, read-only, damaged)
   into one StoreError that names the cause; ``checked_get`` reads a value, one that fails
   its check read as a default (for rows a cluster must get past); ``checkpoint(cache)``
@@ -220,6 +221,22 @@ def read_many(cache: Any, keys: list[str]) -> dict[str, Any]:
         for key, mode, filename, value in rows:
             found[key] = fetch(mode, filename, value, False)
     return found
+
+
+_ALL_SQL = ("SELECT mode, filename, value FROM Cache WHERE raw = 1"
+            " AND (expire_time IS NULL OR expire_time > ?)")
+
+
+def read_all(cache: Any) -> Iterator[Any]:
+    """Every value of a cache, as one snapshot (a walk key by key could miss a value
+    moved from key to key meanwhile); a value that fails its check is skipped. Raises
+    OSError when a large value's file was removed after the snapshot was taken."""
+    fetch = cache._disk.fetch
+    for mode, filename, value in cache._con.execute(_ALL_SQL, (time.time(),)):
+        try:
+            yield fetch(mode, filename, value, False)
+        except SignatureError:
+            continue
 
 
 def checkpoint(cache: Any) -> None:

@@ -11,7 +11,10 @@ Each part keeps, in one diskcache Cache:
 - per group success/failure counters ``"ok:"/"failed:" + group``, so ``count_group`` of
   the saved part is two reads whatever the group's size,
 - store-wide totals ``"total:ok"``/``"total:failed"`` and, when ``save_limit`` is set, a queue of
-  success ids, oldest first, to prune from.
+  success ids, oldest first, to prune from,
+- ``"call:" + key -> (task_id, sent)``: the task last sent for a ``reuse=True`` call (see
+  ``calls``), written by the process that sends it; one small row per distinct call, kept
+  when its task is pruned or deleted (the call is then sent again).
 
 The cached part keeps the same layout with an expiry on every key; its counts are
 taken by reading the group (records expire one by one, counters could not follow).
@@ -44,6 +47,7 @@ _TOTAL = {True: "total:ok", False: "total:failed"}
 _PAGES = "gp:"
 _ITER = "iter:"
 _ITER_OK = "total:iter"  # successes of async_iter tasks, which save_limit does not prune
+_CALL = "call:"
 
 
 def _page(group: str, i: int) -> str:
@@ -193,6 +197,23 @@ class Part:
     def manifest(self, iter_id: str) -> Manifest | None:
         return self._cache.get(_ITER + iter_id)
 
+    def call(self, key: str) -> tuple[str, float] | None:
+        """``(task_id, sent)`` of the task last sent for the ``reuse=True`` call ``key``."""
+        row = checked_get(self._cache, _CALL + key, None, "a call row")
+        return row if isinstance(row, tuple) else None
+
+    def claim_call(self, key: str, seen: tuple[str, float] | None, task_id: str) -> str:
+        """Record ``task_id`` as the task of call ``key``, sent now, and return it; unless
+        the row is no longer ``seen`` (another process sent the call meanwhile): then
+        return the id it holds. In one transaction, so one process wins."""
+        cache = self._cache
+        with writing(cache.directory), cache.transact(retry=True):
+            row = checked_get(cache, _CALL + key, None, "a call row")
+            if isinstance(row, tuple) and row != seen:
+                return row[0]
+            cache.set(_CALL + key, (task_id, time.time()))
+        return task_id
+
     def group_ids(self, group: str) -> list[str]:
         _check_name("group", group)
         cache = self._cache
@@ -202,6 +223,17 @@ class Part:
         # a task deleted (or pruned, or moved to another group and back) and then stored
         # again is appended again: keep its first place only
         return list(dict.fromkeys(ids))
+
+    def group_pages(self, group: str, first: int = 0) -> tuple[int, list[str]]:
+        """(the group's page count, the ids on its pages from ``first`` on, as stored, not
+        deduplicated): to follow a growing group re-reading only its last page, not all."""
+        _check_name("group", group)
+        cache = self._cache
+        pages = cache.get(_PAGES + group, 0)
+        ids: list[str] = []
+        for i in range(first, pages):
+            ids.extend(cache.get(_page(group, i), ()))
+        return pages, ids
 
     def group_records(self, group: str, failures: bool = True) -> list[Record]:
         """The group's records, in the order their first outcome was stored."""
@@ -277,6 +309,7 @@ class Store:
         self.saved = Part(os.path.join(directory, "results"), expiring=False)
         self.cached = Part(os.path.join(directory, "cache"), expiring=True)
         self._changed = threading.Condition()
+        self._changes = 0  # saves of this process, for wait_for_change
 
     def close(self) -> None:
         self.saved.close()
@@ -305,7 +338,18 @@ class Store:
         if cached:
             self.cached.write(cached)
         with self._changed:
+            self._changes += 1
             self._changed.notify_all()
+
+    def wait_for_change(self, since: int | None = None, timeout: float | None = None) -> int:
+        """Wait until this process saves outcomes here (``save``), or ``timeout`` seconds
+        pass; return how many saves it has made, to pass as ``since`` next time: a save
+        made since then returns at once, so none is missed between two waits. Other
+        processes' writes do not wake it: poll the store for those."""
+        with self._changed:
+            if since is None or since == self._changes:
+                self._changed.wait(timeout)
+            return self._changes
 
     def wait(self, ready: Callable[[], Any], wait_ms: int | float | None,
              hint: Callable[[], str | None] | None = None) -> Any:

@@ -8,6 +8,7 @@ steps a cluster takes. Reading outcomes back (``result``, ``fetch``, groups) is
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 import cloudpickle
 
-from . import conf
+from . import calls, conf
 from .broker import Broker, get_broker
 from .errors import ConfigurationError, NoClusterWarning, PackingError
 from .models import Task
@@ -30,7 +31,7 @@ from .store import get_store
 from .worker import execute, resolve
 
 OPTIONS = ("hook", "group", "save", "timeout", "ack_failure", "sync", "cached", "broker",
-           "task_name", "max_attempts", "q_options")
+           "task_name", "max_attempts", "reuse", "q_options")
 
 
 def _callable_name(func: Callable[..., Any]) -> str:
@@ -127,7 +128,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "group": _check_group, "task_name": _check_task_name, "save": _check_flag,
     "ack_failure": _check_flag, "sync": _check_flag, "timeout": conf.check_timeout,
     "cached": conf.check_cached, "max_attempts": conf.check_max_attempts,
-    "broker": _check_broker, "hook": lambda name, value: None,
+    "broker": _check_broker, "hook": lambda name, value: None, "reuse": _check_flag,
 }
 
 
@@ -141,6 +142,8 @@ def _checked(options: dict[str, Any], settings: conf.Settings) -> dict[str, Any]
         options["cached"] = settings.cached
     if options.get("sync") is None:
         options["sync"] = settings.sync
+    if settings.reuse and options.get("reuse") is None:
+        options["reuse"] = True
     if options.get("broker") is None:
         options["broker"] = get_broker()
     return options
@@ -174,9 +177,10 @@ def _reference(func: Any) -> str | None:
 
 def _package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
              broker: Broker, function: tuple[str, str | None, bytes | None] | None = None,
-             ) -> tuple[Header, bytes]:
+             arguments: bytes | None = None) -> tuple[Header, bytes]:
     """The header and signed package of one task (``function``: ``_function``'s answer,
-    when many tasks share the function, as in ``async_iter``)."""
+    when many tasks share the function, as in ``async_iter``; ``arguments``: the pickled
+    arguments, when made already)."""
     func_name, func_ref, func_bytes = function or _function(func, options)
     hook = options.get("hook")
     hook_name = hook_ref = hook_bytes = None
@@ -193,7 +197,8 @@ def _package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
         sent(broker.directory).remember(task_id, "cached" if options["cached"] else "unsaved")
     header = Header(
         task_id, options.get("task_name") or name, func_name, func_ref, func_bytes,
-        _pickle_arguments(args, kwargs), hook_name, hook_ref, hook_bytes, options.get("group"),
+        _pickle_arguments(args, kwargs) if arguments is None else arguments, hook_name,
+        hook_ref, hook_bytes, options.get("group"),
         options.get("save"), options["cached"], options.get("timeout"),
         options.get("ack_failure"), options.get("max_attempts"), time.time(), options.get("iter"))
     return header, encode_header(broker.key, header)
@@ -251,15 +256,23 @@ def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str
 
     ``func`` is a callable (lambdas and notebook functions too) or a dotted path.
     Options (never passed to ``func``): ``hook, group, save, timeout, ack_failure, sync,
-    cached, broker, task_name, max_attempts``, or all of them in one dict ``q_options``,
-    which then is the only source of options. Every other keyword goes to ``func``.
+    cached, broker, task_name, max_attempts, reuse``, or all of them in one dict
+    ``q_options``, which then is the only source of options. Every other keyword goes to
+    ``func``. ``reuse=True`` returns the id of the same call's task instead when it
+    succeeded or is still queued or running (``nbqueue.calls`` says what is the same).
 
     Raises TaskFunctionError for a dotted path that does not resolve, PackingError for
     arguments that cannot be pickled, ConfigurationError for a bad option, at the call.
     """
     options = _checked(_split_options(kwargs), conf.settings())
     broker = options["broker"]
-    header, package = _package(func, args, kwargs, options, broker)
+    if options.get("reuse"):
+        found = _reused_or_packed(func, args, kwargs, options, broker)
+        if isinstance(found, str):
+            return found
+        header, package = found
+    else:
+        header, package = _package(func, args, kwargs, options, broker)
     memo = sent(broker.directory)
     if header.group is not None:
         memo.count(header.group)
@@ -271,6 +284,28 @@ def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str
     return header.id
 
 
+def _reused_or_packed(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
+                      broker: Broker) -> str | tuple[Header, bytes]:
+    """``async_task`` with ``reuse=True``: the id of the same call's earlier task if it
+    stands for this one (see ``calls``), else the header and package of a new task, its
+    key recorded: the caller sends it."""
+    function = _function(func, options)
+    arguments = _pickle_arguments(args, kwargs)
+    hook = options.get("hook")
+    hook_name = None if hook is None else _check_callable("option 'hook'", hook)[0]
+    key = calls.call_key(func, function, options, hook_name, [(args, kwargs, arguments)])
+    reuse = calls.Reuse(broker, bool(options["cached"]), key)
+    earlier = reuse.earlier()
+    if earlier is not None:
+        return earlier
+    header, package = _package(func, args, kwargs, options, broker, function, arguments)
+    winner = reuse.claim(header.id)
+    if winner != header.id:  # another process sent it meanwhile
+        forget_local_hook(header.id)
+        return winner
+    return header, package
+
+
 # -- async_iter ----------------------------------------------------------------------
 
 def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
@@ -279,7 +314,8 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
     input order once all have finished. A tuple item is spread as positional arguments.
 
     Takes the options of ``async_task`` (``hook`` excepted), and ``progress=True`` to show
-    a live progress panel of the iteration; returns the iter id.
+    a live progress panel of the iteration; returns the iter id. With ``reuse=True``, the
+    same function over the same items (in order) gives back the earlier iter's id.
     """
     show_progress = kwargs.pop("progress", False)
     options = _checked(_split_options(kwargs), conf.settings())
@@ -287,16 +323,38 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
         raise ConfigurationError("async_iter takes no hook; use async_task with a group "
                                  "for a hook per task")
     broker = options["broker"]
+    function = _function(func, options)  # pickled once for all the items
+    items: Iterable[tuple] = (item if isinstance(item, tuple) else (item,)
+                              for item in args_iter)
+    arguments: Iterable[bytes | None] = itertools.repeat(None)
+    reuse = None
+    if options.get("reuse"):  # the iter as a whole: the same items, in order
+        items = list(items)
+        arguments = [_pickle_arguments(args, kwargs) for args in items]
+        key = calls.call_key(func, function, options, None,
+                             zip(items, itertools.repeat(kwargs), arguments), of_iter=True)
+        reuse = calls.Reuse(broker, bool(options["cached"]), key, of_iter=True)
+        earlier = reuse.earlier()
+        if earlier is not None:
+            manifest = reuse.part.manifest(earlier)
+            if show_progress and manifest is not None:
+                from .widgets import GroupProgress
+                GroupProgress(manifest["group"], len(manifest["ids"]),
+                              bool(options["cached"]), broker)
+            return earlier
     iter_id = str(uuid.uuid4())
     options = dict(options, group=options.get("group") or iter_id, save=True,
                    iter=iter_id)
     headers, packages = [], []
-    function = _function(func, options)  # pickled once for all the items
-    for item in args_iter:
-        args = item if isinstance(item, tuple) else (item,)
-        header, package = _package(func, args, dict(kwargs), options, broker, function)
+    for args, pickled in zip(items, arguments):
+        header, package = _package(func, args, dict(kwargs), options, broker, function,
+                                   pickled)
         headers.append(header)
         packages.append(package)
+    if reuse is not None:
+        winner = reuse.claim(iter_id)
+        if winner != iter_id:  # another process sent it meanwhile
+            return winner
     part = get_store(broker.directory).part(bool(options["cached"]))
     part.write_manifest(iter_id, {
         "id": iter_id, "group": options["group"], "ids": [h.id for h in headers],
@@ -411,6 +469,18 @@ class AsyncTask:
         return fetch_group(self.group, failures, wait, count, cached=bool(self.cached),
                            broker=self.broker, progress=progress)
 
+    def __await__(self) -> Any:
+        """``await task``: run it if it has not run with its current parameters, then wait
+        for its outcome without blocking the event loop. Returns its result, or raises
+        TaskFailed (``.task`` the Failure); a ``sync=True`` task returns at once."""
+        import asyncio
+
+        from .futures import future
+        if not self.started:
+            self.run()
+        waiting = future(self.id, cached=bool(self.cached), broker=self.broker)
+        return asyncio.wrap_future(waiting).__await__()
+
     def __repr__(self) -> str:
         func = self.func if isinstance(self.func, str) else _callable_name(self.func)
         state = f"id={self.id}" if self.started else "not run with these parameters"
@@ -431,7 +501,9 @@ for _name, _doc in (("broker", "Optional broker from get_broker()."),
                     ("timeout", "Seconds the task may run."),
                     ("ack_failure", "Overrides the ack_failures setting."),
                     ("task_name", "Overrides the generated name."),
-                    ("max_attempts", "Overrides the max_attempts setting.")):
+                    ("max_attempts", "Overrides the max_attempts setting."),
+                    ("reuse", "Give back the same call's task if it succeeded or is "
+                              "still queued or running (see nbqueue.calls).")):
     setattr(AsyncTask, _name, _option_property(_name, _doc))
 
 __all__ = ["async_task", "async_iter", "AsyncTask"]

@@ -30,12 +30,13 @@ from typing import Any, Callable, NamedTuple
 
 import cloudpickle
 
-from .errors import TaskFunctionError, TaskTimeout
+from .errors import TaskCancelled, TaskFunctionError, TaskTimeout
 from .records import Item, Outcome
 
 HOST_WATCH = 0.25  # seconds between checks that the cluster host is still alive
 SPILL_BYTES = 1 << 20  # results this large go to the store's spill directory, not a pipe
 SPILL_DIR = "spill"
+CANCELLED_DIR = "cancelled"  # in the slot directory: a file per cancelled task id
 # seq (odd while writing), started, deadline (0 = none), task id
 SLOT = struct.Struct("<Qdd40s")
 
@@ -173,7 +174,7 @@ def execute(item: Item, slot: Slot | None = None,
     ``func`` is the very callable to run when the caller has it, instead of the
     unpickled copy.
     """
-    task_id, func_ref, func_bytes, args_bytes, timeout = item
+    task_id, func_ref, func_bytes, args_bytes, timeout, token = item
     started = time.time()
     if slot is not None:
         slot.mark(task_id, started, started + timeout if timeout else 0.0)
@@ -184,8 +185,10 @@ def execute(item: Item, slot: Slot | None = None,
         args, kwargs = cloudpickle.loads(args_bytes)
         armed = _alarm.arm(timeout)
         try:
+            _running[:] = [task_id]
             value = func(*args, **kwargs)
         finally:
+            _running.clear()
             if armed:
                 _alarm.cancel()
         if armed and _alarm.fired:
@@ -207,12 +210,13 @@ def execute(item: Item, slot: Slot | None = None,
             exc = TaskTimeout(f"timed out after {timeout:g} s")
         success, blob = False, failure_text(exc)
         if inline and isinstance(exc, KeyboardInterrupt):
-            exc.outcome = Outcome(task_id, success, blob, started, time.time())  # type: ignore
+            exc.outcome = Outcome(task_id, success, blob, started, time.time(),  # type: ignore
+                                  token)
             raise
     finally:
         if slot is not None:
             slot.clear()
-    return Outcome(task_id, success, blob, started, time.time())
+    return Outcome(task_id, success, blob, started, time.time(), token)
 
 
 def rss_kilobytes() -> int:
@@ -319,6 +323,8 @@ def prepare(host_pid: int, max_rss: int | None, slot_dir: str | None = None,
     in it: SIGINT is meant for the kernel's own code, never for the tasks.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a pending one is discarded
+    if slot_dir is not None:
+        signal.signal(signal.SIGUSR1, lambda signum, frame: _stop_if_cancelled(slot_dir))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     use_store(directory, host_pid)
     _slot(slot_dir)
@@ -371,20 +377,40 @@ def limit_rss(max_rss: int | None) -> None:
     pe._MEMORY_LEAK_CHECK_DELAY = 0.0
 
 
+_running: list[str] = []  # the id of the task whose function runs now, if any
+
+
+def _cancelled(slot_dir: str, task_id: str) -> bool:
+    return os.path.exists(os.path.join(slot_dir, CANCELLED_DIR, task_id))
+
+
+def _stop_if_cancelled(slot_dir: str) -> None:
+    """SIGUSR1: the cluster stops a cancelled task (only inside the task's function)."""
+    if _running and _cancelled(slot_dir, _running[0]):
+        raise TaskCancelled("the task was cancelled with nbqueue.cancel")
+
+
+def _skipped(item: Item) -> Outcome:
+    now = time.time()
+    return Outcome(item.id, False, "TaskCancelled: cancelled before it started", now, now,
+                   item.token)
+
+
 def run_chunk(slot_dir: str | None, items: list[Item]) -> list[Outcome | str]:
     """Run tasks one after another in this worker; the unit a cluster submits to loky.
     Outcomes also go to the cluster's outcome stream as they end (``nbqueue.stream``);
     the ones it sent are named by their task id in the chunk's result."""
     slot = _slot(slot_dir)
-    sender = _sender(slot_dir)
-    if sender is None:
+    if slot_dir is None:
         return [execute(item, slot) for item in items]
+    sender = _sender(slot_dir)
     outcomes = []
     for item in items:
-        outcome = execute(item, slot)
-        sender.add(outcome)
+        outcome = _skipped(item) if _cancelled(slot_dir, item.id) else execute(item, slot)
+        if sender is not None:
+            sender.add(outcome)
         outcomes.append(outcome)
-    return sender.end_chunk(outcomes)
+    return outcomes if sender is None else sender.end_chunk(outcomes)
 
 
 _senders: dict[str, Any] = {}  # slot directory -> this worker's Sender, or None

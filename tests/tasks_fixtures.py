@@ -227,3 +227,9 @@ def block_on_pipe():
     """Wait in a read(2) that never returns: a blocking system call."""
     read_end, _write_end = os.pipe()
     return os.read(read_end, 1)
+
+
+def read_file(path):
+    """Fails while the file is missing: a cause the user fixes, then retries the task."""
+    with open(path) as src:
+        return src.read()

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKLOADS = ("noop", "cpu", "latency", "enqueue", "results", "memory", "signing")
+WORKLOADS = ("noop", "cpu", "latency", "enqueue", "results", "memory", "signing", "reuse")
 TARGETS = {"noop_vs_loky", "noop_vs_huey", "noop_vs_dask", "noop_vs_django-q2",
            "cpu_efficiency", "latency_in_process", "latency_other_process", "enqueue_calls",
            "async_iter", "result_group", "count_group", "rss_growth"}
@@ -35,7 +35,7 @@ def test_quick_run_without_peers_writes_every_workload_and_a_verdict_per_target(
     assert set(report["workloads"]) == set(WORKLOADS)
     for workload in ("noop", "cpu", "latency", "enqueue"):
         assert {"loky", "nbqueue"} <= set(report["workloads"][workload]), workload
-    for workload in ("results", "memory", "signing"):
+    for workload in ("results", "memory", "signing", "reuse"):
         assert "nbqueue" in report["workloads"][workload], workload
     assert "nbqueue-proc" in report["workloads"]["latency"]
     for system in report["workloads"].values():

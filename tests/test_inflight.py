@@ -12,7 +12,7 @@ from concurrent.futures import Future
 import pytest
 
 from nbqueue import conf
-from nbqueue.broker import Lease
+from nbqueue.leases import Lease
 from nbqueue.cluster.inflight import InFlight, Job
 from nbqueue.records import EMPTY_ARGS, Header, encode_header
 

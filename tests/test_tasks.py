@@ -21,7 +21,7 @@ values = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6),
                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
                    st.lists(st.integers(), max_size=2), st.just(object()))
 OPTION_NAMES = ["group", "save", "timeout", "ack_failure", "cached", "task_name",
-                "max_attempts", "sync"]
+                "max_attempts", "sync", "reuse"]
 
 
 def _valid(name, value):
@@ -31,6 +31,7 @@ def _valid(name, value):
         "save": value is None or isinstance(value, bool),
         "ack_failure": value is None or isinstance(value, bool),
         "sync": value is None or isinstance(value, bool),
+        "reuse": value is None or isinstance(value, bool),
         "timeout": value is None or (number and 0 < value < float("inf")),
         "cached": value is None or isinstance(value, bool) or (
             isinstance(value, int) and value > 0),
@@ -59,6 +60,8 @@ def test_every_option_value_is_taken_or_refused_at_the_call(store_dir, name, val
         assert isinstance(task_id, str)
         if sync:
             assert nbqueue.result(task_id) == 2
+        elif name == "reuse" and value:  # the same call as an earlier example's: given back
+            assert queue_size() in (before, before + 1)
         else:
             assert queue_size() == before + 1
 

@@ -10,6 +10,7 @@ import time
 import cloudpickle
 import pytest
 
+from nbqueue.records import Item
 from nbqueue import worker
 from nbqueue.errors import TaskFunctionError
 
@@ -19,8 +20,8 @@ pytestmark = pytest.mark.timeout(30)
 def _item(func, *args, timeout=None, **kwargs):
     ref = func if isinstance(func, str) else None
     blob = None if ref else cloudpickle.dumps(func)
-    return ("6f1d3c3e-0000-4000-8000-000000000000", ref, blob,
-            cloudpickle.dumps((args, kwargs)), timeout)
+    return Item("6f1d3c3e-0000-4000-8000-000000000000", ref, blob,
+                cloudpickle.dumps((args, kwargs)), timeout)
 
 
 def test_resolve_dotted_paths():
@@ -40,7 +41,7 @@ def test_resolve_dotted_paths():
 
 
 def test_execute_success_pickles_the_value():
-    task_id, success, blob, started, stopped = worker.execute(_item("math.copysign", 2, -2))
+    task_id, success, blob, started, stopped = worker.execute(_item("math.copysign", 2, -2))[:5]
     assert success and pickle.loads(blob) == -2.0 and stopped >= started
 
 
@@ -52,20 +53,20 @@ def test_execute_lambda_result_uses_cloudpickle():
 def test_failure_text_has_error_first_and_no_worker_frames():
     def inner():
         raise KeyError("missing")
-    _, success, text, _, _ = worker.execute(_item(inner))
+    _, success, text, _, _ = worker.execute(_item(inner))[:5]
     assert not success
     assert text.splitlines()[0] == "KeyError: 'missing'"
     assert "in inner" in text and "worker.py" not in text
 
 
 def test_unpicklable_result_is_a_clear_failure():
-    _, success, text, _, _ = worker.execute(_item(threading.Lock))
+    _, success, text, _, _ = worker.execute(_item(threading.Lock))[:5]
     assert not success and "cannot be pickled" in text and "return plain data" in text
 
 
 def test_tier_one_timeout_interrupts_sleep_in_main_thread():
     started = time.monotonic()
-    _, success, text, _, _ = worker.execute(_item(time.sleep, 5, timeout=0.3))
+    _, success, text, _, _ = worker.execute(_item(time.sleep, 5, timeout=0.3))[:5]
     assert not success and text.startswith("nbqueue.errors.TaskTimeout: timed out after 0.3 s")
     assert time.monotonic() - started < 2
 
@@ -76,7 +77,7 @@ def test_swallowed_timeout_is_still_a_failure():
             time.sleep(5)
         except Exception:
             return "pretend all is well"
-    _, success, text, _, _ = worker.execute(_item(stubborn, timeout=0.2))
+    _, success, text, _, _ = worker.execute(_item(stubborn, timeout=0.2))[:5]
     assert not success and "timed out after 0.2 s" in text
 
 

@@ -54,6 +54,7 @@ from ..storage import process_alive
 from ..store import get_store
 from ..stream import Collector
 from ..worker import clean_spill
+from .cancels import Cancels
 from .deaths import Deaths
 from .feeder import Feeder
 from .inflight import InFlight
@@ -185,6 +186,7 @@ class Cluster:
             raise
         self._executor = executor
         self.deaths = Deaths(self._slot_dir)
+        self.cancels = Cancels(self)
         self.feeder, self.writer = Feeder(self), Writer(self)
         self.monitor, self.hook_runner = Monitor(self), HookRunner(self)
         parts = [("feeder", self.feeder), ("writer", self.writer),

@@ -14,10 +14,11 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from ..broker import Lease
+from ..leases import Lease
 from ..errors import SignatureError
 from ..names import new_task_id
 from ..records import decode_header, refused_record
+from .cancels import WHY
 from .inflight import Job
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ class Feeder:
 
     def _dispatch(self, leases: list[Lease], size: int) -> None:
         cluster = self.cluster
+        cancelled = cluster.cancels.requested()
         jobs = []
         for lease in leases:
             if lease.refused is not None:
@@ -98,6 +100,10 @@ class Feeder:
                 continue
             job = Job(lease, header, header.timeout or cluster.settings.timeout)
             cluster.inflight.add(job)
+            if header.id in cancelled:  # leased after its cancel request: never runs
+                cluster.writer.judge(job, WHY, attempt=lease.attempt, final=True)
+                continue
+            cluster.cancels.unmark(header.id)
             limit = job.attempts_allowed(cluster.settings)
             if limit and lease.attempt > limit:
                 cluster.writer.judge(job, f"gave up after {limit} attempts: each time the "
@@ -113,7 +119,8 @@ class Feeder:
     def _submit(self, jobs: list[Job]) -> None:
         cluster = self.cluster
         try:
-            future = cluster.executor.submit([job.header.item(job.timeout) for job in jobs])
+            future = cluster.executor.submit([job.header.item(job.timeout, job.lease.token)
+                                             for job in jobs])
         except Exception as exc:
             log.error("nbqueue cluster: cannot submit to the %s executor (%s); the tasks go "
                       "back to the queue", cluster.executor_name, exc)

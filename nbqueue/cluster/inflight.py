@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Iterable
 
-from ..broker import Lease
+from ..leases import Lease
 from ..conf import Settings
 from ..records import Header
 
@@ -103,6 +103,9 @@ class InFlight:
         """The chunks all of whose tasks are among ``tokens``."""
         with self._lock:
             return [future for future, chunk in self._chunks.items() if set(chunk) <= tokens]
+
+    def job(self, token: str) -> Job | None:
+        return self._jobs.get(token)
 
     def job_of_task(self, task_id: str) -> Job | None:
         return self._by_task.get(task_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -36,18 +37,29 @@ class Monitor:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self._identity = self._store_identity()
+        self.wake = threading.Event()  # a cancel request of this process: act now
 
     def run(self) -> None:
+        cluster = self.cluster
+        cluster.broker.watch_cancels(self.wake)
+        try:
+            self._loop()
+        finally:
+            cluster.broker.unwatch_cancels(self.wake)
+
+    def _loop(self) -> None:
         cluster = self.cluster
         renew_every = min(cluster.settings.retry / 4, 10.0)
         last_renew = last_beat = last_check = time.monotonic()
         while not (cluster.stopping.is_set() and cluster.shutting_down):
-            time.sleep(TICK)
+            self.wake.wait(TICK)
+            self.wake.clear()
             if time.monotonic() - last_check >= HEARTBEAT:
                 last_check = time.monotonic()
                 self.check_store()  # outside the try: a gone store stops the cluster
             try:
                 self.enforce_timeouts()
+                cluster.cancels.check()
                 now = time.monotonic()
                 if now - last_renew >= renew_every:
                     last_renew = now

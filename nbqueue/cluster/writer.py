@@ -41,7 +41,7 @@ class Writer:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.events: queue.Queue[Event] = queue.Queue()
-        self._arrived: set[str] = set()  # ids of streamed outcomes not handled yet
+        self._arrived: set[str] = set()  # leases of streamed outcomes not handled yet
         self._arrived_lock = threading.Lock()
 
     def run(self) -> None:
@@ -65,7 +65,7 @@ class Writer:
     def streamed(self, outcomes: list[Outcome]) -> None:
         """Outcomes from the stream (in the collector's thread), ahead of their chunk."""
         with self._arrived_lock:
-            self._arrived.update(outcome.id for outcome in outcomes)
+            self._arrived.update(outcome.token for outcome in outcomes)
         self.events.put(outcomes)
 
     def chunk_done(self, future: Future) -> None:
@@ -77,10 +77,10 @@ class Writer:
         self.events.put(future)
 
     def judge(self, job: Job, why: str, attempt: int, final: bool) -> None:
-        """Decide a task's outcome outside its chunk (timeouts, give-ups, worker deaths)."""
+        """Decide a task's outcome outside its chunk (timeouts, give-ups, worker deaths,
+        cancels)."""
         job.judged = True
-        record = make_record(job.header, failure(job.header.id, why), attempt)
-        self.events.put((job, record, final))
+        self.events.put((job, _record(job, failure(job.header.id, why), attempt), final))
 
     def hand_back(self, jobs: list[Job], counted: bool) -> None:
         """Return tasks to the queue unfinished, their attempt ``counted`` or not."""
@@ -96,7 +96,7 @@ class Writer:
                 self._finish_chunk(event, cluster.inflight.take_chunk(event), finished)
             elif isinstance(event, list):
                 with self._arrived_lock:
-                    self._arrived.difference_update(outcome.id for outcome in event)
+                    self._arrived.difference_update(outcome.token for outcome in event)
                 self._outcomes(event, finished)
             elif event is not None:
                 finished.append(event)
@@ -109,6 +109,9 @@ class Writer:
                          cluster.settings.retry, str(record["result"]).split("\n", 1)[0])
         outcomes = self._fenced([(job, record) for job, record, final in finished if final])
         cluster.store.save([record for _, record in outcomes], cluster.settings.save_limit)
+        cancelled = cluster.cancels.known() & {job.header.id for job, _ in outcomes}
+        if cancelled:  # done with: a later retry() of these runs them
+            cluster.broker.forget_cancels(cancelled)
         done = [job.lease.token for job, _ in outcomes]
         if cluster.stopping.is_set():
             cluster.broker.ack(done)
@@ -145,27 +148,28 @@ class Writer:
             self._broken(jobs, exc)
             return
         except BaseException as exc:  # the chunk itself failed to run: count it on each task
-            outcomes = [failure(job.header.id, failure_text(exc)) for job in jobs
-                        if not self._arrived_ahead(job)]
+            why = failure_text(exc)
+            outcomes = [failure(job.header.id, why)._replace(token=job.lease.token)
+                        for job in jobs if not self._arrived_ahead(job)]
         self._outcomes([o for o in outcomes if not isinstance(o, str)], finished)
 
     def _arrived_ahead(self, job: Job) -> bool:
         """Whether the task's outcome came through the stream, not handled yet."""
         with self._arrived_lock:
-            return job.header.id in self._arrived
+            return job.lease.token in self._arrived
 
     def _outcomes(self, outcomes: list[Outcome], finished: list[Verdict]) -> None:
         """Make the records of outcomes whose jobs are still in flight and not judged."""
         settings = self.cluster.settings
         inflight = self.cluster.inflight
-        for outcome in outcomes:
-            job = inflight.job_of_task(outcome.id)
+        for outcome in outcomes:  # by its delivery: an earlier one's late outcome is no match
+            job = inflight.job(outcome.token)
             if isinstance(outcome.result, Spilled):
                 outcome = self._unspilled(outcome, keep=job is not None and not job.judged)
             if job is None or job.judged:
                 continue
             self.cluster.feeder.measured(outcome.stopped - outcome.started)
-            record = make_record(job.header, outcome, job.lease.attempt)
+            record = _record(job, outcome, job.lease.attempt)
             finished.append((job, record, job.is_final(record["success"], settings)))
 
     def _unspilled(self, outcome: Outcome, keep: bool) -> Outcome:
@@ -202,6 +206,14 @@ class Writer:
                 self.judge(job, why, attempt=job.lease.attempt, final=True)  # ack_failures
             else:
                 self.hand_back([job], counted=True)
+
+
+def _record(job: Job, outcome: Outcome, attempt: int) -> Record:
+    """The record of an outcome; a failure keeps its package, for ``nbqueue.retry``."""
+    record = make_record(job.header, outcome, attempt)
+    if not outcome.success:
+        record["package"] = job.lease.package
+    return record
 
 
 class HookRunner:

@@ -93,6 +93,10 @@ class Executor:
         slot directory (a pid) or from ``running()``."""
         raise NotImplementedError
 
+    def stop_task(self, handle: Any) -> None:
+        """Stop the task a worker runs because it was cancelled; by default as ``kill``."""
+        self.kill(handle)
+
     def shutdown(self, kill: bool = False) -> None:
         raise NotImplementedError
 

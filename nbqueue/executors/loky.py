@@ -82,6 +82,13 @@ class LokyExecutor(Executor):
         except ProcessLookupError:
             pass
 
+    def stop_task(self, pid: int) -> None:
+        """SIGUSR1: the worker raises TaskCancelled in its task and lives on."""
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+
     def shutdown(self, kill: bool = False) -> None:
         with self._lock:
             pool, self._pool = self._pool, None

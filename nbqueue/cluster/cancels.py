@@ -1,0 +1,109 @@
+"""Cancel requests as a cluster sees them, and how it stops the tasks they name.
+
+``nbqueue.cancel`` takes a queued task out of the queue itself. A task some cluster
+holds a lease on is left to that cluster: the request goes into the queue's cancel
+requests (``Broker.request_cancels``) and the cluster acts on it:
+
+- a task leased after the request is never submitted (the feeder checks each batch);
+- a task in a chunk that has not reached it yet is marked in the slot directory's
+  ``cancelled`` folder, and its worker skips it;
+- a running task is sent SIGUSR1 (``Executor.stop_task``), which raises TaskCancelled
+  in it, and its worker is killed if it still runs it STOP_GRACE seconds later.
+
+Either way its outcome is a Failure saying it was cancelled, decided by the cluster at
+once (hooks run), and final: it is never delivered again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from ..worker import CANCELLED_DIR
+from .inflight import Job
+
+if TYPE_CHECKING:
+    from . import Cluster
+
+log = logging.getLogger("nbqueue")
+
+STOP_GRACE = 1.0  # seconds a cancelled task has to stop before its worker is killed
+WHY = "TaskCancelled: the task was cancelled with nbqueue.cancel"
+
+
+class Cancels:
+    """The cancel requests of the queue this cluster serves, and the tasks it stops."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._lock = threading.Lock()
+        self._count = 0  # the broker's cancel counter when the requests were read
+        self._ids: frozenset[str] = frozenset()
+        self._stopping: dict[str, tuple[float, object]] = {}  # task id -> (deadline, handle)
+        self._marked: set[str] = set()  # ids with a marker in the slot directory
+        os.makedirs(os.path.join(cluster._slot_dir, CANCELLED_DIR), exist_ok=True)
+
+    def requested(self) -> frozenset[str]:
+        """The ids cancel requests name now (one read of a counter when none is new)."""
+        count = self.cluster.broker.cancel_count()
+        if count != self._count:
+            with self._lock:
+                self._ids = frozenset(self.cluster.broker.cancel_requests())
+                self._count = count
+        return self._ids
+
+    def known(self) -> frozenset[str]:
+        """The ids of the requests last read (no read of the store)."""
+        return self._ids
+
+    def cancel(self, jobs: list[Job]) -> None:
+        """Decide leased tasks' outcomes as cancelled, and stop them wherever they are:
+        every one is marked before any running one is stopped, since its worker then
+        goes on to its next task, which may be one of them."""
+        cluster = self.cluster
+        for job in jobs:
+            with open(self._marker(job.header.id), "w"):
+                pass
+            self._marked.add(job.header.id)
+            cluster.writer.judge(job, WHY, attempt=job.lease.attempt, final=True)
+        ids = {job.header.id: job for job in jobs}
+        for task_id, _, _, handle in cluster.executor.running():
+            if task_id in ids:
+                log.info("nbqueue cluster: stopping cancelled task %s", ids[task_id].header.name)
+                cluster.executor.stop_task(handle)
+                self._stopping[task_id] = (time.monotonic() + STOP_GRACE, handle)
+
+    def _marker(self, task_id: str) -> str:
+        return os.path.join(self.cluster._slot_dir, CANCELLED_DIR, task_id)
+
+    def unmark(self, task_id: str) -> None:
+        """A task sent again (``nbqueue.retry``) after it was cancelled: it runs now."""
+        if task_id in self._marked:
+            self._marked.discard(task_id)
+            try:
+                os.unlink(self._marker(task_id))
+            except FileNotFoundError:
+                pass
+
+    def check(self) -> None:
+        """Act on new requests for tasks in flight; kill workers that did not stop."""
+        cluster = self.cluster
+        jobs = [cluster.inflight.job_of_task(task_id) for task_id in self.requested()]
+        jobs = [job for job in jobs if job is not None and not job.judged]
+        if jobs:
+            self.cancel(jobs)
+        if not self._stopping:
+            return
+        running = {state[0]: state[3] for state in cluster.executor.running()}
+        now = time.monotonic()
+        for task_id, (deadline, handle) in list(self._stopping.items()):
+            if running.get(task_id) != handle:
+                del self._stopping[task_id]
+            elif now > deadline:
+                log.warning("nbqueue cluster: cancelled task %s did not stop within %g s; "
+                            "killing its worker %s", task_id, STOP_GRACE, handle)
+                cluster.executor.kill(handle)
+                del self._stopping[task_id]

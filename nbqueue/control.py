@@ -1,0 +1,161 @@
+"""Control over tasks already sent, from any process: cancel them, run failures again.
+
+``cancel`` takes a queued task out of the queue and stores its outcome, a Failure
+saying it was cancelled, at once (its hook runs here). A task a cluster holds a lease
+on is left to that cluster, through a cancel request in the queue: it never starts it,
+or stops it within about a second if it runs (see ``nbqueue.cluster.cancels``). Either
+way the task is never delivered again.
+
+``retry`` delivers a failed task again under its own id: its failure is removed, its
+``attempt_count`` goes on growing, and its new outcome takes the failure's place, so a
+group keeps one outcome per task. The cluster keeps each failure's signed package for
+this.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+from . import conf
+from .broker import Broker, get_broker
+from .errors import ConfigurationError
+from .hooks import find_hook, run_hook
+from .models import Task
+from .records import Header, Record, encode_header, decode_header, failure, make_record
+from .store import Store, get_store
+
+CANCELLED = "TaskCancelled: the task was cancelled with nbqueue.cancel before it started"
+CANCEL_WAIT = 2000  # ms cancel waits for a cluster to store the outcome of a leased task
+_FEW = 16  # ids few enough to look for as bytes before unpickling a package
+
+
+def _check(what: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{what} must be a non-empty string, got {value!r}")
+
+
+def cancel(task_id: str, broker: Broker | None = None) -> bool:
+    """Cancel a task that has not finished; return whether it was cancelled.
+
+    A queued task (or one leased but not started) never runs; a running one is stopped
+    within about a second; its outcome is a Failure saying it was cancelled, and its hook
+    runs. False for a task that already finished, or that no store queue holds.
+    """
+    _check("task_id", task_id)
+    return cancel_tasks([task_id], broker) == 1
+
+
+def cancel_group(group: str, broker: Broker | None = None) -> int:
+    """Cancel every task of ``group`` that has not finished; return how many."""
+    _check("group", group)
+    return _cancel(broker or get_broker(), lambda header: header.group == group, None)
+
+
+def cancel_tasks(task_ids: Iterable[str], broker: Broker | None = None) -> int:
+    """Cancel the tasks of ``task_ids`` that have not finished; return how many."""
+    broker = broker or get_broker()
+    store = get_store(broker.directory)
+    wanted = {task_id for task_id in task_ids
+              if store.saved.get(task_id) is None and store.cached.get(task_id) is None}
+    if not wanted:
+        return 0
+    needles = [task_id.encode() for task_id in wanted] if len(wanted) <= _FEW else None
+    return _cancel(broker, lambda header: header.id in wanted, needles)
+
+
+def _cancel(broker: Broker, match: Callable[[Header], bool],
+            needles: list[bytes] | None) -> int:
+    store = get_store(broker.directory)
+    broker.flush()  # this process's tasks are in the queue
+    asked = time.time()
+    removed, leased = broker.cancel(match, needles)
+    finished = [h.id for h in leased if _finished(store, h, asked)]
+    if finished:  # stored, their leases not yet acknowledged: nothing to cancel
+        broker.forget_cancels(finished)
+        leased = [h for h in leased if h.id not in finished]
+    broker.notify_cancels()
+    records = []
+    for header, attempts, package in removed:
+        record = make_record(header, failure(header.id, CANCELLED), attempts)
+        record["package"] = package
+        records.append((header, record))
+    store.save([record for _, record in records], conf.settings().save_limit)
+    for header, record in records:
+        _run_hook(header, record, store)
+    if leased:  # its cluster stores the outcome: wait a little, so that result() shows it
+        store.wait(lambda: all(store.part(bool(h.cached)).get(h.id) for h in leased),
+                   CANCEL_WAIT)
+    return len(removed) + len(leased)
+
+
+def _finished(store: Store, header: Header, asked: float) -> bool:
+    """Whether a leased task has an outcome from before the cancel was ``asked`` (its
+    cancel, stored by a cluster quicker than this check, does not count)."""
+    record = store.part(bool(header.cached)).get(header.id)
+    return record is not None and (record["stopped"] < asked or not str(
+        record["result"]).startswith("TaskCancelled"))
+
+
+def _run_hook(header: Header, record: Record, store: Store) -> None:
+    import logging
+    try:
+        hook = find_hook(header)
+    except Exception as exc:
+        logging.getLogger("nbqueue").error("hook of cancelled task %s cannot be loaded: "
+                                           "%s", header.name, exc)
+        return
+    if hook is not None:
+        run_hook(hook, Task(record, store, bool(header.cached)))
+
+
+def retry(task_id: str, cached: bool = False, broker: Broker | None = None) -> bool:
+    """Deliver a failed task again under its own id; return whether it was a failure
+    that can run again. Its failure is removed until its new outcome is stored."""
+    _check("task_id", task_id)
+    broker = broker or get_broker()
+    record = get_store(broker.directory).part(cached).get(task_id)
+    return record is not None and _retry(broker, [record], cached) == 1
+
+
+def retry_group(group: str, cached: bool = False, broker: Broker | None = None) -> int:
+    """Deliver every failed task of ``group`` again; return how many."""
+    _check("group", group)
+    broker = broker or get_broker()
+    records = get_store(broker.directory).part(cached).group_records(group, failures=True)
+    return _retry(broker, records, cached)
+
+
+def _retry(broker: Broker, records: list[Record], cached: bool) -> int:
+    """Enqueue the failures among ``records`` again, with their attempt counts."""
+    settings = conf.settings()
+    again: list[tuple[int, bytes]] = []
+    failed = []
+    for record in records:
+        package = record.get("package")
+        if record["success"] or not package:
+            continue  # a success, or a failure stored without its package (nbqueue 0.1)
+        header = decode_header(broker.key, package)
+        limit = header.max_attempts
+        if limit is None:
+            limit = settings.max_attempts
+        if limit:  # its own budget of attempts again, counted on from where it stopped
+            header = header._replace(max_attempts=record["attempt_count"] + limit)
+        again.append((record["attempt_count"], encode_header(broker.key, header)))
+        failed.append(record)
+    if not again:
+        return 0
+    store = get_store(broker.directory)
+    part = store.part(cached)
+    for record in failed:  # first: the new outcome must not be the one removed
+        part.delete(record["id"])
+    try:
+        broker.forget_cancels([record["id"] for record in failed])
+        broker.enqueue_again(again)
+    except BaseException:
+        store.save(failed)  # not sent: the failures stay as they were
+        raise
+    return len(failed)
+
+
+__all__ = ["cancel", "cancel_group", "cancel_tasks", "retry", "retry_group"]

@@ -1,0 +1,162 @@
+"""nbqueue.control: cancel tasks (queued, leased, running) and retry failures, with real
+clusters; a cancelled task's side effect (a line in a file) never appears."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+import nbqueue
+from nbqueue import Cluster, async_task, fetch, queue_size
+from nbqueue.control import cancel, cancel_group, cancel_tasks, retry, retry_group
+from nbqueue.errors import ConfigurationError
+from nbqueue.store import get_store
+from tests import tasks_fixtures as fx
+from tests.waiting import wait_for
+
+WAIT = 30_000
+
+
+def _runs(path, kind):
+    """The task numbers of the 'start' or 'stop' lines that fx.logged wrote, in order."""
+    try:
+        with open(path) as src:
+            fields = [line.split() for line in src.read().splitlines()]
+    except FileNotFoundError:
+        return []
+    return [int(f[1]) for f in fields if f and f[0] == kind]
+
+
+def test_a_queued_task_never_runs_and_its_failure_says_cancelled(store_dir, tmp_path):
+    log = str(tmp_path / "log")
+    seen = []
+    with pytest.warns(nbqueue.NoClusterWarning):
+        task_id = async_task(fx.logged, log, 1, hook=lambda task: seen.append(task.result))
+    kept = async_task(fx.logged, log, 2)
+    assert cancel(task_id) is True
+    assert queue_size() == 1  # only the other one waits
+    task = fetch(task_id)
+    assert task is not None and not task.success and "cancelled" in task.result
+    assert seen and "cancelled" in seen[0]  # its hook ran
+    assert cancel(task_id) is False  # finished: cancelled already
+    with Cluster(workers=1):
+        assert fetch(kept, wait=WAIT).success
+    assert _runs(log, "start") == [2] and _runs(log, "stop") == [2]  # 1 never ran
+
+
+@pytest.mark.timeout(60)
+def test_a_running_task_is_stopped_within_a_second_and_the_others_untouched(cluster,
+                                                                             tmp_path):
+    log = str(tmp_path / "log")
+    victim = async_task(fx.logged, log, 1, 4.0)
+    other = async_task(fx.logged, log, 2, 2.0)
+    wait_for(lambda: len(_runs(log, "start")) == 2, 20, "both tasks running")
+    started = time.monotonic()
+    assert cancel(victim) is True
+    task = fetch(victim, wait=5_000)
+    assert task is not None and "cancelled" in task.result
+    assert time.monotonic() - started < 2.5
+    finished = fetch(other, wait=WAIT)
+    assert finished.success and finished.attempt_count == 1  # not restarted
+    time.sleep(4.5)  # past the victim's natural end: its stop line never comes
+    assert _runs(log, "stop") == [2]
+    assert sorted(_runs(log, "start")) == [1, 2]  # the other ran once: not restarted
+
+
+@pytest.mark.timeout(60)
+def test_a_task_leased_but_not_started_never_runs(store_dir, tmp_path):
+    log = str(tmp_path / "log")
+    with Cluster(workers=1) as running:
+        first = async_task(fx.logged, log, 1, 2.0)
+        wait_for(lambda: _runs(log, "start") == [1], 20, "the first task running")
+        waiting = async_task(fx.logged, log, 2)
+        wait_for(lambda: len(running.inflight) == 2, 10, "the second task leased")
+        assert cancel(waiting) is True
+        assert "cancelled" in fetch(waiting, wait=5_000).result
+        assert fetch(first, wait=WAIT).success
+        time.sleep(0.5)
+    assert _runs(log, "start") == [1] and _runs(log, "stop") == [1]
+
+
+@pytest.mark.timeout(60)
+def test_cancel_group_counts_and_finished_tasks_are_not_cancelled(cluster, tmp_path):
+    log = str(tmp_path / "log")
+    done = async_task(fx.add, 1, group="g")
+    assert fetch(done, wait=WAIT).success
+    ids = [async_task(fx.logged, log, i, 5.0, group="g") for i in range(6)]
+    wait_for(lambda: len(_runs(log, "start")) == 2, 20, "two running")
+    assert cancel(done) is False and cancel("no-such-task") is False
+    assert cancel_group("g") == 6
+    outcomes = [fetch(task_id, wait=5_000) for task_id in ids]
+    assert all(t is not None and "cancelled" in t.result for t in outcomes)
+    assert nbqueue.count_group("g") == 7 and nbqueue.count_group("g", failures=True) == 6
+    assert cancel_group("g") == 0 and cancel_tasks(ids) == 0
+    assert _runs(log, "stop") == [] and len(_runs(log, "start")) == 2
+
+
+@pytest.mark.timeout(60)
+def test_cancel_from_another_process_stops_a_running_task(cluster, tmp_path, store_dir):
+    log = str(tmp_path / "log")
+    victim = async_task(fx.logged, log, 1, 6.0)
+    wait_for(lambda: _runs(log, "start") == [1], 20, "the task running")
+    code = (f"import nbqueue; nbqueue.configure(directory={store_dir!r}); "
+            f"print(nbqueue.cancel({victim!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=os.getcwd())
+    assert out.stdout.strip() == "True", out.stderr
+    assert "cancelled" in fetch(victim, wait=5_000).result
+    time.sleep(0.5)
+    assert _runs(log, "stop") == []
+
+
+def test_bad_input_is_refused_at_the_call(store_dir):
+    for call in (lambda: cancel(""), lambda: cancel(None), lambda: cancel_group(3),
+                 lambda: retry(""), lambda: retry_group(None)):
+        with pytest.raises(ConfigurationError, match="non-empty string"):
+            call()
+
+
+@pytest.mark.timeout(60)
+def test_retry_runs_a_fixed_failure_again_under_its_own_id(cluster, tmp_path):
+    path = str(tmp_path / "input.txt")
+    task_id = async_task(fx.read_file, path, group="files")
+    ok = async_task(fx.add, 2, group="files")
+    failed = fetch(task_id, wait=WAIT)
+    assert not failed.success and "No such file" in failed.result
+    assert fetch(ok, wait=WAIT).success
+    assert retry(ok) is False  # a success is not run again
+    with open(path, "w") as out:
+        out.write("fixed")
+    assert retry(task_id) is True
+    again = fetch(task_id, wait=WAIT)
+    assert again.success and again.result == "fixed" and again.attempt_count == 2
+    assert nbqueue.count_group("files") == 2  # one outcome per task
+    assert nbqueue.count_group("files", failures=True) == 0
+    assert retry(task_id) is False and retry("no-such-task") is False
+
+
+@pytest.mark.timeout(60)
+def test_retry_group_and_a_cancelled_task_can_run_again(cluster, tmp_path):
+    missing = [str(tmp_path / f"in{i}") for i in range(3)]
+    ids = [async_task(fx.read_file, p, group="batch") for p in missing]
+    assert all(not fetch(i, wait=WAIT).success for i in ids)
+    for i, path in enumerate(missing[:2]):
+        with open(path, "w") as out:
+            out.write(str(i))
+    assert retry_group("batch") == 3
+    outcomes = {i: fetch(i, wait=WAIT) for i in ids}
+    assert [outcomes[i].success for i in ids] == [True, True, False]
+    assert all(t.attempt_count == 2 for t in outcomes.values())
+    assert get_store(cluster.directory).saved.tally("batch") == (2, 1)
+    log = str(tmp_path / "log")
+    victim = async_task(fx.logged, log, 9, 3.0)
+    wait_for(lambda: _runs(log, "start") == [9], 20, "running")
+    assert cancel(victim)
+    assert "cancelled" in fetch(victim, wait=5_000).result
+    assert retry(victim) is True  # its cancel request is forgotten: it runs this time
+    again = fetch(victim, wait=WAIT)
+    assert again.success, again.result
