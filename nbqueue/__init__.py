@@ -14,7 +14,8 @@ from .control import cancel, cancel_group, retry, retry_group
 from .errors import (ClusterError, ConfigurationError, InsecureStoreError, NbqueueError,
                      NoClusterWarning, PackingError, SignatureError, StoreError,
                      TaskCancelled, TaskFailed, TaskFunctionError, TaskTimeout, WaitWarning)
-from .futures import TaskFuture, as_completed, future
+from .futures import TaskFuture, future
+from .iterate import as_completed
 from .models import Failure, Success, Task
 from .results import (count_group, delete_cached, delete_group, fetch, fetch_group, flush,
                       queue_size, result, result_group)
@@ -33,7 +34,7 @@ def __getattr__(name: str):
         from .cluster import Cluster
         return Cluster
     if name == "map":  # not imported above, nor in __all__: `import *` keeps builtin map
-        from .futures import map
+        from .iterate import map
         return map
     if name == "progress":
         from .widgets import progress

@@ -69,7 +69,7 @@ _BY_VALUE = b"cloudpickle"  # in every pickle of something cloudpickle ships by 
 def call_key(func: Any, function: tuple[str, str | None, bytes | None],
              options: dict[str, Any], hook_name: str | None,
              arguments: Iterable[tuple[tuple, dict, bytes]], of_iter: bool = False) -> str:
-    """The key of a call: ``function`` is ``tasks._function``'s answer for ``func``, and
+    """The key of a call: ``function`` is ``packing.function_of``'s answer for ``func``, and
     ``arguments`` the ``(args, kwargs, pickled)`` of each task (one, or an iter's items)."""
     digest = hashlib.blake2b(digest_size=20)
 

@@ -8,206 +8,31 @@ steps a cluster takes. Reading outcomes back (``result``, ``fetch``, groups) is
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-import pickle
-import sys
 import time
 import uuid
 import warnings
 from typing import Any, Callable, Iterable
 
-import cloudpickle
-
 from . import calls, conf
-from .broker import Broker, get_broker
-from .errors import ConfigurationError, NoClusterWarning, PackingError
+from .broker import Broker
+from .errors import ConfigurationError, NoClusterWarning
+from .futures import future
+from .hooks import find_hook, forget_local_hook, run_hook
 from .models import Task
-from .records import Header, encode_header, make_record
-from .hooks import find_hook, forget_local_hook, keep_local_hook, run_hook
-from .names import new_task_id
+from .packing import (callable_name, check_callable, checked_options, function_of,
+                      make_package, pickle_arguments, split_options)
+from .records import Header, make_record
 from .results import fetch, fetch_group, no_cluster_advice, result, result_group
 from .sent import Sent, sent
 from .store import get_store
-from .worker import execute, resolve
-
-OPTIONS = ("hook", "group", "save", "timeout", "ack_failure", "sync", "cached", "broker",
-           "task_name", "max_attempts", "reuse", "q_options")
-
-
-def _callable_name(func: Callable[..., Any]) -> str:
-    module = getattr(func, "__module__", None) or "?"
-    qualname = getattr(func, "__qualname__", None) or type(func).__name__
-    return f"{module}.{qualname}"
-
-
-def _check_callable(what: str, value: Any, strict: bool = True) -> tuple[str, str | None]:
-    """(display name, dotted path or None) of a function or hook given by the user.
-
-    ``strict=False`` (a ``sync=True`` task function) leaves an unresolvable dotted path
-    to the run, which stores it as a Failure, as the reference text shows.
-    """
-    if isinstance(value, str):
-        if strict:
-            resolve(value)  # raises TaskFunctionError at the call, not later in a worker
-        return value, value
-    if callable(value):
-        return _callable_name(value), None
-    raise TypeError(f"{what} must be a callable or a dotted path string like "
-                    f"'math.floor', got {type(value).__name__}")
-
-
-def _pickle(what: str, value: Any) -> bytes:
-    try:
-        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        raise PackingError(f"{what} cannot be pickled to reach the worker processes: "
-                           f"{type(exc).__name__}: {exc}. Pass plain data (or a path to a "
-                           "file) instead, or create the object inside the task") from exc
-
-
-_PLAIN = frozenset((int, float, str, bytes, bool, type(None), complex))
-
-
-def _pickle_arguments(args: tuple, kwargs: dict) -> bytes:
-    # Plain values pickle the same either way, many times faster without cloudpickle's hooks;
-    # anything else may be a class of the notebook's __main__, which only cloudpickle
-    # ships by value.
-    if all(type(a) in _PLAIN for a in args) and all(type(v) in _PLAIN for v in kwargs.values()):
-        return pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-    try:
-        return cloudpickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        for i, arg in enumerate(args):
-            _pickle(f"positional argument {i} ({type(arg).__name__})", arg)
-        for name, arg in kwargs.items():
-            _pickle(f"keyword argument {name!r} ({type(arg).__name__})", arg)
-        raise
-
-
-def _split_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Take the options out of ``kwargs``; q_options, when given, is the only source."""
-    if "q_options" in kwargs:
-        options = kwargs.pop("q_options")
-        if options is None:
-            options = {}
-        if not isinstance(options, dict):
-            raise ConfigurationError(f"q_options must be a dict of options, got "
-                                     f"{type(options).__name__}")
-        unknown = sorted(set(options) - set(OPTIONS[:-1]))
-        if unknown:
-            raise ConfigurationError(f"unknown option(s) in q_options: {', '.join(unknown)}; "
-                                     f"the options are: {', '.join(OPTIONS[:-1])}")
-        return dict(options)
-    return {name: kwargs.pop(name) for name in OPTIONS if name in kwargs}
-
-
-def _check_group(name: str, value: Any) -> None:
-    if not isinstance(value, str):
-        raise ConfigurationError(f"option 'group' must be a string, got {value!r}")
-
-
-def _check_task_name(name: str, value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"option 'task_name' must be a non-empty string, got "
-                                 f"{value!r}")
-
-
-def _check_flag(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"option {name!r} must be True, False or None, got "
-                                 f"{value!r}")
-
-
-def _check_broker(name: str, value: Any) -> None:
-    if not isinstance(value, Broker):
-        raise ConfigurationError(f"option 'broker' must come from get_broker(), got "
-                                 f"{type(value).__name__}")
-
-
-_CHECKS: dict[str, Callable[[str, Any], None]] = {
-    "group": _check_group, "task_name": _check_task_name, "save": _check_flag,
-    "ack_failure": _check_flag, "sync": _check_flag, "timeout": conf.check_timeout,
-    "cached": conf.check_cached, "max_attempts": conf.check_max_attempts,
-    "broker": _check_broker, "hook": lambda name, value: None, "reuse": _check_flag,
-}
-
-
-def _checked(options: dict[str, Any], settings: conf.Settings) -> dict[str, Any]:
-    """Validate per-task options (a fresh dict, completed in place) and fill in defaults.
-    Only the options given are checked: async_task's hot path."""
-    for name, value in options.items():
-        if value is not None:
-            _CHECKS[name](name, value)
-    if options.get("cached") is None:
-        options["cached"] = settings.cached
-    if options.get("sync") is None:
-        options["sync"] = settings.sync
-    if settings.reuse and options.get("reuse") is None:
-        options["reuse"] = True
-    if options.get("broker") is None:
-        options["broker"] = get_broker()
-    return options
-
-
-def _function(func: Any, options: dict[str, Any]) -> tuple[str, str | None, bytes | None]:
-    """(display name, dotted path, pickled function) of a task function, checked."""
-    func_name, func_ref = _check_callable("the task function", func,
-                                          strict=not options["sync"])
-    if func_ref is None:
-        func_ref = _reference(func)
-    func_bytes = None if func_ref is not None else _pickle("the task function", func)
-    return func_name, func_ref, func_bytes
-
-
-def _reference(func: Any) -> str | None:
-    """The dotted path of a top-level function of an importable module, which cloudpickle
-    would pickle by reference anyway: shipping the path saves cloudpickle's work on every
-    call."""
-    module = getattr(func, "__module__", None)
-    name = getattr(func, "__qualname__", None)
-    if (not isinstance(module, str) or not isinstance(name, str) or module == "__main__"
-            or not name.isidentifier()
-            or getattr(sys.modules.get(module), name, None) is not func):
-        return None
-    by_value = cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES  # register_pickle_by_value
-    if any(module == m or module.startswith(m + ".") for m in by_value):
-        return None
-    return f"{module}.{name}"
-
-
-def _package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
-             broker: Broker, function: tuple[str, str | None, bytes | None] | None = None,
-             arguments: bytes | None = None) -> tuple[Header, bytes]:
-    """The header and signed package of one task (``function``: ``_function``'s answer,
-    when many tasks share the function, as in ``async_iter``; ``arguments``: the pickled
-    arguments, when made already)."""
-    func_name, func_ref, func_bytes = function or _function(func, options)
-    hook = options.get("hook")
-    hook_name = hook_ref = hook_bytes = None
-    if hook is not None:
-        hook_name, hook_ref = _check_callable("option 'hook'", hook)
-    task_id, name = new_task_id()
-    if hook is not None and hook_ref is None:
-        # A cluster of this process calls this very object, whenever it starts; a copy
-        # goes with the package for a cluster in another process.
-        keep_local_hook(task_id, hook)
-        if not (broker.has_local_consumer or options["sync"]):
-            hook_bytes = _pickle("option 'hook'", hook)
-    if options.get("save") is False or options["cached"]:
-        sent(broker.directory).remember(task_id, "cached" if options["cached"] else "unsaved")
-    header = Header(
-        task_id, options.get("task_name") or name, func_name, func_ref, func_bytes,
-        _pickle_arguments(args, kwargs) if arguments is None else arguments, hook_name,
-        hook_ref, hook_bytes, options.get("group"),
-        options.get("save"), options["cached"], options.get("timeout"),
-        options.get("ack_failure"), options.get("max_attempts"), time.time(), options.get("iter"))
-    return header, encode_header(broker.key, header)
-
+from .worker import execute
 
 SERVE_CHECK = 5.0  # seconds between two checks that a cluster serves the store
 
 
-def _warn_if_unserved(broker: Broker, memo: Sent) -> None:
+def warn_if_unserved(broker: Broker, memo: Sent) -> None:
     """Warn once that no cluster serves the store, and again after one was seen (a
     cluster stopped). Checks at most every SERVE_CHECK seconds, and at once after a
     cluster of this process stopped: a check reads the clusters' heartbeats, too slow
@@ -226,9 +51,10 @@ def _warn_if_unserved(broker: Broker, memo: Sent) -> None:
                       stacklevel=3)
 
 
-def _run_inline(header: Header, func: Any, broker: Broker,
-                settings: conf.Settings) -> None:
-    """``sync=True``: run the task here, through the same steps a cluster takes."""
+def run_inline(header: Header, func: Any, broker: Broker, settings: conf.Settings,
+               package: bytes | None = None) -> None:
+    """``sync=True``: run the task here, through the same steps a cluster takes (a
+    failure keeps its ``package``, for ``nbqueue.retry``)."""
     try:
         outcome = execute(header.item(header.timeout),
                           func=None if isinstance(func, str) else func, inline=True)
@@ -238,6 +64,8 @@ def _run_inline(header: Header, func: Any, broker: Broker,
         get_store(broker.directory).save([stopped], settings.save_limit)
         raise
     record = make_record(header, outcome, attempt=1)
+    if not outcome.success and package is not None:
+        record["package"] = package
     store = get_store(broker.directory)
     store.save([record], settings.save_limit)
     try:
@@ -264,7 +92,7 @@ def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str
     Raises TaskFunctionError for a dotted path that does not resolve, PackingError for
     arguments that cannot be pickled, ConfigurationError for a bad option, at the call.
     """
-    options = _checked(_split_options(kwargs), conf.settings())
+    options = checked_options(split_options(kwargs), conf.settings())
     broker = options["broker"]
     if options.get("reuse"):
         found = _reused_or_packed(func, args, kwargs, options, broker)
@@ -272,15 +100,15 @@ def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str
             return found
         header, package = found
     else:
-        header, package = _package(func, args, kwargs, options, broker)
+        header, package = make_package(func, args, kwargs, options, broker)
     memo = sent(broker.directory)
     if header.group is not None:
         memo.count(header.group)
     if options["sync"]:
-        _run_inline(header, func, broker, conf.settings())
+        run_inline(header, func, broker, conf.settings(), package)
     else:
         broker.enqueue(package)
-        _warn_if_unserved(broker, memo)
+        warn_if_unserved(broker, memo)
     return header.id
 
 
@@ -289,16 +117,16 @@ def _reused_or_packed(func: Any, args: tuple, kwargs: dict, options: dict[str, A
     """``async_task`` with ``reuse=True``: the id of the same call's earlier task if it
     stands for this one (see ``calls``), else the header and package of a new task, its
     key recorded: the caller sends it."""
-    function = _function(func, options)
-    arguments = _pickle_arguments(args, kwargs)
+    function = function_of(func, options)
+    arguments = pickle_arguments(args, kwargs)
     hook = options.get("hook")
-    hook_name = None if hook is None else _check_callable("option 'hook'", hook)[0]
+    hook_name = None if hook is None else check_callable("option 'hook'", hook)[0]
     key = calls.call_key(func, function, options, hook_name, [(args, kwargs, arguments)])
     reuse = calls.Reuse(broker, bool(options["cached"]), key)
     earlier = reuse.earlier()
     if earlier is not None:
         return earlier
-    header, package = _package(func, args, kwargs, options, broker, function, arguments)
+    header, package = make_package(func, args, kwargs, options, broker, function, arguments)
     winner = reuse.claim(header.id)
     if winner != header.id:  # another process sent it meanwhile
         forget_local_hook(header.id)
@@ -318,36 +146,29 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
     same function over the same items (in order) gives back the earlier iter's id.
     """
     show_progress = kwargs.pop("progress", False)
-    options = _checked(_split_options(kwargs), conf.settings())
+    options = checked_options(split_options(kwargs), conf.settings())
     if options.get("hook") is not None:
         raise ConfigurationError("async_iter takes no hook; use async_task with a group "
                                  "for a hook per task")
     broker = options["broker"]
-    function = _function(func, options)  # pickled once for all the items
+    function = function_of(func, options)  # pickled once for all the items
     items: Iterable[tuple] = (item if isinstance(item, tuple) else (item,)
                               for item in args_iter)
     arguments: Iterable[bytes | None] = itertools.repeat(None)
     reuse = None
     if options.get("reuse"):  # the iter as a whole: the same items, in order
         items = list(items)
-        arguments = [_pickle_arguments(args, kwargs) for args in items]
-        key = calls.call_key(func, function, options, None,
-                             zip(items, itertools.repeat(kwargs), arguments), of_iter=True)
-        reuse = calls.Reuse(broker, bool(options["cached"]), key, of_iter=True)
-        earlier = reuse.earlier()
+        arguments = [pickle_arguments(args, kwargs) for args in items]
+        reuse, earlier = _earlier_iter(func, function, options, items, kwargs, arguments,
+                                       show_progress)
         if earlier is not None:
-            manifest = reuse.part.manifest(earlier)
-            if show_progress and manifest is not None:
-                from .widgets import GroupProgress
-                GroupProgress(manifest["group"], len(manifest["ids"]),
-                              bool(options["cached"]), broker)
             return earlier
     iter_id = str(uuid.uuid4())
     options = dict(options, group=options.get("group") or iter_id, save=True,
                    iter=iter_id)
     headers, packages = [], []
     for args, pickled in zip(items, arguments):
-        header, package = _package(func, args, dict(kwargs), options, broker, function,
+        header, package = make_package(func, args, dict(kwargs), options, broker, function,
                                    pickled)
         headers.append(header)
         packages.append(package)
@@ -367,12 +188,31 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
         from .widgets import GroupProgress
         GroupProgress(group, len(headers), bool(options["cached"]), broker)
     if options["sync"]:
-        for header in headers:
-            _run_inline(header, func, broker, conf.settings())
+        for header, package in zip(headers, packages):
+            run_inline(header, func, broker, conf.settings(), package)
     else:
         broker.enqueue_many(packages)
-        _warn_if_unserved(broker, memo)
+        warn_if_unserved(broker, memo)
     return iter_id
+
+
+def _earlier_iter(func: Any, function: tuple, options: dict[str, Any], items: list[tuple],
+                  kwargs: dict, arguments: list[bytes], show_progress: bool,
+                  ) -> tuple[calls.Reuse, str | None]:
+    """``async_iter`` with ``reuse=True``: the call's Reuse, and the id of the same
+    earlier iter if it stands for this one (its progress panel shown if asked)."""
+    broker = options["broker"]
+    key = calls.call_key(func, function, options, None,
+                         zip(items, itertools.repeat(kwargs), arguments), of_iter=True)
+    reuse = calls.Reuse(broker, bool(options["cached"]), key, of_iter=True)
+    earlier = reuse.earlier()
+    if earlier is not None and show_progress:
+        manifest = reuse.part.manifest(earlier)
+        if manifest is not None:
+            from .widgets import GroupProgress
+            GroupProgress(manifest["group"], len(manifest["ids"]), bool(options["cached"]),
+                          broker)
+    return reuse, earlier
 
 
 # -- AsyncTask -----------------------------------------------------------------------
@@ -473,16 +313,13 @@ class AsyncTask:
         """``await task``: run it if it has not run with its current parameters, then wait
         for its outcome without blocking the event loop. Returns its result, or raises
         TaskFailed (``.task`` the Failure); a ``sync=True`` task returns at once."""
-        import asyncio
-
-        from .futures import future
         if not self.started:
             self.run()
         waiting = future(self.id, cached=bool(self.cached), broker=self.broker)
         return asyncio.wrap_future(waiting).__await__()
 
     def __repr__(self) -> str:
-        func = self.func if isinstance(self.func, str) else _callable_name(self.func)
+        func = self.func if isinstance(self.func, str) else callable_name(self.func)
         state = f"id={self.id}" if self.started else "not run with these parameters"
         return f"<AsyncTask {func} {state}>"
 

@@ -160,3 +160,15 @@ def test_retry_group_and_a_cancelled_task_can_run_again(cluster, tmp_path):
     assert retry(victim) is True  # its cancel request is forgotten: it runs this time
     again = fetch(victim, wait=WAIT)
     assert again.success, again.result
+
+
+@pytest.mark.timeout(60)
+def test_a_failure_of_a_sync_task_is_retried_on_the_cluster(cluster, tmp_path):
+    path = str(tmp_path / "later.txt")
+    task_id = async_task(fx.read_file, path, sync=True)
+    assert not fetch(task_id).success
+    with open(path, "w") as out:
+        out.write("now")
+    assert retry(task_id) is True
+    again = fetch(task_id, wait=WAIT)
+    assert again.success and again.result == "now" and again.attempt_count == 2

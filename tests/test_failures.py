@@ -241,7 +241,7 @@ def test_max_rss_replaces_workers_that_grew_too_large(store_dir):
 
 def test_tampered_foreign_truncated_and_random_packages_never_run(cluster, broker, tmp_path):
     from nbqueue import signing
-    from nbqueue.tasks import _checked, _package
+    from nbqueue.packing import checked_options as _checked, make_package as _package
     marker = tmp_path / "ran"
 
     def package():

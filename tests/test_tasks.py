@@ -72,7 +72,7 @@ def test_every_option_value_is_taken_or_refused_at_the_call(store_dir, name, val
                                st.dictionaries(st.text(max_size=3), st.integers())),
                      max_size=4))
 def test_any_picklable_arguments_make_a_valid_signed_package(broker, args):
-    from nbqueue.tasks import _checked, _package
+    from nbqueue.packing import checked_options as _checked, make_package as _package
     options = _checked({}, nbqueue.conf.settings())
     header, package = _package("builtins.len", tuple(args), {}, options, broker)
     assert decode_header(broker.key, package) == header

@@ -1,0 +1,336 @@
+"""Iterating over outcomes as they come: ``as_completed`` and ``map``.
+
+- ``as_completed(task_ids=... | group=...)`` yields Tasks as they finish, failures too.
+- ``map(func, iterable)`` is ``Executor.map`` on the cluster: one group of tasks, enqueued
+  at once, its results yielded in input order (or as they finish); breaking out of it
+  cancels the tasks that have not finished.
+
+``as_completed(task_ids=...)`` waits on futures (``nbqueue.futures``). ``as_completed(
+group=...)`` and ``map`` follow a group's pages instead (``Part.group_pages``: the last
+page and any new one), reading each new outcome once, whatever the group's size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, TimeoutError
+from concurrent.futures import wait as wait_futures
+from typing import Any, Callable, Iterable, Iterator
+
+from . import conf
+from .broker import Broker, get_broker
+from .control import cancel_tasks
+from .errors import ConfigurationError, TaskFailed
+from .futures import POLL_MAX, POLL_MIN, TaskFuture, as_task, future
+from .models import Failure, Task
+from .packing import checked_options, function_of, make_package, split_options
+from .records import Record, decode_result
+from .sent import sent
+from .store import Part, Store, get_store
+from .tasks import run_inline, warn_if_unserved
+
+log = logging.getLogger("nbqueue")
+
+
+# -- checks --------------------------------------------------------------------------
+
+def _check_timeout(timeout: Any) -> float | None:
+    """The deadline (``time.monotonic()``) of a timeout in seconds, or None."""
+    if timeout is None:
+        return None
+    if (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+            or not 0 <= timeout < float("inf")):
+        raise ConfigurationError(f"timeout must be a number of seconds >= 0, or None to "
+                                 f"wait as long as it takes; got {timeout!r}")
+    return time.monotonic() + timeout
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+
+
+def _idle(broker: Broker) -> bool:
+    return broker.pending() == 0 and broker.leased() == 0
+
+
+class _Poll:
+    """The pause between two reads of a store: woken at once by this process's saves,
+    polling for other processes' (0.5 ms growing to 20 ms, reset by ``reset()``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.pause = POLL_MIN
+        self.since = store.wait_for_change(timeout=0)
+
+    def reset(self) -> None:
+        self.pause = POLL_MIN
+
+    def wait(self, deadline: float | None) -> None:
+        step = self.pause
+        if deadline is not None:
+            step = max(0.0, min(step, deadline - time.monotonic()))
+        self.since = self.store.wait_for_change(self.since, step)
+        self.pause = min(self.pause * 1.5, POLL_MAX)
+
+
+class _GroupFollower:
+    """The new outcomes of a group, each once, in the order they were stored: each poll
+    reads the group's last page and any new one, then the records of the new ids."""
+
+    def __init__(self, part: Part, group: str) -> None:
+        self.part = part
+        self.group = group
+        self.page = 0  # the first page not yet read whole
+        self.seen: set[str] = set()
+
+    def poll(self) -> list[Record]:
+        pages, ids = self.part.group_pages(self.group, self.page)
+        if pages < self.page:  # the group was deleted and is filling again
+            self.page = 0
+            pages, ids = self.part.group_pages(self.group, 0)
+        self.page = max(pages - 1, 0)
+        new = list(dict.fromkeys(i for i in ids if i not in self.seen))
+        if not new:
+            return []
+        found = []
+        for record in self.part.records(new):
+            if isinstance(record, dict) and record["group"] == self.group:
+                self.seen.add(record["id"])
+                found.append(record)
+        return found
+
+
+# -- as_completed --------------------------------------------------------------------
+
+def as_completed(task_ids: Iterable[str] | None = None, group: str | None = None,
+                 timeout: float | None = None, cached: bool = False,
+                 count: int | None = None, broker: Broker | None = None) -> Iterator[Task]:
+    """Yield each task as soon as it finishes (a ``Success`` or, not raised, a ``Failure``).
+
+    Give exactly one of:
+
+    - ``task_ids``: the tasks (uuids, names or ``async_iter`` ids), each yielded once;
+      those finished already come first.
+    - ``group``: the group's tasks in the order their outcomes were stored, those stored
+      already first, then each new one as it is stored. It ends after ``count`` tasks;
+      without ``count``, after as many as this process put in the group (as a progress
+      panel's total, which ``delete_group`` resets); for a group this process put nothing
+      in, once nothing is queued or running in the store (its queue and leases empty at
+      two polls in a row, with no new outcome between): no more outcome can come then.
+      A task sent with ``save=False`` is never stored, so never yielded.
+
+    ``timeout`` (seconds from the call) raises ``TimeoutError`` once it has run out and
+    no task is left to yield at once (as ``concurrent.futures.as_completed``). Leaving
+    the loop early only stops waiting: the tasks run on.
+    """
+    if (task_ids is None) == (group is None):
+        raise ConfigurationError("as_completed takes exactly one of task_ids (a list of task "
+                                 "ids) and group (a group name)")
+    deadline = _check_timeout(timeout)
+    broker = broker or get_broker()
+    cached = bool(cached)
+    if task_ids is not None:
+        if isinstance(task_ids, (str, bytes)) or not isinstance(task_ids, Iterable):
+            raise ConfigurationError(f"task_ids must be a list of task ids, got {task_ids!r}"
+                                     " (as_completed([task_id]) for a single one)")
+        if count is not None:
+            raise ConfigurationError("count goes with group=, not task_ids: every task of "
+                                     "task_ids is yielded")
+        futures = [future(task_id, cached, broker) for task_id in dict.fromkeys(task_ids)]
+        return _completed_futures(futures, deadline, timeout)
+    if not isinstance(group, str) or not group:
+        raise ConfigurationError(f"group must be a non-empty string, got {group!r}")
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool)
+                              or count < 1):
+        raise ConfigurationError(f"count must be a whole number >= 1 (how many tasks of the "
+                                 f"group to yield) or None, got {count!r}")
+    return _completed_group(group, count, cached, broker, deadline, timeout)
+
+
+def _task_of(fut: TaskFuture) -> Task:
+    if fut.task is None:  # the store could not be read: the future holds why
+        raise fut.exception()  # type: ignore[misc]
+    return fut.task
+
+
+def _stopped(fut: TaskFuture) -> float:
+    return fut.task.stopped.timestamp() if fut.task is not None else float("inf")
+
+
+def _completed_futures(futures: list[TaskFuture], deadline: float | None,
+                       timeout: float | None) -> Iterator[Task]:
+    pending = set(futures)
+    try:
+        for fut in futures:
+            if fut.done():
+                pending.discard(fut)
+                yield _task_of(fut)
+        while pending:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"{len(pending)} of {len(futures)} tasks did not finish "
+                                   f"within {timeout} s")
+            done, pending = wait_futures(pending, left, FIRST_COMPLETED)
+            for fut in sorted(done, key=_stopped):
+                yield _task_of(fut)
+    finally:
+        for fut in pending:
+            fut.cancel()  # stop waiting; the tasks run on
+
+
+def _completed_group(group: str, count: int | None, cached: bool, broker: Broker,
+                     deadline: float | None, timeout: float | None) -> Iterator[Task]:
+    store = get_store(broker.directory)
+    follower = _GroupFollower(store.part(cached), group)
+    poll = _Poll(store)
+    memo = sent(broker.directory)
+    yielded = idle_polls = 0
+    while True:
+        want = count if count is not None else memo.enqueued.get(group)
+        if want is not None and yielded >= want:
+            return
+        # Only for a group of other processes' tasks: this process's own may be on their
+        # way from its outbox to a lease, where neither pending() nor leased() counts
+        # them. Checked before the read, which then sees every outcome stored by then.
+        idle = want is None and _idle(broker)
+        records = follower.poll()
+        for record in records:
+            yield as_task(record, store, cached)
+            yielded += 1
+            if count is not None and yielded >= count:
+                return
+        if records:
+            poll.reset()
+            idle_polls = 0
+            continue
+        idle_polls = idle_polls + 1 if idle else 0
+        if idle_polls >= 2:  # idle at two polls in a row, and nothing new in between
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            wanted = f"of {want}" if want is not None else "so far"
+            raise TimeoutError(f"{yielded} task(s) {wanted} of group {group!r} finished "
+                               f"within {timeout} s")
+        poll.wait(deadline)
+
+
+# -- map -----------------------------------------------------------------------------
+
+def map(func: Callable[..., Any] | str, iterable: Iterable[Any], ordered: bool = True,
+        timeout: float | None = None, progress: bool = False, **kwargs: Any) -> Iterator[Any]:
+    """``Executor.map`` on the cluster: run ``func`` once per item of ``iterable`` (a tuple
+    item is spread as positional arguments) and yield each result as soon as it is
+    available: in input order when ``ordered``, as the tasks finish otherwise.
+
+    All the tasks are enqueued at once, at the call, in one transaction, and share one
+    group: the ``group`` option, or a fresh one. Takes the options of ``async_task``
+    (but ``save=False``: results are read back from the store; ``reuse`` is ignored, a
+    map always sends its tasks); other keywords go
+    to every call, as in ``async_iter``. A failed task raises ``TaskFailed`` at its place.
+    ``timeout`` is seconds from the call, for the whole map: ``TimeoutError`` when the next
+    result is not there by then (as ``Executor.map``); a task's own time limit is the
+    ``timeout`` option, given in ``q_options={"timeout": s, ...}`` (with every other
+    option). ``progress=True`` shows the group's progress panel (a tqdm bar outside
+    Jupyter).
+    Leaving the loop early (``break``, an exception, ``TaskFailed``, ``TimeoutError``)
+    cancels the tasks that have not finished.
+    """
+    deadline = _check_timeout(timeout)
+    _check_flag("ordered", ordered)
+    _check_flag("progress", progress)
+    settings = conf.settings()
+    options = checked_options(split_options(kwargs), settings)
+    if options.get("save") is False:
+        raise ConfigurationError("map reads every result back from the store, so it cannot "
+                                 "take save=False; use async_task with a hook for that")
+    broker = options["broker"]
+    group = options.get("group") or f"map-{uuid.uuid4()}"
+    options = dict(options, group=group)
+    cached = bool(options["cached"])
+    function = function_of(func, options)  # checked and pickled once for all the items
+    headers, packages = [], []
+    for item in iterable:
+        args = item if isinstance(item, tuple) else (item,)
+        header, package = make_package(func, args, dict(kwargs), options, broker, function)
+        headers.append(header)
+        packages.append(package)
+    memo = sent(broker.directory)
+    if headers:
+        memo.count(group, len(headers))
+    panel = None
+    if progress and headers:
+        from .widgets import GroupProgress
+        panel = GroupProgress(group, len(headers), cached, broker)
+    if options["sync"]:
+        for header, package in zip(headers, packages):
+            run_inline(header, func, broker, settings, package)
+    elif packages:
+        broker.enqueue_many(packages)  # all of them, or none and StoreError
+        warn_if_unserved(broker, memo)
+    return _map_results([h.id for h in headers], group, ordered, cached, broker, deadline,
+                        timeout, panel)
+
+
+def _map_results(ids: list[str], group: str, ordered: bool, cached: bool, broker: Broker,
+                 deadline: float | None, timeout: float | None, panel: Any) -> Iterator[Any]:
+    store = get_store(broker.directory)
+    follower = _GroupFollower(store.part(cached), group)
+    poll = _Poll(store)
+    position = {task_id: i for i, task_id in enumerate(ids)}
+    finished: set[int] = set()  # positions with an outcome
+    ready: dict[int, Record] = {}  # ordered: outcomes waiting for their turn
+    given = 0  # ordered: the next position to yield; unordered: how many were yielded
+
+    def value(record: Record) -> Any:
+        if not record["success"]:
+            raise TaskFailed(Failure(record, store, cached))
+        return decode_result(record["result"])
+
+    try:
+        while given < len(ids):
+            fresh = []
+            for record in follower.poll():
+                i = position.get(record["id"])
+                if i is not None and i not in finished:
+                    finished.add(i)
+                    fresh.append((i, record))
+            before = given
+            if ordered:
+                ready.update(fresh)
+                while given in ready:
+                    record = ready.pop(given)
+                    given += 1
+                    yield value(record)
+            else:
+                for _, record in fresh:
+                    given += 1
+                    yield value(record)
+            if fresh:
+                poll.reset()
+            if given > before:
+                continue  # as Executor.map: the timeout is for a result not there in time
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"{len(finished)} of {len(ids)} tasks of map (group "
+                                   f"{group!r}) finished within {timeout} s")
+            poll.wait(deadline)
+    finally:
+        if panel is not None:
+            panel.stop()
+        rest = [task_id for task_id, i in position.items() if i not in finished]
+        if rest:
+            _cancel(rest, broker)
+
+
+def _cancel(task_ids: list[str], broker: Broker) -> None:
+    """Cancel the tasks a map left unfinished; an error is logged, not raised over the
+    reason the map ended."""
+    try:
+        cancel_tasks(task_ids, broker)
+    except Exception:
+        log.warning("nbqueue.map: cancelling %d unfinished task(s) failed", len(task_ids),
+                    exc_info=True)
+
+
+__all__ = ["as_completed", "map"]
