@@ -53,7 +53,8 @@ def cancel_group(group: str, broker: Broker | None = None) -> int:
 
 
 def cancel_tasks(task_ids: Iterable[str], broker: Broker | None = None) -> int:
-    """Cancel the tasks of ``task_ids`` that have not finished; return how many."""
+    """Cancel the tasks of ``task_ids`` (uuids or names) that have not finished; return
+    how many."""
     broker = broker or get_broker()
     store = get_store(broker.directory)
     wanted = {task_id for task_id in task_ids
@@ -61,7 +62,8 @@ def cancel_tasks(task_ids: Iterable[str], broker: Broker | None = None) -> int:
     if not wanted:
         return 0
     needles = [task_id.encode() for task_id in wanted] if len(wanted) <= _FEW else None
-    return _cancel(broker, lambda header: header.id in wanted, needles)
+    return _cancel(broker, lambda header: header.id in wanted or header.name in wanted,
+                   needles)
 
 
 def _cancel(broker: Broker, match: Callable[[Header], bool],

@@ -113,6 +113,17 @@ def test_cancel_from_another_process_stops_a_running_task(cluster, tmp_path, sto
     assert _runs(log, "stop") == []
 
 
+def test_a_task_is_cancelled_by_its_name_too(store_dir):
+    from nbqueue.names import humanize
+    with pytest.warns(nbqueue.NoClusterWarning):
+        first = async_task(fx.add, 1)
+    named = async_task(fx.add, 2, task_name="my-named-task")
+    assert cancel(humanize(first)) is True and cancel("my-named-task") is True
+    assert queue_size() == 0
+    assert "cancelled" in fetch(humanize(first)).result
+    assert "cancelled" in fetch("my-named-task").result and fetch(named) is not None
+
+
 def test_bad_input_is_refused_at_the_call(store_dir):
     for call in (lambda: cancel(""), lambda: cancel(None), lambda: cancel_group(3),
                  lambda: retry(""), lambda: retry_group(None)):

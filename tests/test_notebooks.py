@@ -33,7 +33,7 @@ pytestmark = pytest.mark.timeout(180)
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ["01-quickstart", "02-groups-and-progress", "03-cached-results",
-         "04-asynctask-interactive", "05-failures-and-timeouts"]
+         "04-asynctask-interactive", "05-failures-and-timeouts", "06-control"]
 VIEW = "application/vnd.jupyter.widget-view+json"
 STATE = "application/vnd.jupyter.widget-state+json"
 RUN_LIMIT = 60  # seconds: each notebook is meant to run in well under a minute
@@ -376,10 +376,69 @@ def check_failures_and_timeouts(run: Run) -> None:
     assert "6 done · 2 failed" in panel["label"]
 
 
+def check_control(run: Run) -> None:
+    text = run.text()
+    # future: a result, and a failure raised as TaskFailed carrying its Failure
+    assert run.value("future result:") == "144"
+    assert re.fullmatch(r"task [a-z]+(-[a-z]+)+ failed: ValueError: negative input: -4",
+                        run.value("TaskFailed:"))
+    assert run.value("its task:") == "Failure - success: False"
+    assert run.value("error text:") == "ValueError: negative input: -4"
+    # await of an AsyncTask, and asyncio.gather over several
+    assert run.value("awaited:") == "25"
+    assert run.value("gathered:") == "[0, 1, 4, 9, 16, 25]"
+    # as_completed: the fast task, sent second, comes out first
+    assert run.value("first to finish:") == "fast"
+    assert run.value("order:") == "['fast', 'slow']"
+    assert run.value("fast finished:") == "16" and run.value("slow finished:") == "9"
+    # map: input order; ordered=False: as they finish; a failure at its place
+    assert run.value("map:") == "[1.0, 0.1, 0.2, 0.3]"
+    unordered = json.loads(run.value("map, ordered=False:"))
+    assert sorted(unordered) == [0.1, 0.2, 0.3, 1.0] and unordered[-1] == 1.0
+    assert run.value("map failed at item") == "2 - ValueError: negative input: -1"
+    assert run.value("results before the failure:") == "[4.0, 3.0]"
+    # cancel of a running 60 s task: True, stopped within about a second, a Failure
+    # saying it was cancelled
+    assert run.value("running:") == "True"
+    assert run.value("cancelled running:") == "True"
+    stopped = re.fullmatch(r"True - after (\d+\.\d\d) s", run.value("stopped:"))
+    assert stopped, run.value("stopped:")
+    assert float(stopped.group(1)) <= 2.0
+    assert "cancelled" in run.value("outcome:")
+    assert run.value("outcome:").startswith("TaskCancelled")
+    # cancel_group: the waiting tasks never ran; the running ones were stopped
+    assert run.value("both workers busy:") == "True"
+    assert run.value("cancelled in backlog:") == "5"
+    assert run.value("cancelled in busy:") == "2"
+    assert run.value("workers free:") == "True"
+    assert run.value("backlog lines written:") == "0"
+    # a finished task is not cancelled
+    assert run.value("cancel a finished task:") == "False"
+    assert run.value("cancel it again:") == "False"
+    assert run.value("result still there:") == "144"
+    # reuse=True: the cell run again gives back the same task; it ran once
+    assert run.value("first result:") == "70"
+    assert run.value("same id:") == "True"
+    assert run.value("second result:") == "70"
+    assert run.value("side effects:") == "1"
+    assert (run.workdir / "reuse-log.txt").read_text() == "ran with 7\n"
+    # retry: the missing file made it fail; fixed, it succeeds under the same id
+    assert run.value("first try:").startswith("False - FileNotFoundError:")
+    assert run.value("retried:") == "True"
+    assert run.value("after retry:") == "True - fast - attempts: 2"
+    assert run.value("failed in parts:") == "3"
+    assert run.value("retried in parts:") == "3"
+    assert run.value("parts after retry:") == "['value 0', 'value 1', 'value 2']"
+    assert run.value("failed after retry:") == "0"
+    assert run.value("retry a success:") == "False"
+    assert re.search(r"<Cluster nbqueue stopped workers=2 ", text)
+
+
 CHECKS = {
     "01-quickstart": check_quickstart,
     "02-groups-and-progress": check_groups_and_progress,
     "03-cached-results": check_cached_results,
     "04-asynctask-interactive": check_asynctask_interactive,
     "05-failures-and-timeouts": check_failures_and_timeouts,
+    "06-control": check_control,
 }
