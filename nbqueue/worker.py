@@ -380,17 +380,17 @@ def limit_rss(max_rss: int | None) -> None:
 _running: list[str] = []  # the id of the task whose function runs now, if any
 
 
-def _cancelled(slot_dir: str, task_id: str) -> bool:
+def cancelled(slot_dir: str, task_id: str) -> bool:
     return os.path.exists(os.path.join(slot_dir, CANCELLED_DIR, task_id))
 
 
 def _stop_if_cancelled(slot_dir: str) -> None:
     """SIGUSR1: the cluster stops a cancelled task (only inside the task's function)."""
-    if _running and _cancelled(slot_dir, _running[0]):
+    if _running and cancelled(slot_dir, _running[0]):
         raise TaskCancelled("the task was cancelled with nbqueue.cancel")
 
 
-def _skipped(item: Item) -> Outcome:
+def skipped(item: Item) -> Outcome:
     now = time.time()
     return Outcome(item.id, False, "TaskCancelled: cancelled before it started", now, now,
                    item.token)
@@ -406,7 +406,7 @@ def run_chunk(slot_dir: str | None, items: list[Item]) -> list[Outcome | str]:
     sender = _sender(slot_dir)
     outcomes = []
     for item in items:
-        outcome = _skipped(item) if _cancelled(slot_dir, item.id) else execute(item, slot)
+        outcome = skipped(item) if cancelled(slot_dir, item.id) else execute(item, slot)
         if sender is not None:
             sender.add(outcome)
         outcomes.append(outcome)

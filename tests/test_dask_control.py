@@ -69,17 +69,30 @@ def dask_cluster(tmp_path_factory):
         drop_store(directory)
 
 
-def _idle_now(cluster) -> bool:
+def _state(cluster) -> dict:
     broker = cluster.broker
-    return (len(cluster._executor.worker_pids()) == 2 and cluster.info()["running"] == 0
-            and broker.pending() == 0 and broker.leased() == 0)
+    return {"workers": len(cluster._executor.worker_pids()),
+            "running": cluster.info()["running"], "queued": broker.pending(),
+            "leased": broker.leased()}
+
+
+def _idle_now(cluster) -> bool:
+    return _state(cluster) == {"workers": 2, "running": 0, "queued": 0, "leased": 0}
+
+
+def _wait_idle(cluster, seconds: float, what: str) -> None:
+    try:
+        wait_for(lambda: _idle_now(cluster), seconds, what)
+    except BaseException:
+        print("cluster state:", _state(cluster))
+        raise
 
 
 @pytest.fixture(autouse=True)
 def _idle(dask_cluster):
     """Each test starts with both dask workers up and nothing queued or running."""
     nbqueue.configure(directory=dask_cluster.directory)  # in case another fixture reset it
-    wait_for(lambda: _idle_now(dask_cluster), 30, "an idle dask cluster with 2 workers")
+    _wait_idle(dask_cluster, 30, "an idle dask cluster with 2 workers")
     return dask_cluster
 
 
@@ -114,14 +127,18 @@ def test_await_asynctask(dask_cluster):
 def test_as_completed_yields_a_fast_task_before_a_slow_one_enqueued_first(dask_cluster):
     slow = async_task(fx.nap, 2.5, "slow")
     fast = async_task(fx.add, 1, 1)
-    bad = async_task(fx.boom, "quick failure")
-    seen = [(t, time.monotonic()) for t in as_completed([slow, fast, bad], timeout=SECONDS)]
-    order = [t.id for t, _ in seen]
-    assert order[-1] == slow and set(order[:2]) == {fast, bad}
-    assert seen[-1][1] - seen[0][1] > 1  # the fast ones came long before the slow one ended
-    tasks = {t.id: t for t, _ in seen}
-    assert tasks[fast].result == 2 and tasks[slow].result == "slow"
-    assert isinstance(tasks[bad], Failure)  # yielded, not raised
+    seen = [(t, time.monotonic()) for t in as_completed([slow, fast], timeout=SECONDS)]
+    assert [t.id for t, _ in seen] == [fast, slow]
+    assert seen[1][1] - seen[0][1] > 1  # the fast one came long before the slow one ended
+    assert [t.result for t, _ in seen] == [2, "slow"]
+
+
+def test_as_completed_yields_failures_as_tasks(dask_cluster):
+    ok, bad = async_task(fx.add, 1, 2), async_task(fx.boom, "quick failure")
+    tasks = {t.id: t for t in as_completed([ok, bad, ok], timeout=SECONDS)}
+    assert len(tasks) == 2  # an id given twice is yielded once
+    assert isinstance(tasks[bad], Failure) and "quick failure" in tasks[bad].result
+    assert tasks[ok].result == 3
 
 
 # -- map -----------------------------------------------------------------------------
@@ -142,23 +159,81 @@ def test_map_ordered_and_unordered(dask_cluster):
 
 # -- cancel --------------------------------------------------------------------------
 
-def test_cancel_a_task_waiting_behind_busy_workers_never_runs(dask_cluster, tmp_path):
-    """Both dask workers busy: a task sent now waits (in the queue, or leased by the
-    cluster and not started); cancelled, it never runs, and the others are untouched."""
+def _chunks_of(cluster, tasks: int) -> None:
+    """Make the feeder size its next chunks at ``tasks`` task(s): it sizes them by its
+    running average of task time (``Feeder.chunk_size``), which the earlier tests of this
+    module leave at anything. With chunks of 1 it leases a task sent while both workers
+    are busy (which then waits in the cluster, leased); with chunks of 64 it leaves the
+    task in the queue until a whole chunk waits."""
+    cluster.feeder.task_seconds = cluster.executor.chunk_seconds / tasks
+    assert cluster.feeder.chunk_size() == tasks
+
+
+def test_cancel_a_queued_task_never_runs(dask_cluster, tmp_path):
+    """Both dask workers busy, chunks of 64: a task sent now stays in the queue;
+    cancelled, it never runs, and the others are untouched."""
     log = str(tmp_path / "log")
+    _chunks_of(dask_cluster, 64)
     busy = [async_task(fx.logged, log, n, 2.0) for n in (1, 2)]
     wait_for(lambda: len(_runs(log, "start")) == 2, 20, "both workers busy")
     victim = async_task(fx.logged, log, 3)
     kept = async_task(fx.logged, log, 4)
+    nbqueue.flush()
+    assert nbqueue.queue_size() == 2  # queued, not leased
     assert cancel(victim) is True
+    assert nbqueue.queue_size() == 1
     task = fetch(victim, wait=5_000)
     assert task is not None and not task.success and "cancelled" in task.result
     assert all(fetch(i, wait=WAIT).success for i in busy + [kept])
-    wait_for(lambda: _idle_now(dask_cluster), 20, "the cluster idle")
+    _wait_idle(dask_cluster, 20, "the cluster idle")
     time.sleep(0.5)
     assert sorted(_runs(log, "start")) == [1, 2, 4]  # 3 never ran
     assert sorted(_runs(log, "stop")) == [1, 2, 4]
     assert cancel(victim) is False  # finished: cancelled already
+
+
+def test_cancel_a_task_leased_but_not_started_never_runs(dask_cluster, tmp_path):
+    """Both dask workers busy, chunks of 1: a task sent now is leased by the cluster and
+    waits there for a worker; cancelled, it never runs (as with loky, test_control.py)."""
+    log = str(tmp_path / "log")
+    _chunks_of(dask_cluster, 1)
+    busy = [async_task(fx.logged, log, n, 2.0) for n in (1, 2)]
+    wait_for(lambda: len(_runs(log, "start")) == 2, 20, "both workers busy")
+    victim = async_task(fx.logged, log, 3)
+    wait_for(lambda: len(dask_cluster.inflight) == 3, 10, "the third task leased")
+    assert cancel(victim) is True
+    task = fetch(victim, wait=5_000)
+    assert task is not None and not task.success and "cancelled" in task.result
+    assert all(fetch(i, wait=WAIT).success for i in busy)
+    _wait_idle(dask_cluster, 20, "the cluster idle")
+    time.sleep(0.5)
+    assert sorted(_runs(log, "start")) == [1, 2], "the cancelled task ran anyway"
+    assert sorted(_runs(log, "stop")) == [1, 2]
+
+
+def test_cancel_a_task_later_in_a_running_chunk_never_runs(dask_cluster, tmp_path):
+    """Chunks of 3 (a map's 6 tasks, sent at once, in 2 chunks): cancel the second task of
+    a chunk while its first runs; the chunk goes on without it, as with loky."""
+    log = str(tmp_path / "log")
+    _chunks_of(dask_cluster, 3)
+    executor = dask_cluster._executor
+    mapped = nbqueue.map(fx.logged, [(log, i, 1.0) for i in range(6)], group="dask-chunked")
+    wait_for(lambda: len(_runs(log, "start")) == 2, 20, "both chunks running")
+    with executor._lock:
+        chunks = [[item[0] for item in chunk.items] for chunk in executor._chunks.values()]
+    assert sorted(len(c) for c in chunks) == [3, 3], chunks
+    victim = next(c[1] for c in chunks)
+    assert cancel(victim) is True
+    assert "cancelled" in fetch(victim, wait=5_000).result
+    tasks = nbqueue.fetch_group("dask-chunked", wait=WAIT, count=6)
+    assert tasks is not None and len(tasks) == 6
+    assert sum(t.success for t in tasks) == 5
+    _wait_idle(dask_cluster, 20, "the cluster idle")
+    mapped.close()  # never iterated: nothing to cancel
+    time.sleep(0.5)
+    starts = _runs(log, "start")
+    assert len(starts) == 5, f"the cancelled task ran anyway: starts {sorted(starts)}"
+    assert sorted(_runs(log, "stop")) == sorted(starts)
 
 
 def test_cancel_a_running_task_stops_it_and_leaves_the_other_alone(dask_cluster, tmp_path):
@@ -185,6 +260,7 @@ def test_cancel_group_counts_and_none_of_them_finishes(dask_cluster, tmp_path):
     log = str(tmp_path / "log")
     done = async_task(fx.add, 1, group="dask-g")
     assert fetch(done, wait=WAIT).success
+    _chunks_of(dask_cluster, 1)  # 2 running, 4 leased and waiting in the cluster
     ids = [async_task(fx.logged, log, i, 3.0, group="dask-g") for i in range(6)]
     wait_for(lambda: len(_runs(log, "start")) == 2, 20, "two running")
     assert cancel(done) is False and cancel("no-such-task") is False
@@ -194,7 +270,7 @@ def test_cancel_group_counts_and_none_of_them_finishes(dask_cluster, tmp_path):
     assert nbqueue.count_group("dask-g") == 7
     assert nbqueue.count_group("dask-g", failures=True) == 6
     assert cancel_group("dask-g") == 0 and cancel_tasks(ids) == 0
-    wait_for(lambda: _idle_now(dask_cluster), 30, "the workers back, nothing running")
+    _wait_idle(dask_cluster, 30, "the workers back, nothing running")
     time.sleep(3.5)  # past the natural end of any of them that ran
     assert _runs(log, "stop") == [] and len(_runs(log, "start")) == 2
 
@@ -232,7 +308,7 @@ def test_a_cancelled_running_task_can_be_retried(dask_cluster, tmp_path):
     wait_for(lambda: _runs(log, "start") == [9], 20, "running")
     assert cancel(victim) is True
     assert "cancelled" in fetch(victim, wait=5_000).result
-    wait_for(lambda: _idle_now(dask_cluster), 30, "the worker back")
+    _wait_idle(dask_cluster, 30, "the worker back")
     assert retry(victim) is True  # its cancel request is forgotten: it runs this time
     again = fetch(victim, wait=WAIT)
     assert again.success, again.result
@@ -251,5 +327,5 @@ def test_reuse_gives_the_same_task_and_runs_it_once(dask_cluster, tmp_path):
     assert third == first
     other = async_task(fx.logged, log, 6, 0.0, reuse=True)  # other arguments: a new one
     assert other != first and nbqueue.result(other, WAIT) == 6
-    wait_for(lambda: _idle_now(dask_cluster), 20, "the cluster idle")
+    _wait_idle(dask_cluster, 20, "the cluster idle")
     assert _runs(log, "start") == [5, 6] and _runs(log, "stop") == [5, 6]

@@ -34,10 +34,11 @@ def _distributed() -> Any:
 
 
 def run_on_dask(topic: str, key: str, items: list[tuple],
-                directory: str | None = None, host: int | None = None) -> list[tuple]:
-    """The unit a cluster submits to dask: ``worker.run_chunk``, telling the cluster
-    when each task starts (an event on ``topic``, through the scheduler) so that it can
-    count running tasks and time them. Runs in a thread of a dask worker: no slot."""
+                directory: str | None = None, host: int | None = None,
+                slot_dir: str | None = None) -> list[tuple]:
+    """``worker.run_chunk`` on dask, telling the cluster when each task starts (an event
+    on ``topic``) so that it can count running tasks and time them. In a thread of a dask
+    worker: no slot; on the cluster's machine (``slot_dir``) cancelled tasks are skipped."""
     from distributed import get_worker
     try:
         here: Any = get_worker()
@@ -47,6 +48,9 @@ def run_on_dask(topic: str, key: str, items: list[tuple],
     worker.use_store(directory, host)
     outcomes = []
     for item in items:
+        if slot_dir is not None and worker.cancelled(slot_dir, item[0]):
+            outcomes.append(worker.skipped(item))
+            continue
         if here is not None:
             here.log_event(topic, [key, item[0], pid, here.address])
         outcomes.append(worker.execute(item, None))
@@ -135,6 +139,7 @@ class DaskExecutor(Executor):
             raise ConfigurationError(f"client must be a distributed.Client, not "
                                      f"{type(client).__name__}")
         self.workers = workers
+        self.slot_dir = slot_dir  # its cancelled/ markers, seen by workers of our own
         self.address = address
         self.client: Any = client
         self._own_client = client is None
@@ -301,9 +306,11 @@ class DaskExecutor(Executor):
                 self._chunks[chunk.key] = chunk
             try:
                 # workers of our own LocalCluster share this machine's disk: they spill
+                local = self._local is not None
                 chunk.dask = self.client.submit(run_on_dask, self._topic, chunk.key,
                                                 chunk.items, self.directory,
-                                                os.getpid() if self._local else None,
+                                                os.getpid() if local else None,
+                                                self.slot_dir if local else None,
                                                 key=chunk.key, pure=False)
             except Exception as exc:
                 with self._lock:
