@@ -11,12 +11,19 @@ both dask workers answer (a cancel of a running task restarts one) and nothing i
 or running, so that each test starts from an idle cluster. Tests use their own groups and
 log files. Side effects are counted in files (``tasks_fixtures.logged`` writes a 'start'
 and a 'stop' line per run). The loky versions are in test_futures.py and test_control.py.
+
+The shared LocalCluster runs with ``distributed.deploy.lost-worker-timeout`` raised, so
+that dask's SpecCluster cannot drop a nanny whose worker a cancel restarted twice
+(``test_the_local_cluster_keeps_its_workers_when_they_are_killed_in_a_row`` is about that).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import os
+import signal
+import threading
 import time
 
 import pytest
@@ -33,6 +40,7 @@ from . import tasks_fixtures as fx
 from .waiting import wait_for
 
 distributed = pytest.importorskip("distributed", reason='needs "nbqueue[dask]"')
+import dask  # noqa: E402  (with distributed)
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.filterwarnings("ignore::nbqueue.errors.NoClusterWarning")]
@@ -58,12 +66,15 @@ def dask_cluster(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("dask-control") / "store")
     conf.reset()
     nbqueue.configure(directory=directory)
+    # read by the SpecCluster (in this process) each time a worker leaves; see the docstring
+    reaper = dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"})
     running = Cluster(workers=2, directory=directory, executor="dask",
                       dashboard_address=None).start()
     try:
         yield running
     finally:
         running.stop(wait=5)
+        reaper.__exit__(None, None, None)
         conf.reset()
         broker_module.drop_broker(directory)
         drop_store(directory)
@@ -159,6 +170,14 @@ def test_map_ordered_and_unordered(dask_cluster):
 
 # -- cancel --------------------------------------------------------------------------
 
+def _listed_running(cluster, task_id: str) -> None:
+    """Wait until the cluster knows ``task_id`` runs: on dask, from the start event that
+    reaches it through the scheduler a little after the task started (the race of a cancel
+    in between is ``test_a_cancel_right_after_a_task_started_stops_it``)."""
+    wait_for(lambda: any(t == task_id for t, *_ in cluster._executor.running()), 10,
+             "the start event")
+
+
 def _chunks_of(cluster, tasks: int) -> None:
     """Make the feeder size its next chunks at ``tasks`` task(s): it sizes them by its
     running average of task time (``Feeder.chunk_size``), which the earlier tests of this
@@ -211,6 +230,35 @@ def test_cancel_a_task_leased_but_not_started_never_runs(dask_cluster, tmp_path)
     assert sorted(_runs(log, "stop")) == [1, 2]
 
 
+@pytest.mark.timeout(90)
+def test_cancel_a_leased_task_on_a_scheduler_started_elsewhere(tmp_path):
+    """The same on a scheduler nbqueue did not start (``address=``), whose workers may be
+    on other machines: the task leased but not started never runs there either."""
+    directory = str(tmp_path / "foreign-store")
+    log = str(tmp_path / "log")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as local:
+        own = Cluster(workers=2, directory=directory, executor="dask",
+                      address=local.scheduler_address).start()
+        try:
+            broker = nbqueue.get_broker(directory)
+            _chunks_of(own, 1)
+            busy = [async_task(fx.logged, log, n, 2.0, broker=broker) for n in (1, 2)]
+            wait_for(lambda: len(_runs(log, "start")) == 2, 20, "both workers busy")
+            victim = async_task(fx.logged, log, 3, broker=broker)
+            wait_for(lambda: len(own.inflight) == 3, 10, "the third task leased")
+            assert cancel(victim, broker=broker) is True
+            task = fetch(victim, wait=5_000, broker=broker)
+            assert task is not None and "cancelled" in task.result
+            assert all(fetch(i, wait=WAIT, broker=broker).success for i in busy)
+            time.sleep(1.0)
+            assert sorted(_runs(log, "start")) == [1, 2], "the cancelled task ran anyway"
+        finally:
+            own.stop(wait=5)
+            broker_module.drop_broker(directory)
+            drop_store(directory)
+
+
 def test_cancel_a_task_later_in_a_running_chunk_never_runs(dask_cluster, tmp_path):
     """Chunks of 3 (a map's 6 tasks, sent at once, in 2 chunks): cancel the second task of
     a chunk while its first runs; the chunk goes on without it, as with loky."""
@@ -242,6 +290,7 @@ def test_cancel_a_running_task_stops_it_and_leaves_the_other_alone(dask_cluster,
     victim = async_task(fx.logged, log, 1, 4.0)
     other = async_task(fx.logged, log, 2, 2.0)
     wait_for(lambda: len(_runs(log, "start")) == 2, 20, "both tasks running")
+    _listed_running(dask_cluster, victim)
     started = time.monotonic()
     assert cancel(victim) is True
     task = fetch(victim, wait=5_000)
@@ -256,12 +305,37 @@ def test_cancel_a_running_task_stops_it_and_leaves_the_other_alone(dask_cluster,
     assert nbqueue.result(async_task(fx.add, 1, 1), WAIT) == 2  # the cluster goes on
 
 
+def test_a_cancel_right_after_a_task_started_stops_it(dask_cluster, tmp_path):
+    """A task that has started, but whose start event (worker -> scheduler -> this
+    client) is not here yet, is cancelled: it must be stopped all the same. The events are
+    held back 0.3 s here, as a remote or busy scheduler does; with the LocalCluster's own
+    delivery (~1-2 ms) a cancel sent as the task starts hits the same window now and then."""
+    log = str(tmp_path / "log")
+    executor = dask_cluster._executor
+    client, topic = executor.client, executor._topic
+
+    def late(event):
+        threading.Timer(0.3, executor._on_event, (event,)).start()
+    client.unsubscribe_topic(topic)
+    client.subscribe_topic(topic, late)
+    try:
+        victim = async_task(fx.logged, log, 1, 2.0)
+        wait_for(lambda: _runs(log, "start") == [1], 20, "the task started")
+        assert cancel(victim) is True
+        assert "cancelled" in fetch(victim, wait=5_000).result
+        time.sleep(2.5)  # past its natural end
+        assert _runs(log, "stop") == [], "the cancelled task ran to its end"
+    finally:
+        client.unsubscribe_topic(topic)
+        client.subscribe_topic(topic, executor._on_event)
+
+
 def test_cancel_group_counts_and_none_of_them_finishes(dask_cluster, tmp_path):
     log = str(tmp_path / "log")
     done = async_task(fx.add, 1, group="dask-g")
     assert fetch(done, wait=WAIT).success
     _chunks_of(dask_cluster, 1)  # 2 running, 4 leased and waiting in the cluster
-    ids = [async_task(fx.logged, log, i, 3.0, group="dask-g") for i in range(6)]
+    ids = [async_task(fx.logged, log, i, 2.0, group="dask-g") for i in range(6)]
     wait_for(lambda: len(_runs(log, "start")) == 2, 20, "two running")
     assert cancel(done) is False and cancel("no-such-task") is False
     assert cancel_group("dask-g") == 6
@@ -271,7 +345,7 @@ def test_cancel_group_counts_and_none_of_them_finishes(dask_cluster, tmp_path):
     assert nbqueue.count_group("dask-g", failures=True) == 6
     assert cancel_group("dask-g") == 0 and cancel_tasks(ids) == 0
     _wait_idle(dask_cluster, 30, "the workers back, nothing running")
-    time.sleep(3.5)  # past the natural end of any of them that ran
+    time.sleep(2.5)  # past the natural end of any of them that ran
     assert _runs(log, "stop") == [] and len(_runs(log, "start")) == 2
 
 
@@ -306,6 +380,7 @@ def test_a_cancelled_running_task_can_be_retried(dask_cluster, tmp_path):
     log = str(tmp_path / "log")
     victim = async_task(fx.logged, log, 9, 3.0)
     wait_for(lambda: _runs(log, "start") == [9], 20, "running")
+    _listed_running(dask_cluster, victim)
     assert cancel(victim) is True
     assert "cancelled" in fetch(victim, wait=5_000).result
     _wait_idle(dask_cluster, 30, "the worker back")
@@ -329,3 +404,42 @@ def test_reuse_gives_the_same_task_and_runs_it_once(dask_cluster, tmp_path):
     assert other != first and nbqueue.result(other, WAIT) == 6
     _wait_idle(dask_cluster, 20, "the cluster idle")
     assert _runs(log, "start") == [5, 6] and _runs(log, "stop") == [5, 6]
+
+
+# -- the LocalCluster's workers --------------------------------------------------------
+
+@pytest.mark.timeout(90)
+def test_the_local_cluster_keeps_its_workers_when_they_are_killed_in_a_row(tmp_path):
+    """A cancel (or a timeout) on dask SIGKILLs the task's worker and counts on its nanny
+    to start a fresh one. dask's SpecCluster also closes, for good, the nanny of a worker
+    that left and has no successor registered ``distributed.deploy.lost-worker-timeout``
+    (15 s) later; a worker of that name killed again just then is down at that check. Here
+    the timeout is 1 s, so two kills in a row hit it; with 15 s, kills ~15 s apart do. The
+    cluster must keep its ``workers`` processes (with workers=1: else it never runs another
+    task)."""
+    directory = str(tmp_path / "own-store")
+    own = Cluster(workers=1, directory=directory, executor="dask",
+                  dashboard_address=None).start()
+    try:
+        executor = own._executor
+        with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}):
+            for _ in range(4):  # as DaskExecutor._restart does, on each cancel
+                pids = list(executor.worker_pids().values())
+                if not pids:  # its nanny was closed: no worker comes back
+                    break
+                pid = pids[0]
+                os.kill(pid, signal.SIGKILL)
+                time.sleep(0.9)
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and set(
+                        executor.worker_pids().values()) <= {pid}:
+                    time.sleep(0.02)
+        wait_for(lambda: len(executor.worker_pids()) == 1, 10,
+                 "a dask worker: the LocalCluster closed its nanny, and no worker is left")
+        broker = nbqueue.get_broker(directory)
+        assert nbqueue.result(async_task(fx.add, 1, 1, broker=broker), 15_000,
+                              broker=broker) == 2
+    finally:
+        own.stop(wait=5)
+        broker_module.drop_broker(directory)
+        drop_store(directory)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("nbqueue")
 
 STOP_GRACE = 1.0  # seconds a cancelled task has to stop before its worker is killed
+WATCH = 5.0  # seconds a cancelled task not seen running yet is looked for
 WHY = "TaskCancelled: the task was cancelled with nbqueue.cancel"
 
 
@@ -44,6 +45,7 @@ class Cancels:
         self._ids: frozenset[str] = frozenset()
         self._stopping: dict[str, tuple[float, object]] = {}  # task id -> (deadline, handle)
         self._marked: set[str] = set()  # ids with a marker in the slot directory
+        self._unseen: dict[str, float] = {}  # cancelled, not seen running: id -> until when
         os.makedirs(os.path.join(cluster._slot_dir, CANCELLED_DIR), exist_ok=True)
 
     def requested(self) -> frozenset[str]:
@@ -69,18 +71,30 @@ class Cancels:
                 pass
             self._marked.add(job.header.id)
             cluster.writer.judge(job, WHY, attempt=job.lease.attempt, final=True)
-        ids = {job.header.id: job for job in jobs}
-        for task_id, _, _, handle in cluster.executor.running():
-            if task_id in ids:
-                log.info("nbqueue cluster: stopping cancelled task %s", ids[task_id].header.name)
-                cluster.executor.stop_task(handle)
-                self._stopping[task_id] = (time.monotonic() + STOP_GRACE, handle)
+        until = time.monotonic() + WATCH
+        self._unseen.update((job.header.id, until) for job in jobs)
+        self._stop_running()
+
+    def _stop_running(self) -> None:
+        """Stop the cancelled tasks seen running: a task may start just as it is cancelled,
+        and dask reports a start a little late, so each is looked for WATCH seconds."""
+        now = time.monotonic()
+        for task_id, _, _, handle in self.cluster.executor.running():
+            if self._unseen.pop(task_id, None) is not None:
+                log.info("nbqueue cluster: stopping cancelled task %s", task_id)
+                self.cluster.executor.stop_task(handle)
+                self._stopping[task_id] = (now + STOP_GRACE, handle)
+        for task_id, until in list(self._unseen.items()):
+            if now > until:
+                del self._unseen[task_id]
 
     def _marker(self, task_id: str) -> str:
         return os.path.join(self.cluster._slot_dir, CANCELLED_DIR, task_id)
 
     def unmark(self, task_id: str) -> None:
         """A task sent again (``nbqueue.retry``) after it was cancelled: it runs now."""
+        self._unseen.pop(task_id, None)
+        self._stopping.pop(task_id, None)
         if task_id in self._marked:
             self._marked.discard(task_id)
             try:
@@ -95,6 +109,8 @@ class Cancels:
         jobs = [job for job in jobs if job is not None and not job.judged]
         if jobs:
             self.cancel(jobs)
+        elif self._unseen:
+            self._stop_running()
         if not self._stopping:
             return
         running = {state[0]: state[3] for state in cluster.executor.running()}

@@ -33,30 +33,6 @@ def _distributed() -> Any:
     return distributed
 
 
-def run_on_dask(topic: str, key: str, items: list[tuple],
-                directory: str | None = None, host: int | None = None,
-                slot_dir: str | None = None) -> list[tuple]:
-    """``worker.run_chunk`` on dask, telling the cluster when each task starts (an event
-    on ``topic``) so that it can count running tasks and time them. In a thread of a dask
-    worker: no slot; on the cluster's machine (``slot_dir``) cancelled tasks are skipped."""
-    from distributed import get_worker
-    try:
-        here: Any = get_worker()
-    except ValueError:  # not on a worker (a test calling it directly)
-        here = None
-    pid = os.getpid()
-    worker.use_store(directory, host)
-    outcomes = []
-    for item in items:
-        if slot_dir is not None and worker.cancelled(slot_dir, item[0]):
-            outcomes.append(worker.skipped(item))
-            continue
-        if here is not None:
-            here.log_event(topic, [key, item[0], pid, here.address])
-        outcomes.append(worker.execute(item, None))
-    return outcomes
-
-
 class _Chunk:
     """A chunk of tasks handed to the dask executor, and what is known of its run."""
 
@@ -216,6 +192,11 @@ class DaskExecutor(Executor):
         threads = sum(self.client.nthreads().values())
         with self._lock:
             self._capacity = threads
+        local = self._local
+        if local is not None and not self._closed and len(local.workers) < self.workers:
+            # dask closes for good the nanny of a worker killed twice within its
+            # lost-worker-timeout (kills of timeouts and cancels): start it again
+            local.scale(self.workers)
 
     def _poll(self) -> None:
         """Follow the number of threads (workers come and go) and feed freed room."""
@@ -303,11 +284,16 @@ class DaskExecutor(Executor):
                 chunk = self._waiting.popleft()
                 if not chunk.future.set_running_or_notify_cancel():
                     continue  # cancelled while it waited here
+                chunk.items = [item for item in chunk.items  # tasks cancelled meanwhile
+                               if not worker.cancelled(self.slot_dir or "", item[0])]
+                if not chunk.items:
+                    _settle(chunk.future, result=[])
+                    continue
                 self._chunks[chunk.key] = chunk
             try:
                 # workers of our own LocalCluster share this machine's disk: they spill
                 local = self._local is not None
-                chunk.dask = self.client.submit(run_on_dask, self._topic, chunk.key,
+                chunk.dask = self.client.submit(worker.run_on_dask, self._topic, chunk.key,
                                                 chunk.items, self.directory,
                                                 os.getpid() if local else None,
                                                 self.slot_dir if local else None,
