@@ -75,11 +75,20 @@ class Sender:
             sent, self._sent = self._sent, set()
         return [o.id if o.id in sent else o for o in outcomes]
 
+    def close(self) -> None:
+        """Stop the thread and close the connection (a dask chunk's own sender)."""
+        with self._lock:
+            self._broken = True
+            self._lock.notify()
+        self._socket.close()
+
     def _loop(self) -> None:
         while not self._broken:
             with self._lock:
-                while not self._pending:
+                while not self._pending and not self._broken:
                     self._lock.wait()
+                if self._broken:
+                    return
                 wait = self._since + STREAM_DELAY - time.monotonic()
                 if wait > 0:
                     self._lock.wait(wait)

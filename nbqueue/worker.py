@@ -256,6 +256,11 @@ def use_store(directory: str | None, host: int | None = None) -> None:
         conf.reload()
 
 
+def store_key() -> bytes | None:
+    """The key of the store whose large results this process spills, if it does."""
+    return _spill[0][1] if _spill else None
+
+
 def serving() -> str | None:
     """The store directory whose tasks this process runs (a worker), or None."""
     return _serving[0] if _serving else None
@@ -426,25 +431,3 @@ def _sender(slot_dir: str | None) -> Any:
         except OSError:
             _senders[slot_dir] = None  # no stream: chunks carry every outcome
     return _senders[slot_dir]
-
-
-def run_on_dask(topic: str, key: str, items: list[tuple],
-                directory: str | None = None, host: int | None = None,
-                slot_dir: str | None = None) -> list[tuple]:
-    """``run_chunk`` in a thread of a dask worker (no slot): each start is an event on
-    ``topic``; on the cluster's machine (``slot_dir``) cancelled tasks are skipped."""
-    from distributed import get_worker
-    try:
-        here: Any = get_worker()
-    except ValueError:  # not on a worker (a test calling it directly)
-        here = None
-    pid, outcomes = os.getpid(), []
-    use_store(directory, host)
-    for item in items:
-        if slot_dir is not None and cancelled(slot_dir, item[0]):
-            outcomes.append(skipped(item))
-            continue
-        if here is not None:
-            here.log_event(topic, [key, item[0], pid, here.address])
-        outcomes.append(execute(item, None))
-    return outcomes

@@ -443,3 +443,14 @@ def test_the_local_cluster_keeps_its_workers_when_they_are_killed_in_a_row(tmp_p
         own.stop(wait=5)
         broker_module.drop_broker(directory)
         drop_store(directory)
+
+
+def test_fast_outcomes_of_a_dask_chunk_are_not_held_back_by_a_slow_task(dask_cluster):
+    """Workers of the cluster's own LocalCluster stream outcomes as tasks end, as loky's
+    do: the fast tasks of a chunk are stored while its slow task still runs."""
+    _chunks_of(dask_cluster, 4)
+    nbqueue.async_iter(fx.nap, [0, 0, 0, 3], group="dask-mixed")
+    start = time.monotonic()
+    wait_for(lambda: nbqueue.count_group("dask-mixed") >= 3, 2.5, "the three fast outcomes")
+    assert time.monotonic() - start < 2.5 and nbqueue.count_group("dask-mixed") == 3
+    wait_for(lambda: nbqueue.count_group("dask-mixed") == 4, 20, "the slow one")

@@ -16,6 +16,7 @@ from typing import Any
 from .. import worker
 from ..errors import ClusterError, ConfigurationError
 from . import Executor, WorkerLost
+from .dask_worker import run_on_dask
 
 log = logging.getLogger("nbqueue")
 
@@ -138,6 +139,11 @@ class DaskExecutor(Executor):
         self.restarts = 0
 
     # -- life cycle --------------------------------------------------------------------
+
+    @property
+    def streams_outcomes(self) -> bool:  # type: ignore[override]
+        """Workers of its own LocalCluster share the machine: they stream outcomes."""
+        return self._local is not None
 
     def open(self) -> None:
         dd = self._dd
@@ -293,7 +299,7 @@ class DaskExecutor(Executor):
             try:
                 # workers of our own LocalCluster share this machine's disk: they spill
                 local = self._local is not None
-                chunk.dask = self.client.submit(worker.run_on_dask, self._topic, chunk.key,
+                chunk.dask = self.client.submit(run_on_dask, self._topic, chunk.key,
                                                 chunk.items, self.directory,
                                                 os.getpid() if local else None,
                                                 self.slot_dir if local else None,
