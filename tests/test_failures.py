@@ -594,11 +594,14 @@ def test_a_killed_writer_of_large_values_leaves_no_partial_file(store_dir):
             f"part = get_store({store_dir!r}).saved\n"
             "print('writing', flush=True)\n"
             "for i in itertools.count():\n"
-            "    part._cache.set(f'big{i % 3}', bytes(50_000_000))\n")
+            "    part._cache.set(f'big{i % 3}', bytes(50_000_000))\n"
+            "    if i == 0:\n"
+            "        print('wrote one', flush=True)\n")
     writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "writing"
-        time.sleep(1.5)
+        assert writer.stdout.readline().strip() == "wrote one"  # however loaded the machine
+        time.sleep(0.7)  # then killed in the middle of another write, most likely
     finally:
         _kill_tree(writer.pid)
         writer.wait(timeout=10)
