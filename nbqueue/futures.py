@@ -38,10 +38,11 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Iterable
 
 from .broker import Broker, get_broker
-from .errors import TaskFailed
+from .errors import ConfigurationError, TaskFailed
 from .models import Failure, Success, Task
 from .records import Manifest, Record, iter_record
 from .results import find_record
+from .sent import sent
 from .store import Part, Store, get_store
 
 log = logging.getLogger("nbqueue")
@@ -305,6 +306,20 @@ class _Waiter:
 _waiter = _Waiter()
 
 
+def _check_sent(broker: Broker, task_id: object, cached: bool) -> None:
+    """Refuse, at the call, a future that could never complete for a task this process
+    sent: one whose success is never stored, or one stored in the other part."""
+    how = sent(broker.directory).unusual.get(task_id) if isinstance(task_id, str) else None
+    if how == "unsaved":
+        raise ConfigurationError(
+            f"task {task_id!r} was sent with save=False: its result is never stored, so a "
+            "future of it could never complete; give the task a hook, or send it with "
+            "save=True")
+    if how == "cached" and not cached:
+        raise ConfigurationError(f"task {task_id!r} was sent with cached=True: its outcome "
+                                 "goes to the cached part; pass cached=True")
+
+
 def future(task_id: str, cached: bool = False, broker: Broker | None = None) -> TaskFuture:
     """A ``concurrent.futures.Future`` of the task ``task_id`` (a uuid, a name, or an
     ``async_iter`` id) that completes when the task has an outcome.
@@ -317,6 +332,7 @@ def future(task_id: str, cached: bool = False, broker: Broker | None = None) -> 
     broker = broker or get_broker()
     store = get_store(broker.directory)
     cached = bool(cached)
+    _check_sent(broker, task_id, cached)
     part = store.part(cached)
     fut = TaskFuture(task_id, cached, store.directory)
     record = find_record(part, task_id)  # also refuses a task id that is not a string

@@ -365,3 +365,13 @@ def test_breaking_out_of_map_cancels_the_rest(cluster, tmp_path):
         started = sum(1 for line in runs if line.startswith("start"))
     assert started < 1 + 10  # without the cancel, all 10 would run (5 s on 2 workers)
 
+
+
+def test_a_future_that_could_never_complete_is_refused_at_the_call(cluster):
+    unsaved = async_task(fx.add, 1, save=False)
+    with pytest.raises(ConfigurationError, match="save=False.*never stored"):
+        nbqueue.future(unsaved)
+    cached = async_task(fx.add, 2, cached=60)
+    with pytest.raises(ConfigurationError, match="cached=True"):
+        nbqueue.future(cached)
+    assert nbqueue.future(cached, cached=True).result(timeout=30) == 2
