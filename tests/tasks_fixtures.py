@@ -163,6 +163,16 @@ def keep_task(task):
     HOOK_TASKS.append(task)
 
 
+def runs(path, kind):
+    """The task numbers of the 'start' or 'stop' lines that ``logged`` wrote, in order."""
+    try:
+        with open(path) as src:
+            fields = [line.split() for line in src.read().splitlines()]
+    except FileNotFoundError:
+        return []
+    return [int(f[1]) for f in fields if f and f[0] == kind]
+
+
 def logged(path, task_no, seconds=0.0):
     """Append one 'start'/'stop' line pair per run, for counting runs and overlaps."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

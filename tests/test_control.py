@@ -21,15 +21,6 @@ from tests.waiting import wait_for
 WAIT = 30_000
 
 
-def _runs(path, kind):
-    """The task numbers of the 'start' or 'stop' lines that fx.logged wrote, in order."""
-    try:
-        with open(path) as src:
-            fields = [line.split() for line in src.read().splitlines()]
-    except FileNotFoundError:
-        return []
-    return [int(f[1]) for f in fields if f and f[0] == kind]
-
 
 def test_a_queued_task_never_runs_and_its_failure_says_cancelled(store_dir, tmp_path):
     log = str(tmp_path / "log")
@@ -45,7 +36,7 @@ def test_a_queued_task_never_runs_and_its_failure_says_cancelled(store_dir, tmp_
     assert cancel(task_id) is False  # finished: cancelled already
     with Cluster(workers=1):
         assert fetch(kept, wait=WAIT).success
-    assert _runs(log, "start") == [2] and _runs(log, "stop") == [2]  # 1 never ran
+    assert fx.runs(log, "start") == [2] and fx.runs(log, "stop") == [2]  # 1 never ran
 
 
 @pytest.mark.timeout(60)
@@ -54,7 +45,7 @@ def test_a_running_task_is_stopped_within_a_second_and_the_others_untouched(clus
     log = str(tmp_path / "log")
     victim = async_task(fx.logged, log, 1, 4.0)
     other = async_task(fx.logged, log, 2, 2.0)
-    wait_for(lambda: len(_runs(log, "start")) == 2, 20, "both tasks running")
+    wait_for(lambda: len(fx.runs(log, "start")) == 2, 20, "both tasks running")
     started = time.monotonic()
     assert cancel(victim) is True
     task = fetch(victim, wait=5_000)
@@ -63,8 +54,8 @@ def test_a_running_task_is_stopped_within_a_second_and_the_others_untouched(clus
     finished = fetch(other, wait=WAIT)
     assert finished.success and finished.attempt_count == 1  # not restarted
     time.sleep(4.5)  # past the victim's natural end: its stop line never comes
-    assert _runs(log, "stop") == [2]
-    assert sorted(_runs(log, "start")) == [1, 2]  # the other ran once: not restarted
+    assert fx.runs(log, "stop") == [2]
+    assert sorted(fx.runs(log, "start")) == [1, 2]  # the other ran once: not restarted
 
 
 @pytest.mark.timeout(60)
@@ -72,14 +63,14 @@ def test_a_task_leased_but_not_started_never_runs(store_dir, tmp_path):
     log = str(tmp_path / "log")
     with Cluster(workers=1) as running:
         first = async_task(fx.logged, log, 1, 2.0)
-        wait_for(lambda: _runs(log, "start") == [1], 20, "the first task running")
+        wait_for(lambda: fx.runs(log, "start") == [1], 20, "the first task running")
         waiting = async_task(fx.logged, log, 2)
         wait_for(lambda: len(running.inflight) == 2, 10, "the second task leased")
         assert cancel(waiting) is True
         assert "cancelled" in fetch(waiting, wait=5_000).result
         assert fetch(first, wait=WAIT).success
         time.sleep(0.5)
-    assert _runs(log, "start") == [1] and _runs(log, "stop") == [1]
+    assert fx.runs(log, "start") == [1] and fx.runs(log, "stop") == [1]
 
 
 @pytest.mark.timeout(60)
@@ -88,21 +79,21 @@ def test_cancel_group_counts_and_finished_tasks_are_not_cancelled(cluster, tmp_p
     done = async_task(fx.add, 1, group="g")
     assert fetch(done, wait=WAIT).success
     ids = [async_task(fx.logged, log, i, 5.0, group="g") for i in range(6)]
-    wait_for(lambda: len(_runs(log, "start")) == 2, 20, "two running")
+    wait_for(lambda: len(fx.runs(log, "start")) == 2, 20, "two running")
     assert cancel(done) is False and cancel("no-such-task") is False
     assert cancel_group("g") == 6
     outcomes = [fetch(task_id, wait=5_000) for task_id in ids]
     assert all(t is not None and "cancelled" in t.result for t in outcomes)
     assert nbqueue.count_group("g") == 7 and nbqueue.count_group("g", failures=True) == 6
     assert cancel_group("g") == 0 and cancel_tasks(ids) == 0
-    assert _runs(log, "stop") == [] and len(_runs(log, "start")) == 2
+    assert fx.runs(log, "stop") == [] and len(fx.runs(log, "start")) == 2
 
 
 @pytest.mark.timeout(60)
 def test_cancel_from_another_process_stops_a_running_task(cluster, tmp_path, store_dir):
     log = str(tmp_path / "log")
     victim = async_task(fx.logged, log, 1, 6.0)
-    wait_for(lambda: _runs(log, "start") == [1], 20, "the task running")
+    wait_for(lambda: fx.runs(log, "start") == [1], 20, "the task running")
     code = (f"import nbqueue; nbqueue.configure(directory={store_dir!r}); "
             f"print(nbqueue.cancel({victim!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -110,7 +101,7 @@ def test_cancel_from_another_process_stops_a_running_task(cluster, tmp_path, sto
     assert out.stdout.strip() == "True", out.stderr
     assert "cancelled" in fetch(victim, wait=5_000).result
     time.sleep(0.5)
-    assert _runs(log, "stop") == []
+    assert fx.runs(log, "stop") == []
 
 
 def test_a_task_is_cancelled_by_its_name_too(store_dir):
@@ -165,7 +156,7 @@ def test_retry_group_and_a_cancelled_task_can_run_again(cluster, tmp_path):
     assert get_store(cluster.directory).saved.tally("batch") == (2, 1)
     log = str(tmp_path / "log")
     victim = async_task(fx.logged, log, 9, 3.0)
-    wait_for(lambda: _runs(log, "start") == [9], 20, "running")
+    wait_for(lambda: fx.runs(log, "start") == [9], 20, "running")
     assert cancel(victim)
     assert "cancelled" in fetch(victim, wait=5_000).result
     assert retry(victim) is True  # its cancel request is forgotten: it runs this time

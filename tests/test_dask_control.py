@@ -49,15 +49,6 @@ WAIT = 20_000  # ms
 SECONDS = 20  # the same, for futures
 
 
-def _runs(path, kind):
-    """The task numbers of the 'start' or 'stop' lines fx.logged wrote, in order."""
-    try:
-        with open(path) as src:
-            fields = [line.split() for line in src.read().splitlines()]
-    except FileNotFoundError:
-        return []
-    return [int(f[1]) for f in fields if f and f[0] == kind]
-
 
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
@@ -194,7 +185,7 @@ def test_cancel_a_queued_task_never_runs(dask_cluster, tmp_path):
     log = str(tmp_path / "log")
     _chunks_of(dask_cluster, 64)
     busy = [async_task(fx.logged, log, n, 2.0) for n in (1, 2)]
-    wait_for(lambda: len(_runs(log, "start")) == 2, 20, "both workers busy")
+    wait_for(lambda: len(fx.runs(log, "start")) == 2, 20, "both workers busy")
     victim = async_task(fx.logged, log, 3)
     kept = async_task(fx.logged, log, 4)
     nbqueue.flush()
@@ -206,8 +197,8 @@ def test_cancel_a_queued_task_never_runs(dask_cluster, tmp_path):
     assert all(fetch(i, wait=WAIT).success for i in busy + [kept])
     _wait_idle(dask_cluster, 20, "the cluster idle")
     time.sleep(0.5)
-    assert sorted(_runs(log, "start")) == [1, 2, 4]  # 3 never ran
-    assert sorted(_runs(log, "stop")) == [1, 2, 4]
+    assert sorted(fx.runs(log, "start")) == [1, 2, 4]  # 3 never ran
+    assert sorted(fx.runs(log, "stop")) == [1, 2, 4]
     assert cancel(victim) is False  # finished: cancelled already
 
 
@@ -217,7 +208,7 @@ def test_cancel_a_task_leased_but_not_started_never_runs(dask_cluster, tmp_path)
     log = str(tmp_path / "log")
     _chunks_of(dask_cluster, 1)
     busy = [async_task(fx.logged, log, n, 2.0) for n in (1, 2)]
-    wait_for(lambda: len(_runs(log, "start")) == 2, 20, "both workers busy")
+    wait_for(lambda: len(fx.runs(log, "start")) == 2, 20, "both workers busy")
     victim = async_task(fx.logged, log, 3)
     wait_for(lambda: len(dask_cluster.inflight) == 3, 10, "the third task leased")
     assert cancel(victim) is True
@@ -226,8 +217,8 @@ def test_cancel_a_task_leased_but_not_started_never_runs(dask_cluster, tmp_path)
     assert all(fetch(i, wait=WAIT).success for i in busy)
     _wait_idle(dask_cluster, 20, "the cluster idle")
     time.sleep(0.5)
-    assert sorted(_runs(log, "start")) == [1, 2], "the cancelled task ran anyway"
-    assert sorted(_runs(log, "stop")) == [1, 2]
+    assert sorted(fx.runs(log, "start")) == [1, 2], "the cancelled task ran anyway"
+    assert sorted(fx.runs(log, "stop")) == [1, 2]
 
 
 @pytest.mark.timeout(90)
@@ -244,7 +235,7 @@ def test_cancel_a_leased_task_on_a_scheduler_started_elsewhere(tmp_path):
             broker = nbqueue.get_broker(directory)
             _chunks_of(own, 1)
             busy = [async_task(fx.logged, log, n, 2.0, broker=broker) for n in (1, 2)]
-            wait_for(lambda: len(_runs(log, "start")) == 2, 20, "both workers busy")
+            wait_for(lambda: len(fx.runs(log, "start")) == 2, 20, "both workers busy")
             victim = async_task(fx.logged, log, 3, broker=broker)
             wait_for(lambda: len(own.inflight) == 3, 10, "the third task leased")
             assert cancel(victim, broker=broker) is True
@@ -252,7 +243,7 @@ def test_cancel_a_leased_task_on_a_scheduler_started_elsewhere(tmp_path):
             assert task is not None and "cancelled" in task.result
             assert all(fetch(i, wait=WAIT, broker=broker).success for i in busy)
             time.sleep(1.0)
-            assert sorted(_runs(log, "start")) == [1, 2], "the cancelled task ran anyway"
+            assert sorted(fx.runs(log, "start")) == [1, 2], "the cancelled task ran anyway"
         finally:
             own.stop(wait=5)
             broker_module.drop_broker(directory)
@@ -266,7 +257,7 @@ def test_cancel_a_task_later_in_a_running_chunk_never_runs(dask_cluster, tmp_pat
     _chunks_of(dask_cluster, 3)
     executor = dask_cluster._executor
     mapped = nbqueue.map(fx.logged, [(log, i, 1.0) for i in range(6)], group="dask-chunked")
-    wait_for(lambda: len(_runs(log, "start")) == 2, 20, "both chunks running")
+    wait_for(lambda: len(fx.runs(log, "start")) == 2, 20, "both chunks running")
     with executor._lock:
         chunks = [[item[0] for item in chunk.items] for chunk in executor._chunks.values()]
     assert sorted(len(c) for c in chunks) == [3, 3], chunks
@@ -279,9 +270,9 @@ def test_cancel_a_task_later_in_a_running_chunk_never_runs(dask_cluster, tmp_pat
     _wait_idle(dask_cluster, 20, "the cluster idle")
     mapped.close()  # never iterated: nothing to cancel
     time.sleep(0.5)
-    starts = _runs(log, "start")
+    starts = fx.runs(log, "start")
     assert len(starts) == 5, f"the cancelled task ran anyway: starts {sorted(starts)}"
-    assert sorted(_runs(log, "stop")) == sorted(starts)
+    assert sorted(fx.runs(log, "stop")) == sorted(starts)
 
 
 def test_cancel_a_running_task_stops_it_and_leaves_the_other_alone(dask_cluster, tmp_path):
@@ -289,7 +280,7 @@ def test_cancel_a_running_task_stops_it_and_leaves_the_other_alone(dask_cluster,
     restarts = dask_cluster._executor.restarts
     victim = async_task(fx.logged, log, 1, 4.0)
     other = async_task(fx.logged, log, 2, 2.0)
-    wait_for(lambda: len(_runs(log, "start")) == 2, 20, "both tasks running")
+    wait_for(lambda: len(fx.runs(log, "start")) == 2, 20, "both tasks running")
     _listed_running(dask_cluster, victim)
     started = time.monotonic()
     assert cancel(victim) is True
@@ -300,8 +291,8 @@ def test_cancel_a_running_task_stops_it_and_leaves_the_other_alone(dask_cluster,
     assert finished.success and finished.attempt_count == 1  # not restarted
     assert dask_cluster._executor.restarts == restarts + 1  # the victim's worker, on dask
     time.sleep(max(0.0, started + 4.5 - time.monotonic()))  # past the victim's natural end
-    assert _runs(log, "stop") == [2]  # the victim's stop line never comes
-    assert sorted(_runs(log, "start")) == [1, 2]  # neither ran again
+    assert fx.runs(log, "stop") == [2]  # the victim's stop line never comes
+    assert sorted(fx.runs(log, "start")) == [1, 2]  # neither ran again
     assert nbqueue.result(async_task(fx.add, 1, 1), WAIT) == 2  # the cluster goes on
 
 
@@ -320,11 +311,11 @@ def test_a_cancel_right_after_a_task_started_stops_it(dask_cluster, tmp_path):
     client.subscribe_topic(topic, late)
     try:
         victim = async_task(fx.logged, log, 1, 2.0)
-        wait_for(lambda: _runs(log, "start") == [1], 20, "the task started")
+        wait_for(lambda: fx.runs(log, "start") == [1], 20, "the task started")
         assert cancel(victim) is True
         assert "cancelled" in fetch(victim, wait=5_000).result
         time.sleep(2.5)  # past its natural end
-        assert _runs(log, "stop") == [], "the cancelled task ran to its end"
+        assert fx.runs(log, "stop") == [], "the cancelled task ran to its end"
     finally:
         client.unsubscribe_topic(topic)
         client.subscribe_topic(topic, executor._on_event)
@@ -336,7 +327,7 @@ def test_cancel_group_counts_and_none_of_them_finishes(dask_cluster, tmp_path):
     assert fetch(done, wait=WAIT).success
     _chunks_of(dask_cluster, 1)  # 2 running, 4 leased and waiting in the cluster
     ids = [async_task(fx.logged, log, i, 2.0, group="dask-g") for i in range(6)]
-    wait_for(lambda: len(_runs(log, "start")) == 2, 20, "two running")
+    wait_for(lambda: len(fx.runs(log, "start")) == 2, 20, "two running")
     assert cancel(done) is False and cancel("no-such-task") is False
     assert cancel_group("dask-g") == 6
     outcomes = [fetch(task_id, wait=5_000) for task_id in ids]
@@ -346,7 +337,7 @@ def test_cancel_group_counts_and_none_of_them_finishes(dask_cluster, tmp_path):
     assert cancel_group("dask-g") == 0 and cancel_tasks(ids) == 0
     _wait_idle(dask_cluster, 30, "the workers back, nothing running")
     time.sleep(2.5)  # past the natural end of any of them that ran
-    assert _runs(log, "stop") == [] and len(_runs(log, "start")) == 2
+    assert fx.runs(log, "stop") == [] and len(fx.runs(log, "start")) == 2
 
 
 # -- retry ---------------------------------------------------------------------------
@@ -379,7 +370,7 @@ def test_retry_and_retry_group_run_fixed_failures_again(dask_cluster, tmp_path):
 def test_a_cancelled_running_task_can_be_retried(dask_cluster, tmp_path):
     log = str(tmp_path / "log")
     victim = async_task(fx.logged, log, 9, 3.0)
-    wait_for(lambda: _runs(log, "start") == [9], 20, "running")
+    wait_for(lambda: fx.runs(log, "start") == [9], 20, "running")
     _listed_running(dask_cluster, victim)
     assert cancel(victim) is True
     assert "cancelled" in fetch(victim, wait=5_000).result
@@ -387,7 +378,7 @@ def test_a_cancelled_running_task_can_be_retried(dask_cluster, tmp_path):
     assert retry(victim) is True  # its cancel request is forgotten: it runs this time
     again = fetch(victim, wait=WAIT)
     assert again.success, again.result
-    assert _runs(log, "start") == [9, 9] and _runs(log, "stop") == [9]
+    assert fx.runs(log, "start") == [9, 9] and fx.runs(log, "stop") == [9]
 
 
 # -- reuse ---------------------------------------------------------------------------
@@ -403,7 +394,7 @@ def test_reuse_gives_the_same_task_and_runs_it_once(dask_cluster, tmp_path):
     other = async_task(fx.logged, log, 6, 0.0, reuse=True)  # other arguments: a new one
     assert other != first and nbqueue.result(other, WAIT) == 6
     _wait_idle(dask_cluster, 20, "the cluster idle")
-    assert _runs(log, "start") == [5, 6] and _runs(log, "stop") == [5, 6]
+    assert fx.runs(log, "start") == [5, 6] and fx.runs(log, "stop") == [5, 6]
 
 
 # -- the LocalCluster's workers --------------------------------------------------------
