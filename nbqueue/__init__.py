@@ -11,11 +11,14 @@ from typing import TYPE_CHECKING
 from .broker import Broker, get_broker
 from .conf import configure
 from .control import cancel, cancel_group, retry, retry_group
+from .capture import report
 from .errors import (ClusterError, ConfigurationError, InsecureStoreError, NbqueueError,
-                     NoClusterWarning, PackingError, SignatureError, StoreError,
-                     TaskCancelled, TaskFailed, TaskFunctionError, TaskTimeout, WaitWarning)
+                     NoClusterWarning, PackingError, RemoteError, SignatureError, StoreError,
+                     TaskCancelled, TaskFailed, TaskFunctionError, TaskTimeout, WaitWarning,
+                     WorkerLost)
 from .futures import TaskFuture, future
 from .iterate import as_completed
+from .live import output, status
 from .models import Failure, Success, Task
 from .results import (count_group, delete_cached, delete_group, fetch, fetch_group, flush,
                       queue_size, result, result_group)
@@ -48,5 +51,6 @@ __all__ = [
     "NbqueueError", "ConfigurationError", "TaskFunctionError", "PackingError",
     "SignatureError", "InsecureStoreError", "StoreError", "TaskTimeout", "ClusterError",
     "NoClusterWarning", "WaitWarning", "future", "TaskFuture", "as_completed", "TaskFailed",
-    "TaskCancelled", "cancel", "cancel_group", "retry", "retry_group",
+    "TaskCancelled", "cancel", "cancel_group", "retry", "retry_group", "report", "status",
+    "output", "RemoteError", "WorkerLost",
 ]

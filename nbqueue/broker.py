@@ -343,6 +343,15 @@ class Broker:
         self._snapshot = None
         return removed, leased
 
+    def locate(self, match: search.Match, needles: list[bytes] | None = None,
+               ) -> tuple[str, Header, int] | None:
+        """Where a task is, read in one transaction: ``("running", header, attempt)``
+        when leased, ``("queued", header, deliveries so far)`` when waiting, else None."""
+        self.flush()
+        with self._transaction(retry=True):
+            rows = [ROW + batch for batch in leases.read_index(self._queue)]
+            return search.locate(self._queue, self.key, rows, match, needles)
+
     def notify_cancels(self) -> None:
         """Wake the clusters of this process to act on new cancel requests now."""
         for event in self._cancel_watchers:

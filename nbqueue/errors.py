@@ -61,6 +61,25 @@ class TaskFailed(NbqueueError, RuntimeError):
         return type(self), (self.task,)
 
 
+class WorkerLost(NbqueueError, RuntimeError):
+    """The worker process running a task died (killed, out of memory, ``os._exit``), so
+    the task has no outcome of its own; the message says how it ended."""
+
+
+class RemoteError(NbqueueError):
+    """Stands for an exception a task raised that cannot be pickled back here: it keeps
+    the original type's name (``type_name``, dotted) and message (``message``). The
+    task's full traceback is in ``Task.traceback``."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        super().__init__(type_name, message)
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+
+
 class ClusterError(NbqueueError, RuntimeError):
     """A cluster cannot be started, or was used in a state that does not allow it."""
 

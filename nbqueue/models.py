@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import cloudpickle
 
 from .records import Record, decode_result
+from .tracebacks import exception_from_text, unpack_exception
 from .store import Store, get_store
 
 
@@ -102,6 +103,74 @@ class Task:
     def cached(self) -> bool:
         """Whether this task was read from the cached part of the store."""
         return self._cached
+
+    @property
+    def began(self) -> datetime | None:
+        """When a worker started the attempt that gave this outcome (UTC); None for a
+        task stored by an earlier version."""
+        return _when(self._record.get("began"))
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds the attempt that gave this outcome ran (queue time not included)."""
+        began = self._record.get("began")
+        return None if began is None else max(0.0, self._record["stopped"] - began)
+
+    @property
+    def pid(self) -> int | None:
+        """The worker process that ran it; None when the cluster decided the outcome
+        (a timeout kill, a worker death, a cancel before it ran)."""
+        return self._record.get("pid") or None
+
+    @property
+    def output(self) -> str:
+        """What the task wrote to stdout and stderr, and its log records of WARNING and
+        above, interleaved in order; the last 64 K characters, saying so where cut."""
+        return self._record.get("output", "")
+
+    @property
+    def progress(self) -> tuple | None:
+        """The task's last ``nbqueue.report``: ``(done, total, message)``, or None."""
+        return self._record.get("progress")
+
+    @property
+    def exception(self) -> BaseException | None:
+        """The exception the task raised, with its ``__cause__``/``__context__`` chain:
+        the object itself when it could be pickled, else a ``nbqueue.RemoteError``
+        with its type's name and message. None for a success."""
+        if self.success:
+            return None
+        if "exception" not in self._decoded:
+            self._decoded["exception"] = self._load_exception()
+        return self._decoded["exception"]
+
+    def _load_exception(self) -> BaseException:
+        packed = self._record.get("exception")
+        if packed is not None:
+            try:
+                return unpack_exception(packed)
+            except Exception:
+                pass
+        return exception_from_text(self._record["result"])
+
+    @property
+    def traceback(self) -> str | None:
+        """The failure's full traceback, its chain included, with the source lines of
+        functions defined in notebook cells; None for a success."""
+        if self.success:
+            return None
+        return self._record.get("traceback") or str(self._record["result"])
+
+    def reraise(self) -> None:
+        """Raise the task's exception here (a fresh copy each time), its traceback in
+        the task as a note. Raises ``ValueError`` for a success."""
+        if self.success:
+            raise ValueError(f"task {self.name} succeeded: it has no exception to raise")
+        exc = self._load_exception()
+        if self.traceback and hasattr(exc, "add_note"):
+            exc.add_note(f"\nTraceback in task {self.name} ({self.func}):\n"
+                         + self.traceback.rstrip("\n"))
+        raise exc
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Task) and other._record == self._record

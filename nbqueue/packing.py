@@ -22,6 +22,7 @@ from .hooks import keep_local_hook
 from .names import new_task_id
 from .records import Header, encode_header
 from .sent import sent
+from .tracebacks import WithSources
 from .worker import resolve
 
 OPTIONS = ("hook", "group", "save", "timeout", "ack_failure", "sync", "cached", "broker",
@@ -149,8 +150,10 @@ def function_of(func: Any, options: dict[str, Any]) -> tuple[str, str | None, by
                                           strict=not options["sync"])
     if func_ref is None:
         func_ref = _reference(func)
-    func_bytes = None if func_ref is not None else _pickle("the task function", func)
-    return func_name, func_ref, func_bytes
+    if func_ref is not None:
+        return func_name, func_ref, None
+    # with where its code comes from, for tracebacks with file names and cell lines
+    return func_name, None, _pickle("the task function", WithSources(func))
 
 
 def _reference(func: Any) -> str | None:

@@ -8,7 +8,8 @@
 - ``Header``: all that a task is, as the caller packed it; pickled and signed, it is
   the package in the queue (``encode_header``/``decode_header``).
 - ``Item``: the part of a header a worker needs to run the task.
-- ``Outcome``: what the worker sends back: the pickled result or a failure's text.
+- ``Outcome``: what the worker sends back: the pickled result or a failure's text, and
+  what else the task left: its output, last progress, exception and traceback.
 - ``Record``: what the store keeps of a finished task (``make_record``): the header's
   description of it and its outcome. ``models.Task`` is the read-only view of one.
 - ``Manifest``: the ids of an ``async_iter``, whose combined result is an iter record.
@@ -76,6 +77,11 @@ class Outcome(NamedTuple):
     started: float
     stopped: float
     token: str = ""  # the lease of the delivery it ends ("": decided by the cluster)
+    pid: int = 0  # the worker process that ran it (0: decided by the cluster)
+    # what else there is to keep, when there is: "output" (text), "progress" (its last
+    # report), "exception" (tracebacks.pack_exception), "traceback" (text), "live" (it
+    # has a live row to remove)
+    details: dict[str, Any] | None = None
 
 
 class Record(TypedDict, total=False):
@@ -96,6 +102,12 @@ class Record(TypedDict, total=False):
     save: bool | None
     iter: str | None
     package: bytes  # a failure's signed package, for ``nbqueue.retry``
+    began: float  # when a worker started the attempt that gave this outcome
+    pid: int  # the worker process that ran it (0: the cluster decided the outcome)
+    output: str  # what it wrote (stdout, stderr, log records), if anything
+    progress: tuple  # its last ``report``: (done, total, message), if any
+    exception: bytes  # a failure's exception and its chain (tracebacks.pack_exception)
+    traceback: str  # a failure's traceback, chain included
 
 
 class Manifest(TypedDict):
@@ -132,13 +144,16 @@ def decode_header(key: bytes, package: Any) -> Header:
 
 def make_record(header: Header, outcome: Outcome, attempt: int) -> Record:
     """The stored record of one attempt of a task: its header plus its outcome."""
-    return {
+    record: Record = {
         "id": header.id, "name": header.name, "func": header.func, "hook": header.hook_name,
         "args": header.args, "group": header.group, "result": outcome.result,
         "success": outcome.success, "started": header.enqueued, "stopped": outcome.stopped,
         "attempt_count": attempt, "cached": header.cached, "save": header.save,
-        "iter": header.iter,
+        "iter": header.iter, "began": outcome.started, "pid": outcome.pid,
     }
+    if outcome.details is not None:
+        record.update({k: v for k, v in outcome.details.items() if k != "live"})  # type: ignore
+    return record
 
 
 def failure(task_id: str, why: str) -> Outcome:

@@ -107,3 +107,26 @@ def held_ids(queue: Any, key: bytes) -> frozenset[str] | None:
         except OSError:
             continue
     return None
+
+
+def locate(queue: Any, key: bytes, rows: Iterable[str], match: Match,
+           needles: list[bytes] | None) -> tuple[str, Header, int] | None:
+    """Where the first package that matches is: ``("running", header, attempt)`` in the
+    lease rows ``rows``, ``("queued", header, deliveries so far)`` in the queue."""
+    for row in rows:
+        held = checked_get(queue, row, {}, "a lease row")
+        for attempt, package in held.values() if isinstance(held, dict) else ():
+            header = matching(key, package, match, needles)
+            if header is not None:
+                return "running", header, attempt
+    for row_key in queue.iterkeys():
+        if not isinstance(row_key, int):
+            continue
+        value = checked_get(queue, row_key, None, "a queue row")
+        items = [(0, p) for p in value] if isinstance(value, list) else (
+            [value] if isinstance(value, tuple) else [])
+        for attempt, package in items:
+            header = matching(key, package, match, needles)
+            if header is not None:
+                return "queued", header, attempt
+    return None

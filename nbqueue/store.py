@@ -54,7 +54,7 @@ def _page(group: str, i: int) -> str:
     return f"g:{i}:{group}"
 
 
-def _check_name(what: str, value: Any) -> None:
+def check_name(what: str, value: Any) -> None:
     """A task id or group name must be a non-empty string, whatever else it may be."""
     if not isinstance(value, str) or not value:
         raise ConfigurationError(
@@ -174,7 +174,7 @@ class Part:
         """The record of a task by uuid or name, or None.
 
         Raises ConfigurationError if ``task_id`` is not a non-empty string."""
-        _check_name("task id", task_id)
+        check_name("task id", task_id)
         cache = self._cache
         record = cache.get(task_id)
         if not isinstance(record, dict):  # not found, or one of the store's own keys
@@ -215,7 +215,7 @@ class Part:
         return task_id
 
     def group_ids(self, group: str) -> list[str]:
-        _check_name("group", group)
+        check_name("group", group)
         cache = self._cache
         ids: list[str] = []
         for i in range(cache.get(_PAGES + group, 0)):
@@ -227,7 +227,7 @@ class Part:
     def group_pages(self, group: str, first: int = 0) -> tuple[int, list[str]]:
         """(the group's page count, the ids on its pages from ``first`` on, as stored, not
         deduplicated): to follow a growing group re-reading only its last page, not all."""
-        _check_name("group", group)
+        check_name("group", group)
         cache = self._cache
         pages = cache.get(_PAGES + group, 0)
         ids: list[str] = []
@@ -249,7 +249,7 @@ class Part:
 
     def count(self, group: str, failures: bool = False) -> int:
         """Successes in the group, or failures when ``failures`` is True."""
-        _check_name("group", group)
+        check_name("group", group)
         if self.expiring:
             return sum(1 for r in self.group_records(group) if r["success"] != failures)
         return self._cache.get(_COUNT[not failures] + group, 0)
@@ -277,7 +277,7 @@ class Part:
 
     def delete_group(self, group: str, tasks: bool = False) -> int:
         """Forget a group: drop its label from its tasks, or delete them with ``tasks=True``."""
-        _check_name("group", group)
+        check_name("group", group)
         cache = self._cache
         touched = 0
         with cache.transact(retry=True):

@@ -27,6 +27,7 @@ from .records import Header, make_record
 from .results import fetch, fetch_group, no_cluster_advice, result, result_group
 from .sent import Sent, sent
 from .store import get_store
+from .capture import inline_capture
 from .worker import execute
 
 SERVE_CHECK = 5.0  # seconds between two checks that a cluster serves the store
@@ -56,8 +57,9 @@ def run_inline(header: Header, func: Any, broker: Broker, settings: conf.Setting
     """``sync=True``: run the task here, through the same steps a cluster takes (a
     failure keeps its ``package``, for ``nbqueue.retry``)."""
     try:
-        outcome = execute(header.item(header.timeout),
-                          func=None if isinstance(func, str) else func, inline=True)
+        with inline_capture():
+            outcome = execute(header.item(header.timeout),
+                              func=None if isinstance(func, str) else func, inline=True)
     except KeyboardInterrupt as exc:  # Ctrl-C in this process: a failure, then stop
         forget_local_hook(header.id)
         stopped = make_record(header, exc.outcome, attempt=1)  # type: ignore[attr-defined]

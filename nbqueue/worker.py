@@ -1,7 +1,7 @@
 """What runs a task: inside a loky worker process, or inline for ``sync=True``.
 
-This module is shipped to worker processes, so it imports nothing heavy and no
-other part of nbqueue but its errors.
+This module is shipped to worker processes, so it imports nothing heavy, and of
+nbqueue only what a task's run needs: errors, records, capture and tracebacks.
 
 Timeouts are a small arm/cancel strategy in two tiers:
 
@@ -25,13 +25,14 @@ import struct
 import sys
 import threading
 import time
-import traceback
 from typing import Any, Callable, NamedTuple
 
 import cloudpickle
 
+from . import capture
 from .errors import TaskCancelled, TaskFunctionError, TaskTimeout
 from .records import Item, Outcome
+from .tracebacks import describe, pack_exception
 
 HOST_WATCH = 0.25  # seconds between checks that the cluster host is still alive
 SPILL_BYTES = 1 << 20  # results this large go to the store's spill directory, not a pipe
@@ -77,12 +78,7 @@ def resolve(path: str) -> Callable[..., Any]:
 
 def failure_text(exc: BaseException) -> str:
     """A failure's stored result: the error on the first line, then the traceback."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename != __file__]
-    summary = traceback.format_exception_only(type(exc), exc)[-1].strip()
-    if not frames:
-        return summary
-    return (summary + "\n\nTraceback (most recent call last):\n"
-            + "".join(traceback.format_list(frames)) + summary)
+    return describe(exc, __file__)[0]
 
 
 class _Alarm:
@@ -165,7 +161,8 @@ def _slot(slot_dir: str | None) -> Slot | None:
 
 def execute(item: Item, slot: Slot | None = None,
             func: Callable[..., Any] | None = None, inline: bool = False) -> Outcome:
-    """Run one task and return its outcome.
+    """Run one task and return its outcome, with what it wrote and reported
+    (``capture``) and, for a failure, its exception and traceback.
 
     Whatever the task raises, ``SystemExit`` (``sys.exit()``) and ``KeyboardInterrupt``
     included, is its failure: a worker must live on to run the next task. ``inline``
@@ -178,7 +175,9 @@ def execute(item: Item, slot: Slot | None = None,
     started = time.time()
     if slot is not None:
         slot.mark(task_id, started, started + timeout if timeout else 0.0)
+    captured = capture.begin(task_id, token, started, inline)
     armed = False
+    details = interrupted = None
     try:
         if func is None:
             func = resolve(func_ref) if func_bytes is None else cloudpickle.loads(func_bytes)
@@ -193,30 +192,47 @@ def execute(item: Item, slot: Slot | None = None,
                 _alarm.cancel()
         if armed and _alarm.fired:
             raise TaskTimeout(f"timed out after {timeout:g} s")
-        try:
-            blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            try:
-                blob = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:
-                raise TypeError(f"the task returned a {type(value).__name__} that cannot be "
-                                f"pickled ({exc}); return plain data instead") from None
-        blob = spill(task_id, blob)
+        blob = spill(task_id, _pickled_result(value))
         success = True
     except TaskTimeout as exc:
-        success, blob = False, failure_text(exc)
+        success = False
+        blob, details = _failed(exc)
     except BaseException as exc:
         if armed and _alarm.fired:
             exc = TaskTimeout(f"timed out after {timeout:g} s")
-        success, blob = False, failure_text(exc)
+        success = False
+        blob, details = _failed(exc)
         if inline and isinstance(exc, KeyboardInterrupt):
-            exc.outcome = Outcome(task_id, success, blob, started, time.time(),  # type: ignore
-                                  token)
-            raise
+            interrupted = exc
     finally:
         if slot is not None:
             slot.clear()
-    return Outcome(task_id, success, blob, started, time.time(), token)
+    kept = capture.end(captured)
+    if kept is not None:
+        details = kept if details is None else {**kept, **details}
+    outcome = Outcome(task_id, success, blob, started, time.time(), token, os.getpid(),
+                      details)
+    if interrupted is not None:
+        interrupted.outcome = outcome  # type: ignore[attr-defined]
+        raise interrupted
+    return outcome
+
+
+def _pickled_result(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        try:
+            return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise TypeError(f"the task returned a {type(value).__name__} that cannot be "
+                            f"pickled ({exc}); return plain data instead") from None
+
+
+def _failed(exc: BaseException) -> tuple[str, dict[str, Any]]:
+    """A failure's text (its stored result) and what else its outcome keeps of it."""
+    text, shown = describe(exc, __file__)
+    return text, {"exception": pack_exception(exc), "traceback": shown}
 
 
 def rss_kilobytes() -> int:
@@ -332,6 +348,8 @@ def prepare(host_pid: int, max_rss: int | None, slot_dir: str | None = None,
         signal.signal(signal.SIGUSR1, lambda signum, frame: _stop_if_cancelled(slot_dir))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     use_store(directory, host_pid)
+    capture.install()
+    capture.live_rows(directory)
     _slot(slot_dir)
     threading.Thread(target=_exit_with_host, args=(host_pid,), name="nbqueue-host-watch",
                      daemon=True).start()

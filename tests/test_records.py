@@ -64,7 +64,7 @@ def test_a_record_is_the_header_described_with_its_outcome():
         "id": "id-1", "name": "name-1", "func": "math.floor", "hook": "mod.hook",
         "args": header.args, "group": "g", "result": b"blob", "success": True,
         "started": 100.0, "stopped": 102.0, "attempt_count": 2, "cached": True,
-        "save": False, "iter": None}
+        "save": False, "iter": None, "began": 101.0, "pid": 0}
 
 
 def test_failures_judged_by_the_cluster_and_refused_packages():

@@ -106,9 +106,9 @@ class Feeder:
             cluster.cancels.unmark(header.id)
             limit = job.attempts_allowed(cluster.settings)
             if limit and lease.attempt > limit:
-                cluster.writer.judge(job, f"gave up after {limit} attempts: each time the "
-                                     "task was lost (its worker or cluster died, or it was "
-                                     "stopped) before it finished",
+                cluster.writer.judge(job, f"WorkerLost: gave up after {limit} attempts: each "
+                                     "time the task was lost (its worker or cluster died, or "
+                                     "it was stopped) before it finished",
                                      attempt=lease.attempt - 1, final=True)
                 continue
             jobs.append(job)

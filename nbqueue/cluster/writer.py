@@ -14,12 +14,14 @@ import logging
 import os
 import queue
 import threading
+import time
 from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING, Union
 
 from ..errors import SignatureError
 from ..executors import BROKEN
 from ..hooks import find_hook, run_hook
+from ..live import forget_live, live_row
 from ..models import Task
 from ..records import Outcome, Record, failure, make_record
 from ..worker import Spilled, failure_text, unspill
@@ -43,6 +45,7 @@ class Writer:
         self.events: queue.Queue[Event] = queue.Queue()
         self._arrived: set[str] = set()  # leases of streamed outcomes not handled yet
         self._arrived_lock = threading.Lock()
+        self._live: list[str] = []  # tasks whose live rows go once their outcome is stored
 
     def run(self) -> None:
         """Store outcomes as chunks finish, until ``stop()`` sends None (after the
@@ -82,6 +85,25 @@ class Writer:
         job.judged = True
         self.events.put((job, _record(job, failure(job.header.id, why), attempt), final))
 
+    def _last_words(self, record: Record) -> None:
+        """What a task judged from outside (killed on its timeout, its worker dead) wrote
+        and reported until its live row was last written, if it has one."""
+        directory = self.cluster.broker.directory
+        try:
+            row = live_row(directory, record["id"], fresh=False)
+        except Exception:  # a bad row is logged by the read; the verdict stands
+            return
+        if row is None:
+            return
+        self._live.append(record["id"])
+        record.update(began=row["started"], pid=row["pid"])
+        if row.get("progress") is not None:
+            record["progress"] = row["progress"]
+        if row.get("output"):
+            record["output"] = (row["output"] + "\n[... what it wrote after "
+                                f"{time.strftime('%H:%M:%S', time.localtime(row['updated']))}"
+                                " was lost with its run ...]\n")
+
     def hand_back(self, jobs: list[Job], counted: bool) -> None:
         """Return tasks to the queue unfinished, their attempt ``counted`` or not."""
         tokens = [job.lease.token for job in jobs]
@@ -99,6 +121,7 @@ class Writer:
                     self._arrived.difference_update(outcome.token for outcome in event)
                 self._outcomes(event, finished)
             elif event is not None:
+                self._last_words(event[1])
                 finished.append(event)
         if not finished:
             return
@@ -109,6 +132,9 @@ class Writer:
                          cluster.settings.retry, str(record["result"]).split("\n", 1)[0])
         outcomes = self._fenced([(job, record) for job, record, final in finished if final])
         cluster.store.save([record for _, record in outcomes], cluster.settings.save_limit)
+        if self._live:
+            live, self._live = self._live, []
+            forget_live(cluster.broker.directory, live)
         cancelled = cluster.cancels.known() & {job.header.id for job, _ in outcomes}
         if cancelled:  # done with: a later retry() of these runs them
             cluster.broker.forget_cancels(cancelled)
@@ -166,6 +192,8 @@ class Writer:
             job = inflight.job(outcome.token)
             if isinstance(outcome.result, Spilled):
                 outcome = self._unspilled(outcome, keep=job is not None and not job.judged)
+            if outcome.details is not None and outcome.details.get("live"):
+                self._live.append(outcome.id)
             if job is None or job.judged:
                 continue
             self.cluster.feeder.measured(outcome.stopped - outcome.started)
@@ -203,7 +231,8 @@ class Writer:
             if why is None or cluster.shutting_down:
                 self.hand_back([job], counted=False)  # collateral: it was only waiting
             elif job.last_attempt(cluster.settings):  # lost: delivered again, whatever
-                self.judge(job, why, attempt=job.lease.attempt, final=True)  # ack_failures
+                self.judge(job, f"WorkerLost: {why}", attempt=job.lease.attempt,
+                           final=True)  # ack_failures
             else:
                 self.hand_back([job], counted=True)
 

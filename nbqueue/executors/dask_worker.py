@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .. import worker
+from .. import capture, worker
 from ..stream import SOCKET, Sender
 
 
@@ -26,6 +26,8 @@ def run_on_dask(topic: str, key: str, items: list[tuple],
         here = None
     pid, outcomes = os.getpid(), []
     worker.use_store(directory, host)
+    capture.install()
+    capture.live_rows(directory)
     sender = _chunk_sender(slot_dir)
     try:
         for item in items:

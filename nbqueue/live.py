@@ -1,0 +1,120 @@
+"""What tasks are doing now, from any process: ``status``, ``output`` and live rows.
+
+A task that runs for a while has a *live row* in the store's ``state`` part: its
+worker's pid, when it started, its last ``report`` and its output so far, rewritten by
+the worker (``nbqueue.capture``) while they change. ``status`` puts it together with
+the task's stored outcome, or where the queue holds it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from .broker import Broker, get_broker
+from .capture import LIVE, LIVE_REFRESH
+from .records import Record
+from .results import find_record
+from .storage import checked_get, open_cache, process_alive
+from .store import check_name, get_store
+
+STATES = ("queued", "running", "done", "failed", "cancelled", "unknown")
+
+_open: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def _state(directory: str) -> Any:
+    """The ``state`` part of the store at ``directory``, shared in this process."""
+    found = _open.get(directory)
+    if found is None:
+        with _lock:
+            found = _open.get(directory)
+            if found is None:
+                found = _open[directory] = open_cache(os.path.join(directory, "state"),
+                                                      expiring=True)
+    return found
+
+
+def live_row(directory: str, task_id: str, fresh: bool = True) -> dict[str, Any] | None:
+    """The live row of a running task, if it has one; if ``fresh``, only one written by
+    a worker that is still alive, within the time it is rewritten in."""
+    row = checked_get(_state(directory), LIVE + task_id, None, "a live row")
+    if not isinstance(row, dict):
+        return None
+    if not fresh:
+        return row
+    now = datetime.now(timezone.utc).timestamp()
+    if now - row.get("updated", 0) > 1.5 * LIVE_REFRESH or not process_alive(row["pid"]):
+        return None
+    return row
+
+
+def forget_live(directory: str, task_ids: Iterable[str]) -> None:
+    """Remove the live rows of tasks whose outcome is stored (the cluster's writer)."""
+    state = _state(directory)
+    for task_id in task_ids:
+        state.delete(LIVE + task_id, retry=True)
+
+
+def _when(timestamp: float | None) -> datetime | None:
+    return None if not timestamp else datetime.fromtimestamp(timestamp, timezone.utc)
+
+
+def _finished(record: Record) -> dict[str, Any]:
+    if record["success"]:
+        state = "done"
+    elif str(record["result"]).startswith("TaskCancelled"):
+        state = "cancelled"
+    else:
+        state = "failed"
+    return {"id": record["id"], "name": record["name"], "func": record["func"],
+            "group": record["group"], "state": state, "progress": record.get("progress"),
+            "attempt": record["attempt_count"], "started": _when(record.get("began")),
+            "stopped": _when(record["stopped"]), "pid": record.get("pid") or None,
+            "output": record.get("output", "")}
+
+
+def status(task_id: str, broker: Broker | None = None) -> dict[str, Any]:
+    """What a task (by uuid or name) is doing now, as a dict:
+
+    - ``state``: ``queued``, ``running`` (a cluster holds it: it runs, or is next in a
+      worker), ``done``, ``failed``, ``cancelled`` or ``unknown`` (no task of that id
+      or name is queued, running or stored in this store);
+    - ``progress``: its last ``nbqueue.report`` as ``(done, total, message)``, or None;
+    - ``attempt``: the delivery it is on (0 while queued for the first time);
+    - ``started`` (UTC) and ``pid``: when and in which worker process its current or
+      last attempt started, when known (a running task tells within about a second);
+    - ``output``: what it wrote so far (stdout, stderr, warnings), the last 64 K
+      characters;
+    - and its ``id``, ``name``, ``func``, ``group`` and ``stopped``.
+    """
+    check_name("task id", task_id)
+    broker = broker or get_broker()
+    store = get_store(broker.directory)
+    for cached in (False, True):
+        record = find_record(store.part(cached), task_id)
+        if record is not None:
+            return _finished(record)
+    found = broker.locate(lambda h: task_id in (h.id, h.name), [task_id.encode()])
+    if found is None:
+        return {"id": None, "name": None, "func": None, "group": None, "state": "unknown",
+                "progress": None, "attempt": None, "started": None, "stopped": None,
+                "pid": None, "output": ""}
+    where, header, attempt = found
+    row = live_row(broker.directory, header.id) if where == "running" else None
+    row = row or {}
+    return {"id": header.id, "name": header.name, "func": header.func, "group": header.group,
+            "state": where, "progress": row.get("progress"), "attempt": attempt,
+            "started": _when(row.get("started")), "stopped": None, "pid": row.get("pid"),
+            "output": row.get("output", "")}
+
+
+def output(task_id: str, broker: Broker | None = None) -> str | None:
+    """What a task (by uuid or name) wrote: so far, within about a second, while it runs;
+    all of it (the last 64 K characters) once it has finished; "" while it is queued.
+    None when no task of that id or name is queued, running or stored."""
+    found = status(task_id, broker)
+    return None if found["state"] == "unknown" else found["output"]
