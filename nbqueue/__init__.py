@@ -15,7 +15,7 @@ from .capture import report
 from .errors import (ClusterError, ConfigurationError, InsecureStoreError, NbqueueError,
                      NoClusterWarning, PackingError, RemoteError, SignatureError, StoreError,
                      TaskCancelled, TaskFailed, TaskFunctionError, TaskTimeout, WaitWarning,
-                     WorkerLost)
+                     WorkerLost, MissingDependency)
 from .futures import TaskFuture, future
 from .iterate import as_completed
 from .live import output, status
@@ -26,6 +26,7 @@ from .tasks import AsyncTask, async_iter, async_task
 
 if TYPE_CHECKING:
     from .cluster import Cluster
+    from .summary import summary
     from .widgets import progress
 
 __version__ = "0.1.0"
@@ -39,6 +40,9 @@ def __getattr__(name: str):
     if name == "map":  # not imported above, nor in __all__: `import *` keeps builtin map
         from .iterate import map
         return map
+    if name == "summary":
+        from .summary import summary
+        return summary
     if name == "progress":
         from .widgets import progress
         return progress
@@ -52,5 +56,5 @@ __all__ = [
     "SignatureError", "InsecureStoreError", "StoreError", "TaskTimeout", "ClusterError",
     "NoClusterWarning", "WaitWarning", "future", "TaskFuture", "as_completed", "TaskFailed",
     "TaskCancelled", "cancel", "cancel_group", "retry", "retry_group", "report", "status",
-    "output", "RemoteError", "WorkerLost",
+    "output", "RemoteError", "WorkerLost", "MissingDependency", "summary",
 ]

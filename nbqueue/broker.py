@@ -352,6 +352,12 @@ class Broker:
             rows = [ROW + batch for batch in leases.read_index(self._queue)]
             return search.locate(self._queue, self.key, rows, match, needles)
 
+    def running(self, match: search.Match) -> list[tuple[Header, int]]:
+        """(header, attempt) of the leased tasks that match, as read now (not in one
+        transaction: for a progress panel)."""
+        rows = [ROW + batch for batch in leases.read_index(self._queue)]
+        return search.leased_headers(self._queue, self.key, rows, match)
+
     def notify_cancels(self) -> None:
         """Wake the clusters of this process to act on new cancel requests now."""
         for event in self._cancel_watchers:

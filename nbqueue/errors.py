@@ -80,6 +80,11 @@ class RemoteError(NbqueueError):
         return f"{self.type_name}: {self.message}" if self.message else self.type_name
 
 
+class MissingDependency(NbqueueError, ImportError):
+    """An optional package a feature needs is not installed; the message says how to
+    install it."""
+
+
 class ClusterError(NbqueueError, RuntimeError):
     """A cluster cannot be started, or was used in a state that does not allow it."""
 

@@ -118,3 +118,21 @@ def output(task_id: str, broker: Broker | None = None) -> str | None:
     None when no task of that id or name is queued, running or stored."""
     found = status(task_id, broker)
     return None if found["state"] == "unknown" else found["output"]
+
+
+def running(group: str | None = None, broker: Broker | None = None) -> list[dict[str, Any]]:
+    """The tasks a cluster holds now (of ``group``, or all), each as ``status`` gives
+    it, oldest start first; ``started``, ``pid``, ``progress`` and ``output`` are known
+    for those that have run about a second or more."""
+    broker = broker or get_broker()
+    held = broker.running(lambda h: group is None or h.group == group)
+    tasks = []
+    for header, attempt in held:
+        row = live_row(broker.directory, header.id) or {}
+        tasks.append({"id": header.id, "name": header.name, "func": header.func,
+                      "group": header.group, "state": "running",
+                      "progress": row.get("progress"), "attempt": attempt,
+                      "started": _when(row.get("started")), "stopped": None,
+                      "pid": row.get("pid"), "output": row.get("output", "")})
+    never = datetime.max.replace(tzinfo=timezone.utc)
+    return sorted(tasks, key=lambda t: t["started"] or never)

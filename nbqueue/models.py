@@ -179,10 +179,12 @@ class Task:
         return hash(self.id)
 
     def __repr__(self) -> str:
-        state = "success" if self.success else "failure"
-        group = f" group={self.group!r}" if self.group else ""
-        return (f"<{type(self).__name__} {self.name} {self.func} {state}{group} "
-                f"attempts={self.attempt_count} {self.time_taken():.3f}s>")
+        from .views import task_line
+        return task_line(self)
+
+    def _repr_html_(self) -> str:
+        from .views import task_html
+        return task_html(self)
 
     # -- methods ---------------------------------------------------------------------
 

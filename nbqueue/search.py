@@ -130,3 +130,16 @@ def locate(queue: Any, key: bytes, rows: Iterable[str], match: Match,
             if header is not None:
                 return "queued", header, attempt
     return None
+
+
+def leased_headers(queue: Any, key: bytes, rows: Iterable[str], match: Match,
+                   ) -> list[tuple[Header, int]]:
+    """(header, attempt) of every leased package that matches, in the lease rows ``rows``."""
+    found = []
+    for row in rows:
+        held = checked_get(queue, row, {}, "a lease row")
+        for attempt, package in held.values() if isinstance(held, dict) else ():
+            header = matching(key, package, match)
+            if header is not None:
+                found.append((header, attempt))
+    return found

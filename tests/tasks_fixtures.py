@@ -243,3 +243,77 @@ def read_file(path):
     """Fails while the file is missing: a cause the user fixes, then retries the task."""
     with open(path) as src:
         return src.read()
+
+
+# -- what tasks write, report and raise (nbqueue.capture, nbqueue.tracebacks) ----------
+
+def chatter(lines, width=10, seconds=0.0, value=None):
+    """Print ``lines`` numbered lines (stdout, every fifth to stderr), pausing
+    ``seconds`` between them, with a warning and an info record in the middle."""
+    import logging
+    import sys
+    for i in range(lines):
+        stream = sys.stderr if i % 5 == 4 else sys.stdout
+        print(f"line {i:06d} " + "x" * width, file=stream)
+        if i == lines // 2:
+            logging.getLogger("tests.chatter").warning("halfway at %d", i)
+            logging.getLogger("tests.chatter").info("an info record is not kept")
+        if seconds:
+            time.sleep(seconds)
+    return value
+
+
+def reports(steps, seconds=0.0, fail=False):
+    """Report each of ``steps`` steps; raise at the end if ``fail``."""
+    import nbqueue
+    for i in range(steps):
+        nbqueue.report(i + 1, steps, f"step {i + 1}")
+        if seconds:
+            time.sleep(seconds)
+    if fail:
+        raise RuntimeError("failed after reporting")
+    return steps
+
+
+def bad_report(value):
+    import nbqueue
+    nbqueue.report(value)
+
+
+class Unpicklable(Exception):
+    """An exception that cannot be unpickled: its __init__ takes two arguments."""
+
+    def __init__(self, code, detail):
+        super().__init__(f"code {code}: {detail}")
+        self.code = code
+
+
+def raises_unpicklable():
+    raise Unpicklable(7, "cannot come back")
+
+
+def raises_chain():
+    """ValueError from KeyError, raised while handling an OSError."""
+    try:
+        raise OSError("first")
+    except OSError:
+        try:
+            {}["missing"]
+        except KeyError as exc:
+            raise ValueError("last") from exc
+
+
+def raises_with_lock():
+    """An exception holding a lock: it cannot be pickled at all."""
+    import threading
+    exc = RuntimeError("holds a lock")
+    exc.lock = threading.Lock()
+    raise exc
+
+
+def chatter_then_hang(seconds=60):
+    """Print a line, then hang in a way the timeout signal cannot stop (it is ignored)."""
+    import signal
+    print("before the hang", flush=True)
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    time.sleep(seconds)

@@ -703,3 +703,53 @@ def test_hook_object_given_before_the_cluster_starts_is_called_itself(kernels, s
                         "print(json.dumps(results))", 30)
     assert value == 4.0
     assert seen == [4.0]
+
+
+@pytest.mark.timeout(150)
+def test_a_cell_function_fails_with_its_source_lines_and_its_output_stays_out_of_cells(
+        kernels, store_dir, tmp_path):
+    """A function defined in a cell fails in a worker: ``Task.traceback``, read in another
+    process, shows the cell's lines and the chain. A task's prints go to its ``output``,
+    readable while it runs, and never into a cell that runs meanwhile."""
+    kernel = kernels()
+    check_setup(kernel, tmp_path / "runs.log", store_dir)
+    ids = kernel.value(
+        "def parse(text):\n"
+        "    return int(text)  # the line that fails\n"
+        "def load(text):\n"
+        "    try:\n"
+        "        return parse(text)\n"
+        "    except ValueError as exc:\n"
+        "        raise RuntimeError(f'cannot load {text!r}') from exc\n"
+        "def chatty(n):\n"
+        "    for i in range(n):\n"
+        "        print('LEAK-CHECK line', i, flush=True)\n"
+        "        nbqueue.report(i + 1, n, f'line {i}')\n"
+        "        time.sleep(0.2)\n"
+        "    return n\n"
+        "cluster = nbqueue.Cluster(workers=2).start()\n"
+        "ids = [nbqueue.async_task(load, 'x7'), nbqueue.async_task(chatty, 25)]\n"
+        "print(json.dumps(ids))\n")
+    failed_id, chatty_id = ids
+    seen = wait_for(lambda: "LEAK-CHECK line 3" in (nbqueue.output(chatty_id) or ""), 30,
+                    "the running task's output read from another process")
+    assert seen
+    running = nbqueue.status(chatty_id)
+    assert running["state"] == "running" and running["progress"][1] == 25, running
+    # a cell that runs while the task prints: none of it lands here
+    during = kernel.run("time.sleep(2.5)\nprint('cell done')\n")
+    assert "LEAK-CHECK" not in during and "cell done" in during
+    done = nbqueue.fetch(chatty_id, wait=30000)
+    assert done.success and done.result == 25
+    assert done.output.count("LEAK-CHECK line") == 25 and done.progress == (25, 25, "line 24")
+    failure = nbqueue.fetch(failed_id, wait=30000)
+    assert not failure.success
+    text = failure.traceback
+    print(text)
+    assert "return int(text)  # the line that fails" in text
+    assert "raise RuntimeError(f'cannot load {text!r}') from exc" in text
+    assert "The above exception was the direct cause" in text and "ipykernel" in text
+    exc = failure.exception
+    assert isinstance(exc, RuntimeError) and str(exc) == "cannot load 'x7'"
+    assert isinstance(exc.__cause__, ValueError)
+    assert failure.result.startswith("RuntimeError: cannot load 'x7'")
