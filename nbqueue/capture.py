@@ -44,10 +44,16 @@ _active: dict[int, Capture] = {}  # thread ident -> the task that thread runs
 
 
 class Capture:
-    """The output and progress of one task while it runs."""
+    """The output and progress of one task while it runs (made for every task: the
+    defaults are class attributes, so that a task that writes nothing costs little)."""
 
-    __slots__ = ("task_id", "token", "started", "inline", "_parts", "_size", "_cut",
-                 "progress", "changed", "written", "live", "running", "lock")
+    progress: tuple[Any, Any, str | None] | None = None
+    changed = False  # output or progress changed since its live row was written
+    written = 0.0  # when its live row was last written
+    live = False  # whether it has a live row
+    running = True
+    _size = 0
+    _cut = 0
 
     def __init__(self, task_id: str, token: str, started: float, inline: bool) -> None:
         self.task_id = task_id
@@ -55,14 +61,7 @@ class Capture:
         self.started = started
         self.inline = inline
         self._parts: list[str] = []
-        self._size = 0
-        self._cut = 0
-        self.progress: tuple[Any, Any, str | None] | None = None
-        self.changed = False
-        self.written = 0.0  # when its live row was last written
-        self.live = False  # whether it has a live row
-        self.running = True
-        self.lock = threading.Lock()
+        self.thread = threading.get_ident()
 
     def add(self, text: str) -> None:
         self._parts.append(text)
@@ -100,20 +99,22 @@ def current() -> Capture | None:
     return capture
 
 
+_ending = threading.Lock()  # a task ends, or its live row is written: one at a time
+
+
 def begin(task_id: str, token: str, started: float, inline: bool = False) -> Capture:
-    capture = Capture(task_id, token, started, inline)
-    _active[threading.get_ident()] = capture
+    capture = _active[threading.get_ident()] = Capture(task_id, token, started, inline)
     return capture
 
 
 def end(capture: Capture) -> dict[str, Any] | None:
     """Stop capturing; what the outcome carries of it (None when there is nothing)."""
-    with capture.lock:  # a live row being written is written whole first
+    with _ending:  # a live row being written is written whole first
         capture.running = False
-    _active.pop(threading.get_ident(), None)
-    output = capture.text()
-    if not output and capture.progress is None and not capture.live:
+    _active.pop(capture.thread, None)
+    if not capture._parts and capture.progress is None and not capture.live:
         return None
+    output = capture.text()
     details: dict[str, Any] = {}
     if output:
         details["output"] = output
@@ -271,7 +272,7 @@ class LiveRows:
                     self._write(capture, now)
 
     def _write(self, capture: Capture, now: float) -> None:
-        with capture.lock:
+        with _ending:
             if not capture.running:
                 return
             capture.changed = False

@@ -147,6 +147,8 @@ def read_slot(path: str) -> tuple[str, float, float] | None:
 
 
 _alarm = _Alarm()
+_pid = [os.getpid()]  # this process's, read once (a task's outcome names it)
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 _slots: dict[str, Slot] = {}
 
 
@@ -210,8 +212,7 @@ def execute(item: Item, slot: Slot | None = None,
     kept = capture.end(captured)
     if kept is not None:
         details = kept if details is None else {**kept, **details}
-    outcome = Outcome(task_id, success, blob, started, time.time(), token, os.getpid(),
-                      details)
+    outcome = Outcome(task_id, success, blob, started, time.time(), token, _pid[0], details)
     if interrupted is not None:
         interrupted.outcome = outcome  # type: ignore[attr-defined]
         raise interrupted
