@@ -445,3 +445,22 @@ def test_fast_outcomes_of_a_dask_chunk_are_not_held_back_by_a_slow_task(dask_clu
     wait_for(lambda: nbqueue.count_group("dask-mixed") >= 3, 2.5, "the three fast outcomes")
     assert time.monotonic() - start < 2.5 and nbqueue.count_group("dask-mixed") == 3
     wait_for(lambda: nbqueue.count_group("dask-mixed") == 4, 20, "the slow one")
+
+
+# -- issue 14 on dask: exceptions, output, progress, live state --------------------------
+
+def test_exceptions_output_and_live_state_on_dask(dask_cluster):
+    chained = fetch(async_task(fx.raises_chain), wait=WAIT)
+    assert type(chained.exception) is ValueError
+    assert type(chained.exception.__cause__) is KeyError
+    assert "raise ValueError(\"last\") from exc" in chained.traceback
+    talk = async_task(fx.chatter, 30, seconds=0.1, value="said")
+    wait_for(lambda: "line 000003" in (nbqueue.output(talk) or ""), SECONDS,
+             "the output of a task running on dask, read while it runs")
+    assert nbqueue.status(talk)["state"] == "running"
+    task = fetch(talk, wait=WAIT)
+    assert task.result == "said" and task.output.count("line 0000") == 30
+    assert "WARNING:tests.chatter:halfway at 15" in task.output
+    assert task.pid in dask_cluster._executor.worker_pids().values()
+    reported = fetch(async_task(fx.reports, 5), wait=WAIT)
+    assert reported.progress == (5, 5, "step 5")
