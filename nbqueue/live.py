@@ -63,7 +63,8 @@ def _when(timestamp: float | None) -> datetime | None:
     return None if not timestamp else datetime.fromtimestamp(timestamp, timezone.utc)
 
 
-def _finished(record: Record) -> dict[str, Any]:
+def record_status(record: Record) -> dict[str, Any]:
+    """``status`` of a finished task, from its record."""
     if record["success"]:
         state = "done"
     elif str(record["result"]).startswith("TaskCancelled"):
@@ -97,7 +98,7 @@ def status(task_id: str, broker: Broker | None = None) -> dict[str, Any]:
     for cached in (False, True):
         record = find_record(store.part(cached), task_id)
         if record is not None:
-            return _finished(record)
+            return record_status(record)
     found = broker.locate(lambda h: task_id in (h.id, h.name), [task_id.encode()])
     if found is None:
         return {"id": None, "name": None, "func": None, "group": None, "state": "unknown",

@@ -1,8 +1,10 @@
 """Live progress: an ipywidgets panel in Jupyter, a tqdm bar anywhere else.
 
 Panels read the store (and the clusters' heartbeats) from a background thread a few
-times a second, so the kernel stays free while they update; they never touch the
-queue. ipywidgets, IPython and tqdm are imported only when a panel is made.
+times a second, so the kernel stays free while they update; they never change the
+queue. A group's panel also reads the group's running tasks (``live.running``, a scan
+of lease rows) from that thread, about once a second, and shows them
+(``running_view``). ipywidgets, IPython and tqdm are imported only when a panel is made.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 from .broker import Broker, get_broker
 from .heartbeats import heartbeats
+from .live import running
+from .running_view import READ_EVERY, RunningView, running_note
 from .sent import sent
 from .store import get_store
 from .conf import Settings
@@ -99,6 +103,9 @@ class GroupProgress:
         self._lock = threading.Lock()
         self.widget = None
         self._bar = None
+        self._view: Any = None  # the running tasks under the bar (a RunningView)
+        self._tasks: list[dict[str, Any]] = []  # the group's running tasks, as last read
+        self._tasks_read = float("-inf")  # when (time.monotonic()) they were read
         if widget is None:
             widget = in_notebook()
         if widget:
@@ -147,6 +154,26 @@ class GroupProgress:
         if total and finished >= total and (self.total is not None or
                                             self._expected() is not None):
             self._complete = True
+            self._tasks = []  # none runs now (and the selected one's outcome is stored)
+            if self._view is not None:
+                self._view.update([])
+
+    def _read_tasks(self) -> None:
+        """Read the group's running tasks, at most every READ_EVERY s: in the loop only."""
+        now = time.monotonic()
+        if now - self._tasks_read < READ_EVERY:
+            return
+        self._tasks_read = now
+        try:
+            tasks = running(self.group, self.broker)
+        except Exception:  # unreadable now: show none rather than ones that may be gone
+            tasks = []
+        with self._lock:
+            if self._closed or self._complete:
+                return  # the final figures show none running
+            self._tasks = tasks
+            if self._view is not None:
+                self._view.update(tasks)
 
     def refresh(self) -> None:
         """Read the store once and redraw; once complete, draw the final figures and close."""
@@ -189,7 +216,8 @@ class GroupProgress:
         self._bar = w.IntProgress(min=0, max=1, value=0, bar_style="info",
                                   layout=w.Layout(width="auto"))  # 100 % + margins overflows
         self._label = w.HTML()
-        self.widget = w.VBox([self._title, self._bar, self._label],
+        self._view = RunningView(self.part, self._lock)
+        self.widget = w.VBox([self._title, self._bar, self._label, *self._view.children],
                              layout=w.Layout(width="100%", max_width="720px"))
         self.widget.add_class("nbqueue-progress")
         display(self.widget)
@@ -218,12 +246,15 @@ class GroupProgress:
             pct = 100 * finished / self.shown_total if self.shown_total else 0
             self._label.value = (f"<span class='nbqueue-counts'>{pct:.0f} % · "
                                  f"{html.escape(self.summary())}</span>")
+            self._view.draw()
         else:
             bar = self._tqdm
             if bar.total != self.shown_total:
                 bar.total = self.shown_total
             bar.n = finished
-            bar.set_postfix(failed=self.failed, running=self.running, refresh=False)
+            note = running_note(self._tasks)  # the most advanced running task's message
+            bar.set_postfix_str(f"failed={self.failed}, running={self.running}"
+                                + (f", {note}" if note else ""), refresh=False)
             bar.refresh()
 
     # -- life ------------------------------------------------------------------------
@@ -232,6 +263,7 @@ class GroupProgress:
         # Never closes the bar itself: refresh() does, with the figures it has just read.
         while not self._stop.wait(self.interval):
             try:
+                self._read_tasks()
                 self.refresh()
             except Exception:  # a panel must never take the kernel down
                 continue
@@ -286,8 +318,9 @@ def progress(group: str, total: int | None = None, cached: bool = False,
              broker: Broker | None = None) -> GroupProgress:
     """Show live progress of ``group``: done, failed, running, total, rate and time left.
 
-    An ipywidgets panel in Jupyter (red once a task failed, green when all are done),
-    a tqdm bar elsewhere. ``total`` defaults to the number of tasks this process put
+    An ipywidgets panel in Jupyter (red once a task failed, green when all are done)
+    listing the running tasks with their last ``nbqueue.report``, and the last lines of
+    output of the one chosen; a tqdm bar elsewhere. ``total`` defaults to the number of tasks this process put
     in the group. Returns at once; the panel updates itself until the group completes.
     """
     return GroupProgress(group, total, cached, broker)

@@ -6,12 +6,17 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 import nbqueue
 from nbqueue import AsyncTask, async_iter, async_task, count_group, result, result_group
+from nbqueue import widgets
+from nbqueue.running_view import (ROWS, elapsed_text, progress_text, running_note,
+                                  tasks_html)
 from nbqueue.widgets import ClusterPanel, GroupProgress, RateMeter, _clock, in_notebook
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
@@ -290,3 +295,133 @@ def test_detached_panel_runs_on_until_the_group_is_complete(store_dir):
     assert "20 done · 1 failed · 0 running · 21 total" in detached._label.value
     assert (stopped.done, stopped.failed) == (0, 0) and not stopped.finished.is_set()
     assert "no longer updated" in stopped._title.value
+
+
+# -- the running tasks under the bar --------------------------------------------------------
+
+def reporting(steps, pause, label):
+    """A task that prints a line and reports its progress at every step (workers import it
+    as ``tests.test_widgets.reporting``)."""
+    for step in range(1, steps + 1):
+        print(f"{label} line {step}")
+        nbqueue.report(step, steps, f"{label} at step {step}")
+        time.sleep(pause)
+    return label
+
+
+def _row(panel, label):
+    """(done, total, pct, step in the message, elapsed) of ``label``'s row, or None."""
+    found = re.search(r"<td class='nbqueue-task-progress'[^>]*>(\d+)/(\d+) · (\d+) %</td>"
+                      rf"<td class='nbqueue-task-message'[^>]*>{label} at step (\d+)</td>"
+                      r"<td class='nbqueue-task-elapsed'[^>]*>([^<]*)</td>",
+                      panel._view.list.value)
+    return found and found.groups()
+
+
+def _shown_output(panel):
+    """(the state line, the lines in the <pre>) of the selected task's output area."""
+    text = panel._view.output.value
+    state = re.search(r"class='nbqueue-output-state'>([^<]*)<", text).group(1)
+    pre = re.search(r"<pre[^>]*>(.*)</pre>", text, re.S)
+    return state, (pre.group(1).split("\n") if pre else [])
+
+
+def test_widget_panel_lists_running_tasks_and_the_selected_ones_output(cluster):
+    short = async_task(reporting, 40, 0.1, "short", group="rows")
+    long = async_task(reporting, 100, 0.1, "long", group="rows")
+    panel = GroupProgress("rows", total=2, widget=True)
+    view = panel._view
+    rows = wait_for(lambda: _row(panel, "short") and _row(panel, "long")
+                    and (_row(panel, "short"), _row(panel, "long")), 30,
+                    "both tasks listed with their reports")
+    for (done, total, pct, step, elapsed), steps in zip(rows, (40, 100)):
+        assert done == step and total == str(steps)  # one report: figures and message
+        assert pct == f"{100 * int(done) / steps:.0f}"
+        assert re.fullmatch(r"\d\d:\d\d", elapsed)  # its worker said when it started
+    assert view.output.value == "" and view.choose.value is None  # nothing selected yet
+
+    wait_for(lambda: short in [v for _, v in view.choose.options], 10, "short offered")
+    view.choose.value = short  # as a user picks it, in the kernel's thread
+    state, lines = _shown_output(panel)  # at once, from what the panel last read
+    assert state == "running" and lines and len(lines) <= 15
+    assert all(re.fullmatch(r"short line \d+", line) for line in lines)
+    assert [int(line.split()[-1]) for line in lines] == list(
+        range(int(lines[0].split()[-1]), int(lines[-1].split()[-1]) + 1))  # the last ones
+
+    wait_for(lambda: _shown_output(panel)[0] == "finished · done", 30,
+             "the selected task shown finished")
+    assert _shown_output(panel)[1] == [f"short line {i}" for i in range(26, 41)]
+    assert view.choose.value == short  # kept, while the group runs on
+    assert _row(panel, "long") and not _row(panel, "short")
+    assert [v for _, v in view.choose.options] == [long, short]
+
+    view.choose.value = long  # another one: the finished one's output goes
+    assert _shown_output(panel)[0] == "running"
+    assert [v for _, v in view.choose.options] == [long]
+
+    assert panel.wait(60)
+    assert panel.state == "success" and "2 done · 0 failed · 0 running" in panel._label.value
+    assert view.list.value == "" and "nbqueue-task" not in view.list.value
+    state, lines = _shown_output(panel)
+    assert state == "finished · done"
+    assert lines == [f"long line {i}" for i in range(86, 101)]  # the stored output's end
+    assert nbqueue.fetch(long).output.endswith("long line 100\n")
+    panel.stop()
+
+
+def test_tqdm_bar_shows_a_running_message_read_about_once_a_second(cluster, monkeypatch):
+    calls = []
+    real = widgets.running
+
+    def spy(group, broker=None):
+        calls.append((threading.current_thread() is threading.main_thread(),
+                      time.monotonic()))
+        return real(group, broker)
+
+    monkeypatch.setattr(widgets, "running", spy)
+    async_task(reporting, 40, 0.1, "slow", group="note")
+    async_task(reporting, 40, 0.05, "fast", group="note")
+    panel = GroupProgress("note", total=2, widget=False, interval=0.05)
+    wait_for(lambda: re.search(r"running=\d, (slow|fast) at step \d+$", panel._tqdm.postfix),
+             30, "a running task's message on the bar")
+    assert panel.wait(60)
+    assert panel._tqdm.postfix == "failed=0, running=0"  # complete: nothing runs
+    assert len(calls) >= 2 and not any(main for main, _ in calls)  # only the panel's thread
+    gaps = [b - a for (_, a), (_, b) in zip(calls, calls[1:])]
+    assert min(gaps) >= 0.9, gaps  # not every 0.05 s tick
+
+
+def test_a_held_task_that_reports_nothing_shows_no_figures(cluster):
+    async_task(fx.nap, 3, group="quiet")
+    panel = GroupProgress("quiet", total=1, widget=True)
+    wait_for(lambda: "nbqueue-task-name" in panel._view.list.value, 30, "the task listed")
+    row = panel._view.list.value
+    assert "<td class='nbqueue-task-progress' style='padding-right:1em'></td>" in row
+    assert "<td class='nbqueue-task-message' style='padding-right:1em'></td>" in row
+    assert panel.wait(30)
+    assert panel._view.list.value == ""
+    panel.stop()
+
+
+def test_running_rows_figures():
+    now = datetime(2024, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    assert progress_text(None) == ""
+    assert progress_text((3, 10, "x")) == "3/10 · 30 %"
+    assert progress_text((2.5, 10.0, None)) == "2.5/10 · 25 %"
+    assert progress_text((7, None, "x")) == "7"  # no total: done alone
+    assert progress_text((0, 0, None)) == "0/0"
+    assert elapsed_text(None, now) == "starting"
+    assert elapsed_text(now - timedelta(seconds=75), now) == "01:15"
+    tasks = [{"id": f"id{i:08d}", "name": f"t<{i}>", "started": None if i else now,
+              "progress": (i, 20, f"at <{i}>") if i % 2 else None} for i in range(11)]
+    text = tasks_html(tasks, now)
+    assert text.count("<tr class='nbqueue-task'>") == ROWS == 8
+    assert "and 3 more" in text and "t&lt;7&gt;" in text and "t&lt;8&gt;" not in text
+    assert ">00:00<" in text and text.count(">starting<") == 7
+    assert "at &lt;3&gt;" in text and ">3/20 · 15 %<" in text
+    assert tasks_html([], now) == ""
+    assert running_note(tasks) == "at <9>"  # the most advanced one that says something
+    assert running_note([{"progress": (5, None, "no total")},
+                         {"progress": (1, 4, "a quarter")}]) == "a quarter"
+    assert running_note([{"progress": None}, {"progress": (1, 2, None)}]) == ""
+    assert len(running_note([{"progress": (1, 2, "y" * 100)}])) == 40
