@@ -22,11 +22,11 @@ from .live import output, status
 from .models import Failure, Success, Task
 from .results import (count_group, delete_cached, delete_group, fetch, fetch_group, flush,
                       queue_size, result, result_group)
+from .summary import GroupSummary, summary
 from .tasks import AsyncTask, async_iter, async_task
 
 if TYPE_CHECKING:
     from .cluster import Cluster
-    from .summary import summary
     from .widgets import progress
 
 __version__ = "0.1.0"
@@ -40,9 +40,6 @@ def __getattr__(name: str):
     if name == "map":  # not imported above, nor in __all__: `import *` keeps builtin map
         from .iterate import map
         return map
-    if name == "summary":
-        from .summary import summary
-        return summary
     if name == "progress":
         from .widgets import progress
         return progress
@@ -57,4 +54,5 @@ __all__ = [
     "NoClusterWarning", "WaitWarning", "future", "TaskFuture", "as_completed", "TaskFailed",
     "TaskCancelled", "cancel", "cancel_group", "retry", "retry_group", "report", "status",
     "output", "RemoteError", "WorkerLost", "MissingDependency", "summary",
+    "GroupSummary",
 ]
