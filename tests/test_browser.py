@@ -13,6 +13,11 @@ half-way (Kernel → Interrupt Kernel): the cell ends with a KeyboardInterrupt, 
 panel goes on counting the group to its end and every task runs to completion. Its page
 is saved to ``test-artifacts/browser/interrupt.png``.
 
+A third test runs ``notebooks/07-seeing-tasks.ipynb`` and checks that a ``Failure``'s HTML
+view (its failing line highlighted) and ``nbqueue.summary``'s SVG charts render. Its page
+is saved to ``test-artifacts/browser/07-seeing-tasks.png``, and the two outputs, cropped,
+to ``docs/seeing-tasks.png`` (the README's picture).
+
 The widgets render from the prebuilt lab extension that ``jupyterlab_widgets`` installs
 into ``<venv>/share/jupyter/labextensions``: no ``jupyter lab build``, no Node.
 """
@@ -43,6 +48,10 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"
 SCREENSHOT = ARTIFACTS / "02-groups-and-progress.png"
 INTERRUPT_NAME = "interrupt.ipynb"
 INTERRUPT_SCREENSHOT = ARTIFACTS / "interrupt.png"
+SEEING_NAME = "07-seeing-tasks.ipynb"
+SEEING_SCREENSHOT = ARTIFACTS / "07-seeing-tasks.png"
+README_PICTURE = ROOT / "docs" / "seeing-tasks.png"
+FAILING_LINE = "raise RuntimeError(f'bad reading on line {number}: {line!r}') from e"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -487,3 +496,114 @@ def test_interrupt_keeps_the_panel_updating(lab, tmp_path):
         assert stopped.locator(".jp-OutputArea-output", has_text="Traceback").count() == 0
         lab.wait_kernels_idle(KERNEL_IDLE)
     assert INTERRUPT_SCREENSHOT.stat().st_size > 10_000
+
+
+def _picture_of(page, cells, path: Path) -> None:
+    """A picture of just ``cells``: the notebook's other cells hidden, cropped to them.
+
+    For the README: taken after the checks, on a narrower and taller window so the two
+    outputs fit one picture at a readable width.
+    """
+    page.set_viewport_size({"width": 1000, "height": 1900})
+    keep = [cell.element_handle(timeout=10_000) for cell in cells]
+    page.evaluate("""keep => {
+        for (const cell of document.querySelectorAll('.jp-Notebook .jp-Cell')) {
+            if (!keep.includes(cell)) cell.style.display = 'none';
+        }
+        for (const cell of keep) cell.classList.remove('jp-mod-active', 'jp-mod-selected');
+    }""", keep)
+    keep[0].evaluate("element => element.scrollIntoView({block: 'start'})")
+    page.mouse.move(0, 0)
+    page.wait_for_timeout(500)  # let the layout and the last redraw settle
+    boxes = [cell.bounding_box() for cell in cells]
+    assert all(boxes), boxes
+    left = min(box["x"] for box in boxes)
+    top = min(box["y"] for box in boxes)
+    right = max(box["x"] + box["width"] for box in boxes)
+    bottom = max(box["y"] + box["height"] for box in boxes)
+    viewport = page.viewport_size
+    clip = {"x": max(0, left - 8), "y": top}  # (above the cell: the notebook's toolbar)
+    clip["width"] = min(viewport["width"], right + 8) - clip["x"]
+    clip["height"] = min(viewport["height"], bottom + 8) - clip["y"]
+    assert bottom <= viewport["height"], f"the cells do not fit the window: {boxes}"
+    page.screenshot(path=str(path), clip=clip)
+
+
+@pytest.mark.timeout(300)
+def test_failure_view_and_summary_in_jupyterlab(lab, tmp_path):
+    """Notebook 07, run in JupyterLab: a Failure's HTML view and a group's summary render.
+
+    The Failure's card shows its traceback with the failing line of the notebook's cell
+    highlighted; the summary shows its two SVG charts (a histogram, a timeline with a bar
+    per task). The page goes to ``test-artifacts/browser/07-seeing-tasks.png``, the two
+    outputs alone to ``docs/seeing-tasks.png``.
+    """
+    from playwright.sync_api import expect
+
+    failure = ARTIFACTS / "seeing-tasks-failure.png"
+    for stale in (SEEING_SCREENSHOT, failure):
+        stale.unlink(missing_ok=True)
+    shutil.copy(ROOT / "notebooks" / SEEING_NAME, lab.root / SEEING_NAME)
+
+    with _chromium_page(tmp_path, failure, ARTIFACTS / "seeing-tasks-browser-console.log"
+                        ) as page:
+        _open_notebook(page, lab, SEEING_NAME)
+        _run_all_cells(page)
+
+        summary = page.locator(".jp-OutputArea-output .nbqueue-summary")
+        expect(summary).to_have_count(1, timeout=GROUP_DONE * 1000)
+        # The notebook goes on after the summary; let every cell finish.
+        code_cells = page.locator(".jp-Notebook .jp-CodeCell")
+        expect(code_cells.last.locator(".jp-InputPrompt")).to_have_text(
+            re.compile(r"\[\d+\]:"), timeout=GROUP_DONE * 1000)
+        lab.wait_kernels_idle(GROUP_DONE)
+        # Every code cell ran: a failing cell stops Run All and leaves "[ ]:" below it.
+        # (text content: the cells off screen are not laid out, so they have no inner text)
+        prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_text_contents()
+        assert prompts and all(re.fullmatch(r"\[\d+\]:", p.strip()) for p in prompts), prompts
+        assert page.locator(".jp-OutputArea-output[data-mime-type="
+                            "'application/vnd.jupyter.stderr']").count() == 0
+
+        # The Failure's HTML view: a red card, its traceback's failing line highlighted.
+        card = page.locator(".jp-OutputArea-output div.nbqueue-task")
+        expect(card).to_have_count(1)
+        card.scroll_into_view_if_needed(timeout=10_000)
+        expect(card).to_be_visible()
+        expect(card).to_contain_text("✗ failed")
+        expect(card).to_contain_text("RuntimeError: bad reading on line 3: 'n/a'")
+        marked = card.locator(".nbqueue-failing-line")
+        expect(marked).to_have_count(1)
+        expect(marked).to_be_visible()
+        expect(marked).to_have_text(re.compile(r"^\s*" + re.escape(FAILING_LINE) + r"\s*$"))
+        background, weight = marked.evaluate(
+            "e => [getComputedStyle(e).backgroundColor, getComputedStyle(e).fontWeight]")
+        assert background not in ("rgba(0, 0, 0, 0)", "transparent") and int(weight) >= 600, (
+            background, weight)
+        # It fits its output area: no part of the card sticks out to the right.
+        card_box = card.bounding_box()
+        area_box = card.locator("xpath=ancestor::div[contains(@class, "
+                                "'jp-OutputArea-output')][1]").bounding_box()
+        assert card_box["x"] + card_box["width"] <= area_box["x"] + area_box["width"] + 1, (
+            card_box, area_box)
+
+        # The summary: its two SVG charts drawn, a bar per task on the timeline.
+        summary.scroll_into_view_if_needed(timeout=10_000)
+        expect(summary).to_contain_text("group 'sweep': 30 tasks, 25 succeeded, 5 failed")
+        charts = summary.locator("svg")
+        expect(charts).to_have_count(2)
+        for chart in charts.all():
+            expect(chart).to_be_visible()
+            box = chart.bounding_box()
+            assert box["width"] >= 300 and box["height"] >= 40, box
+        expect(summary.locator("svg rect.nbqueue-bar")).to_have_count(30)
+        assert summary.locator("svg rect.nbqueue-bin").count() >= 1
+        sizes = summary.locator("svg rect").evaluate_all(
+            "rects => rects.map(r => [r.getBoundingClientRect().width, "
+            "r.getBoundingClientRect().height])")
+        assert len(sizes) >= 31 and all(w > 0 and h > 0 for w, h in sizes), sizes
+
+        _screenshot(page, summary, SEEING_SCREENSHOT)
+        cells = [code_cells.filter(has=card), code_cells.filter(has=summary)]
+        _picture_of(page, cells, README_PICTURE)
+    assert SEEING_SCREENSHOT.stat().st_size > 10_000
+    assert 10_000 < README_PICTURE.stat().st_size < 400_000

@@ -43,7 +43,8 @@ def test_task_fields_times_and_lazy_result(store_dir):
     assert task.started.tzinfo is timezone.utc and task.stopped > task.started
     assert 1.5 < task.time_taken() < 60
     assert task == Task.get_task("name-a", store=store) and hash(task) == hash("a")
-    assert repr(task).startswith("<Task name-a math.floor success group='g' attempts=1")
+    assert repr(task).startswith("<Task 'name-a' math.floor(2.5, k=1) → {'big': 'value'}")
+    assert repr(task).endswith("· group 'g'>")
 
 
 def test_success_and_failure_are_filtered_views(store_dir):

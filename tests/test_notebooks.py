@@ -33,7 +33,8 @@ pytestmark = pytest.mark.timeout(180)
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ["01-quickstart", "02-groups-and-progress", "03-cached-results",
-         "04-asynctask-interactive", "05-failures-and-timeouts", "06-control"]
+         "04-asynctask-interactive", "05-failures-and-timeouts", "06-control",
+         "07-seeing-tasks"]
 VIEW = "application/vnd.jupyter.widget-view+json"
 STATE = "application/vnd.jupyter.widget-state+json"
 RUN_LIMIT = 60  # seconds: each notebook is meant to run in well under a minute
@@ -166,12 +167,14 @@ class Run:
 
 
 def progress_panels(run: Run) -> list[dict]:
-    """Each ``nbqueue-progress`` panel as its title, bar and label states."""
+    """Each ``nbqueue-progress`` panel as its title, bar and label states (then come its
+    list of running tasks, the output selector and the output area)."""
     panels = []
     for panel in run.panels("nbqueue-progress"):
         parts = panel["parts"]
         assert [p["model_name"] for p in parts] == ["HTMLModel", "IntProgressModel",
-                                                    "HTMLModel"]
+                                                    "HTMLModel", "HTMLModel",
+                                                    "DropdownModel", "HTMLModel"]
         panels.append({"title": parts[0]["state"]["value"], "bar": parts[1]["state"],
                        "label": parts[2]["state"]["value"]})
     return panels
@@ -434,6 +437,115 @@ def check_control(run: Run) -> None:
     assert re.search(r"<Cluster nbqueue stopped workers=2 ", text)
 
 
+def _cell(run: Run, cell_id: str):
+    (cell,) = [c for c in run.code_cells() if c.get("id") == cell_id]
+    return cell
+
+
+def _cell_text(run: Run, cell_id: str) -> str:
+    """What one code cell printed."""
+    return "".join(out.text for out in _cell(run, cell_id).outputs
+                   if out.output_type == "stream")
+
+
+def _cell_data(run: Run, cell_id: str, mime: str) -> list[str]:
+    """The ``mime`` data of each result and display of one code cell."""
+    return [out.data[mime] for out in _cell(run, cell_id).outputs
+            if out.output_type in ("execute_result", "display_data") and mime in out.data]
+
+
+def check_seeing_tasks(run: Run) -> None:
+    import html
+
+    failing = "raise RuntimeError(f'bad reading on line {number}: {line!r}') from e"
+    # the Failure as the cell's last expression: its HTML view, the failing line marked
+    (view,) = _cell_data(run, "07-03", "text/html")
+    assert view.startswith('<div class="nbqueue-task"')
+    assert "✗ failed" in view and "<code>__main__.load_readings</code>" in view
+    assert html.escape("RuntimeError: bad reading on line 3: 'n/a'") in view
+    marked = re.findall(r'<span class="nbqueue-failing-line"[^>]*>(.*?)</span>', view)
+    assert [html.unescape(m).strip() for m in marked] == [failing], marked
+    (line,) = _cell_data(run, "07-03", "text/plain")
+    assert line.startswith("<Task ") and (
+        "__main__.load_readings(['1.5', '2.25', 'n/a', '4.0']) failed: "
+        "RuntimeError: bad reading on line 3: 'n/a'") in line
+    # the exception object, with its cause
+    assert _cell_text(run, "07-05") == (
+        "exception: RuntimeError(\"bad reading on line 3: 'n/a'\")\n"
+        "type: RuntimeError\n"
+        "cause: <class 'ValueError'> - could not convert string to float: 'n/a'\n")
+    # the traceback: both exceptions of the chain, with the lines of the notebook's cell
+    traceback = _cell_text(run, "07-07")
+    cell_lines = [ln.strip() for ln in _cell(run, "07-03").source.splitlines()]
+    code_lines = re.findall(r'^  File "[^"]+", line \d+, in \w+\n    (.+)$', traceback, re.M)
+    assert code_lines == ["readings.append(parse_reading(line))",
+                          "return float(text.strip())", failing], traceback
+    assert all(code in cell_lines for code in code_lines)
+    assert "ValueError: could not convert string to float: 'n/a'\n\nThe above exception " \
+           "was the direct cause of the following exception:" in traceback
+    assert traceback.rstrip().endswith("RuntimeError: bad reading on line 3: 'n/a'")
+    # reraise(): the same exception, raised in the kernel
+    assert _cell_text(run, "07-09") == (
+        "caught here: bad reading on line 3: 'n/a' - caused by "
+        "ValueError(\"could not convert string to float: 'n/a'\")\n")
+    # output: prints and a logged warning, in order
+    assert _cell_text(run, "07-11") == (
+        "result: [1.0, 3.0, 5.0]\ncleaning 5 values\n"
+        "WARNING:cleaning:dropped 2 missing values\nkept 3\n\n")
+    # status of the running task: running, with its progress and its worker
+    status = _cell_text(run, "07-13")
+    match = re.fullmatch(r"state: running\nprogress: \((\d+), 30, 'loss (\d\.\d{3})'\)\n"
+                         r"worker pid: (\d+)\n", status)
+    assert match, status
+    done, loss, pid = int(match.group(1)), match.group(2), int(match.group(3))
+    assert 1 <= done < 30 and loss == f"{0.9 ** done:.3f}"
+    # its output so far: the first epochs, at least as many as it had reported
+    epochs = [f"epoch {i:2d}: loss {0.9 ** i:.3f}" for i in range(1, 31)]
+    so_far = _cell_text(run, "07-15").rstrip("\n").split("\n")
+    assert done <= len(so_far) <= 30 and so_far == epochs[:len(so_far)], so_far
+    # once finished: its last report, all its output, when and where it ran
+    final = _cell_text(run, "07-17")
+    assert f"result: {round(0.9 ** 30, 4)}\n" in final
+    assert "final progress: (30, 30, 'loss 0.042')\n" in final
+    ran = re.search(r"^ran (\d+\.\d) s on worker pid (\d+)$", final, re.M)
+    assert ran and 3.0 <= float(ran.group(1)) < 10 and int(ran.group(2)) == pid, final
+    assert "output lines: 30\n" in final
+    # the group's panel: red, all 30 finished, 5 of them failed
+    (panel,) = run.panels("nbqueue-progress")
+    title, bar, label = (part["state"] for part in panel["parts"][:3])
+    assert "<b>sweep</b>" in title["value"] and "finished with failures" in title["value"]
+    assert bar["value"] == bar["max"] == 30 and bar["bar_style"] == "danger"
+    assert "100 % · 25 done · 5 failed · 0 running · 30 total" in label["value"]
+    # the summary: counts, two SVG charts (30 bars on the timeline), failures by type
+    (summary,) = _cell_data(run, "07-21", "text/html")
+    assert summary.startswith('<div class="nbqueue-summary"')
+    assert html.escape("group 'sweep': 30 tasks, 25 succeeded, 5 failed") in summary
+    assert summary.count("<svg") == 2
+    assert 'aria-label="histogram of task durations"' in summary
+    assert 'aria-label="timeline of tasks per worker"' in summary
+    assert summary.count('class="nbqueue-bin"') >= 1
+    assert summary.count('class="nbqueue-bar"') == 30
+    assert len(set(re.findall(r"on pid (\d+)</title>", summary))) == 2  # both workers
+    assert "FloatingPointError</b>: 3 tasks" in summary
+    assert "ValueError</b>: 2 tasks" in summary
+    (text,) = _cell_data(run, "07-21", "text/plain")
+    assert text.startswith("group 'sweep': 30 tasks, 25 succeeded, 5 failed;")
+    assert "failures: FloatingPointError ×3, ValueError ×2" in text
+    parts = _cell_text(run, "07-23")
+    assert "tasks: 30 - succeeded: 25 - failed: 5\n" in parts
+    assert "failures by type: {'FloatingPointError': 3, 'ValueError': 2}\n" in parts
+    # to_frame(): one row per task, in pandas (installed in the test venv)
+    frame = _cell_text(run, "07-25")
+    assert frame.startswith("rows: 30\n"), frame
+    per_worker = json.loads(re.search(r"tasks per worker: (\[.*\])", frame).group(1))
+    assert len(per_worker) == 2 and sum(per_worker) == 30
+    (table,) = _cell_data(run, "07-25", "text/html")
+    assert 'class="dataframe"' in table
+    assert table.count("<td>sim-") == 5 and "<th>duration</th>" in table
+    # 27 successes (clean, train, 25 simulations), 6 failures (load_readings, 5 simulations)
+    assert re.search(r"<Cluster nbqueue stopped workers=2 .* done=27 failed=6", run.text())
+
+
 CHECKS = {
     "01-quickstart": check_quickstart,
     "02-groups-and-progress": check_groups_and_progress,
@@ -441,4 +553,5 @@ CHECKS = {
     "04-asynctask-interactive": check_asynctask_interactive,
     "05-failures-and-timeouts": check_failures_and_timeouts,
     "06-control": check_control,
+    "07-seeing-tasks": check_seeing_tasks,
 }
