@@ -21,8 +21,7 @@ PRE_STYLE = ("margin:4px 0;padding:6px 8px;background:rgba(127,127,127,0.10);"
              "border-radius:3px;white-space:pre-wrap;word-break:break-word;"
              "font-size:12px;line-height:1.35;max-height:32em;overflow:auto")
 HIGHLIGHT_STYLE = ("background:rgba(229,57,53,0.22);font-weight:bold;"
-                   "box-shadow:-3px 0 0 #e53935");font-weight:bold;"
-                   "border-left:3px solid #e53935;padding-left:2px")
+                   "box-shadow:-3px 0 0 #e53935")
 OUTPUT_LINES = 40  # lines of output shown, the last ones
 OUTPUT_CHARS = 8000
 TRACEBACK_LINES = 400
