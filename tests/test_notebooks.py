@@ -357,7 +357,8 @@ def check_failures_and_timeouts(run: Run) -> None:
     text = run.text()
     assert run.value("success: False - attempts:") == "1"
     assert "ValueError: negative input: -4\n\nTraceback (most recent call last):" in text
-    assert 'in checked_sqrt\nValueError: negative input: -4' in text
+    assert ("in checked_sqrt\n    raise ValueError(f'negative input: {x}')\n"
+            "ValueError: negative input: -4") in text  # the cell's line, from a worker
     assert run.value("result:") == "ValueError: negative input: -4"
     assert run.value("Failure.get_task:") == "True"
     assert run.value("Success.get_task:") == "None"
