@@ -281,11 +281,19 @@ def bad_report(value):
 
 
 class Unpicklable(Exception):
-    """An exception that cannot be unpickled: its __init__ takes two arguments."""
+    """An exception that pickles but cannot be unpickled (whatever patches the pickling
+    of exceptions, as tblib's does once dask is loaded)."""
 
     def __init__(self, code, detail):
         super().__init__(f"code {code}: {detail}")
         self.code = code
+
+    def __reduce__(self):
+        return _refuse, (str(self),)
+
+
+def _refuse(message):
+    raise TypeError(f"this exception cannot be rebuilt: {message}")
 
 
 def raises_unpicklable():
