@@ -1,6 +1,7 @@
 """The clusters of a store: the heartbeat of each running cluster, with its figures, and
 the record of one that stopped on its own. They live in the store's ``state`` part,
-whose rows expire, so a cluster that died without a word drops out by itself."""
+whose rows expire, so a cluster that died without a word drops out by itself (the
+live rows of running tasks live there too: ``nbqueue.live``)."""
 
 from __future__ import annotations
 
@@ -21,19 +22,19 @@ class Heartbeats:
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
-        self._state = open_cache(os.path.join(directory, "state"), expiring=True)
+        self.state = open_cache(os.path.join(directory, "state"), expiring=True)
 
     def beat(self, cluster_id: str, info: dict[str, Any], ttl: float) -> None:
         """Record that a cluster is alive, with its figures, for ``ttl`` seconds."""
-        self._state.set(_CLUSTER + cluster_id, info, expire=ttl, retry=True)
+        self.state.set(_CLUSTER + cluster_id, info, expire=ttl, retry=True)
 
     def forget(self, cluster_id: str) -> None:
-        self._state.delete(_CLUSTER + cluster_id, retry=True)
+        self.state.delete(_CLUSTER + cluster_id, retry=True)
 
     def record_stop(self, cluster_id: str, info: dict[str, Any]) -> None:
         """Keep, for a day, the figures of a cluster that stopped on its own (``info``
         names why, under ``"error"``), for ``nbqueue info`` to show."""
-        self._state.set(_STOPPED + cluster_id, dict(info, stopped=time.time()),
+        self.state.set(_STOPPED + cluster_id, dict(info, stopped=time.time()),
                         expire=STOPPED_KEPT, retry=True)
 
     def clusters(self) -> list[dict[str, Any]]:
@@ -48,12 +49,12 @@ class Heartbeats:
     def _rows(self, prefix: str) -> list[Any]:
         """The values of the rows whose key starts with ``prefix``; a row that fails its
         signature check is left out (and logged): never unpickled."""
-        return [checked_get(self._state, key, None, "a cluster heartbeat")
-                for key in list(self._state.iterkeys())
+        return [checked_get(self.state, key, None, "a cluster heartbeat")
+                for key in list(self.state.iterkeys())
                 if isinstance(key, str) and key.startswith(prefix)]
 
     def close(self) -> None:
-        self._state.close()
+        self.state.close()
 
 
 _open: dict[str, Heartbeats] = {}

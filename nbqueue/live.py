@@ -8,8 +8,6 @@ the task's stored outcome, or where the queue holds it.
 
 from __future__ import annotations
 
-import os
-import threading
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
@@ -17,25 +15,15 @@ from .broker import Broker, get_broker
 from .capture import LIVE, LIVE_REFRESH
 from .records import Record
 from .results import find_record
-from .storage import checked_get, open_cache, process_alive
+from .heartbeats import heartbeats
+from .storage import checked_get, process_alive
 from .store import check_name, get_store
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "unknown")
 
-_open: dict[str, Any] = {}
-_lock = threading.Lock()
-
-
 def _state(directory: str) -> Any:
     """The ``state`` part of the store at ``directory``, shared in this process."""
-    found = _open.get(directory)
-    if found is None:
-        with _lock:
-            found = _open.get(directory)
-            if found is None:
-                found = _open[directory] = open_cache(os.path.join(directory, "state"),
-                                                      expiring=True)
-    return found
+    return heartbeats(directory).state
 
 
 def live_row(directory: str, task_id: str, fresh: bool = True) -> dict[str, Any] | None:

@@ -9,7 +9,8 @@ import pytest
 
 import nbqueue
 from nbqueue import capture
-from nbqueue.live import _state, live_row, running
+from nbqueue.heartbeats import heartbeats
+from nbqueue.live import live_row, running
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def _live_keys(directory):
-    return [k for k in _state(directory).iterkeys() if str(k).startswith(capture.LIVE)]
+    return [k for k in heartbeats(directory).state.iterkeys() if str(k).startswith(capture.LIVE)]
 
 
 def test_status_of_a_queued_task_then_unknown_ones(store_dir):
@@ -86,7 +87,7 @@ def test_a_task_killed_on_timeout_keeps_what_it_wrote(cluster, store_dir):
 
 
 def test_a_stale_live_row_of_a_dead_worker_is_not_shown(store_dir):
-    state = _state(store_dir)
+    state = heartbeats(store_dir).state
     dead = 2 ** 22 + 12345  # no such pid
     state.set(capture.LIVE + "t-dead", {"id": "t-dead", "pid": dead, "updated": time.time(),
                                          "started": time.time(), "progress": None,
