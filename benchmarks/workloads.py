@@ -28,3 +28,13 @@ def spin(ms: float = 10.0) -> int:
         for _ in range(100):
             n += 1
     return n
+
+
+def make_bytes(size: int) -> bytes:
+    """A result of ``size`` bytes (the payload workload, results out)."""
+    return bytes(size)
+
+
+def size_of(data: bytes) -> int:
+    """The size of an argument (the payload workload, arguments in)."""
+    return len(data)

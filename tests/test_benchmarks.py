@@ -11,10 +11,13 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKLOADS = ("noop", "cpu", "latency", "enqueue", "results", "memory", "signing", "reuse")
+WORKLOADS = ("noop", "cpu", "latency", "enqueue", "payload", "results", "memory", "signing",
+             "reuse")
 TARGETS = {"noop_vs_loky", "noop_vs_huey", "noop_vs_dask", "noop_vs_django-q2",
-           "cpu_efficiency", "latency_in_process", "latency_other_process", "enqueue_calls",
-           "async_iter", "result_group", "count_group", "rss_growth"}
+           "cpu_efficiency", "cpu_vs_loky", "noop_other_process", "payload_results_in_process",
+           "payload_arguments_in_process", "payload_results_other_process",
+           "payload_arguments_other_process", "latency_in_process", "latency_other_process",
+           "enqueue_calls", "async_iter", "result_group", "count_group", "rss_growth"}
 PEER_TARGETS = {"noop_vs_huey", "noop_vs_dask", "noop_vs_django-q2"}
 
 
@@ -33,11 +36,13 @@ def test_quick_run_without_peers_writes_every_workload_and_a_verdict_per_target(
     assert {"arch", "cpu", "nproc", "python"} <= set(report["machine"])
     assert report["errors"] == []
     assert set(report["workloads"]) == set(WORKLOADS)
-    for workload in ("noop", "cpu", "latency", "enqueue"):
+    for workload in ("noop", "cpu", "latency", "enqueue", "payload"):
         assert {"loky", "nbqueue"} <= set(report["workloads"][workload]), workload
     for workload in ("results", "memory", "signing", "reuse"):
         assert "nbqueue" in report["workloads"][workload], workload
     assert "nbqueue-proc" in report["workloads"]["latency"]
+    assert "nbqueue-proc" in report["workloads"]["payload"]
+    assert set(report["workloads"]["payload"]["nbqueue"]) == {"results out", "arguments in"}
     for system in report["workloads"].values():
         for figures in system.values():
             for figure in figures.values():
