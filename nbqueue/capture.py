@@ -41,6 +41,8 @@ LIVE = "live:"  # key prefix of live rows in the state part
 MESSAGE_LIMIT = 500  # characters of a progress message kept
 
 _active: dict[int, Capture] = {}  # thread ident -> the task that thread runs
+# a process forked by a task writes where its parent's streams go, not into a copy
+os.register_at_fork(after_in_child=_active.clear)
 
 
 class Capture:
@@ -172,11 +174,11 @@ class TaskStream:
     def write(self, text: str) -> int:
         capture = current()
         if capture is None:
-            return self.stream.write(text)
+            return len(text) if self.stream is None else self.stream.write(text)
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         capture.add(text)
-        if capture.inline:
+        if capture.inline and self.stream is not None:
             self.stream.write(text)
         return len(text)
 
@@ -207,7 +209,11 @@ class TaskLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         capture = current()
-        if capture is None:
+        if capture is None:  # as if this handler were not there
+            last = logging.lastResort
+            if last is not None and logging.getLogger().handlers == [self]:
+                if record.levelno >= last.level:
+                    last.handle(record)
             return
         try:
             capture.add(self.format(record) + "\n")

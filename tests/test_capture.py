@@ -59,6 +59,7 @@ def test_writes_outside_a_task_go_where_they_went(capsys):
     stream = TaskStream(sys.stdout)
     stream.write("plain\n")
     assert capsys.readouterr().out == "plain\n"
+    assert TaskStream(None).write("no stream: dropped\n") == 19  # a process without stdout
     with pytest.raises(TypeError, match="must be str"):
         cap = capture.begin("t", "", time.time())
         try:
@@ -136,3 +137,35 @@ def test_report_is_cheap_in_a_tight_loop():
         capture.end(cap)
     print(f"report: {per_call * 1e9:.0f} ns per call")
     assert per_call < 20e-6  # bounded loosely: a shared machine; about 0.3 µs here
+
+
+def test_warnings_outside_tasks_still_reach_stderr_in_a_worker(capsys):
+    """The task handler on the root logger must not silence Python's last-resort handler
+    for what a worker logs outside its tasks."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    handler = capture.TaskLogHandler()
+    root.handlers[:] = [handler]
+    try:
+        logging.getLogger("tests.outside").warning("outside any task")
+    finally:
+        root.handlers[:] = saved
+    assert "outside any task" in capsys.readouterr().err
+
+
+def test_a_process_forked_by_a_task_writes_to_the_real_streams(tmp_path):
+    import os
+    out = tmp_path / "child.txt"
+    cap = capture.begin("t", "", time.time())
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its capture is gone, so it writes to the real stream
+            try:
+                stream = TaskStream(open(out, "w", buffering=1))
+                stream.write("from the child\n")
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+    finally:
+        details = capture.end(cap)
+    assert out.read_text() == "from the child\n" and details is None
