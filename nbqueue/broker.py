@@ -29,6 +29,7 @@ import time
 from typing import Any, Iterable, Iterator
 
 from . import conf, leases, search
+from .doorbell import Bells, Doorbell
 from .errors import SignatureError, StoreError
 from .heartbeats import drop_heartbeats
 from .leases import INDEX, PENDING, ROW, Lease
@@ -65,6 +66,8 @@ class Broker:
         self._flusher: threading.Thread | None = None
         self._snapshot: tuple[float, frozenset[str]] | None = None  # see holds()
         self._cancel_watchers: list[threading.Event] = []
+        self.bells = Bells(self.directory)
+        self._doorbells: dict[threading.Event, Doorbell] = {}
 
     def __repr__(self) -> str:
         return f"<Broker {self.directory}>"
@@ -126,13 +129,24 @@ class Broker:
         with self._transaction():
             self._push(packages)
 
-    def subscribe(self, event: threading.Event) -> None:
-        """Have ``event`` set whenever this process enqueues (wakes a local cluster at once)."""
+    def subscribe(self, event: threading.Event, name: str | None = None) -> None:
+        """Have ``event`` set whenever this process enqueues (wakes a local cluster at
+        once) and, for a ``name``d consumer, whenever another process does (a doorbell)."""
         self._wakeups.append(event)
+        if name is not None:
+            try:
+                bell = self._doorbells[event] = Doorbell(self.directory, name, event.set)
+                self.bells.own.add(bell.path)
+            except OSError as exc:  # a store path too long for a socket: it polls
+                log.info("nbqueue: no doorbell for %s (%s); the queue is polled", name, exc)
 
     def unsubscribe(self, event: threading.Event) -> None:
         if event in self._wakeups:
             self._wakeups.remove(event)
+        bell = self._doorbells.pop(event, None)
+        if bell is not None:
+            bell.close()
+            self.bells.own.discard(bell.path)
         self.departures += 1
 
     @property
@@ -142,6 +156,7 @@ class Broker:
     def _wake(self) -> None:
         for event in self._wakeups:
             event.set()
+        self.bells.ring()
 
     # -- consumers -------------------------------------------------------------------
 

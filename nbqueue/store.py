@@ -386,7 +386,7 @@ class Store:
             value = ready()
             if value:
                 return value
-            pause = min(pause * 1.5, 0.01)
+            pause = min(pause * 1.5, 0.002)
 
 
 _stores: dict[str, Store] = {}

@@ -194,7 +194,7 @@ class Cluster:
         if executor.streams_outcomes:
             self.collector = Collector(self._slot_dir, self.broker.key, self.writer.streamed)
             parts.append(("collector", self.collector))
-        self.broker.subscribe(self.wakeup)
+        self.broker.subscribe(self.wakeup, name=self.id)
         self.monitor.beat()
         for name, part in parts:
             thread = threading.Thread(target=self._supervised, args=(name, part.run),
