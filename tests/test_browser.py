@@ -16,7 +16,8 @@ is saved to ``test-artifacts/browser/interrupt.png``.
 A third test runs ``notebooks/07-seeing-tasks.ipynb`` and checks that a ``Failure``'s HTML
 view (its failing line highlighted) and ``nbqueue.summary``'s SVG charts render. Its page
 is saved to ``test-artifacts/browser/07-seeing-tasks.png``, and the two outputs, cropped,
-to ``docs/seeing-tasks.png`` (the README's picture).
+to ``test-artifacts/browser/seeing-tasks-readme.png`` (copied to ``docs/seeing-tasks.png``,
+the README's picture, when it should change: tests never write into the checkout's docs).
 
 The widgets render from the prebuilt lab extension that ``jupyterlab_widgets`` installs
 into ``<venv>/share/jupyter/labextensions``: no ``jupyter lab build``, no Node.
@@ -50,7 +51,7 @@ INTERRUPT_NAME = "interrupt.ipynb"
 INTERRUPT_SCREENSHOT = ARTIFACTS / "interrupt.png"
 SEEING_NAME = "07-seeing-tasks.ipynb"
 SEEING_SCREENSHOT = ARTIFACTS / "07-seeing-tasks.png"
-README_PICTURE = ROOT / "docs" / "seeing-tasks.png"
+README_PICTURE = ARTIFACTS / "seeing-tasks-readme.png"  # copied to docs/ by hand
 FAILING_LINE = "raise RuntimeError(f'bad reading on line {number}: {line!r}') from e"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -536,7 +537,7 @@ def test_failure_view_and_summary_in_jupyterlab(lab, tmp_path):
     The Failure's card shows its traceback with the failing line of the notebook's cell
     highlighted; the summary shows its two SVG charts (a histogram, a timeline with a bar
     per task). The page goes to ``test-artifacts/browser/07-seeing-tasks.png``, the two
-    outputs alone to ``docs/seeing-tasks.png``.
+    outputs alone to ``test-artifacts/browser/seeing-tasks-readme.png``.
     """
     from playwright.sync_api import expect
 
