@@ -168,6 +168,9 @@ class Broker:
         enqueued the task saves a commit and a hand-off per round trip.
         """
         if not len(self._outbox):
+            if self._outbox.order.locked():  # its thread is writing a batch: let it end,
+                with self._outbox.order:     # or this poll may see neither the batch
+                    pass                     # in the outbox nor in the queue
             if not self._acks and not self._queue.get(PENDING, 0, retry=True):
                 return []  # an empty poll reads, and leaves the write lock to producers
             with self._transaction(retry=True):
