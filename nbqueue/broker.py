@@ -351,7 +351,7 @@ class Broker:
             if removed:
                 queue.set(PENDING, max(0, queue.get(PENDING, 0) - len(removed)))
             rows = [ROW + batch for batch in leases.read_index(queue)]
-            leased = search.leased(queue, self.key, rows, match, needles)
+            leased = [h for h, _ in search.leased(queue, self.key, rows, match, needles)]
             if leased:
                 now = time.time()
                 requests = {task_id: when for task_id, when in self.cancel_requests().items()
@@ -374,7 +374,7 @@ class Broker:
         """(header, attempt) of the leased tasks that match, as read now (not in one
         transaction: for a progress panel)."""
         rows = [ROW + batch for batch in leases.read_index(self._queue)]
-        return search.leased_headers(self._queue, self.key, rows, match)
+        return search.leased(self._queue, self.key, rows, match)
 
     def notify_cancels(self) -> None:
         """Wake the clusters of this process to act on new cancel requests now."""

@@ -288,9 +288,8 @@ class LiveRows:
                    "output": capture.text(), "updated": now}
             try:
                 if self._state is None:
-                    from .storage import open_cache
-                    self._state = open_cache(os.path.join(self.directory, "state"),
-                                             expiring=True)
+                    from .heartbeats import heartbeats
+                    self._state = heartbeats(self.directory).state
                 self._state.set(LIVE + capture.task_id, row, expire=LIVE_TTL, retry=True)
                 capture.live = True
             except Exception as exc:  # the store is gone or unwritable: no live rows

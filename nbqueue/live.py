@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from .broker import Broker, get_broker
 from .capture import LIVE, LIVE_REFRESH
-from .records import Record
+from .records import Header, Record
 from .results import find_record
 from .heartbeats import heartbeats
 from .storage import checked_get, process_alive
@@ -93,8 +93,13 @@ def status(task_id: str, broker: Broker | None = None) -> dict[str, Any]:
                 "progress": None, "attempt": None, "started": None, "stopped": None,
                 "pid": None, "output": ""}
     where, header, attempt = found
-    row = live_row(broker.directory, header.id) if where == "running" else None
-    row = row or {}
+    return _unfinished(broker.directory, where, header, attempt)
+
+
+def _unfinished(directory: str, where: str, header: Header, attempt: int) -> dict[str, Any]:
+    """``status`` of a task the queue holds (``where``: queued or running), with what
+    its live row says, if it has one."""
+    row = (live_row(directory, header.id) if where == "running" else None) or {}
     return {"id": header.id, "name": header.name, "func": header.func, "group": header.group,
             "state": where, "progress": row.get("progress"), "attempt": attempt,
             "started": _when(row.get("started")), "stopped": None, "pid": row.get("pid"),
@@ -115,13 +120,7 @@ def running(group: str | None = None, broker: Broker | None = None) -> list[dict
     for those that have run about a second or more."""
     broker = broker or get_broker()
     held = broker.running(lambda h: group is None or h.group == group)
-    tasks = []
-    for header, attempt in held:
-        row = live_row(broker.directory, header.id) or {}
-        tasks.append({"id": header.id, "name": header.name, "func": header.func,
-                      "group": header.group, "state": "running",
-                      "progress": row.get("progress"), "attempt": attempt,
-                      "started": _when(row.get("started")), "stopped": None,
-                      "pid": row.get("pid"), "output": row.get("output", "")})
+    tasks = [_unfinished(broker.directory, "running", header, attempt)
+             for header, attempt in held]
     never = datetime.max.replace(tzinfo=timezone.utc)
     return sorted(tasks, key=lambda t: t["started"] or never)

@@ -81,14 +81,15 @@ def take_out(queue: Any, key: bytes, match: Match, needles: list[bytes] | None,
 
 
 def leased(queue: Any, key: bytes, rows: Iterable[str], match: Match,
-           needles: list[bytes] | None) -> list[Header]:
-    """The headers that match among the packages of the lease rows ``rows``."""
+           needles: list[bytes] | None = None) -> list[tuple[Header, int]]:
+    """(header, attempt) of every package that matches in the lease rows ``rows``."""
     found = []
     for row in rows:
-        for package in packages([checked_get(queue, row, {}, "a lease row")]):
+        held = checked_get(queue, row, {}, "a lease row")
+        for attempt, package in held.values() if isinstance(held, dict) else ():
             header = matching(key, package, match, needles)
             if header is not None:
-                found.append(header)
+                found.append((header, attempt))
     return found
 
 
@@ -113,12 +114,10 @@ def locate(queue: Any, key: bytes, rows: Iterable[str], match: Match,
            needles: list[bytes] | None) -> tuple[str, Header, int] | None:
     """Where the first package that matches is: ``("running", header, attempt)`` in the
     lease rows ``rows``, ``("queued", header, deliveries so far)`` in the queue."""
-    for row in rows:
-        held = checked_get(queue, row, {}, "a lease row")
-        for attempt, package in held.values() if isinstance(held, dict) else ():
-            header = matching(key, package, match, needles)
-            if header is not None:
-                return "running", header, attempt
+    held = leased(queue, key, rows, match, needles)
+    if held:
+        header, attempt = held[0]
+        return "running", header, attempt
     for row_key in queue.iterkeys():
         if not isinstance(row_key, int):
             continue
@@ -131,15 +130,3 @@ def locate(queue: Any, key: bytes, rows: Iterable[str], match: Match,
                 return "queued", header, attempt
     return None
 
-
-def leased_headers(queue: Any, key: bytes, rows: Iterable[str], match: Match,
-                   ) -> list[tuple[Header, int]]:
-    """(header, attempt) of every leased package that matches, in the lease rows ``rows``."""
-    found = []
-    for row in rows:
-        held = checked_get(queue, row, {}, "a lease row")
-        for attempt, package in held.values() if isinstance(held, dict) else ():
-            header = matching(key, package, match)
-            if header is not None:
-                found.append((header, attempt))
-    return found
