@@ -9,9 +9,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
-import cloudpickle
 
+from . import blobs
+from .blobs import Blob
 from .records import Record, decode_result
+from .signing import load_key
 from .tracebacks import exception_from_text, unpack_exception
 from .store import Store, get_store
 
@@ -59,8 +61,16 @@ class Task:
 
     def _arguments(self) -> tuple[tuple, dict]:
         if "args" not in self._decoded:
-            self._decoded["args"] = cloudpickle.loads(self._record["args"])
+            self._decoded["args"] = decode_result(self._pickled("args"))
         return self._decoded["args"]
+
+    def _pickled(self, field: str) -> Any:
+        """A field as stored; a large one that a record just made names a file (a hook's
+        Task, in the cluster's process), read here (``blobs``)."""
+        value = self._record[field]
+        if type(value) is Blob:
+            value = blobs.read(value, load_key(_default_store(self._store).directory))
+        return value
 
     @property
     def args(self) -> tuple:
@@ -74,7 +84,7 @@ class Task:
     def result(self) -> Any:
         """The value the function returned, or for a failure the error and its traceback."""
         if "result" not in self._decoded:
-            self._decoded["result"] = decode_result(self._record["result"])
+            self._decoded["result"] = decode_result(self._pickled("result"))
         return self._decoded["result"]
 
     @property

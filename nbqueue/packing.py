@@ -8,6 +8,7 @@ times more), and a function of an importable module travels by its dotted path.
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import time
@@ -15,13 +16,14 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from . import conf
+from . import blobs, conf
 from .broker import Broker, get_broker
 from .errors import ConfigurationError, PackingError
 from .hooks import keep_local_hook
 from .names import new_task_id
 from .records import Header, encode_header
 from .sent import sent
+from .storage import writing
 from .tracebacks import WithSources
 from .worker import resolve
 
@@ -76,6 +78,22 @@ def pickle_arguments(args: tuple, kwargs: dict) -> bytes:
             _pickle(f"positional argument {i} ({type(arg).__name__})", arg)
         for name, arg in kwargs.items():
             _pickle(f"keyword argument {name!r} ({type(arg).__name__})", arg)
+        raise
+
+
+def _to_file(broker: Broker, task_id: str, data: Any) -> blobs.Blob:
+    """Write large arguments to the store: a failed write is a StoreError at the call,
+    saying why (a full disk, a read-only store), and nothing is queued."""
+    with writing(os.path.join(broker.directory, blobs.ARGS_DIR)):
+        return blobs.arguments(broker.directory, task_id, data, broker.key)
+
+
+def _framed(args: tuple, kwargs: dict) -> list[Any]:
+    """Large arguments pickled with their buffers out of band (``blobs.frames``)."""
+    try:
+        return blobs.frames((args, kwargs), cloudpickle.dumps)
+    except Exception:
+        pickle_arguments(args, kwargs)  # raises PackingError naming the argument
         raise
 
 
@@ -184,6 +202,14 @@ def make_package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
     if hook is not None:
         hook_name, hook_ref = check_callable("option 'hook'", hook)
     task_id, name = new_task_id()
+    if options["sync"]:
+        arguments = pickle_arguments(args, kwargs) if arguments is None else arguments
+    elif arguments is None and blobs.large((args, kwargs)):  # a file, see ``blobs``
+        arguments = _to_file(broker, task_id, _framed(args, kwargs))
+    else:
+        arguments = pickle_arguments(args, kwargs) if arguments is None else arguments
+        if len(arguments) >= blobs.LARGE:
+            arguments = _to_file(broker, task_id, arguments)
     if hook is not None and hook_ref is None:
         # A cluster of this process calls this very object, whenever it starts; a copy
         # goes with the package for a cluster in another process.
@@ -194,7 +220,7 @@ def make_package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
         sent(broker.directory).remember(task_id, "cached" if options["cached"] else "unsaved")
     header = Header(
         task_id, options.get("task_name") or name, func_name, func_ref, func_bytes,
-        pickle_arguments(args, kwargs) if arguments is None else arguments, hook_name,
+        arguments, hook_name,
         hook_ref, hook_bytes, options.get("group"),
         options.get("save"), options["cached"], options.get("timeout"),
         options.get("ack_failure"), options.get("max_attempts"), time.time(), options.get("iter"))

@@ -15,7 +15,7 @@
 - ``Manifest``: the ids of an ``async_iter``, whose combined result is an iter record.
 
 Workers import this module, so it imports only the standard library and nbqueue's
-signing and errors.
+signing, errors and blobs.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pickle
 import time
 from typing import Any, NamedTuple, TypedDict
 
+from .blobs import Frames
 from .errors import SignatureError
 from .signing import sign, verify
 
@@ -37,7 +38,7 @@ class Item(NamedTuple):
     id: str
     func_ref: str | None  # a dotted path, or None when func_bytes holds the function
     func_bytes: bytes | None  # the cloudpickled function
-    args: bytes  # the pickled (args, kwargs)
+    args: Any  # the pickled (args, kwargs), or a blobs.Blob naming a file of them
     timeout: float | None
     token: str = ""  # the lease of this delivery, which its outcome names
 
@@ -50,7 +51,7 @@ class Header(NamedTuple):
     func: str  # display name: the dotted path, or module.qualname of an object
     func_ref: str | None
     func_bytes: bytes | None
-    args: bytes
+    args: Any  # the pickled (args, kwargs), or a blobs.Blob naming a file of them
     hook_name: str | None = None
     hook_ref: str | None = None
     hook_bytes: bytes | None = None
@@ -73,7 +74,7 @@ class Outcome(NamedTuple):
 
     id: str
     success: bool
-    result: Any  # pickled result bytes, a failure's text, or a worker.Spilled
+    result: Any  # pickled result bytes, a failure's text, or a blobs.Blob
     started: float
     stopped: float
     token: str = ""  # the lease of the delivery it ends ("": decided by the cluster)
@@ -91,7 +92,7 @@ class Record(TypedDict, total=False):
     name: str
     func: str
     hook: str | None
-    args: bytes
+    args: Any  # bytes; a blobs.Blob in a record not read from the store
     group: str | None
     result: Any
     success: bool
@@ -172,6 +173,8 @@ def decode_result(blob: Any) -> Any:
     """The Python value of a stored result: pickled bytes, or a failure's text as is."""
     if isinstance(blob, (bytes, bytearray)):
         return pickle.loads(blob)
+    if type(blob) is Frames:
+        return blob.load()
     return blob
 
 

@@ -2,7 +2,10 @@
 
 A package is ``MAGIC + MAC + payload``: the MAC a keyed BLAKE2b of a small payload, an
 HMAC-SHA256 of a large one (each the faster of the two at that size; both are sound),
-taken of every value the store holds.
+taken of every value the store holds. From ``CHUNKED`` bytes on, the MAC is an
+HMAC-SHA256 of the payload's length and of the SHA-256 of each ``CHUNK`` of it, which
+threads hash side by side (hashlib lets go of the GIL): a 4 MB argument is signed and
+checked in about half the time on two cores.
 The key is created once, 32 random bytes, in a 0600 file inside the 0700 store
 directory, both owned by the user, so only they can put work in it that a cluster will
 run. A package whose signature does not check out is never unpickled.
@@ -21,9 +24,14 @@ from .errors import InsecureStoreError, SignatureError, StoreError
 
 MAGIC = b"NBQ2"  # keyed BLAKE2b
 MAGIC_LARGE = b"NBQ3"  # HMAC-SHA256, for payloads of LARGE bytes or more
+MAGIC_CHUNKED = b"NBQ4"  # HMAC-SHA256 of the SHA-256 of each CHUNK, from CHUNKED bytes on
 LARGE = 64 * 1024
+CHUNK = 1 << 20
+CHUNKED = 2 * CHUNK
+_MAGICS = (MAGIC, MAGIC_LARGE, MAGIC_CHUNKED)
 _MAC_SIZE = 32
 _HEADER = len(MAGIC) + _MAC_SIZE
+HEADER_SIZE = _HEADER  # bytes before the payload of a signed package
 KEY_FILE = "key"
 
 _keys: dict[str, bytes] = {}
@@ -126,16 +134,80 @@ def forget_key(directory: str) -> None:
 def _mac(key: bytes, payload: Any, magic: bytes) -> bytes:
     if magic == MAGIC:
         return hashlib.blake2b(payload, key=key, digest_size=_MAC_SIZE).digest()
+    if magic == MAGIC_CHUNKED:
+        return _chunked_mac(key, [payload])
     return hmac.digest(key, payload, "sha256")
+
+
+def _magic(size: int) -> bytes:
+    return MAGIC if size < LARGE else MAGIC_LARGE if size < CHUNKED else MAGIC_CHUNKED
 
 
 def seal(key: bytes, payload: Any) -> tuple[bytes, Any]:
     """The header (magic and MAC) that signs ``payload``: keyed BLAKE2b for small ones
     (one pass, where HMAC-SHA256 takes two: faster for a task's package), HMAC-SHA256 from
     LARGE bytes on (faster than BLAKE2b over many bytes where the CPU has SHA
-    instructions)."""
-    magic = MAGIC if len(payload) < LARGE else MAGIC_LARGE
+    instructions), chunks hashed side by side from CHUNKED bytes on."""
+    magic = _magic(memoryview(payload).nbytes)
     return magic + _mac(key, payload, magic), payload
+
+
+def seal_parts(key: bytes, parts: list[Any]) -> bytes:
+    """The header that ``seal`` makes for the payload ``b"".join(parts)``, without joining
+    them."""
+    views = [memoryview(part).cast("B") for part in parts]
+    magic = _magic(sum(view.nbytes for view in views))
+    if magic == MAGIC_CHUNKED:
+        return magic + _chunked_mac(key, views)
+    mac = hmac.new(key, digestmod="sha256") if magic == MAGIC_LARGE else hashlib.blake2b(
+        key=key, digest_size=_MAC_SIZE)
+    for view in views:
+        mac.update(view)
+    return magic + mac.digest()
+
+
+def _chunked_mac(key: bytes, parts: list[Any]) -> bytes:
+    """HMAC-SHA256 of the payload's length and the SHA-256 of each CHUNK of the payload
+    ``parts`` make, the chunks hashed by a pool of threads."""
+    views = [memoryview(part).cast("B") for part in parts]
+    total = sum(view.nbytes for view in views)
+    chunks: list[list[memoryview]] = []
+    room = 0
+    for view in views:
+        at = 0
+        while at < view.nbytes:
+            if not room:
+                chunks.append([])
+                room = CHUNK
+            piece = view[at:at + room]
+            chunks[-1].append(piece)
+            at += piece.nbytes
+            room -= piece.nbytes
+    digests = _hash_all(chunks)
+    return hmac.digest(key, total.to_bytes(8, "little") + b"".join(digests), "sha256")
+
+
+def _sha256(pieces: list[memoryview]) -> bytes:
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece)
+    return digest.digest()
+
+
+_pool: list[Any] = []  # (pid, ThreadPoolExecutor): a forked child makes its own
+
+
+def _hash_all(chunks: list[list[memoryview]]) -> list[bytes]:
+    if len(chunks) < 2:
+        return [_sha256(pieces) for pieces in chunks]
+    if not _pool or _pool[0][0] != os.getpid():
+        from concurrent.futures import ThreadPoolExecutor
+        _pool[:] = [(os.getpid(), ThreadPoolExecutor(
+            max_workers=max(2, min(4, os.cpu_count() or 1)), thread_name_prefix="nbqueue-hash"))]
+    try:
+        return list(_pool[0][1].map(_sha256, chunks))
+    except RuntimeError:  # at interpreter exit the pool takes no more work: hash here
+        return [_sha256(pieces) for pieces in chunks]
 
 
 def sign(key: bytes, payload: bytes) -> bytes:
@@ -152,10 +224,24 @@ def verify(key: bytes, package: Any) -> memoryview:
     if len(package) < _HEADER:
         raise SignatureError(f"package is truncated ({len(package)} bytes)")
     magic = bytes(package[:len(MAGIC)])
-    if magic not in (MAGIC, MAGIC_LARGE):
+    if magic not in _MAGICS:
         raise SignatureError("package has no nbqueue header (random or foreign bytes)")
     payload = memoryview(package)[_HEADER:]
     if not hmac.compare_digest(_mac(key, payload, magic), package[len(MAGIC):_HEADER]):
-        raise SignatureError("package signature does not match this store's key "
-                             "(tampered, truncated, or signed with another key)")
+        raise SignatureError(_MISMATCH)
     return payload
+
+
+def check(key: bytes, header: bytes, payload: Any) -> None:
+    """Check ``payload`` against the ``header`` that ``seal`` made for it, the two read
+    apart (a large file's payload is read into a bytes object of its own); raise
+    SignatureError saying why it does not match."""
+    magic = header[:len(MAGIC)]
+    if len(header) != HEADER_SIZE or magic not in _MAGICS:
+        raise SignatureError("file has no nbqueue header (truncated, random or foreign bytes)")
+    if not hmac.compare_digest(_mac(key, payload, magic), header[len(MAGIC):]):
+        raise SignatureError(_MISMATCH)
+
+
+_MISMATCH = ("package signature does not match this store's key (tampered, truncated, or "
+             "signed with another key)")

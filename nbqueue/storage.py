@@ -32,8 +32,10 @@ from typing import Any, Iterator
 
 import diskcache
 
+from . import blobs
+from .blobs import Blob
 from .errors import SignatureError, StoreError
-from .signing import load_key, seal, verify
+from .signing import load_key, seal, sign, verify
 
 log = logging.getLogger("nbqueue")
 
@@ -81,6 +83,12 @@ class SignedDisk(diskcache.Disk):
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
         if type(value) is int:
             return super().store(value, read, key)
+        if type(value) is dict and (type(value.get("result")) is Blob
+                                    or type(value.get("args")) is Blob):
+            return self._store_with_blob(value, key)
+        return self._store_pickled(value, key)
+
+    def _store_pickled(self, value: Any, key: Any) -> tuple:
         header, payload = seal(self._key, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
         size = len(header) + len(payload)
         if size < self.min_file_size:
@@ -97,10 +105,53 @@ class SignedDisk(diskcache.Disk):
                                  "by nbqueue with this store's key; it is left unread")
         data = super().fetch(mode, filename, value, False)
         try:
-            return pickle.loads(verify(self._key, data))
+            value = pickle.loads(verify(self._key, data))
+            if filename is not None and mode == diskcache.core.MODE_RAW:
+                self._blob_of(value, filename)
+            return value
         except SignatureError as exc:
             raise SignatureError(f"a value in the store at {self._directory} failed its "
                                  f"signature check ({exc}); it is left unread") from None
+
+    def _blob_of(self, record: dict, filename: str) -> None:
+        """Give a record read back the file its row holds: a result is read at once
+        (whoever reads a record reads its result); arguments are left as a Blob naming
+        the file, which ``Task.args`` reads when asked (a group's results are read
+        without their arguments)."""
+        path = os.path.join(self._directory, filename)
+        for field in _BLOB_FIELDS:
+            blob = record.get(field)
+            if type(blob) is Blob and not blob.path:
+                if field == "result":
+                    record[field] = blobs.read(blob._replace(path=path), self._key)
+                else:
+                    record[field] = blob._replace(path=path)
+
+    def _store_with_blob(self, record: dict, key: Any) -> tuple:
+        """A record whose result or arguments are a ``Blob``: that file becomes its row's
+        value file (diskcache removes it with the row), and the rest is signed inline.
+
+        A result's file is moved in (and ``record`` updated to name it where it is now,
+        for the hooks that read it next); arguments are linked, as the queue may still
+        deliver them. When both are blobs, the arguments are read into the record."""
+        fields = [f for f in _BLOB_FIELDS if type(record.get(f)) is Blob]
+        for field in fields[1:]:
+            record[field] = blobs.read(record[field], self._key)
+        field = fields[0]
+        blob = record[field]
+        filename, full_path = self.filename(key, record)
+        os.makedirs(os.path.dirname(full_path), exist_ok=True)
+        try:
+            if field == "result":
+                os.rename(blob.path, full_path)
+            else:
+                os.link(blob.path, full_path)
+        except FileNotFoundError:  # removed by hand: the record names it, reads say so
+            return self._store_pickled(record, key)
+        record[field] = blob._replace(path=full_path)
+        inline = sign(self._key, pickle.dumps({**record, field: blob._replace(path="")},
+                                              protocol=pickle.HIGHEST_PROTOCOL))
+        return len(inline) + blob.size, diskcache.core.MODE_RAW, filename, sqlite3.Binary(inline)
 
     def _write(self, full_path: str, iterator: Any, mode: str,
                encoding: str | None = None) -> int:
@@ -135,6 +186,7 @@ class SignedDisk(diskcache.Disk):
 
 
 _DRAFTS = "drafts"
+_BLOB_FIELDS = ("result", "args")  # of a record, in the order they may own its file
 
 
 def process_alive(pid: int) -> bool:

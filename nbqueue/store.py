@@ -24,6 +24,7 @@ taken by reading the group (records expire one by one, counters could not follow
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -31,10 +32,14 @@ import warnings
 from collections import defaultdict
 from typing import Any, Callable, Iterable
 
+from . import blobs
+from .blobs import Blob
 from .records import Manifest, Record
-from .signing import private_directory
+from .signing import load_key, private_directory
 from .storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
-from .errors import ConfigurationError, WaitWarning
+from .errors import ConfigurationError, SignatureError, WaitWarning
+
+log = logging.getLogger("nbqueue")
 
 PAGE = 256
 HINT_AFTER = 5.0  # seconds a wait goes on before it says why it may never end
@@ -330,6 +335,8 @@ class Store:
             if record.get("cached"):
                 cached.append(record)
             elif record["success"] and (record.get("save") is False or save_limit < 0):
+                if type(record["result"]) is Blob:  # no record keeps the file
+                    self._unsaved_blob(record)
                 continue
             else:
                 saved.append(record)
@@ -340,6 +347,18 @@ class Store:
         with self._changed:
             self._changes += 1
             self._changed.notify_all()
+
+    def _unsaved_blob(self, record: Record) -> None:
+        """Read a large result that will not be stored into its record (for its hook),
+        and remove its file."""
+        blob = record["result"]
+        try:
+            record["result"] = blobs.read(blob, load_key(self.directory))
+        except (OSError, SignatureError) as exc:
+            record["result"] = None
+            log.warning("nbqueue: the unsaved result of task %s could not be read back for "
+                        "its hook: %s", record["name"], exc)
+        blobs.discard(blob)
 
     def wait_for_change(self, since: int | None = None, timeout: float | None = None) -> int:
         """Wait until this process saves outcomes here (``save``), or ``timeout`` seconds

@@ -25,18 +25,16 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import cloudpickle
 
-from . import capture
-from .errors import TaskCancelled, TaskFunctionError, TaskTimeout
+from . import blobs, capture
+from .errors import StoreError, TaskCancelled, TaskFunctionError, TaskTimeout
 from .records import Item, Outcome
 from .tracebacks import describe, pack_exception
 
 HOST_WATCH = 0.25  # seconds between checks that the cluster host is still alive
-SPILL_BYTES = 1 << 20  # results this large go to the store's spill directory, not a pipe
-SPILL_DIR = "spill"
 CANCELLED_DIR = "cancelled"  # in the slot directory: a file per cancelled task id
 # seq (odd while writing), started, deadline (0 = none), task id
 SLOT = struct.Struct("<Qdd40s")
@@ -183,7 +181,8 @@ def execute(item: Item, slot: Slot | None = None,
     try:
         if func is None:
             func = resolve(func_ref) if func_bytes is None else cloudpickle.loads(func_bytes)
-        args, kwargs = cloudpickle.loads(args_bytes)
+        args, kwargs = (cloudpickle.loads(args_bytes) if type(args_bytes) is bytes
+                        else _arguments(args_bytes))
         armed = _alarm.arm(timeout)
         try:
             _running[:] = [task_id]
@@ -194,7 +193,7 @@ def execute(item: Item, slot: Slot | None = None,
                 _alarm.cancel()
         if armed and _alarm.fired:
             raise TaskTimeout(f"timed out after {timeout:g} s")
-        blob = spill(task_id, _pickled_result(value))
+        blob = spill(task_id, _pickled_result(value, bool(_spill) and blobs.large(value)))
         success = True
     except TaskTimeout as exc:
         success = False
@@ -219,12 +218,15 @@ def execute(item: Item, slot: Slot | None = None,
     return outcome
 
 
-def _pickled_result(value: Any) -> bytes:
+def _pickled_result(value: Any, framed: bool = False) -> Any:
+    """The pickled result: bytes, or for a large one the parts of ``blobs.frames``."""
     try:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL) if not framed else (
+            blobs.frames(value))
     except Exception:
         try:
-            return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL) if not framed \
+                else blobs.frames(value, cloudpickle.dumps)
         except Exception as exc:
             raise TypeError(f"the task returned a {type(value).__name__} that cannot be "
                             f"pickled ({exc}); return plain data instead") from None
@@ -261,7 +263,7 @@ def use_store(directory: str | None, host: int | None = None) -> None:
     rest for good: the other workers hold the pipe open)."""
     if host is not None and directory and not _spill:
         from .signing import load_key
-        path = os.path.join(directory, SPILL_DIR)
+        path = os.path.join(directory, blobs.SPILL_DIR)
         os.makedirs(path, mode=0o700, exist_ok=True)
         _spill.append((path, load_key(directory), host))
     if not directory or _serving == [directory]:
@@ -283,57 +285,32 @@ def serving() -> str | None:
     return _serving[0] if _serving else None
 
 
-class Spilled(NamedTuple):
-    """A result that went to a file of the store rather than through the executor."""
-
-    path: str
-    size: int
-
-
-def spill(task_id: str, blob: bytes) -> Spilled | bytes:
-    """Write a large result to a signed file of the store, whole or not at all."""
-    if not _spill or len(blob) < SPILL_BYTES:
+def spill(task_id: str, blob: Any) -> blobs.Blob | bytes:
+    """A large result (bytes or frames) as a signed file of the store's spill directory
+    (``blobs``)."""
+    if not _spill or (type(blob) is bytes and len(blob) < blobs.LARGE):
         return blob
-    from .signing import seal
     directory, key, host = _spill[0]
-    header, payload = seal(key, blob)
-    name = f"{host}-{task_id}-{os.urandom(6).hex()}"
-    draft = os.path.join(directory, name + ".part")
-    with open(draft, "xb") as out:
-        out.write(header)
-        out.write(payload)
-    path = os.path.join(directory, name)
-    os.rename(draft, path)
-    return Spilled(path, len(blob))
+    return blobs.write(directory, f"{host}-{task_id}-{os.urandom(6).hex()}", blob, key)
 
 
-def unspill(spilled: Spilled, key: bytes) -> bytes:
-    """The result a worker spilled, checked against the store's key; the file is removed.
-
-    Raises SignatureError or OSError saying what is wrong with it."""
-    from .signing import verify
-    with open(spilled.path, "rb") as src:
-        data = src.read()
-    blob = bytes(verify(key, data))
-    os.unlink(spilled.path)
-    return blob
+def _arguments(args: Any) -> tuple[tuple, dict]:
+    """The (args, kwargs) of a task whose arguments are not plain bytes: a blob, or
+    frames read from one."""
+    return blobs.loads(_read_arguments(args) if type(args) is blobs.Blob else args)
 
 
-def clean_spill(directory: str, hosts: Any) -> None:
-    """Remove the spill files of the hosts ``hosts(pid)`` says are gone: results their
-    clusters never collected (those tasks are delivered again) and drafts of killed
-    workers."""
+def _read_arguments(blob: blobs.Blob) -> Any:
+    """Large arguments the caller wrote to the store (``blobs.arguments``), checked
+    against the key of the store that holds them."""
+    from .signing import load_key
     try:
-        entries = list(os.scandir(os.path.join(directory, SPILL_DIR)))
-    except OSError:
-        return
-    for entry in entries:
-        host = entry.name.split("-", 1)[0]
-        if host.isdigit() and hosts(int(host)):
-            try:
-                os.unlink(entry.path)
-            except OSError:
-                pass
+        return blobs.read(blob, load_key(os.path.dirname(os.path.dirname(blob.path))))
+    except OSError as exc:
+        raise StoreError(
+            f"the task's arguments ({blob.size:,} bytes) cannot be read from {blob.path}: "
+            f"{exc}. Large arguments travel as files of the store: run the cluster where "
+            "the store directory can be read") from None
 
 
 def prepare(host_pid: int, max_rss: int | None, slot_dir: str | None = None,

@@ -325,3 +325,21 @@ def chatter_then_hang(seconds=60):
     print("before the hang", flush=True)
     signal.signal(signal.SIGALRM, signal.SIG_IGN)
     time.sleep(seconds)
+
+
+def length(data, tag=None):
+    """The length of ``data`` (large arguments travel as files: ``nbqueue.blobs``)."""
+    return len(data)
+
+
+def fails_until(flag, data):
+    """Fail until the file ``flag`` exists, then give the length of ``data``."""
+    if not os.path.exists(flag):
+        raise RuntimeError(f"{flag} is not there yet")
+    return len(data)
+
+
+def doubled_in_place(array):
+    """``array`` doubled in place (an argument read from a file must be writable)."""
+    array *= 2
+    return array

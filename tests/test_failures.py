@@ -287,17 +287,19 @@ def test_corrupt_store_file_is_a_clear_error_at_the_call(tmp_path):
 
 def test_full_disk_is_a_clear_error_and_loses_nothing(store_dir):
     """A file size limit stands for a full disk: SQLite's write fails, nbqueue says so at
-    the next call and keeps the task until the disk has room again."""
+    the next call and keeps the task until the disk has room again. Arguments large
+    enough to be a file of their own (``blobs``) are refused at the call itself."""
     code = f"""
-import resource, signal, sys, nbqueue
+import os, resource, signal, sys, nbqueue
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 nbqueue.configure(directory={store_dir!r})
 nbqueue.async_task(len, b"small")
 nbqueue.flush()
 soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
-nbqueue.async_task(len, b"x" * (4 << 20))
-for call in (nbqueue.flush, lambda: nbqueue.async_task(len, b"more")):
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, hard))
+nbqueue.async_task(len, b"x" * (900 << 10))
+for call in (nbqueue.flush, lambda: nbqueue.async_task(len, b"more"),
+             lambda: nbqueue.async_task(len, b"y" * (4 << 20))):
     try:
         call()
     except nbqueue.StoreError as exc:
@@ -305,14 +307,17 @@ for call in (nbqueue.flush, lambda: nbqueue.async_task(len, b"more")):
 resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # room again
 nbqueue.flush()
 print("queued", nbqueue.queue_size())
+print("files", os.listdir(os.path.join({store_dir!r}, "blobs")))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     errors = [line for line in done.stdout.splitlines() if line.startswith("StoreError")]
-    assert len(errors) == 2, done.stdout + done.stderr
+    assert len(errors) == 3, done.stdout + done.stderr
     assert all("cannot write to the store" in e and "free space" in e for e in errors)
     assert "kept in memory and written again" in errors[0]
+    assert "blobs" in errors[2] and "File too large" in errors[2]
     assert "queued 2" in done.stdout  # the big task was kept and written once there was room
+    assert "files []" in done.stdout  # the refused file's draft is gone
 
 
 def test_locked_store_waits_then_is_a_clear_error(store_dir, tmp_path):

@@ -11,7 +11,7 @@ import time
 import cloudpickle
 import pytest
 
-from nbqueue import errors, records, signing
+from nbqueue import blobs, errors, records, signing
 from nbqueue.errors import SignatureError
 from nbqueue.records import (EMPTY_ARGS, Header, Item, Outcome, decode_header, decode_result,
                              encode_header, failure, iter_record, make_record, refused_record)
@@ -106,7 +106,8 @@ def _imports(module):
             yield "." * node.level + (node.module or "")
 
 
-@pytest.mark.parametrize("module", [records, signing, errors])
+@pytest.mark.parametrize("module", [records, signing, errors, blobs])
 def test_records_and_what_it_imports_need_only_the_standard_library(module):
     for name in _imports(module):
-        assert name in (".errors", ".signing") or name.split(".")[0] in sys.stdlib_module_names, name
+        assert name in (".errors", ".signing", ".blobs") or (
+            name.split(".")[0] in sys.stdlib_module_names), name

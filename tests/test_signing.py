@@ -293,3 +293,31 @@ def test_large_payloads_are_signed_and_checked_too():
     relabelled = signing.MAGIC + package[len(signing.MAGIC):]  # the other MAC's header
     with pytest.raises(SignatureError, match="does not match"):
         verify(KEY, relabelled)
+
+
+def test_very_large_payloads_are_hashed_in_chunks_side_by_side():
+    """From signing.CHUNKED bytes on, the MAC covers the length and each chunk's SHA-256:
+    any changed, moved or cut byte fails; signing the parts of a payload gives the
+    header of the whole; a forked child signs with a pool of its own."""
+    payload = os.urandom(signing.CHUNKED + signing.CHUNK // 2)
+    package = sign(KEY, payload)
+    assert package.startswith(signing.MAGIC_CHUNKED) and verify(KEY, package) == payload
+    header = package[:signing.HEADER_SIZE]
+    cut = len(payload) // 3
+    assert signing.seal_parts(KEY, [payload[:cut], memoryview(payload)[cut:]]) == header
+    for change in (lambda p: p.__setitem__(signing.CHUNK + 7, p[signing.CHUNK + 7] ^ 1),
+                   lambda p: p.__delitem__(slice(-1, None)),
+                   lambda p: p.extend(b"x")):
+        tampered = bytearray(payload)
+        change(tampered)
+        with pytest.raises(SignatureError, match="does not match"):
+            signing.check(KEY, header, bytes(tampered))
+    swapped = payload[signing.CHUNK:2 * signing.CHUNK] + payload[:signing.CHUNK] + \
+        payload[2 * signing.CHUNK:]
+    with pytest.raises(SignatureError):
+        signing.check(KEY, header, swapped)
+    pid = os.fork()
+    if pid == 0:  # the parent's pool threads are not in the child
+        os._exit(0 if sign(KEY, payload) == package else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

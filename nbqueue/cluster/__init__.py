@@ -53,7 +53,7 @@ from ..heartbeats import heartbeats
 from ..storage import process_alive
 from ..store import get_store
 from ..stream import Collector
-from ..worker import clean_spill
+from ..blobs import clean_spill
 from .cancels import Cancels
 from .deaths import Deaths
 from .feeder import Feeder

@@ -11,20 +11,19 @@ past ``retry`` and the task went to another delivery) is dropped: the fence.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
 from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING, Union
 
-from ..errors import SignatureError
 from ..executors import BROKEN
 from ..hooks import find_hook, run_hook
 from ..live import forget_live, live_row
 from ..models import Task
 from ..records import Outcome, Record, failure, make_record
-from ..worker import Spilled, failure_text, unspill
+from ..blobs import Blob, discard
+from ..worker import failure_text
 from .inflight import Job
 
 if TYPE_CHECKING:
@@ -138,7 +137,14 @@ class Writer:
         cancelled = cluster.cancels.known() & {job.header.id for job, _ in outcomes}
         if cancelled:  # done with: a later retry() of these runs them
             cluster.broker.forget_cancels(cancelled)
-        done = [job.lease.token for job, _ in outcomes]
+        blobbed = [job for job, record in outcomes
+                   if type(job.header.args) is Blob and record["success"]]
+        if blobbed:  # done with their argument files, once no delivery can come again
+            cluster.broker.ack([job.lease.token for job in blobbed])
+            for job in blobbed:
+                if job.header.hook_name is None:
+                    discard(job.header.args)
+        done = [job.lease.token for job, _ in outcomes if job not in blobbed]
         if cluster.stopping.is_set():
             cluster.broker.ack(done)
         else:  # with the feeder's next lease, which this wakes
@@ -161,6 +167,9 @@ class Writer:
         log.warning("nbqueue cluster: dropped %d outcome(s) whose leases had expired (this "
                     "cluster was stalled for over %g s); those tasks belong to another "
                     "delivery now", len(outcomes) - len(held), cluster.settings.retry)
+        for job, record in outcomes:
+            if job.lease.token not in held:
+                discard(record["result"])
         return [(job, record) for job, record in outcomes if job.lease.token in held]
 
     def _finish_chunk(self, future: Future, jobs: list[Job], finished: list[Verdict]) -> None:
@@ -190,29 +199,14 @@ class Writer:
         inflight = self.cluster.inflight
         for outcome in outcomes:  # by its delivery: an earlier one's late outcome is no match
             job = inflight.job(outcome.token)
-            if isinstance(outcome.result, Spilled):
-                outcome = self._unspilled(outcome, keep=job is not None and not job.judged)
             if outcome.details is not None and outcome.details.get("live"):
                 self._live.append(outcome.id)
             if job is None or job.judged:
+                discard(outcome.result)  # a large result no record will hold
                 continue
             self.cluster.feeder.measured(outcome.stopped - outcome.started)
             record = _record(job, outcome, job.lease.attempt)
             finished.append((job, record, job.is_final(record["success"], settings)))
-
-    def _unspilled(self, outcome: Outcome, keep: bool) -> Outcome:
-        """An outcome whose large result a worker wrote to the store's spill directory,
-        with the result read back (and checked, and its file removed)."""
-        spilled = outcome.result
-        try:
-            if not keep:
-                os.unlink(spilled.path)
-                return outcome
-            return outcome._replace(result=unspill(spilled, self.cluster.broker.key))
-        except (OSError, SignatureError) as exc:
-            return outcome._replace(success=False, result=(
-                f"StoreError: the task's result ({spilled.size:,} bytes) could not be read "
-                f"back from {spilled.path}: {exc}"))
 
     def _broken(self, jobs: list[Job], exc: BaseException) -> None:
         """The pool broke (a worker died, or we killed it): judge or hand back each task,
@@ -265,7 +259,12 @@ class HookRunner:
             item = self._queue.get()
             if item is None:
                 return
-            self._call(*item)
+            job, record = item
+            try:
+                self._call(job, record)
+            finally:
+                if type(job.header.args) is Blob and record["success"]:
+                    discard(job.header.args)  # kept for the hook's Task.args until now
 
     def _call(self, job: Job, record: Record) -> None:
         header = job.header

@@ -1,0 +1,203 @@
+"""Large values as signed files of the store, which messages name instead of holding.
+
+Pickled arguments of ``LARGE`` bytes or more are written by the caller (``arguments``),
+and a result as large by the worker that made it (``result``), each to one file of the
+store signed with its key, written whole or not at all. The queued package, the item a
+worker gets, the outcome it sends back and the stored record then carry a ``Blob`` that
+names the file: the large bytes cross no pipe, are never pickled again into another
+message, and are not copied through the cluster's GIL. A stored record makes its blob
+diskcache's value file of its row (``storage.SignedDisk``), so the file goes with it.
+
+- ``<store>/spill/<host pid>-<task id>-<random>``: results; a cluster removes those of
+  hosts that are gone (``clean_spill``); the record of a stored outcome moves it away.
+- ``<store>/blobs/<task id>-<random>``: arguments, for as long as the task may be
+  delivered again: the writer removes them once the task has succeeded; a failure keeps
+  them for ``nbqueue.retry``.
+
+Workers import this module, so it imports only the standard library and nbqueue's
+signing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import struct
+from typing import Any, Callable, NamedTuple
+
+from .signing import HEADER_SIZE, check, seal, seal_parts
+
+LARGE = 1 << 20  # pickled arguments or results this large go to a file of their own
+SPILL_DIR = "spill"
+ARGS_DIR = "blobs"
+
+
+class Blob(NamedTuple):
+    """A large pickled value in a signed file of the store."""
+
+    path: str  # absolute; "" inside a stored record: its row's value file
+    size: int  # bytes of the pickled value
+
+
+class Frames(NamedTuple):
+    """A value pickled with its large buffers out of band, as read from a blob:
+    ``payload[start:]`` holds the pickle stream, then each buffer, of ``lengths``."""
+
+    payload: Any  # a bytearray: numpy arrays loaded from it share its memory, writable
+    start: int
+    lengths: tuple
+
+    def load(self) -> Any:
+        view = memoryview(self.payload)
+        at = self.start + self.lengths[0]
+        stream, buffers = view[self.start:at], []
+        for length in self.lengths[1:]:
+            buffers.append(view[at:at + length])
+            at += length
+        return pickle.loads(stream, buffers=buffers)
+
+
+_FRAMED = b"NBQF"  # a payload of frames: count, lengths, pickle stream, buffers
+_COUNT = struct.Struct("<I")
+OUT_OF_BAND = 64 * 1024  # bytes objects this large are pickled out of band
+
+
+def large(value: Any) -> bool:
+    """Whether ``value`` (or a value in it, one or two levels down: the arguments of a
+    call) has buffers of LARGE bytes or more: a cheap guess made before pickling."""
+    return _size(value, 2) >= LARGE
+
+
+def _size(value: Any, depth: int) -> int:
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        return len(value)
+    if depth and (kind is tuple or kind is list):
+        return sum(_size(v, depth - 1) for v in value) if len(value) < 100 else 0
+    if depth and kind is dict:
+        return sum(_size(v, depth - 1) for v in value.values()) if len(value) < 100 else 0
+    nbytes = getattr(value, "nbytes", 0)  # numpy arrays, pandas and others
+    return nbytes if type(nbytes) is int else 0
+
+
+class _Raw:
+    """A large bytes object, pickled out of band (``bytes`` itself is always in band)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        return type(self.data), (pickle.PickleBuffer(self.data),)
+
+
+def _raw(value: Any, depth: int) -> Any:
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        return _Raw(value) if len(value) >= OUT_OF_BAND else value
+    if depth and kind is tuple:
+        return tuple(_raw(v, depth - 1) for v in value)
+    if depth and kind is list:
+        return [_raw(v, depth - 1) for v in value]
+    if depth and kind is dict:
+        return {k: _raw(v, depth - 1) for k, v in value.items()}
+    return value
+
+
+def frames(value: Any, dumps: Callable[..., bytes] = pickle.dumps) -> list[Any]:
+    """``value`` pickled with its large buffers (numpy arrays, bytes) out of band: the
+    parts of a framed payload, to write one after another with no joined copy."""
+    buffers: list[pickle.PickleBuffer] = []
+    stream = dumps(_raw(value, 2), protocol=5, buffer_callback=buffers.append)
+    raws = [buffer.raw() for buffer in buffers]
+    lengths = [len(stream)] + [raw.nbytes for raw in raws]
+    head = _FRAMED + _COUNT.pack(len(lengths)) + struct.pack(f"<{len(lengths)}Q", *lengths)
+    return [head, stream, *raws]
+
+
+def loads(data: Any) -> Any:
+    """The value of a pickled payload as ``read`` gives it: bytes, or ``Frames``."""
+    return data.load() if type(data) is Frames else pickle.loads(data)
+
+
+def write(directory: str, name: str, data: Any, key: bytes) -> Blob:
+    """Sign ``data`` (bytes, or the parts ``frames`` made) and write it to
+    ``directory/name``, whole or not at all."""
+    if type(data) is list:
+        parts, header = data, seal_parts(key, data)
+    else:
+        header, payload = seal(key, data)
+        parts = [payload]
+    path = os.path.join(directory, name)
+    draft = path + ".part"
+    try:
+        with open(draft, "xb") as out:
+            out.write(header)
+            for part in parts:
+                out.write(part)
+        os.rename(draft, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(draft)
+        raise
+    return Blob(path, sum(memoryview(part).nbytes for part in parts))
+
+
+def read(blob: Blob, key: bytes) -> Any:
+    """The pickled value of ``blob`` (bytes, or ``Frames``: give it to ``loads``),
+    checked against the store's key before it is given back. It is read straight into
+    one object: no copy of it is made.
+
+    Raises SignatureError, or OSError (FileNotFoundError once its record is gone)."""
+    with open(blob.path, "rb", buffering=0) as src:
+        header = src.read(HEADER_SIZE)
+        size = os.fstat(src.fileno()).st_size - HEADER_SIZE
+        if os.pread(src.fileno(), len(_FRAMED), HEADER_SIZE) != _FRAMED:
+            payload: Any = src.read(size)
+        else:
+            payload = bytearray(size)
+            got = src.readinto(payload)
+            while got < size and got:
+                more = src.readinto(memoryview(payload)[got:])
+                if not more:
+                    break
+                got += more
+            if got != size:
+                del payload[got:]
+    check(key, header, payload)
+    if type(payload) is bytes:
+        return payload
+    (count,) = _COUNT.unpack_from(payload, len(_FRAMED))
+    start = len(_FRAMED) + _COUNT.size
+    return Frames(payload, start + 8 * count, struct.unpack_from(f"<{count}Q", payload, start))
+
+
+def arguments(directory: str, task_id: str, data: bytes, key: bytes) -> Blob:
+    """Write a task's large pickled arguments to the store (the caller does)."""
+    folder = os.path.join(directory, ARGS_DIR)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    return write(folder, f"{task_id}-{os.urandom(6).hex()}", data, key)
+
+
+def discard(blob: Any) -> None:
+    """Remove a blob's file, if ``blob`` is one and it is still there."""
+    if type(blob) is Blob and blob.path:
+        with contextlib.suppress(OSError):
+            os.unlink(blob.path)
+
+
+def clean_spill(directory: str, hosts: Callable[[int], bool]) -> None:
+    """Remove the spill files of the hosts ``hosts(pid)`` says are gone: results their
+    clusters never collected (those tasks are delivered again) and drafts of killed
+    workers."""
+    try:
+        entries = list(os.scandir(os.path.join(directory, SPILL_DIR)))
+    except OSError:
+        return
+    for entry in entries:
+        host = entry.name.split("-", 1)[0]
+        if host.isdigit() and hosts(int(host)):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
