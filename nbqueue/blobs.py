@@ -69,16 +69,39 @@ def large(value: Any) -> bool:
     return _size(value, 2) >= LARGE
 
 
+def large_call(args: tuple, kwargs: dict) -> bool:
+    """``large((args, kwargs))``, quicker for the plain arguments of most calls (this is
+    every ``async_task``'s path)."""
+    total = 0
+    for item in args:
+        if type(item) not in _SCALARS:
+            total += _size(item, 1)
+    if kwargs:
+        for item in kwargs.values():
+            if type(item) not in _SCALARS:
+                total += _size(item, 1)
+    return total >= LARGE
+
+
 def _size(value: Any, depth: int) -> int:
     kind = type(value)
+    if kind in _SCALARS:
+        return 0
     if kind is bytes or kind is bytearray:
         return len(value)
-    if depth and (kind is tuple or kind is list):
-        return sum(_size(v, depth - 1) for v in value) if len(value) < 100 else 0
-    if depth and kind is dict:
-        return sum(_size(v, depth - 1) for v in value.values()) if len(value) < 100 else 0
+    if kind is tuple or kind is list or kind is dict:
+        if not depth or len(value) > 100:
+            return 0
+        total = 0
+        for item in (value.values() if kind is dict else value):
+            if type(item) not in _SCALARS:
+                total += _size(item, depth - 1)
+        return total
     nbytes = getattr(value, "nbytes", 0)  # numpy arrays, pandas and others
     return nbytes if type(nbytes) is int else 0
+
+
+_SCALARS = frozenset((int, float, str, bool, type(None), complex))
 
 
 class _Raw:

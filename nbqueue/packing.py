@@ -204,7 +204,7 @@ def make_package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
     task_id, name = new_task_id()
     if options["sync"]:
         arguments = pickle_arguments(args, kwargs) if arguments is None else arguments
-    elif arguments is None and blobs.large((args, kwargs)):  # a file, see ``blobs``
+    elif arguments is None and blobs.large_call(args, kwargs):  # a file, see ``blobs``
         arguments = _to_file(broker, task_id, _framed(args, kwargs))
     else:
         arguments = pickle_arguments(args, kwargs) if arguments is None else arguments

@@ -148,7 +148,7 @@ def seal(key: bytes, payload: Any) -> tuple[bytes, Any]:
     (one pass, where HMAC-SHA256 takes two: faster for a task's package), HMAC-SHA256 from
     LARGE bytes on (faster than BLAKE2b over many bytes where the CPU has SHA
     instructions), chunks hashed side by side from CHUNKED bytes on."""
-    magic = _magic(memoryview(payload).nbytes)
+    magic = _magic(len(payload))  # bytes, or a view of bytes
     return magic + _mac(key, payload, magic), payload
 
 

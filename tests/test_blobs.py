@@ -154,6 +154,9 @@ def test_frames_keep_large_buffers_out_of_the_pickle_stream(tmp_path):
     data = b"b" * BIG
     value = ((array, data, 3), {"small": b"s", "big": bytearray(data)})
     assert blobs.large(value) and not blobs.large(((b"s" * 1000, 3), {}))
+    assert blobs.large_call(*value) and not blobs.large_call((1, "x", b"s"), {"n": 2.0})
+    half = b"h" * (blobs.LARGE // 2 + 1)
+    assert blobs.large_call(([half, half],), {}) and blobs.large_call((half,), {"k": half})
     parts = blobs.frames(value)
     assert len(parts[1]) < 1000  # the stream: the buffers are parts of their own
     blob = blobs.write(str(tmp_path), "framed", parts, key)

@@ -242,6 +242,31 @@ def test_timeout_on_a_scheduler_started_elsewhere(store_dir, foreign_scheduler, 
         cluster.stop(wait=5)
 
 
+def _large_values_round_trip(cluster) -> None:
+    data = bytes(range(256)) * 8192  # 2 MiB: a file of the store (``nbqueue.blobs``)
+    ids = [async_task(fx.length, data), async_task(fx.sized_result, 2, 5)]
+    assert result(ids[0], wait=WAIT) == len(data)
+    assert result(ids[1], wait=WAIT) == bytes([5]) * (2 * 1024 * 1024)
+    assert fetch(ids[0]).args == (data,)
+
+
+def test_large_values_on_our_local_cluster(dask_cluster):
+    """Its workers share this machine's disk: they read arguments from the store's
+    files and write large results there themselves."""
+    _large_values_round_trip(dask_cluster)
+
+
+def test_large_values_on_a_scheduler_started_elsewhere(store_dir, foreign_scheduler):
+    """Its workers may be on other machines: large arguments travel inside the items
+    (read from the store by the cluster), and results come back with their chunk."""
+    cluster = Cluster(workers=2, directory=store_dir, executor="dask",
+                      address=foreign_scheduler).start()
+    try:
+        _large_values_round_trip(cluster)
+    finally:
+        cluster.stop(wait=5)
+
+
 # -- figures, panel, dashboard -----------------------------------------------------------
 
 def test_info_panel_and_dashboard_link(dask_cluster, capsys):
