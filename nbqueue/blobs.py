@@ -15,7 +15,7 @@ diskcache's value file of its row (``storage.SignedDisk``), so the file goes wit
   them for ``nbqueue.retry``.
 
 Workers import this module, so it imports only the standard library and nbqueue's
-signing.
+signing and errors.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import pickle
 import struct
 from typing import Any, Callable, NamedTuple
 
-from .signing import HEADER_SIZE, check, seal, seal_parts
+from .errors import SignatureError
+from .signing import HEADER_SIZE, check, check_parts, seal, seal_parts
 
 LARGE = 1 << 20  # pickled arguments or results this large go to a file of their own
 SPILL_DIR = "spill"
@@ -41,25 +42,21 @@ class Blob(NamedTuple):
 
 
 class Frames(NamedTuple):
-    """A value pickled with its large buffers out of band, as read from a blob:
-    ``payload[start:]`` holds the pickle stream, then each buffer, of ``lengths``."""
+    """A value pickled with its large buffers out of band, as read from a blob: each
+    buffer read into an object of its own, bytes where the value's was read-only (a
+    ``bytes`` comes back as that very object: no copy) and a bytearray where it was
+    writable (a numpy array comes back sharing its memory, writable)."""
 
-    payload: Any  # a bytearray: numpy arrays loaded from it share its memory, writable
-    start: int
-    lengths: tuple
+    stream: bytes
+    buffers: list
 
     def load(self) -> Any:
-        view = memoryview(self.payload)
-        at = self.start + self.lengths[0]
-        stream, buffers = view[self.start:at], []
-        for length in self.lengths[1:]:
-            buffers.append(view[at:at + length])
-            at += length
-        return pickle.loads(stream, buffers=buffers)
+        return pickle.loads(self.stream, buffers=self.buffers)
 
 
-_FRAMED = b"NBQF"  # a payload of frames: count, lengths, pickle stream, buffers
+_FRAMED = b"NBQF"  # a payload of frames: count, (length, writable) each, then the frames
 _COUNT = struct.Struct("<I")
+_FRAME = struct.Struct("<Q?")
 OUT_OF_BAND = 64 * 1024  # bytes objects this large are pickled out of band
 
 
@@ -135,8 +132,8 @@ def frames(value: Any, dumps: Callable[..., bytes] = pickle.dumps) -> list[Any]:
     buffers: list[pickle.PickleBuffer] = []
     stream = dumps(_raw(value, 2), protocol=5, buffer_callback=buffers.append)
     raws = [buffer.raw() for buffer in buffers]
-    lengths = [len(stream)] + [raw.nbytes for raw in raws]
-    head = _FRAMED + _COUNT.pack(len(lengths)) + struct.pack(f"<{len(lengths)}Q", *lengths)
+    frames = [(len(stream), False)] + [(raw.nbytes, not raw.readonly) for raw in raws]
+    head = _FRAMED + _COUNT.pack(len(frames)) + b"".join(_FRAME.pack(*f) for f in frames)
     return [head, stream, *raws]
 
 
@@ -170,31 +167,43 @@ def write(directory: str, name: str, data: Any, key: bytes) -> Blob:
 
 def read(blob: Blob, key: bytes) -> Any:
     """The pickled value of ``blob`` (bytes, or ``Frames``: give it to ``loads``),
-    checked against the store's key before it is given back. It is read straight into
-    one object: no copy of it is made.
+    checked against the store's key before it is given back. Each part is read straight
+    into an object of its own: no copy of it is made.
 
     Raises SignatureError, or OSError (FileNotFoundError once its record is gone)."""
     with open(blob.path, "rb", buffering=0) as src:
         header = src.read(HEADER_SIZE)
         size = os.fstat(src.fileno()).st_size - HEADER_SIZE
         if os.pread(src.fileno(), len(_FRAMED), HEADER_SIZE) != _FRAMED:
-            payload: Any = src.read(size)
-        else:
-            payload = bytearray(size)
-            got = src.readinto(payload)
-            while got < size and got:
-                more = src.readinto(memoryview(payload)[got:])
-                if not more:
-                    break
-                got += more
-            if got != size:
-                del payload[got:]
-    check(key, header, payload)
-    if type(payload) is bytes:
-        return payload
-    (count,) = _COUNT.unpack_from(payload, len(_FRAMED))
-    start = len(_FRAMED) + _COUNT.size
-    return Frames(payload, start + 8 * count, struct.unpack_from(f"<{count}Q", payload, start))
+            payload = src.read(size)
+            check(key, header, payload)
+            return payload
+        head = src.read(len(_FRAMED) + _COUNT.size)
+        (count,) = _COUNT.unpack_from(head, len(_FRAMED))
+        if count < 1 or count * _FRAME.size > size:
+            raise SignatureError(f"{blob.path} is not a whole nbqueue value (damaged)")
+        head += src.read(count * _FRAME.size)
+        frames = [_FRAME.unpack_from(head, len(_FRAMED) + _COUNT.size + i * _FRAME.size)
+                  for i in range(count)]
+        parts = [_read_frame(src, length, writable) for length, writable in frames]
+    check_parts(key, header, [head, *parts])
+    return Frames(parts[0], parts[1:])
+
+
+def _read_frame(src: Any, length: int, writable: bool) -> Any:
+    if not writable:
+        return src.read(length)  # may come back short: the check then fails
+    frame = bytearray(length)
+    got, view = 0, memoryview(frame)
+    while got < length:
+        n = src.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    del view
+    if got < length:
+        del frame[got:]
+    return frame
 
 
 def arguments(directory: str, task_id: str, data: bytes, key: bytes) -> Blob:

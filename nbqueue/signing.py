@@ -156,13 +156,17 @@ def seal_parts(key: bytes, parts: list[Any]) -> bytes:
     """The header that ``seal`` makes for the payload ``b"".join(parts)``, without joining
     them."""
     views = [memoryview(part).cast("B") for part in parts]
-    magic = _magic(sum(view.nbytes for view in views))
+    return _parts_mac(key, views, _magic(sum(view.nbytes for view in views)))
+
+
+def _parts_mac(key: bytes, parts: list[Any], magic: bytes) -> bytes:
+    """``magic`` and the MAC of that kind of the payload ``parts`` make."""
     if magic == MAGIC_CHUNKED:
-        return magic + _chunked_mac(key, views)
+        return magic + _chunked_mac(key, parts)
     mac = hmac.new(key, digestmod="sha256") if magic == MAGIC_LARGE else hashlib.blake2b(
         key=key, digest_size=_MAC_SIZE)
-    for view in views:
-        mac.update(view)
+    for part in parts:
+        mac.update(part)
     return magic + mac.digest()
 
 
@@ -240,6 +244,16 @@ def check(key: bytes, header: bytes, payload: Any) -> None:
     if len(header) != HEADER_SIZE or magic not in _MAGICS:
         raise SignatureError("file has no nbqueue header (truncated, random or foreign bytes)")
     if not hmac.compare_digest(_mac(key, payload, magic), header[len(MAGIC):]):
+        raise SignatureError(_MISMATCH)
+
+
+def check_parts(key: bytes, header: bytes, parts: list[Any]) -> None:
+    """``check`` of the payload ``b"".join(parts)``, without joining them."""
+    magic = header[:len(MAGIC)]
+    if len(header) != HEADER_SIZE or magic not in _MAGICS:
+        raise SignatureError("file has no nbqueue header (truncated, random or foreign bytes)")
+    if not hmac.compare_digest(_parts_mac(key, parts, magic)[len(MAGIC):],
+                               header[len(MAGIC):]):
         raise SignatureError(_MISMATCH)
 
 
