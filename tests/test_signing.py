@@ -282,42 +282,41 @@ def test_processes_starting_together_share_one_whole_key(tmp_path):
 
 
 def test_large_payloads_are_signed_and_checked_too():
-    """From signing.LARGE bytes on, HMAC-SHA256 (faster there than BLAKE2b) signs."""
+    """From signing.LARGE bytes on, keyed BLAKE3 (a subkey of the store's key) signs."""
     payload = os.urandom(signing.LARGE + 10)
     package = sign(KEY, payload)
-    assert package.startswith(signing.MAGIC_LARGE) and verify(KEY, package) == payload
+    assert package.startswith(signing.MAGIC_FAST) and verify(KEY, package) == payload
     tampered = bytearray(package)
     tampered[-1] ^= 1
     with pytest.raises(SignatureError, match="does not match"):
         verify(KEY, bytes(tampered))
-    relabelled = signing.MAGIC + package[len(signing.MAGIC):]  # the other MAC's header
-    with pytest.raises(SignatureError, match="does not match"):
-        verify(KEY, relabelled)
+    for other in (signing.MAGIC, signing.MAGIC_LARGE):  # the other MACs' headers
+        with pytest.raises(SignatureError, match="does not match"):
+            verify(KEY, other + package[len(other):])
 
 
-def test_very_large_payloads_are_hashed_in_chunks_side_by_side():
-    """From signing.CHUNKED bytes on, the MAC covers the length and each chunk's SHA-256:
-    any changed, moved or cut byte fails; signing the parts of a payload gives the
-    header of the whole; a forked child signs with a pool of its own."""
-    payload = os.urandom(signing.CHUNKED + signing.CHUNK // 2)
-    package = sign(KEY, payload)
-    assert package.startswith(signing.MAGIC_CHUNKED) and verify(KEY, package) == payload
+def test_large_values_of_earlier_stores_are_still_checked():
+    """Stores written before BLAKE3 signed large values with HMAC-SHA256 (NBQ3)."""
+    import hmac
+    payload = os.urandom(signing.LARGE + 10)
+    package = signing.MAGIC_LARGE + hmac.digest(KEY, payload, "sha256") + payload
+    assert verify(KEY, package) == payload
     header = package[:signing.HEADER_SIZE]
+    signing.check_parts(KEY, header, [payload[:5], payload[5:]])
+    with pytest.raises(SignatureError, match="does not match"):
+        signing.check(KEY, header, payload[:-1])
+
+
+def test_a_payload_signed_in_parts_is_checked_whole_and_the_other_way_round():
+    payload = os.urandom(3 * signing.LARGE + 7)
+    header = sign(KEY, payload)[:signing.HEADER_SIZE]
     cut = len(payload) // 3
     assert signing.seal_parts(KEY, [payload[:cut], memoryview(payload)[cut:]]) == header
-    for change in (lambda p: p.__setitem__(signing.CHUNK + 7, p[signing.CHUNK + 7] ^ 1),
-                   lambda p: p.__delitem__(slice(-1, None)),
-                   lambda p: p.extend(b"x")):
-        tampered = bytearray(payload)
-        change(tampered)
+    signing.check_parts(KEY, header, [payload[:1], payload[1:cut], payload[cut:]])
+    for changed in (payload[:-1], payload + b"x", payload[:cut] + b"\0" + payload[cut + 1:]):
         with pytest.raises(SignatureError, match="does not match"):
-            signing.check(KEY, header, bytes(tampered))
-    swapped = payload[signing.CHUNK:2 * signing.CHUNK] + payload[:signing.CHUNK] + \
-        payload[2 * signing.CHUNK:]
-    with pytest.raises(SignatureError):
-        signing.check(KEY, header, swapped)
-    pid = os.fork()
-    if pid == 0:  # the parent's pool threads are not in the child
-        os._exit(0 if sign(KEY, payload) == package else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+            signing.check_parts(KEY, header, [changed])
+    small = b"a small package"
+    assert signing.seal_parts(KEY, [small[:3], small[3:]]) == sign(KEY, small)[:signing.HEADER_SIZE]
+    with pytest.raises(SignatureError, match="no nbqueue header"):
+        signing.check_parts(KEY, b"XXXX" + header[4:], [payload])
