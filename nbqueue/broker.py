@@ -59,10 +59,14 @@ class Broker:
         self._wakeups: list[threading.Event] = []
         self.departures = 0  # local consumers that unsubscribed, ever
         self._outbox = Outbox(self.directory, self._write, lambda: bool(self._wakeups),
-                              self._wake)
+                              self._wake, self._behind)
         self._write_lock = threading.Lock()
         self._acks: list[str] = []
-        self._acks_lock = threading.Lock()
+        self._acks_lock = threading.Lock()  # also guards the two below
+        # leases of packages taken from this process's outbox, not written yet: row ->
+        # (deadline, owner, {number: (attempt, package)}); and those being written now
+        self._unwritten: dict[str, tuple[float, str, dict[int, tuple[int, bytes]]]] = {}
+        self._writing: dict[str, tuple[float, str, dict[int, tuple[int, bytes]]]] = {}
         self._flusher: threading.Thread | None = None
         self._snapshot: tuple[float, frozenset[str]] | None = None  # see holds()
         self._cancel_watchers: list[threading.Event] = []
@@ -126,8 +130,64 @@ class Broker:
         self._outbox.flush()
 
     def _write(self, packages: list[bytes]) -> None:
-        with self._transaction():
-            self._push(packages)
+        """The outbox's write, in one transaction: its packages, and the leases taken in
+        memory (``_lease_fresh``) and the acks that wait, written behind. What the store
+        refuses is kept, for the next one."""
+        with self._acks_lock:
+            pending, self._unwritten = self._unwritten, {}
+            acks, self._acks = self._acks, []
+            self._writing = pending  # held all along: here until the commit is done
+        try:
+            with self._transaction():
+                if pending or acks:
+                    self._write_leases(pending, acks)
+                if packages:
+                    self._push(packages)
+        except BaseException:
+            with self._acks_lock:  # kept; acks of them that came meanwhile done in memory
+                self._unwritten.update(pending)
+                self._acks[:0] = acks
+                self._acks = self._forget_unwritten(self._acks)
+                self._writing = {}
+            raise
+        with self._acks_lock:
+            self._writing = {}
+
+    def _behind(self) -> bool:
+        return bool(self._unwritten or self._acks)
+
+    def _write_leases(self, pending: dict[str, tuple[float, str, dict[int, tuple[int, bytes]]]],
+                      acks: list[str]) -> None:
+        """Write lease rows kept in memory and end acknowledged leases; in a transaction."""
+        queue = self._queue
+        index = leases.read_index(queue)
+        for batch, (deadline, owner, row) in pending.items():
+            if row:
+                index[batch] = (deadline, owner, tuple(row))
+        rows = [(ROW + batch, row) for batch, (_, _, row) in pending.items() if row]
+        if UPSERT_OK:
+            upsert(queue, rows)
+        else:
+            for key, value in rows:
+                queue.set(key, value)
+        if acks:
+            leases.end(queue, leases.by_row(acks)[0], index)
+        queue.set(INDEX, index)
+
+    def _forget_unwritten(self, tokens: Iterable[str]) -> list[str]:
+        """End the unwritten leases among ``tokens`` (in memory: no write), under
+        ``_acks_lock``; the other tokens."""
+        others = []
+        for token in tokens:
+            batch, _, number = token.rpartition(".")
+            held = self._unwritten.get(batch)
+            if held is not None and number.isdigit() and int(number) in held[2]:
+                del held[2][int(number)]
+                if not held[2]:
+                    del self._unwritten[batch]
+            else:
+                others.append(token)
+        return others
 
     def subscribe(self, event: threading.Event, name: str | None = None) -> None:
         """Have ``event`` set whenever this process enqueues (wakes a local cluster at
@@ -175,8 +235,47 @@ class Broker:
                 return []  # an empty poll reads, and leaves the write lock to producers
             with self._transaction(retry=True):
                 return self._take(owner, count, duration, [])
+        leased = self._lease_fresh(owner, count, duration)
+        if leased is not None:
+            return leased
         with self._outbox.taken() as fresh, self._transaction():
             return self._take(owner, count, duration, fresh)
+
+    def _lease_fresh(self, owner: str, count: int, duration: float) -> list[Lease] | None:
+        """Lease packages of this process's outbox, with nothing queued before them,
+        in memory: no other process can see them yet, so their lease rows are written
+        behind with the outbox (``_write``, within a few ms), and a task whose
+        outcome is stored before then is never written at all. A crash in those ms loses
+        them, as it loses what the outbox holds (a write-behind: ``flush()`` writes
+        both). None when the queue holds packages, which go first."""
+        with self._outbox.order:  # the outbox's thread wrote none meanwhile:
+            if self._queue.get(PENDING, 0, retry=True):  # those go first
+                return None
+            fresh = self._outbox.take(count)
+            taken, rows = self._bundle([(0, package) for package in fresh])
+            deadline = time.time() + duration
+            with self._acks_lock:
+                for batch, row in rows:
+                    self._unwritten[batch] = (deadline, owner, row)
+        self._outbox.poke()
+        return taken
+
+    def _bundle(self, taken: list[tuple[int, bytes]],
+                ) -> tuple[list[Lease], list[tuple[str, dict[int, tuple[int, bytes]]]]]:
+        """The leases of ``(attempt, package)`` items, and their lease rows: up to
+        BUNDLE packages (and BUNDLE_BYTES) a row."""
+        leased: list[Lease] = []
+        row: dict[int, tuple[int, bytes]] = {}
+        rows: list[tuple[str, dict[int, tuple[int, bytes]]]] = []
+        size = 0
+        for attempt, package in taken:
+            if not rows or len(row) == BUNDLE or size + len(package) > BUNDLE_BYTES:
+                row, size = {}, 0
+                rows.append((f"{self._token_prefix}{next(self._tokens)}", row))
+            row[len(row)] = (attempt + 1, package)
+            size += len(package)
+            leased.append(Lease(f"{rows[-1][0]}.{len(row) - 1}", attempt + 1, package))
+        return leased, rows
 
     def _take(self, owner: str, count: int, duration: float,
               fresh: list[bytes]) -> list[Lease]:
@@ -184,7 +283,6 @@ class Broker:
         queued); queue the rest of ``fresh``. Inside a transaction, in as few statements
         as can be: this is every round trip's path."""
         queue = self._queue
-        taken_leases: list[Lease] = []
         with self._acks_lock:
             acks, self._acks = self._acks, []
         index = leases.read_index(queue)
@@ -214,16 +312,7 @@ class Broker:
             taken.extend((0, package) for package in fresh[:room])
             if fresh[room:]:
                 self._push(fresh[room:])
-        row: dict[int, tuple[int, bytes]] = {}
-        rows: list[tuple[str, dict[int, tuple[int, bytes]]]] = []
-        size = 0
-        for attempt, package in taken:
-            if not rows or len(row) == BUNDLE or size + len(package) > BUNDLE_BYTES:
-                row, size = {}, 0
-                rows.append((f"{self._token_prefix}{next(self._tokens)}", row))
-            row[len(row)] = (attempt + 1, package)
-            size += len(package)
-            taken_leases.append(Lease(f"{rows[-1][0]}.{len(row) - 1}", attempt + 1, package))
+        taken_leases, rows = self._bundle(taken)
         for batch, row in rows:
             index[batch] = (deadline, owner, tuple(row))
         taken_leases.extend(Lease(f"refused-{number}", 1, b"", why)  # a token of no lease row
@@ -262,7 +351,7 @@ class Broker:
         """``ack`` in the next lease's transaction, or at ``flush_acks``: a cluster whose
         feeder leases again at once saves a transaction and a wait per round trip."""
         with self._acks_lock:
-            self._acks.extend(tokens)
+            self._acks.extend(self._forget_unwritten(tokens))
 
     def flush_acks(self) -> None:
         """Acknowledge what ``ack_soon`` was given."""
@@ -272,17 +361,36 @@ class Broker:
 
     def _end_leases(self, tokens: Iterable[str], back: bool = False,
                     counted: bool = False) -> None:
+        tokens = list(tokens)
+        requeued = []
+        with self._acks_lock:
+            if back:  # the packages of unwritten leases go to the queue, as the others
+                for token in tokens:
+                    batch, _, number = token.rpartition(".")
+                    held = self._unwritten.get(batch)
+                    item = held[2].get(int(number)) if held and number.isdigit() else None
+                    if item is not None:
+                        requeued.append((item[0] if counted else item[0] - 1, item[1]))
+            tokens = self._forget_unwritten(tokens)
         rows, _ = leases.by_row(tokens)
-        if not rows:
+        if not rows and not requeued:
             return
         with self._transaction(retry=True):
             index = leases.read_index(self._queue)
             leases.end(self._queue, rows, index, back, counted)
             self._queue.set(INDEX, index)
+            leases.push_front(self._queue, requeued)
 
     def renew(self, tokens: Iterable[str], duration: float) -> list[str]:
         """Extend live leases by ``duration`` from now; return the tokens no longer held."""
         rows, lost = leases.by_row(tokens)
+        with self._acks_lock:  # unwritten or being written: no one else sees them
+            for batch in [b for b in rows if b in self._unwritten or b in self._writing]:
+                numbers = rows.pop(batch)
+                held = self._unwritten.get(batch) or self._writing[batch]
+                lost.extend(f"{batch}.{n}" for n in numbers if n not in held[2])
+                if batch in self._unwritten:
+                    self._unwritten[batch] = (time.time() + duration, held[1], held[2])
         if not rows:
             return lost
         with self._transaction(retry=True):
@@ -296,13 +404,21 @@ class Broker:
         fence before an outcome is stored (a holder that stalled past ``retry`` may have
         lost its tasks to another delivery)."""
         rows, _ = leases.by_row(tokens)
+        mine: set[str] = set()
+        with self._acks_lock:
+            in_memory = {batch: self._unwritten.get(batch) or self._writing[batch]
+                         for batch in rows if batch in self._unwritten or batch in self._writing}
+        if in_memory:
+            mine = leases.held_by({b: rows.pop(b) for b in in_memory}, in_memory, owner)
         if not rows:
-            return set()
-        return leases.held_by(rows, leases.read_index(self._queue), owner)
+            return mine
+        return mine | leases.held_by(rows, leases.read_index(self._queue), owner)
 
     def reap(self, now: float | None = None) -> int:
         """Put every expired lease back in the queue (its attempt counted); return how many."""
         now = time.time() if now is None else now
+        if self._unwritten:  # this process's leases in memory are reaped like the others
+            self._write([])
         if not any(held[0] < now for held in leases.read_index(self._queue).values()):
             return 0
         with self._transaction(retry=True):
@@ -317,8 +433,11 @@ class Broker:
 
     def leased(self) -> int:
         """How many packages are leased (running or waiting for a retry)."""
+        with self._acks_lock:  # first: one written meanwhile is then in the index
+            in_memory = {**self._writing, **self._unwritten}
         index = leases.read_index(self._queue)
-        return sum(len(held[2]) for held in index.values())
+        return (sum(len(held[2]) for held in index.values())
+                + sum(len(held[2]) for batch, held in in_memory.items() if batch not in index))
 
     def holds(self, task_ids: Iterable[str], max_age: float = 0.0) -> set[str]:
         """Those of ``task_ids`` whose package is queued or leased (running, or waiting for
@@ -345,6 +464,8 @@ class Broker:
         queue, and request the cancel of the leased ones, for their clusters to act on.
         Returns (header, deliveries so far, package) of each taken out, and the headers of
         the leased ones."""
+        if self._unwritten:  # leases in memory: to be found as leased
+            self._write([])
         with self._transaction(retry=True):
             queue = self._queue
             removed = search.take_out(queue, self.key, match, needles)
@@ -444,6 +565,18 @@ class Broker:
         self.flush_acks()
         self._queue.close()
 
+
+def _forget_in_child() -> None:
+    """A forked child starts with no outbox and no leases: they are its parent's, which
+    writes them (the child writing them too would deliver them twice)."""
+    for broker in list(_brokers.values()):
+        broker._acks_lock = threading.Lock()
+        broker._write_lock = threading.Lock()
+        broker._acks, broker._unwritten, broker._writing = [], {}, {}
+        broker._outbox.forget()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 _brokers: dict[str, Broker] = {}
 _given: dict[tuple[str, str], Broker] = {}  # (directory as given, working directory)

@@ -36,13 +36,17 @@ class Outbox:
 
     ``write(packages)`` puts a batch in the queue in one transaction (raising
     StoreError); ``waiting_consumer()`` says whether a cluster of this process will
-    lease soon; ``written()`` is called after each batch that went in.
+    lease soon; ``written()`` is called after each batch that went in; ``behind()`` says
+    whether ``write`` has more to write than packages (the broker's leases of packages
+    taken from here, which it writes behind too).
     """
 
     def __init__(self, label: str, write: Callable[[list[bytes]], None],
-                 waiting_consumer: Callable[[], bool], written: Callable[[], None]) -> None:
+                 waiting_consumer: Callable[[], bool], written: Callable[[], None],
+                 behind: Callable[[], bool] = lambda: False) -> None:
         self.label = label
         self._write = write
+        self._behind = behind  # whether ``write([])`` has other work to write behind
         self._waiting_consumer = waiting_consumer
         self._written = written
         self._packages: list[bytes] = []
@@ -83,20 +87,38 @@ class Outbox:
             # multiprocessing children end with os._exit, past atexit: flush there too
             multiprocessing.util.Finalize(self, self._flush_at_exit, exitpriority=10)
 
-    def take(self) -> list[bytes]:
-        """Every package waiting, now the caller's to write (under ``order``)."""
+    def forget(self) -> None:
+        """Start empty, with no thread (in a forked child: the packages are the parent's
+        to write)."""
+        self._packages, self._bytes, self._thread, self.error = [], 0, None, None
+        self._lock, self.order, self._ready = threading.Lock(), threading.Lock(), threading.Event()
+
+    def take(self, limit: int | None = None) -> list[bytes]:
+        """The packages waiting (the first ``limit``), now the caller's (under ``order``)."""
         with self._lock:
+            if limit is not None and limit < len(self._packages):
+                batch, self._packages = self._packages[:limit], self._packages[limit:]
+                self._bytes -= sum(len(package) for package in batch)
+                return batch
             batch, self._packages, self._bytes = self._packages, [], 0
         return batch
+
+    def poke(self) -> None:
+        """Have the thread write behind soon, packages or not (see ``behind``)."""
+        if self._thread is None:
+            self._start()
+        self._ready.set()
 
     def keep(self, batch: list[bytes], exc: StoreError) -> StoreError:
         """Put packages the store refused back in front, in order; the error to raise."""
         with self._lock:
             self._packages[:0] = batch
             self._bytes += sum(len(package) for package in batch)
+            what = (f"{len(self._packages)} task(s) enqueued by this process are not in "
+                    "the queue yet" if self._packages else "the leases of tasks a cluster "
+                    "of this process took from it are not in the queue yet")
             self.error = StoreError(
-                f"{len(self._packages)} task(s) enqueued by this process are not in the "
-                f"queue yet ({exc}). They are kept in memory and written again; call "
+                f"{what} ({exc}). They are kept in memory and written again; call "
                 "nbqueue.flush() to retry now")
             return self.error
 
@@ -124,6 +146,13 @@ class Outbox:
         with self.order:
             batch = self.take()
             if not batch:
+                if self._behind():
+                    try:
+                        self._write([])
+                    except StoreError as exc:
+                        self.keep([], exc)
+                        return
+                    self.error = None
                 return
             start = 0
             while start < len(batch):
@@ -148,7 +177,8 @@ class Outbox:
                 time.sleep(FLUSH_DELAY)  # would cost it a commit and a wait
             self._ready.clear()
             self._write_all()
-            if self._packages:  # the store refused them: try again shortly
+            if self._packages or (self.error is not None and self._behind()):
+                # the store refused them: try again shortly
                 time.sleep(RETRY_AFTER)
                 self._ready.set()
 

@@ -140,7 +140,8 @@ def fetch(task_id: str, wait: int = 0, cached: bool = False,
     store = get_store(broker.directory)
     part = store.part(cached)
     record = store.wait(lambda: find_record(part, task_id), wait,
-                        hint=lambda: _task_wait_hint(broker, task_id, cached))
+                        hint=lambda: _task_wait_hint(broker, task_id, cached),
+                        fresh=lambda: store.fresh(part, task_id))
     return None if record is None else Task(record, store, cached)
 
 

@@ -42,6 +42,9 @@ from .errors import ConfigurationError, SignatureError, WaitWarning
 log = logging.getLogger("nbqueue")
 
 PAGE = 256
+FRESH_KEPT = 1024  # records of this process's latest saves kept for its waiters
+FRESH_AGE = 1.0  # seconds one of them is given out, and kept, at most
+FRESH_BYTES = 64 * 1024  # a record with a larger result is not kept (it is read back)
 HINT_AFTER = 5.0  # seconds a wait goes on before it says why it may never end
 # Keys are strings only: diskcache stores a str key as it is, but pickles any other
 # key and runs pickletools.optimize on it: pure Python that costs more than the SQLite
@@ -315,6 +318,7 @@ class Store:
         self.cached = Part(os.path.join(directory, "cache"), expiring=True)
         self._changed = threading.Condition()
         self._changes = 0  # saves of this process, for wait_for_change
+        self._fresh: dict[tuple[Part, str], tuple[float, Record]] = {}  # see fresh()
 
     def close(self) -> None:
         self.saved.close()
@@ -344,9 +348,29 @@ class Store:
             self.saved.write(saved, save_limit)
         if cached:
             self.cached.write(cached)
+        now = time.monotonic()
         with self._changed:
+            fresh = self._fresh
+            for part, records in ((self.saved, saved), (self.cached, cached)):
+                for record in records:
+                    value = record["result"]
+                    if type(value) is not bytes or len(value) < FRESH_BYTES:
+                        fresh[part, record["id"]] = (now, record)
+            while fresh and (len(fresh) > FRESH_KEPT
+                             or now - next(iter(fresh.values()))[0] > FRESH_AGE):
+                del fresh[next(iter(fresh))]
             self._changes += 1
             self._changed.notify_all()
+
+    def fresh(self, part: Part, task_id: str) -> Record | None:
+        """The record of ``task_id`` if this process saved it in ``part`` under FRESH_AGE
+        seconds ago, as saved (taken: asked once): a waiter of this process gets its
+        outcome without reading it back from the store."""
+        with self._changed:
+            found = self._fresh.pop((part, task_id), None)
+        if found is None or time.monotonic() - found[0] > FRESH_AGE:
+            return None
+        return found[1]
 
     def _unsaved_blob(self, record: Record) -> None:
         """Read a large result that will not be stored into its record (for its hook),
@@ -371,13 +395,15 @@ class Store:
             return self._changes
 
     def wait(self, ready: Callable[[], Any], wait_ms: int | float | None,
-             hint: Callable[[], str | None] | None = None) -> Any:
+             hint: Callable[[], str | None] | None = None,
+             fresh: Callable[[], Any] | None = None) -> Any:
         """Call ``ready()`` until it returns something truthy or ``wait_ms`` runs out.
 
         ``wait_ms`` is in milliseconds, -1 waits forever. Local writes wake the waiter
-        at once; writes by other processes are seen by polling (0.5 ms, growing to 10 ms).
-        After HINT_AFTER seconds, ``hint()`` may say why the wait may never end: that is
-        warned once (WaitWarning).
+        at once, and ``fresh()``, asked first after each, may give what was just saved
+        without a read; writes by other processes are seen by polling (0.5 ms, growing
+        to 2 ms). After HINT_AFTER seconds, ``hint()`` may say why the wait may never
+        end: that is warned once (WaitWarning).
         """
         value = ready()
         if value or not wait_ms:
@@ -402,7 +428,7 @@ class Store:
                 step = min(pause, left)
             with self._changed:
                 self._changed.wait(step)
-            value = ready()
+            value = (fresh and fresh()) or ready()
             if value:
                 return value
             pause = min(pause * 1.5, 0.002)

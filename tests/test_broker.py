@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import subprocess
@@ -464,6 +465,102 @@ def test_ack_soon_is_done_by_the_next_lease_or_flush_acks(broker):
     assert broker.leased() == 1
     assert broker.lease("w", 5, 30) == []  # an empty queue: nothing leased, nothing lost
     assert broker.size() == 0 and broker.leased() == 1
+
+
+def _rows_written(broker):
+    from nbqueue import leases
+    return leases.read_index(broker._queue)
+
+
+@contextlib.contextmanager
+def _no_writer_thread(broker):
+    """No outbox thread writes behind while a test looks (one is started after)."""
+    outbox = broker._outbox
+    assert outbox._thread is None
+    outbox._thread = threading.current_thread()  # stands for one: none is started
+    try:
+        yield
+    finally:
+        outbox._thread = None
+        outbox.poke()
+
+
+def test_fresh_packages_are_leased_in_memory_and_written_behind(broker):
+    with _no_writer_thread(broker):
+        broker.enqueue(b"fresh")
+        (lease,) = broker.lease("w", 5, 30)
+        assert lease.package == b"fresh" and lease.attempt == 1
+        assert _rows_written(broker) == {}  # no transaction on the lease's path
+        assert broker.leased() == 1  # this process counts it all the same
+        assert broker.held([lease.token], "w") == {lease.token}
+        assert broker.held([lease.token], "another") == set()
+        assert broker.renew([lease.token], 60) == []
+    deadline = time.monotonic() + 10
+    while not _rows_written(broker) and time.monotonic() < deadline:
+        time.sleep(0.005)  # written behind by the outbox's thread, within a few ms
+    (row,) = _rows_written(broker).values()
+    assert row[1] == "w" and row[0] > time.time() + 50  # the renewed deadline
+    broker.ack([lease.token])
+    assert _rows_written(broker) == {} and broker.leased() == 0
+
+
+def test_a_lease_in_memory_acknowledged_before_it_is_written_is_never_written(broker):
+    with _no_writer_thread(broker):
+        broker.enqueue(b"quick")
+        (lease,) = broker.lease("w", 5, 30)
+        broker.ack_soon([lease.token])  # its outcome is stored: done, in memory
+        assert broker.leased() == 0 and not broker._acks
+    broker.flush()
+    assert _rows_written(broker) == {} and broker.size() == 0
+    assert broker.lease("w", 5, 30) == []
+
+
+def test_flush_writes_leases_in_memory_and_release_puts_them_back(broker):
+    with _no_writer_thread(broker):
+        broker.enqueue(b"a")
+        broker.enqueue(b"b")
+        first, second = broker.lease("w", 5, 30)
+        broker.flush()  # durable now: another process would find them leased
+        assert sorted(len(row[2]) for row in _rows_written(broker).values()) == [2]
+        broker.enqueue(b"c")
+        (third,) = broker.lease("w", 5, 30)
+        broker.release([first.token, third.token], counted=False)  # one written, one not
+        assert broker.size() == 2
+        again = broker.lease("w", 5, 30)
+        assert sorted(_packages(again)) == [b"a", b"c"] and {x.attempt for x in again} == {1}
+        broker.release([second.token], counted=True)
+        (last,) = broker.lease("w", 5, 30)
+        assert last.package == b"b" and last.attempt == 2
+
+
+def test_a_queued_package_goes_before_fresh_ones_leased_in_memory(broker):
+    broker.enqueue(b"older")
+    broker.flush()
+    broker.enqueue(b"newer")
+    assert _packages(broker.lease("w", 1, 30)) == [b"older"]
+    assert _packages(broker.lease("w", 1, 30)) == [b"newer"]
+
+
+def test_a_forked_child_writes_none_of_its_parents_leases_or_packages(broker):
+    with _no_writer_thread(broker):  # the parent's own thread cannot write meanwhile
+        broker.enqueue(b"leased")
+        broker.lease("w", 1, 30)
+        broker.enqueue(b"waiting")
+        broker._outbox._thread = None  # the child would start one: it must find nothing
+        pid = os.fork()
+        if pid == 0:
+            try:
+                broker.flush()
+                os._exit(0)
+            finally:
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert _rows_written(broker) == {}
+        assert broker._queue.get(broker_module.PENDING, 0) == 0
+        broker._outbox._thread = threading.current_thread()
+    broker.flush()
+    assert len(_rows_written(broker)) == 1 and broker.size() == 1
 
 
 def test_read_only_store_is_a_clear_error(store_dir):
