@@ -12,6 +12,12 @@ outcome is stored), ``release`` (handed back unrun) or by expiring, after which
 ``reap`` puts it back in the queue for another delivery. So a crash anywhere loses
 nothing: the worst case is a second delivery after ``retry``.
 
+What a process enqueues is written behind (``nbqueue.outbox``), a few ms later; a
+cluster of the same process leases those packages straight from the outbox, in memory
+(``leases.InMemory``), and their lease rows are written behind with the outbox: a task
+done before then costs the queue no write at all. Until written, they are lost with
+the process, as the outbox is; ``flush()`` writes both.
+
 Every process may enqueue and every cluster may lease at once; SQLite serialises
 the transactions. Leasing a batch in one transaction is the lever for speed: a
 push, a pull and a set each committed on its own cost many times what they cost
@@ -33,21 +39,17 @@ from .doorbell import Bells, Doorbell
 from .errors import SignatureError, StoreError
 from .heartbeats import drop_heartbeats
 from .leases import INDEX, PENDING, ROW, Lease
-from .records import Header
 from .signing import forget_key, load_key, private_directory
 from .outbox import Outbox
-from .storage import UPSERT_OK, checked_get, checkpoint, open_cache, upsert, writing
+from .storage import UPSERT_OK, checkpoint, open_cache, upsert, writing
 
 log = logging.getLogger("nbqueue")
 
-_CANCELS = "cancels"  # task id -> when its cancel was requested (leased tasks only)
-_CANCEL_COUNT = "cancels changed"
-CANCELS_KEPT = 7 * 86400.0  # seconds a request no cluster acted on is kept
 BUNDLE = 64  # packages per queue row at most: large enough to batch, small to split
 BUNDLE_BYTES = 30_000  # and bytes: under diskcache's 32 KiB a bundle stays in its SQLite row
 
 
-class Broker:
+class Broker(search.Finding):
     """The queue of the store at ``directory``; get one with ``get_broker()``."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
@@ -59,14 +61,9 @@ class Broker:
         self._wakeups: list[threading.Event] = []
         self.departures = 0  # local consumers that unsubscribed, ever
         self._outbox = Outbox(self.directory, self._write, lambda: bool(self._wakeups),
-                              self._wake, self._behind)
+                              self._wake, lambda: bool(self._memory))
         self._write_lock = threading.Lock()
-        self._acks: list[str] = []
-        self._acks_lock = threading.Lock()  # also guards the two below
-        # leases of packages taken from this process's outbox, not written yet: row ->
-        # (deadline, owner, {number: (attempt, package)}); and those being written now
-        self._unwritten: dict[str, tuple[float, str, dict[int, tuple[int, bytes]]]] = {}
-        self._writing: dict[str, tuple[float, str, dict[int, tuple[int, bytes]]]] = {}
+        self._memory = leases.InMemory()  # leases written behind, acks that wait
         self._flusher: threading.Thread | None = None
         self._snapshot: tuple[float, frozenset[str]] | None = None  # see holds()
         self._cancel_watchers: list[threading.Event] = []
@@ -132,11 +129,8 @@ class Broker:
     def _write(self, packages: list[bytes]) -> None:
         """The outbox's write, in one transaction: its packages, and the leases taken in
         memory (``_lease_fresh``) and the acks that wait, written behind. What the store
-        refuses is kept, for the next one."""
-        with self._acks_lock:
-            pending, self._unwritten = self._unwritten, {}
-            acks, self._acks = self._acks, []
-            self._writing = pending  # held all along: here until the commit is done
+        refuses is kept, for the next one. Called under the outbox's ``order`` only."""
+        pending, acks = self._memory.take()
         try:
             with self._transaction():
                 if pending or acks:
@@ -144,19 +138,17 @@ class Broker:
                 if packages:
                     self._push(packages)
         except BaseException:
-            with self._acks_lock:  # kept; acks of them that came meanwhile done in memory
-                self._unwritten.update(pending)
-                self._acks[:0] = acks
-                self._acks = self._forget_unwritten(self._acks)
-                self._writing = {}
+            self._memory.written(pending, acks, ok=False)
             raise
-        with self._acks_lock:
-            self._writing = {}
+        self._memory.written(pending, acks, ok=True)
 
-    def _behind(self) -> bool:
-        return bool(self._unwritten or self._acks)
+    def _write_now(self) -> None:
+        """Write the leases in memory and the acks that wait, now (``_write`` runs one
+        at a time: under the outbox's ``order``, as its thread writes)."""
+        with self._outbox.order:
+            self._write([])
 
-    def _write_leases(self, pending: dict[str, tuple[float, str, dict[int, tuple[int, bytes]]]],
+    def _write_leases(self, pending: dict[str, tuple[float, str, leases.Row]],
                       acks: list[str]) -> None:
         """Write lease rows kept in memory and end acknowledged leases; in a transaction."""
         queue = self._queue
@@ -173,21 +165,6 @@ class Broker:
         if acks:
             leases.end(queue, leases.by_row(acks)[0], index)
         queue.set(INDEX, index)
-
-    def _forget_unwritten(self, tokens: Iterable[str]) -> list[str]:
-        """End the unwritten leases among ``tokens`` (in memory: no write), under
-        ``_acks_lock``; the other tokens."""
-        others = []
-        for token in tokens:
-            batch, _, number = token.rpartition(".")
-            held = self._unwritten.get(batch)
-            if held is not None and number.isdigit() and int(number) in held[2]:
-                del held[2][int(number)]
-                if not held[2]:
-                    del self._unwritten[batch]
-            else:
-                others.append(token)
-        return others
 
     def subscribe(self, event: threading.Event, name: str | None = None) -> None:
         """Have ``event`` set whenever this process enqueues (wakes a local cluster at
@@ -231,7 +208,7 @@ class Broker:
             if self._outbox.order.locked():  # its thread is writing a batch: let it end,
                 with self._outbox.order:     # or this poll may see neither the batch
                     pass                     # in the outbox nor in the queue
-            if not self._acks and not self._queue.get(PENDING, 0, retry=True):
+            if not self._memory.acks and not self._queue.get(PENDING, 0, retry=True):
                 return []  # an empty poll reads, and leaves the write lock to producers
             with self._transaction(retry=True):
                 return self._take(owner, count, duration, [])
@@ -253,10 +230,7 @@ class Broker:
                 return None
             fresh = self._outbox.take(count)
             taken, rows = self._bundle([(0, package) for package in fresh])
-            deadline = time.time() + duration
-            with self._acks_lock:
-                for batch, row in rows:
-                    self._unwritten[batch] = (deadline, owner, row)
+            self._memory.add(rows, time.time() + duration, owner)
         self._outbox.poke()
         return taken
 
@@ -283,8 +257,7 @@ class Broker:
         queued); queue the rest of ``fresh``. Inside a transaction, in as few statements
         as can be: this is every round trip's path."""
         queue = self._queue
-        with self._acks_lock:
-            acks, self._acks = self._acks, []
+        acks = self._memory.take_acks()
         index = leases.read_index(queue)
         if acks:
             leases.end(queue, leases.by_row(acks)[0], index)
@@ -350,28 +323,15 @@ class Broker:
     def ack_soon(self, tokens: Iterable[str]) -> None:
         """``ack`` in the next lease's transaction, or at ``flush_acks``: a cluster whose
         feeder leases again at once saves a transaction and a wait per round trip."""
-        with self._acks_lock:
-            self._acks.extend(self._forget_unwritten(tokens))
+        self._memory.ack(tokens)
 
     def flush_acks(self) -> None:
         """Acknowledge what ``ack_soon`` was given."""
-        with self._acks_lock:
-            tokens, self._acks = self._acks, []
-        self.ack(tokens)
+        self.ack(self._memory.take_acks())
 
     def _end_leases(self, tokens: Iterable[str], back: bool = False,
                     counted: bool = False) -> None:
-        tokens = list(tokens)
-        requeued = []
-        with self._acks_lock:
-            if back:  # the packages of unwritten leases go to the queue, as the others
-                for token in tokens:
-                    batch, _, number = token.rpartition(".")
-                    held = self._unwritten.get(batch)
-                    item = held[2].get(int(number)) if held and number.isdigit() else None
-                    if item is not None:
-                        requeued.append((item[0] if counted else item[0] - 1, item[1]))
-            tokens = self._forget_unwritten(tokens)
+        tokens, requeued = self._memory.end(list(tokens), back, counted)
         rows, _ = leases.by_row(tokens)
         if not rows and not requeued:
             return
@@ -384,13 +344,7 @@ class Broker:
     def renew(self, tokens: Iterable[str], duration: float) -> list[str]:
         """Extend live leases by ``duration`` from now; return the tokens no longer held."""
         rows, lost = leases.by_row(tokens)
-        with self._acks_lock:  # unwritten or being written: no one else sees them
-            for batch in [b for b in rows if b in self._unwritten or b in self._writing]:
-                numbers = rows.pop(batch)
-                held = self._unwritten.get(batch) or self._writing[batch]
-                lost.extend(f"{batch}.{n}" for n in numbers if n not in held[2])
-                if batch in self._unwritten:
-                    self._unwritten[batch] = (time.time() + duration, held[1], held[2])
+        lost.extend(self._memory.renew(rows, duration))
         if not rows:
             return lost
         with self._transaction(retry=True):
@@ -404,12 +358,7 @@ class Broker:
         fence before an outcome is stored (a holder that stalled past ``retry`` may have
         lost its tasks to another delivery)."""
         rows, _ = leases.by_row(tokens)
-        mine: set[str] = set()
-        with self._acks_lock:
-            in_memory = {batch: self._unwritten.get(batch) or self._writing[batch]
-                         for batch in rows if batch in self._unwritten or batch in self._writing}
-        if in_memory:
-            mine = leases.held_by({b: rows.pop(b) for b in in_memory}, in_memory, owner)
+        mine = self._memory.held_by(rows, owner)  # first: then in the index, if written
         if not rows:
             return mine
         return mine | leases.held_by(rows, leases.read_index(self._queue), owner)
@@ -417,8 +366,8 @@ class Broker:
     def reap(self, now: float | None = None) -> int:
         """Put every expired lease back in the queue (its attempt counted); return how many."""
         now = time.time() if now is None else now
-        if self._unwritten:  # this process's leases in memory are reaped like the others
-            self._write([])
+        if self._memory.rows:  # this process's leases in memory are reaped like the others
+            self._write_now()
         if not any(held[0] < now for held in leases.read_index(self._queue).values()):
             return 0
         with self._transaction(retry=True):
@@ -433,103 +382,7 @@ class Broker:
 
     def leased(self) -> int:
         """How many packages are leased (running or waiting for a retry)."""
-        with self._acks_lock:  # first: one written meanwhile is then in the index
-            in_memory = {**self._writing, **self._unwritten}
-        index = leases.read_index(self._queue)
-        return (sum(len(held[2]) for held in index.values())
-                + sum(len(held[2]) for batch, held in in_memory.items() if batch not in index))
-
-    def holds(self, task_ids: Iterable[str], max_age: float = 0.0) -> set[str]:
-        """Those of ``task_ids`` whose package is queued or leased (running, or waiting for
-        another delivery), as a snapshot of the queue at most ``max_age`` seconds old
-        shows (``purge`` makes a new one needed). A new snapshot writes this process's
-        outbox first, then reads every package: for ``reuse=True``, which asks only about
-        tasks sent a while ago that have no outcome, and many of them when a cell that
-        sent many tasks is run again."""
-        snapshot = self._snapshot
-        if snapshot is None or time.monotonic() - snapshot[0] > max_age:
-            self.flush()
-            taken = time.monotonic()
-            ids = search.held_ids(self._queue, self.key)
-            if ids is None:  # unreadable: all counted as held, better wait than run twice
-                return set(task_ids)
-            snapshot = self._snapshot = (taken, ids)
-        return set(snapshot[1].intersection(task_ids))
-
-    # -- finding tasks: cancel requests, deliveries again ------------------------------
-
-    def cancel(self, match: search.Match, needles: list[bytes] | None = None,
-               ) -> tuple[list[tuple[Header, int, bytes]], list[Header]]:
-        """In one transaction: take the queued packages whose header matches out of the
-        queue, and request the cancel of the leased ones, for their clusters to act on.
-        Returns (header, deliveries so far, package) of each taken out, and the headers of
-        the leased ones."""
-        if self._unwritten:  # leases in memory: to be found as leased
-            self._write([])
-        with self._transaction(retry=True):
-            queue = self._queue
-            removed = search.take_out(queue, self.key, match, needles)
-            if removed:
-                queue.set(PENDING, max(0, queue.get(PENDING, 0) - len(removed)))
-            rows = [ROW + batch for batch in leases.read_index(queue)]
-            leased = [h for h, _ in search.leased(queue, self.key, rows, match, needles)]
-            if leased:
-                now = time.time()
-                requests = {task_id: when for task_id, when in self.cancel_requests().items()
-                            if now - when < CANCELS_KEPT}
-                requests.update((header.id, now) for header in leased)
-                self._set_cancels(requests)
-        self._snapshot = None
-        return removed, leased
-
-    def locate(self, match: search.Match, needles: list[bytes] | None = None,
-               ) -> tuple[str, Header, int] | None:
-        """Where a task is, read in one transaction: ``("running", header, attempt)``
-        when leased, ``("queued", header, deliveries so far)`` when waiting, else None."""
-        self.flush()
-        with self._transaction(retry=True):
-            rows = [ROW + batch for batch in leases.read_index(self._queue)]
-            return search.locate(self._queue, self.key, rows, match, needles)
-
-    def running(self, match: search.Match) -> list[tuple[Header, int]]:
-        """(header, attempt) of the leased tasks that match, as read now (not in one
-        transaction: for a progress panel)."""
-        rows = [ROW + batch for batch in leases.read_index(self._queue)]
-        return search.leased(self._queue, self.key, rows, match)
-
-    def notify_cancels(self) -> None:
-        """Wake the clusters of this process to act on new cancel requests now."""
-        for event in self._cancel_watchers:
-            event.set()
-
-    def cancel_count(self) -> int:
-        """A number that changes whenever the cancel requests do (one read)."""
-        return self._queue.get(_CANCEL_COUNT, 0, retry=True)
-
-    def cancel_requests(self) -> dict[str, float]:
-        """Task id -> when its cancel was requested, of tasks clusters hold leases on."""
-        return checked_get(self._queue, _CANCELS, {}, "the cancel requests")
-
-    def forget_cancels(self, task_ids: Iterable[str]) -> None:
-        """Drop the cancel requests of tasks whose outcome is stored, or sent again."""
-        ids = set(task_ids)
-        with self._transaction(retry=True):
-            requests = self.cancel_requests()
-            if ids & requests.keys():
-                self._set_cancels({k: v for k, v in requests.items() if k not in ids})
-
-    def _set_cancels(self, requests: dict[str, float]) -> None:
-        self._queue.set(_CANCELS, requests)
-        self._queue.set(_CANCEL_COUNT, self._queue.get(_CANCEL_COUNT, 0) + 1)
-
-    def watch_cancels(self, event: threading.Event) -> None:
-        """Have ``event`` set when this process requests a cancel (a local cluster acts
-        at once instead of at its next look)."""
-        self._cancel_watchers.append(event)
-
-    def unwatch_cancels(self, event: threading.Event) -> None:
-        if event in self._cancel_watchers:
-            self._cancel_watchers.remove(event)
+        return self._memory.count(lambda: leases.read_index(self._queue))
 
     def enqueue_again(self, items: list[tuple[int, bytes]]) -> None:
         """Put ``(deliveries so far, package)`` items at the back of the queue, in one
@@ -570,9 +423,8 @@ def _forget_in_child() -> None:
     """A forked child starts with no outbox and no leases: they are its parent's, which
     writes them (the child writing them too would deliver them twice)."""
     for broker in list(_brokers.values()):
-        broker._acks_lock = threading.Lock()
         broker._write_lock = threading.Lock()
-        broker._acks, broker._unwritten, broker._writing = [], {}, {}
+        broker._memory.reset()
         broker._outbox.forget()
 
 

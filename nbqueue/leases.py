@@ -9,8 +9,9 @@ what those transactions do.
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 from .storage import checked_get
 
@@ -120,3 +121,128 @@ def reap(queue: Any, index: Index, now: float) -> int:
             reaped.extend(row[number] for number in sorted(row))
     push_front(queue, reaped)
     return len(reaped)
+
+
+Row = dict[int, tuple[int, bytes]]
+
+
+class InMemory:
+    """Leases a cluster took from its own process's outbox, kept in memory until the
+    outbox's thread writes them behind (no other process can see those packages before,
+    so no one else can lease them), and the acks that wait for the next transaction.
+
+    A lease acknowledged before it is written is ended here, never written at all. The
+    rows being written stay here (``writing``) until their commit is done: a lease is
+    found held all along, in memory or in the index. Every method takes the lock.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rows: dict[str, tuple[float, str, Row]] = {}  # row -> (expires, owner, row)
+        self.writing: dict[str, tuple[float, str, Row]] = {}
+        self.acks: list[str] = []  # of written leases, for the next transaction
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.acks)
+
+    def add(self, rows: list[tuple[str, Row]], expires: float, owner: str) -> None:
+        with self.lock:
+            for batch, row in rows:
+                self.rows[batch] = (expires, owner, row)
+
+    def take(self) -> tuple[dict[str, tuple[float, str, Row]], list[str]]:
+        """The rows to write and the acks to do, now being written."""
+        with self.lock:
+            pending, self.rows = self.rows, {}
+            acks, self.acks = self.acks, []
+            self.writing = pending
+        return pending, acks
+
+    def written(self, pending: dict[str, tuple[float, str, Row]], acks: list[str],
+                ok: bool) -> None:
+        """After the transaction that wrote ``take``'s answer: if it failed, keep them
+        (the acks that came meanwhile for those rows ended here)."""
+        with self.lock:
+            if not ok:
+                self.rows.update(pending)
+                self.acks = self._forget(acks + self.acks)
+            self.writing = {}
+
+    def take_acks(self) -> list[str]:
+        with self.lock:
+            acks, self.acks = self.acks, []
+        return acks
+
+    def ack(self, tokens: Iterable[str]) -> None:
+        """``Broker.ack_soon``: ended here if unwritten, else in the next transaction."""
+        with self.lock:
+            self.acks.extend(self._forget(tokens))
+
+    def end(self, tokens: Iterable[str], back: bool, counted: bool,
+            ) -> tuple[list[str], list[tuple[int, bytes]]]:
+        """End the unwritten leases among ``tokens``: the other tokens, and (``back``) the
+        ``(attempt, package)`` items to put back in the queue."""
+        requeued = []
+        with self.lock:
+            if back:
+                for token in tokens:
+                    batch, _, number = token.rpartition(".")
+                    held = self.rows.get(batch)
+                    item = held[2].get(int(number)) if held and number.isdigit() else None
+                    if item is not None:
+                        requeued.append((item[0] if counted else item[0] - 1, item[1]))
+            return self._forget(tokens), requeued
+
+    def _forget(self, tokens: Iterable[str]) -> list[str]:
+        others = []
+        for token in tokens:
+            batch, _, number = token.rpartition(".")
+            held = self.rows.get(batch)
+            if held is not None and number.isdigit() and int(number) in held[2]:
+                del held[2][int(number)]
+                if not held[2]:
+                    del self.rows[batch]
+            else:
+                others.append(token)
+        return others
+
+    def _mine(self, rows: dict[str, list[int]]) -> dict[str, tuple[float, str, Row]]:
+        """The rows of ``rows`` held here; under the lock."""
+        found = {}
+        for batch in list(rows):
+            held = self.rows.get(batch) or self.writing.get(batch)
+            if held is not None:
+                found[batch] = held
+        return found
+
+    def renew(self, rows: dict[str, list[int]], duration: float) -> list[str]:
+        """Renew the leases of ``rows`` held here (taken out of ``rows``): the tokens of
+        them no longer held."""
+        lost = []
+        with self.lock:
+            for batch, held in self._mine(rows).items():
+                lost.extend(f"{batch}.{n}" for n in rows.pop(batch) if n not in held[2])
+                if batch in self.rows:
+                    self.rows[batch] = (time.time() + duration, held[1], held[2])
+        return lost
+
+    def held_by(self, rows: dict[str, list[int]], owner: str) -> set[str]:
+        """The tokens of ``rows`` held here by ``owner``, unexpired (those rows are taken
+        out of ``rows``)."""
+        with self.lock:
+            mine = self._mine(rows)
+        return held_by({batch: rows.pop(batch) for batch in mine}, mine, owner)
+
+    def count(self, read_index: Callable[[], Index]) -> int:
+        """How many leases there are: those of the index ``read_index()`` gives (read
+        after the rows here are: one written meanwhile is counted once), and these."""
+        with self.lock:
+            mine = {**self.writing, **self.rows}
+        index = read_index()
+        return (sum(len(held[2]) for held in index.values())
+                + sum(len(held[2]) for batch, held in mine.items() if batch not in index))
+
+    def reset(self) -> None:
+        """Hold nothing (a forked child: these are its parent's)."""
+        self.lock = threading.Lock()
+        self.rows, self.writing, self.acks = {}, {}, []

@@ -141,7 +141,7 @@ def fetch(task_id: str, wait: int = 0, cached: bool = False,
     part = store.part(cached)
     record = store.wait(lambda: find_record(part, task_id), wait,
                         hint=lambda: _task_wait_hint(broker, task_id, cached),
-                        fresh=lambda: store.fresh(part, task_id))
+                        fresh=lambda since: store.fresh(part, task_id, since))
     return None if record is None else Task(record, store, cached)
 
 

@@ -1,4 +1,6 @@
-"""Finding tasks in a queue by what their headers say (``reuse``, ``cancel``).
+"""Finding tasks in a queue by what their headers say (``reuse``, ``cancel``,
+``status``), and ``Finding``: the broker's methods that do it, with the cancel requests
+the queue keeps for the clusters that hold leased tasks.
 
 The queue does not index its packages by task id: finding one means reading every
 queued package and every leased one, checking and unpickling the headers that may
@@ -12,13 +14,19 @@ package)}`` named by the lease index.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import SignatureError
+from .leases import PENDING, ROW, read_index
 from .records import Header, decode_header
 from .storage import checked_get, read_all
 
 Match = Callable[[Header], bool]
+_CANCELS = "cancels"  # task id -> when its cancel was requested (leased tasks only)
+_CANCEL_COUNT = "cancels changed"
+CANCELS_KEPT = 7 * 86400.0  # seconds a request no cluster acted on is kept
 
 
 def matching(key: bytes, package: Any, match: Match,
@@ -130,3 +138,110 @@ def locate(queue: Any, key: bytes, rows: Iterable[str], match: Match,
                 return "queued", header, attempt
     return None
 
+
+class Finding:
+    """The broker's part that finds tasks in its queue (``holds``, ``cancel``,
+    ``locate``, ``running``) and keeps the cancel requests of leased tasks for their
+    clusters. It uses the broker's queue (``_queue``), key, transactions
+    (``_transaction``), its leases in memory (``_memory``, written first by
+    ``_write_now``), ``flush``, ``_snapshot`` and ``_cancel_watchers``.
+    """
+
+    _queue: Any
+    key: bytes
+    _memory: Any
+    _snapshot: tuple[float, frozenset[str]] | None
+    _cancel_watchers: list[threading.Event]
+    _transaction: Callable[..., Any]
+    _write_now: Callable[[], None]
+    flush: Callable[[], None]
+
+    def holds(self, task_ids: Iterable[str], max_age: float = 0.0) -> set[str]:
+        """Those of ``task_ids`` whose package is queued or leased (running, or waiting for
+        another delivery), as a snapshot of the queue at most ``max_age`` seconds old
+        shows (``purge`` makes a new one needed). A new snapshot writes this process's
+        outbox first, then reads every package: for ``reuse=True``, which asks only about
+        tasks sent a while ago that have no outcome, and many of them when a cell that
+        sent many tasks is run again."""
+        snapshot = self._snapshot
+        if snapshot is None or time.monotonic() - snapshot[0] > max_age:
+            self.flush()
+            taken = time.monotonic()
+            ids = held_ids(self._queue, self.key)
+            if ids is None:  # unreadable: all counted as held, better wait than run twice
+                return set(task_ids)
+            snapshot = self._snapshot = (taken, ids)
+        return set(snapshot[1].intersection(task_ids))
+
+    def cancel(self, match: Match, needles: list[bytes] | None = None,
+               ) -> tuple[list[tuple[Header, int, bytes]], list[Header]]:
+        """In one transaction: take the queued packages whose header matches out of the
+        queue, and request the cancel of the leased ones, for their clusters to act on.
+        Returns (header, deliveries so far, package) of each taken out, and the headers of
+        the leased ones."""
+        if self._memory.rows:  # leases in memory: to be found as leased
+            self._write_now()
+        with self._transaction(retry=True):
+            queue = self._queue
+            removed = take_out(queue, self.key, match, needles)
+            if removed:
+                queue.set(PENDING, max(0, queue.get(PENDING, 0) - len(removed)))
+            rows = [ROW + batch for batch in read_index(queue)]
+            running = [h for h, _ in leased(queue, self.key, rows, match, needles)]
+            if running:
+                now = time.time()
+                requests = {task_id: when for task_id, when in self.cancel_requests().items()
+                            if now - when < CANCELS_KEPT}
+                requests.update((header.id, now) for header in running)
+                self._set_cancels(requests)
+        self._snapshot = None
+        return removed, running
+
+    def locate(self, match: Match, needles: list[bytes] | None = None,
+               ) -> tuple[str, Header, int] | None:
+        """Where a task is, read in one transaction: ``("running", header, attempt)``
+        when leased, ``("queued", header, deliveries so far)`` when waiting, else None."""
+        self.flush()
+        with self._transaction(retry=True):
+            rows = [ROW + batch for batch in read_index(self._queue)]
+            return locate(self._queue, self.key, rows, match, needles)
+
+    def running(self, match: Match) -> list[tuple[Header, int]]:
+        """(header, attempt) of the leased tasks that match, as read now (not in one
+        transaction: for a progress panel)."""
+        rows = [ROW + batch for batch in read_index(self._queue)]
+        return leased(self._queue, self.key, rows, match)
+
+    def notify_cancels(self) -> None:
+        """Wake the clusters of this process to act on new cancel requests now."""
+        for event in self._cancel_watchers:
+            event.set()
+
+    def cancel_count(self) -> int:
+        """A number that changes whenever the cancel requests do (one read)."""
+        return self._queue.get(_CANCEL_COUNT, 0, retry=True)
+
+    def cancel_requests(self) -> dict[str, float]:
+        """Task id -> when its cancel was requested, of tasks clusters hold leases on."""
+        return checked_get(self._queue, _CANCELS, {}, "the cancel requests")
+
+    def forget_cancels(self, task_ids: Iterable[str]) -> None:
+        """Drop the cancel requests of tasks whose outcome is stored, or sent again."""
+        ids = set(task_ids)
+        with self._transaction(retry=True):
+            requests = self.cancel_requests()
+            if ids & requests.keys():
+                self._set_cancels({k: v for k, v in requests.items() if k not in ids})
+
+    def _set_cancels(self, requests: dict[str, float]) -> None:
+        self._queue.set(_CANCELS, requests)
+        self._queue.set(_CANCEL_COUNT, self._queue.get(_CANCEL_COUNT, 0) + 1)
+
+    def watch_cancels(self, event: threading.Event) -> None:
+        """Have ``event`` set when this process requests a cancel (a local cluster acts
+        at once instead of at its next look)."""
+        self._cancel_watchers.append(event)
+
+    def unwatch_cancels(self, event: threading.Event) -> None:
+        if event in self._cancel_watchers:
+            self._cancel_watchers.remove(event)

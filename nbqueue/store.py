@@ -318,7 +318,7 @@ class Store:
         self.cached = Part(os.path.join(directory, "cache"), expiring=True)
         self._changed = threading.Condition()
         self._changes = 0  # saves of this process, for wait_for_change
-        self._fresh: dict[tuple[Part, str], tuple[float, Record]] = {}  # see fresh()
+        self._fresh: dict[tuple[Part, str], tuple[float, int, Record]] = {}  # see fresh()
 
     def close(self) -> None:
         self.saved.close()
@@ -350,27 +350,29 @@ class Store:
             self.cached.write(cached)
         now = time.monotonic()
         with self._changed:
+            self._changes += 1
             fresh = self._fresh
             for part, records in ((self.saved, saved), (self.cached, cached)):
                 for record in records:
                     value = record["result"]
                     if type(value) is not bytes or len(value) < FRESH_BYTES:
-                        fresh[part, record["id"]] = (now, record)
+                        fresh[part, record["id"]] = (now, self._changes, record)
             while fresh and (len(fresh) > FRESH_KEPT
                              or now - next(iter(fresh.values()))[0] > FRESH_AGE):
                 del fresh[next(iter(fresh))]
-            self._changes += 1
             self._changed.notify_all()
 
-    def fresh(self, part: Part, task_id: str) -> Record | None:
-        """The record of ``task_id`` if this process saved it in ``part`` under FRESH_AGE
-        seconds ago, as saved (taken: asked once): a waiter of this process gets its
-        outcome without reading it back from the store."""
+    def fresh(self, part: Part, task_id: str, since: int) -> Record | None:
+        """The record of ``task_id`` if this process saved it in ``part`` after its save
+        number ``since`` (``wait_for_change``) and under FRESH_AGE seconds ago, as saved
+        (taken: given once): a waiter of this process gets the outcome it waited for
+        without reading it back. One saved before the wait began may have been deleted
+        or replaced since: that is read from the store."""
         with self._changed:
             found = self._fresh.pop((part, task_id), None)
-        if found is None or time.monotonic() - found[0] > FRESH_AGE:
+        if found is None or found[1] <= since or time.monotonic() - found[0] > FRESH_AGE:
             return None
-        return found[1]
+        return found[2]
 
     def _unsaved_blob(self, record: Record) -> None:
         """Read a large result that will not be stored into its record (for its hook),
@@ -396,15 +398,17 @@ class Store:
 
     def wait(self, ready: Callable[[], Any], wait_ms: int | float | None,
              hint: Callable[[], str | None] | None = None,
-             fresh: Callable[[], Any] | None = None) -> Any:
+             fresh: Callable[[int], Any] | None = None) -> Any:
         """Call ``ready()`` until it returns something truthy or ``wait_ms`` runs out.
 
         ``wait_ms`` is in milliseconds, -1 waits forever. Local writes wake the waiter
-        at once, and ``fresh()``, asked first after each, may give what was just saved
-        without a read; writes by other processes are seen by polling (0.5 ms, growing
+        at once, and ``fresh(since)``, asked first after each, may give what was saved
+        since the wait began without a read; writes by other processes are seen by
+        polling (0.5 ms, growing
         to 2 ms). After HINT_AFTER seconds, ``hint()`` may say why the wait may never
         end: that is warned once (WaitWarning).
         """
+        since = self._changes  # before the first look: a save after it is fresh
         value = ready()
         if value or not wait_ms:
             return value
@@ -428,7 +432,7 @@ class Store:
                 step = min(pause, left)
             with self._changed:
                 self._changed.wait(step)
-            value = (fresh and fresh()) or ready()
+            value = (fresh and fresh(since)) or ready()
             if value:
                 return value
             pause = min(pause * 1.5, 0.002)

@@ -509,7 +509,7 @@ def test_a_lease_in_memory_acknowledged_before_it_is_written_is_never_written(br
         broker.enqueue(b"quick")
         (lease,) = broker.lease("w", 5, 30)
         broker.ack_soon([lease.token])  # its outcome is stored: done, in memory
-        assert broker.leased() == 0 and not broker._acks
+        assert broker.leased() == 0 and not broker._memory
     broker.flush()
     assert _rows_written(broker) == {} and broker.size() == 0
     assert broker.lease("w", 5, 30) == []
