@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 
 import pytest
 
@@ -15,6 +14,7 @@ from nbqueue import async_task, blobs, fetch, result
 from nbqueue.errors import SignatureError
 from nbqueue.store import get_store
 from tests import tasks_fixtures as fx
+from tests.waiting import wait_for
 
 WAIT = 30_000
 BIG = blobs.LARGE + 1000
@@ -29,15 +29,6 @@ def _named(part_dir: str) -> set[str]:
     with sqlite3.connect(os.path.join(part_dir, "cache.db")) as con:
         return {os.path.join(part_dir, row[0]) for row in con.execute(
             "SELECT filename FROM Cache WHERE filename IS NOT NULL")}
-
-
-def _wait_for(predicate, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_a_blob_reads_back_only_whole_and_signed_with_the_store_key(tmp_path):
@@ -70,7 +61,7 @@ def test_large_arguments_go_to_a_file_that_the_record_keeps(cluster, store_dir):
     task = fetch(task_id)
     assert task.args == (data,) and task.kwargs == {"tag": "kw"}
     # the caller's file is gone once the task succeeded; the record's row owns a link
-    assert _wait_for(lambda: not _files(os.path.join(store_dir, blobs.ARGS_DIR)), 5)
+    wait_for(lambda: not _files(os.path.join(store_dir, blobs.ARGS_DIR)), 5, "arguments gone")
     results = os.path.join(store_dir, "results")
     owned = _named(results)
     assert len(owned) == 1 and os.path.getsize(owned.pop()) > len(data)
@@ -104,14 +95,14 @@ def test_a_failure_keeps_its_large_arguments_for_retry(store_dir):
     flag = os.path.join(store_dir, "..", "fixed")
     with nbqueue.Cluster(workers=1, max_attempts=1) as running:
         task_id = async_task(fx.fails_until, flag, data)
-        assert _wait_for(lambda: running.failed == 1, 20)
+        wait_for(lambda: running.failed == 1, 20, "a failure")
         args_dir = os.path.join(store_dir, blobs.ARGS_DIR)
         assert len(_files(args_dir)) == 1  # for nbqueue.retry
         open(flag, "w").close()
         assert nbqueue.retry(task_id)
-        assert _wait_for(lambda: running.done == 1, 20)
+        wait_for(lambda: running.done == 1, 20, "a success")
         assert result(task_id, wait=WAIT) == len(data)
-        assert _wait_for(lambda: not _files(args_dir), 5)
+        wait_for(lambda: not _files(args_dir), 5, "arguments gone")
         assert fetch(task_id).args == (flag, data)
 
 
@@ -120,7 +111,7 @@ def test_an_unsaved_large_result_still_reaches_its_hook_and_leaves_no_file(store
     with nbqueue.Cluster(workers=1):
         async_task(fx.sized_result, 2, 3, save=False, hook=lambda task: seen.append(
             (len(task.result), task.args)))
-        assert _wait_for(lambda: seen, 20)
+        wait_for(lambda: seen, 20, "the hook")
     assert seen == [(2 * 1024 * 1024, (2, 3))]
     assert os.listdir(os.path.join(store_dir, "spill")) == []
     assert _files(os.path.join(store_dir, "results")) == []
