@@ -213,6 +213,21 @@ def arguments(directory: str, task_id: str, data: bytes, key: bytes) -> Blob:
     return write(folder, f"{task_id}-{os.urandom(6).hex()}", data, key)
 
 
+def read_in(record: dict, key: bytes) -> None:
+    """Read the large result of a record that will not be stored into it (for its
+    hook), and remove its file; a file that cannot be read leaves None, logged."""
+    blob = record["result"]
+    try:
+        record["result"] = read(blob, key)
+    except (OSError, SignatureError) as exc:
+        record["result"] = None
+        import logging
+        logging.getLogger("nbqueue").warning(
+            "nbqueue: the unsaved result of task %s could not be read back for its hook: "
+            "%s", record.get("name"), exc)
+    discard(blob)
+
+
 def discard(blob: Any) -> None:
     """Remove a blob's file, if ``blob`` is one and it is still there."""
     if type(blob) is Blob and blob.path:

@@ -41,7 +41,6 @@ from .broker import Broker, get_broker
 from .errors import ConfigurationError, TaskFailed
 from .models import Failure, Success, Task
 from .records import Manifest, Record, iter_record
-from .results import find_record
 from .sent import sent
 from .store import Part, Store, get_store
 
@@ -274,7 +273,7 @@ class _Waiter:
         for watch in watches:  # only this thread changes a watch's remaining ids
             record = None
             if watch.by_name:
-                record = find_record(part, watch.task_id)
+                record = part.find(watch.task_id)
             elif watch.manifest is None:
                 record = found.get(watch.task_id)
             else:
@@ -335,7 +334,7 @@ def future(task_id: str, cached: bool = False, broker: Broker | None = None) -> 
     _check_sent(broker, task_id, cached)
     part = store.part(cached)
     fut = TaskFuture(task_id, cached, store.directory)
-    record = find_record(part, task_id)  # also refuses a task id that is not a string
+    record = part.find(task_id)  # also refuses a task id that is not a string
     if record is not None:
         _settle(fut, record, store, cached)
     else:

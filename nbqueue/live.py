@@ -14,7 +14,6 @@ from typing import Any, Iterable
 from .broker import Broker, get_broker
 from .capture import LIVE, LIVE_REFRESH
 from .records import Header, Record
-from .results import find_record
 from .heartbeats import heartbeats
 from .storage import checked_get, process_alive
 from .store import check_name, get_store
@@ -84,7 +83,7 @@ def status(task_id: str, broker: Broker | None = None) -> dict[str, Any]:
     broker = broker or get_broker()
     store = get_store(broker.directory)
     for cached in (False, True):
-        record = find_record(store.part(cached), task_id)
+        record = store.part(cached).find(task_id)
         if record is not None:
             return record_status(record)
     found = broker.locate(lambda h: task_id in (h.id, h.name), [task_id.encode()])

@@ -15,7 +15,6 @@ from .broker import Broker, get_broker
 from .errors import ConfigurationError, StoreError
 from .heartbeats import heartbeats
 from .models import Task, group_count, group_results
-from .records import Record, iter_record
 from .sent import sent
 from .store import Part, Store, get_store
 from .worker import serving
@@ -110,23 +109,6 @@ def _flush_before_waiting(broker: Broker, wait: int) -> None:
             pass
 
 
-def _iter_record(part: Part, iter_id: str) -> Record | None:
-    """The combined record of an async_iter once all its tasks have finished, else None."""
-    manifest = part.manifest(iter_id)
-    if manifest is None:
-        return None
-    records = part.records(manifest["ids"])
-    if any(r is None for r in records):
-        return None
-    return iter_record(manifest, records)
-
-
-def find_record(part: Part, task_id: str) -> Record | None:
-    """The record of a task by uuid or name, or the combined record of a finished
-    ``async_iter`` by its id; None while it has no outcome."""
-    return part.get(task_id) or _iter_record(part, task_id)
-
-
 def fetch(task_id: str, wait: int = 0, cached: bool = False,
           broker: Broker | None = None) -> Task | None:
     """The finished task by uuid or name, or None if it has not finished (after ``wait`` ms).
@@ -139,7 +121,7 @@ def fetch(task_id: str, wait: int = 0, cached: bool = False,
     _flush_before_waiting(broker, wait)
     store = get_store(broker.directory)
     part = store.part(cached)
-    record = store.wait(lambda: find_record(part, task_id), wait,
+    record = store.wait(lambda: part.find(task_id), wait,
                         hint=lambda: _task_wait_hint(broker, task_id, cached),
                         fresh=lambda since: store.fresh(part, task_id, since))
     return None if record is None else Task(record, store, cached)

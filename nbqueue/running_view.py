@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .live import record_status
-from .results import find_record
 from .store import Part
 
 READ_EVERY = 1.0  # seconds between two reads of the running tasks (they scan lease rows)
@@ -26,6 +25,16 @@ MESSAGE_WIDTH = 80  # characters of a message a row shows
 NOTE_WIDTH = 40  # characters of a message a tqdm bar shows
 
 Tasks = list[dict[str, Any]]
+
+
+def _clock(seconds: float | None) -> str:
+    """A duration as m:ss or h:mm:ss; --:-- when unknown."""
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "--:--"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return (f"{hours}:" if hours else "") + f"{rest // 60:02d}:{rest % 60:02d}"
+
 
 
 def _number(value: Any) -> str:
@@ -47,7 +56,6 @@ def progress_text(progress: Any) -> str:
 
 def elapsed_text(started: datetime | None, now: datetime | None = None) -> str:
     """How long a task has run, or 'starting' while its worker has not said when it began."""
-    from .widgets import _clock  # (widgets imports this module)
     if started is None:
         return "starting"
     now = now or datetime.now(timezone.utc)
@@ -125,7 +133,7 @@ class RunningView:
             if task["id"] == selected["id"]:
                 self.selected = task
                 return
-        record = find_record(self.part, selected["id"])
+        record = self.part.find(selected["id"])
         if record is not None:
             self.outcome = record_status(record)
 

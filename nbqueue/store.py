@@ -24,7 +24,6 @@ taken by reading the group (records expire one by one, counters could not follow
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -34,12 +33,10 @@ from typing import Any, Callable, Iterable
 
 from . import blobs
 from .blobs import Blob
-from .records import Manifest, Record
+from .records import Manifest, Record, iter_record
 from .signing import load_key, private_directory
 from .storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
-from .errors import ConfigurationError, SignatureError, WaitWarning
-
-log = logging.getLogger("nbqueue")
+from .errors import ConfigurationError, WaitWarning
 
 PAGE = 256
 FRESH_KEPT = 1024  # records of this process's latest saves kept for its waiters
@@ -190,6 +187,16 @@ class Part:
             record = cache.get(real_id) if isinstance(real_id, str) else None
         return record if isinstance(record, dict) else None
 
+    def find(self, task_id: str) -> Record | None:
+        """The record of a task by uuid or name, or the combined record of a finished
+        ``async_iter`` by its id; None while it has no outcome."""
+        record = self.get(task_id)
+        if record is not None:
+            return record
+        manifest = self.manifest(task_id)
+        records = self.records(manifest["ids"]) if manifest is not None else [None]
+        return None if any(r is None for r in records) else iter_record(manifest, records)
+
     def records(self, task_ids: list[str]) -> list[Record | None]:
         """The records of many tasks by uuid (None for those not stored)."""
         found = read_many(self._cache, task_ids)
@@ -339,8 +346,8 @@ class Store:
             if record.get("cached"):
                 cached.append(record)
             elif record["success"] and (record.get("save") is False or save_limit < 0):
-                if type(record["result"]) is Blob:  # no record keeps the file
-                    self._unsaved_blob(record)
+                if type(record["result"]) is Blob:  # for its hook; no record keeps it
+                    blobs.read_in(record, load_key(self.directory))
                 continue
             else:
                 saved.append(record)
@@ -373,18 +380,6 @@ class Store:
         if found is None or found[1] <= since or time.monotonic() - found[0] > FRESH_AGE:
             return None
         return found[2]
-
-    def _unsaved_blob(self, record: Record) -> None:
-        """Read a large result that will not be stored into its record (for its hook),
-        and remove its file."""
-        blob = record["result"]
-        try:
-            record["result"] = blobs.read(blob, load_key(self.directory))
-        except (OSError, SignatureError) as exc:
-            record["result"] = None
-            log.warning("nbqueue: the unsaved result of task %s could not be read back for "
-                        "its hook: %s", record["name"], exc)
-        blobs.discard(blob)
 
     def wait_for_change(self, since: int | None = None, timeout: float | None = None) -> int:
         """Wait until this process saves outcomes here (``save``), or ``timeout`` seconds

@@ -18,7 +18,7 @@ from typing import Any
 from .broker import Broker, get_broker
 from .heartbeats import heartbeats
 from .live import running
-from .running_view import READ_EVERY, RunningView, running_note
+from .running_view import READ_EVERY, RunningView, _clock, running_note
 from .sent import sent
 from .store import get_store
 from .conf import Settings
@@ -36,14 +36,6 @@ def in_notebook() -> bool:
         return False
     shell = get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds == float("inf"):
-        return "--:--"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return (f"{hours}:" if hours else "") + f"{rest // 60:02d}:{rest % 60:02d}"
 
 
 class RateMeter:
