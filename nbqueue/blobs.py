@@ -94,8 +94,16 @@ def _size(value: Any, depth: int) -> int:
             if type(item) not in _SCALARS:
                 total += _size(item, depth - 1)
         return total
-    nbytes = getattr(value, "nbytes", 0)  # numpy arrays, pandas and others
-    return nbytes if type(nbytes) is int else 0
+    nbytes = getattr(value, "nbytes", None)  # numpy arrays, pandas Series and others
+    if type(nbytes) is int:
+        return nbytes
+    usage = getattr(value, "memory_usage", None)  # a pandas DataFrame
+    if callable(usage):
+        try:
+            return int(usage(index=True, deep=False).sum())
+        except Exception:
+            return 0
+    return 0
 
 
 _SCALARS = frozenset((int, float, str, bool, type(None), complex))

@@ -166,6 +166,18 @@ def test_frames_keep_large_buffers_out_of_the_pickle_stream(tmp_path):
         blobs.read(blob, key)
 
 
+def test_a_data_frame_is_seen_as_large_and_its_columns_go_out_of_band(tmp_path):
+    pd = pytest.importorskip("pandas")
+    np = pytest.importorskip("numpy")
+    frame = pd.DataFrame({"x": np.arange(BIG // 8, dtype=np.float64), "n": 1})
+    assert blobs.large_call((frame,), {}) and not blobs.large_call((frame.head(),), {})
+    parts = blobs.frames(((frame,), {}))
+    assert len(parts[1]) < 10_000 and sum(memoryview(p).nbytes for p in parts[2:]) >= BIG
+    blob = blobs.write(str(tmp_path), "frame", parts, b"k" * 32)
+    (got,), _ = blobs.loads(blobs.read(blob, b"k" * 32))
+    assert got.equals(frame)
+
+
 def test_numpy_arrays_travel_both_ways_as_files(cluster, store_dir):
     np = pytest.importorskip("numpy")
     array = np.arange(BIG // 8, dtype=np.float64)
