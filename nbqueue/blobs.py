@@ -12,7 +12,8 @@ diskcache's value file of its row (``storage.SignedDisk``), so the file goes wit
   hosts that are gone (``clean_spill``); the record of a stored outcome moves it away.
 - ``<store>/blobs/<task id>-<random>``: arguments, for as long as the task may be
   delivered again: the writer removes them once the task has succeeded; a failure keeps
-  them for ``nbqueue.retry``.
+  them for ``nbqueue.retry``. A cluster that starts sweeps those no task can need any
+  more (``sweep_arguments``).
 
 Workers import this module, so it imports only the standard library and nbqueue's
 signing and errors.
@@ -24,6 +25,7 @@ import contextlib
 import os
 import pickle
 import struct
+import time
 from typing import Any, Callable, NamedTuple
 
 from .errors import SignatureError
@@ -256,3 +258,43 @@ def clean_spill(directory: str, hosts: Callable[[int], bool]) -> None:
         if host.isdigit() and hosts(int(host)):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
+
+
+ORPHAN_AGE = 3600.0  # seconds an argument file no record holds is kept, at least
+
+
+def sweep_arguments(directory: str, queued: Callable[[list[str]], set[str]],
+                    older_than: float = ORPHAN_AGE) -> int:
+    """Remove the argument files no task can need any more; return how many.
+
+    Such a file is one that no record links (one link: its own name), that is older than
+    ``older_than`` seconds, and whose task ``queued(task_ids)`` does not name as queued
+    or leased: its caller died before the task reached the queue, or the failure that
+    kept it for ``retry`` was deleted. A younger file may belong to a task on its way to
+    the queue from another process's outbox."""
+    try:
+        entries = list(os.scandir(os.path.join(directory, ARGS_DIR)))
+    except OSError:
+        return 0
+    now = time.time()
+    candidates = {}
+    for entry in entries:
+        try:
+            info = entry.stat()
+        except OSError:
+            continue
+        if info.st_nlink == 1 and now - info.st_mtime > older_than:
+            candidates[entry.path] = entry.name.rsplit("-", 1)[0]
+    if not candidates:
+        return 0
+    try:
+        needed = queued(sorted(set(candidates.values())))
+    except Exception:  # the queue cannot be read now: keep them all, for the next sweep
+        return 0
+    removed = 0
+    for path, task_id in candidates.items():
+        if task_id not in needed:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                removed += 1
+    return removed

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
 import pytest
 
@@ -185,3 +186,35 @@ def test_numpy_arrays_travel_both_ways_as_files(cluster, store_dir):
     doubled = result(task_id, wait=WAIT)
     assert type(doubled) is np.ndarray and (doubled == array * 2).all()
     assert (fetch(task_id).args[0] == array).all()
+
+
+def test_argument_files_no_task_can_need_are_swept_when_a_cluster_starts(store_dir):
+    """Old files that no record links and whose task is not in the queue go (a caller
+    killed before its task reached the queue); young ones, linked ones and those of
+    queued tasks stay."""
+    key = nbqueue.get_broker().key
+    old = time.time() - 2 * blobs.ORPHAN_AGE
+
+    def aged(blob):
+        os.utime(blob.path, (old, old))
+        return blob.path
+
+    orphan = aged(blobs.arguments(store_dir, "no-such-task", b"o" * BIG, key))
+    young = blobs.arguments(store_dir, "another-task", b"y" * BIG, key).path
+    linked = aged(blobs.arguments(store_dir, "kept-by-a-record", b"l" * BIG, key))
+    os.link(linked, os.path.join(store_dir, "record-link"))
+    with pytest.warns(nbqueue.NoClusterWarning):
+        task_id = async_task(fx.length, b"q" * BIG)
+    nbqueue.flush()
+    (queued,) = [p for p in _files(os.path.join(store_dir, blobs.ARGS_DIR))
+                 if os.path.basename(p).startswith(task_id)]
+    aged(blobs.Blob(queued, 0))
+    with nbqueue.Cluster(workers=1):
+        assert result(task_id, wait=WAIT) == BIG
+    assert not os.path.exists(orphan)
+    assert os.path.exists(young) and os.path.exists(linked)
+    aged(blobs.Blob(young, 0))
+    assert blobs.sweep_arguments(store_dir, lambda ids: set(ids)) == 0  # its task is held
+    assert os.path.exists(young)
+    assert blobs.sweep_arguments(store_dir, lambda ids: set()) == 1
+    assert not os.path.exists(young) and os.path.exists(linked)

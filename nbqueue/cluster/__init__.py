@@ -53,7 +53,7 @@ from ..heartbeats import heartbeats
 from ..storage import process_alive
 from ..store import get_store
 from ..stream import Collector
-from ..blobs import clean_spill
+from ..blobs import clean_spill, sweep_arguments
 from .cancels import Cancels
 from .deaths import Deaths
 from .feeder import Feeder
@@ -176,6 +176,7 @@ class Cluster:
         executor = make_executor(self.executor_name, self.workers, self._slot_dir,
                                  self.settings.max_rss, **self._executor_options)
         clean_spill(self.directory, lambda host: not process_alive(host))  # of clusters gone
+        sweep_arguments(self.directory, self.broker.holds)
         executor.at_exit = stop_all
         executor.directory = self.directory
         try:
