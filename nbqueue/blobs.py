@@ -223,6 +223,13 @@ def arguments(directory: str, task_id: str, data: bytes, key: bytes) -> Blob:
     return write(folder, f"{task_id}-{os.urandom(6).hex()}", data, key)
 
 
+def inlined(items: list[Any], key: bytes) -> list[Any]:
+    """Work items (``records.Item``) whose large arguments travel inside them, read from
+    their files: for workers that may not reach the store (a remote dask scheduler)."""
+    return [item._replace(args=read(item.args, key)) if type(item.args) is Blob else item
+            for item in items]
+
+
 def read_in(record: dict, key: bytes) -> None:
     """Read the large result of a record that will not be stored into it (for its
     hook), and remove its file; a file that cannot be read leaves None, logged."""

@@ -134,7 +134,7 @@ class Broker(search.Finding):
         try:
             with self._transaction():
                 if pending or acks:
-                    self._write_leases(pending, acks)
+                    leases.write(self._queue, pending, acks)
                 if packages:
                     self._push(packages)
         except BaseException:
@@ -147,24 +147,6 @@ class Broker(search.Finding):
         at a time: under the outbox's ``order``, as its thread writes)."""
         with self._outbox.order:
             self._write([])
-
-    def _write_leases(self, pending: dict[str, tuple[float, str, leases.Row]],
-                      acks: list[str]) -> None:
-        """Write lease rows kept in memory and end acknowledged leases; in a transaction."""
-        queue = self._queue
-        index = leases.read_index(queue)
-        for batch, (deadline, owner, row) in pending.items():
-            if row:
-                index[batch] = (deadline, owner, tuple(row))
-        rows = [(ROW + batch, row) for batch, (_, _, row) in pending.items() if row]
-        if UPSERT_OK:
-            upsert(queue, rows)
-        else:
-            for key, value in rows:
-                queue.set(key, value)
-        if acks:
-            leases.end(queue, leases.by_row(acks)[0], index)
-        queue.set(INDEX, index)
 
     def subscribe(self, event: threading.Event, name: str | None = None) -> None:
         """Have ``event`` set whenever this process enqueues (wakes a local cluster at

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, NamedTuple
 
-from .storage import checked_get
+from .storage import UPSERT_OK, checked_get, upsert
 
 INDEX = "leases"
 PENDING = "pending"  # the number of packages waiting in the queue
@@ -124,6 +124,24 @@ def reap(queue: Any, index: Index, now: float) -> int:
 
 
 Row = dict[int, tuple[int, bytes]]
+
+
+def write(queue: Any, pending: dict[str, tuple[float, str, Row]], acks: list[str]) -> None:
+    """Write the lease rows ``InMemory`` kept, and end the acknowledged leases ``acks``;
+    inside the broker's transaction."""
+    index = read_index(queue)
+    for batch, (expires, owner, row) in pending.items():
+        if row:
+            index[batch] = (expires, owner, tuple(row))
+    rows = [(ROW + batch, row) for batch, (_, _, row) in pending.items() if row]
+    if UPSERT_OK:
+        upsert(queue, rows)
+    else:
+        for key, value in rows:
+            queue.set(key, value)
+    if acks:
+        end(queue, by_row(acks)[0], index)
+    queue.set(INDEX, index)
 
 
 class InMemory:

@@ -14,9 +14,7 @@ from functools import partial
 from typing import Any
 
 from .. import blobs, worker
-from ..blobs import Blob
 from ..errors import ClusterError, ConfigurationError
-from ..records import Item
 from ..signing import load_key
 from . import Executor, WorkerLost
 from .dask_worker import run_on_dask
@@ -303,7 +301,7 @@ class DaskExecutor(Executor):
                 # workers of our own LocalCluster share this machine's disk: they spill
                 local = self._local is not None
                 if not local:  # its workers may not reach the store's files
-                    chunk.items = [_inlined(item, self.directory) for item in chunk.items]
+                    chunk.items = blobs.inlined(chunk.items, load_key(self.directory))
                 chunk.dask = self.client.submit(run_on_dask, self._topic, chunk.key,
                                                 chunk.items, self.directory,
                                                 os.getpid() if local else None,
@@ -445,10 +443,3 @@ def _settle(future: Future, result: Any = None, exception: BaseException | None 
             future.set_result(result)
     except InvalidStateError:
         pass
-
-
-def _inlined(item: Item, directory: str) -> Item:
-    """An item whose large arguments (a ``blobs.Blob``) travel inside it."""
-    if type(item.args) is not Blob:
-        return item
-    return item._replace(args=blobs.read(item.args, load_key(directory)))
