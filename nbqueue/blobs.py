@@ -22,6 +22,7 @@ signing and errors.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import struct
@@ -238,7 +239,6 @@ def read_in(record: dict, key: bytes) -> None:
         record["result"] = read(blob, key)
     except (OSError, SignatureError) as exc:
         record["result"] = None
-        import logging
         logging.getLogger("nbqueue").warning(
             "nbqueue: the unsaved result of task %s could not be read back for its hook: "
             "%s", record.get("name"), exc)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
-
 from . import blobs
 from .blobs import Blob
 from .records import Record, decode_result

@@ -202,13 +202,13 @@ def make_package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
     if hook is not None:
         hook_name, hook_ref = check_callable("option 'hook'", hook)
     task_id, name = new_task_id()
-    if options["sync"]:
-        arguments = pickle_arguments(args, kwargs) if arguments is None else arguments
-    elif arguments is None and blobs.large_call(args, kwargs):  # a file, see ``blobs``
+    queued = not options["sync"]  # large arguments of a queued task: a file, see ``blobs``
+    if queued and arguments is None and blobs.large_call(args, kwargs):
         arguments = _to_file(broker, task_id, _framed(args, kwargs))
     else:
-        arguments = pickle_arguments(args, kwargs) if arguments is None else arguments
-        if len(arguments) >= blobs.LARGE:
+        if arguments is None:
+            arguments = pickle_arguments(args, kwargs)
+        if queued and len(arguments) >= blobs.LARGE:
             arguments = _to_file(broker, task_id, arguments)
     if hook is not None and hook_ref is None:
         # A cluster of this process calls this very object, whenever it starts; a copy

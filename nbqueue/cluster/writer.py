@@ -144,7 +144,8 @@ class Writer:
             for job in blobbed:
                 if job.header.hook_name is None:
                     discard(job.header.args)
-        done = [job.lease.token for job, _ in outcomes if job not in blobbed]
+        acked = {job.lease.token for job in blobbed}
+        done = [job.lease.token for job, _ in outcomes if job.lease.token not in acked]
         if cluster.stopping.is_set():
             cluster.broker.ack(done)
         else:  # with the feeder's next lease, which this wakes
