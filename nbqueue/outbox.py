@@ -29,6 +29,7 @@ FLUSH_DELAY = 0.002  # seconds the thread leaves a cluster of this process to le
 OUTBOX_BYTES = 8 << 20  # packages held at most; past it the caller writes first
 WRITE_BYTES = 1 << 20  # packages in one transaction at most
 RETRY_AFTER = 0.5  # seconds before the thread writes again what the store refused
+# (only then: packages that came while a batch was written are no refusal)
 
 
 class Outbox:
@@ -152,7 +153,7 @@ class Outbox:
                     except StoreError as exc:
                         self.keep([], exc)
                         return
-                    self.error = None
+                self.error = None  # nothing waits: no refusal to report
                 return
             start = 0
             while start < len(batch):
@@ -177,10 +178,11 @@ class Outbox:
                 time.sleep(FLUSH_DELAY)  # would cost it a commit and a wait
             self._ready.clear()
             self._write_all()
-            if self._packages or (self.error is not None and self._behind()):
-                # the store refused them: try again shortly
+            if self.error is not None:  # the store refused them: try again shortly
                 time.sleep(RETRY_AFTER)
                 self._ready.set()
+            # packages put while it wrote have set ``_ready``: they go at once, so a
+            # package waits at most for the batch being written and its own
 
     def _flush_at_exit(self) -> None:
         self._write_all()

@@ -212,6 +212,23 @@ def enqueue_from_client(directory, count, group, seconds, ready_path):
     cluster.stop()
 
 
+def steady_producer(directory, out_path, every, seconds, host_cluster):
+    """A caller enqueueing one task every ``every`` s, noting each id and the time
+    ``async_task`` returned; it waits to be killed. ``host_cluster``: with a cluster of
+    its own running ``seconds``-long tasks, as a notebook with ``Cluster().start()``."""
+    import nbqueue
+    nbqueue.configure(directory=directory)
+    if host_cluster:
+        nbqueue.Cluster(workers=2, retry=2).start()
+    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    number = 0
+    while True:
+        task_id = nbqueue.async_task(nap, seconds, number, group="steady")
+        os.write(fd, f"{task_id} {time.time():.6f}\n".encode())
+        number += 1
+        time.sleep(every)
+
+
 def produce_tasks(directory, producer, count):
     import warnings
     import nbqueue

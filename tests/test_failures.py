@@ -177,6 +177,39 @@ def test_client_kernel_killed_then_a_new_cluster_finishes_its_work(store_dir, tm
     assert all(result(i) == value for i, value in done_before.items())
 
 
+ACCEPTED_WINDOW = 0.05  # seconds: what async_task accepted before that is in the store
+
+
+@pytest.mark.parametrize("host_cluster", [False, True], ids=["caller", "caller-with-cluster"])
+def test_a_caller_killed_under_steady_load_loses_nothing_it_accepted_long_enough_ago(
+        store_dir, tmp_path, host_cluster):
+    """SIGKILL a caller that enqueues a task every ms (with a cluster of its own running
+    10 ms tasks, or none): every task whose ``async_task`` returned more than
+    ACCEPTED_WINDOW before the kill is in the store, and a new cluster runs it once."""
+    accepted = tmp_path / "accepted"
+    code = (f"from tests import tasks_fixtures as fx; fx.steady_producer({store_dir!r}, "
+            f"{str(accepted)!r}, 0.001, 0.01, {host_cluster})")
+    caller = subprocess.Popen([sys.executable, "-c", code], cwd=os.getcwd(),
+                              stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(lambda: accepted.exists() and
+                         accepted.read_text().count("\n") >= 1500, 60)
+        _kill_tree(caller.pid)
+        killed_at = time.time()
+        caller.wait(timeout=10)
+    finally:
+        _kill_tree(caller.pid)
+    lines = [line.split() for line in accepted.read_text().splitlines()]
+    ages = {task_id: killed_at - float(when) for task_id, when in lines}
+    must = [task_id for task_id, age in ages.items() if age > ACCEPTED_WINDOW]
+    with Cluster(workers=2, retry=2):
+        lost = [task_id for task_id in must if result(task_id, wait=20_000) is None]
+    assert not lost, (f"{len(lost)} of {len(must)} accepted tasks lost, accepted up to "
+                      f"{max(ages[t] for t in lost) * 1000:.0f} ms before the kill")
+    values = sorted(fetch(task_id).result for task_id in must)
+    assert values == sorted(set(values))  # one outcome each
+
+
 def test_segfault_is_a_failure_saying_the_worker_died(cluster):
     crash = async_task(fx.segfault, max_attempts=1)
     others = [async_task(fx.nap, 0.05, i) for i in range(10)]

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from nbqueue.errors import StoreError
-from nbqueue.outbox import OUTBOX_BYTES, WRITE_BYTES, Outbox
+from nbqueue.outbox import OUTBOX_BYTES, RETRY_AFTER, WRITE_BYTES, Outbox
 
 
 class Sink:
@@ -123,3 +123,29 @@ def test_the_thread_tries_again_after_a_refusal(sink):
     while not sink.packages and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sink.packages == [b"x"]
+
+
+def test_packages_put_while_a_batch_is_written_go_next_not_after_a_retry_delay(sink):
+    """A package that comes while the thread writes a batch is no refusal: it is written
+    right after that batch, far sooner than RETRY_AFTER (a caller killed meanwhile would
+    lose it)."""
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_write(packages: list[bytes]) -> None:
+        if packages == [b"first"]:
+            writing.set()
+            release.wait(10)
+        sink.write(packages)
+
+    outbox = Outbox("test-store", slow_write, lambda: False, sink.written.set)
+    outbox.put(b"first")
+    assert writing.wait(10)
+    outbox.put(b"second")  # arrives while "first" is being written
+    put_at = time.monotonic()
+    release.set()
+    deadline = put_at + 10
+    while b"second" not in sink.packages and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert sink.packages == [b"first", b"second"]
+    assert time.monotonic() - put_at < RETRY_AFTER / 2
+    assert outbox.error is None
