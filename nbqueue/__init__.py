@@ -14,8 +14,8 @@ from .control import cancel, cancel_group, retry, retry_group
 from .capture import report
 from .errors import (ClusterError, ConfigurationError, InsecureStoreError, NbqueueError,
                      NoClusterWarning, PackingError, RemoteError, SignatureError, StoreError,
-                     TaskCancelled, TaskFailed, TaskFunctionError, TaskTimeout, WaitWarning,
-                     WorkerLost, MissingDependency)
+                     TaskCancelled, TaskFailed, TaskFunctionError, TaskStillRunning,
+                     TaskTimeout, WaitWarning, WorkerLost, MissingDependency)
 from .futures import TaskFuture, future
 from .iterate import as_completed
 from .live import output, status
@@ -54,5 +54,5 @@ __all__ = [
     "NoClusterWarning", "WaitWarning", "future", "TaskFuture", "as_completed", "TaskFailed",
     "TaskCancelled", "cancel", "cancel_group", "retry", "retry_group", "report", "status",
     "output", "RemoteError", "WorkerLost", "MissingDependency", "summary",
-    "GroupSummary",
+    "GroupSummary", "TaskStillRunning",
 ]

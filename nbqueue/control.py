@@ -19,14 +19,15 @@ from typing import Callable, Iterable
 
 from . import conf
 from .broker import Broker, get_broker
-from .errors import ConfigurationError
+from .errors import ConfigurationError, TaskStillRunning
 from .hooks import find_hook, run_hook
 from .models import Task
-from .records import Header, Record, encode_header, decode_header, failure, make_record
-from .store import Store, get_store
+from .records import (Header, Record, decode_header, encode_header, failure, is_cancelled,
+                      make_record)
+from .store import Part, Store, get_store
 
 CANCELLED = "TaskCancelled: the task was cancelled with nbqueue.cancel before it started"
-CANCEL_WAIT = 2000  # ms cancel waits for a cluster to store the outcome of a leased task
+CANCEL_WAIT = 5000  # ms cancel waits for a cluster to store the outcome of a leased task
 _FEW = 16  # ids few enough to look for as bytes before unpickling a package
 
 
@@ -85,18 +86,25 @@ def _cancel(broker: Broker, match: Callable[[Header], bool],
     store.save([record for _, record in records], conf.settings().save_limit)
     for header, record in records:
         _run_hook(header, record, store)
-    if leased:  # its cluster stores the outcome: wait a little, so that result() shows it
+    if leased:  # its cluster stores the outcome once the run ended: wait for it, so that
+        # result() shows it and a run that finished before the cancel reached it is not
+        # counted (one still being stopped is)
         store.wait(lambda: all(store.part(bool(h.cached)).get(h.id) for h in leased),
                    CANCEL_WAIT)
+        leased = [h for h in leased if _cancelled(store.part(bool(h.cached)).get(h.id))]
     return len(removed) + len(leased)
+
+
+def _cancelled(record: Record | None) -> bool:
+    """Whether a leased task's outcome says it was cancelled (None: not stored yet)."""
+    return record is None or is_cancelled(record)
 
 
 def _finished(store: Store, header: Header, asked: float) -> bool:
     """Whether a leased task has an outcome from before the cancel was ``asked`` (its
     cancel, stored by a cluster quicker than this check, does not count)."""
     record = store.part(bool(header.cached)).get(header.id)
-    return record is not None and (record["stopped"] < asked or not str(
-        record["result"]).startswith("TaskCancelled"))
+    return record is not None and (record["stopped"] < asked or not is_cancelled(record))
 
 
 def _run_hook(header: Header, record: Record, store: Store) -> None:
@@ -116,8 +124,25 @@ def retry(task_id: str, cached: bool = False, broker: Broker | None = None) -> b
     that can run again. Its failure is removed until its new outcome is stored."""
     _check("task_id", task_id)
     broker = broker or get_broker()
-    record = get_store(broker.directory).part(cached).get(task_id)
+    part = get_store(broker.directory).part(cached)
+    record = part.get(task_id)
+    if record is None and task_id in broker.cancel_requests():
+        record = _cancelled_outcome(broker, part, task_id)
     return record is not None and _retry(broker, [record], cached) == 1
+
+
+def _cancelled_outcome(broker: Broker, part: Part, task_id: str) -> Record:
+    """The outcome of a task cancelled while it ran, once its run has stopped: a retry
+    before then would run it beside that run. Raises TaskStillRunning past CANCEL_WAIT."""
+    store = get_store(broker.directory)
+    store.wait(lambda: part.get(task_id) is not None, CANCEL_WAIT)
+    record = part.get(task_id)
+    if record is None:
+        raise TaskStillRunning(
+            f"task {task_id} was cancelled, but the cluster running it has not stopped it "
+            f"yet (its outcome is not stored after {CANCEL_WAIT / 1000:g} s); retry it once "
+            "result() or status() shows it cancelled")
+    return record
 
 
 def retry_group(group: str, cached: bool = False, broker: Broker | None = None) -> int:

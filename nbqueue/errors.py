@@ -48,6 +48,10 @@ class TaskCancelled(NbqueueError):
     """Raised inside a running task that ``nbqueue.cancel`` stopped."""
 
 
+class TaskStillRunning(NbqueueError, RuntimeError):
+    """A task cannot be sent again yet: its cancelled run has not stopped."""
+
+
 class TaskFailed(NbqueueError, RuntimeError):
     """A task ended in failure; ``.task`` is its ``Failure`` (its ``.result`` the error
     text). What a future, ``await`` and ``nbqueue.map`` raise for a failed task."""

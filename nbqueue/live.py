@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from .broker import Broker, get_broker
 from .capture import LIVE, LIVE_REFRESH
-from .records import Header, Record
+from .records import Header, Record, is_cancelled
 from .heartbeats import heartbeats
 from .storage import checked_get, process_alive
 from .store import check_name, get_store
@@ -54,7 +54,7 @@ def record_status(record: Record) -> dict[str, Any]:
     """``status`` of a finished task, from its record."""
     if record["success"]:
         state = "done"
-    elif str(record["result"]).startswith("TaskCancelled"):
+    elif is_cancelled(record):
         state = "cancelled"
     else:
         state = "failed"

@@ -163,6 +163,14 @@ def failure(task_id: str, why: str) -> Outcome:
     return Outcome(task_id, False, why, now, now)
 
 
+def is_cancelled(record: Record) -> bool:
+    """Whether a failure says the task was cancelled (by the cluster, or raised in it)."""
+    if record["success"]:
+        return False
+    first = str(record["result"]).split("\n", 1)[0]
+    return first.startswith(("TaskCancelled", "nbqueue.errors.TaskCancelled"))
+
+
 def refused_record(task_id: str, name: str, why: str, attempt: int) -> Record:
     """The record of a queued package that is not a task of this store (bad signature)."""
     header = Header(task_id, name, "<rejected package>", None, None, EMPTY_ARGS, save=True)

@@ -185,6 +185,28 @@ def logged(path, task_no, seconds=0.0):
     return task_no
 
 
+def ticking(path, task_no, seconds, deaf=False):
+    """Write 'start', a 'tick' every 20 ms for ``seconds``, then 'stop' (lines of
+    ``kind task_no pid time``): a run's ticks show when it really ran. ``deaf``: ignore
+    the cluster's stop signal, so that a cancel must kill the worker."""
+    import signal
+    if deaf:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"start {task_no} {os.getpid()} {time.time()}\n".encode())
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.02)
+            os.write(fd, f"tick {task_no} {os.getpid()} {time.time()}\n".encode())
+        os.write(fd, f"stop {task_no} {os.getpid()} {time.time()}\n".encode())
+    finally:
+        os.close(fd)
+        if deaf:
+            signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    return task_no
+
+
 def big_result(megabytes):
     return b"x" * (megabytes * 1024 * 1024)
 

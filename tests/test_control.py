@@ -174,3 +174,73 @@ def test_a_failure_of_a_sync_task_is_retried_on_the_cluster(cluster, tmp_path):
     assert retry(task_id) is True
     again = fetch(task_id, wait=WAIT)
     assert again.success and again.result == "now" and again.attempt_count == 2
+
+
+def _ran_beside_its_retry(path: str) -> bool:
+    """Whether the first run (of ``fx.ticking`` lines) went on ticking after the second
+    run started, in another process."""
+    lines = [line.split() for line in open(path).read().splitlines()]
+    starts = [i for i, line in enumerate(lines) if line[0] == "start"]
+    first_pid, second_pid = lines[starts[0]][2], lines[starts[1]][2]
+    return first_pid != second_pid and any(
+        line[2] == first_pid for line in lines[starts[1]:])
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("deaf", [False, True], ids=["stops", "killed"])
+def test_cancel_then_retry_at_once_never_runs_the_task_twice_at_once(cluster, tmp_path,
+                                                                      deaf):
+    """Retry right after cancel, while the cancelled run is being stopped (or its worker
+    killed, for a task deaf to the stop signal): the retry waits for the cancel's outcome,
+    so the task runs again only once the old run is gone."""
+    log = str(tmp_path / "log")
+    victim = async_task(fx.ticking, log, 1, 3.0, deaf)
+    wait_for(lambda: fx.runs(log, "start") == [1], 20, "running")
+    assert cancel(victim) is True
+    assert retry(victim) is True
+    again = fetch(victim, wait=WAIT)
+    assert again.success and again.attempt_count == 2
+    assert fx.runs(log, "start") == [1, 1] and fx.runs(log, "stop") == [1]
+    assert not _ran_beside_its_retry(log), "the cancelled run and its retry ran at once"
+
+
+def test_retry_of_a_task_whose_cancel_has_not_taken_effect_waits_then_says_so(store_dir,
+                                                                              tmp_path):
+    """With no cluster to stop it, a leased task's cancel cannot take effect: retry waits
+    CANCEL_WAIT for it, then refuses with TaskStillRunning instead of sending it again."""
+    broker = nbqueue.get_broker()
+    with pytest.warns(nbqueue.NoClusterWarning):
+        task_id = async_task(fx.add, 1)
+    assert len(broker.lease("a-cluster-that-hangs", 10, 60)) == 1
+    broker.flush()
+    assert cancel(task_id) is True  # requested: a cluster holds it
+    started = time.monotonic()
+    with pytest.raises(nbqueue.TaskStillRunning, match="has not stopped it yet"):
+        retry(task_id)
+    assert time.monotonic() - started >= 4.5
+    assert queue_size() == 0  # not sent again
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("round_", range(3))
+def test_cancel_group_racing_finishing_tasks_keeps_every_result_and_counts_exactly(
+        cluster, tmp_path, caplog, round_):
+    """cancel_group while short tasks finish by the hundred: a run that ended (its stop
+    line written) keeps its result, the count returned is exactly the tasks stored as
+    cancelled, every task has one outcome, and no outcome is said to be dropped."""
+    log = str(tmp_path / "log")
+    ids = [async_task(fx.logged, log, i, 0.005, group="race") for i in range(300)]
+    wait_for(lambda: len(fx.runs(log, "stop")) >= 40, 30, "some tasks done")
+    count = cancel_group("race")
+    outcomes = {i: fetch(i, wait=10_000) for i in ids}
+    assert all(t is not None for t in outcomes.values())
+    finished = set(fx.runs(log, "stop"))
+    for number, task_id in enumerate(ids):
+        task = outcomes[task_id]
+        if number in finished:
+            assert task.success and task.result == number, (number, task.result)
+        else:
+            assert not task.success and "cancelled" in task.result
+    assert count == sum(not t.success for t in outcomes.values())
+    assert nbqueue.count_group("race") == 300
+    assert not [r for r in caplog.records if "dropped" in r.getMessage()]

@@ -10,8 +10,12 @@ requests (``Broker.request_cancels``) and the cluster acts on it:
 - a running task is sent SIGUSR1 (``Executor.stop_task``), which raises TaskCancelled
   in it, and its worker is killed if it still runs it STOP_GRACE seconds later.
 
-Either way its outcome is a Failure saying it was cancelled, decided by the cluster at
-once (hooks run), and final: it is never delivered again.
+A task leased after its request is a Failure saying it was cancelled at once. A task
+cancelled in flight keeps its lease until its run has ended, and that end decides its
+outcome: a Failure saying it was cancelled (skipped, stopped, or its worker killed), or
+the result of a run that finished before the cancel reached it. Either way the outcome is
+final (hooks run; it is never delivered again), and no new delivery of the task (a
+``retry``, which needs that outcome) can run beside the old run.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("nbqueue")
 
 STOP_GRACE = 1.0  # seconds a cancelled task has to stop before its worker is killed
-WATCH = 5.0  # seconds a cancelled task not seen running yet is looked for
 WHY = "TaskCancelled: the task was cancelled with nbqueue.cancel"
 
 
@@ -45,7 +48,7 @@ class Cancels:
         self._ids: frozenset[str] = frozenset()
         self._stopping: dict[str, tuple[float, object]] = {}  # task id -> (deadline, handle)
         self._marked: set[str] = set()  # ids with a marker in the slot directory
-        self._unseen: dict[str, float] = {}  # cancelled, not seen running: id -> until when
+        self._unseen: dict[str, Job] = {}  # cancelled in flight, not seen running yet
         os.makedirs(os.path.join(cluster._slot_dir, CANCELLED_DIR), exist_ok=True)
 
     def requested(self) -> frozenset[str]:
@@ -62,30 +65,33 @@ class Cancels:
         return self._ids
 
     def cancel(self, jobs: list[Job]) -> None:
-        """Decide leased tasks' outcomes as cancelled, and stop them wherever they are:
-        every one is marked before any running one is stopped, since its worker then
-        goes on to its next task, which may be one of them."""
-        cluster = self.cluster
+        """Cancel tasks in flight, wherever they are: every one is marked before any
+        running one is stopped, since its worker then goes on to its next task, which
+        may be one of them. Their outcomes come from their chunks (the writer)."""
         for job in jobs:
             with open(self._marker(job.header.id), "w"):
                 pass
             self._marked.add(job.header.id)
-            cluster.writer.judge(job, WHY, attempt=job.lease.attempt, final=True)
-        until = time.monotonic() + WATCH
-        self._unseen.update((job.header.id, until) for job in jobs)
+            job.cancelled = True
+        self._unseen.update((job.header.id, job) for job in jobs)
+        inflight = self.cluster.inflight
+        for future in inflight.chunks_within(inflight.cancelled()):
+            future.cancel()  # one not started yet never runs: its tasks are cancelled now
         self._stop_running()
 
     def _stop_running(self) -> None:
         """Stop the cancelled tasks seen running: a task may start just as it is cancelled,
-        and dask reports a start a little late, so each is looked for WATCH seconds."""
+        and dask reports a start a little late, so each is looked for as long as it is in
+        flight."""
         now = time.monotonic()
         for task_id, _, _, handle in self.cluster.executor.running():
             if self._unseen.pop(task_id, None) is not None:
                 log.info("nbqueue cluster: stopping cancelled task %s", task_id)
                 self.cluster.executor.stop_task(handle)
                 self._stopping[task_id] = (now + STOP_GRACE, handle)
-        for task_id, until in list(self._unseen.items()):
-            if now > until:
+        inflight = self.cluster.inflight
+        for task_id, job in list(self._unseen.items()):
+            if inflight.job_of_task(task_id) is not job:  # its chunk ended
                 del self._unseen[task_id]
 
     def _marker(self, task_id: str) -> str:
@@ -106,7 +112,7 @@ class Cancels:
         """Act on new requests for tasks in flight; kill workers that did not stop."""
         cluster = self.cluster
         jobs = [cluster.inflight.job_of_task(task_id) for task_id in self.requested()]
-        jobs = [job for job in jobs if job is not None and not job.judged]
+        jobs = [job for job in jobs if job is not None and not (job.judged or job.cancelled)]
         if jobs:
             self.cancel(jobs)
         elif self._unseen:

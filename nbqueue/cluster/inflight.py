@@ -26,6 +26,7 @@ class Job:
     header: Header
     timeout: float | None
     judged: bool = False  # its outcome was decided outside its chunk (timeout, lost worker)
+    cancelled: bool = False  # cancelled in flight: its run's end decides its outcome
 
     def attempts_allowed(self, settings: Settings) -> int:
         """Deliveries this task may have (0: any number)."""
@@ -91,6 +92,11 @@ class InFlight:
         """Tokens of the jobs whose outcome is not decided yet: their leases are renewed."""
         with self._lock:
             return [token for token, job in self._jobs.items() if not job.judged]
+
+    def cancelled(self) -> set[str]:
+        """Tokens of the jobs cancelled in flight."""
+        with self._lock:
+            return {token for token, job in self._jobs.items() if job.cancelled}
 
     def chunks(self) -> list[Future]:
         with self._lock:

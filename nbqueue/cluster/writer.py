@@ -24,6 +24,7 @@ from ..models import Task
 from ..records import Outcome, Record, failure, make_record
 from ..blobs import Blob, discard
 from ..worker import failure_text
+from .cancels import WHY as CANCELLED
 from .inflight import Job
 
 if TYPE_CHECKING:
@@ -178,16 +179,34 @@ class Writer:
         try:
             outcomes = future.result()
         except CancelledError:
-            self.hand_back(jobs, counted=False)
+            self.hand_back(self._cancelled_ended(jobs, finished), counted=False)
             return
         except BROKEN as exc:
-            self._broken(jobs, exc)
+            self._broken(jobs, exc, finished)
             return
         except BaseException as exc:  # the chunk itself failed to run: count it on each task
             why = failure_text(exc)
             outcomes = [failure(job.header.id, why)._replace(token=job.lease.token)
                         for job in jobs if not self._arrived_ahead(job)]
         self._outcomes([o for o in outcomes if not isinstance(o, str)], finished)
+        reported = {o if isinstance(o, str) else o.id for o in outcomes}
+        self._cancelled_ended([job for job in jobs if job.header.id not in reported],
+                              finished)  # those it left out (dask drops them)
+
+    def _cancelled_ended(self, jobs: list[Job], finished: list[Verdict]) -> list[Job]:
+        """Of the jobs of a chunk that ended without their outcomes, the ones not
+        cancelled; each cancelled one is judged cancelled (final) now that nothing runs
+        it, unless its outcome came through the stream."""
+        rest = []
+        for job in jobs:
+            if job.cancelled and not job.judged and not self._arrived_ahead(job):
+                job.judged = True
+                record = _record(job, failure(job.header.id, CANCELLED), job.lease.attempt)
+                self._last_words(record)
+                finished.append((job, record, True))
+            elif not job.cancelled:
+                rest.append(job)
+        return rest
 
     def _arrived_ahead(self, job: Job) -> bool:
         """Whether the task's outcome came through the stream, not handled yet."""
@@ -207,9 +226,10 @@ class Writer:
                 continue
             self.cluster.feeder.measured(outcome.stopped - outcome.started)
             record = _record(job, outcome, job.lease.attempt)
-            finished.append((job, record, job.is_final(record["success"], settings)))
+            final = job.cancelled or job.is_final(record["success"], settings)
+            finished.append((job, record, final))
 
-    def _broken(self, jobs: list[Job], exc: BaseException) -> None:
+    def _broken(self, jobs: list[Job], exc: BaseException, finished: list[Verdict]) -> None:
         """The pool broke (a worker died, or we killed it): judge or hand back each task,
         once every worker of the broken pool is dead (one still running a task would
         otherwise run it beside its next delivery)."""
@@ -217,7 +237,7 @@ class Writer:
         cluster.deaths.await_doomed()
         if cluster.collector is not None:  # what the dead workers sent is all read
             cluster.collector.drain()
-        for job in jobs:
+        for job in self._cancelled_ended(jobs, finished):
             why = cluster.deaths.why(job.header.id)
             if job.judged or self._arrived_ahead(job):
                 continue
