@@ -34,7 +34,7 @@ import threading
 import time
 from typing import Any, Iterable, Iterator
 
-from . import conf, leases, search
+from . import conf, hosts, leases, search
 from .doorbell import Bells, Doorbell
 from .errors import SignatureError, StoreError
 from .heartbeats import drop_heartbeats
@@ -346,17 +346,35 @@ class Broker(search.Finding):
         return mine | leases.held_by(rows, leases.read_index(self._queue), owner)
 
     def reap(self, now: float | None = None) -> int:
-        """Put every expired lease back in the queue (its attempt counted); return how many."""
+        """Put every expired lease back in the queue; return how many. Only a task that a
+        worker began is charged an attempt: its holder's folder on this machine tells
+        (``nbqueue.hosts``), and without one every task is. Then the folders of dead
+        holders no longer needed are swept."""
         now = time.time() if now is None else now
         if self._memory.rows:  # this process's leases in memory are reaped like the others
             self._write_now()
-        if not any(held[0] < now for held in leases.read_index(self._queue).values()):
+        expired = {held[1] for held in leases.read_index(self._queue).values()
+                   if held[0] < now}
+        if not expired:
             return 0
+        found = {owner: hosts.begun(owner) for owner in expired}  # outside the transaction
+
+        def begun(owner: str) -> set[str] | None:
+            if owner not in found:  # expired since the index was read
+                found[owner] = hosts.begun(owner)
+            return found[owner]
+
         with self._transaction(retry=True):
             index = leases.read_index(self._queue)
-            reaped = leases.reap(self._queue, index, now)
+            reaped = leases.reap(self._queue, index, now, begun)
             self._queue.set(INDEX, index)
+        hosts.sweep(self.directory, self.owners(index))
         return reaped
+
+    def owners(self, index: leases.Index | None = None) -> set[str]:
+        """The clusters that hold leases (of ``index``, by default the stored one)."""
+        index = leases.read_index(self._queue) if index is None else index
+        return {held[1] for held in index.values()}
 
     def pending(self) -> int:
         """Packages waiting, this process's outbox included: ``size`` without a flush."""

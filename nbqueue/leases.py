@@ -109,16 +109,24 @@ def held_by(rows: dict[str, list[int]], index: Index, owner: str) -> set[str]:
     return found
 
 
-def reap(queue: Any, index: Index, now: float) -> int:
-    """Put the packages of expired leases back in the queue (their attempt counted);
-    ``index`` is changed, for the caller to write back."""
+def reap(queue: Any, index: Index, now: float,
+         begun: Callable[[str], set[str] | None]) -> int:
+    """Put the packages of expired leases back in the queue; ``index`` is changed, for
+    the caller to write back. ``begun(owner)``: the tokens of ``owner``'s leases whose
+    task a worker began, or None if unknown. Those, and all when unknown, have their
+    attempt counted; the others never ran and get their attempt back."""
     reaped = []
     for batch, held in list(index.items()):
         if held[0] < now:
             del index[batch]
             row = checked_get(queue, ROW + batch, {}, "a lease row")
             queue.delete(ROW + batch)
-            reaped.extend(row[number] for number in sorted(row))
+            started = begun(held[1])
+            for number in sorted(row):
+                attempt, package = row[number]
+                if started is not None and f"{batch}.{number}" not in started:
+                    attempt -= 1
+                reaped.append((attempt, package))
     push_front(queue, reaped)
     return len(reaped)
 

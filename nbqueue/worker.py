@@ -12,6 +12,11 @@ Timeouts are a small arm/cancel strategy in two tiers:
    what it runs, and until when, into a 64-byte *slot* (a shared-memory file). The
    cluster reads the slots every 100 ms and SIGKILLs a worker still on the same
    task a grace period after its deadline; a signal cannot stop C code, a kill can.
+
+After its slot, the file keeps a ring of the lease tokens of the last BEGUN tasks the
+worker began: a host killed with its workers leaves that record behind, and the
+reaper of its expired leases charges an attempt only to the tasks that began
+(``nbqueue.hosts``). Both are plain stores to shared memory: no system call per task.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ HOST_WATCH = 0.25  # seconds between checks that the cluster host is still alive
 CANCELLED_DIR = "cancelled"  # in the slot directory: a file per cancelled task id
 # seq (odd while writing), started, deadline (0 = none), task id
 SLOT = struct.Struct("<Qdd40s")
+BEGUN = 1024  # lease tokens of the tasks a worker began, kept in a ring after its slot
+TOKEN = 40  # bytes per token in that ring (a token is at most 35)
 
 _resolved: dict[str, Callable[..., Any]] = {}
 
@@ -108,13 +115,22 @@ class Slot:
     """This worker's shared-memory record of the task it runs (tier 2 of timeouts)."""
 
     def __init__(self, path: str) -> None:
+        size = SLOT.size + BEGUN * TOKEN
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            os.ftruncate(fd, SLOT.size)
-            self._map = mmap.mmap(fd, SLOT.size)
+            os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
         finally:
             os.close(fd)
         self._seq = 0
+        self._begun = 0  # tasks begun: the next one goes to entry _begun % BEGUN
+
+    def begin(self, token: str) -> None:
+        """Note that this worker begins the task of lease ``token`` (before anything of
+        it runs, its unpickling included)."""
+        start = SLOT.size + self._begun % BEGUN * TOKEN
+        self._map[start:start + TOKEN] = token.encode().ljust(TOKEN, b"\0")[:TOKEN]
+        self._begun += 1
 
     def mark(self, task_id: str, started: float, deadline: float) -> None:
         self._seq += 1
@@ -142,6 +158,18 @@ def read_slot(path: str) -> tuple[str, float, float] | None:
     except OSError:
         return None
     return None
+
+
+def read_begun(path: str) -> set[str]:
+    """The lease tokens of the last BEGUN tasks the worker of slot ``path`` began."""
+    try:
+        with open(path, "rb") as src:
+            src.seek(SLOT.size)
+            data = src.read(BEGUN * TOKEN)
+    except OSError:
+        return set()
+    tokens = (data[i:i + TOKEN].rstrip(b"\0") for i in range(0, len(data), TOKEN))
+    return {token.decode("ascii", "replace") for token in tokens if token}
 
 
 _alarm = _Alarm()
@@ -174,6 +202,8 @@ def execute(item: Item, slot: Slot | None = None,
     task_id, func_ref, func_bytes, args_bytes, timeout, token = item
     started = time.time()
     if slot is not None:
+        if token:
+            slot.begin(token)
         slot.mark(task_id, started, started + timeout if timeout else 0.0)
     captured = capture.begin(task_id, token, started, inline)
     armed = False

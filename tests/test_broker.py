@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import subprocess
@@ -190,6 +191,40 @@ def test_reap_puts_expired_leases_back_with_attempt_counted(broker):
     assert broker.reap() == 1
     (third,) = broker.lease("w", 1, 30)
     assert third.package == b"short" and third.attempt == 3
+
+
+def test_reap_charges_only_the_leases_whose_task_a_worker_began(broker):
+    """The holder's folder (``nbqueue.hosts``) says which tasks its workers began: only
+    those keep their attempt; the others come back as they were."""
+    from nbqueue import hosts, worker
+    for name in (b"a", b"b", b"c"):
+        broker.enqueue(name)
+    leased = broker.lease("cluster-one", 3, 60)
+    dead = []
+    for _ in range(2):  # pids of processes that ended: the host, its worker
+        proc = subprocess.Popen([sys.executable, "-c", "pass"])
+        proc.wait(10)
+        dead.append(proc.pid)
+    folder = hosts.make_folder("cluster-one")
+    try:
+        with open(os.path.join(folder, hosts.HOST_FILE), "w") as out:
+            json.dump({"pid": dead[0], "cluster": "cluster-one",
+                       "directory": broker.directory, "slots": True}, out)
+        worker.Slot(os.path.join(folder, str(dead[1]))).begin(leased[1].token)
+        assert broker.reap(now=time.time() + 120) == 3
+        again = broker.lease("cluster-two", 3, 60)
+        assert [(lease.package, lease.attempt) for lease in again] == [
+            (b"a", 1), (b"b", 2), (b"c", 1)]
+        broker.ack([lease.token for lease in again])
+        # without a folder of its holder here, every task is charged, as it may have run
+        broker.enqueue(b"d")
+        broker.lease("cluster-elsewhere", 1, 60)
+        assert broker.reap(now=time.time() + 120) == 1
+        assert broker.lease("cluster-two", 1, 60)[0].attempt == 2
+        assert not os.path.exists(folder)  # used: the dead host's folder is swept
+    finally:
+        import shutil
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_reap_leaves_live_leases_alone(broker):

@@ -98,7 +98,7 @@ def test_sigkill_of_one_worker_mid_group(store_dir):
         assert _wait_for(lambda: count_group("kill-worker") >= 100, 60)
         def busy_worker():  # a worker in the middle of a task, as its slot shows
             for name in os.listdir(cluster._slot_dir):
-                if read_slot(os.path.join(cluster._slot_dir, name)) is not None:
+                if name.isdigit() and read_slot(os.path.join(cluster._slot_dir, name)):
                     return int(name)
             return None
         assert _wait_for(busy_worker, 10)
@@ -751,3 +751,156 @@ def test_a_disk_that_fills_up_refuses_tasks_at_the_call_and_drops_none(small_dis
     finally:
         broker_module.drop_broker(directory)
         drop_store(directory)
+
+
+# -- hosts killed while tasks wait behind a running one ----------------------------------
+
+def _starts(path: str) -> dict[int, int]:
+    """Per task number, how many runs of it began (a `fx.logged` file)."""
+    runs = _runs(path) if os.path.exists(path) else {}
+    return {task_no: len(spans) for task_no, spans in runs.items()}
+
+
+def _host(store_dir: str, *options: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "nbqueue", "cluster", "--directory",
+                             store_dir, "--workers", "1", *options],
+                            cwd=os.getcwd(), stderr=subprocess.DEVNULL)
+
+
+def _folders(cluster_id: str) -> list[str]:
+    """The folders in the temp directory of the cluster ``cluster_id``'s host."""
+    import tempfile
+    top = tempfile.gettempdir()
+    return [os.path.join(top, name) for name in os.listdir(top)
+            if name.startswith(f"nbqueue-{cluster_id[:8]}-")]
+
+
+def _host_id(broker, pid: int) -> str:
+    found = [c["id"] for c in heartbeats(broker.directory).clusters() if c["pid"] == pid]
+    return found[0] if found else ""
+
+
+def test_three_host_kills_charge_only_the_task_that_was_running(store_dir, tmp_path):
+    """A host's one worker runs a long task with three more leased behind it, waiting in
+    the worker's queue; SIGKILL the host, a new host reaps its expired leases, three
+    times over. Only the long task began each time: it is charged each time and given up
+    after max_attempts; the three others never began, so they are handed back uncounted
+    and run once, as first attempts. The dead hosts' folders are swept once used."""
+    log = str(tmp_path / "runs.log")
+    broker = nbqueue.get_broker()
+    ids = [async_task(fx.logged, log, i, 60.0 if i == 0 else 0.0, group="crashes")
+           for i in range(4)]
+    nbqueue.flush()
+    folders: list[str] = []
+    for kill in range(1, 4):
+        host = _host(store_dir, "--retry", "1.5", "--max-attempts", "3")
+        try:
+            # its worker began task 0 (for the kill-th time), the three others leased
+            assert _wait_for(lambda: _starts(log).get(0) == kill and broker.leased() == 4,
+                             60), (_starts(log), broker.leased())
+            assert set(_starts(log)) == {0} and broker.size() == 0
+            assert _wait_for(lambda: _host_id(broker, host.pid), 10)
+            folders += _folders(_host_id(broker, host.pid))
+            os.kill(host.pid, signal.SIGKILL)
+            host.wait(timeout=10)
+        finally:
+            _kill_tree(host.pid)
+    assert len(folders) == 3
+    with Cluster(workers=1, retry=1.5, max_attempts=3):
+        tasks = fetch_group("crashes", count=4, wait=WAIT)
+        swept = _wait_for(lambda: not any(os.path.exists(f) for f in folders), 10)
+    assert len(tasks) == 4 and broker.leased() == 0 and broker.size() == 0
+    by_id = {t.id: t for t in (fetch(i) for i in ids)}
+    long_one = by_id[ids[0]]
+    assert not long_one.success and long_one.attempt_count == 3
+    assert "WorkerLost: gave up after 3 attempts" in long_one.result
+    for i in ids[1:]:
+        assert by_id[i].success and by_id[i].attempt_count == 1, (by_id[i].attempt_count,
+                                                                  by_id[i].result)
+    assert _starts(log) == {0: 3, 1: 1, 2: 1, 3: 1}
+    assert count_group("crashes") == 4 and count_group("crashes", failures=True) == 1
+    assert swept, [f for f in folders if os.path.exists(f)]
+
+
+def test_a_task_that_kills_its_host_each_time_is_given_up_after_max_attempts(store_dir,
+                                                                            tmp_path):
+    """The task ends before its host is dead, and its worker may begin the next ones
+    before it exits: every task that began is charged (the others, allowed more
+    attempts, show it), those that did not are not, and the killer is given up after
+    max_attempts (2) like any task that began each time."""
+    log = str(tmp_path / "runs.log")
+    broker = nbqueue.get_broker()
+    killer = async_task(fx.kills_its_host, log, 0, group="killer")
+    ids = [async_task(fx.logged, log, i, 0.5, group="killer", max_attempts=5)
+           for i in range(1, 4)]
+    nbqueue.flush()
+    for kill in range(1, 3):
+        host = _host(store_dir, "--retry", "1.5", "--max-attempts", "2")
+        try:
+            assert host.wait(timeout=60) == -signal.SIGKILL  # by its task
+            assert _starts(log)[0] == kill
+        finally:
+            _kill_tree(host.pid)
+    with Cluster(workers=1, retry=1.5, max_attempts=2):
+        tasks = fetch_group("killer", count=4, wait=WAIT)
+    assert len(tasks) == 4 and broker.leased() == 0 and broker.size() == 0
+    dead = fetch(killer)
+    assert not dead.success and dead.attempt_count == 2, (dead.attempt_count, dead.result)
+    assert "WorkerLost: gave up after 2 attempts" in dead.result
+    starts = _starts(log)
+    assert starts[0] == 2
+    for number, task_id in enumerate(ids, 1):
+        task = fetch(task_id)
+        assert task.success and task.attempt_count == starts[number], (number, starts)
+
+
+def test_a_cluster_start_sweeps_the_folders_of_dead_hosts_only(store_dir, tmp_path):
+    """SIGKILL leaves a host's folder behind: the next start removes it, and that of a
+    dead host whose store is gone; never a live host's, nor another user's."""
+    import shutil
+    broker = nbqueue.get_broker()
+    other_store = str(tmp_path / "other")
+    hosts = {"live": _host(store_dir), "dead": _host(store_dir),
+             "gone": _host(other_store)}
+    folders: dict[str, str] = {}
+    foreign = ""
+    try:
+        for name in ("live", "dead"):
+            assert _wait_for(lambda: _host_id(broker, hosts[name].pid), 60)
+            found = _folders(_host_id(broker, hosts[name].pid))
+            assert len(found) == 1
+            folders[name] = found[0]
+        other = nbqueue.get_broker(other_store)
+        assert _wait_for(lambda: heartbeats(other.directory).clusters(), 60)
+        folders["gone"] = _folders(heartbeats(other.directory).clusters()[0]["id"])[0]
+        # another user's folder, just like the dead host's
+        import tempfile
+        foreign = tempfile.mkdtemp(prefix="nbqueue-0badf00d-")
+        shutil.copy(os.path.join(folders["dead"], "host"), foreign)
+        for path in (foreign, os.path.join(foreign, "host")):
+            os.chown(path, 54321, 54321)
+        for name in ("dead", "gone"):
+            os.kill(hosts[name].pid, signal.SIGKILL)
+            hosts[name].wait(timeout=10)
+        nbqueue.broker.drop_broker(other_store)
+        shutil.rmtree(other_store)
+        # the dead hosts' workers exit on their own within HOST_WATCH
+        assert _wait_for(lambda: not any(
+            _alive(int(n)) for name in ("dead", "gone")
+            for n in os.listdir(folders[name]) if n.isdigit()), 10)
+        assert all(os.path.isdir(path) for path in folders.values())
+        with Cluster(workers=1):
+            assert not os.path.exists(folders["dead"])
+            assert not os.path.exists(folders["gone"])
+            assert os.path.isdir(folders["live"]) and hosts["live"].poll() is None
+            assert os.path.isdir(foreign)
+            assert result(async_task(fx.add, 2, 3), wait=WAIT) == 5
+    finally:
+        for host in hosts.values():
+            _kill_tree(host.pid)
+        if foreign:
+            shutil.rmtree(foreign, ignore_errors=True)
+    assert _wait_for(lambda: not os.path.exists(folders["live"]) or not any(
+        _alive(int(n)) for n in os.listdir(folders["live"]) if n.isdigit()), 10)
+    with Cluster(workers=1):  # the live host is dead now: swept in turn
+        assert not os.path.exists(folders["live"])

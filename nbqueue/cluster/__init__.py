@@ -39,13 +39,12 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 import uuid
 from typing import Any
 
-from .. import conf
+from .. import conf, hosts
 from ..broker import Broker, get_broker
 from ..errors import ClusterError, ConfigurationError
 from ..executors import EXECUTOR_OPTIONS, Executor, make_executor
@@ -172,10 +171,12 @@ class Cluster:
 
     def _start(self) -> None:
         self.started_at = time.time()
-        self._slot_dir = tempfile.mkdtemp(prefix=f"nbqueue-{self.id[:8]}-")
+        self._slot_dir = hosts.make_folder(self.id)
         executor = make_executor(self.executor_name, self.workers, self._slot_dir,
                                  self.settings.max_rss, **self._executor_options)
+        hosts.describe(self._slot_dir, self.id, self.directory, executor.notes_begun)
         clean_spill(self.directory, lambda host: not process_alive(host))  # of clusters gone
+        hosts.sweep(self.directory, self.broker.owners())  # folders of dead hosts
         sweep_arguments(self.directory, self.broker.holds)
         executor.at_exit = stop_all
         executor.directory = self.directory

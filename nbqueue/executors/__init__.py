@@ -70,6 +70,8 @@ class Executor:
     # whether its workers send outcomes through the cluster's stream as tasks end
     # (``nbqueue.stream``), or only in their chunk's result
     streams_outcomes = False
+    # whether its workers note in their slots each task they begin (``worker.Slot``)
+    notes_begun = False
 
     def open(self) -> None:
         """Connect or start what the executor needs, before the cluster's threads start.

@@ -23,6 +23,7 @@ class LokyExecutor(Executor):
 
     name = "loky"
     streams_outcomes = True
+    notes_begun = True
 
     def __init__(self, workers: int, slot_dir: str, max_rss: int | None = None) -> None:
         self.workers = workers
@@ -71,8 +72,10 @@ class LokyExecutor(Executor):
             return []
         states = []
         for entry in os.scandir(self.slot_dir):
+            if not entry.name.isdigit():  # the host file, the stream, cancel markers
+                continue
             state = worker.read_slot(entry.path)
-            if state is not None and entry.name.isdigit():
+            if state is not None:
                 states.append((state[0], state[1], state[2], int(entry.name)))
         return states
 
