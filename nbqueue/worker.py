@@ -44,7 +44,7 @@ CANCELLED_DIR = "cancelled"  # in the slot directory: a file per cancelled task 
 # seq (odd while writing), started, deadline (0 = none), task id
 SLOT = struct.Struct("<Qdd40s")
 BEGUN = 1024  # lease tokens of the tasks a worker began, kept in a ring after its slot
-TOKEN = 40  # bytes per token in that ring (a token is at most 35)
+TOKEN = struct.Struct("40s")  # one token of that ring, NUL-padded (a token is at most 35)
 
 _resolved: dict[str, Callable[..., Any]] = {}
 
@@ -115,7 +115,7 @@ class Slot:
     """This worker's shared-memory record of the task it runs (tier 2 of timeouts)."""
 
     def __init__(self, path: str) -> None:
-        size = SLOT.size + BEGUN * TOKEN
+        size = SLOT.size + BEGUN * TOKEN.size
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             os.ftruncate(fd, size)
@@ -128,8 +128,8 @@ class Slot:
     def begin(self, token: str) -> None:
         """Note that this worker begins the task of lease ``token`` (before anything of
         it runs, its unpickling included)."""
-        start = SLOT.size + self._begun % BEGUN * TOKEN
-        self._map[start:start + TOKEN] = token.encode().ljust(TOKEN, b"\0")[:TOKEN]
+        TOKEN.pack_into(self._map, SLOT.size + self._begun % BEGUN * TOKEN.size,
+                        token.encode())
         self._begun += 1
 
     def mark(self, task_id: str, started: float, deadline: float) -> None:
@@ -165,10 +165,11 @@ def read_begun(path: str) -> set[str]:
     try:
         with open(path, "rb") as src:
             src.seek(SLOT.size)
-            data = src.read(BEGUN * TOKEN)
+            data = src.read(BEGUN * TOKEN.size)
     except OSError:
         return set()
-    tokens = (data[i:i + TOKEN].rstrip(b"\0") for i in range(0, len(data), TOKEN))
+    size = TOKEN.size
+    tokens = (data[i:i + size].rstrip(b"\0") for i in range(0, len(data) - size + 1, size))
     return {token.decode("ascii", "replace") for token in tokens if token}
 
 
