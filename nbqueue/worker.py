@@ -112,7 +112,8 @@ class _Alarm:
 
 
 class Slot:
-    """This worker's shared-memory record of the task it runs (tier 2 of timeouts)."""
+    """This worker's shared-memory record of the task it runs (tier 2 of timeouts), and
+    of the last BEGUN tasks it began (for the reaper of a dead host's leases)."""
 
     def __init__(self, path: str) -> None:
         size = SLOT.size + BEGUN * TOKEN.size
