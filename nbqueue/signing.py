@@ -2,8 +2,12 @@
 
 A package is ``MAGIC + MAC + payload``: the MAC a keyed BLAKE2b of a small payload, a
 keyed BLAKE3 of a large one (each the faster at that size; both are sound), taken of
-every value the store holds. Large values of stores written by earlier versions carry
-an HMAC-SHA256, which is still checked.
+every value the store holds. The MAC covers a ``context`` with the payload: what the
+value is for (a value of the store's tables, the arguments or the result of one task,
+the value file of one row), so a value signed for one task or use is refused in the
+place of another (two tasks' files swapped); the context is fed to the MAC, not stored.
+Values of stores written by earlier versions carry a MAC of the payload alone (and
+large ones there an HMAC-SHA256): they are still read, bound to nothing.
 The key is created once, 32 random bytes, in a 0600 file inside the 0700 store
 directory, both owned by the user, so only they can put work in it that a cluster will
 run. A package whose signature does not check out is never unpickled.
@@ -22,11 +26,15 @@ from blake3 import blake3
 
 from .errors import InsecureStoreError, SignatureError, StoreError
 
-MAGIC = b"NBQ2"  # keyed BLAKE2b
-MAGIC_LARGE = b"NBQ3"  # HMAC-SHA256: large values of stores written before BLAKE3, read
-MAGIC_FAST = b"NBQ4"  # keyed BLAKE3, for payloads of LARGE bytes or more
+MAGIC = b"NBQ5"  # keyed BLAKE2b of the context and the payload
+MAGIC_FAST = b"NBQ6"  # keyed BLAKE3 of the context and the payload, LARGE bytes or more
+# of the payload alone, bound to nothing: values of stores of earlier versions, read
+MAGIC_UNBOUND = b"NBQ2"  # keyed BLAKE2b
+MAGIC_LARGE = b"NBQ3"  # HMAC-SHA256
+MAGIC_UNBOUND_FAST = b"NBQ4"  # keyed BLAKE3
 LARGE = 64 * 1024
-_MAGICS = (MAGIC, MAGIC_LARGE, MAGIC_FAST)
+_MAGICS = (MAGIC, MAGIC_FAST, MAGIC_UNBOUND, MAGIC_LARGE, MAGIC_UNBOUND_FAST)
+_PERSON = b"nbqueue context"  # keeps bound BLAKE2b MACs apart from unbound ones
 _MAC_SIZE = 32
 _HEADER = len(MAGIC) + _MAC_SIZE
 HEADER_SIZE = _HEADER  # bytes before the payload of a signed package
@@ -129,63 +137,94 @@ def forget_key(directory: str) -> None:
     _keys.pop(directory, None)
 
 
-def _mac(key: bytes, payload: Any, magic: bytes) -> bytes:
+def context(role: str, name: str = "") -> bytes:
+    """What a signature binds a value to besides its bytes: its ``role`` (``"value"``: a
+    value of the store's tables; ``"arguments"``, ``"result"``: a task's file) and the
+    ``name`` of what it belongs to (the task id, the value file)."""
+    return f"{role}:{name}".encode()
+
+
+VALUE = context("value")  # a value of the store's tables, or a message
+
+
+def _mac(key: bytes, payload: Any, magic: bytes, bound: bytes) -> bytes:
+    if magic == MAGIC and bound is VALUE:  # every task's package: a keyed start, copied
+        mac = _value_macs.get(key)
+        if mac is None:
+            mac = _value_macs[key] = hashlib.blake2b(_framed(VALUE), key=key,
+                                                     digest_size=_MAC_SIZE, person=_PERSON)
+        mac = mac.copy()
+        mac.update(payload)
+        return mac.digest()
+    return _parts_mac(key, (payload,), magic, bound)
+
+
+_value_macs: dict[bytes, Any] = {}
+
+
+def _parts_mac(key: bytes, parts: Any, magic: bytes, bound: bytes) -> bytes:
+    """The MAC of the kind ``magic`` names of the payload ``parts`` make, and of the
+    context ``bound`` when that kind binds one (its length first: the two cannot be
+    told apart otherwise)."""
     if magic == MAGIC:
-        return hashlib.blake2b(payload, key=key, digest_size=_MAC_SIZE).digest()
-    if magic == MAGIC_FAST:
-        return blake3(payload, key=_fast_key(key)).digest()
-    return hmac.digest(key, payload, "sha256")
+        mac: Any = hashlib.blake2b(_framed(bound), key=key, digest_size=_MAC_SIZE,
+                                   person=_PERSON)
+    elif magic == MAGIC_FAST:
+        mac = blake3(_framed(bound), key=_fast_key(key, _BOUND_CONTEXT))
+    elif magic == MAGIC_UNBOUND:
+        mac = hashlib.blake2b(key=key, digest_size=_MAC_SIZE)
+    elif magic == MAGIC_UNBOUND_FAST:
+        mac = blake3(key=_fast_key(key, _UNBOUND_CONTEXT))
+    else:
+        mac = hmac.new(key, digestmod="sha256")
+    for part in parts:
+        mac.update(part)
+    return mac.digest()
 
 
-def _fast_key(key: bytes) -> bytes:
+def _framed(bound: bytes) -> bytes:
+    return len(bound).to_bytes(4, "little") + bound
+
+
+def _fast_key(key: bytes, purpose: str) -> bytes:
     """The store key's own subkey for keyed BLAKE3 (which takes exactly 32 bytes)."""
-    derived = _fast_keys.get(key)
+    derived = _fast_keys.get((key, purpose))
     if derived is None:
-        derived = _fast_keys[key] = blake3(key, derive_key_context=_CONTEXT).digest()
+        derived = _fast_keys[key, purpose] = blake3(key, derive_key_context=purpose).digest()
     return derived
 
 
-_fast_keys: dict[bytes, bytes] = {}
-_CONTEXT = "nbqueue 2026-12-05 MAC of large values"
+_fast_keys: dict[tuple[bytes, str], bytes] = {}
+_UNBOUND_CONTEXT = "nbqueue 2026-12-05 MAC of large values"
+_BOUND_CONTEXT = "nbqueue MAC of a value and what it is for"
 
 
-def seal(key: bytes, payload: Any) -> tuple[bytes, Any]:
-    """The header (magic and MAC) that signs ``payload``: keyed BLAKE2b for small ones
-    (a task's package: the quickest to start), keyed BLAKE3 from LARGE bytes on (about
-    6 GB/s on one core, where HMAC-SHA256 does 1.8, and it lets go of the GIL)."""
+def seal(key: bytes, payload: Any, bound: bytes = VALUE) -> tuple[bytes, Any]:
+    """The header (magic and MAC) that signs ``payload`` for the context ``bound``:
+    keyed BLAKE2b for small ones (a task's package: the quickest to start), keyed BLAKE3
+    from LARGE bytes on (about 6 GB/s on one core, where HMAC-SHA256 does 1.8, and it
+    lets go of the GIL)."""
     magic = MAGIC if len(payload) < LARGE else MAGIC_FAST  # bytes, or a view of bytes
-    return magic + _mac(key, payload, magic), payload
+    return magic + _mac(key, payload, magic, bound), payload
 
 
-def seal_parts(key: bytes, parts: list[Any]) -> bytes:
+def seal_parts(key: bytes, parts: list[Any], bound: bytes = VALUE) -> bytes:
     """The header that ``seal`` makes for the payload ``b"".join(parts)``, without joining
     them."""
     size = sum(memoryview(part).nbytes for part in parts)
-    return _parts_mac(key, parts, MAGIC if size < LARGE else MAGIC_FAST)
+    magic = MAGIC if size < LARGE else MAGIC_FAST
+    return magic + _parts_mac(key, parts, magic, bound)
 
 
-def _parts_mac(key: bytes, parts: list[Any], magic: bytes) -> bytes:
-    """``magic`` and the MAC of that kind of the payload ``parts`` make."""
-    if magic == MAGIC_FAST:
-        mac: Any = blake3(key=_fast_key(key))
-    elif magic == MAGIC_LARGE:
-        mac = hmac.new(key, digestmod="sha256")
-    else:
-        mac = hashlib.blake2b(key=key, digest_size=_MAC_SIZE)
-    for part in parts:
-        mac.update(part)
-    return magic + mac.digest()
-
-
-def sign(key: bytes, payload: bytes) -> bytes:
-    """Wrap ``payload`` into a signed package."""
-    header, _ = seal(key, payload)
+def sign(key: bytes, payload: bytes, bound: bytes = VALUE) -> bytes:
+    """Wrap ``payload`` into a signed package, for the context ``bound``."""
+    header, _ = seal(key, payload, bound)
     return header + payload
 
 
-def verify(key: bytes, package: Any) -> memoryview:
-    """The payload of a signed package, as a view (no copy of a large one); raise
-    SignatureError saying why not."""
+def verify(key: bytes, package: Any, bound: bytes = VALUE) -> memoryview:
+    """The payload of a package signed for the context ``bound``, as a view (no copy of
+    a large one); raise SignatureError saying why not."""
     if not isinstance(package, (bytes, bytearray)):
         raise SignatureError(f"package is a {type(package).__name__}, not bytes")
     if len(package) < _HEADER:
@@ -194,31 +233,27 @@ def verify(key: bytes, package: Any) -> memoryview:
     if magic not in _MAGICS:
         raise SignatureError("package has no nbqueue header (random or foreign bytes)")
     payload = memoryview(package)[_HEADER:]
-    if not hmac.compare_digest(_mac(key, payload, magic), package[len(MAGIC):_HEADER]):
+    if not hmac.compare_digest(_mac(key, payload, magic, bound), package[len(MAGIC):_HEADER]):
         raise SignatureError(_MISMATCH)
     return payload
 
 
-def check(key: bytes, header: bytes, payload: Any) -> None:
+def check(key: bytes, header: bytes, payload: Any, bound: bytes = VALUE) -> None:
     """Check ``payload`` against the ``header`` that ``seal`` made for it, the two read
     apart (a large file's payload is read into a bytes object of its own); raise
     SignatureError saying why it does not match."""
-    magic = header[:len(MAGIC)]
-    if len(header) != HEADER_SIZE or magic not in _MAGICS:
-        raise SignatureError("file has no nbqueue header (truncated, random or foreign bytes)")
-    if not hmac.compare_digest(_mac(key, payload, magic), header[len(MAGIC):]):
-        raise SignatureError(_MISMATCH)
+    check_parts(key, header, (payload,), bound)
 
 
-def check_parts(key: bytes, header: bytes, parts: list[Any]) -> None:
+def check_parts(key: bytes, header: bytes, parts: Any, bound: bytes = VALUE) -> None:
     """``check`` of the payload ``b"".join(parts)``, without joining them."""
     magic = header[:len(MAGIC)]
     if len(header) != HEADER_SIZE or magic not in _MAGICS:
         raise SignatureError("file has no nbqueue header (truncated, random or foreign bytes)")
-    if not hmac.compare_digest(_parts_mac(key, parts, magic)[len(MAGIC):],
-                               header[len(MAGIC):]):
+    if not hmac.compare_digest(_parts_mac(key, parts, magic, bound), header[len(MAGIC):]):
         raise SignatureError(_MISMATCH)
 
 
-_MISMATCH = ("package signature does not match this store's key (tampered, truncated, or "
-             "signed with another key)")
+_MISMATCH = ("package signature does not match this store's key and its use (tampered, "
+             "truncated, signed with another key, or made for another task or use: "
+             "swapped with another file)")

@@ -320,3 +320,59 @@ def test_a_payload_signed_in_parts_is_checked_whole_and_the_other_way_round():
     assert signing.seal_parts(KEY, [small[:3], small[3:]]) == sign(KEY, small)[:signing.HEADER_SIZE]
     with pytest.raises(SignatureError, match="no nbqueue header"):
         signing.check_parts(KEY, b"XXXX" + header[4:], [payload])
+
+
+@pytest.mark.parametrize("size", [100, signing.LARGE + 10])
+def test_a_signature_binds_what_the_value_is_for(size):
+    """The context (role and task) is part of what is signed, not of the package: the
+    same bytes signed for one task or use are refused for another, whole or in parts."""
+    payload = os.urandom(size)
+    arguments = signing.context("arguments", "task-1")
+    package = sign(KEY, payload, arguments)
+    assert len(package) == signing.HEADER_SIZE + size
+    assert verify(KEY, package, arguments) == payload
+    header = package[:signing.HEADER_SIZE]
+    signing.check_parts(KEY, header, [payload[:7], payload[7:]], arguments)
+    assert signing.seal_parts(KEY, [payload[:7], payload[7:]], arguments) == header
+    for other in (signing.context("arguments", "task-2"), signing.context("result", "task-1"),
+                  signing.VALUE, signing.context("arguments", "task-"),
+                  signing.context("arguments", "task-11")):
+        with pytest.raises(SignatureError, match="made for another task or use"):
+            verify(KEY, package, other)
+        with pytest.raises(SignatureError, match="does not match"):
+            signing.check(KEY, header, payload, other)
+    assert verify(KEY, sign(KEY, payload)) == payload  # a value of the tables by default
+    with pytest.raises(SignatureError):
+        verify(KEY, sign(KEY, payload), arguments)
+
+
+def test_the_context_cannot_be_moved_into_the_payload():
+    """A bound package read as one of the unbound kinds, its context's bytes taken for
+    payload, is refused: the two kinds of MAC are apart."""
+    payload = os.urandom(200)
+    bound = signing.context("result", "t")
+    package = sign(KEY, payload, bound)
+    mac = package[len(MAGIC):signing.HEADER_SIZE]
+    framed = len(bound).to_bytes(4, "little") + bound + payload
+    for magic in (signing.MAGIC_UNBOUND, signing.MAGIC_UNBOUND_FAST, signing.MAGIC_LARGE):
+        with pytest.raises(SignatureError, match="does not match"):
+            verify(KEY, magic + mac + framed)
+
+
+def test_values_of_stores_of_earlier_versions_are_still_read_bound_to_nothing():
+    """Earlier versions signed the payload alone (NBQ2 BLAKE2b, NBQ4 BLAKE3): read, and
+    since nothing bound them, in any context."""
+    from blake3 import blake3
+    import hashlib
+    small, large = os.urandom(100), os.urandom(signing.LARGE + 10)
+    old_small = (signing.MAGIC_UNBOUND
+                 + hashlib.blake2b(small, key=KEY, digest_size=32).digest() + small)
+    subkey = blake3(KEY, derive_key_context="nbqueue 2026-12-05 MAC of large values").digest()
+    old_large = signing.MAGIC_UNBOUND_FAST + blake3(large, key=subkey).digest() + large
+    for package, payload in ((old_small, small), (old_large, large)):
+        assert verify(KEY, package) == payload
+        assert verify(KEY, package, signing.context("result", "any")) == payload
+        tampered = bytearray(package)
+        tampered[-1] ^= 1
+        with pytest.raises(SignatureError, match="does not match"):
+            verify(KEY, bytes(tampered))
