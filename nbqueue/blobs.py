@@ -2,7 +2,9 @@
 
 Pickled arguments of ``LARGE`` bytes or more are written by the caller (``arguments``),
 and a result as large by the worker that made it (``result``), each to one file of the
-store signed with its key, written whole or not at all. The queued package, the item a
+store signed with its key for that task and that role (``signing.context``: a file
+put in the place of another task's, or of its arguments, is refused), written whole or
+not at all, and read only as a regular file of the size written. The queued package, the item a
 worker gets, the outcome it sends back and the stored record then carry a ``Blob`` that
 names the file: the large bytes cross no pipe, are never pickled again into another
 message, and are not copied through the cluster's GIL. A stored record makes its blob
@@ -22,19 +24,23 @@ signing and errors.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import pickle
+import stat
 import struct
 import time
 from typing import Any, Callable, NamedTuple
 
-from .errors import SignatureError
-from .signing import HEADER_SIZE, check, check_parts, seal, seal_parts
+from .errors import SignatureError, StoreFileMissing
+from .signing import HEADER_SIZE, check_parts, context, seal, seal_parts
 
 LARGE = 1 << 20  # pickled arguments or results this large go to a file of their own
 SPILL_DIR = "spill"
 ARGS_DIR = "blobs"
+ARGUMENTS, RESULT = "arguments", "result"  # the roles a task's file is signed for
+ROLES = {"result": RESULT, "args": ARGUMENTS}  # a record's fields that may be a Blob
 
 
 class Blob(NamedTuple):
@@ -153,13 +159,16 @@ def loads(data: Any) -> Any:
     return data.load() if type(data) is Frames else pickle.loads(data)
 
 
-def write(directory: str, name: str, data: Any, key: bytes) -> Blob:
-    """Sign ``data`` (bytes, or the parts ``frames`` made) and write it to
-    ``directory/name``, whole or not at all."""
+def write(directory: str, name: str, data: Any, key: bytes, task_id: str,
+          role: str) -> Blob:
+    """Sign ``data`` (bytes, or the parts ``frames`` made) as the ``role`` (ARGUMENTS,
+    RESULT) of task ``task_id``, and write it to ``directory/name``, whole or not at
+    all."""
+    bound = context(role, task_id)
     if type(data) is list:
-        parts, header = data, seal_parts(key, data)
+        parts, header = data, seal_parts(key, data, bound)
     else:
-        header, payload = seal(key, data)
+        header, payload = seal(key, data, bound)
         parts = [payload]
     path = os.path.join(directory, name)
     draft = path + ".part"
@@ -176,29 +185,88 @@ def write(directory: str, name: str, data: Any, key: bytes) -> Blob:
     return Blob(path, sum(memoryview(part).nbytes for part in parts))
 
 
-def read(blob: Blob, key: bytes) -> Any:
+def read(blob: Blob, key: bytes, task_id: str, role: str) -> Any:
     """The pickled value of ``blob`` (bytes, or ``Frames``: give it to ``loads``),
-    checked against the store's key before it is given back. Each part is read straight
-    into an object of its own: no copy of it is made.
+    checked against the store's key, as the ``role`` of task ``task_id``, before it is
+    given back. Each part is read straight into an object of its own: no copy of it is
+    made; no length read from the file is trusted before it is checked against the
+    file's size.
 
-    Raises SignatureError, or OSError (FileNotFoundError once its record is gone)."""
-    with open(blob.path, "rb", buffering=0) as src:
+    Raises SignatureError (tampered, swapped, or not a regular file), StoreFileMissing
+    (deleted: also once its record is gone), or another OSError."""
+    what = f"the {role} of task {task_id}"
+    src, size = open_regular(blob.path, what)
+    with src:
+        if size != HEADER_SIZE + blob.size:
+            raise _damaged(what, blob.path, f"{size:,} bytes, where "
+                           f"{HEADER_SIZE + blob.size:,} were written")
+        size = blob.size
         header = src.read(HEADER_SIZE)
-        size = os.fstat(src.fileno()).st_size - HEADER_SIZE
         if os.pread(src.fileno(), len(_FRAMED), HEADER_SIZE) != _FRAMED:
-            payload = src.read(size)
-            check(key, header, payload)
-            return payload
-        head = src.read(len(_FRAMED) + _COUNT.size)
-        (count,) = _COUNT.unpack_from(head, len(_FRAMED))
-        if count < 1 or count * _FRAME.size > size:
-            raise SignatureError(f"{blob.path} is not a whole nbqueue value (damaged)")
-        head += src.read(count * _FRAME.size)
-        frames = [_FRAME.unpack_from(head, len(_FRAMED) + _COUNT.size + i * _FRAME.size)
-                  for i in range(count)]
-        parts = [_read_frame(src, length, writable) for length, writable in frames]
-    check_parts(key, header, [head, *parts])
-    return Frames(parts[0], parts[1:])
+            parts = [src.read(size)]
+        else:
+            head = src.read(len(_FRAMED) + _COUNT.size)
+            (count,) = _COUNT.unpack_from(head, len(_FRAMED))
+            if count < 1 or len(head) + count * _FRAME.size > size:
+                raise _damaged(what, blob.path, f"its frame count ({count:,}) does not fit")
+            head += src.read(count * _FRAME.size)
+            frames = [_FRAME.unpack_from(head, len(_FRAMED) + _COUNT.size + i * _FRAME.size)
+                      for i in range(count)]
+            if len(head) + sum(length for length, _ in frames) != size:
+                raise _damaged(what, blob.path, "its frame lengths do not add up to its size")
+            parts = [head, *(_read_frame(src, length, writable) for length, writable in frames)]
+    try:
+        check_parts(key, header, parts, context(role, task_id))
+    except SignatureError as exc:
+        raise SignatureError(f"{what} ({blob.path}) is refused: {exc}") from None
+    return parts[0] if len(parts) == 1 else Frames(parts[1], parts[2:])
+
+
+def _damaged(what: str, path: str, why: str) -> SignatureError:
+    return SignatureError(f"{what} ({path}) is not a whole nbqueue value: {why} (tampered "
+                          "or damaged); it is left unread")
+
+
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_regular(path: str, what: str) -> tuple[Any, int]:
+    """``path`` opened for reading (unbuffered), and its size, if it is a regular file:
+    never a FIFO (whose open or read would wait for a writer), a device (``/dev/zero``
+    reads for ever) or a symbolic link, put in the place of a file of the store.
+    ``what`` names the value in messages.
+
+    Raises SignatureError for any other kind of file, StoreFileMissing when there is
+    none, or the OSError of the open."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except FileNotFoundError:
+        raise StoreFileMissing(errno.ENOENT, f"{what} cannot be read: its file was deleted "
+                               "from the store", path) from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise SignatureError(f"{what} ({path}) is a symbolic link, not a file nbqueue wrote; "
+                             "it is left unread") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SignatureError(
+                f"{what} ({path}) is not a regular file but a {_kind(info.st_mode)}, not a "
+                "file nbqueue wrote; it is left unread")
+        return open(fd, "rb", buffering=0), info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISDIR, "directory")):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def _read_frame(src: Any, length: int, writable: bool) -> Any:
@@ -221,14 +289,14 @@ def arguments(directory: str, task_id: str, data: bytes, key: bytes) -> Blob:
     """Write a task's large pickled arguments to the store (the caller does)."""
     folder = os.path.join(directory, ARGS_DIR)
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    return write(folder, f"{task_id}-{os.urandom(6).hex()}", data, key)
+    return write(folder, f"{task_id}-{os.urandom(6).hex()}", data, key, task_id, ARGUMENTS)
 
 
 def inlined(items: list[Any], key: bytes) -> list[Any]:
     """Work items (``records.Item``) whose large arguments travel inside them, read from
     their files: for workers that may not reach the store (a remote dask scheduler)."""
-    return [item._replace(args=read(item.args, key)) if type(item.args) is Blob else item
-            for item in items]
+    return [item._replace(args=read(item.args, key, item.id, ARGUMENTS))
+            if type(item.args) is Blob else item for item in items]
 
 
 def read_in(record: dict, key: bytes) -> None:
@@ -236,7 +304,7 @@ def read_in(record: dict, key: bytes) -> None:
     hook), and remove its file; a file that cannot be read leaves None, logged."""
     blob = record["result"]
     try:
-        record["result"] = read(blob, key)
+        record["result"] = read(blob, key, record["id"], RESULT)
     except (OSError, SignatureError) as exc:
         record["result"] = None
         logging.getLogger("nbqueue").warning(

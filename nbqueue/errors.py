@@ -36,6 +36,11 @@ class StoreError(NbqueueError, OSError):
     """The store cannot be opened, read or written (corrupt, locked or full)."""
 
 
+class StoreFileMissing(StoreError, FileNotFoundError):
+    """A file of the store that a stored outcome or a queued task names was deleted: its
+    value (a task's large arguments or result) is gone."""
+
+
 class StoreGone(StoreError):
     """The store directory of a running cluster was deleted or replaced under it."""
 

@@ -68,7 +68,8 @@ class Task:
         Task, in the cluster's process), read here (``blobs``)."""
         value = self._record[field]
         if type(value) is Blob:
-            value = blobs.read(value, load_key(_default_store(self._store).directory))
+            value = blobs.read(value, load_key(_default_store(self._store).directory),
+                               self._record["id"], blobs.ROLES[field])
         return value
 
     @property

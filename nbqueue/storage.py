@@ -34,8 +34,8 @@ import diskcache
 
 from . import blobs
 from .blobs import Blob
-from .errors import SignatureError, StoreError
-from .signing import load_key, seal, sign, verify
+from .errors import SignatureError, StoreError, StoreFileMissing
+from .signing import HEADER_SIZE, VALUE, context, load_key, seal, sign, verify
 
 log = logging.getLogger("nbqueue")
 
@@ -72,7 +72,10 @@ class SignedDisk(diskcache.Disk):
     counters (``incr`` adds to them in SQL), and unpickle nothing.
 
     Values over diskcache's 32 KiB go to files, written whole or not at all, so a writer
-    killed halfway leaves no partial value behind.
+    killed halfway leaves no partial value behind, each signed for its file's name (one
+    moved into the place of another is refused), and read only as a regular file. A
+    record's large result or arguments are the file its task's worker or caller signed
+    for that task (``blobs``), which its row keeps.
     """
 
     def __init__(self, directory: str, **options: Any) -> None:
@@ -89,11 +92,13 @@ class SignedDisk(diskcache.Disk):
         return self._store_pickled(value, key)
 
     def _store_pickled(self, value: Any, key: Any) -> tuple:
-        header, payload = seal(self._key, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
-        size = len(header) + len(payload)
+        payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        size = HEADER_SIZE + len(payload)
         if size < self.min_file_size:
+            header, _ = seal(self._key, payload)
             return super().store(header + payload, False, key)
         filename, full_path = self.filename(key, value)  # a large value: no joined copy
+        header, _ = seal(self._key, payload, context(_FILE, filename))
         self._write(full_path, iter((header, payload)), "xb")
         return size, diskcache.core.MODE_BINARY, filename, None
 
@@ -103,15 +108,25 @@ class SignedDisk(diskcache.Disk):
         if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
             raise SignatureError(f"a value in the store at {self._directory} was not written "
                                  "by nbqueue with this store's key; it is left unread")
-        data = super().fetch(mode, filename, value, False)
         try:
-            value = pickle.loads(verify(self._key, data))
+            if mode == diskcache.core.MODE_BINARY:
+                data, bound = self._read_file(filename), context(_FILE, filename)
+            else:
+                data, bound = super().fetch(mode, filename, value, False), VALUE
+            value = pickle.loads(verify(self._key, data, bound))
             if filename is not None and mode == diskcache.core.MODE_RAW:
                 self._blob_of(value, filename)
             return value
         except SignatureError as exc:
             raise SignatureError(f"a value in the store at {self._directory} failed its "
                                  f"signature check ({exc}); it is left unread") from None
+
+    def _read_file(self, filename: str) -> bytes:
+        """A value file, read only if it is a regular file (``blobs.open_regular``)."""
+        src, size = blobs.open_regular(os.path.join(self._directory, filename),
+                                       "its value")
+        with src:
+            return src.read(size)
 
     def _blob_of(self, record: dict, filename: str) -> None:
         """Give a record read back the file its row holds: a result is read at once
@@ -123,7 +138,8 @@ class SignedDisk(diskcache.Disk):
             blob = record.get(field)
             if type(blob) is Blob and not blob.path:
                 if field == "result":
-                    record[field] = blobs.read(blob._replace(path=path), self._key)
+                    record[field] = blobs.read(blob._replace(path=path), self._key,
+                                               record["id"], blobs.RESULT)
                 else:
                     record[field] = blob._replace(path=path)
 
@@ -136,7 +152,8 @@ class SignedDisk(diskcache.Disk):
         deliver them. When both are blobs, the arguments are read into the record."""
         fields = [f for f in _BLOB_FIELDS if type(record.get(f)) is Blob]
         for field in fields[1:]:
-            record[field] = blobs.read(record[field], self._key)
+            record[field] = blobs.read(record[field], self._key, record["id"],
+                                       blobs.ROLES[field])
         field = fields[0]
         blob = record[field]
         filename, full_path = self.filename(key, record)
@@ -187,6 +204,7 @@ class SignedDisk(diskcache.Disk):
 
 _DRAFTS = "drafts"
 _BLOB_FIELDS = ("result", "args")  # of a record, in the order they may own its file
+_FILE = "file"  # what a large value's file is signed as, with its name
 
 
 def process_alive(pid: int) -> bool:
@@ -264,15 +282,58 @@ _SELECT_SQL = ("SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND k
 
 def read_many(cache: Any, keys: list[str]) -> dict[str, Any]:
     """The values of many string keys, read 500 a statement (``Cache.get`` costs a
-    statement and a file-like unpickling each, several times this for many keys)."""
+    statement and a file-like unpickling each, several times this for many keys).
+
+    Raises StoreFileMissing for a row whose file was deleted under it (``Cache.get``
+    reads that as no row at all)."""
     found: dict[str, Any] = {}
     fetch, con, now = cache._disk.fetch, cache._con, time.time()
     for i in range(0, len(keys), 500):
         part = keys[i:i + 500]
         rows = con.execute(_SELECT_SQL.format(",".join("?" * len(part))), (*part, now))
-        for key, mode, filename, value in rows:
-            found[key] = fetch(mode, filename, value, False)
+        for key, mode, filename, value in rows.fetchall():
+            try:
+                found[key] = fetch(mode, filename, value, False)
+            except OSError as exc:
+                row = _read_again(cache, key, filename, exc)
+                if row is not _NONE:
+                    found[key] = row
     return found
+
+
+def read_one(cache: Any, key: str, default: Any = None) -> Any:
+    """``Cache.get(key, default)``, as ``read_many`` reads: a row whose file was deleted
+    under it raises StoreFileMissing, where ``Cache.get`` gives ``default``."""
+    return read_many(cache, [key]).get(key, default)
+
+
+_NONE = object()
+_ROW_SQL = ("SELECT mode, filename, value FROM Cache WHERE raw = 1 AND key = ?"
+            " AND (expire_time IS NULL OR expire_time > ?)")
+
+
+def _read_again(cache: Any, key: str, filename: str | None, exc: OSError) -> Any:
+    """The value of a row whose file could not be read, or _NONE: the row was deleted
+    meanwhile, or replaced (then its new value). Its row is read again under the write
+    lock, where no write is halfway (a write removes a file it replaces before it
+    commits); a row that still names the file it could not read raises."""
+    for _ in range(3):
+        with cache.transact(retry=True):
+            row = cache._con.execute(_ROW_SQL, (key, time.time())).fetchone()
+        if row is None:
+            return _NONE
+        if row[1] == filename:
+            break
+        try:
+            return cache._disk.fetch(*row, False)
+        except OSError as again:
+            filename, exc = row[1], again
+    where = f"{key!r} in the store at {cache.directory}"
+    if isinstance(exc, FileNotFoundError):
+        raise StoreFileMissing(errno.ENOENT, f"{where}: {exc.strerror}; send the task again",
+                               exc.filename) from None
+    raise StoreError(f"{where} cannot be read: {exc}. {store_advice(exc, cache.directory)}") \
+        from exc
 
 
 _ALL_SQL = ("SELECT mode, filename, value FROM Cache WHERE raw = 1"

@@ -35,7 +35,8 @@ from . import blobs
 from .blobs import Blob
 from .records import Manifest, Record, iter_record
 from .signing import load_key, private_directory
-from .storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
+from .storage import (UPSERT_OK, checked_get, open_cache, read_many, read_one, upsert,
+                      writing)
 from .errors import ConfigurationError, WaitWarning
 
 PAGE = 256
@@ -181,10 +182,10 @@ class Part:
         Raises ConfigurationError if ``task_id`` is not a non-empty string."""
         check_name("task id", task_id)
         cache = self._cache
-        record = cache.get(task_id)
+        record = read_one(cache, task_id)  # a deleted file raises: Cache.get reads None
         if not isinstance(record, dict):  # not found, or one of the store's own keys
             real_id = cache.get(_NAME + task_id)  # a name, also one that looks like a uuid
-            record = cache.get(real_id) if isinstance(real_id, str) else None
+            record = read_one(cache, real_id) if isinstance(real_id, str) else None
         return record if isinstance(record, dict) else None
 
     def find(self, task_id: str) -> Record | None:

@@ -35,7 +35,8 @@ from typing import Any, Callable
 import cloudpickle
 
 from . import blobs, capture
-from .errors import StoreError, TaskCancelled, TaskFunctionError, TaskTimeout
+from .errors import (StoreError, StoreFileMissing, TaskCancelled, TaskFunctionError,
+                     TaskTimeout)
 from .records import Item, Outcome
 from .tracebacks import describe, pack_exception
 
@@ -214,7 +215,7 @@ def execute(item: Item, slot: Slot | None = None,
         if func is None:
             func = resolve(func_ref) if func_bytes is None else cloudpickle.loads(func_bytes)
         args, kwargs = (cloudpickle.loads(args_bytes) if type(args_bytes) is bytes
-                        else _arguments(args_bytes))
+                        else _arguments(args_bytes, task_id))
         armed = _alarm.arm(timeout)
         try:
             _running[:] = [task_id]
@@ -323,26 +324,30 @@ def spill(task_id: str, blob: Any) -> blobs.Blob | bytes:
     if not _spill or (type(blob) is bytes and len(blob) < blobs.LARGE):
         return blob
     directory, key, host = _spill[0]
-    return blobs.write(directory, f"{host}-{task_id}-{os.urandom(6).hex()}", blob, key)
+    return blobs.write(directory, f"{host}-{task_id}-{os.urandom(6).hex()}", blob, key,
+                       task_id, blobs.RESULT)
 
 
-def _arguments(args: Any) -> tuple[tuple, dict]:
-    """The (args, kwargs) of a task whose arguments are not plain bytes: a blob, or
-    frames read from one."""
-    return blobs.loads(_read_arguments(args) if type(args) is blobs.Blob else args)
+def _arguments(args: Any, task_id: str) -> tuple[tuple, dict]:
+    """The (args, kwargs) of task ``task_id`` whose arguments are not plain bytes: a
+    blob, or frames read from one."""
+    return blobs.loads(_read_arguments(args, task_id) if type(args) is blobs.Blob else args)
 
 
-def _read_arguments(blob: blobs.Blob) -> Any:
+def _read_arguments(blob: blobs.Blob, task_id: str) -> Any:
     """Large arguments the caller wrote to the store (``blobs.arguments``), checked
-    against the key of the store that holds them."""
+    against the key of the store that holds them, as those of task ``task_id``."""
     from .signing import load_key
     try:
-        return blobs.read(blob, load_key(os.path.dirname(os.path.dirname(blob.path))))
+        return blobs.read(blob, load_key(os.path.dirname(os.path.dirname(blob.path))),
+                          task_id, blobs.ARGUMENTS)
+    except StoreFileMissing:
+        raise  # names the task and the file
     except OSError as exc:
         raise StoreError(
-            f"the task's arguments ({blob.size:,} bytes) cannot be read from {blob.path}: "
-            f"{exc}. Large arguments travel as files of the store: run the cluster where "
-            "the store directory can be read") from None
+            f"the arguments of task {task_id} ({blob.size:,} bytes) cannot be read from "
+            f"{blob.path}: {exc}. Large arguments travel as files of the store: run the "
+            "cluster where the store directory can be read") from None
 
 
 def prepare(host_pid: int, max_rss: int | None, slot_dir: str | None = None,

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import struct
+import subprocess
 import time
 
 import pytest
 
 import nbqueue
-from nbqueue import async_task, blobs, fetch, result
-from nbqueue.errors import SignatureError
+from nbqueue import (async_task, blobs, fetch, fetch_group, result, result_group,
+                     signing)
+from nbqueue.errors import SignatureError, StoreFileMissing
 from nbqueue.store import get_store
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
@@ -34,25 +37,41 @@ def _named(part_dir: str) -> set[str]:
 
 def test_a_blob_reads_back_only_whole_and_signed_with_the_store_key(tmp_path):
     key, other = os.urandom(32), os.urandom(32)
-    blob = blobs.write(str(tmp_path), "value", b"x" * BIG, key)
+    blob = blobs.write(str(tmp_path), "value", b"x" * BIG, key, "t1", blobs.RESULT)
     assert blob.size == BIG and not os.path.exists(blob.path + ".part")
-    assert blobs.read(blob, key) == b"x" * BIG
+    assert blobs.read(blob, key, "t1", blobs.RESULT) == b"x" * BIG
     with pytest.raises(SignatureError, match="does not match"):
-        blobs.read(blob, other)
+        blobs.read(blob, other, "t1", blobs.RESULT)
     with open(blob.path, "r+b") as out:  # one byte changed in the middle
         out.seek(BIG // 2)
         out.write(b"y")
     with pytest.raises(SignatureError):
-        blobs.read(blob, key)
+        blobs.read(blob, key, "t1", blobs.RESULT)
     with open(blob.path, "r+b") as out:
         out.truncate(20)
-    with pytest.raises(SignatureError, match="no nbqueue header"):
-        blobs.read(blob, key)
+    with pytest.raises(SignatureError, match="not a whole nbqueue value: 20 bytes"):
+        blobs.read(blob, key, "t1", blobs.RESULT)
     blobs.discard(blob)
     assert not os.path.exists(blob.path)
     blobs.discard(blob)  # gone already: nothing to do
-    with pytest.raises(FileNotFoundError):
-        blobs.read(blob, key)
+    with pytest.raises(StoreFileMissing, match="the result of task t1 cannot be read"):
+        blobs.read(blob, key, "t1", blobs.RESULT)
+
+
+def test_a_blob_reads_back_only_as_what_it_was_written_for(tmp_path):
+    """The signature covers the task and the role: the file of another task, or the
+    arguments of this one, are refused as its result."""
+    key = os.urandom(32)
+    blob = blobs.write(str(tmp_path), "value", b"x" * BIG, key, "t1", blobs.RESULT)
+    framed = blobs.write(str(tmp_path), "framed", blobs.frames(b"f" * BIG), key, "t1",
+                         blobs.ARGUMENTS)
+    for one in (blob, framed):
+        for task_id, role in (("t2", blobs.RESULT), ("t2", blobs.ARGUMENTS),
+                              ("t1", blobs.RESULT if one is framed else blobs.ARGUMENTS)):
+            with pytest.raises(SignatureError, match=f"of task {task_id} .*does not match"):
+                blobs.read(one, key, task_id, role)
+    assert blobs.read(blob, key, "t1", blobs.RESULT) == b"x" * BIG
+    assert blobs.loads(blobs.read(framed, key, "t1", blobs.ARGUMENTS)) == b"f" * BIG
 
 
 def test_large_arguments_go_to_a_file_that_the_record_keeps(cluster, store_dir):
@@ -136,7 +155,8 @@ def test_a_worker_says_which_argument_file_it_could_not_read(cluster, store_dir)
         os.unlink(path)
     with nbqueue.Cluster(workers=1, max_attempts=1):
         text = str(result(task_id, wait=WAIT))
-    assert "StoreError" in text and blobs.ARGS_DIR in text and "cannot be read" in text
+    assert "StoreFileMissing" in text and blobs.ARGS_DIR in text and "cannot be read" in text
+    assert f"the arguments of task {task_id}" in text
 
 
 def test_frames_keep_large_buffers_out_of_the_pickle_stream(tmp_path):
@@ -151,9 +171,9 @@ def test_frames_keep_large_buffers_out_of_the_pickle_stream(tmp_path):
     assert blobs.large_call(([half, half],), {}) and blobs.large_call((half,), {"k": half})
     parts = blobs.frames(value)
     assert len(parts[1]) < 1000  # the stream: the buffers are parts of their own
-    blob = blobs.write(str(tmp_path), "framed", parts, key)
+    blob = blobs.write(str(tmp_path), "framed", parts, key, "t1", blobs.RESULT)
     assert blob.size == sum(memoryview(p).nbytes for p in parts)
-    framed = blobs.read(blob, key)
+    framed = blobs.read(blob, key, "t1", blobs.RESULT)
     assert type(framed) is blobs.Frames
     (got_array, got_data, three), kwargs = blobs.loads(framed)
     assert (got_array == array).all() and got_array.flags.writeable
@@ -164,7 +184,7 @@ def test_frames_keep_large_buffers_out_of_the_pickle_stream(tmp_path):
         out.seek(-1, os.SEEK_END)
         out.write(b"!")
     with pytest.raises(SignatureError):
-        blobs.read(blob, key)
+        blobs.read(blob, key, "t1", blobs.RESULT)
 
 
 def test_a_data_frame_is_seen_as_large_and_its_columns_go_out_of_band(tmp_path):
@@ -174,8 +194,8 @@ def test_a_data_frame_is_seen_as_large_and_its_columns_go_out_of_band(tmp_path):
     assert blobs.large_call((frame,), {}) and not blobs.large_call((frame.head(),), {})
     parts = blobs.frames(((frame,), {}))
     assert len(parts[1]) < 10_000 and sum(memoryview(p).nbytes for p in parts[2:]) >= BIG
-    blob = blobs.write(str(tmp_path), "frame", parts, b"k" * 32)
-    (got,), _ = blobs.loads(blobs.read(blob, b"k" * 32))
+    blob = blobs.write(str(tmp_path), "frame", parts, b"k" * 32, "t1", blobs.ARGUMENTS)
+    (got,), _ = blobs.loads(blobs.read(blob, b"k" * 32, "t1", blobs.ARGUMENTS))
     assert got.equals(frame)
 
 
@@ -218,3 +238,131 @@ def test_argument_files_no_task_can_need_are_swept_when_a_cluster_starts(store_d
     assert os.path.exists(young)
     assert blobs.sweep_arguments(store_dir, lambda ids: set()) == 1
     assert not os.path.exists(young) and os.path.exists(linked)
+
+
+# -- files swapped, replaced or deleted inside the store: each refused, naming its task --
+
+MIB2 = 2 * 1024 * 1024
+
+
+def _row_file(part_dir: str, task_id: str) -> str:
+    """The value file of a task's record row."""
+    with sqlite3.connect(os.path.join(part_dir, "cache.db")) as con:
+        (name,) = con.execute("SELECT filename FROM Cache WHERE key = ?",
+                              (task_id,)).fetchone()
+    return os.path.join(part_dir, name)
+
+
+def _swap(a: str, b: str) -> None:
+    os.rename(a, a + ".swap")
+    os.rename(b, a)
+    os.rename(a + ".swap", b)
+
+
+def _argument_file(store_dir: str, task_id: str) -> str:
+    (path,) = [p for p in _files(os.path.join(store_dir, blobs.ARGS_DIR))
+               if os.path.basename(p).startswith(task_id)]
+    return path
+
+
+@pytest.mark.timeout(90)
+def test_argument_files_swapped_or_replaced_fail_their_tasks_never_run_on_other_data(
+        store_dir, tmp_path):
+    """Two tasks' argument files swapped in the store (same size: only the signature
+    tells them apart), and others replaced by a FIFO and by a link to /dev/zero: every
+    task fails at once with a SignatureError naming it, none runs."""
+    runs = str(tmp_path / "runs")
+    with pytest.warns(nbqueue.NoClusterWarning):
+        ids = [async_task(fx.log_run, runs, 0.0, bytes([i]) * BIG, group="swapped")
+               for i in range(4)]
+    nbqueue.flush()
+    files = [_argument_file(store_dir, task_id) for task_id in ids]
+    _swap(files[0], files[1])
+    os.unlink(files[2])
+    os.mkfifo(files[2])
+    os.unlink(files[3])
+    os.symlink("/dev/zero", files[3])
+    with nbqueue.Cluster(workers=2, max_attempts=1):
+        tasks = fetch_group("swapped", count=4, wait=WAIT)
+    assert not os.path.exists(runs)  # not one run of the function
+    assert sorted(task.id for task in tasks) == sorted(ids)
+    for task in tasks:
+        text = str(task.result)
+        assert not task.success and "SignatureError" in text, text
+        assert f"the arguments of task {task.id} " in text, text
+    why = {task.id: str(task.result) for task in tasks}
+    assert "does not match" in why[ids[0]] and "does not match" in why[ids[1]]
+    assert "FIFO" in why[ids[2]] and "symbolic link" in why[ids[3]]
+
+
+def test_result_files_swapped_read_as_neither_task(cluster, store_dir):
+    first = async_task(fx.sized_result, 2, 1, group="pair")
+    second = async_task(fx.sized_result, 2, 2, group="pair")
+    assert result_group("pair", count=2, wait=WAIT) is not None
+    results = os.path.join(store_dir, "results")
+    _swap(_row_file(results, first), _row_file(results, second))
+    for task_id in (first, second):
+        with pytest.raises(SignatureError, match=f"the result of task {task_id} .*does not "
+                                                 "match"):
+            result(task_id)
+    with pytest.raises(SignatureError, match="the result of task"):
+        result_group("pair")
+
+
+def _tamper_frame_length(path: str) -> None:
+    """Set the length of the last frame of a framed result file to 2**62 bytes."""
+    with open(path, "r+b") as out:
+        out.seek(signing.HEADER_SIZE + 4)
+        (count,) = struct.unpack("<I", out.read(4))
+        out.seek(signing.HEADER_SIZE + 8 + (count - 1) * 9)
+        out.write(struct.pack("<Q", 1 << 62))
+
+
+@pytest.mark.timeout(90)
+def test_result_files_tampered_or_replaced_are_refused_at_once(cluster, store_dir):
+    """A tampered frame length, /dev/zero (a link to it, and bound onto the file), and a
+    FIFO in the place of result files: result() and result_group() raise a
+    SignatureError naming the task at once (no MemoryError, no endless read, no hang)."""
+    ids = [async_task(fx.sized_result, 2, i, group="bad") for i in range(4)]
+    assert len(result_group("bad", count=4, wait=WAIT)) == 4
+    results = os.path.join(store_dir, "results")
+    paths = [_row_file(results, task_id) for task_id in ids]
+    _tamper_frame_length(paths[0])
+    os.unlink(paths[1])
+    os.symlink("/dev/zero", paths[1])
+    os.unlink(paths[2])
+    os.mkfifo(paths[2])
+    zero = subprocess.run(["mount", "--bind", "/dev/zero", paths[3]], capture_output=True,
+                          text=True)
+    assert zero.returncode == 0, zero.stderr  # the test runs as root
+    try:
+        why = {ids[0]: "frame lengths do not add up", ids[1]: "symbolic link",
+               ids[2]: "not a regular file but a FIFO",
+               ids[3]: "not a regular file but a character device"}
+        for task_id, reason in why.items():
+            start = time.monotonic()
+            with pytest.raises(SignatureError, match=f"the result of task {task_id} .*{reason}"):
+                result(task_id)
+            with pytest.raises(SignatureError, match=reason):
+                fetch(task_id)
+            assert time.monotonic() - start < 2
+        start = time.monotonic()
+        with pytest.raises(SignatureError, match="the result of task"):
+            result_group("bad")
+        with pytest.raises(SignatureError, match="the result of task"):
+            result_group("bad", count=4, wait=1000)
+        assert time.monotonic() - start < 2
+    finally:
+        subprocess.run(["umount", paths[3]], check=True)
+
+
+def test_a_deleted_result_file_is_a_store_error_naming_its_task_not_no_result(
+        cluster, store_dir):
+    task_id = async_task(fx.sized_result, 2, 9, group="deleted")
+    assert result(task_id, wait=WAIT) == bytes([9]) * MIB2
+    os.unlink(_row_file(os.path.join(store_dir, "results"), task_id))
+    for read in (lambda: result(task_id), lambda: fetch(task_id, wait=100),
+                 lambda: result_group("deleted"), lambda: fetch_group("deleted")):
+        with pytest.raises(StoreFileMissing, match=f"the result of task {task_id} cannot be "
+                                                   "read: its file was deleted"):
+            read()

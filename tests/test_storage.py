@@ -13,7 +13,7 @@ import diskcache
 import pytest
 
 from nbqueue import signing, storage
-from nbqueue.errors import SignatureError, StoreError
+from nbqueue.errors import SignatureError, StoreError, StoreFileMissing
 
 
 @pytest.fixture
@@ -98,6 +98,63 @@ def test_read_many_reads_what_cache_get_reads(tmp_path):
         assert found == {"small": {"a": 1}, "big": big, "text": "hello"}
     finally:
         cache.close()
+
+
+def _value_file(cache, key):
+    with sqlite3.connect(os.path.join(cache.directory, "cache.db")) as con:
+        (name,) = con.execute("SELECT filename FROM Cache WHERE key = ?", (key,)).fetchone()
+    return os.path.join(cache.directory, name)
+
+
+def test_value_files_swapped_are_refused_not_read_as_each_other(part):
+    """A large value's file is signed for its own name: two rows' files swapped on disk
+    read as neither row's value."""
+    part.set("a", {"id": "a", "result": b"a" * 100_000})
+    part.set("b", {"id": "b", "result": b"b" * 100_000})
+    a, b = _value_file(part, "a"), _value_file(part, "b")
+    os.rename(a, a + ".swap")
+    os.rename(b, a)
+    os.rename(a + ".swap", b)
+    for key in ("a", "b"):
+        with pytest.raises(SignatureError, match="failed its signature check"):
+            part.get(key)
+        with pytest.raises(SignatureError, match="failed its signature check"):
+            storage.read_many(part, [key])
+
+
+@pytest.mark.timeout(20)
+def test_only_a_regular_file_is_read_as_a_value_file(part):
+    """A FIFO (whose open waits for a writer), /dev/zero (endless) or a symbolic link in
+    the place of a value file is refused at once, unread."""
+    part.set("v", b"v" * 100_000)
+    path = _value_file(part, "v")
+    for kind, make in (("FIFO", os.mkfifo),
+                       ("symbolic link", lambda p: os.symlink("/dev/zero", p))):
+        os.unlink(path)
+        make(path)
+        start = time.monotonic()
+        with pytest.raises(SignatureError, match=kind):
+            part.get("v")
+        with pytest.raises(SignatureError, match=kind):
+            storage.read_many(part, ["v"])
+        assert time.monotonic() - start < 2
+
+
+def test_a_value_file_deleted_under_its_row_is_an_error_not_no_value(part):
+    """``Cache.get`` reads a missing file as no row (a row deleted meanwhile); nbqueue's
+    reads see the row still names it, and say so."""
+    part.set("v", b"v" * 100_000)
+    path = _value_file(part, "v")
+    os.unlink(path)
+    with pytest.raises(StoreFileMissing, match="'v' in the store at .*was deleted"):
+        storage.read_one(part, "v")
+    with pytest.raises(StoreFileMissing):
+        storage.read_many(part, ["v"])
+    assert part.get("v") is None  # diskcache's own reading, unchanged
+    part.set("v", b"w" * 100_000)  # replaced: read as it is now
+    assert storage.read_one(part, "v") == b"w" * 100_000
+    part.delete("v")
+    assert storage.read_one(part, "v", "none") == "none"
 
 
 # -- store errors name their cause ------------------------------------------------------
