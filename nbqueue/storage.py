@@ -98,7 +98,7 @@ class SignedDisk(diskcache.Disk):
             header, _ = seal(self._key, payload)
             return super().store(header + payload, False, key)
         filename, full_path = self.filename(key, value)  # a large value: no joined copy
-        header, _ = seal(self._key, payload, context(_FILE, filename))
+        header, _ = seal(self._key, payload, context(FILE_ROLE, filename))
         self._write(full_path, iter((header, payload)), "xb")
         return size, diskcache.core.MODE_BINARY, filename, None
 
@@ -110,7 +110,7 @@ class SignedDisk(diskcache.Disk):
                                  "by nbqueue with this store's key; it is left unread")
         try:
             if mode == diskcache.core.MODE_BINARY:
-                data, bound = self._read_file(filename), context(_FILE, filename)
+                data, bound = self._read_file(filename), context(FILE_ROLE, filename)
             else:
                 data, bound = super().fetch(mode, filename, value, False), VALUE
             value = pickle.loads(verify(self._key, data, bound))
@@ -204,7 +204,7 @@ class SignedDisk(diskcache.Disk):
 
 _DRAFTS = "drafts"
 _BLOB_FIELDS = ("result", "args")  # of a record, in the order they may own its file
-_FILE = "file"  # what a large value's file is signed as, with its name
+FILE_ROLE = "file"  # what a large value's file is signed as, with its name
 
 
 def process_alive(pid: int) -> bool:
@@ -299,12 +299,6 @@ def read_many(cache: Any, keys: list[str]) -> dict[str, Any]:
                 if row is not _NONE:
                     found[key] = row
     return found
-
-
-def read_one(cache: Any, key: str, default: Any = None) -> Any:
-    """``Cache.get(key, default)``, as ``read_many`` reads: a row whose file was deleted
-    under it raises StoreFileMissing, where ``Cache.get`` gives ``default``."""
-    return read_many(cache, [key]).get(key, default)
 
 
 _NONE = object()

@@ -35,9 +35,8 @@ from . import blobs
 from .blobs import Blob
 from .records import Manifest, Record, iter_record
 from .signing import load_key, private_directory
-from .storage import (UPSERT_OK, checked_get, open_cache, read_many, read_one, upsert,
-                      writing)
-from .errors import ConfigurationError, WaitWarning
+from .storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
+from .errors import ConfigurationError, SignatureError, WaitWarning
 
 PAGE = 256
 FRESH_KEPT = 1024  # records of this process's latest saves kept for its waiters
@@ -182,11 +181,24 @@ class Part:
         Raises ConfigurationError if ``task_id`` is not a non-empty string."""
         check_name("task id", task_id)
         cache = self._cache
-        record = read_one(cache, task_id)  # a deleted file raises: Cache.get reads None
+        record = self._read([task_id]).get(task_id)
         if not isinstance(record, dict):  # not found, or one of the store's own keys
             real_id = cache.get(_NAME + task_id)  # a name, also one that looks like a uuid
-            record = read_one(cache, real_id) if isinstance(real_id, str) else None
+            record = self._read([real_id]).get(real_id) if isinstance(real_id, str) else None
         return record if isinstance(record, dict) else None
+
+    def _read(self, task_ids: list[str]) -> dict[str, Any]:
+        """The rows of ``task_ids`` that there are (``read_many``: a file deleted under its
+        row raises, where ``Cache.get`` reads no row), a record only in the row of its
+        own task: the rows of two tasks swapped read as neither."""
+        found = read_many(self._cache, task_ids)
+        for task_id, record in found.items():
+            if type(record) is dict and record.get("id", task_id) != task_id:
+                raise SignatureError(
+                    f"the row of task {task_id} in {self._cache.directory} holds the "
+                    f"outcome of task {record['id']}: the store was tampered with; it is "
+                    "left unread")
+        return found
 
     def find(self, task_id: str) -> Record | None:
         """The record of a task by uuid or name, or the combined record of a finished
@@ -200,7 +212,7 @@ class Part:
 
     def records(self, task_ids: list[str]) -> list[Record | None]:
         """The records of many tasks by uuid (None for those not stored)."""
-        found = read_many(self._cache, task_ids)
+        found = self._read(task_ids)
         return [found.get(task_id) for task_id in task_ids]
 
     def write_manifest(self, iter_id: str, manifest: Manifest) -> None:
@@ -254,7 +266,7 @@ class Part:
     def group_records(self, group: str, failures: bool = True) -> list[Record]:
         """The group's records, in the order their first outcome was stored."""
         ids = self.group_ids(group)
-        found = read_many(self._cache, ids)
+        found = self._read(ids)
         records = []
         for task_id in ids:
             record = found.get(task_id)

@@ -5,6 +5,7 @@ removed when nothing can need them any more."""
 from __future__ import annotations
 
 import os
+import pickle
 import sqlite3
 import struct
 import subprocess
@@ -72,6 +73,25 @@ def test_a_blob_reads_back_only_as_what_it_was_written_for(tmp_path):
                 blobs.read(one, key, task_id, role)
     assert blobs.read(blob, key, "t1", blobs.RESULT) == b"x" * BIG
     assert blobs.loads(blobs.read(framed, key, "t1", blobs.ARGUMENTS)) == b"f" * BIG
+
+
+def test_a_file_of_an_earlier_store_is_still_read_bound_to_nothing(tmp_path):
+    """Files written before signatures named their task (NBQ4: keyed BLAKE3 of the
+    payload alone) are read as they are: nothing binds them to their task."""
+    from blake3 import blake3
+    key = os.urandom(32)
+    payload = pickle.dumps(((b"o" * BIG,), {}), protocol=5)
+    subkey = blake3(key, derive_key_context="nbqueue 2026-12-05 MAC of large values").digest()
+    path = str(tmp_path / "old")
+    with open(path, "wb") as out:
+        out.write(signing.MAGIC_UNBOUND_FAST + blake3(payload, key=subkey).digest() + payload)
+    blob = blobs.Blob(path, len(payload))
+    assert blobs.read(blob, key, "any-task", blobs.ARGUMENTS) == payload
+    with open(path, "r+b") as out:
+        out.seek(-1, os.SEEK_END)
+        out.write(b"!")
+    with pytest.raises(SignatureError, match="does not match"):
+        blobs.read(blob, key, "any-task", blobs.ARGUMENTS)
 
 
 def test_large_arguments_go_to_a_file_that_the_record_keeps(cluster, store_dir):
@@ -184,6 +204,19 @@ def test_frames_keep_large_buffers_out_of_the_pickle_stream(tmp_path):
         out.seek(-1, os.SEEK_END)
         out.write(b"!")
     with pytest.raises(SignatureError):
+        blobs.read(blob, key, "t1", blobs.RESULT)
+    # lengths read from the file are checked against its size before any is allocated
+    with open(blob.path, "r+b") as out:
+        out.seek(signing.HEADER_SIZE + 4)
+        out.write(struct.pack("<I", 0xFFFFFFFF))
+    with pytest.raises(SignatureError, match="frame count"):
+        blobs.read(blob, key, "t1", blobs.RESULT)
+    with open(blob.path, "r+b") as out:
+        out.seek(signing.HEADER_SIZE + 4)
+        out.write(struct.pack("<I", len(parts) - 2))
+        out.seek(signing.HEADER_SIZE + 8)
+        out.write(struct.pack("<Q", 1 << 62))
+    with pytest.raises(SignatureError, match="frame lengths"):
         blobs.read(blob, key, "t1", blobs.RESULT)
 
 

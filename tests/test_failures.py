@@ -661,11 +661,12 @@ def test_a_killed_writer_of_large_values_leaves_no_partial_file(store_dir):
     assert named and named <= on_disk
     orphans = on_disk - named
     assert len(orphans) <= 1, orphans
-    from nbqueue.signing import load_key, verify
+    from nbqueue.signing import context, load_key, verify
+    from nbqueue.storage import FILE_ROLE
     key = load_key(nbqueue.get_broker().directory)
     for name in on_disk:  # none is partial: each checks out against the store's key
         with open(os.path.join(results, name), "rb") as src:
-            verify(key, src.read())
+            verify(key, src.read(), context(FILE_ROLE, name))
     for name in orphans:  # what opening the store after the kill should tidy, some day
         os.unlink(os.path.join(results, name))
     # diskcache's own check finds no stray file (an empty folder, where a writer was

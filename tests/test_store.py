@@ -11,6 +11,7 @@ import uuid
 import cloudpickle
 import pytest
 
+from nbqueue.errors import SignatureError
 from nbqueue.names import humanize
 from nbqueue.records import decode_result as decode
 from nbqueue.store import PAGE, Part, Store, drop_store, get_store
@@ -61,6 +62,29 @@ def test_write_and_get_by_id_and_name(part):
     assert by_id == record
     assert by_name == record
     assert decode(by_id["result"]) == {"answer": 42}
+
+
+def test_two_tasks_rows_swapped_read_as_neither(part):
+    """Each record is read only from the row of its own task: two rows' values swapped
+    in the database (small outcomes, signed inline) are refused by id and by name."""
+    import sqlite3
+    first, second = rec(group="g", result=1), rec(group="g", result=2)
+    part.write([first, second])
+    with sqlite3.connect(os.path.join(part._cache.directory, "cache.db")) as con:
+        value = dict(con.execute("SELECT key, value FROM Cache WHERE key IN (?, ?)",
+                                 (first["id"], second["id"])))
+        for one, other in ((first, second), (second, first)):
+            con.execute("UPDATE Cache SET value = ? WHERE key = ?",
+                        (value[other["id"]], one["id"]))
+    for one, other in ((first, second), (second, first)):
+        for key in (one["id"], one["name"]):
+            with pytest.raises(SignatureError, match=f"the row of task {one['id']} .*holds "
+                                                     f"the outcome of task {other['id']}"):
+                part.get(key)
+    with pytest.raises(SignatureError):
+        part.records([first["id"]])
+    with pytest.raises(SignatureError):
+        part.group_records("g")
 
 
 def test_get_missing_returns_none(part):
