@@ -295,9 +295,9 @@ def read_many(cache: Any, keys: list[str]) -> dict[str, Any]:
             try:
                 found[key] = fetch(mode, filename, value, False)
             except OSError as exc:
-                row = _read_again(cache, key, filename, exc)
-                if row is not _NONE:
-                    found[key] = row
+                value = _read_again(cache, key, filename, exc)
+                if value is not _NONE:
+                    found[key] = value
     return found
 
 
@@ -312,7 +312,10 @@ def _read_again(cache: Any, key: str, filename: str | None, exc: OSError) -> Any
     lock, where no write is halfway (a write removes a file it replaces before it
     commits); a row that still names the file it could not read raises."""
     for _ in range(3):
-        with cache.transact(retry=True):
+        try:
+            with cache.transact(retry=True):
+                row = cache._con.execute(_ROW_SQL, (key, time.time())).fetchone()
+        except sqlite3.Error:  # a store this process may only read: read it as it is
             row = cache._con.execute(_ROW_SQL, (key, time.time())).fetchone()
         if row is None:
             return _NONE

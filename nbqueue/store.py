@@ -24,6 +24,7 @@ taken by reading the group (records expire one by one, counters could not follow
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -36,7 +37,9 @@ from .blobs import Blob
 from .records import Manifest, Record, iter_record
 from .signing import load_key, private_directory
 from .storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
-from .errors import ConfigurationError, SignatureError, WaitWarning
+from .errors import ConfigurationError, SignatureError, StoreFileMissing, WaitWarning
+
+log = logging.getLogger("nbqueue")
 
 PAGE = 256
 FRESH_KEPT = 1024  # records of this process's latest saves kept for its waiters
@@ -297,10 +300,27 @@ class Part:
     def delete(self, task_id: str) -> bool:
         """Delete one task by uuid or name; return whether it was there."""
         with self._cache.transact(retry=True):
-            record = self.get(task_id)
+            try:
+                record = self.get(task_id)
+            except (SignatureError, StoreFileMissing) as exc:
+                return self._drop_unreadable(task_id, exc)
             if record is None:
                 return False
             self._delete(record)
+        return True
+
+    def _drop_unreadable(self, task_id: str, exc: Exception) -> bool:
+        """Delete the row of a task (by uuid or name) whose outcome cannot be read, its
+        file deleted or the store tampered with: all that can be done with it. Its group
+        and outcome cannot be read, so its counts stay as they were (logged)."""
+        cache = self._cache
+        if not cache.delete(task_id):
+            real_id = checked_get(cache, _NAME + task_id, None, "a name")
+            if not isinstance(real_id, str) or not cache.delete(real_id):
+                return False
+            cache.delete(_NAME + task_id)
+        log.warning("nbqueue: the outcome of task %s could not be read (%s); its row was "
+                    "deleted, and its group's counts may be off by one", task_id, exc)
         return True
 
     def delete_group(self, group: str, tasks: bool = False) -> int:
@@ -310,7 +330,12 @@ class Part:
         touched = 0
         with cache.transact(retry=True):
             for task_id in self.group_ids(group):
-                record = cache.get(task_id)
+                try:
+                    record = self._read([task_id]).get(task_id)
+                except (SignatureError, StoreFileMissing) as exc:
+                    if tasks and self._drop_unreadable(task_id, exc):
+                        touched += 1
+                    continue
                 if record is None or record["group"] != group:
                     continue
                 touched += 1

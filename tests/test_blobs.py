@@ -399,3 +399,10 @@ def test_a_deleted_result_file_is_a_store_error_naming_its_task_not_no_result(
         with pytest.raises(StoreFileMissing, match=f"the result of task {task_id} cannot be "
                                                    "read: its file was deleted"):
             read()
+    # the way out: delete it (here with its group), and send it again
+    assert nbqueue.delete_group("deleted", tasks=True) == 1
+    assert fetch(task_id) is None and result_group("deleted") is None
+    again = async_task(fx.sized_result, 2, 9)
+    assert result(again, wait=WAIT) == bytes([9]) * MIB2
+    os.unlink(_row_file(os.path.join(store_dir, "results"), again))
+    assert get_store(store_dir).saved.delete(again) and fetch(again) is None

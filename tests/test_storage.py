@@ -155,6 +155,37 @@ def test_a_value_file_deleted_under_its_row_is_an_error_not_no_value(part):
     assert storage.read_many(part, ["v"]) == {}
 
 
+@pytest.mark.timeout(60)
+def test_a_value_replaced_while_it_is_read_is_read_again_not_an_error(part):
+    """A writer in another process replaces a large value over and over (each write
+    removes the file it replaced): a reader whose row named the old file reads the new
+    one; never a StoreFileMissing, never a value that was not written."""
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "from nbqueue import storage\n"
+            f"cache = storage.open_cache({part.directory!r})\n"
+            "print('ready', flush=True)\n"
+            "for i in range(400):\n"
+            "    cache.set('v', bytes([i % 256]) * 100_000)\n"
+            "    if i % 2:\n"
+            "        with cache.transact():\n"
+            "            storage.upsert(cache, [('v', bytes([i % 256]) * 100_000)])\n")
+    part.set("v", bytes(100_000))
+    writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        reads = 0
+        while writer.poll() is None:
+            value = storage.read_many(part, ["v"])["v"]
+            assert value == value[:1] * 100_000
+            reads += 1
+        assert writer.returncode == 0 and reads > 10
+    finally:
+        writer.kill()
+        writer.wait(timeout=10)
+
+
 # -- store errors name their cause ------------------------------------------------------
 
 
