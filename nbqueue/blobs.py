@@ -2,12 +2,12 @@
 
 Pickled arguments of ``LARGE`` bytes or more are written by the caller (``arguments``),
 and a result as large by the worker that made it (``result``), each to one file of the
-store signed with its key for that task and that role (``signing.context``: a file
-put in the place of another task's, or of its arguments, is refused), written whole or
-not at all, and read only as a regular file of the size written. The queued package, the item a
-worker gets, the outcome it sends back and the stored record then carry a ``Blob`` that
-names the file: the large bytes cross no pipe, are never pickled again into another
-message, and are not copied through the cluster's GIL. A stored record makes its blob
+store signed with its key for that task and that role (``signing.context``: a file put
+in the place of another task's, or of its arguments, is refused), written whole or not
+at all, and read only as a regular file of the size written. The queued package, the
+item a worker gets, the outcome it sends back and the stored record then carry a
+``Blob`` that names the file: the large bytes cross no pipe, are never pickled again
+into another message, and are not copied through the cluster's GIL. A stored record makes its blob
 diskcache's value file of its row (``storage.SignedDisk``), so the file goes with it.
 
 - ``<store>/spill/<host pid>-<task id>-<random>``: results; a cluster removes those of
