@@ -196,7 +196,8 @@ class Part:
         own task: the rows of two tasks swapped read as neither."""
         found = read_many(self._cache, task_ids)
         for task_id, record in found.items():
-            if type(record) is dict and record.get("id", task_id) != task_id:
+            if (type(record) is dict and "success" in record  # an outcome, not a manifest
+                    and record.get("id", task_id) != task_id):
                 raise SignatureError(
                     f"the row of task {task_id} in {self._cache.directory} holds the "
                     f"outcome of task {record['id']}: the store was tampered with; it is "
