@@ -335,6 +335,24 @@ def clean_spill(directory: str, hosts: Callable[[int], bool]) -> None:
                 os.unlink(entry.path)
 
 
+def pin(blob: Blob) -> str | None:
+    """A link of its own to an argument file, that keeps the sweep from it while no record
+    and no queued task names it (``retry`` between the two); None if it cannot be made."""
+    path = f"{blob.path}{PIN}{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        os.link(blob.path, path)
+    except OSError:
+        return None
+    return path
+
+
+def unpin(path: str | None) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+PIN = ".pin-"  # in an argument file's pin: its name, PIN, the pid that pinned it
 ORPHAN_AGE = 3600.0  # seconds an argument file no record holds is kept, at least
 
 
@@ -357,6 +375,10 @@ def sweep_arguments(directory: str, queued: Callable[[list[str]], set[str]],
         try:
             info = entry.stat()
         except OSError:
+            continue
+        if PIN in entry.name:  # its process died before it unpinned the file: unpin
+            if now - info.st_ctime > older_than:  # a link's change time: when pinned
+                unpin(entry.path)
             continue
         if info.st_nlink == 1 and now - info.st_mtime > older_than:
             candidates[entry.path] = entry.name.rsplit("-", 1)[0]

@@ -17,7 +17,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable
 
-from . import conf
+from . import blobs, conf
+from .blobs import Blob
 from .broker import Broker, get_broker
 from .errors import ConfigurationError, TaskStillRunning
 from .hooks import find_hook, run_hook
@@ -158,6 +159,7 @@ def _retry(broker: Broker, records: list[Record], cached: bool) -> int:
     settings = conf.settings()
     again: list[tuple[int, bytes]] = []
     failed = []
+    headers = []
     for record in records:
         package = record.get("package")
         if record["success"] or not package:
@@ -168,21 +170,32 @@ def _retry(broker: Broker, records: list[Record], cached: bool) -> int:
             limit = settings.max_attempts
         if limit:  # its own budget of attempts again, counted on from where it stopped
             header = header._replace(max_attempts=record["attempt_count"] + limit)
+        header = header._replace(sent=time.time())  # its wait in the queue counts from now
         again.append((record["attempt_count"], encode_header(broker.key, header)))
         failed.append(record)
+        headers.append(header)
     if not again:
         return 0
     store = get_store(broker.directory)
     part = store.part(cached)
-    for record in failed:  # first: the new outcome must not be the one removed
-        part.delete(record["id"])
+    # From its failure's removal to its new delivery in the queue, a task's argument file
+    # is named by neither: a pin (a link of its own) keeps a cluster's start-up sweep
+    # from taking it meanwhile.
+    pins = [blobs.pin(header.args) for header in headers if type(header.args) is Blob]
     try:
-        broker.forget_cancels([record["id"] for record in failed])
-        broker.enqueue_again(again)
-    except BaseException:
-        store.save(failed)  # not sent: the failures stay as they were
-        raise
-    return len(failed)
+        claimed = [i for i, record in enumerate(failed) if part.delete_outcome(record)]
+        if not claimed:  # retried meanwhile by another caller
+            return 0
+        try:
+            broker.forget_cancels([failed[i]["id"] for i in claimed])
+            broker.enqueue_again([again[i] for i in claimed])
+        except BaseException:
+            store.save([failed[i] for i in claimed])  # not sent: the failures stay
+            raise
+    finally:
+        for pin in pins:
+            blobs.unpin(pin)
+    return len(claimed)
 
 
 __all__ = ["cancel", "cancel_group", "cancel_tasks", "retry", "retry_group"]

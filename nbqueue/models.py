@@ -121,6 +121,12 @@ class Task:
         return _when(self._record.get("began"))
 
     @property
+    def sent(self) -> datetime:
+        """When the delivery that gave this outcome was sent (UTC): ``started``, or the
+        last ``nbqueue.retry``."""
+        return _when(self._record.get("sent") or self._record["started"])
+
+    @property
     def duration(self) -> float | None:
         """Seconds the attempt that gave this outcome ran (queue time not included)."""
         began = self._record.get("began")

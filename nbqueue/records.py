@@ -63,6 +63,7 @@ class Header(NamedTuple):
     max_attempts: int | None = None
     enqueued: float = 0.0
     iter: str | None = None  # the async_iter this task is part of
+    sent: float = 0.0  # when this delivery was sent: ``retry`` sends one again (0: enqueued)
 
     def item(self, timeout: float | None, token: str = "") -> Item:
         """What a worker needs of this task, with the timeout that applies to it."""
@@ -104,6 +105,7 @@ class Record(TypedDict, total=False):
     iter: str | None
     package: bytes  # a failure's signed package, for ``nbqueue.retry``
     began: float  # when a worker started the attempt that gave this outcome
+    sent: float  # when that attempt's delivery was sent: enqueued, or retried
     pid: int  # the worker process that ran it (0: the cluster decided the outcome)
     output: str  # what it wrote (stdout, stderr, log records), if anything
     progress: tuple  # its last ``report``: (done, total, message), if any
@@ -151,6 +153,7 @@ def make_record(header: Header, outcome: Outcome, attempt: int) -> Record:
         "success": outcome.success, "started": header.enqueued, "stopped": outcome.stopped,
         "attempt_count": attempt, "cached": header.cached, "save": header.save,
         "iter": header.iter, "began": outcome.started, "pid": outcome.pid,
+        "sent": header.sent or header.enqueued,
     }
     if outcome.details is not None:
         record.update({k: v for k, v in outcome.details.items() if k != "live"})  # type: ignore

@@ -310,6 +310,17 @@ class Part:
             self._delete(record)
         return True
 
+    def delete_outcome(self, record: Record) -> bool:
+        """Delete the stored outcome of ``record``'s task if it is still that very outcome
+        (a later one, stored meanwhile by another delivery, stays); return whether it was."""
+        with self._cache.transact(retry=True):
+            stored = self.get(record["id"])
+            if stored is None or (stored["attempt_count"], stored["stopped"]) != (
+                    record["attempt_count"], record["stopped"]):
+                return False
+            self._delete(stored)
+        return True
+
     def _drop_unreadable(self, task_id: str, exc: Exception) -> bool:
         """Delete the row of a task (by uuid or name) whose outcome cannot be read, its
         file deleted or the store tampered with: all that can be done with it. Its group

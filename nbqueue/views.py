@@ -215,7 +215,7 @@ def _rows(task: Any) -> list[tuple[str, str]]:
                               f"{escape(clip(error_text(task), 300))}</code>"))
     timing = [ran_text(task)]
     if task.began is not None:
-        waited = max(0.0, (task.began - task.started).total_seconds())
+        waited = max(0.0, (task.began - task.sent).total_seconds())
         timing.append(f"waited {format_seconds(waited)} in the queue")
     if task.pid is not None:
         timing.append(f"worker pid {task.pid}")

@@ -9,6 +9,7 @@ import pickle
 import sqlite3
 import struct
 import subprocess
+import threading
 import time
 
 import pytest
@@ -271,6 +272,44 @@ def test_argument_files_no_task_can_need_are_swept_when_a_cluster_starts(store_d
     assert os.path.exists(young)
     assert blobs.sweep_arguments(store_dir, lambda ids: set()) == 1
     assert not os.path.exists(young) and os.path.exists(linked)
+
+
+@pytest.mark.timeout(120)
+def test_retries_beside_a_sweep_in_a_loop_never_lose_an_argument_file(store_dir):
+    """A cluster's start-up sweep, run in a loop, beside retries of failures whose argument
+    files are old: no instant of a retry leaves a file some task needs unnamed (its
+    failure removed, its new delivery not yet queued), so every retry runs, none saying
+    its arguments cannot be read."""
+    flag = os.path.join(store_dir, "..", "fixed")
+    broker = nbqueue.get_broker()
+    old = time.time() - 2 * blobs.ORPHAN_AGE
+    with nbqueue.Cluster(workers=2, max_attempts=1) as running:
+        ids = [async_task(fx.fails_until, flag, bytes([n]) * BIG, group="again")
+               for n in range(30)]
+        wait_for(lambda: running.failed == 30, 60, "30 failures")
+        args_dir = os.path.join(store_dir, blobs.ARGS_DIR)
+        for path in _files(args_dir):
+            os.utime(path, (old, old))
+        open(flag, "w").close()
+        stop, swept = threading.Event(), []
+
+        def sweep() -> None:
+            while not stop.is_set():
+                swept.append(blobs.sweep_arguments(store_dir, broker.holds))
+
+        sweeper = threading.Thread(target=sweep)
+        sweeper.start()
+        try:
+            for task_id in ids:
+                assert nbqueue.retry(task_id)
+            outcomes = [fetch(task_id, wait=WAIT) for task_id in ids]
+        finally:
+            stop.set()
+            sweeper.join(10)
+    assert len(swept) > 30 and sum(swept) == 0
+    assert [t.result for t in outcomes] == [BIG] * 30, [
+        t.result for t in outcomes if not t.success][:1]
+    assert not [p for p in _files(args_dir) if blobs.PIN in p]  # pins are gone
 
 
 # -- files swapped, replaced or deleted inside the store: each refused, naming its task --

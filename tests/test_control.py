@@ -15,6 +15,7 @@ from nbqueue import Cluster, async_task, fetch, queue_size
 from nbqueue.control import cancel, cancel_group, cancel_tasks, retry, retry_group
 from nbqueue.errors import ConfigurationError
 from nbqueue.store import get_store
+from nbqueue.views import format_seconds
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 
@@ -136,6 +137,11 @@ def test_retry_runs_a_fixed_failure_again_under_its_own_id(cluster, tmp_path):
     assert retry(task_id) is True
     again = fetch(task_id, wait=WAIT)
     assert again.success and again.result == "fixed" and again.attempt_count == 2
+    # enqueued once; its wait in the queue counts from the retry, when it was sent again
+    assert again.started == failed.started and again.sent > failed.stopped
+    assert failed.sent == failed.started
+    waited = (again.began - again.sent).total_seconds()
+    assert f"waited {format_seconds(max(0.0, waited))} in the queue" in again._repr_html_()
     assert nbqueue.count_group("files") == 2  # one outcome per task
     assert nbqueue.count_group("files", failures=True) == 0
     assert retry(task_id) is False and retry("no-such-task") is False

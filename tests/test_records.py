@@ -64,7 +64,10 @@ def test_a_record_is_the_header_described_with_its_outcome():
         "id": "id-1", "name": "name-1", "func": "math.floor", "hook": "mod.hook",
         "args": header.args, "group": "g", "result": b"blob", "success": True,
         "started": 100.0, "stopped": 102.0, "attempt_count": 2, "cached": True,
-        "save": False, "iter": None, "began": 101.0, "pid": 0}
+        "save": False, "iter": None, "began": 101.0, "pid": 0, "sent": 100.0}
+    retried = make_record(header._replace(sent=100.5), Outcome("id-1", True, b"", 101.0,
+                                                               102.0), attempt=3)
+    assert retried["started"] == 100.0 and retried["sent"] == 100.5
 
 
 def test_failures_judged_by_the_cluster_and_refused_packages():
