@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -250,3 +251,29 @@ def test_cancel_group_racing_finishing_tasks_keeps_every_result_and_counts_exact
     assert count == sum(not t.success for t in outcomes.values())
     assert nbqueue.count_group("race") == 300
     assert not [r for r in caplog.records if "dropped" in r.getMessage()]
+
+
+@pytest.mark.timeout(60)
+def test_simultaneous_retries_of_one_failure_send_it_once(cluster, tmp_path):
+    """Retries of one failure from many threads at once: one of them claims the failure
+    and sends the task again; it runs once more, not once per call."""
+    flag = str(tmp_path / "fixed")
+    task_id = async_task(fx.fails_until, flag, b"x")
+    assert not fetch(task_id, wait=WAIT).success
+    open(flag, "w").close()
+    barrier = threading.Barrier(8)
+    answers = []
+
+    def retry_now() -> None:
+        barrier.wait(10)
+        answers.append(retry(task_id))
+
+    threads = [threading.Thread(target=retry_now) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(answers) == [False] * 7 + [True]
+    assert fetch(task_id, wait=WAIT).success
+    wait_for(lambda: queue_size() == 0 and not cluster.inflight, 10, "nothing left")
+    assert fetch(task_id).attempt_count == 2  # one more run, not a third
