@@ -205,8 +205,6 @@ def execute(item: Item, slot: Slot | None = None,
     task_id, func_ref, func_bytes, args_bytes, timeout, token = item
     started = time.time()
     if slot is not None:
-        if token:
-            slot.begin(token)
         slot.mark(task_id, started, started + timeout if timeout else 0.0)
     captured = capture.begin(task_id, token, started, inline)
     armed = False
@@ -444,6 +442,10 @@ def run_chunk(slot_dir: str | None, items: list[Item]) -> list[Outcome | str]:
     sender = _sender(slot_dir)
     outcomes = []
     for item in items:
+        if slot is not None and item.token:
+            # noted before the cancel marker is looked for: a cancel that wrote its
+            # marker, then finds no note of the task, knows it never runs
+            slot.begin(item.token)
         outcome = skipped(item) if cancelled(slot_dir, item.id) else execute(item, slot)
         if sender is not None:
             sender.add(outcome)

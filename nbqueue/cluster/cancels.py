@@ -10,9 +10,10 @@ requests (``Broker.request_cancels``) and the cluster acts on it:
 - a running task is sent SIGUSR1 (``Executor.stop_task``), which raises TaskCancelled
   in it, and its worker is killed if it still runs it STOP_GRACE seconds later.
 
-A task leased after its request is a Failure saying it was cancelled at once. A task
-cancelled in flight keeps its lease until its run has ended, and that end decides its
-outcome: a Failure saying it was cancelled (skipped, stopped, or its worker killed), or
+A task leased after its request, or one in flight that no worker began (and so never
+will: see ``Cancels.cancel``), is a Failure saying it was cancelled at once. Any other
+task cancelled in flight keeps its lease until its run has ended, and that end decides
+its outcome: a Failure saying it was cancelled (skipped, stopped, or its worker killed), or
 the result of a run that finished before the cancel reached it. Either way the outcome is
 final (hooks run; it is never delivered again), and no new delivery of the task (a
 ``retry``, which needs that outcome) can run beside the old run.
@@ -26,7 +27,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ..worker import CANCELLED_DIR
+from ..worker import CANCELLED_DIR, read_begun
 from .inflight import Job
 
 if TYPE_CHECKING:
@@ -67,17 +68,35 @@ class Cancels:
     def cancel(self, jobs: list[Job]) -> None:
         """Cancel tasks in flight, wherever they are: every one is marked before any
         running one is stopped, since its worker then goes on to its next task, which
-        may be one of them. Their outcomes come from their chunks (the writer)."""
+        may be one of them. A task no worker noted as begun (loky's workers note each
+        one before they look for its marker) never runs: it is cancelled at once. The
+        outcome of any other comes from its chunk (the writer)."""
         for job in jobs:
             with open(self._marker(job.header.id), "w"):
                 pass
             self._marked.add(job.header.id)
-            job.cancelled = True
-        self._unseen.update((job.header.id, job) for job in jobs)
+        begun = self._begun()
+        for job in jobs:
+            if begun is not None and job.lease.token not in begun:
+                self.cluster.writer.judge(job, WHY, attempt=job.lease.attempt, final=True)
+            else:
+                job.cancelled = True
+                self._unseen[job.header.id] = job
         inflight = self.cluster.inflight
         for future in inflight.chunks_within(inflight.cancelled()):
             future.cancel()  # one not started yet never runs: its tasks are cancelled now
         self._stop_running()
+
+    def _begun(self) -> set[str] | None:
+        """The lease tokens of the tasks this cluster's workers noted as begun (None: its
+        executor's workers note none)."""
+        if not self.cluster.executor.notes_begun:
+            return None
+        begun: set[str] = set()
+        for entry in os.scandir(self.cluster._slot_dir):
+            if entry.name.isdigit():
+                begun |= read_begun(entry.path)
+        return begun
 
     def _stop_running(self) -> None:
         """Stop the cancelled tasks seen running: a task may start just as it is cancelled,
