@@ -34,7 +34,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 from .errors import SignatureError, StoreFileMissing
-from .signing import HEADER_SIZE, check_parts, context, seal, seal_parts
+from .signing import HEADER_SIZE, check_parts, context, create_file, seal, seal_parts
 
 LARGE = 1 << 20  # pickled arguments or results this large go to a file of their own
 SPILL_DIR = "spill"
@@ -173,7 +173,7 @@ def write(directory: str, name: str, data: Any, key: bytes, task_id: str,
     path = os.path.join(directory, name)
     draft = path + ".part"
     try:
-        with open(draft, "xb") as out:
+        with open(create_file(None, draft), "wb") as out:  # 0600, whatever the umask
             out.write(header)
             for part in parts:
                 out.write(part)

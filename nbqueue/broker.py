@@ -39,7 +39,7 @@ from .doorbell import Bells, Doorbell
 from .errors import SignatureError, StoreError
 from .heartbeats import drop_heartbeats
 from .leases import INDEX, PENDING, ROW, Lease
-from .signing import forget_key, load_key, private_directory
+from .signing import anchor, forget_key, load_key, private_directory
 from .outbox import Outbox
 from .storage import UPSERT_OK, checkpoint, open_cache, upsert, writing
 
@@ -54,6 +54,7 @@ class Broker(search.Finding):
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = private_directory(directory)
+        self.place = anchor(self.directory)  # the directory checked, held open
         self.key = load_key(self.directory)
         self._queue = open_cache(os.path.join(self.directory, "queue"))
         self._tokens = itertools.count()
@@ -78,13 +79,17 @@ class Broker(search.Finding):
         """A write transaction on the queue. Threads of this process queue up on a lock
         first: SQLite makes a writer that finds the file locked sleep 1 ms or more, which
         is longer than most of our transactions last. A transaction the store refused
-        gives its space back (SQLite keeps it in its write-ahead log)."""
-        try:
-            with self._write_lock, writing(self._queue.directory), self._queue.transact(retry):
-                yield
-        except StoreError:
-            checkpoint(self._queue)
-            raise
+        gives its space back (SQLite keeps it in its write-ahead log). The store
+        directory is checked first (``signing.Anchor``): one that another user put in its
+        place raises InsecureStoreError before anything is written."""
+        with self._write_lock:
+            self.place.check()
+            try:
+                with writing(self._queue.directory), self._queue.transact(retry):
+                    yield
+            except StoreError:
+                checkpoint(self._queue)
+                raise
 
     # -- producers -------------------------------------------------------------------
 
@@ -153,6 +158,7 @@ class Broker(search.Finding):
         once) and, for a ``name``d consumer, whenever another process does (a doorbell)."""
         self._wakeups.append(event)
         if name is not None:
+            self.place.check()  # its socket is made in the store's bells folder
             try:
                 bell = self._doorbells[event] = Doorbell(self.directory, name, event.set)
                 self.bells.own.add(bell.path)

@@ -37,6 +37,7 @@ class Doorbell:
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             self._socket.bind(self.path)  # OSError: the path is too long for a socket
+            os.chmod(self.path, 0o600)  # made as 0777 less the umask
         except OSError:
             self._socket.close()
             raise

@@ -45,6 +45,12 @@ class StoreGone(StoreError):
     """The store directory of a running cluster was deleted or replaced under it."""
 
 
+class StoreSwapped(InsecureStoreError, StoreGone):
+    """The store directory was replaced under this process by one that is not private to
+    its user (another user renamed it and put their own at its path): nothing more is
+    written there."""
+
+
 class TaskTimeout(NbqueueError, TimeoutError):
     """Raised inside a task that ran past its ``timeout``."""
 

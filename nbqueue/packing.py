@@ -83,7 +83,9 @@ def pickle_arguments(args: tuple, kwargs: dict) -> bytes:
 
 def _to_file(broker: Broker, task_id: str, data: Any) -> blobs.Blob:
     """Write large arguments to the store: a failed write is a StoreError at the call,
-    saying why (a full disk, a read-only store), and nothing is queued."""
+    saying why (a full disk, a read-only store), and nothing is queued; InsecureStoreError
+    if another user put a directory of theirs in the store's place."""
+    broker.place.check()
     with writing(os.path.join(broker.directory, blobs.ARGS_DIR)):
         return blobs.arguments(broker.directory, task_id, data, broker.key)
 

@@ -15,16 +15,18 @@ run. A package whose signature does not check out is never unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
 import stat
+import threading
 from typing import Any
 
 from blake3 import blake3
 
-from .errors import InsecureStoreError, SignatureError, StoreError
+from .errors import InsecureStoreError, SignatureError, StoreError, StoreGone, StoreSwapped
 
 MAGIC = b"NBQ5"  # keyed BLAKE2b of the context and the payload
 MAGIC_FAST = b"NBQ6"  # keyed BLAKE3 of the context and the payload, LARGE bytes or more
@@ -76,21 +78,142 @@ def _refuse_if_unsafe(path: str, what: str, fix: str) -> os.stat_result:
 
 
 def private_directory(directory: str | os.PathLike[str]) -> str:
-    """Create ``directory`` as 0700 if needed; return its absolute path.
+    """Create ``directory`` as 0700 if needed; return its absolute path. The directory
+    checked is held open from then on (``anchor``): what this process writes to the
+    store later is written only while the path still leads to it.
 
     Raises InsecureStoreError if it exists and other users can reach into it.
     """
-    path = os.path.abspath(os.fspath(directory))
+    return _open_anchor(os.path.abspath(os.fspath(directory))).path
+
+
+class Anchor:
+    """A store directory as it was checked: held open, known by its device and inode.
+
+    Another user who may write the folder that holds the store can rename the store and
+    put a directory of their own at its path; everything written to the store by path
+    would then go to them. ``check()`` (one ``stat``) is called before each batch of
+    writes and raises before anything is written there; a file the store creates itself
+    is opened relative to ``fd``, the directory that was checked, whatever the path
+    leads to now.
+    """
+
+    def __init__(self, path: str, fd: int, info: os.stat_result) -> None:
+        self.path = path
+        self.fd = fd
+        self.identity = (info.st_dev, info.st_ino)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, AttributeError, TypeError):
+            os.close(self.fd)
+
+    def check(self) -> None:
+        """Raise unless the path still leads to this directory: InsecureStoreError
+        (``StoreSwapped``) if something not private to this user is there now,
+        StoreGone if the store was deleted or replaced by one of the user's own."""
+        try:
+            info = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            info = None
+        except OSError as exc:
+            raise StoreError(f"cannot reach the store directory {self.path}: {exc}") from exc
+        if info is not None and (info.st_dev, info.st_ino) == self.identity:
+            return
+        now = self._where_now()
+        if info is None:
+            raise StoreGone(f"the store directory {self.path} was deleted or moved{now}; "
+                            "nothing more is written to it. Move it back, or restart this "
+                            "process to start a new store there")
+        if (stat.S_ISLNK(info.st_mode) or info.st_uid != os.geteuid()
+                or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO)):
+            raise StoreSwapped(
+                f"the store directory {self.path} was replaced by "
+                f"{'a symbolic link' if stat.S_ISLNK(info.st_mode) else 'a directory'} "
+                f"owned by {_owner_name(info.st_uid)} (mode {stat.filemode(info.st_mode)})"
+                f"{now}: whoever can write its parent folder took its place, so nothing "
+                "more is written there. Protect the parent folder (chmod o-w, or the sticky "
+                "bit) and move the real store back, or configure(directory=...) elsewhere")
+        raise StoreGone(f"the store directory {self.path} was replaced by another one{now}; "
+                        "nothing more is written to the one this process opened. Restart "
+                        "this process to use the new one")
+
+    def _where_now(self) -> str:
+        """Where the directory that was checked is now, as far as the system knows."""
+        try:
+            where = os.readlink(f"/proc/self/fd/{self.fd}")
+        except OSError:
+            return ""
+        return f" (the one this process opened is now {where})"
+
+
+_anchors: dict[str, Anchor] = {}
+_anchors_lock = threading.Lock()
+
+
+def anchor(directory: str) -> Anchor:
+    """The store directory at ``directory`` (absolute) as this process checked it; checked
+    now if it was not yet (a worker process)."""
+    found = _anchors.get(directory)
+    return found if found is not None else _open_anchor(directory)
+
+
+def _open_anchor(path: str) -> Anchor:
+    """Create ``path`` as 0700 if needed, open it, refuse it if it is not private to
+    this user, and hold it: the anchor of ``path`` from now on, unless the one held
+    already is still what the path leads to."""
+    with _anchors_lock:
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store directory {path}: {exc}; choose a "
+                             "writable place with configure(directory=...)") from exc
+        info = _refuse_if_unsafe(path, "the store directory", f"chmod 700 {path}")
+        if not stat.S_ISDIR(info.st_mode):
+            raise StoreError(f"the store directory {path} is not a directory; choose "
+                             "another path with configure(directory=...)")
+        held = _anchors.get(path)
+        if held is not None and held.identity == (info.st_dev, info.st_ino):
+            return held
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StoreError(f"cannot open the store directory {path}: {exc}") from exc
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+            os.close(fd)  # replaced between the check and the open
+            raise InsecureStoreError(f"the store directory {path} changed while it was "
+                                     "being opened; check who else can write its parent "
+                                     "folder, then try again")
+        found = _anchors[path] = Anchor(path, fd, opened)
+        return found
+
+
+def make_directory(parent: int, name: str) -> None:
+    """Create the folder ``name`` (relative: its parents exist) under the directory
+    ``parent`` (a descriptor) as 0700, whatever the umask; nothing if it exists."""
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"cannot create the store directory {path}: {exc}; choose a "
-                         "writable place with configure(directory=...)") from exc
-    info = _refuse_if_unsafe(path, "the store directory", f"chmod 700 {path}")
-    if not stat.S_ISDIR(info.st_mode):
-        raise StoreError(f"the store directory {path} is not a directory; choose another "
-                         "path with configure(directory=...)")
-    return path
+        os.mkdir(name, 0o700, dir_fd=parent)
+    except FileExistsError:
+        return
+    os.chmod(name, 0o700, dir_fd=parent)  # the umask may have taken more away
+
+
+def make_directories(parent: int, relative: str) -> None:
+    """``make_directory`` of every level of ``relative`` under ``parent``."""
+    done = ""
+    for name in relative.split(os.sep):
+        if name:
+            done = os.path.join(done, name)
+            make_directory(parent, done)
+
+
+def create_file(parent: int | None, name: str) -> int:
+    """Open a new file ``name`` (under the directory ``parent``, a descriptor, if given)
+    for writing, as 0600 whatever the umask, never through a symbolic link: its fd."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600, dir_fd=parent)
+    os.fchmod(fd, 0o600)  # the umask may have taken more away
+    return fd
 
 
 def load_key(directory: str) -> bytes:
@@ -133,8 +256,11 @@ def load_key(directory: str) -> bytes:
 
 
 def forget_key(directory: str) -> None:
-    """Read the key of ``directory`` again next time (the store was deleted or replaced)."""
+    """Read the key of ``directory`` again next time, and check the directory again (the
+    store was deleted or replaced)."""
     _keys.pop(directory, None)
+    with _anchors_lock:
+        _anchors.pop(directory, None)
 
 
 def context(role: str, name: str = "") -> bytes:

@@ -34,8 +34,9 @@ import diskcache
 
 from . import blobs
 from .blobs import Blob
-from .errors import SignatureError, StoreError, StoreFileMissing
-from .signing import HEADER_SIZE, VALUE, context, load_key, seal, sign, verify
+from .errors import InsecureStoreError, SignatureError, StoreError, StoreFileMissing, StoreGone
+from .signing import (HEADER_SIZE, VALUE, anchor, context, create_file, load_key,
+                      make_directories, make_directory, seal, sign, verify)
 
 log = logging.getLogger("nbqueue")
 
@@ -73,15 +74,23 @@ class SignedDisk(diskcache.Disk):
 
     Values over diskcache's 32 KiB go to files, written whole or not at all, so a writer
     killed halfway leaves no partial value behind, each signed for its file's name (one
-    moved into the place of another is refused), and read only as a regular file. A
-    record's large result or arguments are the file its task's worker or caller signed
+    moved into the place of another is refused), and read only as a regular file. They
+    and their folders are created 0600 and 0700, relative to the part's folder held open
+    (``_fd``): inside the store directory that was checked, wherever its path leads now.
+    A record's large result or arguments are the file its task's worker or caller signed
     for that task (``blobs``), which its row keeps.
     """
 
     def __init__(self, directory: str, **options: Any) -> None:
         super().__init__(directory, **options)
-        self._key = load_key(os.path.dirname(directory))
+        self.place = anchor(os.path.dirname(directory))
+        self._key = load_key(self.place.path)
+        self._fd = os.open(os.path.basename(directory), _DIRECTORY, dir_fd=self.place.fd)
         self._clean_drafts()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, AttributeError, TypeError):
+            os.close(self._fd)
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
         if type(value) is int:
@@ -157,12 +166,13 @@ class SignedDisk(diskcache.Disk):
         field = fields[0]
         blob = record[field]
         filename, full_path = self.filename(key, record)
-        os.makedirs(os.path.dirname(full_path), exist_ok=True)
+        source, source_fd = self._in_store(blob.path)
+        make_directories(self._fd, os.path.dirname(filename))
         try:
             if field == "result":
-                os.rename(blob.path, full_path)
+                os.rename(source, filename, src_dir_fd=source_fd, dst_dir_fd=self._fd)
             else:
-                os.link(blob.path, full_path)
+                os.link(source, filename, src_dir_fd=source_fd, dst_dir_fd=self._fd)
         except FileNotFoundError:  # removed by hand: the record names it, reads say so
             return self._store_pickled(record, key)
         record[field] = blob._replace(path=full_path)
@@ -170,22 +180,43 @@ class SignedDisk(diskcache.Disk):
                                               protocol=pickle.HIGHEST_PROTOCOL))
         return len(inline) + blob.size, diskcache.core.MODE_RAW, filename, sqlite3.Binary(inline)
 
+    def _in_store(self, path: str) -> tuple[str, int | None]:
+        """``path`` relative to the store directory held open, and its fd, when it is a
+        file of the store (as a blob's is); else ``path`` as it is."""
+        store = self.place.path + os.sep
+        if path.startswith(store):
+            return path[len(store):], self.place.fd
+        return path, None
+
     def _write(self, full_path: str, iterator: Any, mode: str,
                encoding: str | None = None) -> int:
         """Write a value file whole or not at all: as a draft, renamed into place once
         written. Drafts of writers that died are removed when the store is next opened."""
-        draft = os.path.join(self._directory, _DRAFTS, f"{os.getpid()}-{os.urandom(8).hex()}")
+        filename = full_path[len(self._directory) + 1:]  # diskcache's, relative to it
+        draft = os.path.join(_DRAFTS, f"{os.getpid()}-{os.urandom(8).hex()}")
         try:
-            size = super()._write(draft, iterator, mode, encoding)
-            os.makedirs(os.path.dirname(full_path), exist_ok=True)
-            os.rename(draft, full_path)
+            for attempt in range(10):  # another writer may remove the empty folder
+                make_directory(self._fd, _DRAFTS)
+                try:
+                    fd = create_file(self._fd, draft)
+                    break
+                except FileNotFoundError:
+                    if attempt == 9:
+                        raise
+            with open(fd, "wb" if "b" in mode else "w", encoding=encoding) as out:
+                size = 0
+                for chunk in iterator:
+                    size += len(chunk)
+                    out.write(chunk)
+            make_directories(self._fd, os.path.dirname(filename))
+            os.rename(draft, filename, src_dir_fd=self._fd, dst_dir_fd=self._fd)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(draft)
+                os.unlink(draft, dir_fd=self._fd)
             raise
         finally:  # no empty folder left for diskcache's check() to warn about
             with contextlib.suppress(OSError):  # (not empty: another writer's draft)
-                os.rmdir(os.path.dirname(draft))
+                os.rmdir(_DRAFTS, dir_fd=self._fd)
         return size
 
     def _clean_drafts(self) -> None:
@@ -203,6 +234,8 @@ class SignedDisk(diskcache.Disk):
 
 
 _DRAFTS = "drafts"
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SQLITE_FILES = ("cache.db", "cache.db-wal", "cache.db-shm")  # diskcache's, SQLite's
 _BLOB_FIELDS = ("result", "args")  # of a record, in the order they may own its file
 FILE_ROLE = "file"  # what a large value's file is signed as, with its name
 
@@ -222,6 +255,53 @@ def process_alive(pid: int) -> bool:
         return True
 
 
+class _Cache(diskcache.Cache):
+    """A diskcache Cache that opens no SQLite connection to its file (one per thread)
+    unless the store directory is still the one that was checked: SQLite opens by path,
+    and a connection opened in another user's directory would create files there.
+    ``place`` is that directory (``signing.Anchor``): check it before each write batch."""
+
+    def __init__(self, directory: str, *args: Any, **settings: Any) -> None:
+        self.place = anchor(os.path.dirname(os.path.abspath(directory)))
+        super().__init__(directory, *args, **settings)
+
+    @property
+    def _con(self) -> sqlite3.Connection:
+        if getattr(self._local, "con", None) is None:
+            self.place.check()
+        return _CONNECTION(self)
+
+
+_CONNECTION = diskcache.Cache._con.fget  # type: ignore[attr-defined]
+
+
+def _private_part(path: str) -> None:
+    """Create the folder of a part of a store, and its SQLite database, 0700 and 0600
+    whatever the umask (SQLite gives its -wal and -shm files the database's mode); take
+    the group's and others' access away from those of a store made before."""
+    place = anchor(os.path.dirname(path))
+    name = os.path.basename(path)
+    make_directory(place.fd, name)
+    database = os.path.join(name, _SQLITE_FILES[0])
+    try:
+        os.close(create_file(place.fd, database))
+    except FileExistsError:
+        pass
+    for relative, flags in [(name, _DIRECTORY)] + [
+            (os.path.join(name, f), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            for f in _SQLITE_FILES]:
+        try:
+            fd = os.open(relative, flags, dir_fd=place.fd)
+        except FileNotFoundError:
+            continue
+        try:
+            mode = os.fstat(fd).st_mode
+            if mode & 0o077:
+                os.fchmod(fd, mode & 0o700)
+        finally:
+            os.close(fd)
+
+
 def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
     """A diskcache Cache that never evicts (queued work and results must not vanish).
 
@@ -232,7 +312,8 @@ def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
     RSS grew many times as much over a long run as it does with these, at the same speed.
     """
     try:
-        return diskcache.Cache(path, eviction_policy="none", timeout=LOCK_TIMEOUT,
+        _private_part(path)
+        return _Cache(path, eviction_policy="none", timeout=LOCK_TIMEOUT,
                                cull_limit=10 if expiring else 0, sqlite_cache_size=256,
                                sqlite_mmap_size=0, disk=SignedDisk)
     except (sqlite3.Error, OSError) as exc:
@@ -361,6 +442,8 @@ def writing(path: str) -> Iterator[None]:
     """Turn the ways a write to the store can fail into one clear StoreError."""
     try:
         yield
+    except (InsecureStoreError, StoreGone):  # the store directory is not the one checked
+        raise
     except diskcache.Timeout:
         raise StoreError(f"the store at {path} stayed locked by another process for over "
                          f"{LOCK_TIMEOUT:g} s; is a process stuck holding it? Try again, or "

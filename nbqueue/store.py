@@ -91,6 +91,7 @@ class Part:
         expires: dict[str, float | None] = {}
         deltas: dict[tuple[str | None, bool, bool], int] = defaultdict(int)
         new_rows: list[tuple[str, Any]] = []
+        cache.place.check()  # nothing written to a store directory put in its place
         with cache.transact(retry=True):
             for record in records:
                 task_id, group, success = record["id"], record["group"], record["success"]
@@ -223,6 +224,7 @@ class Part:
         """Remember which tasks, in which order, make up an ``async_iter``."""
         cached = manifest.get("cached")
         expire = None if not self.expiring or cached is True else float(cached)
+        self._cache.place.check()
         with writing(self._cache.directory):
             self._cache.set(_ITER + iter_id, manifest, expire=expire)
 
@@ -239,6 +241,7 @@ class Part:
         the row is no longer ``seen`` (another process sent the call meanwhile): then
         return the id it holds. In one transaction, so one process wins."""
         cache = self._cache
+        cache.place.check()
         with writing(cache.directory), cache.transact(retry=True):
             row = checked_get(cache, _CALL + key, None, "a call row")
             if isinstance(row, tuple) and row != seen:
@@ -300,6 +303,7 @@ class Part:
 
     def delete(self, task_id: str) -> bool:
         """Delete one task by uuid or name; return whether it was there."""
+        self._cache.place.check()
         with self._cache.transact(retry=True):
             try:
                 record = self.get(task_id)
@@ -340,6 +344,7 @@ class Part:
         check_name("group", group)
         cache = self._cache
         touched = 0
+        cache.place.check()
         with cache.transact(retry=True):
             for task_id in self.group_ids(group):
                 try:

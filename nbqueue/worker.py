@@ -38,6 +38,7 @@ from . import blobs, capture
 from .errors import (StoreError, StoreFileMissing, TaskCancelled, TaskFunctionError,
                      TaskTimeout)
 from .records import Item, Outcome
+from .signing import anchor, make_directory
 from .tracebacks import describe, pack_exception
 
 HOST_WATCH = 0.25  # seconds between checks that the cluster host is still alive
@@ -294,9 +295,8 @@ def use_store(directory: str | None, host: int | None = None) -> None:
     rest for good: the other workers hold the pipe open)."""
     if host is not None and directory and not _spill:
         from .signing import load_key
-        path = os.path.join(directory, blobs.SPILL_DIR)
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        _spill.append((path, load_key(directory), host))
+        make_directory(anchor(directory).fd, blobs.SPILL_DIR)  # in the store checked
+        _spill.append((os.path.join(directory, blobs.SPILL_DIR), load_key(directory), host))
     if not directory or _serving == [directory]:
         return
     _serving[:] = [directory]
@@ -322,6 +322,7 @@ def spill(task_id: str, blob: Any) -> blobs.Blob | bytes:
     if not _spill or (type(blob) is bytes and len(blob) < blobs.LARGE):
         return blob
     directory, key, host = _spill[0]
+    anchor(os.path.dirname(directory)).check()  # not written where another user put theirs
     return blobs.write(directory, f"{host}-{task_id}-{os.urandom(6).hex()}", blob, key,
                        task_id, blobs.RESULT)
 

@@ -15,6 +15,7 @@ EXPECTED = {
     errors.InsecureStoreError: PermissionError,
     errors.StoreError: OSError,
     errors.StoreGone: OSError,
+    errors.StoreSwapped: PermissionError,
     errors.TaskTimeout: TimeoutError,
     errors.ClusterError: RuntimeError,
 }

@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nbqueue import signing
-from nbqueue.errors import InsecureStoreError, SignatureError, StoreError
+from nbqueue.errors import InsecureStoreError, SignatureError, StoreError, StoreGone
 from nbqueue.signing import (MAGIC, load_key, private_directory, sign,
                              verify)
+from tests.intruder import intruder  # noqa: F401 - a fixture
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -376,3 +377,76 @@ def test_values_of_stores_of_earlier_versions_are_still_read_bound_to_nothing():
         tampered[-1] ^= 1
         with pytest.raises(SignatureError, match="does not match"):
             verify(KEY, bytes(tampered))
+
+
+# -- the store directory as it was checked ---------------------------------------------------
+
+
+def test_a_store_directory_replaced_or_deleted_fails_its_check(tmp_path, forget_keys):
+    """The directory checked is held open; ``check`` (one stat) says when the path no
+    longer leads to it, and where the one that was checked is now."""
+    directory = private_directory(tmp_path / "store")
+    place = signing.anchor(directory)
+    assert signing.anchor(directory) is place and private_directory(directory) == directory
+    place.check()
+    os.rename(directory, directory + ".old")
+    with pytest.raises(StoreGone, match=f"was deleted or moved .*now {directory}.old"):
+        place.check()
+    os.mkdir(directory, 0o700)  # one of our own: not a security matter, but not it either
+    with pytest.raises(StoreGone, match="replaced by another one") as caught:
+        place.check()
+    assert not isinstance(caught.value, InsecureStoreError)
+    os.rmdir(directory)
+    os.rename(directory + ".old", directory)  # moved back: the same directory again
+    place.check()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_a_store_directory_put_in_place_by_another_user_is_insecure(tmp_path, forget_keys):
+    directory = private_directory(tmp_path / "store")
+    place = signing.anchor(directory)
+    os.rename(directory, directory + ".old")
+    os.mkdir(directory, 0o700)
+    os.chown(directory, OTHER_UID, OTHER_UID)
+    with pytest.raises(InsecureStoreError, match=f"{directory} was replaced by a directory "
+                       f"owned by .*uid {OTHER_UID}.*nothing more is written there") as caught:
+        place.check()
+    assert isinstance(caught.value, StoreGone) and isinstance(caught.value, PermissionError)
+
+
+@pytest.mark.filterwarnings("ignore::nbqueue.NoClusterWarning")
+def test_store_swapped_by_another_user_takes_no_task_and_gets_no_file(intruder):
+    """Another user who may write the store's parent folder renames the store and puts a
+    directory of its own at its path. Large arguments are refused at the call, small
+    tasks at the next put or flush, and nothing at all is written in their directory;
+    once the real store is back at its path, every task accepted is written and runs."""
+    import nbqueue
+    from nbqueue import Cluster, async_task, conf, result
+    from nbqueue.broker import drop_broker
+    from nbqueue.store import drop_store
+    from tests import tasks_fixtures as fx
+
+    store = os.path.join(intruder.parent, ".nbqueue")
+    conf.reset()
+    nbqueue.configure(directory=store)
+    try:
+        before = [async_task(fx.add, 1), async_task(fx.length, b"x" * (2 << 20))]
+        nbqueue.flush()
+        moved = intruder.swap(store)
+        with pytest.raises(InsecureStoreError, match="replaced by a directory owned by"):
+            async_task(fx.length, b"y" * (2 << 20))  # its file would go there: refused
+        accepted = async_task(fx.add, 2)  # in the outbox: the write behind finds the swap
+        with pytest.raises(InsecureStoreError, match="not in the queue yet.*replaced by"):
+            nbqueue.flush()
+        with pytest.raises(InsecureStoreError):
+            async_task(fx.add, 3)  # refused, as long as the store is not back
+        assert intruder.files(store) == []
+        assert len(os.listdir(os.path.join(moved, "blobs"))) == 1  # the one before
+        intruder.give_back(store, moved)
+        nbqueue.flush()  # the same directory at its path again: the task accepted goes in
+        with Cluster(workers=1, directory=store):
+            assert [result(t, wait=60_000) for t in before + [accepted]] == [1, 2 << 20, 2]
+    finally:
+        conf.reset()
+        drop_broker(store)
+        drop_store(store)

@@ -6,7 +6,8 @@
   ``nbqueue.worker``);
 - once a second it writes the cluster's heartbeat, puts the expired leases of dead
   clusters back in the queue, and checks that the store directory is still the one
-  the cluster opened (``StoreGone`` stops the cluster).
+  the cluster opened (``StoreGone`` stops the cluster; every write batch checks it
+  too, see ``signing.Anchor``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class Monitor:
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        self._identity = self._store_identity()
+        self._key = self._key_identity()
         self.wake = threading.Event()  # a cancel request of this process: act now
 
     def run(self) -> None:
@@ -97,26 +98,26 @@ class Monitor:
         for future in cluster.inflight.chunks_within(set(lost)):
             future.cancel()
 
-    def _store_identity(self) -> tuple[int, ...]:
-        directory = self.cluster.directory
-        stat = os.stat(directory)
-        key = os.stat(os.path.join(directory, signing.KEY_FILE))
-        return stat.st_dev, stat.st_ino, key.st_ino
+    def _key_identity(self) -> tuple[int, int]:
+        key = os.stat(os.path.join(self.cluster.directory, signing.KEY_FILE))
+        return key.st_dev, key.st_ino
 
     def check_store(self) -> None:
-        """Stop if the store directory was deleted or replaced under the cluster: what it
-        stores would land in files no one can read."""
+        """Stop if the store directory (or its key) was deleted or replaced under the
+        cluster: what it stores would land in files no one can read, or in a directory
+        another user put in its place (then StoreSwapped, an InsecureStoreError)."""
+        directory = self.cluster.directory
         try:
-            same = self._store_identity() == self._identity
-        except FileNotFoundError:
-            same = False
-        if not same:
-            directory = self.cluster.directory
+            self.cluster.broker.place.check()
+            if self._key_identity() != self._key:
+                raise StoreGone(f"the key of {directory} was replaced")
+        except (FileNotFoundError, StoreGone) as exc:
             drop_broker(directory, close=False)  # a new Cluster() opens the new store
             drop_store(directory, close=False)
-            raise StoreGone(f"the store directory {directory} was deleted or replaced "
-                            "while this cluster ran, so it stopped; start a new Cluster() "
-                            "to serve the store there now")
+            kind = type(exc) if isinstance(exc, StoreGone) else StoreGone
+            raise kind(f"the store directory {directory} was deleted or replaced while "
+                       f"this cluster ran, so it stopped ({exc}); start a new Cluster() to "
+                       "serve the store there now") from None
 
     def enforce_timeouts(self) -> None:
         """Tier 2 of timeouts: kill a worker stuck past its task's deadline + grace
