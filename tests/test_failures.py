@@ -26,6 +26,7 @@ from nbqueue.worker import read_slot
 from nbqueue.heartbeats import heartbeats
 from nbqueue.store import drop_store, get_store
 from tests import tasks_fixtures as fx
+from tests.intruder import intruder  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.timeout(120)
 WAIT = 60_000
@@ -567,6 +568,49 @@ def test_the_store_deleted_under_a_running_cluster_stops_it(store_dir):
     with Cluster(workers=1):  # a new cluster serves the new store there
         assert result(async_task(fx.add, 2), wait=WAIT) == 2
     assert os.path.isfile(os.path.join(store_dir, "key"))
+
+
+def test_a_store_swapped_under_a_running_cluster_stops_it_and_gets_no_file(intruder):
+    """Another user renames the store of a running cluster and puts a directory of its own
+    at its path, while tasks with large arguments and large results run. The cluster
+    stores nothing more (no outcome, no value file moved or linked there) and stops,
+    saying why; with the real store back, every task has exactly one outcome."""
+    from nbqueue import conf
+    from nbqueue.broker import drop_broker
+    from tests.intruder import Intruder
+
+    store = os.path.join(intruder.parent, ".nbqueue")
+    conf.reset()
+    nbqueue.configure(directory=store)
+    count = 12
+    moved = None
+    try:
+        running = Cluster(workers=2, retry=2, directory=store).start()
+        try:
+            ids = [async_task(fx.nap, 0.3, bytes([i]) * (2 << 20), group="swap")
+                   for i in range(count)]
+            nbqueue.flush()
+            assert _wait_for(lambda: count_group("swap") >= 2, 60)  # and others running
+            moved = intruder.swap(store)
+            assert _wait_for(lambda: running.stopped, 15)
+            assert "replaced by a directory owned by" in running.error, running.error
+            assert "StoreSwapped" in running.error
+        finally:
+            running.stop(wait=1)
+        assert Intruder.files(store) == []
+        Intruder.give_back(store, moved)
+        moved = None
+        with Cluster(workers=2, retry=2, directory=store):
+            assert len(fetch_group("swap", count=count, wait=WAIT)) == count
+        assert count_group("swap") == count and count_group("swap", failures=True) == 0
+        assert [result(i) for i in ids] == [bytes([i]) * (2 << 20) for i in range(count)]
+        assert get_store(store).saved.totals() == (count, 0)
+    finally:
+        if moved is not None:
+            Intruder.give_back(store, moved)
+        conf.reset()
+        drop_broker(store)
+        drop_store(store)
 
 
 class _Evil:

@@ -250,3 +250,43 @@ def test_store_errors_say_read_only_full_damaged_or_what_happened(tmp_path):
     other = _sqlite_error(db, "INSERT INTO missing VALUES (1)")  # neither of the above
     advice = storage.store_advice(other, str(part))
     assert advice == f"Check that {store} is on a working disk that this process may write to"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], ids=["umask022", "umask000"])
+def test_every_file_and_folder_of_a_used_store_is_private(store_dir, umask):
+    """Whatever the umask, the store makes every folder 0700 and every file 0600: SQLite's
+    database and its -wal and -shm files, value files and their folders, argument and
+    result files, the key, the clusters' doorbell sockets."""
+    import stat
+
+    import nbqueue
+    from nbqueue import Cluster, async_task, result
+    from tests import tasks_fixtures as fx
+
+    before = os.umask(umask)
+    try:
+        with Cluster(workers=2, directory=store_dir):  # its doorbell: a socket in bells/
+            tasks = [async_task(fx.add, 1), async_task(fx.add, 2, cached=True),
+                     async_task(fx.length, b"a" * (2 << 20)),  # arguments: a file
+                     async_task(fx.sized_result, 2),  # a result: a spill file, moved
+                     async_task(fx.echo, b"m" * 100_000),  # a value file of diskcache's
+                     async_task(fx.fails_until, "/nonexistent", b"f" * (2 << 20))]  # kept
+            for task in tasks:
+                result(task, wait=60_000, cached=task == tasks[1])
+            nbqueue.flush()
+            found: dict[str, int] = {}
+            for root, dirs, files in os.walk(store_dir):
+                for name in [root] + [os.path.join(root, f) for f in files]:
+                    found[os.path.relpath(name, store_dir)] = os.lstat(name).st_mode
+    finally:
+        os.umask(before)
+    wrong = {name: stat.filemode(mode) for name, mode in found.items()
+             if stat.S_IMODE(mode) != (0o700 if stat.S_ISDIR(mode) else 0o600)}
+    assert wrong == {}
+    kinds = {name: mode for name, mode in found.items()}
+    assert any(stat.S_ISSOCK(mode) for name, mode in kinds.items() if name.startswith("bells"))
+    for part in ("queue", "results", "cache", "state"):
+        assert {f"{part}/cache.db", f"{part}/cache.db-wal", f"{part}/cache.db-shm"} <= set(found)
+    assert any(name.endswith(".val") for name in found)  # diskcache's value files
+    assert any(name.startswith("blobs/") for name in found if name != "blobs")
+    assert {"key", "spill"} <= set(found)
