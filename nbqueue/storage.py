@@ -27,6 +27,7 @@ import logging
 import os
 import pickle
 import sqlite3
+import threading
 import time
 from typing import Any, Iterator
 
@@ -167,18 +168,38 @@ class SignedDisk(diskcache.Disk):
         blob = record[field]
         filename, full_path = self.filename(key, record)
         source, source_fd = self._in_store(blob.path)
-        make_directories(self._fd, os.path.dirname(filename))
+        move = os.rename if field == "result" else os.link
         try:
-            if field == "result":
-                os.rename(source, filename, src_dir_fd=source_fd, dst_dir_fd=self._fd)
-            else:
-                os.link(source, filename, src_dir_fd=source_fd, dst_dir_fd=self._fd)
+            self._into_place(filename, lambda: move(source, filename, src_dir_fd=source_fd,
+                                                    dst_dir_fd=self._fd))
         except FileNotFoundError:  # removed by hand: the record names it, reads say so
             return self._store_pickled(record, key)
         record[field] = blob._replace(path=full_path)
         inline = sign(self._key, pickle.dumps({**record, field: blob._replace(path="")},
                                               protocol=pickle.HIGHEST_PROTOCOL))
         return len(inline) + blob.size, diskcache.core.MODE_RAW, filename, sqlite3.Binary(inline)
+
+    def _into_place(self, filename: str, move: Any) -> None:
+        """Make the folders of the value file ``filename`` and ``move()`` it there; again
+        when another writer removed a folder meanwhile (diskcache removes the folders it
+        empties as it deletes values). FileNotFoundError when the file to move is gone."""
+        folder = os.path.dirname(filename)
+        for attempt in range(10):
+            try:
+                make_directories(self._fd, folder)
+                move()
+                return
+            except FileNotFoundError:
+                if attempt == 9 or self._has(folder):
+                    raise  # the folder is there: the file to move is not
+
+    def _has(self, relative: str) -> bool:
+        """Whether ``relative`` exists in the part's folder held open."""
+        try:
+            os.stat(relative, dir_fd=self._fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
 
     def _in_store(self, path: str) -> tuple[str, int | None]:
         """``path`` relative to the store directory held open, and its fd, when it is a
@@ -208,8 +229,8 @@ class SignedDisk(diskcache.Disk):
                 for chunk in iterator:
                     size += len(chunk)
                     out.write(chunk)
-            make_directories(self._fd, os.path.dirname(filename))
-            os.rename(draft, filename, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+            self._into_place(filename, lambda: os.rename(draft, filename, src_dir_fd=self._fd,
+                                                         dst_dir_fd=self._fd))
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(draft, dir_fd=self._fd)
@@ -263,16 +284,27 @@ class _Cache(diskcache.Cache):
 
     def __init__(self, directory: str, *args: Any, **settings: Any) -> None:
         self.place = anchor(os.path.dirname(os.path.abspath(directory)))
+        self.place.check()
         super().__init__(directory, *args, **settings)
+        opened = self._local  # this thread's connection, opened just now
+        self._local = type("_Connections", (threading.local,),
+                           {"pid": _FirstConnection(self.place)})()
+        for name, value in vars(opened).items():
+            setattr(self._local, name, value)
 
-    @property
-    def _con(self) -> sqlite3.Connection:
-        if getattr(self._local, "con", None) is None:
+
+class _FirstConnection:
+    """The ``pid`` of a thread that has no connection yet, in diskcache's thread-local:
+    only ``Cache._con`` reads it, just before it connects; a thread that has one reads
+    its own ``pid``, so this costs nothing once connected."""
+
+    def __init__(self, place: Any) -> None:
+        self.place = place
+
+    def __get__(self, local: Any, owner: Any = None) -> Any:
+        if local is not None:
             self.place.check()
-        return _CONNECTION(self)
-
-
-_CONNECTION = diskcache.Cache._con.fget  # type: ignore[attr-defined]
+        raise AttributeError("pid")  # unset: diskcache then connects
 
 
 def _private_part(path: str) -> None:
@@ -297,7 +329,8 @@ def _private_part(path: str) -> None:
         try:
             mode = os.fstat(fd).st_mode
             if mode & 0o077:
-                os.fchmod(fd, mode & 0o700)
+                with contextlib.suppress(OSError):  # a store on read-only media: read it
+                    os.fchmod(fd, mode & 0o700)
         finally:
             os.close(fd)
 
@@ -314,8 +347,8 @@ def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
     try:
         _private_part(path)
         return _Cache(path, eviction_policy="none", timeout=LOCK_TIMEOUT,
-                               cull_limit=10 if expiring else 0, sqlite_cache_size=256,
-                               sqlite_mmap_size=0, disk=SignedDisk)
+                      cull_limit=10 if expiring else 0, sqlite_cache_size=256,
+                      sqlite_mmap_size=0, disk=SignedDisk)
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open the store at {path}: {exc}. "
                          f"{store_advice(exc, path)}") from exc
