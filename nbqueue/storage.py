@@ -6,7 +6,10 @@ directory, and nothing else in nbqueue imports diskcache. The contract:
 - ``open_cache(path, expiring)`` opens one part of a store (a diskcache Cache that never
   evicts) through ``SignedDisk``: every value written is signed with the store's key and
   every value read is checked before it is unpickled; integers (diskcache's counters)
-  stay plain. A value that fails the check raises SignatureError.
+  stay plain. A value that fails the check raises SignatureError. Its ``place`` is the
+  store directory as it was checked (``signing.Anchor``): callers check it before each
+  write batch, a thread's first SQLite connection checks it itself, and every folder
+  and file the part makes is 0700/0600, value files made relative to the folder held.
 - ``upsert(cache, rows)`` sets many never-expiring string keys in one statement and
   ``read_many(cache, keys)`` reads many in a few: what ``Cache.set``/``Cache.get`` do,
   on diskcache's own table (its schema is stable since diskcache 3), without a statement
