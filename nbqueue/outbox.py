@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Callable, Iterator
 
-from .errors import InsecureStoreError, StoreError
+from .errors import StoreError, StoreSwapped
 
 FLUSH_DELAY = 0.002  # seconds the thread leaves a cluster of this process to lease first
 OUTBOX_BYTES = 8 << 20  # packages held at most; past it the caller writes first
@@ -118,8 +118,7 @@ class Outbox:
             what = (f"{len(self._packages)} task(s) enqueued by this process are not in "
                     "the queue yet" if self._packages else "the leases of tasks a cluster "
                     "of this process took from it are not in the queue yet")
-            self.error = (InsecureStoreError if isinstance(exc, InsecureStoreError)
-                          else StoreError)(
+            self.error = (StoreSwapped if isinstance(exc, StoreSwapped) else StoreError)(
                 f"{what} ({exc}). They are kept in memory and written again; call "
                 "nbqueue.flush() to retry now")
             return self.error
