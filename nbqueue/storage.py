@@ -171,10 +171,15 @@ class SignedDisk(diskcache.Disk):
         blob = record[field]
         filename, full_path = self.filename(key, record)
         source, source_fd = self._in_store(blob.path)
-        move = os.rename if field == "result" else os.link
+        def move() -> None:  # a link to the file itself: never to what a symlink names
+            if field == "result":
+                os.rename(source, filename, src_dir_fd=source_fd, dst_dir_fd=self._fd)
+            else:
+                os.link(source, filename, src_dir_fd=source_fd, dst_dir_fd=self._fd,
+                        follow_symlinks=False)
+
         try:
-            self._into_place(filename, lambda: move(source, filename, src_dir_fd=source_fd,
-                                                    dst_dir_fd=self._fd))
+            self._into_place(filename, move)
         except FileNotFoundError:  # removed by hand: the record names it, reads say so
             return self._store_pickled(record, key)
         record[field] = blob._replace(path=full_path)
