@@ -24,18 +24,36 @@ It holds them by (store directory, cached) -> {task id: futures}, and:
   anything else fails every pending future, is logged, and the next ``future()`` starts
   a new waiter.
 
-Cancelling one of these futures only stops waiting for it; ``nbqueue.cancel`` cancels the
-task itself.
+**How a future ends.** Every end goes through ``Future``'s own methods, so
+``concurrent.futures.wait``/``as_completed``, ``add_done_callback``, ``asyncio.wrap_future``
+and ``await`` all wake at once:
+
+- the task's outcome (a result, a failure, a Failure saying ``TaskCancelled`` when
+  ``nbqueue.cancel`` stopped it, from this process or another) is ``set_result`` or
+  ``set_exception``, by the waiter thread, or at once when ``future()`` finds it stored;
+- ``cancel()`` stops waiting for it; the task is not cancelled (``nbqueue.cancel`` does
+  that). ``Future.cancel`` alone leaves a future that ``wait`` and ``as_completed`` do not
+  count as done until an executor calls ``set_running_or_notify_cancel``; here there is no
+  executor, so the future's first done callback calls it, in the cancelling thread,
+  before any callback of the caller's runs;
+- a wait that gives up (``result(timeout=)``, ``wait`` or ``as_completed`` with a timeout)
+  changes nothing: the future stays pending, still waited for, and completes with the
+  outcome. An ``await`` given up (``asyncio.wait_for``, a cancelled coroutine) cancels it,
+  as asyncio cancels what it awaits: a ``cancel()`` like any other;
+- ``delete_group(group, tasks=True)`` deletes stored outcomes, never a queued or running
+  task: a future of one completes when its run stores the outcome, and one already done
+  keeps what it has.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
-from typing import Iterable
+from typing import Any, Generator, Iterable
 
 from .broker import Broker, get_broker
 from .errors import ConfigurationError, TaskFailed
@@ -69,17 +87,30 @@ class TaskFuture(Future):
         self.cached = cached
         self.directory = directory
         self.task: Task | None = None
+        self.add_done_callback(_ended)  # the first callback: see _ended
 
     def cancel(self) -> bool:
         """Stop waiting for the task: this future is cancelled, the task is not (it runs on
         and its outcome is stored); ``nbqueue.cancel(task_id)`` cancels the task itself."""
-        cancelled = super().cancel()
-        if cancelled:
-            _waiter.discard(self)
-        return cancelled
+        return super().cancel()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await nbqueue.future(task_id)``: its result, without blocking the event loop;
+        the await cancelled (``asyncio.wait_for`` timed out) cancels this future."""
+        return asyncio.wrap_future(self).__await__()
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]} task={self.task_id}>"
+
+
+def _ended(fut: Future) -> None:
+    """A TaskFuture's first done callback, run once by the thread that ended it. A cancel
+    is notified to ``concurrent.futures.wait`` and ``as_completed`` here (an executor's
+    ``set_running_or_notify_cancel``, of which a TaskFuture has none), before the
+    caller's callbacks run, and the waiter thread stops watching the future."""
+    if fut.cancelled():
+        fut.set_running_or_notify_cancel()
+        _waiter.discard(fut)  # type: ignore[arg-type]
 
 
 def as_task(record: Record, store: Store, cached: bool) -> Task:
@@ -325,8 +356,9 @@ def future(task_id: str, cached: bool = False, broker: Broker | None = None) -> 
 
     ``.result()`` returns the task's result; a failed task sets ``.exception()`` to
     ``TaskFailed``, whose ``.task`` is the Failure. Use it with ``concurrent.futures.wait``
-    and ``as_completed``, or ``asyncio.wrap_future``. One background thread of the process
-    waits for all of them. ``cancel()`` stops waiting; the task itself runs on.
+    and ``as_completed``, ``asyncio.wrap_future``, or ``await`` it. One background thread
+    of the process waits for all of them. ``cancel()`` stops waiting; the task itself runs
+    on. How each way of ending reaches those: the module docstring.
     """
     broker = broker or get_broker()
     store = get_store(broker.directory)

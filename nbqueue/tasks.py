@@ -8,7 +8,6 @@ steps a cluster takes. Reading outcomes back (``result``, ``fetch``, groups) is
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 import uuid
@@ -317,8 +316,7 @@ class AsyncTask:
         TaskFailed (``.task`` the Failure); a ``sync=True`` task returns at once."""
         if not self.started:
             self.run()
-        waiting = future(self.id, cached=bool(self.cached), broker=self.broker)
-        return asyncio.wrap_future(waiting).__await__()
+        return future(self.id, cached=bool(self.cached), broker=self.broker).__await__()
 
     def __repr__(self) -> str:
         func = self.func if isinstance(self.func, str) else callable_name(self.func)

@@ -20,6 +20,7 @@ import nbqueue
 from nbqueue import (AsyncTask, TaskFailed, TaskFuture, as_completed, async_iter, async_task,
                      future, get_broker)
 from nbqueue import futures as futures_module
+from nbqueue.control import cancel_tasks
 from nbqueue.errors import ConfigurationError, SignatureError
 from nbqueue.heartbeats import heartbeats
 from nbqueue.models import Failure, Success
@@ -375,3 +376,236 @@ def test_a_future_that_could_never_complete_is_refused_at_the_call(cluster):
     with pytest.raises(ConfigurationError, match="cached=True"):
         nbqueue.future(cached)
     assert nbqueue.future(cached, cached=True).result(timeout=30) == 2
+
+
+# -- every way a future ends wakes every way of waiting for it -------------------------
+
+PROMPT = 1.0  # seconds: every consumer wakes within this of the end (the tasks take 5 s)
+
+
+@pytest.fixture
+def one_worker(store_dir):
+    """A one-worker cluster, so that a second task waits queued behind the first."""
+    running = nbqueue.Cluster(workers=1, directory=store_dir).start()
+    yield running
+    running.stop(wait=0.5)  # tasks left running go back to the queue of a temp store
+
+
+def _error_name(exc: TaskFailed) -> str:
+    """The class name of a failed task's error (TaskCancelled, with or without its module)."""
+    return exc.task.result.split(":")[0].rsplit(".", 1)[-1]
+
+
+def _seen(fut: cf.Future) -> str:
+    """How a finished future ended, in words the consumers can compare."""
+    if fut.cancelled():
+        return "cancelled"
+    exc = fut.exception(timeout=0)
+    if isinstance(exc, TaskFailed):
+        return "failed " + _error_name(exc)
+    return f"failed {exc!r}" if exc is not None else f"result {fut.result()!r}"
+
+
+class _Consumers:
+    """The five ways to wait for a TaskFuture, all waiting before it ends; each notes when
+    it woke and what it saw: ``concurrent.futures.wait``, ``as_completed``,
+    ``add_done_callback``, ``asyncio.wrap_future`` + await, and ``await`` of the future
+    (and of the AsyncTask, when the task's own outcome ends it)."""
+
+    def __init__(self, fut: TaskFuture, task: AsyncTask | None = None,
+                 limit: float = 8.0) -> None:
+        self.fut, self.task, self.limit = fut, task, limit
+        self.woke: dict[str, tuple[float, str]] = {}
+        self._lock = threading.Lock()
+        self._awaiting = threading.Event()
+        fut.add_done_callback(lambda f: self._note("callback", _seen(f)))
+        self._threads = [threading.Thread(target=run, daemon=True)
+                         for run in (self._wait, self._as_completed, self._asyncio)]
+        for thread in self._threads:
+            thread.start()
+        # both concurrent.futures consumers hold a waiter on the future, the loop awaits it
+        wait_for(lambda: len(fut._waiters) == 2 and self._awaiting.is_set(), WAIT,
+                 "every consumer to wait")
+        assert not self.woke and not fut.done()
+
+    @property
+    def names(self) -> set[str]:
+        names = {"wait", "as_completed", "callback", "wrap_future", "await future"}
+        return names | {"await AsyncTask"} if self.task is not None else names
+
+    def _note(self, name: str, seen: str) -> None:
+        with self._lock:
+            self.woke[name] = (time.monotonic(), seen)
+
+    def _wait(self) -> None:
+        done, _ = cf.wait([self.fut], timeout=self.limit)
+        if self.fut in done:
+            self._note("wait", _seen(self.fut))
+
+    def _as_completed(self) -> None:
+        try:
+            for fut in cf.as_completed([self.fut], timeout=self.limit):
+                self._note("as_completed", _seen(fut))
+        except cf.TimeoutError:
+            pass
+
+    def _asyncio(self) -> None:
+        async def note(name: str, awaitable) -> None:
+            try:
+                seen = f"result {await awaitable!r}"
+            except (asyncio.CancelledError, cf.CancelledError):
+                seen = "cancelled"
+            except TaskFailed as exc:
+                seen = "failed " + _error_name(exc)
+            self._note(name, seen)
+
+        async def main() -> None:
+            waits = [asyncio.ensure_future(note("wrap_future", asyncio.wrap_future(self.fut))),
+                     asyncio.ensure_future(note("await future", _await(self.fut)))]
+            if self.task is not None:
+                waits.append(asyncio.ensure_future(note("await AsyncTask", _await(self.task))))
+            await asyncio.sleep(0)  # each has begun its await
+            await asyncio.sleep(0)
+            self._awaiting.set()
+            await asyncio.wait(waits, timeout=self.limit)
+        asyncio.run(main())
+
+    def check(self, seen: str, ended: float | None = None) -> dict[str, float]:
+        """Every consumer saw the future end as ``seen``, within PROMPT of ``ended`` (by
+        default, the first of them to wake); returns each one's delay in ms."""
+        for thread in self._threads:
+            thread.join(timeout=self.limit + WAIT)
+        assert set(self.woke) == self.names, f"never woke: {self.names - set(self.woke)}"
+        assert {what for _, what in self.woke.values()} == {seen}, self.woke
+        first = min(at for at, _ in self.woke.values())
+        ended = first if ended is None else ended
+        delays = {name: round((at - ended) * 1000, 1) for name, (at, _) in self.woke.items()}
+        assert all(delay < PROMPT * 1000 for delay in delays.values()), delays
+        return delays
+
+
+def _started(task_id: str) -> bool:
+    return nbqueue.status(task_id)["state"] == "running"
+
+
+def test_a_result_wakes_every_consumer(one_worker):
+    task = AsyncTask(fx.nap, 1, "slept")
+    began = time.monotonic()
+    fut = future(task.run())
+    consumers = _Consumers(fut, task)
+    print(consumers.check("result 'slept'"))
+    assert time.monotonic() - began < 1 + WAIT and fut.result(timeout=0) == "slept"
+    assert not _waiting_for(task.id)
+
+
+def test_a_failure_wakes_every_consumer(one_worker):
+    task = AsyncTask(fx.reports, 5, 0.2, fail=True)  # 1 s, then RuntimeError
+    fut = future(task.run())
+    consumers = _Consumers(fut, task)
+    print(consumers.check("failed RuntimeError"))
+    assert isinstance(fut.exception(timeout=0), TaskFailed)
+
+
+def test_cancelling_a_future_wakes_concurrent_futures_wait_at_once(one_worker):
+    """The issue's case: one worker, two 5 s tasks, the second one's future cancelled
+    0.5 s in: ``concurrent.futures.wait([f], timeout=8)`` returns at once, f done."""
+    first = async_task(fx.nap, 5, "first")
+    second = async_task(fx.nap, 5, "second")
+    f = future(second)
+    consumers = _Consumers(f)
+    wait_for(lambda: _started(first), WAIT, "the first task to run")
+    time.sleep(0.5)
+    cancelled = time.monotonic()
+    assert f.cancel() and f.cancelled() and f.done()
+    done, not_done = cf.wait([f], timeout=8)
+    took = time.monotonic() - cancelled
+    assert f in done and not not_done and took < 0.1, took
+    print(f"wait after cancel: {took * 1000:.1f} ms;", consumers.check("cancelled", cancelled))
+    assert not _waiting_for(second)  # the waiter thread let go of it
+    # the task itself was not cancelled (a cluster may hold it already, next in its worker)
+    assert nbqueue.status(second)["state"] in ("queued", "running")
+    assert f.cancel()  # again: still cancelled, nothing else happens
+    with pytest.raises(cf.CancelledError):
+        f.result(timeout=0)
+    cancel_tasks([first, second])  # not to wait for them at teardown
+
+
+def _cancel_elsewhere(task_id: str, directory: str) -> None:
+    code = (f"import nbqueue\nnbqueue.configure(directory={directory!r})\n"
+            f"print(nbqueue.cancel({task_id!r}))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.split() == ["True"], done.stderr
+
+
+@pytest.mark.parametrize("where", ["here", "in another process"])
+@pytest.mark.parametrize("which", ["queued", "running"])
+def test_cancelling_the_task_wakes_every_consumer(request, store_dir, where, which):
+    """``nbqueue.cancel`` of a task queued (no cluster holds it: cancel stores its outcome)
+    or running (its cluster stops it and stores the outcome once its run has ended)."""
+    if which == "running":
+        request.getfixturevalue("one_worker")
+    task = AsyncTask(fx.nap, 5, "never")
+    task.run()
+    fut = future(task.id)
+    consumers = _Consumers(fut, task)
+    if which == "running":
+        wait_for(lambda: _started(task.id), WAIT, "the task to run")
+    asked = time.monotonic()
+    if where == "here":
+        assert nbqueue.cancel(task.id)
+    else:
+        _cancel_elsewhere(task.id, store_dir)
+    delays = consumers.check("failed TaskCancelled")
+    ended = min(at for at, _ in consumers.woke.values())
+    print(f"ended {(ended - asked) * 1000:.0f} ms after the cancel began;", delays)
+    assert ended - asked < 3.5  # well before the 5 s task would have ended
+    assert fut.task.id == task.id and not fut.task.success
+
+
+def test_deleting_the_group_leaves_futures_to_their_outcomes(one_worker):
+    earlier = future(async_task(fx.add, 1, 2, group="g"))
+    assert earlier.result(timeout=WAIT) == 3
+    task = AsyncTask(fx.nap, 1.5, "stored after the delete", group="g")
+    fut = future(task.run())
+    consumers = _Consumers(fut, task)
+    wait_for(lambda: _started(task.id), WAIT, "the task to run")
+    assert nbqueue.delete_group("g", tasks=True) == 1  # the earlier one; none runs on
+    assert earlier.done() and earlier.result(timeout=0) == 3  # a done future keeps it
+    assert not fut.done()  # the running task was not deleted: its future waits on
+    print(consumers.check("result 'stored after the delete'"))
+    assert nbqueue.result_group("g") == ["stored after the delete"]
+
+
+def test_a_wait_that_times_out_leaves_the_future_pending(one_worker):
+    task = AsyncTask(fx.nap, 1.5, "late")
+    fut = future(task.run())
+    with pytest.raises(cf.TimeoutError):
+        fut.result(timeout=0.1)
+    with pytest.raises(cf.TimeoutError):
+        fut.exception(timeout=0.1)
+    assert cf.wait([fut], timeout=0.1) == (set(), {fut})
+    with pytest.raises(cf.TimeoutError):
+        list(cf.as_completed([fut], timeout=0.1))
+
+    async def gives_up() -> set:
+        _, pending = await asyncio.wait({asyncio.wrap_future(fut)}, timeout=0.1)
+        return pending
+    assert len(asyncio.run(gives_up())) == 1  # asyncio.wait does not cancel what it waits for
+    assert not fut.done() and not fut.cancelled() and _waiting_for(task.id)
+    consumers = _Consumers(fut, task)
+    print(consumers.check("result 'late'"))
+
+
+def test_an_await_given_up_cancels_the_future_and_wakes_every_consumer(one_worker):
+    task_id = async_task(fx.nap, 5, "runs on")
+    fut = future(task_id)
+    consumers = _Consumers(fut)
+    with pytest.raises(asyncio.TimeoutError):
+        asyncio.run(asyncio.wait_for(_await(fut), 0.3))
+    gave_up = time.monotonic()
+    assert fut.cancelled()
+    print(consumers.check("cancelled", gave_up - PROMPT / 2))
+    assert not _waiting_for(task_id)
+    assert nbqueue.status(task_id)["state"] == "running"  # the task runs on
+    nbqueue.cancel(task_id)
