@@ -13,7 +13,7 @@ from .conf import configure
 from .control import cancel, cancel_group, retry, retry_group
 from .capture import report
 from .errors import (ClusterError, ConfigurationError, InsecureStoreError, NbqueueError,
-                     NoClusterWarning, PackingError, RemoteError, SignatureError, StoreError,
+                     NoClusterWarning, OutcomeDeleted, PackingError, RemoteError, SignatureError, StoreError,
                      TaskCancelled, TaskFailed, TaskFunctionError, TaskStillRunning,
                      TaskTimeout, WaitWarning, WorkerLost, MissingDependency)
 from .futures import TaskFuture, future
@@ -54,5 +54,5 @@ __all__ = [
     "NoClusterWarning", "WaitWarning", "future", "TaskFuture", "as_completed", "TaskFailed",
     "TaskCancelled", "cancel", "cancel_group", "retry", "retry_group", "report", "status",
     "output", "RemoteError", "WorkerLost", "MissingDependency", "summary",
-    "GroupSummary", "TaskStillRunning",
+    "GroupSummary", "TaskStillRunning", "OutcomeDeleted",
 ]

@@ -63,6 +63,11 @@ class TaskStillRunning(NbqueueError, RuntimeError):
     """A task cannot be sent again yet: its cancelled run has not stopped."""
 
 
+class OutcomeDeleted(NbqueueError, LookupError):
+    """An outcome a future waited for was deleted before it was complete (an
+    ``async_iter``'s tasks deleted with ``delete_group(..., tasks=True)`` while some ran)."""
+
+
 class TaskFailed(NbqueueError, RuntimeError):
     """A task ended in failure; ``.task`` is its ``Failure`` (its ``.result`` the error
     text). What a future, ``await`` and ``nbqueue.map`` raise for a failed task."""

@@ -42,7 +42,12 @@ and ``await`` all wake at once:
   as asyncio cancels what it awaits: a ``cancel()`` like any other;
 - ``delete_group(group, tasks=True)`` deletes stored outcomes, never a queued or running
   task: a future of one completes when its run stores the outcome, and one already done
-  keeps what it has.
+  keeps what it has. A pending future of an ``async_iter`` whose tasks were deleted that
+  way (some stored, some not yet) can never have its combined outcome: it fails with
+  ``OutcomeDeleted``. The waiter sees it when the saved part's totals shrink (a deletion)
+  or the last of its tasks is stored: it then reads every task's outcome again, and one
+  seen stored before that is gone, its id no longer in the group, was deleted (a task
+  sent again with ``retry`` has its failure removed too, but stays in its group).
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any, Generator, Iterable
 
 from .broker import Broker, get_broker
-from .errors import ConfigurationError, TaskFailed
+from .errors import ConfigurationError, OutcomeDeleted, TaskFailed
 from .models import Failure, Success, Task
 from .records import Manifest, Record, iter_record
 from .sent import sent
@@ -158,6 +163,31 @@ class _Watch:
         self.remaining = remaining  # ids without an outcome (an async_iter's: many)
         self.manifest = manifest  # set for an async_iter id
         self.by_name = by_name  # a name, read one by one (no batch read by name)
+
+
+def _iter_outcome(part: Part, watch: _Watch) -> Record | OutcomeDeleted | None:
+    """Read every task of an ``async_iter`` watch again: its combined record once all
+    are stored; OutcomeDeleted once one seen stored is gone with its group (deleted);
+    otherwise None, its missing ones waited for again (a failure sent again with
+    ``retry`` is removed until its new outcome is stored)."""
+    manifest = watch.manifest
+    assert manifest is not None
+    ids = manifest["ids"]
+    records = part.records(ids)
+    missing = {i for i, r in zip(ids, records) if r is None}
+    if not missing:
+        return iter_record(manifest, records)
+    lost = missing - watch.remaining  # stored when last read, gone now
+    if lost:
+        lost.difference_update(part.group_ids(manifest["group"]))
+    if lost:
+        return OutcomeDeleted(
+            f"the outcomes of {len(lost)} of the {len(ids)} tasks of async_iter "
+            f"{manifest['id']} were deleted (delete_group({manifest['group']!r}, "
+            "tasks=True)) before all of them had finished, so its combined result can "
+            "never be made; run the async_iter again")
+    watch.remaining = missing
+    return None
 
 
 def _watch_of(part: Part, task_id: str) -> _Watch:
@@ -288,6 +318,9 @@ class _Waiter:
             return 0
         part = watched.part
         mark = None if part.expiring else part.totals()  # before the ids: no write missed
+        # something was deleted: an async_iter's tasks seen stored may be gone
+        shrank = (mark is not None and watched.mark is not None
+                  and (mark[0] < watched.mark[0] or mark[1] < watched.mark[1]))
         with self._lock:
             if (mark is not None and mark == watched.mark and not watched.dirty
                     and now - watched.read_at < RECHECK):
@@ -300,24 +333,20 @@ class _Waiter:
         found = {}
         if ids:
             found = {i: r for i, r in zip(ids, part.records(ids)) if isinstance(r, dict)}
-        done: list[tuple[_Watch, Record]] = []
+        done: list[tuple[_Watch, Record | OutcomeDeleted]] = []
         for watch in watches:  # only this thread changes a watch's remaining ids
-            record = None
+            record: Record | OutcomeDeleted | None = None
             if watch.by_name:
                 record = part.find(watch.task_id)
             elif watch.manifest is None:
                 record = found.get(watch.task_id)
             else:
                 watch.remaining.difference_update(found)
-                if not watch.remaining:
-                    member_ids = watch.manifest["ids"]
-                    records = part.records(member_ids)
-                    watch.remaining = {i for i, r in zip(member_ids, records) if r is None}
-                    if not watch.remaining:
-                        record = iter_record(watch.manifest, records)
+                if not watch.remaining or shrank:
+                    record = _iter_outcome(part, watch)
             if record is not None:
                 done.append((watch, record))
-        settle: list[tuple[list[TaskFuture], Record]] = []
+        settle: list[tuple[list[TaskFuture], Record | OutcomeDeleted]] = []
         with self._lock:
             for watch, record in done:
                 if watched.watches.get(watch.task_id) is watch:
@@ -328,6 +357,9 @@ class _Waiter:
         took = time.monotonic() - start
         watched.mark, watched.read_at, watched.not_before = mark, start, start + 2 * took
         for futures, record in settle:  # outside the lock: callbacks may make futures
+            if isinstance(record, OutcomeDeleted):
+                _fail(futures, record)
+                continue
             for fut in futures:
                 _settle(fut, record, watched.store, watched.cached)
         return len(done)

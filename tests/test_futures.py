@@ -403,7 +403,7 @@ def _seen(fut: cf.Future) -> str:
     exc = fut.exception(timeout=0)
     if isinstance(exc, TaskFailed):
         return "failed " + _error_name(exc)
-    return f"failed {exc!r}" if exc is not None else f"result {fut.result()!r}"
+    return f"failed {type(exc).__name__}" if exc is not None else f"result {fut.result()!r}"
 
 
 class _Consumers:
@@ -457,6 +457,8 @@ class _Consumers:
                 seen = "cancelled"
             except TaskFailed as exc:
                 seen = "failed " + _error_name(exc)
+            except Exception as exc:
+                seen = f"failed {type(exc).__name__}"
             self._note(name, seen)
 
         async def main() -> None:
@@ -575,6 +577,36 @@ def test_deleting_the_group_leaves_futures_to_their_outcomes(one_worker):
     assert not fut.done()  # the running task was not deleted: its future waits on
     print(consumers.check("result 'stored after the delete'"))
     assert nbqueue.result_group("g") == ["stored after the delete"]
+
+
+def test_deleting_an_async_iters_tasks_fails_its_future_with_outcome_deleted(one_worker):
+    """An async_iter's future whose tasks are deleted with their group while it waits can
+    never complete: it fails with OutcomeDeleted, at once."""
+    iter_id = async_iter(fx.nap, [(0, 1), (0, 2), (5, 3)])
+    fut = future(iter_id)
+    consumers = _Consumers(fut)
+    wait_for(lambda: nbqueue.count_group(iter_id) == 2, WAIT, "two of its tasks to finish")
+    deleted = time.monotonic()
+    assert nbqueue.delete_group(iter_id, tasks=True) == 2  # the third one runs on
+    print(consumers.check("failed OutcomeDeleted", deleted))
+    with pytest.raises(nbqueue.OutcomeDeleted, match="2 of the 3 tasks.*run the async_iter"):
+        fut.result(timeout=0)
+    assert nbqueue.cancel_group(iter_id) == 1
+
+
+def test_retrying_an_async_iters_failure_is_no_deletion(cluster):
+    """A retried task's failure is removed until its new outcome is stored, but stays in
+    its group: the future of its async_iter waits for that outcome."""
+    iter_id = async_iter(fx.reports, [(1, 0.0, True), (10, 0.3)])  # fails at once; 3 s
+    fut = future(iter_id)
+    failed = wait_for(lambda: nbqueue.fetch_group(iter_id, failures=True), WAIT,
+                      "its first task to fail")[0]
+    assert not failed.success and nbqueue.retry(failed.id)
+    assert not fut.done()
+    exc = fut.exception(timeout=WAIT)  # the retried task fails again: so does the iter
+    assert isinstance(exc, TaskFailed), exc
+    assert nbqueue.fetch(failed.id).attempt_count == 2
+    assert sorted(t.attempt_count for t in nbqueue.fetch_group(iter_id)) == [1, 2]
 
 
 def test_a_wait_that_times_out_leaves_the_future_pending(one_worker):
