@@ -48,6 +48,8 @@ and ``await`` all wake at once:
   or the last of its tasks is stored: it then reads every task's outcome again, and one
   seen stored before that is gone, its id no longer in the group, was deleted (a task
   sent again with ``retry`` has its failure removed too, but stays in its group).
+  An outcome deleted, or pruned by ``save_limit``, before the waiter read it leaves no
+  trace: its future waits on, as ``result(task_id, wait=-1)`` would; bound such a wait.
 """
 
 from __future__ import annotations
