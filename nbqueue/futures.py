@@ -3,7 +3,8 @@
 ``future(task_id)`` is a ``concurrent.futures.Future`` (a ``TaskFuture``) that completes
 when the task has an outcome: its result, or ``TaskFailed`` whose ``.task`` is the
 Failure. It works with ``concurrent.futures.wait``/``as_completed`` and
-``asyncio.wrap_future``, which is how ``await AsyncTask(...)`` waits (``tasks``).
+``asyncio.wrap_future``, and can be awaited, which is how ``await AsyncTask(...)`` waits
+(``tasks``).
 ``as_completed`` and ``map`` are ``iterate``'s.
 
 **One waiter per process.** Every pending future of every store is served by one daemon
