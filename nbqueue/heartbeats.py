@@ -6,11 +6,12 @@ live rows of running tasks live there too: ``nbqueue.live``)."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from typing import Any
 
-from .storage import checked_get, open_cache
+from .storage import checked_get, checkpoint, open_cache
 
 _CLUSTER = "cluster:"
 _STOPPED = "stopped:"
@@ -25,8 +26,16 @@ class Heartbeats:
         self.state = open_cache(os.path.join(directory, "state"), expiring=True)
 
     def beat(self, cluster_id: str, info: dict[str, Any], ttl: float) -> None:
-        """Record that a cluster is alive, with its figures, for ``ttl`` seconds."""
-        self.state.set(_CLUSTER + cluster_id, info, expire=ttl, retry=True)
+        """Record that a cluster is alive, with its figures, for ``ttl`` seconds.
+
+        On a full disk the write-ahead log cannot grow: it is emptied into the database
+        and the beat tried once more, rewriting its row in the space the log has, so
+        ``nbqueue info`` still shows the cluster and why it waits."""
+        try:
+            self.state.set(_CLUSTER + cluster_id, info, expire=ttl, retry=True)
+        except sqlite3.OperationalError:
+            checkpoint(self.state, "RESTART")
+            self.state.set(_CLUSTER + cluster_id, info, expire=ttl, retry=True)
 
     def forget(self, cluster_id: str) -> None:
         self.state.delete(_CLUSTER + cluster_id, retry=True)

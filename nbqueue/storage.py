@@ -68,6 +68,26 @@ def store_advice(exc: BaseException, path: str) -> str:
     return f"Check that {store} is on a working disk that this process may write to"
 
 
+def store_trouble(exc: BaseException, path: str) -> str | None:
+    """What is wrong with the store, said as ``writing`` says it, when ``exc`` (raised
+    writing to its part at ``path``) is the store's own trouble: a full or read-only
+    disk, a lock, a damaged file. None when it is the trouble of one value written (a
+    task's file that cannot be linked, moved or read), which other values do not share."""
+    cause = _first_cause(exc)
+    if isinstance(cause, StoreError):
+        return str(cause)
+    if isinstance(cause, diskcache.Timeout):
+        return (f"the store at {path} stayed locked by another process; is a process stuck "
+                "holding it?")
+    if isinstance(cause, sqlite3.Error) or (isinstance(cause, OSError)
+                                            and cause.errno in _STORE_WIDE):
+        return f"cannot write to the store at {path}: {cause}. {store_advice(cause, path)}"
+    return None
+
+
+_STORE_WIDE = (*_FULL, errno.EROFS, errno.EIO)  # errors of a disk, not of one file on it
+
+
 class SignedDisk(diskcache.Disk):
     """diskcache's serialization, signed with the store's key: every value is pickled and
     signed (``signing.sign``) as it is written, and read back only once its signature
@@ -90,11 +110,34 @@ class SignedDisk(diskcache.Disk):
         self.place = anchor(os.path.dirname(directory))
         self._key = load_key(self.place.path)
         self._fd = os.open(os.path.basename(directory), _DIRECTORY, dir_fd=self.place.fd)
+        self._made = threading.local()  # files: the value files made in ``undone`` blocks
         self._clean_drafts()
 
     def __del__(self) -> None:
         with contextlib.suppress(OSError, AttributeError, TypeError):
             os.close(self._fd)
+
+    def _made_file(self, path: str) -> None:
+        made = getattr(self._made, "files", None)
+        if made is not None:
+            made.append(path)
+
+    @contextlib.contextmanager
+    def undone(self) -> Iterator[None]:
+        """Remove the value files that the writes of this block made (large values,
+        links to argument files) if it fails: the rows that named them were rolled back,
+        and a write tried again on a full disk must not fill it with orphans."""
+        made: list[str] = []
+        self._made.files = made
+        try:
+            yield
+        except BaseException:
+            for path in made:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
+        finally:
+            self._made.files = None
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
         if type(value) is int:
@@ -113,6 +156,7 @@ class SignedDisk(diskcache.Disk):
         filename, full_path = self.filename(key, value)  # a large value: no joined copy
         header, _ = seal(self._key, payload, context(FILE_ROLE, filename))
         self._write(full_path, iter((header, payload)), "xb")
+        self._made_file(full_path)
         return size, diskcache.core.MODE_BINARY, filename, None
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
@@ -177,11 +221,16 @@ class SignedDisk(diskcache.Disk):
             else:
                 os.link(source, filename, src_dir_fd=source_fd, dst_dir_fd=self._fd,
                         follow_symlinks=False)
+                self._made_file(full_path)
 
         try:
             self._into_place(filename, move)
         except FileNotFoundError:  # removed by hand: the record names it, reads say so
             return self._store_pickled(record, key)
+        except OSError as exc:  # arguments that are not a file one can link (a folder put
+            if field == "result" or exc.errno in _STORE_WIDE:  # in its place): the
+                raise  # record names them where they are, and a read of them says what
+            return self._store_pickled(record, key)  # is wrong
         record[field] = blob._replace(path=full_path)
         inline = sign(self._key, pickle.dumps({**record, field: blob._replace(path="")},
                                               protocol=pickle.HIGHEST_PROTOCOL))
@@ -295,10 +344,15 @@ class _Cache(diskcache.Cache):
         self.place.check()
         super().__init__(directory, *args, **settings)
         opened = self._local  # this thread's connection, opened just now
-        self._local = type("_Connections", (threading.local,),
-                           {"pid": _FirstConnection(self.place)})()
+        self._local = _connections(self.place)
         for name, value in vars(opened).items():
             setattr(self._local, name, value)
+
+
+def _connections(place: Any) -> threading.local:
+    """A Cache's thread-local connections, each thread's first one opened only once
+    ``place`` checks out."""
+    return type("_Connections", (threading.local,), {"pid": _FirstConnection(place)})()
 
 
 class _FirstConnection:
@@ -351,15 +405,62 @@ def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
     kept small and memory-mapping is off: with diskcache's defaults (32 MiB of cache and
     64 MiB of mapped file per connection, one connection per thread and file) a cluster's
     RSS grew many times as much over a long run as it does with these, at the same speed.
+
+    A part that already exists with these settings is opened without a write
+    (``_reopen``): diskcache's own open writes every setting again, which a full disk
+    refuses, and a store must stay readable on a full disk.
     """
+    settings = {"eviction_policy": "none", "cull_limit": 10 if expiring else 0,
+                "sqlite_cache_size": 256, "sqlite_mmap_size": 0}
     try:
         _private_part(path)
-        return _Cache(path, eviction_policy="none", timeout=LOCK_TIMEOUT,
-                      cull_limit=10 if expiring else 0, sqlite_cache_size=256,
-                      sqlite_mmap_size=0, disk=SignedDisk)
+        found = _reopen(path, settings)
+        if found is not None:
+            return found
+        return _Cache(path, timeout=LOCK_TIMEOUT, disk=SignedDisk, **settings)
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open the store at {path}: {exc}. "
                          f"{store_advice(exc, path)}") from exc
+
+
+# What diskcache's open creates in a database (tables, indexes, triggers), by name.
+_SCHEMA = frozenset(("Settings", "Cache", "Cache_key_raw", "Cache_expire_time",
+                     "Settings_count_insert", "Settings_count_delete", "Settings_size_insert",
+                     "Settings_size_update", "Settings_size_delete"))
+
+
+def _reopen(path: str, settings: dict[str, Any]) -> diskcache.Cache | None:
+    """The Cache at ``path`` if diskcache's open made it whole with ``settings`` before,
+    set up as that open would leave it, but with reads only; None otherwise (the caller
+    then opens it the usual way, which creates or updates what is missing)."""
+    database = os.path.join(path, diskcache.core.DBNAME)
+    if not os.path.isfile(database):
+        return None
+    anchor(os.path.dirname(os.path.abspath(path))).check()  # SQLite opens by path
+    con = sqlite3.connect(database, timeout=LOCK_TIMEOUT, isolation_level=None)
+    try:
+        names = {name for (name,) in con.execute("SELECT name FROM sqlite_master")}
+        if not _SCHEMA <= names:
+            return None
+        stored = dict(con.execute("SELECT key, value FROM Settings").fetchall())
+    finally:
+        con.close()
+    wanted = {**diskcache.DEFAULT_SETTINGS, **settings}
+    if (any(key not in stored for key in diskcache.core.METADATA)
+            or any(stored.get(key) != value for key, value in wanted.items())):
+        return None
+    cache = _Cache.__new__(_Cache)  # what _Cache.__init__ sets, read back
+    cache.place = anchor(os.path.dirname(os.path.abspath(path)))
+    cache._directory = path
+    cache._timeout = LOCK_TIMEOUT
+    cache._local = _connections(cache.place)
+    cache._txn_id = None
+    for key, value in stored.items():
+        setattr(cache, key, value)
+    cache._disk = SignedDisk(path, **{key[5:]: value for key, value in stored.items()
+                                      if key.startswith("disk_")})
+    ((cache._page_size,),) = cache._sql("PRAGMA page_size").fetchall()
+    return cache
 
 
 # One statement for many rows: ``Cache.set`` costs a SELECT and an INSERT each, in the
@@ -471,11 +572,13 @@ def read_all(cache: Any) -> Iterator[Any]:
             continue
 
 
-def checkpoint(cache: Any) -> None:
+def checkpoint(cache: Any, mode: str = "TRUNCATE") -> None:
     """Give the space of a failed transaction back to the disk: SQLite keeps it in the
-    write-ahead log until a checkpoint truncates it (best effort)."""
+    write-ahead log until a checkpoint truncates it (best effort). ``"RESTART"`` keeps
+    the log's file as large as it is, emptied: the next small write reuses its space,
+    which a full disk has no more of."""
     with contextlib.suppress(Exception):
-        cache._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        cache._con.execute(f"PRAGMA wal_checkpoint({mode})")
 
 
 @contextlib.contextmanager

@@ -92,7 +92,7 @@ class Part:
         deltas: dict[tuple[str | None, bool, bool], int] = defaultdict(int)
         new_rows: list[tuple[str, Any]] = []
         cache.place.check()  # nothing written to a store directory put in its place
-        with cache.transact(retry=True):
+        with cache.disk.undone(), cache.transact(retry=True):
             for record in records:
                 task_id, group, success = record["id"], record["group"], record["success"]
                 expire = self._expire(record)
