@@ -225,7 +225,11 @@ def execute(item: Item, slot: Slot | None = None,
                 _alarm.cancel()
         if armed and _alarm.fired:
             raise TaskTimeout(f"timed out after {timeout:g} s")
-        blob = spill(task_id, _pickled_result(value, bool(_spill) and blobs.large(value)))
+        try:
+            blob = spill(task_id, _pickled_result(value, bool(_spill) and blobs.large(value)))
+        except OSError as exc:  # no room for its file (a full disk): the result goes back
+            blob = _pickled_result(value)  # inline, for the cluster to hold until stored
+            details = {"unspilled": f"{type(exc).__name__}: {exc}"}
         success = True
     except TaskTimeout as exc:
         success = False
@@ -318,7 +322,7 @@ def serving() -> str | None:
 
 def spill(task_id: str, blob: Any) -> blobs.Blob | bytes:
     """A large result (bytes or frames) as a signed file of the store's spill directory
-    (``blobs``)."""
+    (``blobs``). Raises OSError if the file cannot be written (its draft is removed)."""
     if not _spill or (type(blob) is bytes and len(blob) < blobs.LARGE):
         return blob
     directory, key, host = _spill[0]
