@@ -105,6 +105,8 @@ def _info(args: argparse.Namespace) -> int:
               f"{c['rate']} tasks/s")
         if c.get("dashboard"):
             print(f"          dashboard {c['dashboard']}")
+        if c.get("waiting"):
+            print(f"          waiting: {c['waiting']}")
     for c in stopped:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["stopped"]))
         print(f"stopped   {c['id'][:8]} pid {c['pid']} on {c['host']} at {when}: {c['error']}")

@@ -380,6 +380,8 @@ class ClusterPanel:
             shown = state
             if error:
                 shown, colour = f"{state}: {error}", "#c62828"
+            elif info.get("waiting"):  # the store refuses outcomes (a full disk)
+                shown, colour = f"{state}, waiting: {info['waiting']}", "#ef6c00"
             if self._stopped and state != "stopped":
                 shown += " · no longer updated"  # these figures are the last ones shown
             executor = html.escape(info["executor"])

@@ -25,8 +25,10 @@ from nbqueue.storage import process_alive as _alive
 from nbqueue.worker import read_slot
 from nbqueue.heartbeats import heartbeats
 from nbqueue.store import drop_store, get_store
+from nbqueue import broker as broker_module
 from tests import tasks_fixtures as fx
 from tests.intruder import intruder  # noqa: F401 - a fixture
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 WAIT = 60_000
@@ -949,3 +951,125 @@ def test_a_cluster_start_sweeps_the_folders_of_dead_hosts_only(store_dir, tmp_pa
         _alive(int(n)) for n in os.listdir(folders["live"]) if n.isdigit()), 10)
     with Cluster(workers=1):  # the live host is dead now: swept in turn
         assert not os.path.exists(folders["live"])
+
+
+def _fill(path) -> None:
+    """Take every byte left on the disk of ``path``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, bytes(1 << 16))
+    except OSError:
+        pass
+    try:
+        while True:
+            os.write(fd, bytes(512))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _nbqueue_info(directory: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nbqueue", "info", "--directory", directory],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_full_disk_holds_finished_work_until_space_returns(small_disk, caplog):
+    """The disk fills up while a cluster runs tasks with small and 1 MiB results: no task
+    becomes a failure, the cluster holds the outcomes and says why it waits (its info,
+    ``nbqueue info`` in another process), a reader started meanwhile opens the store,
+    and once space is given back every task has exactly one success."""
+    directory = str(small_disk / "store")
+    nbqueue.configure(directory=directory)
+    running = Cluster(workers=2, directory=directory).start()
+    try:
+        count = 45
+        ids = [async_task(fx.sized_result, 1, i, group="full") if i % 3 == 0
+               else async_task(fx.nap, 0.2, i, group="full") for i in range(count)]
+        assert result(ids[0], wait=WAIT) == bytes(1 << 20)
+        filler = small_disk / "filler"
+        _fill(filler)
+        waiting = wait_for(lambda: running.info().get("waiting"), 30, "the cluster says it waits")
+        assert "full" in waiting and "free space" in waiting, waiting
+        shown = wait_for(lambda: (lambda done: done.returncode == 0 and "waiting" in done.stdout
+                                  and done)(_nbqueue_info(directory)), 30, "nbqueue info")
+        assert "full" in shown.stdout.split("waiting", 1)[1], shown.stdout
+        reader = subprocess.run(
+            [sys.executable, "-c", f"import nbqueue; nbqueue.configure(directory={directory!r});"
+             f" print(len(nbqueue.result({ids[0]!r})), nbqueue.count_group('full'))"],
+            capture_output=True, text=True, timeout=60)
+        assert reader.returncode == 0 and reader.stdout.startswith("1048576 "), reader.stderr
+        assert running.info()["failed"] == 0
+        filler.unlink()  # room again
+        tasks = fetch_group("full", count=count, wait=WAIT)
+        assert tasks is not None and len(tasks) == count
+        assert [t.success for t in tasks] == [True] * count, [
+            str(t.result)[:200] for t in tasks if not t.success]
+        assert {t.id for t in tasks} == set(ids) and count_group("full") == count
+        assert all(t.attempt_count == 1 for t in tasks)
+        for i, task_id in enumerate(ids):
+            assert result(task_id) == (bytes([i]) * (1 << 20) if i % 3 == 0 else i)
+        wait_for(lambda: running.info()["waiting"] is None, 10, "the trouble cleared")
+        assert running.running and running.error is None and running.info()["failed"] == 0
+        assert count_group("full", failures=True) == 0
+        logged = caplog.text
+        assert "the store refused the outcomes" in logged and "takes outcomes again" in logged
+        assert "came inline" in logged  # a 1 MiB result its worker could not write to a file
+    finally:
+        running.stop(wait=5)
+        broker_module.drop_broker(directory)
+        drop_store(directory)
+
+
+@pytest.mark.filterwarnings("ignore::nbqueue.NoClusterWarning")
+def test_a_folder_in_place_of_an_argument_file_fails_that_task_only(store_dir):
+    """A folder where a task's argument file is (``os.link`` of it fails with
+    PermissionError): that task fails, its failure is stored, and the other tasks and
+    the ones after them complete; nothing stalls."""
+    big = async_task(fx.length, bytes(2 << 20), group="linked")
+    nbqueue.flush()
+    (path,) = [entry.path for entry in os.scandir(os.path.join(store_dir, "blobs"))]
+    os.unlink(path)
+    os.mkdir(path)
+    ids = [async_task(fx.add, i, 1, group="linked") for i in range(20)]
+    running = Cluster(workers=2).start()
+    try:
+        tasks = fetch_group("linked", count=21, wait=WAIT)
+        assert tasks is not None and len(tasks) == 21
+        by_id = {t.id: t for t in tasks}
+        assert not by_id[big].success and "cannot be read" in str(by_id[big].result)
+        assert all(by_id[i].success and by_id[i].result == n + 1 for n, i in enumerate(ids))
+        later = [async_task(fx.add, i, 2) for i in range(10)]
+        assert [result(i, wait=WAIT) for i in later] == [i + 2 for i in range(10)]
+        assert running.info()["waiting"] is None and running.error is None
+    finally:
+        running.stop(wait=5)
+
+
+def test_an_outcome_the_store_refuses_for_its_own_cause_is_that_tasks_failure(store_dir, caplog):
+    """A task with large arguments and a large result whose argument file is replaced by
+    a folder while it runs: its record cannot be stored (its arguments cannot be read
+    into it). The batch is stored one record at a time: that task becomes its own
+    failure, saying why, and the others of the batch are stored as they were."""
+    running = Cluster(workers=2).start()
+    try:
+        big = async_task(fx.nap, 1.5, bytes(2 << 20), group="own")
+        wait_for(lambda: running.running_tasks(), 30, "the task running")
+        time.sleep(0.3)  # its worker has read its arguments
+        (path,) = [entry.path for entry in os.scandir(os.path.join(store_dir, "blobs"))]
+        os.unlink(path)
+        os.mkdir(path)
+        ids = [async_task(fx.nap, 1.0, i, group="own") for i in range(3)]  # in its batch
+        tasks = fetch_group("own", count=4, wait=WAIT)
+        assert tasks is not None and len(tasks) == 4
+        by_id = {t.id: t for t in tasks}
+        assert not by_id[big].success
+        assert str(by_id[big].result).startswith("StoreError: the outcome of this task could "
+                                                 "not be stored: IsADirectoryError")
+        assert all(by_id[i].success and by_id[i].result == n for n, i in enumerate(ids))
+        assert "it is stored as its failure" in caplog.text
+        assert nbqueue.retry(big)  # kept for retry: its package is in the failure
+        assert running.info()["waiting"] is None
+    finally:
+        running.stop(wait=5)

@@ -337,18 +337,22 @@ class Cluster:
         return rate
 
     def info(self) -> dict[str, Any]:
-        """This cluster's figures: what ``nbqueue info`` and the status panel show."""
+        """This cluster's figures: what ``nbqueue info`` and the status panel show.
+        ``waiting`` says why outcomes wait to be stored (a full disk), if they do. It
+        only reads: it must answer on a full disk."""
         running = self._running_states()
         groups = self.inflight.groups({state[0] for state in running}) if running else {}
+        writer = getattr(self, "writer", None)
         return {"groups_running": groups, "id": self.id,
                 "label": self.settings.label, "pid": os.getpid(),
                 "host": socket.gethostname(), "executor": self.executor_name,
                 "workers": self.workers, "directory": self.directory,
                 "started": self.started_at, "done": self.done, "failed": self.failed,
                 "running": len(running), "in_flight": len(self.inflight),
-                "queued": self.broker.size(), "rate": round(self.rate(), 1),
+                "queued": self.broker.pending(), "rate": round(self.rate(), 1),
                 "dashboard": self._executor.dashboard if self._executor is not None else None,
-                "error": self.error}
+                "error": self.error,
+                "waiting": writer.trouble if writer is not None and self.running else None}
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         """In Jupyter, a live status panel with a stop button; plain text elsewhere."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from ..leases import Lease
 from ..errors import SignatureError
 from ..names import new_task_id
 from ..records import decode_header, refused_record
+from ..storage import store_trouble
 from .cancels import WHY
 from .inflight import Job
 
@@ -50,6 +52,7 @@ class Feeder:
         cluster = self.cluster
         settings, broker, inflight = cluster.settings, cluster.broker, cluster.inflight
         pause = settings.poll
+        said: str | None = None  # the store's trouble logged last
         while not cluster.stopping.is_set():
             try:
                 chunk = self.chunk_size()
@@ -76,13 +79,19 @@ class Feeder:
                     pause = (min(HOT_POLL, settings.poll) if woken
                              else min(pause * 1.1, max(IDLE_POLL, settings.poll)))
                     continue
-                pause = settings.poll
+                pause, said = settings.poll, None
                 # a full batch goes in whole chunks; the last of the queue is spread
                 # evenly over the workers so that none idles at the end
                 self._dispatch(leases, chunk if len(leases) == wanted else
                                min(chunk, math.ceil(len(leases) / cluster.workers)))
-            except Exception:
-                log.exception("nbqueue cluster: feeder error; going on in 1 s")
+            except Exception as exc:
+                trouble = store_trouble(exc, os.path.join(cluster.directory, "queue"))
+                if trouble is None:
+                    log.exception("nbqueue cluster: feeder error; going on in 1 s")
+                elif trouble != said:  # a full disk: said once, not every second
+                    log.warning("nbqueue cluster: cannot lease tasks; trying again every "
+                                "second: %s", trouble)
+                said = trouble
                 time.sleep(1)
 
     def _dispatch(self, leases: list[Lease], size: int) -> None:

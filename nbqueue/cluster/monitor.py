@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from .. import signing
 from ..broker import drop_broker
 from ..errors import StoreGone
+from ..storage import store_trouble
 from ..store import drop_store
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class Monitor:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self._key = self._key_identity()
+        self._last_error: str | None = None  # the store trouble logged last, if any
         self.wake = threading.Event()  # a cancel request of this process: act now
 
     def run(self) -> None:
@@ -63,8 +65,9 @@ class Monitor:
                 cluster.cancels.check()
                 now = time.monotonic()
                 if now - last_renew >= renew_every:
-                    last_renew = now
+                    last_renew = now - max(0.0, renew_every - HEARTBEAT)  # failed: again in 1 s
                     self._renew()
+                    last_renew = now
                 if now - last_beat >= HEARTBEAT:
                     last_beat = now
                     if not cluster.stopping.is_set():
@@ -74,8 +77,20 @@ class Monitor:
                         log.info("nbqueue cluster: %d expired lease(s) back in the queue",
                                  reaped)
                         cluster.wakeup.set()
-            except Exception:
-                log.exception("nbqueue cluster: monitor error; going on")
+                    self._last_error = None  # the store took this second's writes
+            except Exception as exc:
+                self._log_error(exc)
+
+    def _log_error(self, exc: Exception) -> None:
+        """Log an error of the loop, which goes on; the same trouble of the store again
+        and again (a full disk, every second) only once, with no traceback."""
+        text = store_trouble(exc, os.path.join(self.cluster.directory, "queue"))
+        if text is None:
+            log.exception("nbqueue cluster: monitor error; going on")
+        elif text != self._last_error:
+            log.warning("nbqueue cluster: the monitor could not write to the store (leases, "
+                        "heartbeat); it tries again every second: %s", text)
+        self._last_error = text
 
     def beat(self) -> None:
         cluster = self.cluster

@@ -11,6 +11,7 @@ past ``retry`` and the task went to another delivery) is dropped: the fence.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -22,6 +23,7 @@ from ..hooks import find_hook, run_hook
 from ..live import forget_live, live_row
 from ..models import Task
 from ..records import Outcome, Record, failure, make_record
+from ..storage import store_trouble
 from ..blobs import Blob, discard
 from ..worker import failure_text
 from .cancels import WHY as CANCELLED
@@ -32,13 +34,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nbqueue")
 
+RETRY_FIRST = 0.05  # seconds before outcomes the store refused are tried again, doubling
+RETRY_MOST = 2.0  # ... up to this
+
 Verdict = tuple[Job, Record, bool]  # (job, record, final)
 # a chunk's Future, outcomes from the stream, a verdict, or None: the last, from stop()
 Event = Union[Future, list[Outcome], Verdict, None]
 
 
 class Writer:
-    """Stores the outcomes of the cluster's tasks and acknowledges them (one thread)."""
+    """Stores the outcomes of the cluster's tasks and acknowledges them (one thread).
+
+    Outcomes the store refuses (a full disk, a lock held too long) are held and tried
+    again with a growing pause, their leases renewed meanwhile, and ``trouble`` says why
+    (``Cluster.info``): the cluster takes no more work than its in-flight table holds. A
+    record refused for a cause of its own (a file of the task's that cannot be stored)
+    is told apart by storing the records of a refused batch one at a time, and becomes
+    that task's failure. Outcomes still refused after ``retry`` seconds go back to the
+    queue, their attempt not counted, to run again.
+    """
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
@@ -46,12 +60,22 @@ class Writer:
         self._arrived: set[str] = set()  # leases of streamed outcomes not handled yet
         self._arrived_lock = threading.Lock()
         self._live: list[str] = []  # tasks whose live rows go once their outcome is stored
+        self._held: list[tuple[Job, Record]] = []  # final outcomes not stored yet, in order
+        self._pause = 0.0  # seconds until the held outcomes are tried again
+        self._next_try = 0.0  # when, on the monotonic clock
+        self._since = 0.0  # when the store first refused them (monotonic), 0: it did not
+        self._oldest = 0.0  # since when the outcomes held now are held, at most
+        self.trouble: str | None = None  # why outcomes wait to be stored, if they do
 
     def run(self) -> None:
         """Store outcomes as chunks finish, until ``stop()`` sends None (after the
         executor shut down, so every chunk's event is queued before it)."""
         while True:
-            events = [self.events.get()]
+            wait = max(0.0, self._next_try - time.monotonic()) if self._held else None
+            try:
+                events = [self.events.get(timeout=wait)]
+            except queue.Empty:
+                events = []  # time to try the held outcomes again
             while True:
                 try:
                     events.append(self.events.get_nowait())
@@ -60,9 +84,13 @@ class Writer:
             try:
                 self._handle(events)
             except Exception:
-                log.exception("nbqueue cluster: writer error; the affected tasks will be "
-                              "delivered again after their lease expires")
-            if None in events:
+                log.exception("nbqueue cluster: writer error; the affected tasks go back to "
+                              "the queue when the cluster stops, or are delivered again "
+                              "once their lease expires")
+            if None in events:  # what is still held goes back (at last by the stop)
+                for _, record in self._held:
+                    discard(record["result"])
+                self._give_back(self._held, "the cluster stopped")
                 return
 
     def streamed(self, outcomes: list[Outcome]) -> None:
@@ -123,42 +151,173 @@ class Writer:
             elif event is not None:
                 self._last_words(event[1])
                 finished.append(event)
-        if not finished:
-            return
         for job, record, final in finished:
             if not final:  # delivered again once its lease expires; not an outcome yet
                 log.info("nbqueue cluster: task %s failed on attempt %d; it is delivered "
                          "again in about %g s: %s", record["name"], record["attempt_count"],
                          cluster.settings.retry, str(record["result"]).split("\n", 1)[0])
-        outcomes = self._fenced([(job, record) for job, record, final in finished if final])
-        cluster.store.save([record for _, record in outcomes], cluster.settings.save_limit)
-        if self._live:
-            live, self._live = self._live, []
-            forget_live(cluster.broker.directory, live)
-        cancelled = cluster.cancels.known() & {job.header.id for job, _ in outcomes}
-        if cancelled:  # done with: a later retry() of these runs them
-            cluster.broker.forget_cancels(cancelled)
+        again = [job.lease.token for job, _, final in finished if not final]
+        if again:
+            cluster.inflight.remove(again)
+        self._held.extend((job, record) for job, record, final in finished if final)
+        if not self._held or (time.monotonic() < self._next_try and None not in events):
+            return
+        outcomes, self._held = self._held, []
+        try:
+            stored, self._held, why = self._store(self._fenced(outcomes))
+        except Exception as exc:  # the fence's read of the queue failed
+            stored, self._held, why = [], outcomes, exc
+        if self._held:
+            self._refused(why)
+        elif self._since:
+            log.warning("nbqueue cluster: the store takes outcomes again; the ones held for "
+                        "%.1f s are stored", time.monotonic() - self._since)
+            self._since, self._pause, self.trouble = 0.0, 0.0, None
+        if stored:
+            self._done(stored)
+
+    def _store(self, outcomes: list[tuple[Job, Record]],
+               ) -> tuple[list[tuple[Job, Record]], list[tuple[Job, Record]], BaseException | None]:
+        """Store outcomes in one transaction; if the store refuses it, one at a time, to
+        tell a record's own trouble (its task's failure) from the store's (held).
+        Returns (stored, held, why the store refused the held ones)."""
+        cluster = self.cluster
+        save, limit = cluster.store.save, cluster.settings.save_limit
+        try:
+            save([record for _, record in outcomes], limit)
+            return outcomes, [], None
+        except Exception as exc:
+            why: BaseException | None = exc
+        stored, held = [], []
+        for job, record in outcomes:
+            if len(outcomes) > 1:
+                try:
+                    save([record], limit)
+                    stored.append((job, record))
+                    continue
+                except Exception as exc:
+                    why = exc
+            if self._store_wide(why) is not None:
+                held.append((job, record))
+                continue
+            own = self._own_failure(job, record, why)  # type: ignore[arg-type]
+            try:
+                save([own], limit)
+            except Exception as exc:  # the store's trouble after all
+                why = exc
+                held.append((job, record))
+                continue
+            log.error("nbqueue cluster: the outcome of task %s could not be stored (%s: %s); "
+                      "it is stored as its failure", record["name"], type(why).__name__, why)
+            discard(record["result"])
+            stored.append((job, own))
+        return stored, held, why
+
+    def _store_wide(self, exc: BaseException | None) -> str | None:
+        """What is wrong with the store, if ``exc`` is its trouble and not one record's."""
+        return store_trouble(exc, os.path.join(self.cluster.directory, "results")) \
+            if exc is not None else None
+
+    @staticmethod
+    def _own_failure(job: Job, record: Record, exc: BaseException) -> Record:
+        """A record the store refused for a cause of its own, made its task's failure:
+        no file of its own, its package kept for ``nbqueue.retry``."""
+        text = (f"StoreError: the outcome of this task could not be stored: "
+                f"{type(exc).__name__}: {exc}. Once the cause is fixed, nbqueue.retry "
+                "runs it again")
+        if not record["success"]:
+            text += f"\n\nIts outcome was this failure:\n{record['result']}"
+        return {**record, "success": False, "result": text, "package": job.lease.package}
+
+    def _refused(self, why: BaseException | None) -> None:
+        """The store refused the held outcomes: say why, try again later, and give them
+        back to the queue once that has lasted ``retry`` seconds."""
+        cluster = self.cluster
+        now = time.monotonic()
+        cause = self._store_wide(why) or f"{type(why).__name__}: {why}"
+        if not self._since:
+            self._since = now
+            log.error("nbqueue cluster: the store refused the outcomes of %d task(s): %s. They "
+                      "are held and stored as soon as it takes them; the cluster takes new "
+                      "work only as far as its table of tasks in flight has room",
+                      len(self._held), cause)
+            self._oldest = now
+        elif now - self._oldest >= cluster.settings.retry:
+            held, self._held = self._held, []
+            self._held = self._give_back(held, f"the store refused them for over "
+                                         f"{cluster.settings.retry:g} s: {cause}")
+            self._oldest = now  # those that run again get as long
+        self._pause = min(RETRY_MOST, max(RETRY_FIRST, 2 * self._pause))
+        self._next_try = now + self._pause
+        since = time.strftime("%H:%M:%S", time.localtime(time.time() - (now - self._since)))
+        self.trouble = (f"the store refuses outcomes since {since} ({len(self._held)} held, "
+                        f"tried again every {self._pause:g} s at most): {cause}")
+
+    def _give_back(self, outcomes: list[tuple[Job, Record]], why: str,
+                   ) -> list[tuple[Job, Record]]:
+        """Hand the tasks of outcomes not stored back to the queue, their attempt not
+        counted: they run again. Returns them if the queue refused them too (held on)."""
+        if not outcomes:
+            return []
+        tokens = [job.lease.token for job, _ in outcomes]
+        try:
+            self.cluster.broker.release(tokens, counted=False)
+        except Exception as exc:
+            log.warning("nbqueue cluster: could not hand %d task(s) back to the queue (%s); "
+                        "their outcomes are held", len(outcomes), exc)
+            return outcomes
+        self.cluster.inflight.remove(tokens)
+        for _, record in outcomes:
+            discard(record["result"])
+        log.warning("nbqueue cluster: %d task(s) whose outcomes could not be stored went back "
+                    "to the queue, their attempt not counted, to run again: %s",
+                    len(outcomes), why)
+        return []
+
+    def _done(self, outcomes: list[tuple[Job, Record]]) -> None:
+        """Outcomes stored: acknowledge their leases, count them, run their hooks. The
+        writes after the store (an ack, the cancels, live rows) may fail on a troubled
+        store: each is logged, and left to a later transaction."""
+        cluster = self.cluster
         blobbed = [job for job, record in outcomes
                    if type(job.header.args) is Blob and record["success"]]
+        acked: set[str] = set()
         if blobbed:  # done with their argument files, once no delivery can come again
-            cluster.broker.ack([job.lease.token for job in blobbed])
-            for job in blobbed:
-                if job.header.hook_name is None:
-                    discard(job.header.args)
-        acked = {job.lease.token for job in blobbed}
+            try:
+                cluster.broker.ack([job.lease.token for job in blobbed])
+                acked = {job.lease.token for job in blobbed}
+                for job in blobbed:
+                    if job.header.hook_name is None:
+                        discard(job.header.args)
+            except Exception as exc:  # acknowledged with the others below
+                log.warning("nbqueue cluster: could not acknowledge %d task(s) now: %s",
+                            len(blobbed), exc)
         done = [job.lease.token for job, _ in outcomes if job.lease.token not in acked]
         if cluster.stopping.is_set():
-            cluster.broker.ack(done)
+            try:
+                cluster.broker.ack(done)
+            except Exception:  # the stop's flush_acks tries again
+                cluster.broker.ack_soon(done)
         else:  # with the feeder's next lease, which this wakes
             cluster.broker.ack_soon(done)
             cluster.wakeup.set()
-        cluster.inflight.remove(job.lease.token for job, _, _ in finished)
+        cluster.inflight.remove(job.lease.token for job, _ in outcomes)
         for job, record in outcomes:
             if record["success"]:
                 cluster.done += 1
             else:
                 cluster.failed += 1
             cluster.hook_runner.put(job, record)
+        try:
+            cancelled = cluster.cancels.known() & {job.header.id for job, _ in outcomes}
+            if cancelled:  # done with: a later retry() of these runs them
+                cluster.broker.forget_cancels(cancelled)
+            if self._live and not self._held:
+                live, self._live = self._live, []
+                forget_live(cluster.broker.directory, live)
+        except Exception as exc:
+            log.warning("nbqueue cluster: could not clear the cancels or live rows of "
+                        "stored outcomes: %s", exc)
 
     def _fenced(self, outcomes: list[tuple[Job, Record]]) -> list[tuple[Job, Record]]:
         """The outcomes whose leases this cluster still holds."""
@@ -219,8 +378,15 @@ class Writer:
         inflight = self.cluster.inflight
         for outcome in outcomes:  # by its delivery: an earlier one's late outcome is no match
             job = inflight.job(outcome.token)
-            if outcome.details is not None and outcome.details.get("live"):
-                self._live.append(outcome.id)
+            if outcome.details is not None:
+                if outcome.details.get("live"):
+                    self._live.append(outcome.id)
+                unspilled = outcome.details.pop("unspilled", None)
+                if unspilled is not None and job is not None and not job.judged:
+                    log.warning("nbqueue cluster: the worker could not write the result of task "
+                                "%s to a file of the store (%s); it came inline (%s bytes) "
+                                "and is stored with the others", job.header.name, unspilled,
+                                f"{len(outcome.result):,}")
             if job is None or job.judged:
                 discard(outcome.result)  # a large result no record will hold
                 continue
