@@ -1073,3 +1073,44 @@ def test_an_outcome_the_store_refuses_for_its_own_cause_is_that_tasks_failure(st
         assert running.info()["waiting"] is None
     finally:
         running.stop(wait=5)
+
+
+def test_outcomes_refused_for_long_go_back_to_the_queue_uncounted(tmp_path, caplog):
+    """Only the results part is full (a small tmpfs mounted on it; the queue has room):
+    outcomes refused for over ``retry`` seconds go back to the queue, their attempt not
+    counted, and run again; once there is room each task has one success, attempt 1."""
+    directory = tmp_path / "store"
+    results = directory / "results"
+    results.mkdir(parents=True, mode=0o700)
+    directory.chmod(0o700)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs",
+                           str(results)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip()})")
+    nbqueue.configure(directory=str(directory))
+    running = None
+    try:
+        running = Cluster(workers=2, retry=2).start()
+        filler = results / "filler"
+        _fill(filler)
+        logs = [tmp_path / f"runs{i}" for i in range(6)]
+        ids = [async_task(fx.log_run, str(path), 0.05, i, group="back")
+               for i, path in enumerate(logs)]
+        wait_for(lambda: "went back to the queue" in caplog.text, 30, "a hand back")
+        assert "full" in running.info()["waiting"]
+        assert count_group("back") == 0 and running.info()["failed"] == 0
+        filler.unlink()
+        tasks = fetch_group("back", count=len(ids), wait=WAIT)
+        assert tasks is not None and {t.id for t in tasks} == set(ids)
+        assert all(t.success and t.attempt_count == 1 for t in tasks), [
+            (t.attempt_count, str(t.result)[:100]) for t in tasks]
+        assert [result(i) for i in ids] == list(range(len(ids)))
+        runs = [path.read_text().count("start") for path in logs]
+        assert max(runs) >= 2, runs  # handed back and run again, not charged
+    finally:
+        if running is not None:
+            running.stop(wait=5)
+        broker_module.drop_broker(str(directory))
+        drop_store(str(directory))
+        nbqueue.conf.reset()
+        subprocess.run(["umount", "-l", str(results)], capture_output=True)

@@ -320,3 +320,50 @@ def test_no_connection_is_opened_in_a_directory_put_in_the_stores_place(part, tm
     assert len(caught) == 1 and "replaced by another one" in str(caught[0])
     assert os.listdir(os.path.join(store, "results")) == []
     assert part.get("before") == 1  # this thread's connection: the store it opened
+
+
+def test_an_existing_part_opens_without_a_write(tmp_path):
+    """A part diskcache made with nbqueue's settings opens with reads only (a full disk
+    refuses every write), set up as diskcache's own open leaves it; one whose settings
+    differ goes through diskcache's open, which writes them."""
+    signing.private_directory(tmp_path / "store")
+    path = str(tmp_path / "store" / "cache")
+    first = storage.open_cache(path, expiring=True)
+    first.set("kept", {"a": 1}, expire=60)
+    first.close()  # the last connection: SQLite empties the write-ahead log into the file
+    database = os.path.join(path, diskcache.core.DBNAME)
+    before = os.stat(database).st_mtime_ns, os.path.getsize(database)
+    again = storage.open_cache(path, expiring=True)
+    assert again.get("kept") == {"a": 1} and isinstance(again.disk, storage.SignedDisk)
+    assert (again.cull_limit, again.eviction_policy) == (10, "none")
+    assert again._sql("PRAGMA cache_size").fetchall() == [(256,)]
+    assert (os.stat(database).st_mtime_ns, os.path.getsize(database)) == before
+    assert os.path.getsize(database + "-wal") == 0  # nothing written
+    again.set("more", b"x" * 100_000)  # and it writes as ever
+    assert again.get("more") == b"x" * 100_000 and len(again) == 2
+    again.close()
+    other = storage.open_cache(path, expiring=False)  # other settings: written
+    assert other.cull_limit == 0 and other.get("kept") == {"a": 1}
+    other.close()
+
+
+def test_a_link_to_arguments_that_fails_names_them_and_a_failed_write_leaves_no_file(part):
+    """An argument file that cannot be linked (a folder in its place) is named by its path
+    in the record stored; a transaction rolled back removes the value files it made."""
+    from nbqueue.blobs import Blob
+    folder = os.path.join(os.path.dirname(part.directory), "blobs", "task-1")
+    os.makedirs(folder)
+    with part.disk.undone(), part.transact():
+        part.set("task", {"args": Blob(folder, 10), "result": b"r"})
+    assert part.get("task")["args"] == Blob(folder, 10)
+
+    def files() -> set[str]:
+        return {os.path.join(d, f) for d, _, fs in os.walk(part.directory) for f in fs
+                if not f.startswith("cache.db")}
+    present = files()
+    with pytest.raises(RuntimeError):
+        with part.disk.undone(), part.transact():
+            part.set("big", b"y" * 100_000)
+            assert files() != present  # its value file
+            raise RuntimeError("rolled back")
+    assert files() == present and part.get("big") is None

@@ -267,6 +267,7 @@ class Writer:
                         "their outcomes are held", len(outcomes), exc)
             return outcomes
         self.cluster.inflight.remove(tokens)
+        self.cluster.wakeup.set()
         for _, record in outcomes:
             discard(record["result"])
         log.warning("nbqueue cluster: %d task(s) whose outcomes could not be stored went back "
