@@ -992,6 +992,7 @@ def test_a_full_disk_holds_finished_work_until_space_returns(small_disk, caplog)
         _fill(filler)
         waiting = wait_for(lambda: running.info().get("waiting"), 30, "the cluster says it waits")
         assert "full" in waiting and "free space" in waiting, waiting
+        assert "running, waiting" in repr(running)
         shown = wait_for(lambda: (lambda done: done.returncode == 0 and "waiting" in done.stdout
                                   and done)(_nbqueue_info(directory)), 30, "nbqueue info")
         assert "full" in shown.stdout.split("waiting", 1)[1], shown.stdout

@@ -369,6 +369,8 @@ class Cluster:
         state = "running" if self.running else ("stopped" if self.started_at else "not started")
         if self.error is not None:
             state = f"stopped ({self.error})"
+        elif self.running and getattr(self, "writer", None) and self.writer.trouble:
+            state = f"running, waiting ({self.writer.trouble})"
         return (f"<Cluster {self.settings.label} {state} workers={self.workers} "
                 f"executor={self.executor_name} done={self.done} failed={self.failed} "
                 f"directory={self.directory}>")

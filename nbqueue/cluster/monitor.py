@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .. import signing
 from ..broker import drop_broker
@@ -54,6 +54,7 @@ class Monitor:
         cluster = self.cluster
         renew_every = min(cluster.settings.retry / 4, 10.0)
         last_renew = last_beat = last_check = time.monotonic()
+        renew_failed = False
         while not (cluster.stopping.is_set() and cluster.shutting_down):
             self.wake.wait(TICK)
             self.wake.clear()
@@ -63,23 +64,36 @@ class Monitor:
             try:
                 self.enforce_timeouts()
                 cluster.cancels.check()
-                now = time.monotonic()
-                if now - last_renew >= renew_every:
-                    last_renew = now - max(0.0, renew_every - HEARTBEAT)  # failed: again in 1 s
-                    self._renew()
-                    last_renew = now
-                if now - last_beat >= HEARTBEAT:
-                    last_beat = now
-                    if not cluster.stopping.is_set():
-                        self.beat()
-                    reaped = cluster.broker.reap()
-                    if reaped:
-                        log.info("nbqueue cluster: %d expired lease(s) back in the queue",
-                                 reaped)
-                        cluster.wakeup.set()
-                    self._last_error = None  # the store took this second's writes
             except Exception as exc:
                 self._log_error(exc)
+            now = time.monotonic()
+            beat_due = now - last_beat >= HEARTBEAT
+            # a renewal that failed (a full disk) is tried again each second, and until
+            # it succeeds nothing is reaped: this cluster's own leases are renewed, not
+            # reaped; the heartbeat goes on (it says why the cluster waits)
+            if now - last_renew >= renew_every or (beat_due and renew_failed):
+                last_renew = now
+                renew_failed = not self._step(self._renew)
+            if beat_due:
+                last_beat = now
+                beat = cluster.stopping.is_set() or self._step(self.beat)
+                if not renew_failed and self._step(self._reap) and beat:
+                    self._last_error = None  # the store took this second's writes
+
+    def _reap(self) -> None:
+        reaped = self.cluster.broker.reap()
+        if reaped:
+            log.info("nbqueue cluster: %d expired lease(s) back in the queue", reaped)
+            self.cluster.wakeup.set()
+
+    def _step(self, step: Callable[[], None]) -> bool:
+        """Run one step of the loop; an error is logged and the loop goes on."""
+        try:
+            step()
+            return True
+        except Exception as exc:
+            self._log_error(exc)
+            return False
 
     def _log_error(self, exc: Exception) -> None:
         """Log an error of the loop, which goes on; the same trouble of the store again
