@@ -224,6 +224,18 @@ def test_cluster_panel_shows_why_a_cluster_stopped(cluster, monkeypatch):
             in panel._html.value)
 
 
+def test_cluster_panel_shows_why_a_cluster_waits(cluster, monkeypatch):
+    """A running cluster whose outcomes the store refuses (a full disk) says so, in
+    orange, escaped (``Cluster.info()["waiting"]``, set by its writer)."""
+    info = cluster.info
+    monkeypatch.setattr(cluster, "info", lambda: {**info(), "waiting": "disk <full> & more"})
+    panel = ClusterPanel(cluster, interval=3600)
+    panel.stop()
+    assert panel.state == "running"
+    assert ("<span style='color:#ef6c00'>running, waiting: disk &lt;full&gt; &amp; more"
+            in panel._html.value)
+
+
 def test_cluster_panel_title_names_only_a_chosen_label(cluster, store_dir):
     panel = ClusterPanel(cluster, interval=3600)
     panel.stop()
