@@ -389,12 +389,14 @@ class Store:
     def part(self, cached: bool) -> Part:
         return self.cached if cached else self.saved
 
-    def save(self, records: Iterable[Record], save_limit: int = 0) -> None:
+    def save(self, records: Iterable[Record], save_limit: int = 0,
+             replace: bool = False) -> None:
         """Store outcomes where each one belongs and wake local waiters.
 
         A record with ``cached`` goes to the cached part; a success with ``save``
         False, or any success when ``save_limit`` is -1, is not kept (its hook still
-        runs); failures are always kept.
+        runs); failures are always kept. ``replace``: records tried before, which one
+        part may have taken while the other refused them (see ``Part.write``).
         """
         saved, cached = [], []
         for record in records:
@@ -407,9 +409,9 @@ class Store:
             else:
                 saved.append(record)
         if saved:
-            self.saved.write(saved, save_limit)
+            self.saved.write(saved, save_limit, replace)
         if cached:
-            self.cached.write(cached)
+            self.cached.write(cached, replace=replace)
         now = time.monotonic()
         with self._changed:
             self._changes += 1

@@ -985,8 +985,12 @@ def test_a_full_disk_holds_finished_work_until_space_returns(small_disk, caplog)
     running = Cluster(workers=2, directory=directory).start()
     try:
         count = 45
-        ids = [async_task(fx.sized_result, 1, i, group="full") if i % 3 == 0
-               else async_task(fx.nap, 0.2, i, group="full") for i in range(count)]
+        ids, cached = [], []  # cached: in the other part of the store, in the same batches
+        for i in range(count):
+            ids.append(async_task(fx.sized_result, 1, i, group="full") if i % 3 == 0
+                       else async_task(fx.nap, 0.2, i, group="full"))
+            if i % 5 == 4:
+                cached.append(async_task(fx.nap, 0.1, -i, cached=True))
         assert result(ids[0], wait=WAIT) == bytes(1 << 20)
         filler = small_disk / "filler"
         _fill(filler)
@@ -1014,6 +1018,9 @@ def test_a_full_disk_holds_finished_work_until_space_returns(small_disk, caplog)
         wait_for(lambda: running.info()["waiting"] is None, 10, "the trouble cleared")
         assert running.running and running.error is None and running.info()["failed"] == 0
         assert count_group("full", failures=True) == 0
+        assert [result(i, cached=True, wait=WAIT) for i in cached] == [
+            -i for i in range(count) if i % 5 == 4]
+        assert get_store(directory).saved.totals() == (count, 0)  # each counted once
         logged = caplog.text
         assert "the store refused the outcomes" in logged and "takes outcomes again" in logged
         assert "came inline" in logged  # a 1 MiB result its worker could not write to a file

@@ -183,8 +183,8 @@ class Writer:
         Returns (stored, held, why the store refused the held ones)."""
         cluster = self.cluster
         save, limit = cluster.store.save, cluster.settings.save_limit
-        try:
-            save([record for _, record in outcomes], limit)
+        try:  # held ones were tried before: one part may have taken them (replace)
+            save([record for _, record in outcomes], limit, bool(self._since))
             return outcomes, [], None
         except Exception as exc:
             why: BaseException | None = exc
@@ -192,7 +192,7 @@ class Writer:
         for job, record in outcomes:
             if len(outcomes) > 1:
                 try:
-                    save([record], limit)
+                    save([record], limit, True)
                     stored.append((job, record))
                     continue
                 except Exception as exc:
@@ -202,7 +202,7 @@ class Writer:
                 continue
             own = self._own_failure(job, record, why)  # type: ignore[arg-type]
             try:
-                save([own], limit)
+                save([own], limit, True)
             except Exception as exc:  # the store's trouble after all
                 why = exc
                 held.append((job, record))
