@@ -321,7 +321,8 @@ class Writer:
                         "stored outcomes: %s", exc)
 
     def _fenced(self, outcomes: list[tuple[Job, Record]]) -> list[tuple[Job, Record]]:
-        """The outcomes whose leases this cluster still holds."""
+        """The outcomes whose leases this cluster still holds; the others leave the
+        in-flight table."""
         cluster = self.cluster
         held = cluster.broker.held([job.lease.token for job, _ in outcomes], cluster.id)
         if len(held) == len(outcomes):
@@ -332,6 +333,8 @@ class Writer:
         for job, record in outcomes:
             if job.lease.token not in held:
                 discard(record["result"])
+        cluster.inflight.remove(job.lease.token for job, _ in outcomes
+                                if job.lease.token not in held)
         return [(job, record) for job, record in outcomes if job.lease.token in held]
 
     def _finish_chunk(self, future: Future, jobs: list[Job], finished: list[Verdict]) -> None:
