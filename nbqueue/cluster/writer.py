@@ -160,7 +160,11 @@ class Writer:
         if again:
             cluster.inflight.remove(again)
         self._held.extend((job, record) for job, record, final in finished if final)
-        if not self._held or (time.monotonic() < self._next_try and None not in events):
+        if not self._held:
+            if finished:
+                self._forget_live()
+            return
+        if time.monotonic() < self._next_try and None not in events:
             return
         outcomes, self._held = self._held, []
         try:
@@ -313,12 +317,22 @@ class Writer:
             cancelled = cluster.cancels.known() & {job.header.id for job, _ in outcomes}
             if cancelled:  # done with: a later retry() of these runs them
                 cluster.broker.forget_cancels(cancelled)
-            if self._live and not self._held:
-                live, self._live = self._live, []
-                forget_live(cluster.broker.directory, live)
         except Exception as exc:
-            log.warning("nbqueue cluster: could not clear the cancels or live rows of "
-                        "stored outcomes: %s", exc)
+            log.warning("nbqueue cluster: could not clear the cancels of stored outcomes: %s",
+                        exc)
+        if not self._held:
+            self._forget_live()
+
+    def _forget_live(self) -> None:
+        """Remove the live rows of the tasks whose outcome is stored (or that run again)."""
+        if not self._live:
+            return
+        live, self._live = self._live, []
+        try:
+            forget_live(self.cluster.broker.directory, live)
+        except Exception as exc:  # a row left behind reads as stale once not refreshed
+            log.warning("nbqueue cluster: could not remove the live rows of %d task(s): %s",
+                        len(live), exc)
 
     def _fenced(self, outcomes: list[tuple[Job, Record]]) -> list[tuple[Job, Record]]:
         """The outcomes whose leases this cluster still holds; the others leave the
