@@ -32,7 +32,7 @@ import pickle
 import sqlite3
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import diskcache
 
@@ -117,24 +117,29 @@ class SignedDisk(diskcache.Disk):
         with contextlib.suppress(OSError, AttributeError, TypeError):
             os.close(self._fd)
 
-    def _made_file(self, path: str) -> None:
+    def _made_file(self, path: str, undo: Callable[[], None] | None = None) -> None:
+        """Note a value file made inside an ``undone`` block, and what else to undo
+        with it."""
         made = getattr(self._made, "files", None)
         if made is not None:
-            made.append(path)
+            made.append((path, undo))
 
     @contextlib.contextmanager
     def undone(self) -> Iterator[None]:
         """Remove the value files that the writes of this block made (large values,
         links to argument files) if it fails: the rows that named them were rolled back,
-        and a write tried again on a full disk must not fill it with orphans."""
-        made: list[str] = []
+        and a write tried again on a full disk must not fill it with orphans. A record
+        made to name such a file names what it named before again."""
+        made: list[tuple[str, Callable[[], None] | None]] = []
         self._made.files = made
         try:
             yield
         except BaseException:
-            for path in made:
+            for path, undo in made:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+                if undo is not None:
+                    undo()
             raise
         finally:
             self._made.files = None
@@ -221,7 +226,7 @@ class SignedDisk(diskcache.Disk):
             else:
                 os.link(source, filename, src_dir_fd=source_fd, dst_dir_fd=self._fd,
                         follow_symlinks=False)
-                self._made_file(full_path)
+                self._made_file(full_path, lambda: record.__setitem__(field, blob))
 
         try:
             self._into_place(filename, move)

@@ -367,3 +367,14 @@ def test_a_link_to_arguments_that_fails_names_them_and_a_failed_write_leaves_no_
             assert files() != present  # its value file
             raise RuntimeError("rolled back")
     assert files() == present and part.get("big") is None
+    arguments = os.path.join(os.path.dirname(folder), "task-2")
+    with open(arguments, "wb") as out:
+        out.write(b"a")
+    record = {"args": Blob(arguments, 1), "result": b"r"}
+    with pytest.raises(RuntimeError):
+        with part.disk.undone(), part.transact():
+            part.set("task2", record)
+            assert record["args"].path != arguments  # named where its row links it
+            raise RuntimeError("rolled back")
+    assert record["args"] == Blob(arguments, 1) and os.stat(arguments).st_nlink == 1
+    assert files() == present
