@@ -61,6 +61,7 @@ class Writer:
         self._arrived_lock = threading.Lock()
         self._live: list[str] = []  # tasks whose live rows go once their outcome is stored
         self._held: list[tuple[Job, Record]] = []  # final outcomes not stored yet, in order
+        self._held_tokens: frozenset[str] = frozenset()  # their leases, for other threads
         self._pause = 0.0  # seconds until the held outcomes are tried again
         self._next_try = 0.0  # when, on the monotonic clock
         self._since = 0.0  # when the store first refused them (monotonic), 0: it did not
@@ -109,7 +110,9 @@ class Writer:
 
     def judge(self, job: Job, why: str, attempt: int, final: bool) -> None:
         """Decide a task's outcome outside its chunk (timeouts, give-ups, worker deaths,
-        cancels)."""
+        cancels); not that of a task whose outcome is held (decided, not stored yet)."""
+        if job.lease.token in self._held_tokens:
+            return
         job.judged = True
         self.events.put((job, _record(job, failure(job.header.id, why), attempt), final))
 
@@ -159,18 +162,21 @@ class Writer:
         again = [job.lease.token for job, _, final in finished if not final]
         if again:
             cluster.inflight.remove(again)
-        self._held.extend((job, record) for job, record, final in finished if final)
+        # one outcome a task: a verdict reached while its outcome is held is not another
+        self._held.extend((job, record) for job, record, final in finished
+                          if final and job.lease.token not in self._held_tokens)
         if not self._held:
             if finished:
                 self._forget_live()
             return
         if time.monotonic() < self._next_try and None not in events:
             return
-        outcomes, self._held = self._held, []
+        outcomes = self._held
         try:
-            stored, self._held, why = self._store(self._fenced(outcomes))
+            stored, held, why = self._store(self._fenced(outcomes))
         except Exception as exc:  # the fence's read of the queue failed
-            stored, self._held, why = [], outcomes, exc
+            stored, held, why = [], outcomes, exc
+        self._hold(held)
         if self._held:
             self._refused(why)
         elif self._since:
@@ -179,6 +185,12 @@ class Writer:
             self._since, self._pause, self.trouble = 0.0, 0.0, None
         if stored:
             self._done(stored)
+
+    def _hold(self, outcomes: list[tuple[Job, Record]]) -> None:
+        """Hold these outcomes (the store refused them); none is held on success."""
+        self._held = outcomes
+        if outcomes or self._held_tokens:
+            self._held_tokens = frozenset(job.lease.token for job, _ in outcomes)
 
     def _store(self, outcomes: list[tuple[Job, Record]],
                ) -> tuple[list[tuple[Job, Record]], list[tuple[Job, Record]], BaseException | None]:
@@ -247,9 +259,8 @@ class Writer:
                       len(self._held), cause)
             self._oldest = now
         elif now - self._oldest >= cluster.settings.retry:
-            held, self._held = self._held, []
-            self._held = self._give_back(held, f"the store refused them for over "
-                                         f"{cluster.settings.retry:g} s: {cause}")
+            self._hold(self._give_back(self._held, f"the store refused them for over "
+                                       f"{cluster.settings.retry:g} s: {cause}"))
             self._oldest = now  # those that run again get as long
         self._pause = min(RETRY_MOST, max(RETRY_FIRST, 2 * self._pause))
         self._next_try = now + self._pause
