@@ -1105,8 +1105,10 @@ def test_outcomes_refused_for_long_go_back_to_the_queue_uncounted(tmp_path, capl
         logs = [tmp_path / f"runs{i}" for i in range(6)]
         ids = [async_task(fx.log_run, str(path), 0.05, i, group="back")
                for i, path in enumerate(logs)]
-        wait_for(lambda: "went back to the queue" in caplog.text, 30, "a hand back")
-        assert "full" in running.info()["waiting"]
+        waiting = wait_for(lambda: "went back" in (running.info()["waiting"] or "") and
+                           running.info()["waiting"], 30, "a hand back")
+        assert "full" in waiting and "went back to the queue to run again" in waiting, waiting
+        assert "went back to the queue, their attempt not counted" in caplog.text
         assert count_group("back") == 0 and running.info()["failed"] == 0
         filler.unlink()
         tasks = fetch_group("back", count=len(ids), wait=WAIT)

@@ -66,6 +66,7 @@ class Writer:
         self._next_try = 0.0  # when, on the monotonic clock
         self._since = 0.0  # when the store first refused them (monotonic), 0: it did not
         self._oldest = 0.0  # since when the outcomes held now are held, at most
+        self._gone_back = 0  # outcomes given back to the queue since the store refused them
         self.trouble: str | None = None  # why outcomes wait to be stored, if they do
 
     def run(self) -> None:
@@ -182,7 +183,7 @@ class Writer:
         elif self._since:
             log.warning("nbqueue cluster: the store takes outcomes again; the ones held for "
                         "%.1f s are stored", time.monotonic() - self._since)
-            self._since, self._pause, self.trouble = 0.0, 0.0, None
+            self._since, self._pause, self._gone_back, self.trouble = 0.0, 0.0, 0, None
         if stored:
             self._done(stored)
 
@@ -259,14 +260,18 @@ class Writer:
                       len(self._held), cause)
             self._oldest = now
         elif now - self._oldest >= cluster.settings.retry:
+            count = len(self._held)
             self._hold(self._give_back(self._held, f"the store refused them for over "
                                        f"{cluster.settings.retry:g} s: {cause}"))
+            self._gone_back += count - len(self._held)
             self._oldest = now  # those that run again get as long
         self._pause = min(RETRY_MOST, max(RETRY_FIRST, 2 * self._pause))
         self._next_try = now + self._pause
         since = time.strftime("%H:%M:%S", time.localtime(time.time() - (now - self._since)))
+        back = (f", {self._gone_back} went back to the queue to run again"
+                if self._gone_back else "")
         self.trouble = (f"the store refuses outcomes since {since} ({len(self._held)} held, "
-                        f"tried again every {self._pause:g} s at most): {cause}")
+                        f"tried again every {self._pause:g} s at most{back}): {cause}")
 
     def _give_back(self, outcomes: list[tuple[Job, Record]], why: str,
                    ) -> list[tuple[Job, Record]]:
