@@ -20,6 +20,7 @@ import platform
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 # statfs f_type of network file systems (linux/magic.h and the file systems' sources)
 NETWORK_MAGICS: dict[int, str] = {
@@ -79,7 +80,7 @@ def classify(f_type: int | None, fstype: str | None, mount: str = "") -> FileSys
     if f_type is not None:
         f_type &= 0xFFFFFFFF  # a 32-bit long reads CIFS's magic as negative
     named = fstype or ""
-    base = named[5:] if named.startswith("fuse.") else named
+    base = named.removeprefix("fuse.")
     if f_type in NETWORK_MAGICS:
         return FileSystem(named or NETWORK_MAGICS[f_type], True, mount)
     if f_type is not None and f_type != FUSE_MAGIC:
@@ -105,10 +106,10 @@ def statfs_type(path: str) -> int | None:
     return kind.from_buffer(buffer).value & 0xFFFFFFFF
 
 
-_statfs: list = []
+_statfs: list[Any] = []  # libc's statfs, once found (None: not there)
 
 
-def _libc_statfs() -> object | None:
+def _libc_statfs() -> Any:
     if not _statfs:
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -179,7 +180,8 @@ def _mount_table(path: str) -> tuple[str, str] | None:
     except OSError:
         pass
     try:
-        done = subprocess.run(["mount"], capture_output=True, text=True, timeout=10)
+        done = subprocess.run(["mount"], capture_output=True, text=True, timeout=10,
+                              check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return mount_output_type(path, done.stdout)

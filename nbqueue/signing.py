@@ -10,7 +10,8 @@ Values of stores written by earlier versions carry a MAC of the payload alone (a
 large ones there an HMAC-SHA256): they are still read, bound to nothing.
 The key is created once, 32 random bytes, in a 0600 file inside the 0700 store
 directory, both owned by the user, so only they can put work in it that a cluster will
-run. A package whose signature does not check out is never unpickled.
+run. A package whose signature does not check out is never unpickled. A store directory
+on a network file system is read but not written (``Anchor``, ``filesystems``).
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ def private_directory(directory: str | os.PathLike[str]) -> str:
     checked is held open from then on (``anchor``): what this process writes to the
     store later is written only while the path still leads to it.
 
-    Raises InsecureStoreError if it exists and other users can reach into it.
+    Raises InsecureStoreError if it exists and other users can reach into it, and
+    StoreLocationError if it would be a new store on a network file system (see
+    ``Anchor``).
     """
     return _open_anchor(os.path.abspath(os.fspath(directory))).path
 

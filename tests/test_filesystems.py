@@ -182,7 +182,7 @@ def _make_store(store: str) -> tuple[str, str]:
     by this process, as a new process would find it."""
     fs = signing._filesystems.pop(store)
     nbqueue.configure(directory=store)
-    done = nbqueue.async_task(fx.add, 20, 22, sync=True)
+    done = nbqueue.async_task(fx.add, 20, 22, sync=True, group="made")
     queued = nbqueue.async_task(fx.add, 1, 1)
     nbqueue.flush()
     conf.reset()
@@ -198,8 +198,8 @@ def test_a_new_store_on_nfs_is_refused_saying_what_to_do(on_nfs, tmp_path, monke
     with pytest.raises(StoreLocationError) as caught:
         nbqueue.async_task(fx.add, 1, 2)
     message = str(caught.value)
-    for part in (f"the store directory {on_nfs} is on nfs4, a network file system mounted at "
-                 f"{tmp_path}", "can be corrupted", "nbqueue.configure(directory=...)",
+    for part in ((f"the store directory {on_nfs} is on nfs4, a network file system mounted "
+                  f"at {tmp_path}"), "can be corrupted", "nbqueue.configure(directory=...)",
                  "NBQUEUE_DIRECTORY", tempfile.gettempdir(), "$XDG_RUNTIME_DIR (/run/user/4242",
                  "configure(allow_network_fs=True)", "NBQUEUE_ALLOW_NETWORK_FS=1"):
         assert part in message
@@ -227,8 +227,15 @@ def test_an_existing_store_on_nfs_is_read_with_a_warning_and_never_written(on_nf
         with pytest.raises(StoreLocationError):
             nbqueue.async_task(fx.length, b"x" * (2 << 20))  # its arguments' file
         with pytest.raises(StoreLocationError):
+            nbqueue.async_iter(fx.add, [(1, 2), (3, 4)])
+        with pytest.raises(StoreLocationError):
+            nbqueue.cancel(queued)
+        with pytest.raises(StoreLocationError):
+            nbqueue.delete_group("made", tasks=True)
+        with pytest.raises(StoreLocationError):
             nbqueue.Cluster(workers=1, directory=on_nfs).start()
         nbqueue.flush()
+        assert nbqueue.count_group("made") == 1
         assert broker.size() == 1 and nbqueue.result(queued) is None
     blobs = os.path.join(on_nfs, "blobs")
     assert not os.path.exists(blobs) or os.listdir(blobs) == []  # no arguments' file
@@ -242,6 +249,15 @@ def test_allow_network_fs_writes_with_one_warning(on_nfs):
         assert nbqueue.result(task) == 3
         assert nbqueue.result(nbqueue.async_task(fx.add, 2, 2)) == 4
     assert len(w) == 1 and on_nfs in str(w[0].message)
+
+
+def test_a_cluster_allowed_on_nfs_runs_every_task(on_nfs):
+    nbqueue.configure(directory=on_nfs, allow_network_fs=True)
+    with pytest.warns(NetworkFileSystemWarning):
+        ids = [nbqueue.async_task(fx.add, i, 1, group="allowed") for i in range(20)]
+    with nbqueue.Cluster(workers=1, directory=on_nfs):
+        assert nbqueue.result_group("allowed", count=20, wait=60_000) is not None
+    assert sorted(nbqueue.result(i) for i in ids) == list(range(1, 21))
 
 
 def test_allowing_after_a_store_was_opened_for_reading_lets_it_write(on_nfs):
@@ -288,7 +304,7 @@ def test_the_environment_variable_allows_it(tmp_path, value, written):
     if value is not None:
         env["NBQUEUE_ALLOW_NETWORK_FS"] = value
     done = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path / "store")], env=env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     if written:
         assert done.stdout.strip() == "result 3"
@@ -317,7 +333,7 @@ def _info(*args: str, script: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     command = ["-c", script, *args] if script else ["-m", "nbqueue", *args]
     return subprocess.run([sys.executable, *command], env=env, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, check=False)
 
 
 def test_info_shows_the_file_system_of_the_store(tmpfs):
@@ -344,8 +360,24 @@ sys.exit(main(["info", "--directory", sys.argv[1]]))
 """
 
 
+_CLUSTER = """
+import sys
+from nbqueue import filesystems, signing
+from nbqueue.cli import main
+signing._filesystems[sys.argv[1]] = filesystems.classify(0x47504653, "gpfs", "/gpfs")
+sys.exit(main(["cluster", "--directory", sys.argv[1], "--workers", "1"]))
+"""
+
+
+def test_nbqueue_cluster_on_a_network_file_system_is_refused(on_nfs):
+    _make_store(on_nfs)
+    refused = _info(on_nfs, script=_CLUSTER)
+    assert refused.returncode == 2
+    assert f"nbqueue: the store directory {on_nfs} is on gpfs" in refused.stderr
+
+
 def test_info_reads_a_store_on_a_network_file_system_with_a_warning(on_nfs):
-    done, _ = _make_store(on_nfs)
+    _make_store(on_nfs)
     shown = _info(on_nfs, script=_INFO)
     assert shown.returncode == 0, shown.stderr
     assert "fs        cifs (network: read only here" in shown.stdout
