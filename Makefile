@@ -38,6 +38,7 @@ test: $(VENV)/.installed-test $(CHROMIUM)
 # BENCH_ARGS="--quick" (or --only noop,latency, --skip-peers, --json FILE) narrows it
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/report.py  # docs/performance.md from the run's JSON
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""nbqueue's benchmark suite (issue #5): nbqueue next to raw loky and its peers.
+"""nbqueue's benchmark suite: nbqueue next to raw loky and its peers.
 
     python benchmarks/run.py [--quick] [--json out.json] [--only noop,latency,...]
                              [--skip-peers] [--systems loky,nbqueue,...] [--scale F]

@@ -214,11 +214,12 @@ class Task:
             return None
         return group_results(self._part(), self.group, failures)
 
-    def group_count(self, failures: bool = False) -> int:
+    def group_count(self, failures: bool = False) -> int | None:
         """Tasks in this task's group (successes and failures, as in Django Q), or only
-        the failures with ``failures=True``."""
+        the failures with ``failures=True``; None for a task without a group, as in
+        Django Q."""
         if self.group is None:
-            return 0
+            return None
         return group_count(self._part(), self.group, failures)
 
     def group_delete(self, tasks: bool = False) -> int:

@@ -195,7 +195,7 @@ def _reference(func: Any) -> str | None:
 def make_package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
              broker: Broker, function: tuple[str, str | None, bytes | None] | None = None,
              arguments: bytes | None = None) -> tuple[Header, bytes]:
-    """The header and signed package of one task (``function``: ``_function``'s answer,
+    """The header and signed package of one task (``function``: ``function_of``'s answer,
     when many tasks share the function, as in ``async_iter``; ``arguments``: the pickled
     arguments, when made already)."""
     func_name, func_ref, func_bytes = function or function_of(func, options)

@@ -644,6 +644,8 @@ def test_task_group_count(mixed_group):
     task = fetch(mixed_group[0])
     assert task.group_count() == 3
     assert task.group_count(failures=True) == 1
+    alone = fetch(async_task(ADD, 1, sync=True))
+    assert alone.group_count() is None and alone.group_count(failures=True) is None
 
 
 def test_count_group_counts_every_task_as_django_q(mixed_group):

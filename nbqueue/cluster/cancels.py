@@ -2,7 +2,7 @@
 
 ``nbqueue.cancel`` takes a queued task out of the queue itself. A task some cluster
 holds a lease on is left to that cluster: the request goes into the queue's cancel
-requests (``Broker.request_cancels``) and the cluster acts on it:
+requests (``Broker.cancel``) and the cluster acts on it:
 
 - a task leased after the request is never submitted (the feeder checks each batch);
 - a task in a chunk that has not reached it yet is marked in the slot directory's
