@@ -100,7 +100,11 @@ class Broker(search.Finding):
         Raises StoreError, and does not take the package, if earlier packages could not
         be written (disk full, damaged, or locked by another process past SQLite's 60 s
         busy timeout); those are kept and written again, nothing is dropped.
+        StoreLocationError, at once, if the store is on a network file system it may
+        not write to (see ``signing.Anchor``).
         """
+        if self.place.refusal is not None:
+            self.place.check()
         self._outbox.put(package)
         self._wake()  # a cluster in this process writes the outbox itself as it leases
 

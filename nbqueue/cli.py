@@ -89,12 +89,19 @@ def _info(args: argparse.Namespace) -> int:
                "running": sum(c.get("running", 0) for c in clusters),
                "leased": broker.leased(), "done": saved_ok, "failed": saved_failed,
                "clusters": clusters}
+    fs = broker.place.filesystem
+    figures["filesystem"] = fs.name if fs is not None else "unknown"
+    figures["network_filesystem"] = bool(fs is not None and fs.network)
     stopped = heartbeats(broker.directory).stopped_clusters()
     figures["stopped_clusters"] = stopped
     if args.json:
         print(json.dumps(figures, indent=2, default=str))
         return 0
     print(f"store     {figures['directory']}")
+    where = "local" if not figures["network_filesystem"] else (
+        "network: read only here; see allow_network_fs" if broker.place.refusal is not None
+        else "network: written, as allow_network_fs says")
+    print(f"fs        {figures['filesystem']} ({where})")
     for name in ("queued", "running", "done", "failed"):
         print(f"{name:<9} {figures[name]}")
     if not clusters:

@@ -35,6 +35,7 @@ class Settings:
     poll: float = 0.005  # seconds between queue polls while idle
     max_rss: int | None = None  # kilobytes a worker may grow to before it is replaced
     reuse: bool = False  # async_task gives back the same call's task (see nbqueue.calls)
+    allow_network_fs: bool = False  # write a store on NFS, Lustre, SMB ... (see filesystems)
 
     @property
     def worker_count(self) -> int:
@@ -81,7 +82,7 @@ def validate(settings: Settings) -> Settings:
             f"both, e.g. timeout={s.timeout:g}, retry={max(2 * s.timeout, 60):g} (or set "
             "retry with configure() or NBQUEUE_RETRY), or lower timeout")
     check_max_attempts("max_attempts", s.max_attempts)
-    for name in ("ack_failures", "sync", "reuse"):
+    for name in ("ack_failures", "sync", "reuse", "allow_network_fs"):
         _check(name, isinstance(getattr(s, name), bool), "True or False", getattr(s, name))
     _check("save_limit", isinstance(s.save_limit, int) and not isinstance(s.save_limit, bool)
            and s.save_limit >= -1, "a whole number >= -1 (0 = keep all, -1 = keep none)",
@@ -102,7 +103,7 @@ OPTION_NAMES = tuple(f.name for f in fields(Settings))
 def _parse_env(name: str, text: str) -> Any:
     """Turn the text of NBQUEUE_<NAME> into the option's type."""
     lowered = text.strip().lower()
-    if name in ("ack_failures", "sync", "reuse"):
+    if name in ("ack_failures", "sync", "reuse", "allow_network_fs"):
         if lowered in ("1", "true", "yes", "on"):
             return True
         if lowered in ("0", "false", "no", "off"):

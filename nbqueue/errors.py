@@ -41,6 +41,12 @@ class StoreFileMissing(StoreError, FileNotFoundError):
     value (a task's large arguments or result) is gone."""
 
 
+class StoreLocationError(StoreError):
+    """The store is on a network file system (NFS, Lustre, GPFS, SMB, sshfs ...), where
+    SQLite's locks and shared memory are not sound and the store can be corrupted: it
+    is not written there unless ``configure(allow_network_fs=True)``."""
+
+
 class StoreGone(StoreError):
     """The store directory of a running cluster was deleted or replaced under it."""
 
@@ -111,6 +117,11 @@ class ClusterError(NbqueueError, RuntimeError):
 
 class NoClusterWarning(UserWarning):
     """Work was enqueued into a directory that no live cluster serves."""
+
+
+class NetworkFileSystemWarning(UserWarning):
+    """The store is on a network file system: read only, or written because
+    ``allow_network_fs`` says so."""
 
 
 class WaitWarning(UserWarning):

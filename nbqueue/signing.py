@@ -10,7 +10,8 @@ Values of stores written by earlier versions carry a MAC of the payload alone (a
 large ones there an HMAC-SHA256): they are still read, bound to nothing.
 The key is created once, 32 random bytes, in a 0600 file inside the 0700 store
 directory, both owned by the user, so only they can put work in it that a cluster will
-run. A package whose signature does not check out is never unpickled.
+run. A package whose signature does not check out is never unpickled. A store directory
+on a network file system is read but not written (``Anchor``, ``filesystems``).
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ import hmac
 import os
 import secrets
 import stat
+import tempfile
 import threading
+import warnings
 from typing import Any
 
 from blake3 import blake3
 
-from .errors import InsecureStoreError, SignatureError, StoreError, StoreGone, StoreSwapped
+from . import conf, filesystems
+from .errors import (InsecureStoreError, NetworkFileSystemWarning, SignatureError, StoreError,
+                     StoreGone, StoreLocationError, StoreSwapped)
 
 MAGIC = b"NBQ5"  # keyed BLAKE2b of the context and the payload
 MAGIC_FAST = b"NBQ6"  # keyed BLAKE3 of the context and the payload, LARGE bytes or more
@@ -82,7 +87,9 @@ def private_directory(directory: str | os.PathLike[str]) -> str:
     checked is held open from then on (``anchor``): what this process writes to the
     store later is written only while the path still leads to it.
 
-    Raises InsecureStoreError if it exists and other users can reach into it.
+    Raises InsecureStoreError if it exists and other users can reach into it, and
+    StoreLocationError if it would be a new store on a network file system (see
+    ``Anchor``).
     """
     return _open_anchor(os.path.abspath(os.fspath(directory))).path
 
@@ -96,18 +103,44 @@ class Anchor:
     writes and raises before anything is written there; a file the store creates itself
     is opened relative to ``fd``, the directory that was checked, whatever the path
     leads to now.
+
+    ``filesystem`` is the file system the directory is on (``filesystems.detect``, once
+    per directory and process). On a network one that ``allow_network_fs`` does not
+    allow, ``refusal`` says why: the store is read, and ``check()`` raises
+    StoreLocationError before any write batch. Opening a store and a thread's SQLite
+    connection (``check_path()``) are not write batches: a process that only reads goes on.
     """
 
-    def __init__(self, path: str, fd: int, info: os.stat_result) -> None:
+    def __init__(self, path: str, fd: int, info: os.stat_result,
+                 filesystem: filesystems.FileSystem | None = None,
+                 refusal: str | None = None) -> None:
         self.path = path
         self.fd = fd
         self.identity = (info.st_dev, info.st_ino)
+        self.filesystem = filesystem
+        self.refusal = refusal
 
     def __del__(self) -> None:
         with contextlib.suppress(OSError, AttributeError, TypeError):
             os.close(self.fd)
 
     def check(self) -> None:
+        """Raise before a batch of writes: StoreLocationError if the store is on a network
+        file system it may not write to; otherwise as ``check_path``."""
+        if self.refusal is not None:
+            self._refuse()
+        self.check_path()
+
+    def _refuse(self) -> None:
+        """Raise StoreLocationError, unless ``allow_network_fs`` was set since the store
+        was opened (then warn once, and write from now on)."""
+        if conf.settings().allow_network_fs or self.path in _hosted:
+            _allowed(self.path, self.filesystem)
+            self.refusal = None
+            return
+        raise StoreLocationError(self.refusal)
+
+    def check_path(self) -> None:
         """Raise unless the path still leads to this directory: InsecureStoreError
         (``StoreSwapped``) if something not private to this user is there now,
         StoreGone if the store was deleted or replaced by one of the user's own."""
@@ -148,6 +181,59 @@ class Anchor:
 
 _anchors: dict[str, Anchor] = {}
 _anchors_lock = threading.Lock()
+_filesystems: dict[str, filesystems.FileSystem] = {}  # detected once per directory
+_warned: set[str] = set()  # directories whose file system this process warned about
+_hosted: set[str] = set()  # directories written for a cluster host (``hosted``)
+
+
+def hosted(directory: str) -> None:
+    """This process runs tasks for a cluster host that writes the store at ``directory``
+    (a worker): it writes there as its host does (spilled results, tasks enqueued by
+    tasks), with no warning of its own. The host leased those tasks: a write to the
+    store that its file system was checked for."""
+    _hosted.add(directory)
+
+
+def _filesystem(path: str) -> filesystems.FileSystem:
+    found = _filesystems.get(path)
+    if found is None:
+        found = _filesystems[path] = filesystems.detect(path)
+    return found
+
+
+def _local_places() -> str:
+    """Where a store can go instead: the local temporary folder, $XDG_RUNTIME_DIR."""
+    user = os.environ.get("USER") or str(os.geteuid())
+    places = f"the local temporary folder ({os.path.join(tempfile.gettempdir(), 'nbqueue-' + user)})"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return places + (f" or $XDG_RUNTIME_DIR ({runtime}/nbqueue)" if runtime
+                     else " or $XDG_RUNTIME_DIR")
+
+
+def _network_refusal(path: str, fs: filesystems.FileSystem) -> str:
+    mounted = f" mounted at {fs.mount}" if fs.mount else ""
+    return (f"the store directory {path} is on {fs.name}, a network file system{mounted}: "
+            "SQLite's locks and shared memory are not sound there and the store can be "
+            "corrupted, so nbqueue does not write to it. Put the store on a local disk "
+            "with nbqueue.configure(directory=...) or NBQUEUE_DIRECTORY, e.g. "
+            f"{_local_places()}. If you know this file system's locking is sound, "
+            "configure(allow_network_fs=True) or NBQUEUE_ALLOW_NETWORK_FS=1 lets nbqueue "
+            "write to it")
+
+
+def _warn_once(path: str, text: str) -> None:
+    if path not in _warned:
+        _warned.add(path)
+        warnings.warn(text, NetworkFileSystemWarning, stacklevel=4)
+
+
+def _allowed(path: str, fs: filesystems.FileSystem | None) -> None:
+    if path in _hosted:
+        return
+    name = fs.name if fs is not None else "a network file system"
+    _warn_once(path, f"the store directory {path} is on {name}, a network file system; "
+                     "allow_network_fs=True lets nbqueue write to it. Its locks must be "
+                     "sound across every machine that uses the store, or it can be corrupted")
 
 
 def anchor(directory: str) -> Anchor:
@@ -160,7 +246,22 @@ def anchor(directory: str) -> Anchor:
 def _open_anchor(path: str) -> Anchor:
     """Create ``path`` as 0700 if needed, open it, refuse it if it is not private to
     this user, and hold it: the anchor of ``path`` from now on, unless the one held
-    already is still what the path leads to."""
+    already is still what the path leads to.
+
+    On a network file system that ``allow_network_fs`` does not allow, a new store (no
+    key yet) is refused with StoreLocationError before anything is made; an existing
+    one is opened to be read, with a warning, and its writes are refused."""
+    fs = _filesystem(path)
+    refusal = None
+    if fs.network:
+        if conf.settings().allow_network_fs or path in _hosted:
+            _allowed(path, fs)
+        else:
+            refusal = _network_refusal(path, fs)
+            if not os.path.isfile(os.path.join(path, KEY_FILE)):
+                raise StoreLocationError(refusal)
+            _warn_once(path, f"{refusal}. This process may read the store; any write to "
+                             "it raises StoreLocationError")
     with _anchors_lock:
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
@@ -173,6 +274,8 @@ def _open_anchor(path: str) -> Anchor:
                              "another path with configure(directory=...)")
         held = _anchors.get(path)
         if held is not None and held.identity == (info.st_dev, info.st_ino):
+            if refusal is None:
+                held.refusal = None  # allowed since it was opened
             return held
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -184,7 +287,7 @@ def _open_anchor(path: str) -> Anchor:
             raise InsecureStoreError(f"the store directory {path} changed while it was "
                                      "being opened; check who else can write its parent "
                                      "folder, then try again")
-        found = _anchors[path] = Anchor(path, fd, opened)
+        found = _anchors[path] = Anchor(path, fd, opened, fs, refusal)
         return found
 
 

@@ -346,7 +346,7 @@ class _Cache(diskcache.Cache):
 
     def __init__(self, directory: str, *args: Any, **settings: Any) -> None:
         self.place = anchor(os.path.dirname(os.path.abspath(directory)))
-        self.place.check()
+        self.place.check_path()  # opening is not a write batch: a reader opens too
         super().__init__(directory, *args, **settings)
         opened = self._local  # this thread's connection, opened just now
         self._local = _connections(self.place)
@@ -370,7 +370,7 @@ class _FirstConnection:
 
     def __get__(self, local: Any, owner: Any = None) -> Any:
         if local is not None:
-            self.place.check()
+            self.place.check_path()
         raise AttributeError("pid")  # unset: diskcache then connects
 
 

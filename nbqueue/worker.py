@@ -38,7 +38,7 @@ from . import blobs, capture
 from .errors import (StoreError, StoreFileMissing, TaskCancelled, TaskFunctionError,
                      TaskTimeout)
 from .records import Item, Outcome
-from .signing import anchor, make_directory
+from .signing import anchor, hosted, make_directory
 from .tracebacks import describe, pack_exception
 
 HOST_WATCH = 0.25  # seconds between checks that the cluster host is still alive
@@ -297,6 +297,8 @@ def use_store(directory: str | None, host: int | None = None) -> None:
     host, and only its name goes back through the executor (a worker killed while it
     sent a large result through loky's pipe left the cluster's reader waiting for the
     rest for good: the other workers hold the pipe open)."""
+    if directory:
+        hosted(directory)  # its host checked the store's file system
     if host is not None and directory and not _spill:
         from .signing import load_key
         make_directory(anchor(directory).fd, blobs.SPILL_DIR)  # in the store checked

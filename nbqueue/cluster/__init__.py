@@ -170,6 +170,7 @@ class Cluster:
                 f"retry {self.settings.retry:g} s")
 
     def _start(self) -> None:
+        self.broker.place.check()  # a store it may not write to is refused before it starts
         self.started_at = time.time()
         self._slot_dir = hosts.make_folder(self.id)
         executor = make_executor(self.executor_name, self.workers, self._slot_dir,
