@@ -441,7 +441,7 @@ def _reopen(path: str, settings: dict[str, Any]) -> diskcache.Cache | None:
     database = os.path.join(path, diskcache.core.DBNAME)
     if not os.path.isfile(database):
         return None
-    anchor(os.path.dirname(os.path.abspath(path))).check()  # SQLite opens by path
+    anchor(os.path.dirname(os.path.abspath(path))).check_path()  # SQLite opens by path
     con = sqlite3.connect(database, timeout=LOCK_TIMEOUT, isolation_level=None)
     try:
         names = {name for (name,) in con.execute("SELECT name FROM sqlite_master")}
