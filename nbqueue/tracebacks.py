@@ -140,6 +140,8 @@ def describe(exc: BaseException, skip_file: str | None = None) -> tuple[str, str
     """(the failure's text, as ``result`` gives it; the full traceback, chain included)
     of an exception raised in a task; frames of ``skip_file`` (the worker) left out."""
     summary = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    if type(exc).__module__ == "nbqueue.errors":  # named as the cluster's own verdicts are
+        summary = summary[len("nbqueue.errors."):]
     shown = traceback.TracebackException.from_exception(exc)
     if skip_file is not None:
         shown.stack = traceback.StackSummary.from_list(

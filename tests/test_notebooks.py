@@ -362,7 +362,7 @@ def check_failures_and_timeouts(run: Run) -> None:
     assert run.value("result:") == "ValueError: negative input: -4"
     assert run.value("Failure.get_task:") == "True"
     assert run.value("Success.get_task:") == "None"
-    assert "nbqueue.errors.TaskTimeout: timed out after 1 s" in text
+    assert "TaskTimeout: timed out after 1 s" in text
     packing = run.value("PackingError:")
     assert "positional argument 0 (lock) cannot be pickled" in packing
     assert "cannot pickle '_thread.lock' object" in packing

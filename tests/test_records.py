@@ -11,7 +11,7 @@ import time
 import cloudpickle
 import pytest
 
-from nbqueue import blobs, errors, records, signing
+from nbqueue import blobs, conf, errors, filesystems, records, signing
 from nbqueue.errors import SignatureError
 from nbqueue.records import (EMPTY_ARGS, Header, Item, Outcome, decode_header, decode_result,
                              encode_header, failure, iter_record, make_record, refused_record)
@@ -105,12 +105,15 @@ def _imports(module):
     for node in tree.body:
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module is None:  # from . import x
+            yield from ("." * node.level + alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
-            yield "." * node.level + (node.module or "")
+            yield "." * node.level + node.module
 
 
-@pytest.mark.parametrize("module", [records, signing, errors, blobs])
+@pytest.mark.parametrize("module", [records, signing, errors, blobs, conf, filesystems])
 def test_records_and_what_it_imports_need_only_the_standard_library_and_blake3(module):
     for name in _imports(module):
-        assert name in (".errors", ".signing", ".blobs", "blake3") or (
+        assert name in (".errors", ".signing", ".blobs", ".conf", ".filesystems",
+                        "blake3") or (
             name.split(".")[0] in sys.stdlib_module_names), name

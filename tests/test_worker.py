@@ -67,7 +67,7 @@ def test_unpicklable_result_is_a_clear_failure():
 def test_tier_one_timeout_interrupts_sleep_in_main_thread():
     started = time.monotonic()
     _, success, text, _, _ = worker.execute(_item(time.sleep, 5, timeout=0.3))[:5]
-    assert not success and text.startswith("nbqueue.errors.TaskTimeout: timed out after 0.3 s")
+    assert not success and text.startswith("TaskTimeout: timed out after 0.3 s")
     assert time.monotonic() - started < 2
 
 
