@@ -368,7 +368,7 @@ def check_failures_and_timeouts(run: Run) -> None:
     assert "cannot pickle '_thread.lock' object" in packing
     assert run.value("TaskFunctionError:") == "cannot resolve 'my.buggy.code': No module named 'my'"
     assert run.value("An error occurred:") == (
-        "nbqueue.errors.TaskFunctionError: cannot resolve 'my.buggy.code': "
+        "TaskFunctionError: cannot resolve 'my.buggy.code': "
         "No module named 'my'")
     assert run.value("successes:") == "[2.0, 3.0, 4.0, 5.0, 6.0, 7.0]"
     assert run.value("failures:") == (
