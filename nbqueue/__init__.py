@@ -9,19 +9,44 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .broker import Broker, get_broker
+from .capture import report
 from .conf import configure
 from .control import cancel, cancel_group, retry, retry_group
-from .capture import report
-from .errors import (ClusterError, ConfigurationError, InsecureStoreError, NbqueueError,
-                     NoClusterWarning, OutcomeDeleted, PackingError, RemoteError, SignatureError, StoreError,
-                     TaskCancelled, TaskFailed, TaskFunctionError, TaskStillRunning,
-                     TaskTimeout, WaitWarning, WorkerLost, MissingDependency)
+from .errors import (
+    ClusterError,
+    ConfigurationError,
+    InsecureStoreError,
+    MissingDependency,
+    NbqueueError,
+    NoClusterWarning,
+    OutcomeDeleted,
+    PackingError,
+    RemoteError,
+    SignatureError,
+    StoreError,
+    TaskCancelled,
+    TaskFailed,
+    TaskFunctionError,
+    TaskStillRunning,
+    TaskTimeout,
+    WaitWarning,
+    WorkerLost,
+)
 from .futures import TaskFuture, future
 from .iterate import as_completed
 from .live import output, status
 from .models import Failure, Success, Task
-from .results import (count_group, delete_cached, delete_group, fetch, fetch_group, flush,
-                      queue_size, result, result_group)
+from .results import (
+    count_group,
+    delete_cached,
+    delete_group,
+    fetch,
+    fetch_group,
+    flush,
+    queue_size,
+    result,
+    result_group,
+)
 from .summary import GroupSummary, summary
 from .tasks import AsyncTask, async_iter, async_task
 

@@ -31,7 +31,8 @@ import pickle
 import stat
 import struct
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from .errors import SignatureError, StoreFileMissing
 from .signing import HEADER_SIZE, check_parts, context, create_file, seal, seal_parts

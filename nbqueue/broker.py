@@ -32,15 +32,16 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from . import conf, hosts, leases, search
 from .doorbell import Bells, Doorbell
 from .errors import SignatureError, StoreError
 from .heartbeats import drop_heartbeats
 from .leases import INDEX, PENDING, ROW, Lease
-from .signing import anchor, forget_key, load_key, private_directory
 from .outbox import Outbox
+from .signing import anchor, forget_key, load_key, private_directory
 from .storage import UPSERT_OK, checkpoint, open_cache, upsert, writing
 
 log = logging.getLogger("nbqueue")

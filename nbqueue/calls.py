@@ -51,7 +51,8 @@ import io
 import pickle
 import time
 import types
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import cloudpickle
 
@@ -220,5 +221,5 @@ def _unfinished(part: Part, ids: list[str]) -> list[str] | None:
     records = part.records(ids)
     if any(r is not None and not r["success"] for r in records):
         return None
-    return [task_id for task_id, r in zip(ids, records) if r is None]
+    return [task_id for task_id, r in zip(ids, records, strict=False) if r is None]
 

@@ -21,6 +21,7 @@ written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import os
@@ -187,10 +188,8 @@ class TaskStream:
             self.write(line)
 
     def flush(self) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             self.stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
 
     def isatty(self) -> bool:
         return False
@@ -211,9 +210,9 @@ class TaskLogHandler(logging.Handler):
         capture = current()
         if capture is None:  # as if this handler were not there
             last = logging.lastResort
-            if last is not None and logging.getLogger().handlers == [self]:
-                if record.levelno >= last.level:
-                    last.handle(record)
+            if (last is not None and logging.getLogger().handlers == [self]
+                    and record.levelno >= last.level):
+                last.handle(record)
             return
         try:
             capture.add(self.format(record) + "\n")

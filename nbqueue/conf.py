@@ -115,9 +115,7 @@ def _parse_env(name: str, text: str) -> Any:
             return False
         if lowered.isdigit():
             return int(lowered)
-    elif name == "timeout" and lowered in ("", "none"):
-        return None
-    elif name == "max_rss" and lowered in ("", "none"):
+    elif name in ("timeout", "max_rss") and lowered in ("", "none"):
         return None
     elif name in ("workers", "max_attempts", "save_limit", "bulk", "max_rss"):
         try:

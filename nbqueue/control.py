@@ -15,7 +15,7 @@ this.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from . import blobs, conf
 from .blobs import Blob
@@ -23,8 +23,15 @@ from .broker import Broker, get_broker
 from .errors import ConfigurationError, TaskStillRunning
 from .hooks import find_hook, run_hook
 from .models import Task
-from .records import (Header, Record, decode_header, encode_header, failure, is_cancelled,
-                      make_record)
+from .records import (
+    Header,
+    Record,
+    decode_header,
+    encode_header,
+    failure,
+    is_cancelled,
+    make_record,
+)
 from .store import Part, Store, get_store
 
 CANCELLED = "TaskCancelled: the task was cancelled with nbqueue.cancel before it started"

@@ -13,12 +13,13 @@ only the owner's processes can ring, and what they send is never read.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 BELLS = "bells"  # in the store directory
 LIST_EVERY = 1.0  # seconds a listing of the bells is used before it is read again
@@ -51,7 +52,7 @@ class Doorbell:
         while not self._closed:
             try:
                 self._socket.recv(64)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return  # closed
@@ -59,10 +60,8 @@ class Doorbell:
 
     def close(self) -> None:
         self._closed = True
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self.path)
-        except OSError:
-            pass
         self._socket.close()
         self._thread.join(2)
 
@@ -109,7 +108,5 @@ class Bells:
 
 
 def _remove(path: str) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass

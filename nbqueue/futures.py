@@ -56,12 +56,14 @@ and ``await`` all wake at once:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
 import time
+from collections.abc import Generator, Iterable
 from concurrent.futures import Future, InvalidStateError
-from typing import Any, Generator, Iterable
+from typing import Any
 
 from .broker import Broker, get_broker
 from .errors import ConfigurationError, OutcomeDeleted, TaskFailed
@@ -148,10 +150,8 @@ def _settle(fut: TaskFuture, record: Record, store: Store, cached: bool) -> None
 
 def _fail(futures: Iterable[TaskFuture], exc: BaseException) -> None:
     for fut in futures:
-        try:
+        with contextlib.suppress(InvalidStateError):
             fut.set_exception(exc)
-        except InvalidStateError:
-            pass
 
 
 class _Watch:
@@ -177,7 +177,7 @@ def _iter_outcome(part: Part, watch: _Watch) -> Record | OutcomeDeleted | None:
     assert manifest is not None
     ids = manifest["ids"]
     records = part.records(ids)
-    missing = {i for i, r in zip(ids, records) if r is None}
+    missing = {i for i, r in zip(ids, records, strict=False) if r is None}
     if not missing:
         return iter_record(manifest, records)
     lost = missing - watch.remaining  # stored when last read, gone now
@@ -201,7 +201,7 @@ def _watch_of(part: Part, task_id: str) -> _Watch:
     if manifest is None:
         return _Watch(task_id, {task_id}, None, by_name=False)
     ids = manifest["ids"]
-    missing = {i for i, r in zip(ids, part.records(ids)) if r is None}
+    missing = {i for i, r in zip(ids, part.records(ids), strict=False) if r is None}
     return _Watch(task_id, missing, manifest, by_name=False)
 
 
@@ -335,7 +335,8 @@ class _Waiter:
         start = time.monotonic()
         found = {}
         if ids:
-            found = {i: r for i, r in zip(ids, part.records(ids)) if isinstance(r, dict)}
+            found = {i: r for i, r in zip(ids, part.records(ids), strict=False)
+                     if isinstance(r, dict)}
         done: list[tuple[_Watch, Record | OutcomeDeleted]] = []
         for watch in watches:  # only this thread changes a watch's remaining ids
             record: Record | OutcomeDeleted | None = None

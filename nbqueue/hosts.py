@@ -16,7 +16,8 @@ import os
 import shutil
 import stat
 import tempfile
-from typing import Iterable, Iterator, NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from .storage import process_alive
 from .worker import read_begun

@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, TimeoutError
 from concurrent.futures import wait as wait_futures
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from . import conf
 from .broker import Broker, get_broker
@@ -264,7 +265,7 @@ def map(func: Callable[..., Any] | str, iterable: Iterable[Any], ordered: bool =
         from .widgets import GroupProgress
         panel = GroupProgress(group, len(headers), cached, broker)
     if options["sync"]:
-        for header, package in zip(headers, packages):
+        for header, package in zip(headers, packages, strict=False):
             run_inline(header, func, broker, settings, package)
     elif packages:
         broker.enqueue_many(packages)  # all of them, or none and StoreError

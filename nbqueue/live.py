@@ -8,13 +8,14 @@ the task's stored outcome, or where the queue holds it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any
 
 from .broker import Broker, get_broker
 from .capture import LIVE, LIVE_REFRESH
-from .records import Header, Record, is_cancelled
 from .heartbeats import heartbeats
+from .records import Header, Record, is_cancelled
 from .storage import checked_get, process_alive
 from .store import check_name, get_store
 

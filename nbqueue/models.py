@@ -13,8 +13,8 @@ from . import blobs
 from .blobs import Blob
 from .records import Record, decode_result
 from .signing import load_key
-from .tracebacks import exception_from_text, unpack_exception
 from .store import Store, get_store
+from .tracebacks import exception_from_text, unpack_exception
 
 
 def _default_store(store: Store | None) -> Store:

@@ -9,6 +9,7 @@ work in the queue and imports this module, never the reverse.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from .broker import Broker, get_broker
@@ -103,10 +104,8 @@ def _flush_before_waiting(broker: Broker, wait: int) -> None:
     the outbox thread's small batches while the waiter polls (3x the no-op rate from an
     ``nbqueue cluster`` process). A cluster in this process takes the outbox itself."""
     if wait and not broker.has_local_consumer:
-        try:
+        with contextlib.suppress(StoreError):  # kept, in order; the next call says why
             broker.flush()
-        except StoreError:  # kept, in order; the next async_task or flush() says why
-            pass
 
 
 def fetch(task_id: str, wait: int = 0, cached: bool = False,

@@ -30,8 +30,15 @@ from typing import Any
 from blake3 import blake3
 
 from . import conf, filesystems
-from .errors import (InsecureStoreError, NetworkFileSystemWarning, SignatureError, StoreError,
-                     StoreGone, StoreLocationError, StoreSwapped)
+from .errors import (
+    InsecureStoreError,
+    NetworkFileSystemWarning,
+    SignatureError,
+    StoreError,
+    StoreGone,
+    StoreLocationError,
+    StoreSwapped,
+)
 
 MAGIC = b"NBQ5"  # keyed BLAKE2b of the context and the payload
 MAGIC_FAST = b"NBQ6"  # keyed BLAKE3 of the context and the payload, LARGE bytes or more
@@ -204,7 +211,8 @@ def _filesystem(path: str) -> filesystems.FileSystem:
 def _local_places() -> str:
     """Where a store can go instead: the local temporary folder, $XDG_RUNTIME_DIR."""
     user = os.environ.get("USER") or str(os.geteuid())
-    places = f"the local temporary folder ({os.path.join(tempfile.gettempdir(), 'nbqueue-' + user)})"
+    local = os.path.join(tempfile.gettempdir(), f"nbqueue-{user}")
+    places = f"the local temporary folder ({local})"
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     return places + (f" or $XDG_RUNTIME_DIR ({runtime}/nbqueue)" if runtime
                      else " or $XDG_RUNTIME_DIR")

@@ -32,15 +32,27 @@ import pickle
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import diskcache
 
 from . import blobs
 from .blobs import Blob
 from .errors import InsecureStoreError, SignatureError, StoreError, StoreFileMissing, StoreGone
-from .signing import (HEADER_SIZE, VALUE, anchor, context, create_file, load_key,
-                      make_directories, make_directory, seal, sign, verify)
+from .signing import (
+    HEADER_SIZE,
+    VALUE,
+    anchor,
+    context,
+    create_file,
+    load_key,
+    make_directories,
+    make_directory,
+    seal,
+    sign,
+    verify,
+)
 
 log = logging.getLogger("nbqueue")
 
@@ -382,10 +394,8 @@ def _private_part(path: str) -> None:
     name = os.path.basename(path)
     make_directory(place.fd, name)
     database = os.path.join(name, _SQLITE_FILES[0])
-    try:
+    with contextlib.suppress(FileExistsError):
         os.close(create_file(place.fd, database))
-    except FileExistsError:
-        pass
     for relative, flags in [(name, _DIRECTORY)] + [
             (os.path.join(name, f), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             for f in _SQLITE_FILES]:
@@ -445,7 +455,7 @@ def _reopen(path: str, settings: dict[str, Any]) -> diskcache.Cache | None:
     con = sqlite3.connect(database, timeout=LOCK_TIMEOUT, isolation_level=None)
     try:
         names = {name for (name,) in con.execute("SELECT name FROM sqlite_master")}
-        if not _SCHEMA <= names:
+        if not names >= _SCHEMA:
             return None
         stored = dict(con.execute("SELECT key, value FROM Settings").fetchall())
     finally:

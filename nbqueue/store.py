@@ -30,14 +30,15 @@ import threading
 import time
 import warnings
 from collections import defaultdict
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from . import blobs
 from .blobs import Blob
+from .errors import ConfigurationError, SignatureError, StoreFileMissing, WaitWarning
 from .records import Manifest, Record, iter_record
 from .signing import load_key, private_directory
 from .storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
-from .errors import ConfigurationError, SignatureError, StoreFileMissing, WaitWarning
 
 log = logging.getLogger("nbqueue")
 

@@ -20,6 +20,7 @@ cluster decides what became of its tasks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -28,7 +29,8 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .records import Outcome
 from .signing import sign, verify
@@ -136,10 +138,8 @@ class Collector:
                 self._drop(conn)
             self._selector.close()
             self._listener.close()
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self.path)
-            except OSError:
-                pass
 
     def close(self) -> None:
         """Have ``run`` return (the workers are gone), removing the socket."""

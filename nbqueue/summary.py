@@ -20,8 +20,16 @@ from .broker import Broker, get_broker
 from .errors import MissingDependency, RemoteError
 from .models import Failure, Success, Task
 from .store import check_name, get_store
-from .views import (FAIL_COLOR, MUTED, OK_COLOR, clip, format_seconds, format_time, safely,
-                    traceback_html)
+from .views import (
+    FAIL_COLOR,
+    MUTED,
+    OK_COLOR,
+    clip,
+    format_seconds,
+    format_time,
+    safely,
+    traceback_html,
+)
 
 if TYPE_CHECKING:
     import pandas
@@ -88,7 +96,7 @@ class GroupSummary:
     def histogram_svg(self) -> str:
         """Durations of the tasks a worker ran, in about 30 bins, as an SVG string; a
         bar's tooltip names its tasks and their durations."""
-        ran = [(d, t) for d, t in zip(self._durations, self.tasks)
+        ran = [(d, t) for d, t in zip(self._durations, self.tasks, strict=False)
                if t.pid is not None or t.began is None]
         return _histogram(ran, self.count - len(ran))
 

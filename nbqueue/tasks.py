@@ -12,21 +12,29 @@ import itertools
 import time
 import uuid
 import warnings
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from . import calls, conf
 from .broker import Broker
+from .capture import inline_capture
 from .errors import ConfigurationError, NoClusterWarning
 from .futures import future
 from .hooks import find_hook, forget_local_hook, run_hook
 from .models import Task
-from .packing import (callable_name, check_callable, checked_options, function_of,
-                      make_package, pickle_arguments, split_options)
+from .packing import (
+    callable_name,
+    check_callable,
+    checked_options,
+    function_of,
+    make_package,
+    pickle_arguments,
+    split_options,
+)
 from .records import Header, make_record
 from .results import fetch, fetch_group, no_cluster_advice, result, result_group
 from .sent import Sent, sent
 from .store import get_store
-from .capture import inline_capture
 from .worker import execute
 
 SERVE_CHECK = 5.0  # seconds between two checks that a cluster serves the store
@@ -168,7 +176,7 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
     options = dict(options, group=options.get("group") or iter_id, save=True,
                    iter=iter_id)
     headers, packages = [], []
-    for args, pickled in zip(items, arguments):
+    for args, pickled in zip(items, arguments, strict=False):
         header, package = make_package(func, args, dict(kwargs), options, broker, function,
                                    pickled)
         headers.append(header)
@@ -189,7 +197,7 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
         from .widgets import GroupProgress
         GroupProgress(group, len(headers), bool(options["cached"]), broker)
     if options["sync"]:
-        for header, package in zip(headers, packages):
+        for header, package in zip(headers, packages, strict=False):
             run_inline(header, func, broker, conf.settings(), package)
     else:
         broker.enqueue_many(packages)

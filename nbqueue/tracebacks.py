@@ -186,7 +186,9 @@ def _pickled(exc: BaseException) -> bytes | None:
 def type_name(exc: BaseException) -> str:
     cls = type(exc)
     module = cls.__module__
-    return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
+    if module in ("builtins", "__main__"):
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
 
 
 def pack_exception(exc: BaseException) -> bytes:
@@ -207,7 +209,7 @@ def unpack_exception(data: bytes) -> BaseException:
             except Exception:
                 exc = None
         links.append((exc if exc is not None else RemoteError(name, message), how))
-    for (exc, how), (following, _) in zip(links, links[1:]):
+    for (exc, how), (following, _) in zip(links, links[1:], strict=False):
         if how == "cause":
             exc.__cause__ = following
         elif how == "context":

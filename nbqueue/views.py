@@ -10,9 +10,10 @@ helpers below (seconds, short reprs, tracebacks) are shared with ``nbqueue.summa
 from __future__ import annotations
 
 import reprlib
+from collections.abc import Callable
 from datetime import datetime
 from html import escape
-from typing import Any, Callable
+from typing import Any
 
 OK_COLOR = "#2e7d32"
 FAIL_COLOR = "#c62828"

@@ -16,12 +16,12 @@ from collections import deque
 from typing import Any
 
 from .broker import Broker, get_broker
+from .conf import Settings
 from .heartbeats import heartbeats
 from .live import running
 from .running_view import READ_EVERY, RunningView, _clock, running_note
 from .sent import sent
 from .store import get_store
-from .conf import Settings
 
 INTERVAL = 0.25
 RATE_WINDOW = 5.0  # seconds of finished tasks that "tasks/s" counts, on every panel
@@ -312,8 +312,9 @@ def progress(group: str, total: int | None = None, cached: bool = False,
 
     An ipywidgets panel in Jupyter (red once a task failed, green when all are done)
     listing the running tasks with their last ``nbqueue.report``, and the last lines of
-    output of the one chosen; a tqdm bar elsewhere. ``total`` defaults to the number of tasks this process put
-    in the group. Returns at once; the panel updates itself until the group completes.
+    output of the one chosen; a tqdm bar elsewhere. ``total`` defaults to the number of
+    tasks this process put in the group. Returns at once; the panel updates itself until
+    the group completes.
     """
     return GroupProgress(group, total, cached, broker)
 

@@ -30,13 +30,13 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import cloudpickle
 
 from . import blobs, capture
-from .errors import (StoreError, StoreFileMissing, TaskCancelled, TaskFunctionError,
-                     TaskTimeout)
+from .errors import StoreError, StoreFileMissing, TaskCancelled, TaskFunctionError, TaskTimeout
 from .records import Item, Outcome
 from .signing import anchor, hosted, make_directory
 from .tracebacks import describe, pack_exception
@@ -234,9 +234,8 @@ def execute(item: Item, slot: Slot | None = None,
     except TaskTimeout as exc:
         success = False
         blob, details = _failed(exc)
-    except BaseException as exc:
-        if armed and _alarm.fired:
-            exc = TaskTimeout(f"timed out after {timeout:g} s")
+    except BaseException as raised:
+        exc = TaskTimeout(f"timed out after {timeout:g} s") if armed and _alarm.fired else raised
         success = False
         blob, details = _failed(exc)
         if inline and isinstance(exc, KeyboardInterrupt):

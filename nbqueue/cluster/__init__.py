@@ -45,6 +45,7 @@ import uuid
 from typing import Any
 
 from .. import conf, hosts
+from ..blobs import clean_spill, sweep_arguments
 from ..broker import Broker, get_broker
 from ..errors import ClusterError, ConfigurationError
 from ..executors import EXECUTOR_OPTIONS, Executor, make_executor
@@ -52,7 +53,6 @@ from ..heartbeats import heartbeats
 from ..storage import process_alive
 from ..store import get_store
 from ..stream import Collector
-from ..blobs import clean_spill, sweep_arguments
 from .cancels import Cancels
 from .deaths import Deaths
 from .feeder import Feeder

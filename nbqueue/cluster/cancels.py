@@ -21,6 +21,7 @@ final (hooks run; it is never delivered again), and no new delivery of the task 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -122,10 +123,8 @@ class Cancels:
         self._stopping.pop(task_id, None)
         if task_id in self._marked:
             self._marked.discard(task_id)
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._marker(task_id))
-            except FileNotFoundError:
-                pass
 
     def check(self) -> None:
         """Act on new requests for tasks in flight; kill workers that did not stop."""

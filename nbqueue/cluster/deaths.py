@@ -10,6 +10,7 @@ dead, or one could still run beside its next delivery.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -83,7 +84,5 @@ class Deaths:
 
 def kill(pid: int) -> None:
     """SIGKILL a worker; one already gone (or a pid no longer ours) is left alone."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -15,8 +15,8 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from ..leases import Lease
 from ..errors import SignatureError
+from ..leases import Lease
 from ..names import new_task_id
 from ..records import decode_header, refused_record
 from ..storage import store_trouble

@@ -9,12 +9,12 @@ that jobs left.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Iterable
 
-from ..leases import Lease
 from ..conf import Settings
+from ..leases import Lease
 from ..records import Header
 
 

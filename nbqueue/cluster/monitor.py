@@ -16,7 +16,8 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import signing
 from ..broker import drop_broker

@@ -16,15 +16,15 @@ import queue
 import threading
 import time
 from concurrent.futures import CancelledError, Future
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
+from ..blobs import Blob, discard
 from ..executors import BROKEN
 from ..hooks import find_hook, run_hook
 from ..live import forget_live, live_row
 from ..models import Task
 from ..records import Outcome, Record, failure, make_record
 from ..storage import store_trouble
-from ..blobs import Blob, discard
 from ..worker import failure_text
 from .cancels import WHY as CANCELLED
 from .inflight import Job
@@ -39,7 +39,7 @@ RETRY_MOST = 2.0  # ... up to this
 
 Verdict = tuple[Job, Record, bool]  # (job, record, final)
 # a chunk's Future, outcomes from the stream, a verdict, or None: the last, from stop()
-Event = Union[Future, list[Outcome], Verdict, None]
+Event = Future | list[Outcome] | Verdict | None
 
 
 class Writer:
@@ -155,7 +155,7 @@ class Writer:
             elif event is not None:
                 self._last_words(event[1])
                 finished.append(event)
-        for job, record, final in finished:
+        for _job, record, final in finished:
             if not final:  # delivered again once its lease expires; not an outcome yet
                 log.info("nbqueue cluster: task %s failed on attempt %d; it is delivered "
                          "again in about %g s: %s", record["name"], record["attempt_count"],

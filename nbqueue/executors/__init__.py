@@ -20,10 +20,12 @@ This package holds the interface (``Executor``) and ``make_executor``; ``loky.py
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ConfigurationError
+
 
 class WorkerLost(Exception):
     """A chunk's worker was lost (killed, crashed, out of memory, restarted, shut down).
