@@ -16,6 +16,7 @@ from nbqueue.errors import (ConfigurationError, NoClusterWarning, PackingError,
                             TaskFunctionError)
 from nbqueue.hooks import local_hooks
 from nbqueue.store import get_store
+from tests import stopping
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 
@@ -468,3 +469,28 @@ def test_fast_outcomes_of_a_chunk_are_not_held_back_by_a_slow_task(store_dir):
         assert max(lags) < 0.3, lags  # visible within about 0.2 s of the task's end
         wait_for(lambda: count_group("mixed") == 6, 20, "the rest")
         assert running.info()["failed"] == 0
+
+
+# -- stopping with tasks leased but not started -------------------------------------------
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("way", ["0", "0.3", "default", "panel", "replace"])
+def test_every_way_of_stopping_is_quiet_and_loses_nothing(store_dir, tmp_path, way):
+    """Three rounds in one process, each stopped 2 s in while the cluster holds tasks no
+    worker has started (``stop(wait=0)``, a small wait, the default, the panel's Stop
+    button, a cluster started with other options): nothing on stderr, no thread dead, no
+    error logged; then a cluster runs every task once, none counted twice."""
+    log = tmp_path / "runs.log"
+    stopping.run("loky", way, store_dir, log)
+    stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS)
+
+
+@pytest.mark.timeout(300)
+def test_interpreter_exit_is_quiet_and_loses_nothing(store_dir, tmp_path):
+    """A script that ends with its cluster running, three times: the exit hook hands the
+    tasks back, with nothing on stderr and no thread dead; a cluster then runs them all."""
+    log = tmp_path / "runs.log"
+    for first in range(stopping.ROUNDS):
+        report = stopping.run("loky", "exit", store_dir, log, first=first, rounds=1)
+        assert any("this process is exiting" in r[1] for r in report["records"])
+    stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS)

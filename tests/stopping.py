@@ -1,0 +1,131 @@
+"""Stopping a cluster while it holds tasks leased but not started, in every way a user
+stops one, for ``test_cluster.py`` (loky) and ``test_executors.py`` (dask).
+
+Each run is a real Python process (``ROUNDS``): three rounds of 20 tasks of 1.5 s on a
+2-worker cluster, each stopped 2 s in (by ``stop(wait=...)``, the panel's button, a
+cluster started with other options, or the interpreter's exit), then a larger cluster
+runs what is left. The process's stderr is what a user sees: it must stay empty. The
+``nbqueue`` logger's records are kept apart (its warnings about tasks handed back are
+meant for the user) and checked: none is an error or carries a traceback. A recording
+``threading.excepthook`` counts every thread that died of an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import nbqueue
+
+ROOT = str(Path(__file__).resolve().parents[1])
+TASKS = 20  # per round
+ROUNDS = 3
+SECONDS = 1.5  # each task
+STOP_AFTER = 2.0  # seconds after the cluster started
+DRAIN_WORKERS = 8  # the cluster that runs what the rounds left (tasks that sleep)
+
+SCRIPT = textwrap.dedent("""
+    import json, logging, sys, threading, time, warnings
+    import nbqueue
+    from nbqueue.errors import NoClusterWarning
+    from tests.tasks_fixtures import logged
+
+    def note(*fields):  # a JSON line on stdout, at once: also while the process exits
+        print(json.dumps(fields), flush=True)
+
+    warnings.simplefilter("ignore", NoClusterWarning)  # each round queues before its start
+    threading.excepthook = lambda args: note(
+        "died", args.thread.name if args.thread else "?",
+        f"{args.exc_type.__name__}: {args.exc_value}")
+
+    class Note(logging.Handler):
+        def emit(self, record):
+            note("log", record.levelname, record.getMessage(), bool(record.exc_info))
+
+    logging.getLogger("nbqueue").addHandler(Note())
+    logging.getLogger("nbqueue").propagate = False
+
+    def main():
+        executor, way, directory, log, first, rounds = sys.argv[1:7]
+        first, rounds = int(first), int(rounds)
+        options = {"dashboard_address": None} if executor == "dask" else {}
+        nbqueue.configure(directory=directory)
+        cluster = None
+        for r in range(first, first + rounds):
+            for i in range(%(tasks)d):
+                nbqueue.async_task(logged, log, r * %(tasks)d + i, %(seconds)r, group="stop")
+            if way != "replace" or cluster is None:
+                cluster = nbqueue.Cluster(workers=2, executor=executor, **options).start()
+            time.sleep(%(stop_after)r)
+            note("round", len(cluster.inflight), cluster.running_tasks())
+            if way == "replace":  # other options: the running one stops with stop(wait=0)
+                timeout = 30 if cluster.settings.timeout is None else None
+                new = nbqueue.Cluster(workers=2, executor=executor, timeout=timeout,
+                                      **options).start()
+                assert new is not cluster and cluster.stopped
+                cluster = new
+            elif way == "panel":
+                from nbqueue.widgets import ClusterPanel
+                panel = ClusterPanel(cluster, interval=0.05)
+                panel._button.click()  # what the Stop button does: stop() in a thread
+                deadline = time.monotonic() + 60
+                while not (cluster.stopped and panel._button.description == "stopped"):
+                    assert time.monotonic() < deadline, "the panel's stop did not end"
+                    time.sleep(0.05)
+            elif way == "exit":
+                return  # the script ends here, its cluster running
+            elif way == "default":
+                cluster.stop()
+            else:
+                cluster.stop(wait=float(way))
+        if way == "replace":
+            cluster.stop(wait=0)  # the one that replaced the last
+
+    main()
+    """ % {"tasks": TASKS, "seconds": SECONDS, "stop_after": STOP_AFTER})
+
+
+def run(executor: str, way: str, directory: str, log: Path | str, first: int = 0,
+        rounds: int = ROUNDS, timeout: float = 240) -> dict:
+    """Run the rounds in a fresh process; its report, after checking that it wrote
+    nothing to stderr, that no thread died and that nbqueue logged no error."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NBQUEUE_")}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", SCRIPT, executor, way, directory, str(log),
+                           str(first), str(rounds)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
+    died = [line[1:] for line in lines if line[0] == "died"]
+    records = [line[1:] for line in lines if line[0] == "log"]
+    stops = [line[1:] for line in lines if line[0] == "round"]
+    assert died == [], died
+    assert [r for r in records if r[0] not in ("INFO", "WARNING") or r[2]] == [], records
+    assert len(stops) == rounds
+    # each stop came with tasks leased that no worker had started
+    assert all(held > running for held, running in stops), stops
+    print(f"{executor} {way}: (held, running) at each stop {stops}; nbqueue said "
+          f"{[r[1][:60] for r in records]}")
+    return {"stops": stops, "records": records}
+
+
+def drain_and_count(log: Path | str, total: int, executor: str = "loky", **options) -> None:
+    """A cluster runs what is left; every task finished once, on its first attempt."""
+    with nbqueue.Cluster(workers=DRAIN_WORKERS, executor=executor, **options):
+        values = nbqueue.result_group("stop", count=total, wait=120_000)
+    assert sorted(values) == list(range(total))
+    assert nbqueue.count_group("stop", failures=True) == 0
+    tasks = nbqueue.fetch_group("stop")
+    assert len(tasks) == total
+    assert {t.args[1]: t.attempt_count for t in tasks if t.attempt_count != 1} == {}
+    assert nbqueue.queue_size() == 0 and nbqueue.get_broker().leased() == 0
+    stops = Counter(int(line.split()[1]) for line in Path(log).read_text().splitlines()
+                    if line.startswith("stop "))
+    assert {i: n for i, n in stops.items() if n != 1} == {}  # no run finished twice
+    assert sorted(stops) == list(range(total))
