@@ -223,8 +223,9 @@ class DaskExecutor(Executor):
 
     def shutdown(self, kill: bool = False) -> None:
         """Close: chunks not yet in dask are cancelled; chunks in dask end as WorkerLost
-        (the cluster hands their tasks back). ``kill`` waits for nothing; without it,
-        chunks in dask get up to a minute to finish first."""
+        (the cluster hands their tasks back). ``kill`` waits for nothing (the workers of
+        our own LocalCluster are killed); without it, chunks in dask get up to a minute to
+        finish first."""
         if not kill:
             deadline = time.monotonic() + 60
             while self._chunks and time.monotonic() < deadline:
@@ -236,9 +237,13 @@ class DaskExecutor(Executor):
         for chunk in waiting:
             if not chunk.future.cancel():
                 _settle(chunk.future, exception=WorkerLost("the executor shut down"))
+        if kill and chunks and self._local is not None:
+            # Every worker of our own, not only those whose start events came: a task
+            # that just started would otherwise run on to its end (its nanny waits for
+            # it), beside its next delivery once the cluster has handed it back.
+            for pid in self._local_pids() | {chunk.pid for chunk in chunks if chunk.pid}:
+                self._sigkill(pid)
         for chunk in chunks:
-            if kill and self._local is not None and chunk.pid:
-                self._sigkill(chunk.pid)  # else its nanny waits 4 s for the task to return
             if chunk.dask is not None:
                 try:
                     chunk.dask.cancel()
@@ -415,6 +420,15 @@ class DaskExecutor(Executor):
                         "be dropped", chunk.address, exc)
             if not self._cancel_first and chunk.dask is not None:
                 chunk.dask.cancel()
+
+    def _local_pids(self) -> set[int]:
+        """The worker processes of our LocalCluster, from their nannies (no round trip)."""
+        try:
+            nannies = list(self._local.workers.values())
+        except Exception:
+            return set()
+        return {pid for pid in (getattr(nanny, "pid", None) for nanny in nannies)
+                if isinstance(pid, int)}
 
     @staticmethod
     def _sigkill(pid: int) -> None:
