@@ -119,13 +119,15 @@ def drain_and_count(log: Path | str, total: int, executor: str = "loky", **optio
     """A cluster runs what is left; every task finished once, on its first attempt."""
     with nbqueue.Cluster(workers=DRAIN_WORKERS, executor=executor, **options):
         values = nbqueue.result_group("stop", count=total, wait=120_000)
-    assert sorted(values) == list(range(total))
+    assert sorted(values) == list(range(total)), sorted(values)
     assert nbqueue.count_group("stop", failures=True) == 0
     tasks = nbqueue.fetch_group("stop")
-    assert len(tasks) == total
-    assert {t.args[1]: t.attempt_count for t in tasks if t.attempt_count != 1} == {}
+    assert len(tasks) == total, len(tasks)
+    again = {t.args[1]: t.attempt_count for t in tasks if t.attempt_count != 1}
+    assert again == {}, f"attempts counted: {again}"
     assert nbqueue.queue_size() == 0 and nbqueue.get_broker().leased() == 0
-    stops = Counter(int(line.split()[1]) for line in Path(log).read_text().splitlines()
-                    if line.startswith("stop "))
-    assert {i: n for i, n in stops.items() if n != 1} == {}  # no run finished twice
+    runs = [line.split() for line in Path(log).read_text().splitlines()]
+    stops = Counter(int(fields[1]) for fields in runs if fields[0] == "stop")
+    twice = {i: [f for f in runs if int(f[1]) == i] for i, n in stops.items() if n != 1}
+    assert twice == {}, f"runs that finished more than once: {twice}"
     assert sorted(stops) == list(range(total))

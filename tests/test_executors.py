@@ -30,6 +30,7 @@ from nbqueue import (Cluster, async_task, count_group, fetch, fetch_group, queue
 from nbqueue.errors import ClusterError, ConfigurationError
 from nbqueue.heartbeats import heartbeats
 
+from . import stopping
 from . import tasks_fixtures as fx
 from .waiting import wait_for
 
@@ -461,3 +462,19 @@ def test_benchmark_script_runs(tmp_path):
             or line.startswith("| dask |")]
     assert [row.split("|")[1:3] for row in rows] == [
         [" loky ", " noop "], [" loky ", " 10ms "], [" dask ", " noop "], [" dask ", " 10ms "]]
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("way", ["0", "0.3", "default", "panel", "replace", "exit"])
+def test_every_way_of_stopping_a_dask_cluster_is_quiet_and_loses_nothing(store_dir, tmp_path,
+                                                                           way):
+    """As for loky (``test_cluster.py``): three rounds of a 2-worker dask cluster stopped
+    2 s in, in each way a user stops one, while it holds tasks not started; nothing on
+    stderr, no thread dead, no error logged; then a cluster runs every task once."""
+    log = tmp_path / "runs.log"
+    if way == "exit":  # one round per process: each ends with its cluster running
+        for first in range(stopping.ROUNDS):
+            stopping.run("dask", way, store_dir, log, first=first, rounds=1)
+    else:
+        stopping.run("dask", way, store_dir, log)
+    stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS)
