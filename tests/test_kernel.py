@@ -34,6 +34,7 @@ from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
 import nbqueue
+from tests import stopping
 from tests.waiting import wait_for
 
 ROOT = str(Path(__file__).resolve().parents[1])
@@ -753,3 +754,75 @@ def test_a_cell_function_fails_with_its_source_lines_and_its_output_stays_out_of
     assert isinstance(exc, RuntimeError) and str(exc) == "cannot load 'x7'"
     assert isinstance(exc.__cause__, ValueError)
     assert failure.result.startswith("RuntimeError: cannot load 'x7'")
+
+
+def quiet_setup(kernel: Kernel, tag: str, tmp_path: Path, log: Path, store: str) -> dict:
+    """The setup cell, then: the kernel's stderr (``sys.stderr`` and file descriptor 2,
+    which its threads, loky's included, and its worker processes write to) goes to a
+    file; a recording ``threading.excepthook`` notes every thread that dies; nbqueue's
+    own log (its warnings about tasks handed back are meant for the user) goes to a
+    file of its own. Returns those files."""
+    check_setup(kernel, log, store)
+    paths = {name: tmp_path / f"{tag}.{name}" for name in ("stderr", "died", "nbqueue")}
+    kernel.run("import logging, warnings\n"
+               "warnings.simplefilter('ignore', nbqueue.NoClusterWarning)\n"  # queued first
+               f"_err = open({str(paths['stderr'])!r}, 'a', buffering=1)\n"
+               "os.dup2(_err.fileno(), 2)\n"
+               "sys.stderr = _err\n"
+               f"def _died(args, path={str(paths['died'])!r}):\n"
+               "    with open(path, 'a') as out:\n"
+               "        out.write(f'{args.thread}: {args.exc_type.__name__}: "
+               "{args.exc_value}\\n')\n"
+               "threading.excepthook = _died\n"
+               f"_handler = logging.FileHandler({str(paths['nbqueue'])!r})\n"
+               "_handler.setFormatter(logging.Formatter('%(levelname)s %(message)s'))\n"
+               "logging.getLogger('nbqueue').addHandler(_handler)\n"
+               "logging.getLogger('nbqueue').propagate = False\n")
+    return paths
+
+
+def check_quiet(paths: dict) -> list[str]:
+    """Nothing on the kernel's stderr, no thread dead, no error in nbqueue's log; the
+    lines nbqueue logged."""
+    def text(name: str) -> str:
+        return paths[name].read_text() if paths[name].exists() else ""
+    assert text("stderr") == "", text("stderr")
+    assert text("died") == "", text("died")
+    said = text("nbqueue").splitlines()
+    assert [line for line in said if not line.startswith(("INFO ", "WARNING "))
+            or "Traceback" in line] == [], said
+    return said
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("how", ["restart", "shutdown"])
+def test_restart_or_shutdown_with_tasks_not_started_is_quiet(kernels, store_dir, tmp_path, how):
+    """Restart Kernel (or Shut Down Kernel, then a new kernel), three times, each 2 s
+    into 20 tasks of 1.5 s on 2 workers, while the cluster holds tasks no worker has
+    started: nothing on the kernel's stderr, no thread dead, no error logged; then a
+    cluster runs all 60 tasks, each once."""
+    log = tmp_path / "runs.log"
+    kernel = kernels()
+    for r in range(stopping.ROUNDS):
+        paths = quiet_setup(kernel, f"{how}{r}", tmp_path, log, store_dir)
+        held, running = kernel.value(
+            f"ids = [nbqueue.async_task(logged, LOG, {r} * {stopping.TASKS} + i, "
+            f"{stopping.SECONDS}, group='stop') for i in range({stopping.TASKS})]\n"
+            "cluster = nbqueue.Cluster(workers=2).start()\n"
+            f"time.sleep({stopping.STOP_AFTER})\n"
+            "print(json.dumps([len(cluster.inflight), cluster.running_tasks()]))\n", 60)
+        assert held > running, (held, running)
+        old_pid, old_proc = kernel.pid, psutil.Process(kernel.pid)
+        if how == "restart":
+            kernel.restart()
+        else:
+            kernel.km.shutdown_kernel(now=False)
+        assert wait_for_exit(old_proc, 15), "the old kernel did not exit"
+        wait_for(lambda: not kernel.registry.group_alive(old_pid), 15,
+                 "the old kernel's processes gone")
+        said = check_quiet(paths)
+        print(f"{how} {r}: held {held}, running {running}; nbqueue said {said}")
+        assert any("hands" in line and "back" in line for line in said), said
+        if how == "shutdown":
+            kernel = kernels()
+    stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS)
