@@ -244,7 +244,7 @@ class Cluster:
         feeder, writer, monitor, hooks = self._threads[:4]
         _join(feeder, 10)
         for future in self.inflight.chunks():
-            future.cancel()
+            future.cancel()  # the chunks still waiting in the executor never run
         deadline = time.monotonic() + wait
         while len(self.inflight) and time.monotonic() < deadline and writer.is_alive():
             time.sleep(0.01)

@@ -90,6 +90,9 @@ class Executor:
         raise NotImplementedError
 
     def submit(self, items: list[tuple]) -> Future:
+        """A Future of the chunk's outcomes, of the executor's own: the cluster cancels
+        it to take back a chunk not started yet, which must then never run; once the
+        chunk has gone to the workers, ``cancel`` fails and the executor settles it."""
         raise NotImplementedError
 
     def kill(self, handle: Any) -> None:
