@@ -8,6 +8,11 @@ runs what is left. The process's stderr is what a user sees: it must stay empty.
 ``nbqueue`` logger's records are kept apart (its warnings about tasks handed back are
 meant for the user) and checked: none is an error or carries a traceback. A recording
 ``threading.excepthook`` counts every thread that died of an exception.
+
+Every task must then have one outcome, on its first attempt, and no run may go on after
+its cluster's stop returned (it would run beside the task's next delivery). A run that
+ended just as its workers were killed, its outcome still on its way, is run again: at
+least once, as every kill allows; that is counted, and allowed only then.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections import Counter
+import time
 from pathlib import Path
 
 import nbqueue
@@ -28,6 +33,9 @@ ROUNDS = 3
 SECONDS = 1.5  # each task
 STOP_AFTER = 2.0  # seconds after the cluster started
 DRAIN_WORKERS = 8  # the cluster that runs what the rounds left (tasks that sleep)
+# seconds before a stop's kill in which a run that ended may not have sent its outcome
+# (``stream.STREAM_DELAY``, then the way to the cluster)
+IN_FLIGHT = 1.0
 
 SCRIPT = textwrap.dedent("""
     import json, logging, sys, threading, time, warnings
@@ -63,12 +71,15 @@ SCRIPT = textwrap.dedent("""
                 cluster = nbqueue.Cluster(workers=2, executor=executor, **options).start()
             time.sleep(%(stop_after)r)
             note("round", len(cluster.inflight), cluster.running_tasks())
+            began = time.time()
             if way == "replace":  # other options: the running one stops with stop(wait=0)
                 timeout = 30 if cluster.settings.timeout is None else None
                 new = nbqueue.Cluster(workers=2, executor=executor, timeout=timeout,
                                       **options).start()
                 assert new is not cluster and cluster.stopped
+                note("stopped", began, time.time())
                 cluster = new
+                continue
             elif way == "panel":
                 from nbqueue.widgets import ClusterPanel
                 panel = ClusterPanel(cluster, interval=0.05)
@@ -78,13 +89,17 @@ SCRIPT = textwrap.dedent("""
                     assert time.monotonic() < deadline, "the panel's stop did not end"
                     time.sleep(0.05)
             elif way == "exit":
+                note("exiting", began)
                 return  # the script ends here, its cluster running
             elif way == "default":
                 cluster.stop()
             else:
                 cluster.stop(wait=float(way))
-        if way == "replace":
-            cluster.stop(wait=0)  # the one that replaced the last
+            note("stopped", began, time.time())
+        if way == "replace":  # the one that replaced the last
+            began = time.time()
+            cluster.stop(wait=0)
+            note("stopped", began, time.time())
 
     main()
     """ % {"tasks": TASKS, "seconds": SECONDS, "stop_after": STOP_AFTER})
@@ -99,12 +114,17 @@ def run(executor: str, way: str, directory: str, log: Path | str, first: int = 0
     done = subprocess.run([sys.executable, "-c", SCRIPT, executor, way, directory, str(log),
                            str(first), str(rounds)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=env)
+    ended = time.time()
     assert done.returncode == 0, done.stderr
     assert done.stderr == "", done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")]
     died = [line[1:] for line in lines if line[0] == "died"]
     records = [line[1:] for line in lines if line[0] == "log"]
     stops = [line[1:] for line in lines if line[0] == "round"]
+    windows = [tuple(line[1:]) for line in lines if line[0] == "stopped"]
+    if way == "exit":  # it stops as the interpreter exits, by the end of the process
+        windows = [(line[1], ended) for line in lines if line[0] == "exiting"]
+    assert len(windows) == rounds + (way == "replace"), windows
     assert died == [], died
     assert [r for r in records if r[0] not in ("INFO", "WARNING") or r[2]] == [], records
     assert len(stops) == rounds
@@ -112,12 +132,15 @@ def run(executor: str, way: str, directory: str, log: Path | str, first: int = 0
     assert all(held > running for held, running in stops), stops
     print(f"{executor} {way}: (held, running) at each stop {stops}; nbqueue said "
           f"{[r[1][:60] for r in records]}")
-    return {"stops": stops, "records": records}
+    return {"stops": stops, "records": records, "windows": windows}
 
 
-def drain_and_count(log: Path | str, total: int, executor: str = "loky", **options) -> None:
-    """A cluster runs what is left; every task finished once, on its first attempt."""
-    with nbqueue.Cluster(workers=DRAIN_WORKERS, executor=executor, **options):
+def drain_and_count(log: Path | str, total: int, windows: list[tuple[float, float]]) -> None:
+    """A cluster runs what is left; every task has one outcome, on its first attempt; no
+    run went on past its cluster's stop (``windows``: when each stop began and returned,
+    by the wall clock), and a task ran to its end twice only if its first run ended just
+    as its cluster was stopped."""
+    with nbqueue.Cluster(workers=DRAIN_WORKERS):
         values = nbqueue.result_group("stop", count=total, wait=120_000)
     assert sorted(values) == list(range(total)), sorted(values)
     assert nbqueue.count_group("stop", failures=True) == 0
@@ -126,8 +149,27 @@ def drain_and_count(log: Path | str, total: int, executor: str = "loky", **optio
     again = {t.args[1]: t.attempt_count for t in tasks if t.attempt_count != 1}
     assert again == {}, f"attempts counted: {again}"
     assert nbqueue.queue_size() == 0 and nbqueue.get_broker().leased() == 0
-    runs = [line.split() for line in Path(log).read_text().splitlines()]
-    stops = Counter(int(fields[1]) for fields in runs if fields[0] == "stop")
-    twice = {i: [f for f in runs if int(f[1]) == i] for i, n in stops.items() if n != 1}
-    assert twice == {}, f"runs that finished more than once: {twice}"
-    assert sorted(stops) == list(range(total))
+
+    started: dict[tuple[str, str], float] = {}
+    ended: dict[int, list[tuple[float, float]]] = {}  # task -> (start, end) of runs that ended
+    for kind, task, pid, when in (line.split() for line in Path(log).read_text().splitlines()):
+        if kind == "start":
+            started[task, pid] = float(when)
+        else:
+            ended.setdefault(int(task), []).append((started.pop((task, pid)), float(when)))
+    assert sorted(ended) == list(range(total))
+    windows = sorted(windows)
+    late, twice = [], {}
+    for task, runs in ended.items():
+        for start, end in runs:
+            stop = next((w for w in windows if w[1] > start), None)  # its cluster's stop
+            if stop is not None and end > stop[1]:
+                late.append((task, round(end - stop[1], 2)))
+        for start, end in runs[:-1]:  # each had its outcome lost, or the task ran again
+            stop = next((w for w in windows if w[1] > start), None)
+            if stop is None or not stop[0] - IN_FLIGHT <= end <= stop[1]:
+                twice[task] = runs
+    assert late == [], f"(task, seconds) of runs that went on past their cluster's stop: {late}"
+    assert twice == {}, f"tasks that ran to their end twice, not at a stop: {twice}"
+    print(f"{total} tasks, one outcome each; tasks whose run ended just as its workers were "
+          f"killed and ran again: {sum(len(r) > 1 for r in ended.values())}")

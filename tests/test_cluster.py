@@ -481,8 +481,8 @@ def test_every_way_of_stopping_is_quiet_and_loses_nothing(store_dir, tmp_path, w
     button, a cluster started with other options): nothing on stderr, no thread dead, no
     error logged; then a cluster runs every task once, none counted twice."""
     log = tmp_path / "runs.log"
-    stopping.run("loky", way, store_dir, log)
-    stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS)
+    report = stopping.run("loky", way, store_dir, log)
+    stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS, report["windows"])
 
 
 @pytest.mark.timeout(300)
@@ -490,7 +490,9 @@ def test_interpreter_exit_is_quiet_and_loses_nothing(store_dir, tmp_path):
     """A script that ends with its cluster running, three times: the exit hook hands the
     tasks back, with nothing on stderr and no thread dead; a cluster then runs them all."""
     log = tmp_path / "runs.log"
+    windows = []
     for first in range(stopping.ROUNDS):
         report = stopping.run("loky", "exit", store_dir, log, first=first, rounds=1)
         assert any("this process is exiting" in r[1] for r in report["records"])
-    stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS)
+        windows += report["windows"]
+    stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS, windows)

@@ -472,9 +472,11 @@ def test_every_way_of_stopping_a_dask_cluster_is_quiet_and_loses_nothing(store_d
     2 s in, in each way a user stops one, while it holds tasks not started; nothing on
     stderr, no thread dead, no error logged; then a cluster runs every task once."""
     log = tmp_path / "runs.log"
+    windows = []
     if way == "exit":  # one round per process: each ends with its cluster running
         for first in range(stopping.ROUNDS):
-            stopping.run("dask", way, store_dir, log, first=first, rounds=1)
+            windows += stopping.run("dask", way, store_dir, log, first=first,
+                                    rounds=1)["windows"]
     else:
-        stopping.run("dask", way, store_dir, log)
-    stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS)
+        windows = stopping.run("dask", way, store_dir, log)["windows"]
+    stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS, windows)

@@ -795,34 +795,42 @@ def check_quiet(paths: dict) -> list[str]:
 
 
 @pytest.mark.timeout(400)
+@pytest.mark.parametrize("executor", ["loky", "dask"])
 @pytest.mark.parametrize("how", ["restart", "shutdown"])
-def test_restart_or_shutdown_with_tasks_not_started_is_quiet(kernels, store_dir, tmp_path, how):
+def test_restart_or_shutdown_with_tasks_not_started_is_quiet(kernels, store_dir, tmp_path, how,
+                                                             executor):
     """Restart Kernel (or Shut Down Kernel, then a new kernel), three times, each 2 s
     into 20 tasks of 1.5 s on 2 workers, while the cluster holds tasks no worker has
     started: nothing on the kernel's stderr, no thread dead, no error logged; then a
     cluster runs all 60 tasks, each once."""
+    if executor == "dask":
+        pytest.importorskip("distributed", reason='needs "nbqueue[dask]"')
+    options = ", executor='dask', dashboard_address=None" if executor == "dask" else ""
     log = tmp_path / "runs.log"
+    windows: list[tuple[float, float]] = []  # when each stop began, and ended at the latest
     kernel = kernels()
     for r in range(stopping.ROUNDS):
         paths = quiet_setup(kernel, f"{how}{r}", tmp_path, log, store_dir)
         held, running = kernel.value(
             f"ids = [nbqueue.async_task(logged, LOG, {r} * {stopping.TASKS} + i, "
             f"{stopping.SECONDS}, group='stop') for i in range({stopping.TASKS})]\n"
-            "cluster = nbqueue.Cluster(workers=2).start()\n"
+            f"cluster = nbqueue.Cluster(workers=2{options}).start()\n"
             f"time.sleep({stopping.STOP_AFTER})\n"
             "print(json.dumps([len(cluster.inflight), cluster.running_tasks()]))\n", 60)
         assert held > running, (held, running)
         old_pid, old_proc = kernel.pid, psutil.Process(kernel.pid)
+        began = time.time()
         if how == "restart":
             kernel.restart()
         else:
             kernel.km.shutdown_kernel(now=False)
         assert wait_for_exit(old_proc, 15), "the old kernel did not exit"
+        windows.append((began, time.time()))
         wait_for(lambda: not kernel.registry.group_alive(old_pid), 15,
                  "the old kernel's processes gone")
         said = check_quiet(paths)
-        print(f"{how} {r}: held {held}, running {running}; nbqueue said {said}")
+        print(f"{executor} {how} {r}: held {held}, running {running}; nbqueue said {said}")
         assert any("hands" in line and "back" in line for line in said), said
         if how == "shutdown":
             kernel = kernels()
-    stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS)
+    stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS, windows)
