@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import nbqueue
+from nbqueue.cluster.serving import EXIT_GRACE
 
 ROOT = str(Path(__file__).resolve().parents[1])
 TASKS = 20  # per round
@@ -36,6 +37,9 @@ DRAIN_WORKERS = 8  # the cluster that runs what the rounds left (tasks that slee
 # seconds before a stop's kill in which a run that ended may not have sent its outcome
 # (``stream.STREAM_DELAY``, then the way to the cluster)
 IN_FLIGHT = 1.0
+KILL_SLACK = 1.0  # seconds a stop may take past its grace before its workers are dead
+GRACE = {"0": 0.0, "0.3": 0.3, "default": 10.0, "panel": 10.0, "replace": 0.0,
+         "exit": EXIT_GRACE}  # the ``wait`` of each way's stop
 
 SCRIPT = textwrap.dedent("""
     import json, logging, sys, threading, time, warnings
@@ -121,9 +125,9 @@ def run(executor: str, way: str, directory: str, log: Path | str, first: int = 0
     died = [line[1:] for line in lines if line[0] == "died"]
     records = [line[1:] for line in lines if line[0] == "log"]
     stops = [line[1:] for line in lines if line[0] == "round"]
-    windows = [tuple(line[1:]) for line in lines if line[0] == "stopped"]
+    windows = [(line[1], line[2], GRACE[way]) for line in lines if line[0] == "stopped"]
     if way == "exit":  # it stops as the interpreter exits, by the end of the process
-        windows = [(line[1], ended) for line in lines if line[0] == "exiting"]
+        windows = [(line[1], ended, GRACE[way]) for line in lines if line[0] == "exiting"]
     assert len(windows) == rounds + (way == "replace"), windows
     assert died == [], died
     assert [r for r in records if r[0] not in ("INFO", "WARNING") or r[2]] == [], records
@@ -135,11 +139,12 @@ def run(executor: str, way: str, directory: str, log: Path | str, first: int = 0
     return {"stops": stops, "records": records, "windows": windows}
 
 
-def drain_and_count(log: Path | str, total: int, windows: list[tuple[float, float]]) -> None:
+def drain_and_count(log: Path | str, total: int,
+                    windows: list[tuple[float, float, float]]) -> None:
     """A cluster runs what is left; every task has one outcome, on its first attempt; no
     run went on past its cluster's stop (``windows``: when each stop began and returned,
-    by the wall clock), and a task ran to its end twice only if its first run ended just
-    as its cluster was stopped."""
+    by the wall clock, and its grace), and a task ran to its end twice only if its first
+    run ended just as its workers were killed."""
     with nbqueue.Cluster(workers=DRAIN_WORKERS):
         values = nbqueue.result_group("stop", count=total, wait=120_000)
     assert sorted(values) == list(range(total)), sorted(values)
@@ -167,7 +172,8 @@ def drain_and_count(log: Path | str, total: int, windows: list[tuple[float, floa
                 late.append((task, round(end - stop[1], 2)))
         for start, end in runs[:-1]:  # each had its outcome lost, or the task ran again
             stop = next((w for w in windows if w[1] > start), None)
-            if stop is None or not stop[0] - IN_FLIGHT <= end <= stop[1]:
+            if stop is None or not (stop[0] - IN_FLIGHT <= end
+                                    <= min(stop[1], stop[0] + stop[2] + KILL_SLACK)):
                 twice[task] = runs
     assert late == [], f"(task, seconds) of runs that went on past their cluster's stop: {late}"
     assert twice == {}, f"tasks that ran to their end twice, not at a stop: {twice}"

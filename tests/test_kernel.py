@@ -34,6 +34,7 @@ from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
 import nbqueue
+from nbqueue.cluster.serving import EXIT_GRACE
 from tests import stopping
 from tests.waiting import wait_for
 
@@ -807,7 +808,7 @@ def test_restart_or_shutdown_with_tasks_not_started_is_quiet(kernels, store_dir,
         pytest.importorskip("distributed", reason='needs "nbqueue[dask]"')
     options = ", executor='dask', dashboard_address=None" if executor == "dask" else ""
     log = tmp_path / "runs.log"
-    windows: list[tuple[float, float]] = []  # when each stop began, and ended at the latest
+    windows: list[tuple[float, float, float]] = []  # each stop: began, ended by, grace
     kernel = kernels()
     for r in range(stopping.ROUNDS):
         paths = quiet_setup(kernel, f"{how}{r}", tmp_path, log, store_dir)
@@ -825,7 +826,7 @@ def test_restart_or_shutdown_with_tasks_not_started_is_quiet(kernels, store_dir,
         else:
             kernel.km.shutdown_kernel(now=False)
         assert wait_for_exit(old_proc, 15), "the old kernel did not exit"
-        windows.append((began, time.time()))
+        windows.append((began, time.time(), EXIT_GRACE))
         wait_for(lambda: not kernel.registry.group_alive(old_pid), 15,
                  "the old kernel's processes gone")
         said = check_quiet(paths)
