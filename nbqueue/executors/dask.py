@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -245,20 +246,16 @@ class DaskExecutor(Executor):
                 self._sigkill(pid)
         for chunk in chunks:
             if chunk.dask is not None:
-                try:
+                with contextlib.suppress(Exception):
                     chunk.dask.cancel()
-                except Exception:
-                    pass
             _settle(chunk.future, exception=WorkerLost("the executor shut down"))
         if self._restarter is not None:  # a worker being restarted: let it finish (<= 30 s)
             self._restarter.shutdown(wait=True)
         client, local = self.client, self._local
         self.dashboard = None
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):
                 client.unsubscribe_topic(self._topic)
-            except Exception:
-                pass
             if self._own_client:
                 try:
                     client.close(timeout=10)
@@ -391,10 +388,8 @@ class DaskExecutor(Executor):
             if chunk is None or chunk.killed or self._restarter is None:
                 return
             chunk.killed = True
-        try:
+        with contextlib.suppress(RuntimeError):  # shutting down: it goes with the rest
             self._restarter.submit(self._restart, chunk)
-        except RuntimeError:  # shutting down: the chunk goes with everything else
-            pass
 
     def _restart(self, chunk: _Chunk) -> None:
         if self._local is not None and chunk.pid:
@@ -432,10 +427,8 @@ class DaskExecutor(Executor):
 
     @staticmethod
     def _sigkill(pid: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     # -- for tests and the curious -----------------------------------------------------
 

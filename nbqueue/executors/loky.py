@@ -9,6 +9,7 @@ worker died) with a fresh one on the next submit.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import threading
@@ -103,10 +104,8 @@ class LokyExecutor(Executor):
         running task; ours, registered after it, runs first and hands them back."""
         if self.at_exit is None:
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # the interpreter is already exiting
             threading._register_atexit(self.at_exit)  # type: ignore[attr-defined]
-        except RuntimeError:  # the interpreter is already exiting
-            pass
 
     def _follow(self, future: Future, pool: Any, sent: Future) -> None:
         """Pass the outcome of the pool's Future on to ours (outside the lock: a Future
@@ -186,17 +185,13 @@ class LokyExecutor(Executor):
         return states
 
     def kill(self, pid: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def stop_task(self, pid: int) -> None:
         """SIGUSR1: the worker raises TaskCancelled in its task and lives on."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGUSR1)
-        except ProcessLookupError:
-            pass
 
     def shutdown(self, kill: bool = False) -> None:
         """Close: the chunks waiting here are cancelled (they never ran); those in the
