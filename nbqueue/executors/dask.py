@@ -124,8 +124,11 @@ class DaskExecutor(Executor):
         self._own_client = client is None
         self._local: Any = None  # the LocalCluster we started, if any
         self._local_options = {
+            # None: distributed still starts a dashboard, on 8787 or beside it with a
+            # warning when that port is taken; a free port of this machine instead
             "dashboard_address": ("127.0.0.1:8787" if dashboard_address is _DEFAULT
-                                  else dashboard_address),  # None: no dashboard
+                                  else "127.0.0.1:0" if dashboard_address is None
+                                  else dashboard_address),
             "memory_limit": "auto" if memory_limit is _DEFAULT else memory_limit}
         self.connect_timeout = float(connect_timeout)
         self._lock = threading.Lock()
