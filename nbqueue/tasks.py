@@ -167,9 +167,10 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
     reuse = None
     if options.get("reuse"):  # the iter as a whole: the same items, in order
         items = list(items)
-        arguments = [pickle_arguments(args, kwargs) for args in items]
-        reuse, earlier = _earlier_iter(func, function, options, items, kwargs, arguments,
-                                       show_progress)
+        pickled_arguments = [pickle_arguments(args, kwargs) for args in items]
+        arguments = pickled_arguments
+        reuse, earlier = _earlier_iter(func, function, options, items, kwargs,
+                                       pickled_arguments, show_progress)
         if earlier is not None:
             return earlier
     iter_id = str(uuid.uuid4())
@@ -259,6 +260,10 @@ class AsyncTask:
         """Whether the task has been run with its current parameters."""
         return self._ran_with is not None and self._same(self._ran_with, self._snapshot())
 
+    def _started_id(self) -> str | None:
+        """The id of the run with the current parameters, None if there is none."""
+        return self.id if self.started else None
+
     def _get_option(self, name: str) -> Any:
         options = self.kwargs.get("q_options")
         if isinstance(options, dict):
@@ -272,6 +277,108 @@ class AsyncTask:
         else:
             self.kwargs[name] = value
 
+    # -- the options, read from and written to the call's keywords (or its q_options)
+
+    @property
+    def broker(self) -> Broker | None:
+        """Optional broker from get_broker()."""
+        return self._get_option("broker")
+
+    @broker.setter
+    def broker(self, value: Broker | None) -> None:
+        self._set_option("broker", value)
+
+    @property
+    def sync(self) -> bool | None:
+        """Run inline instead of in the cluster."""
+        return self._get_option("sync")
+
+    @sync.setter
+    def sync(self, value: bool | None) -> None:
+        self._set_option("sync", value)
+
+    @property
+    def save(self) -> bool | None:
+        """Overrides the global save setting."""
+        return self._get_option("save")
+
+    @save.setter
+    def save(self, value: bool | None) -> None:
+        self._set_option("save", value)
+
+    @property
+    def hook(self) -> Callable[[Task], Any] | str | None:
+        """Called with the finished Task."""
+        return self._get_option("hook")
+
+    @hook.setter
+    def hook(self, value: Callable[[Task], Any] | str | None) -> None:
+        self._set_option("hook", value)
+
+    @property
+    def group(self) -> str | None:
+        """Optional group label."""
+        return self._get_option("group")
+
+    @group.setter
+    def group(self, value: str | None) -> None:
+        self._set_option("group", value)
+
+    @property
+    def cached(self) -> bool | float | None:
+        """True or seconds: keep the result in the cached part."""
+        return self._get_option("cached")
+
+    @cached.setter
+    def cached(self, value: bool | float | None) -> None:
+        self._set_option("cached", value)
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds the task may run."""
+        return self._get_option("timeout")
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self._set_option("timeout", value)
+
+    @property
+    def ack_failure(self) -> bool | None:
+        """Overrides the ack_failures setting."""
+        return self._get_option("ack_failure")
+
+    @ack_failure.setter
+    def ack_failure(self, value: bool | None) -> None:
+        self._set_option("ack_failure", value)
+
+    @property
+    def task_name(self) -> str | None:
+        """Overrides the generated name."""
+        return self._get_option("task_name")
+
+    @task_name.setter
+    def task_name(self, value: str | None) -> None:
+        self._set_option("task_name", value)
+
+    @property
+    def max_attempts(self) -> int | None:
+        """Overrides the max_attempts setting."""
+        return self._get_option("max_attempts")
+
+    @max_attempts.setter
+    def max_attempts(self, value: int | None) -> None:
+        self._set_option("max_attempts", value)
+
+    @property
+    def reuse(self) -> bool | None:
+        """Give back the same call's task if it succeeded or is still queued or
+        running (see nbqueue.calls)."""
+        return self._get_option("reuse")
+
+    @reuse.setter
+    def reuse(self, value: bool | None) -> None:
+        self._set_option("reuse", value)
+
     def run(self) -> str:
         """Send the task to the cluster (or run it, with ``sync``); return its id."""
         snapshot = self._snapshot()
@@ -284,23 +391,25 @@ class AsyncTask:
 
         ``progress=True`` shows the live progress of the task's group while waiting.
         """
-        if not self.started:
+        task_id = self._started_id()
+        if task_id is None:
             return None
         panel = None
         if progress and wait and self.group is not None:
             from .widgets import GroupProgress
             panel = GroupProgress(self.group, None, bool(self.cached), self.broker)
         try:
-            return result(self.id, wait, cached=bool(self.cached), broker=self.broker)
+            return result(task_id, wait, cached=bool(self.cached), broker=self.broker)
         finally:
             if panel is not None:
                 panel.stop()
 
     def fetch(self, wait: int = 0) -> Task | None:
         """The finished Task, or None if it has not run with the current parameters."""
-        if not self.started:
+        task_id = self._started_id()
+        if task_id is None:
             return None
-        return fetch(self.id, wait, cached=bool(self.cached), broker=self.broker)
+        return fetch(task_id, wait, cached=bool(self.cached), broker=self.broker)
 
     def result_group(self, failures: bool = False, wait: int = 0,
                      count: int | None = None, progress: bool = False) -> list[Any] | None:
@@ -322,33 +431,15 @@ class AsyncTask:
         """``await task``: run it if it has not run with its current parameters, then wait
         for its outcome without blocking the event loop. Returns its result, or raises
         TaskFailed (``.task`` the Failure); a ``sync=True`` task returns at once."""
-        if not self.started:
-            self.run()
-        return future(self.id, cached=bool(self.cached), broker=self.broker).__await__()
+        task_id = self._started_id()
+        if task_id is None:
+            task_id = self.run()
+        return future(task_id, cached=bool(self.cached), broker=self.broker).__await__()
 
     def __repr__(self) -> str:
         func = self.func if isinstance(self.func, str) else callable_name(self.func)
         state = f"id={self.id}" if self.started else "not run with these parameters"
         return f"<AsyncTask {func} {state}>"
 
-
-def _option_property(name: str, doc: str) -> property:
-    return property(lambda self: self._get_option(name),
-                    lambda self, value: self._set_option(name, value), doc=doc)
-
-
-for _name, _doc in (("broker", "Optional broker from get_broker()."),
-                    ("sync", "Run inline instead of in the cluster."),
-                    ("save", "Overrides the global save setting."),
-                    ("hook", "Called with the finished Task."),
-                    ("group", "Optional group label."),
-                    ("cached", "True or seconds: keep the result in the cached part."),
-                    ("timeout", "Seconds the task may run."),
-                    ("ack_failure", "Overrides the ack_failures setting."),
-                    ("task_name", "Overrides the generated name."),
-                    ("max_attempts", "Overrides the max_attempts setting."),
-                    ("reuse", "Give back the same call's task if it succeeded or is "
-                              "still queued or running (see nbqueue.calls).")):
-    setattr(AsyncTask, _name, _option_property(_name, _doc))
 
 __all__ = ["async_task", "async_iter", "AsyncTask"]
