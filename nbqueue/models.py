@@ -7,7 +7,7 @@ when read, so listing a group of large results costs little until they are used.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, TypeGuard, overload
 
 from . import blobs
 from .blobs import Blob
@@ -24,6 +24,10 @@ def _default_store(store: Store | None) -> Store:
     return get_store(get_broker().directory)
 
 
+@overload
+def _when(timestamp: float) -> datetime: ...
+@overload
+def _when(timestamp: float | None) -> datetime | None: ...
 def _when(timestamp: float | None) -> datetime | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc)
 
@@ -63,7 +67,7 @@ class Task:
             self._decoded["args"] = decode_result(self._pickled("args"))
         return self._decoded["args"]
 
-    def _pickled(self, field: str) -> Any:
+    def _pickled(self, field: Literal["args", "result"]) -> Any:
         """A field as stored; a large one that a record just made names a file (a hook's
         Task, in the cluster's process), read here (``blobs``)."""
         value = self._record[field]
@@ -230,7 +234,8 @@ class Task:
 
     def save(self) -> None:
         """Keep this task in the saved part of the store (turns a cached task into a saved one)."""
-        record = dict(self._record, cached=False, save=True)
+        record = self._record.copy()
+        record["cached"], record["save"] = False, True
         store = _default_store(self._store)
         store.saved.write([record], replace=True)
         self._record, self._cached = record, False
@@ -241,7 +246,7 @@ class Task:
     # -- class methods, as in Django Q ------------------------------------------------
 
     @classmethod
-    def _accepts(cls, record: Record | None) -> bool:
+    def _accepts(cls, record: Record | None) -> TypeGuard[Record]:
         return record is not None and (cls._success_filter is None
                                        or record["success"] == cls._success_filter)
 
