@@ -32,10 +32,13 @@ import stat
 import struct
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, SupportsIndex
 
 from .errors import SignatureError, StoreFileMissing
 from .signing import HEADER_SIZE, check_parts, context, create_file, seal, seal_parts
+
+if TYPE_CHECKING:  # records imports this module
+    from .records import Record
 
 LARGE = 1 << 20  # pickled arguments or results this large go to a file of their own
 SPILL_DIR = "spill"
@@ -127,7 +130,7 @@ class _Raw:
     def __init__(self, data: Any) -> None:
         self.data = data
 
-    def __reduce_ex__(self, protocol: int) -> Any:
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
         return type(self.data), (pickle.PickleBuffer(self.data),)
 
 
@@ -300,7 +303,7 @@ def inlined(items: list[Any], key: bytes) -> list[Any]:
             if type(item.args) is Blob else item for item in items]
 
 
-def read_in(record: dict, key: bytes) -> None:
+def read_in(record: Record, key: bytes) -> None:
     """Read the large result of a record that will not be stored into it (for its
     hook), and remove its file; a file that cannot be read leaves None, logged."""
     blob = record["result"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import pickle
 import time
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple, TypedDict, TypeGuard
 
 from .blobs import Frames
 from .errors import SignatureError
@@ -111,6 +111,11 @@ class Record(TypedDict, total=False):
     progress: tuple  # its last ``report``: (done, total, message), if any
     exception: bytes  # a failure's exception and its chain (tracebacks.pack_exception)
     traceback: str  # a failure's traceback, chain included
+
+
+def is_record(value: object) -> TypeGuard[Record]:
+    """Whether a value read from a store's row is a record (a dict), not some other key's."""
+    return isinstance(value, dict)
 
 
 class Manifest(TypedDict):

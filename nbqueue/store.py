@@ -36,7 +36,7 @@ from typing import Any
 from . import blobs
 from .blobs import Blob
 from .errors import ConfigurationError, SignatureError, StoreFileMissing, WaitWarning
-from .records import Manifest, Record, iter_record
+from .records import Manifest, Record, is_record, iter_record
 from .signing import load_key, private_directory
 from .storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
 
@@ -132,8 +132,10 @@ class Part:
                 self._prune(save_limit)
 
     def _expire(self, record: Record) -> float | None:
-        cached = record.get("cached")
-        if not self.expiring or cached is True:
+        if not self.expiring:
+            return None
+        cached = record["cached"]  # set in every record of the expiring part
+        if cached is True:
             return None
         return float(cached)
 
@@ -170,7 +172,7 @@ class Part:
             if key is None:
                 break
             record = checked_get(cache, task_id, None, "an outcome to prune")
-            if isinstance(record, dict) and record["success"]:
+            if is_record(record) and record["success"]:
                 self._delete(record)
 
     def _delete(self, record: Record) -> None:
@@ -190,7 +192,7 @@ class Part:
         if not isinstance(record, dict):  # not found, or one of the store's own keys
             real_id = cache.get(_NAME + task_id)  # a name, also one that looks like a uuid
             record = self._read([real_id]).get(real_id) if isinstance(real_id, str) else None
-        return record if isinstance(record, dict) else None
+        return record if is_record(record) else None
 
     def _read(self, task_ids: list[str]) -> dict[str, Any]:
         """The rows of ``task_ids`` that there are (``read_many``: a file deleted under its
@@ -213,8 +215,11 @@ class Part:
         if record is not None:
             return record
         manifest = self.manifest(task_id)
-        records = self.records(manifest["ids"]) if manifest is not None else [None]
-        return None if any(r is None for r in records) else iter_record(manifest, records)
+        if manifest is None:
+            return None
+        records = self.records(manifest["ids"])
+        finished = [r for r in records if r is not None]
+        return None if len(finished) < len(records) else iter_record(manifest, finished)
 
     def records(self, task_ids: list[str]) -> list[Record | None]:
         """The records of many tasks by uuid (None for those not stored)."""
@@ -497,7 +502,7 @@ _stores_lock = threading.Lock()
 
 def get_store(directory: str | os.PathLike[str]) -> Store:
     """The Store of ``directory``, shared in this process (one per absolute path)."""
-    found = _stores.get(directory)  # type: ignore[call-overload]
+    found = _stores.get(directory) if isinstance(directory, str) else None
     if found is not None:
         return found
     path = os.path.abspath(os.fspath(directory))
