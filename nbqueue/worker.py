@@ -30,8 +30,8 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
@@ -40,6 +40,9 @@ from .errors import StoreError, StoreFileMissing, TaskCancelled, TaskFunctionErr
 from .records import Item, Outcome
 from .signing import anchor, hosted, make_directory
 from .tracebacks import describe, pack_exception
+
+if TYPE_CHECKING:  # imported where a stream is used: most workers never use one
+    from .stream import Sender
 
 HOST_WATCH = 0.25  # seconds between checks that the cluster host is still alive
 CANCELLED_DIR = "cancelled"  # in the slot directory: a file per cancelled task id
@@ -209,10 +212,12 @@ def execute(item: Item, slot: Slot | None = None,
         slot.mark(task_id, started, started + timeout if timeout else 0.0)
     captured = capture.begin(task_id, token, started, inline)
     armed = False
-    details = interrupted = None
+    details: dict[str, Any] | None = None
+    interrupted: KeyboardInterrupt | None = None
+    blob: blobs.Blob | bytes | str
     try:
         if func is None:
-            func = resolve(func_ref) if func_bytes is None else cloudpickle.loads(func_bytes)
+            func = cloudpickle.loads(func_bytes) if func_ref is None else resolve(func_ref)
         args, kwargs = (cloudpickle.loads(args_bytes) if type(args_bytes) is bytes
                         else _arguments(args_bytes, task_id))
         armed = _alarm.arm(timeout)
@@ -235,11 +240,12 @@ def execute(item: Item, slot: Slot | None = None,
         success = False
         blob, details = _failed(exc)
     except BaseException as raised:
-        exc = TaskTimeout(f"timed out after {timeout:g} s") if armed and _alarm.fired else raised
+        failure = (TaskTimeout(f"timed out after {timeout:g} s") if armed and _alarm.fired
+                   else raised)
         success = False
-        blob, details = _failed(exc)
-        if inline and isinstance(exc, KeyboardInterrupt):
-            interrupted = exc
+        blob, details = _failed(failure)
+        if inline and isinstance(failure, KeyboardInterrupt):
+            interrupted = failure
     finally:
         if slot is not None:
             slot.clear()
@@ -248,6 +254,7 @@ def execute(item: Item, slot: Slot | None = None,
         details = kept if details is None else {**kept, **details}
     outcome = Outcome(task_id, success, blob, started, time.time(), token, _pid[0], details)
     if interrupted is not None:
+        # an attribute of our own on the user's exception, for sync=True's caller
         interrupted.outcome = outcome  # type: ignore[attr-defined]
         raise interrupted
     return outcome
@@ -438,7 +445,7 @@ def skipped(item: Item) -> Outcome:
                    item.token)
 
 
-def run_chunk(slot_dir: str | None, items: list[Item]) -> list[Outcome | str]:
+def run_chunk(slot_dir: str | None, items: list[Item]) -> Sequence[Outcome | str]:
     """Run tasks one after another in this worker; the unit a cluster submits to loky.
     Outcomes also go to the cluster's outcome stream as they end (``nbqueue.stream``);
     the ones it sent are named by their task id in the chunk's result."""
@@ -446,7 +453,7 @@ def run_chunk(slot_dir: str | None, items: list[Item]) -> list[Outcome | str]:
     if slot_dir is None:
         return [execute(item, slot) for item in items]
     sender = _sender(slot_dir)
-    outcomes = []
+    outcomes: list[Outcome] = []
     for item in items:
         if slot is not None and item.token:
             # noted before the cancel marker is looked for: a cancel that wrote its
@@ -459,10 +466,10 @@ def run_chunk(slot_dir: str | None, items: list[Item]) -> list[Outcome | str]:
     return outcomes if sender is None else sender.end_chunk(outcomes)
 
 
-_senders: dict[str, Any] = {}  # slot directory -> this worker's Sender, or None
+_senders: dict[str, Sender | None] = {}  # slot directory -> this worker's Sender, or None
 
 
-def _sender(slot_dir: str | None) -> Any:
+def _sender(slot_dir: str | None) -> Sender | None:
     if slot_dir is None or not _spill:
         return None
     if slot_dir not in _senders:

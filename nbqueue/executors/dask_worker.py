@@ -8,15 +8,17 @@ stream when the worker shares the cluster's machine (its own LocalCluster).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from .. import capture, worker
+from ..records import Item, Outcome
 from ..stream import SOCKET, Sender
 
 
-def run_on_dask(topic: str, key: str, items: list[tuple],
+def run_on_dask(topic: str, key: str, items: list[Item],
                 directory: str | None = None, host: int | None = None,
-                slot_dir: str | None = None) -> list[tuple]:
+                slot_dir: str | None = None) -> Sequence[Outcome | str]:
     """``run_chunk`` in a thread of a dask worker (no slot): each start is an event on
     ``topic``; on the cluster's machine (``slot_dir``) cancelled tasks are skipped."""
     from distributed import get_worker
@@ -24,7 +26,8 @@ def run_on_dask(topic: str, key: str, items: list[tuple],
         here: Any = get_worker()
     except ValueError:  # not on a worker (a test calling it directly)
         here = None
-    pid, outcomes = os.getpid(), []
+    pid = os.getpid()
+    outcomes: list[Outcome] = []
     worker.use_store(directory, host)
     capture.install()
     capture.live_rows(directory)
@@ -45,7 +48,7 @@ def run_on_dask(topic: str, key: str, items: list[tuple],
             sender.close()
 
 
-def _chunk_sender(slot_dir: str | None) -> Any:
+def _chunk_sender(slot_dir: str | None) -> Sender | None:
     """A dask chunk's own connection to the outcome stream (its threads run chunks side
     by side), on the cluster's machine; None without one."""
     key = worker.store_key()
