@@ -150,17 +150,15 @@ _NUMBERS = (int, float)
 
 def _numbers(done: Any, total: Any) -> tuple[float, float | None]:
     """``done`` and ``total`` as plain numbers (numpy's too), or a clear error."""
-    checked = []
-    for name, value in (("done", done), ("total", total)):
-        if value is None and name == "total":
-            checked.append(None)
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ConfigurationError(f"nbqueue.report: {name} must be a number, got "
-                                     f"{value!r}; call it as report(done, total=None, "
-                                     "message=None)")
-        checked.append(int(value) if isinstance(value, numbers.Integral) else float(value))
-    return checked[0], checked[1]
+    return _number("done", done), None if total is None else _number("total", total)
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigurationError(f"nbqueue.report: {name} must be a number, got "
+                                 f"{value!r}; call it as report(done, total=None, "
+                                 "message=None)")
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 # -- where the output goes ------------------------------------------------------------
@@ -227,8 +225,8 @@ def install() -> None:
     """In a worker process: capture what its tasks write, from now on."""
     if _installed:
         return
-    sys.stdout = TaskStream(sys.stdout)  # type: ignore[assignment]
-    sys.stderr = TaskStream(sys.stderr)  # type: ignore[assignment]
+    sys.stdout = TaskStream(sys.stdout)
+    sys.stderr = TaskStream(sys.stderr)
     handler = TaskLogHandler()
     logging.getLogger().addHandler(handler)
     _installed.append(handler)
@@ -242,9 +240,9 @@ class inline_capture:
         self._streams = sys.stdout, sys.stderr
         self._handler = None if _installed else TaskLogHandler()
         if not isinstance(sys.stdout, TaskStream):
-            sys.stdout = TaskStream(sys.stdout)  # type: ignore[assignment]
+            sys.stdout = TaskStream(sys.stdout)
         if not isinstance(sys.stderr, TaskStream):
-            sys.stderr = TaskStream(sys.stderr)  # type: ignore[assignment]
+            sys.stderr = TaskStream(sys.stderr)
         if self._handler is not None:
             logging.getLogger().addHandler(self._handler)
 

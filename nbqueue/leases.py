@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from .storage import UPSERT_OK, checked_get, upsert
@@ -89,7 +89,7 @@ def end(queue: Any, rows: dict[str, list[int]], index: Index, back: bool = False
 def renew(rows: dict[str, list[int]], index: Index, duration: float) -> list[str]:
     """Extend the leases of ``rows`` in ``index``; return the tokens no longer held."""
     deadline = time.time() + duration
-    lost = []
+    lost: list[str] = []
     for batch, numbers in rows.items():
         held = index.get(batch)
         live = held[2] if held is not None else ()
@@ -99,10 +99,12 @@ def renew(rows: dict[str, list[int]], index: Index, duration: float) -> list[str
     return lost
 
 
-def held_by(rows: dict[str, list[int]], index: Index, owner: str) -> set[str]:
-    """The tokens of ``rows`` that ``owner`` holds, unexpired."""
+def held_by(rows: dict[str, list[int]],
+            index: Mapping[str, tuple[float, str, Container[int]]], owner: str) -> set[str]:
+    """The tokens of ``rows`` that ``owner`` holds, unexpired (``index``: the lease index,
+    or rows held in this process)."""
     now = time.time()
-    found = set()
+    found: set[str] = set()
     for batch, numbers in rows.items():
         entry = index.get(batch)
         if entry is not None and entry[0] >= now and entry[1] == owner:
@@ -245,7 +247,7 @@ class InMemory:
     def renew(self, rows: dict[str, list[int]], duration: float) -> list[str]:
         """Renew the leases of ``rows`` held here (taken out of ``rows``): the tokens of
         them no longer held."""
-        lost = []
+        lost: list[str] = []
         with self.lock:
             for batch, held in self._mine(rows).items():
                 lost.extend(f"{batch}.{n}" for n in rows.pop(batch) if n not in held[2])

@@ -43,7 +43,7 @@ WORDS = (
 )
 
 
-def _words(raw: bytes) -> str:
+def _words(raw: bytes | bytearray) -> str:
     """Four words: each is the xor of four bytes of the 16 (the common case, kept fast)."""
     return "-".join(WORDS[raw[i] ^ raw[i + 1] ^ raw[i + 2] ^ raw[i + 3]] for i in (0, 4, 8, 12))
 

@@ -42,7 +42,7 @@ def matching(key: bytes, package: Any, match: Match,
     return header if match(header) else None
 
 
-def packages(values: Iterable[Any]) -> Iterator[bytes]:
+def packages(values: Iterable[Any]) -> Iterator[bytes | bytearray]:
     """The packages in the queue's values: bundles, packages delivered again and lease
     rows."""
     for value in values:
@@ -134,9 +134,9 @@ def locate(queue: Any, key: bytes, rows: Iterable[str], match: Match,
         items = [(0, p) for p in value] if isinstance(value, list) else (
             [value] if isinstance(value, tuple) else [])
         for attempt, package in items:
-            header = matching(key, package, match, needles)
-            if header is not None:
-                return "queued", header, attempt
+            found = matching(key, package, match, needles)
+            if found is not None:
+                return "queued", found, attempt
     return None
 
 

@@ -184,6 +184,7 @@ class SignedDisk(diskcache.Disk):
                                  "by nbqueue with this store's key; it is left unread")
         try:
             if mode == diskcache.core.MODE_BINARY:
+                assert filename is not None  # diskcache keeps every binary value in a file
                 data, bound = self._read_file(filename), context(FILE_ROLE, filename)
             else:
                 data, bound = super().fetch(mode, filename, value, False), VALUE
@@ -355,6 +356,8 @@ class _Cache(diskcache.Cache):
     unless the store directory is still the one that was checked: SQLite opens by path,
     and a connection opened in another user's directory would create files there.
     ``place`` is that directory (``signing.Anchor``): check it before each write batch."""
+
+    _local: threading.local  # diskcache's per-thread connections
 
     def __init__(self, directory: str, *args: Any, **settings: Any) -> None:
         self.place = anchor(os.path.dirname(os.path.abspath(directory)))
@@ -623,7 +626,7 @@ def _first_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def checked_get(cache: Any, key: str, default: Any, what: str) -> Any:
+def checked_get(cache: Any, key: str | int, default: Any, what: str) -> Any:
     """``cache.get``, a value that fails its signature check read as ``default`` (and
     written over at the next write): one bad row must not stop the queue."""
     try:
