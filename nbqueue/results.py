@@ -90,7 +90,7 @@ def _group_wait_hint(broker: Broker, group: str, count: int | None,
     store = get_store(broker.directory)
     part, other = store.part(cached), store.part(not cached)
     have = sum(part.tally(group))
-    if not have and sum(other.tally(group)):
+    if not have and sum(other.tally(group)) != 0:
         return (f"group {group!r} is stored in the {'saved' if cached else 'cached'} part of "
                 f"the store: pass cached={not cached}")
     wanted = f"the {count} waited for" if count is not None else "any"

@@ -331,7 +331,8 @@ def _timeline(spans: list[_Span], total: int) -> str:
     first_seen: dict[int | None, float] = {}
     for span in sorted(spans, key=lambda s: s.start):
         first_seen.setdefault(span.worker, span.start)
-    rows = sorted((w for w in first_seen if w is not None), key=first_seen.__getitem__)
+    rows: list[int | None] = sorted((w for w in first_seen if w is not None),
+                                    key=first_seen.__getitem__)
     if None in first_seen:
         rows.append(None)
     row_of = {worker: i for i, worker in enumerate(rows)}

@@ -129,8 +129,8 @@ class Cancels:
     def check(self) -> None:
         """Act on new requests for tasks in flight; kill workers that did not stop."""
         cluster = self.cluster
-        jobs = [cluster.inflight.job_of_task(task_id) for task_id in self.requested()]
-        jobs = [job for job in jobs if job is not None and not (job.judged or job.cancelled)]
+        found = [cluster.inflight.job_of_task(task_id) for task_id in self.requested()]
+        jobs = [job for job in found if job is not None and not (job.judged or job.cancelled)]
         if jobs:
             self.cancel(jobs)
         elif self._unseen:

@@ -306,6 +306,7 @@ class DaskExecutor(Executor):
                 # workers of our own LocalCluster share this machine's disk: they spill
                 local = self._local is not None
                 if not local:  # its workers may not reach the store's files
+                    assert self.directory is not None  # set by the cluster before it starts
                     chunk.items = blobs.inlined(chunk.items, load_key(self.directory))
                 chunk.dask = self.client.submit(run_on_dask, self._topic, chunk.key,
                                                 chunk.items, self.directory,
@@ -344,11 +345,11 @@ class DaskExecutor(Executor):
                 except Exception as exc:  # its result was lost with its worker
                     _settle(chunk.future, exception=self._lost(chunk, exc))
             elif status == "error":
-                exc = done.exception()
-                if isinstance(exc, self._dd.KilledWorker):
-                    _settle(chunk.future, exception=self._lost(chunk, exc))
+                error = done.exception()
+                if isinstance(error, self._dd.KilledWorker):
+                    _settle(chunk.future, exception=self._lost(chunk, error))
                 else:  # the chunk itself could not run (e.g. nbqueue missing on the worker)
-                    _settle(chunk.future, exception=exc)
+                    _settle(chunk.future, exception=error)
             else:  # cancelled: by kill(), by shutdown, or the scheduler went away
                 _settle(chunk.future, exception=self._lost(chunk, None))
         except Exception as exc:

@@ -143,6 +143,7 @@ class LokyExecutor(Executor):
                 if not future.set_running_or_notify_cancel():
                     continue  # cancelled while it waited: it never runs
                 pool = self._pool
+                lost: list[Future] | None
                 try:
                     pool, sent = self._send(items, fresh_ok=False)
                 except Exception as exc:
