@@ -179,7 +179,7 @@ def _iter_outcome(part: Part, watch: _Watch) -> Record | OutcomeDeleted | None:
     records = part.records(ids)
     missing = {i for i, r in zip(ids, records, strict=False) if r is None}
     if not missing:
-        return iter_record(manifest, records)
+        return iter_record(manifest, [r for r in records if r is not None])
     lost = missing - watch.remaining  # stored when last read, gone now
     if lost:
         lost.difference_update(part.group_ids(manifest["group"]))
@@ -253,7 +253,9 @@ class _Waiter:
         with self._lock:
             key = (fut.directory, fut.cached)
             watched = self._keys.get(key)
-            watch = watched.watches.get(fut.task_id) if watched is not None else None
+            if watched is None:
+                return
+            watch = watched.watches.get(fut.task_id)
             if watch is None:
                 return
             watch.futures = [f for f in watch.futures if f is not fut]

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, TimeoutError
 from concurrent.futures import wait as wait_futures
-from typing import Any
+from typing import Any, cast
 
 from . import conf
 from .broker import Broker, get_broker
@@ -174,7 +174,9 @@ def _completed_futures(futures: list[TaskFuture], deadline: float | None,
             if left is not None and left <= 0:
                 raise TimeoutError(f"{len(pending)} of {len(futures)} tasks did not finish "
                                    f"within {timeout} s")
-            done, pending = wait_futures(pending, left, FIRST_COMPLETED)
+            # wait() gives back the futures it was given, typed as plain Futures
+            done, pending = cast("tuple[set[TaskFuture], set[TaskFuture]]",
+                                 wait_futures(pending, left, FIRST_COMPLETED))
             for fut in sorted(done, key=_stopped):
                 yield _task_of(fut)
     finally:

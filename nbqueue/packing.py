@@ -206,13 +206,15 @@ def make_package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
         hook_name, hook_ref = check_callable("option 'hook'", hook)
     task_id, name = new_task_id()
     queued = not options["sync"]  # large arguments of a queued task: a file, see ``blobs``
+    packed: bytes | blobs.Blob  # the arguments, or the file they were written to
     if queued and arguments is None and blobs.large_call(args, kwargs):
-        arguments = _to_file(broker, task_id, _framed(args, kwargs))
+        packed = _to_file(broker, task_id, _framed(args, kwargs))
     else:
         if arguments is None:
             arguments = pickle_arguments(args, kwargs)
+        packed = arguments
         if queued and len(arguments) >= blobs.LARGE:
-            arguments = _to_file(broker, task_id, arguments)
+            packed = _to_file(broker, task_id, arguments)
     if hook is not None and hook_ref is None:
         # A cluster of this process calls this very object, whenever it starts; a copy
         # goes with the package for a cluster in another process.
@@ -223,7 +225,7 @@ def make_package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
         sent(broker.directory).remember(task_id, "cached" if options["cached"] else "unsaved")
     header = Header(
         task_id, options.get("task_name") or name, func_name, func_ref, func_bytes,
-        arguments, hook_name,
+        packed, hook_name,
         hook_ref, hook_bytes, options.get("group"),
         options.get("save"), options["cached"], options.get("timeout"),
         options.get("ack_failure"), options.get("max_attempts"), time.time(), options.get("iter"))

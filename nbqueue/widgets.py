@@ -13,7 +13,7 @@ import html
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .broker import Broker, get_broker
 from .conf import Settings
@@ -22,6 +22,9 @@ from .live import running
 from .running_view import READ_EVERY, RunningView, _clock, running_note
 from .sent import sent
 from .store import get_store
+
+if TYPE_CHECKING:  # imported when a widget is drawn: ipywidgets is optional
+    from ipywidgets import IntProgress, VBox
 
 INTERVAL = 0.25
 RATE_WINDOW = 5.0  # seconds of finished tasks that "tasks/s" counts, on every panel
@@ -93,8 +96,8 @@ class GroupProgress:
         self.finished = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self.widget = None
-        self._bar = None
+        self.widget: VBox | None = None  # made when drawn in a notebook
+        self._bar: IntProgress | None = None
         self._view: Any = None  # the running tasks under the bar (a RunningView)
         self._tasks: list[dict[str, Any]] = []  # the group's running tasks, as last read
         self._tasks_read = float("-inf")  # when (time.monotonic()) they were read
@@ -221,7 +224,7 @@ class GroupProgress:
 
     def _draw(self) -> None:
         finished = self.done + self.failed
-        if self.widget is not None:
+        if self.widget is not None and self._bar is not None:  # made together
             style = "danger" if self.failed else ("success" if self._complete
                                                   else "info")
             self._bar.max = max(self.shown_total, 1)

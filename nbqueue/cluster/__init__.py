@@ -42,7 +42,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from .. import conf, hosts
 from ..blobs import clean_spill, sweep_arguments
@@ -64,6 +64,12 @@ from .writer import HookRunner, Writer
 log = logging.getLogger("nbqueue")
 
 
+class _Part(Protocol):
+    """A part of the cluster that runs in a thread of its own."""
+
+    def run(self) -> None: ...
+
+
 class Cluster:
     """Workers that run the queued tasks of one store directory, hosted by this process.
 
@@ -83,7 +89,7 @@ class Cluster:
         given = {"workers": workers, "retry": retry, "max_attempts": max_attempts,
                  "ack_failures": ack_failures, "save_limit": save_limit, "bulk": bulk,
                  "poll": poll, "label": label, "directory": directory, "max_rss": max_rss}
-        options = {k: v for k, v in given.items() if v is not None}
+        options: dict[str, object] = {k: v for k, v in given.items() if v is not None}
         if timeout is not conf.UNSET:
             options["timeout"] = timeout
         self.settings = conf.merged(conf.settings(), **options)
@@ -192,8 +198,9 @@ class Cluster:
         self.cancels = Cancels(self)
         self.feeder, self.writer = Feeder(self), Writer(self)
         self.monitor, self.hook_runner = Monitor(self), HookRunner(self)
-        parts = [("feeder", self.feeder), ("writer", self.writer),
-                 ("monitor", self.monitor), ("hooks", self.hook_runner)]
+        parts: list[tuple[str, _Part]] = [("feeder", self.feeder), ("writer", self.writer),
+                                          ("monitor", self.monitor),
+                                          ("hooks", self.hook_runner)]
         if executor.streams_outcomes:
             self.collector = Collector(self._slot_dir, self.broker.key, self.writer.streamed)
             parts.append(("collector", self.collector))

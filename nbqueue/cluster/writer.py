@@ -19,7 +19,7 @@ from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING
 
 from ..blobs import Blob, discard
-from ..executors import BROKEN
+from ..executors import BROKEN, WorkerLost
 from ..hooks import find_hook, run_hook
 from ..live import forget_live, live_row
 from ..models import Task
@@ -128,7 +128,7 @@ class Writer:
         if row is None:
             return
         self._live.append(record["id"])
-        record.update(began=row["started"], pid=row["pid"])
+        record["began"], record["pid"] = row["started"], row["pid"]
         if row.get("progress") is not None:
             record["progress"] = row["progress"]
         if row.get("output"):
@@ -441,7 +441,7 @@ class Writer:
             why = cluster.deaths.why(job.header.id)
             if job.judged or self._arrived_ahead(job):
                 continue
-            if why is None and job.header.id in getattr(exc, "running", ()):
+            if why is None and isinstance(exc, WorkerLost) and job.header.id in exc.running:
                 why = f"the worker process running this task died ({exc.reason})"
             if why is None or cluster.shutting_down:
                 self.hand_back([job], counted=False)  # collateral: it was only waiting
