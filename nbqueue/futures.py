@@ -120,6 +120,7 @@ def _ended(fut: Future) -> None:
     caller's callbacks run, and the waiter thread stops watching the future."""
     if fut.cancelled():
         fut.set_running_or_notify_cancel()
+        # only ever a TaskFuture's callback; add_done_callback types it for any Future
         _waiter.discard(fut)  # type: ignore[arg-type]
 
 

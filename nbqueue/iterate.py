@@ -153,7 +153,7 @@ def as_completed(task_ids: Iterable[str] | None = None, group: str | None = None
 
 def _task_of(fut: TaskFuture) -> Task:
     if fut.task is None:  # the store could not be read: the future holds why
-        raise fut.exception()  # type: ignore[misc]
+        raise fut.exception()  # type: ignore[misc]  # done without a task: an exception
     return fut.task
 
 

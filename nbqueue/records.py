@@ -161,7 +161,9 @@ def make_record(header: Header, outcome: Outcome, attempt: int) -> Record:
         "sent": header.sent or header.enqueued,
     }
     if outcome.details is not None:
-        record.update({k: v for k, v in outcome.details.items() if k != "live"})  # type: ignore
+        # details' keys are fields of Record; a plain dict mypy cannot check against it
+        record.update({k: v for k, v in outcome.details.items()  # type: ignore[typeddict-item]
+                       if k != "live"})
     return record
 
 

@@ -475,9 +475,9 @@ class Store:
         hint_at = now + HINT_AFTER if hint is not None else float("inf")
         pause = 0.0005
         while True:
-            if time.monotonic() >= hint_at:
+            if time.monotonic() >= hint_at and hint is not None:
                 hint_at = float("inf")
-                text = hint()  # type: ignore[misc]
+                text = hint()
                 if text:
                     warnings.warn(WaitWarning(f"this wait may never end: {text}"),
                                   stacklevel=4)

@@ -132,6 +132,7 @@ class Collector:
                     if selected.fileobj is self._listener:
                         self._accept()
                     else:
+                        # a connection we registered: the selector types it as any file
                         self._read(selected.fileobj)  # type: ignore[arg-type]
         finally:
             for conn in list(self._buffers):

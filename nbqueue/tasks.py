@@ -69,6 +69,7 @@ def run_inline(header: Header, func: Any, broker: Broker, settings: conf.Setting
                               func=None if isinstance(func, str) else func, inline=True)
     except KeyboardInterrupt as exc:  # Ctrl-C in this process: a failure, then stop
         forget_local_hook(header.id)
+        # execute(inline=True) puts the failure's outcome on the interrupt it lets through
         stopped = make_record(header, exc.outcome, attempt=1)  # type: ignore[attr-defined]
         get_store(broker.directory).save([stopped], settings.save_limit)
         raise

@@ -51,6 +51,7 @@ def install_exit_hooks() -> None:
             return
         _exit_hooks_installed = True
     try:
+        # private in threading (no stub): runs before the executors' exit handlers
         threading._register_atexit(stop_all)  # type: ignore[attr-defined]
     except RuntimeError:  # already exiting
         return

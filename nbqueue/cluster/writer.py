@@ -204,7 +204,7 @@ class Writer:
             save([record for _, record in outcomes], limit, bool(self._since))
             return outcomes, [], None
         except Exception as exc:
-            why: BaseException | None = exc
+            why: BaseException = exc
         stored, held = [], []
         for job, record in outcomes:
             if len(outcomes) > 1:
@@ -217,7 +217,7 @@ class Writer:
             if self._store_wide(why) is not None:
                 held.append((job, record))
                 continue
-            own = self._own_failure(job, record, why)  # type: ignore[arg-type]
+            own = self._own_failure(job, record, why)
             try:
                 save([own], limit, True)
             except Exception as exc:  # the store's trouble after all

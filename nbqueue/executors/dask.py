@@ -145,7 +145,7 @@ class DaskExecutor(Executor):
 
     # -- life cycle --------------------------------------------------------------------
 
-    @property
+    @property  # a class attribute in Executor, known here only once open
     def streams_outcomes(self) -> bool:  # type: ignore[override]
         """Workers of its own LocalCluster share the machine: they stream outcomes."""
         return self._local is not None

@@ -105,6 +105,7 @@ class LokyExecutor(Executor):
         if self.at_exit is None:
             return
         with contextlib.suppress(RuntimeError):  # the interpreter is already exiting
+            # private in threading (no stub): runs before loky's own exit handlers
             threading._register_atexit(self.at_exit)  # type: ignore[attr-defined]
 
     def _follow(self, future: Future, pool: Any, sent: Future) -> None:
