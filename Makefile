@@ -1,12 +1,13 @@
 # Two commands set up everything on a fresh machine with Python 3.10+, pip and make:
 #   make demo   - create .venv, install nbqueue, run the main job (examples/montecarlo.py)
 #   make test   - create .venv with the test extras, run the whole suite
+#   make lint   - the quality gate (ruff and mypy), which make test runs first
 #   make bench  - create .venv with the bench extras (the peers), run benchmarks/run.py
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +33,13 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
-test: $(VENV)/.installed-test $(CHROMIUM)
+test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest
+
+# the quality gate: ruff (E, F, W, B, UP, SIM, I) and mypy, configured in pyproject.toml
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check nbqueue
+	$(BIN)/mypy
 
 # BENCH_ARGS="--quick" (or --only noop,latency, --skip-peers, --json FILE) narrows it
 bench: $(VENV)/.installed-bench
