@@ -55,6 +55,29 @@ class _Chunk:
         self.timeouts = {item[0]: item[4] for item in items}
 
 
+class _Quiet:
+    """distributed's reports of the connections closed when nbqueue kills the workers of
+    its own LocalCluster at a stop (INFO records with a traceback, on stderr), held back
+    until the cluster is closed: nothing went wrong."""
+
+    LOGGERS = ("distributed.batched", "distributed.comm", "distributed.core",
+               "distributed.scheduler", "distributed.nanny", "distributed.worker")
+
+    def __init__(self) -> None:
+        self._levels: dict[str, int] = {}
+
+    def start(self) -> None:
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            self._levels[name] = logger.level
+            logger.setLevel(logging.ERROR)
+
+    def end(self) -> None:
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+        self._levels.clear()
+
+
 class DaskExecutor(Executor):
     """Chunks of tasks run as dask tasks, on a scheduler at ``address`` or on a
     ``distributed.LocalCluster`` of ``workers`` single-threaded processes started by
@@ -241,10 +264,13 @@ class DaskExecutor(Executor):
         for chunk in waiting:
             if not chunk.future.cancel():
                 _settle(chunk.future, exception=WorkerLost("the executor shut down"))
+        quiet = _Quiet()
         if kill and chunks and self._local is not None:
             # Every worker of our own, not only those whose start events came: a task
             # that just started would otherwise run on to its end (its nanny waits for
-            # it), beside its next delivery once the cluster has handed it back.
+            # it), beside its next delivery once the cluster has handed it back. Our
+            # scheduler then logs their closed connections, which we closed on purpose.
+            quiet.start()
             for pid in self._local_pids() | {chunk.pid for chunk in chunks if chunk.pid}:
                 self._sigkill(pid)
         for chunk in chunks:
@@ -270,6 +296,7 @@ class DaskExecutor(Executor):
             except Exception:
                 log.warning("nbqueue dask executor: the LocalCluster did not close cleanly",
                             exc_info=True)
+        quiet.end()
         if self._poller is not None and self._poller is not threading.current_thread():
             self._poller.join(timeout=5)
 
