@@ -13,7 +13,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from . import calls, conf
 from .broker import Broker
@@ -36,6 +36,8 @@ from .results import fetch, fetch_group, no_cluster_advice, result, result_group
 from .sent import Sent, sent
 from .store import get_store
 from .worker import execute
+
+T = TypeVar("T")
 
 SERVE_CHECK = 5.0  # seconds between two checks that a cluster serves the store
 
@@ -228,6 +230,30 @@ def _earlier_iter(func: Any, function: tuple, options: dict[str, Any], items: li
 
 # -- AsyncTask -----------------------------------------------------------------------
 
+class _Option(Generic[T]):
+    """An option of an ``AsyncTask``, kept in the call's keywords (or its ``q_options``):
+    changing it after ``run()`` invalidates the result, as the reference says."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, task: None, owner: type | None = None) -> _Option[T]: ...
+
+    @overload
+    def __get__(self, task: AsyncTask, owner: type | None = None) -> T: ...
+
+    def __get__(self, task: AsyncTask | None, owner: type | None = None) -> Any:
+        return self if task is None else task._get_option(self.name)
+
+    def __set__(self, task: AsyncTask, value: T) -> None:
+        task._set_option(self.name, value)
+
+
 class AsyncTask:
     """The ``async_task`` call as an object: set it up, ``run()`` it, read its result.
 
@@ -279,106 +305,18 @@ class AsyncTask:
             self.kwargs[name] = value
 
     # -- the options, read from and written to the call's keywords (or its q_options)
-
-    @property
-    def broker(self) -> Broker | None:
-        """Optional broker from get_broker()."""
-        return self._get_option("broker")
-
-    @broker.setter
-    def broker(self, value: Broker | None) -> None:
-        self._set_option("broker", value)
-
-    @property
-    def sync(self) -> bool | None:
-        """Run inline instead of in the cluster."""
-        return self._get_option("sync")
-
-    @sync.setter
-    def sync(self, value: bool | None) -> None:
-        self._set_option("sync", value)
-
-    @property
-    def save(self) -> bool | None:
-        """Overrides the global save setting."""
-        return self._get_option("save")
-
-    @save.setter
-    def save(self, value: bool | None) -> None:
-        self._set_option("save", value)
-
-    @property
-    def hook(self) -> Callable[[Task], Any] | str | None:
-        """Called with the finished Task."""
-        return self._get_option("hook")
-
-    @hook.setter
-    def hook(self, value: Callable[[Task], Any] | str | None) -> None:
-        self._set_option("hook", value)
-
-    @property
-    def group(self) -> str | None:
-        """Optional group label."""
-        return self._get_option("group")
-
-    @group.setter
-    def group(self, value: str | None) -> None:
-        self._set_option("group", value)
-
-    @property
-    def cached(self) -> bool | float | None:
-        """True or seconds: keep the result in the cached part."""
-        return self._get_option("cached")
-
-    @cached.setter
-    def cached(self, value: bool | float | None) -> None:
-        self._set_option("cached", value)
-
-    @property
-    def timeout(self) -> float | None:
-        """Seconds the task may run."""
-        return self._get_option("timeout")
-
-    @timeout.setter
-    def timeout(self, value: float | None) -> None:
-        self._set_option("timeout", value)
-
-    @property
-    def ack_failure(self) -> bool | None:
-        """Overrides the ack_failures setting."""
-        return self._get_option("ack_failure")
-
-    @ack_failure.setter
-    def ack_failure(self, value: bool | None) -> None:
-        self._set_option("ack_failure", value)
-
-    @property
-    def task_name(self) -> str | None:
-        """Overrides the generated name."""
-        return self._get_option("task_name")
-
-    @task_name.setter
-    def task_name(self, value: str | None) -> None:
-        self._set_option("task_name", value)
-
-    @property
-    def max_attempts(self) -> int | None:
-        """Overrides the max_attempts setting."""
-        return self._get_option("max_attempts")
-
-    @max_attempts.setter
-    def max_attempts(self, value: int | None) -> None:
-        self._set_option("max_attempts", value)
-
-    @property
-    def reuse(self) -> bool | None:
-        """Give back the same call's task if it succeeded or is still queued or
-        running (see nbqueue.calls)."""
-        return self._get_option("reuse")
-
-    @reuse.setter
-    def reuse(self, value: bool | None) -> None:
-        self._set_option("reuse", value)
+    broker = _Option[Broker | None]("Optional broker from get_broker().")
+    sync = _Option[bool | None]("Run inline instead of in the cluster.")
+    save = _Option[bool | None]("Overrides the global save setting.")
+    hook = _Option[Callable[[Task], Any] | str | None]("Called with the finished Task.")
+    group = _Option[str | None]("Optional group label.")
+    cached = _Option[bool | float | None]("True or seconds: keep the result in the cached part.")
+    timeout = _Option[float | None]("Seconds the task may run.")
+    ack_failure = _Option[bool | None]("Overrides the ack_failures setting.")
+    task_name = _Option[str | None]("Overrides the generated name.")
+    max_attempts = _Option[int | None]("Overrides the max_attempts setting.")
+    reuse = _Option[bool | None]("Give back the same call's task if it succeeded or is still "
+                                 "queued or running (see nbqueue.calls).")
 
     def run(self) -> str:
         """Send the task to the cluster (or run it, with ``sync``); return its id."""
