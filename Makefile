@@ -36,9 +36,10 @@ $(CHROMIUM):
 test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest
 
-# the quality gate: ruff (E, F, W, B, UP, SIM, I) and mypy, configured in pyproject.toml
+# the quality gate: ruff check (E, F, W, B, UP, SIM, I), ruff format and mypy, configured in pyproject.toml
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check nbqueue
+	$(BIN)/ruff format --check nbqueue
 	$(BIN)/mypy
 
 # BENCH_ARGS="--quick" (or --only noop,latency, --skip-peers, --json FILE) narrows it

@@ -61,23 +61,68 @@ def __getattr__(name: str):
     # The cluster (and loky with it) loads on first use: enqueuing never needs it.
     if name == "Cluster":
         from .cluster import Cluster
+
         return Cluster
     if name == "map":  # not imported above, nor in __all__: `import *` keeps builtin map
         from .iterate import map
+
         return map
     if name == "progress":
         from .widgets import progress
+
         return progress
     raise AttributeError(f"module 'nbqueue' has no attribute {name!r}")
 
+
 __all__ = [
-    "async_task", "async_iter", "AsyncTask", "result", "fetch", "result_group", "fetch_group",
-    "count_group", "delete_group", "delete_cached", "queue_size", "flush", "Task", "Success",
-    "Failure", "Cluster", "configure", "get_broker", "Broker", "progress",
-    "NbqueueError", "ConfigurationError", "TaskFunctionError", "PackingError",
-    "SignatureError", "InsecureStoreError", "StoreError", "TaskTimeout", "ClusterError",
-    "NoClusterWarning", "WaitWarning", "future", "TaskFuture", "as_completed", "TaskFailed",
-    "TaskCancelled", "cancel", "cancel_group", "retry", "retry_group", "report", "status",
-    "output", "RemoteError", "WorkerLost", "MissingDependency", "summary",
-    "GroupSummary", "TaskStillRunning", "OutcomeDeleted",
+    "async_task",
+    "async_iter",
+    "AsyncTask",
+    "result",
+    "fetch",
+    "result_group",
+    "fetch_group",
+    "count_group",
+    "delete_group",
+    "delete_cached",
+    "queue_size",
+    "flush",
+    "Task",
+    "Success",
+    "Failure",
+    "Cluster",
+    "configure",
+    "get_broker",
+    "Broker",
+    "progress",
+    "NbqueueError",
+    "ConfigurationError",
+    "TaskFunctionError",
+    "PackingError",
+    "SignatureError",
+    "InsecureStoreError",
+    "StoreError",
+    "TaskTimeout",
+    "ClusterError",
+    "NoClusterWarning",
+    "WaitWarning",
+    "future",
+    "TaskFuture",
+    "as_completed",
+    "TaskFailed",
+    "TaskCancelled",
+    "cancel",
+    "cancel_group",
+    "retry",
+    "retry_group",
+    "report",
+    "status",
+    "output",
+    "RemoteError",
+    "WorkerLost",
+    "MissingDependency",
+    "summary",
+    "GroupSummary",
+    "TaskStillRunning",
+    "OutcomeDeleted",
 ]

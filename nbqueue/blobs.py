@@ -103,7 +103,7 @@ def _size(value: Any, depth: int) -> int:
         if not depth or len(value) > 100:
             return 0
         total = 0
-        for item in (value.values() if kind is dict else value):
+        for item in value.values() if kind is dict else value:
             if type(item) not in _SCALARS:
                 total += _size(item, depth - 1)
         return total
@@ -163,8 +163,7 @@ def loads(data: Any) -> Any:
     return data.load() if type(data) is Frames else pickle.loads(data)
 
 
-def write(directory: str, name: str, data: Any, key: bytes, task_id: str,
-          role: str) -> Blob:
+def write(directory: str, name: str, data: Any, key: bytes, task_id: str, role: str) -> Blob:
     """Sign ``data`` (bytes, or the parts ``frames`` made) as the ``role`` (ARGUMENTS,
     RESULT) of task ``task_id``, and write it to ``directory/name``, whole or not at
     all."""
@@ -202,8 +201,9 @@ def read(blob: Blob, key: bytes, task_id: str, role: str) -> Any:
     src, size = open_regular(blob.path, what)
     with src:
         if size != HEADER_SIZE + blob.size:
-            raise _damaged(what, blob.path, f"{size:,} bytes, where "
-                           f"{HEADER_SIZE + blob.size:,} were written")
+            raise _damaged(
+                what, blob.path, f"{size:,} bytes, where {HEADER_SIZE + blob.size:,} were written"
+            )
         size = blob.size
         header = src.read(HEADER_SIZE)
         if os.pread(src.fileno(), len(_FRAMED), HEADER_SIZE) != _FRAMED:
@@ -214,8 +214,10 @@ def read(blob: Blob, key: bytes, task_id: str, role: str) -> Any:
             if count < 1 or len(head) + count * _FRAME.size > size:
                 raise _damaged(what, blob.path, f"its frame count ({count:,}) does not fit")
             head += src.read(count * _FRAME.size)
-            frames = [_FRAME.unpack_from(head, len(_FRAMED) + _COUNT.size + i * _FRAME.size)
-                      for i in range(count)]
+            frames = [
+                _FRAME.unpack_from(head, len(_FRAMED) + _COUNT.size + i * _FRAME.size)
+                for i in range(count)
+            ]
             if len(head) + sum(length for length, _ in frames) != size:
                 raise _damaged(what, blob.path, "its frame lengths do not add up to its size")
             parts = [head, *(_read_frame(src, length, writable) for length, writable in frames)]
@@ -227,8 +229,10 @@ def read(blob: Blob, key: bytes, task_id: str, role: str) -> Any:
 
 
 def _damaged(what: str, path: str, why: str) -> SignatureError:
-    return SignatureError(f"{what} ({path}) is not a whole nbqueue value: {why} (tampered "
-                          "or damaged); it is left unread")
+    return SignatureError(
+        f"{what} ({path}) is not a whole nbqueue value: {why} (tampered "
+        "or damaged); it is left unread"
+    )
 
 
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -245,19 +249,22 @@ def open_regular(path: str, what: str) -> tuple[Any, int]:
     try:
         fd = os.open(path, _READ_FLAGS)
     except FileNotFoundError:
-        raise StoreFileMissing(errno.ENOENT, f"{what} cannot be read: its file was deleted "
-                               "from the store", path) from None
+        raise StoreFileMissing(
+            errno.ENOENT, f"{what} cannot be read: its file was deleted from the store", path
+        ) from None
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise
-        raise SignatureError(f"{what} ({path}) is a symbolic link, not a file nbqueue wrote; "
-                             "it is left unread") from None
+        raise SignatureError(
+            f"{what} ({path}) is a symbolic link, not a file nbqueue wrote; it is left unread"
+        ) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise SignatureError(
                 f"{what} ({path}) is not a regular file but a {_kind(info.st_mode)}, not a "
-                "file nbqueue wrote; it is left unread")
+                "file nbqueue wrote; it is left unread"
+            )
         return open(fd, "rb", buffering=0), info.st_size
     except BaseException:
         os.close(fd)
@@ -265,9 +272,13 @@ def open_regular(path: str, what: str) -> tuple[Any, int]:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"),
-                       (stat.S_ISDIR, "directory")):
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISDIR, "directory"),
+    ):
         if test(mode):
             return name
     return "special file"
@@ -299,8 +310,12 @@ def arguments(directory: str, task_id: str, data: bytes, key: bytes) -> Blob:
 def inlined(items: list[Any], key: bytes) -> list[Any]:
     """Work items (``records.Item``) whose large arguments travel inside them, read from
     their files: for workers that may not reach the store (a remote dask scheduler)."""
-    return [item._replace(args=read(item.args, key, item.id, ARGUMENTS))
-            if type(item.args) is Blob else item for item in items]
+    return [
+        item._replace(args=read(item.args, key, item.id, ARGUMENTS))
+        if type(item.args) is Blob
+        else item
+        for item in items
+    ]
 
 
 def read_in(record: Record, key: bytes) -> None:
@@ -312,8 +327,10 @@ def read_in(record: Record, key: bytes) -> None:
     except (OSError, SignatureError) as exc:
         record["result"] = None
         logging.getLogger("nbqueue").warning(
-            "nbqueue: the unsaved result of task %s could not be read back for its hook: "
-            "%s", record.get("name"), exc)
+            "nbqueue: the unsaved result of task %s could not be read back for its hook: %s",
+            record.get("name"),
+            exc,
+        )
     discard(blob)
 
 
@@ -360,8 +377,9 @@ PIN = ".pin-"  # in an argument file's pin: its name, PIN, the pid that pinned i
 ORPHAN_AGE = 3600.0  # seconds an argument file no record holds is kept, at least
 
 
-def sweep_arguments(directory: str, queued: Callable[[list[str]], set[str]],
-                    older_than: float = ORPHAN_AGE) -> int:
+def sweep_arguments(
+    directory: str, queued: Callable[[list[str]], set[str]], older_than: float = ORPHAN_AGE
+) -> int:
     """Remove the argument files no task can need any more; return how many.
 
     Such a file is one that no record links (one link: its own name), that is older than

@@ -62,8 +62,13 @@ class Broker(search.Finding):
         self._token_prefix = os.urandom(6).hex()
         self._wakeups: list[threading.Event] = []
         self.departures = 0  # local consumers that unsubscribed, ever
-        self._outbox = Outbox(self.directory, self._write, lambda: bool(self._wakeups),
-                              self._wake, lambda: bool(self._memory))
+        self._outbox = Outbox(
+            self.directory,
+            self._write,
+            lambda: bool(self._wakeups),
+            self._wake,
+            lambda: bool(self._memory),
+        )
         self._write_lock = threading.Lock()
         self._memory = leases.InMemory()  # leases written behind, acks that wait
         self._flusher: threading.Thread | None = None
@@ -199,8 +204,8 @@ class Broker(search.Finding):
         """
         if not len(self._outbox):
             if self._outbox.order.locked():  # its thread is writing a batch: let it end,
-                with self._outbox.order:     # or this poll may see neither the batch
-                    pass                     # in the outbox nor in the queue
+                with self._outbox.order:  # or this poll may see neither the batch
+                    pass  # in the outbox nor in the queue
             if not self._memory.acks and not self._queue.get(PENDING, 0, retry=True):
                 return []  # an empty poll reads, and leaves the write lock to producers
             with self._transaction(retry=True):
@@ -227,8 +232,10 @@ class Broker(search.Finding):
         self._outbox.poke()
         return taken
 
-    def _bundle(self, taken: list[tuple[int, bytes]],
-                ) -> tuple[list[Lease], list[tuple[str, dict[int, tuple[int, bytes]]]]]:
+    def _bundle(
+        self,
+        taken: list[tuple[int, bytes]],
+    ) -> tuple[list[Lease], list[tuple[str, dict[int, tuple[int, bytes]]]]]:
         """The leases of ``(attempt, package)`` items, and their lease rows: up to
         BUNDLE packages (and BUNDLE_BYTES) a row."""
         leased: list[Lease] = []
@@ -244,8 +251,7 @@ class Broker(search.Finding):
             leased.append(Lease(f"{rows[-1][0]}.{len(row) - 1}", attempt + 1, package))
         return leased, rows
 
-    def _take(self, owner: str, count: int, duration: float,
-              fresh: list[bytes]) -> list[Lease]:
+    def _take(self, owner: str, count: int, duration: float, fresh: list[bytes]) -> list[Lease]:
         """Do the pending ``ack_soon``s, lease from the queue, then from ``fresh`` (not yet
         queued); queue the rest of ``fresh``. Inside a transaction, in as few statements
         as can be: this is every round trip's path."""
@@ -281,8 +287,10 @@ class Broker(search.Finding):
         taken_leases, rows = self._bundle(taken)
         for batch, row in rows:
             index[batch] = (deadline, owner, tuple(row))
-        taken_leases.extend(Lease(f"refused-{number}", 1, b"", why)  # a token of no lease row
-                      for number, why in enumerate(refused))
+        taken_leases.extend(
+            Lease(f"refused-{number}", 1, b"", why)  # a token of no lease row
+            for number, why in enumerate(refused)
+        )
         if rows or acks:
             written = [(ROW + batch, row) for batch, row in rows] + [(INDEX, index)]
             if UPSERT_OK:
@@ -322,8 +330,7 @@ class Broker(search.Finding):
         """Acknowledge what ``ack_soon`` was given."""
         self.ack(self._memory.take_acks())
 
-    def _end_leases(self, tokens: Iterable[str], back: bool = False,
-                    counted: bool = False) -> None:
+    def _end_leases(self, tokens: Iterable[str], back: bool = False, counted: bool = False) -> None:
         tokens, requeued = self._memory.end(list(tokens), back, counted)
         rows, _ = leases.by_row(tokens)
         if not rows and not requeued:
@@ -364,8 +371,7 @@ class Broker(search.Finding):
         now = time.time() if now is None else now
         if self._memory.rows:  # this process's leases in memory are reaped like the others
             self._write_now()
-        expired = {held[1] for held in leases.read_index(self._queue).values()
-                   if held[0] < now}
+        expired = {held[1] for held in leases.read_index(self._queue).values() if held[0] < now}
         if not expired:
             return 0
         found = {owner: hosts.begun(owner) for owner in expired}  # outside the transaction

@@ -60,16 +60,21 @@ from .broker import Broker
 from .store import Part, get_store
 
 SENDING = 5.0  # seconds a task sent may take to reach the queue from its sender's outbox
-KEYED_OPTIONS = ("group", "save", "cached", "timeout", "ack_failure", "max_attempts",
-                 "task_name")
+KEYED_OPTIONS = ("group", "save", "cached", "timeout", "ack_failure", "max_attempts", "task_name")
 _BY_VALUE = b"cloudpickle"  # in every pickle of something cloudpickle ships by value
 
 
 # -- the key ------------------------------------------------------------------------
 
-def call_key(func: Any, function: tuple[str, str | None, bytes | None],
-             options: dict[str, Any], hook_name: str | None,
-             arguments: Iterable[tuple[tuple, dict, bytes]], of_iter: bool = False) -> str:
+
+def call_key(
+    func: Any,
+    function: tuple[str, str | None, bytes | None],
+    options: dict[str, Any],
+    hook_name: str | None,
+    arguments: Iterable[tuple[tuple, dict, bytes]],
+    of_iter: bool = False,
+) -> str:
     """The key of a call: ``function`` is ``packing.function_of``'s answer for ``func``, and
     ``arguments`` the ``(args, kwargs, pickled)`` of each task (one, or an iter's items)."""
     digest = hashlib.blake2b(digest_size=20)
@@ -84,8 +89,12 @@ def call_key(func: Any, function: tuple[str, str | None, bytes | None],
     else:
         assert func_bytes is not None
         add(func_bytes if _BY_VALUE not in func_bytes else _canonical(func, func_bytes))
-    add(pickle.dumps((tuple(options.get(name) for name in KEYED_OPTIONS), hook_name,
-                      of_iter), protocol=pickle.HIGHEST_PROTOCOL))
+    add(
+        pickle.dumps(
+            (tuple(options.get(name) for name in KEYED_OPTIONS), hook_name, of_iter),
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+    )
     for args, kwargs, pickled in arguments:
         add(pickled if _BY_VALUE not in pickled else _canonical((args, kwargs), pickled))
     return digest.hexdigest()
@@ -118,9 +127,15 @@ class _KeyPickler(cloudpickle.Pickler):
                 return NotImplemented
             return _function_form(obj)
         reduced = super().reducer_override(obj)
-        if isinstance(obj, type) and reduced is not NotImplemented and reduced[0] in (
+        if (
+            isinstance(obj, type)
+            and reduced is not NotImplemented
+            and reduced[0]
+            in (
                 cloudpickle.cloudpickle._make_skeleton_class,
-                cloudpickle.cloudpickle._make_skeleton_enum):
+                cloudpickle.cloudpickle._make_skeleton_enum,
+            )
+        ):
             return _class_form(obj)
         return reduced
 
@@ -137,16 +152,31 @@ def _function_form(func: types.FunctionType) -> tuple:
         except ValueError:  # a cell not filled yet
             cells.append([])
     used = {name: func.__globals__[name] for name in sorted(names) if name in func.__globals__}
-    state = (func.__defaults__, func.__kwdefaults__, dict(sorted(func.__dict__.items())),
-             cells, used)
+    state = (
+        func.__defaults__,
+        func.__kwdefaults__,
+        dict(sorted(func.__dict__.items())),
+        cells,
+        used,
+    )
     return _form, ("function", func.__module__, func.__qualname__, _code_form(code)), state
 
 
 def _code_form(code: types.CodeType) -> tuple:
     """A code object without its file name and line numbers."""
-    return (types.CodeType, code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount,
-            code.co_flags, code.co_code, tuple(_const_form(c) for c in code.co_consts),
-            code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars)
+    return (
+        types.CodeType,
+        code.co_argcount,
+        code.co_posonlyargcount,
+        code.co_kwonlyargcount,
+        code.co_flags,
+        code.co_code,
+        tuple(_const_form(c) for c in code.co_consts),
+        code.co_names,
+        code.co_varnames,
+        code.co_freevars,
+        code.co_cellvars,
+    )
 
 
 def _const_form(const: Any) -> Any:
@@ -169,6 +199,7 @@ def _class_form(cls: type) -> tuple:
 
 
 # -- the earlier task ---------------------------------------------------------------
+
 
 class Reuse:
     """The ``reuse=True`` side of one call with key ``key``, on the part of the store its
@@ -212,8 +243,10 @@ def _stands(broker: Broker, part: Part, row: tuple[str, float], of_iter: bool) -
     # at most SENDING / 5 s old: one snapshot serves the many calls of a cell run again.
     held = broker.holds(unfinished, max_age=SENDING / 5)
     # an outcome is stored before its lease ends: one not held now has one, or never will
-    return len(held) == len(unfinished) or _unfinished(
-        part, [i for i in unfinished if i not in held]) == []
+    return (
+        len(held) == len(unfinished)
+        or _unfinished(part, [i for i in unfinished if i not in held]) == []
+    )
 
 
 def _unfinished(part: Part, ids: list[str]) -> list[str] | None:
@@ -222,4 +255,3 @@ def _unfinished(part: Part, ids: list[str]) -> list[str] | None:
     if any(r is not None and not r["success"] for r in records):
         return None
     return [task_id for task_id, r in zip(ids, records, strict=False) if r is None]
-

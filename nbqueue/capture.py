@@ -84,8 +84,10 @@ class Capture:
         cut = self._cut + max(0, len(whole) - LIMIT)
         if not cut:
             return whole
-        return (f"[... {cut:,} earlier characters cut: a task's output keeps its last "
-                f"{LIMIT // 1024} K characters ...]\n" + whole[-LIMIT:])
+        return (
+            f"[... {cut:,} earlier characters cut: a task's output keeps its last "
+            f"{LIMIT // 1024} K characters ...]\n" + whole[-LIMIT:]
+        )
 
 
 def current() -> Capture | None:
@@ -155,13 +157,16 @@ def _numbers(done: Any, total: Any) -> tuple[float, float | None]:
 
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigurationError(f"nbqueue.report: {name} must be a number, got "
-                                 f"{value!r}; call it as report(done, total=None, "
-                                 "message=None)")
+        raise ConfigurationError(
+            f"nbqueue.report: {name} must be a number, got "
+            f"{value!r}; call it as report(done, total=None, "
+            "message=None)"
+        )
     return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 # -- where the output goes ------------------------------------------------------------
+
 
 class TaskStream:
     """Stands for ``sys.stdout``/``sys.stderr``: the running task's text goes to its
@@ -208,8 +213,11 @@ class TaskLogHandler(logging.Handler):
         capture = current()
         if capture is None:  # as if this handler were not there
             last = logging.lastResort
-            if (last is not None and logging.getLogger().handlers == [self]
-                    and record.levelno >= last.level):
+            if (
+                last is not None
+                and logging.getLogger().handlers == [self]
+                and record.levelno >= last.level
+            ):
                 last.handle(record)
             return
         try:
@@ -254,6 +262,7 @@ class inline_capture:
 
 # -- live rows ----------------------------------------------------------------------------
 
+
 class LiveRows:
     """The thread of a worker that writes the live rows of its long tasks."""
 
@@ -280,12 +289,19 @@ class LiveRows:
                 return
             capture.changed = False
             capture.written = now
-            row = {"id": capture.task_id, "token": capture.token, "pid": os.getpid(),
-                   "started": capture.started, "progress": capture.progress,
-                   "output": capture.text(), "updated": now}
+            row = {
+                "id": capture.task_id,
+                "token": capture.token,
+                "pid": os.getpid(),
+                "started": capture.started,
+                "progress": capture.progress,
+                "output": capture.text(),
+                "updated": now,
+            }
             try:
                 if self._state is None:
                     from .heartbeats import heartbeats
+
                     self._state = heartbeats(self.directory).state
                 self._state.set(LIVE + capture.task_id, row, expire=LIVE_TTL, retry=True)
                 capture.live = True
@@ -294,7 +310,10 @@ class LiveRows:
                 logging.getLogger("nbqueue").warning(
                     "nbqueue worker %d: cannot write the live state of running tasks to "
                     "%s (%s); their output and progress come with their outcome only",
-                    os.getpid(), self.directory, exc)
+                    os.getpid(),
+                    self.directory,
+                    exc,
+                )
 
 
 _live: dict[str, LiveRows] = {}

@@ -52,27 +52,47 @@ def _check(name: str, ok: bool, wanted: str, value: Any) -> None:
 
 
 def check_timeout(name: str, value: Any) -> None:
-    _check(name, value is None or (_is_number(value) and 0 < value < float("inf")),
-           "a positive number of seconds or None", value)
+    _check(
+        name,
+        value is None or (_is_number(value) and 0 < value < float("inf")),
+        "a positive number of seconds or None",
+        value,
+    )
 
 
 def check_cached(name: str, value: Any) -> None:
-    _check(name, isinstance(value, bool) or (isinstance(value, int) and value > 0),
-           "True, False or a positive whole number of seconds", value)
+    _check(
+        name,
+        isinstance(value, bool) or (isinstance(value, int) and value > 0),
+        "True, False or a positive whole number of seconds",
+        value,
+    )
 
 
 def check_max_attempts(name: str, value: Any) -> None:
-    _check(name, isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-           "a whole number >= 0 (0 = unlimited)", value)
+    _check(
+        name,
+        isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+        "a whole number >= 0 (0 = unlimited)",
+        value,
+    )
 
 
 def validate(settings: Settings) -> Settings:
     """Raise ConfigurationError for the first bad value; return the settings unchanged."""
     s = settings
-    _check("directory", isinstance(s.directory, (str, os.PathLike)) and str(s.directory) != "",
-           "a directory path", s.directory)
-    _check("workers", isinstance(s.workers, int) and not isinstance(s.workers, bool)
-           and s.workers >= 0, "a whole number >= 0 (0 = one per CPU)", s.workers)
+    _check(
+        "directory",
+        isinstance(s.directory, (str, os.PathLike)) and str(s.directory) != "",
+        "a directory path",
+        s.directory,
+    )
+    _check(
+        "workers",
+        isinstance(s.workers, int) and not isinstance(s.workers, bool) and s.workers >= 0,
+        "a whole number >= 0 (0 = one per CPU)",
+        s.workers,
+    )
     check_timeout("timeout", s.timeout)
     _check("retry", _is_number(s.retry) and s.retry > 0, "a positive number of seconds", s.retry)
     if s.timeout is not None and s.retry <= s.timeout:
@@ -80,19 +100,32 @@ def validate(settings: Settings) -> Settings:
             f"option 'timeout' ({s.timeout:g} s) needs option 'retry' ({s.retry:g} s, the "
             "seconds before a lost task is delivered again) above it, as in Django Q: give "
             f"both, e.g. timeout={s.timeout:g}, retry={max(2 * s.timeout, 60):g} (or set "
-            "retry with configure() or NBQUEUE_RETRY), or lower timeout")
+            "retry with configure() or NBQUEUE_RETRY), or lower timeout"
+        )
     check_max_attempts("max_attempts", s.max_attempts)
     for name in ("ack_failures", "sync", "reuse", "allow_network_fs"):
         _check(name, isinstance(getattr(s, name), bool), "True or False", getattr(s, name))
-    _check("save_limit", isinstance(s.save_limit, int) and not isinstance(s.save_limit, bool)
-           and s.save_limit >= -1, "a whole number >= -1 (0 = keep all, -1 = keep none)",
-           s.save_limit)
+    _check(
+        "save_limit",
+        isinstance(s.save_limit, int) and not isinstance(s.save_limit, bool) and s.save_limit >= -1,
+        "a whole number >= -1 (0 = keep all, -1 = keep none)",
+        s.save_limit,
+    )
     check_cached("cached", s.cached)
-    _check("bulk", isinstance(s.bulk, int) and not isinstance(s.bulk, bool) and s.bulk >= 1,
-           "a whole number >= 1", s.bulk)
+    _check(
+        "bulk",
+        isinstance(s.bulk, int) and not isinstance(s.bulk, bool) and s.bulk >= 1,
+        "a whole number >= 1",
+        s.bulk,
+    )
     _check("label", isinstance(s.label, str), "a string", s.label)
-    _check("max_rss", s.max_rss is None or (isinstance(s.max_rss, int) and not isinstance(
-        s.max_rss, bool) and s.max_rss > 0), "a positive number of kilobytes or None", s.max_rss)
+    _check(
+        "max_rss",
+        s.max_rss is None
+        or (isinstance(s.max_rss, int) and not isinstance(s.max_rss, bool) and s.max_rss > 0),
+        "a positive number of kilobytes or None",
+        s.max_rss,
+    )
     _check("poll", _is_number(s.poll) and 0 < s.poll <= 5, "a number of seconds in (0, 5]", s.poll)
     return s
 
@@ -129,15 +162,19 @@ def _parse_env(name: str, text: str) -> Any:
             pass
     else:
         return text
-    raise ConfigurationError(f"environment variable NBQUEUE_{name.upper()}={text!r} is not a "
-                             f"valid value for option {name!r}; fix or unset it")
+    raise ConfigurationError(
+        f"environment variable NBQUEUE_{name.upper()}={text!r} is not a "
+        f"valid value for option {name!r}; fix or unset it"
+    )
 
 
 def _env_values(skip: Any = ()) -> dict[str, Any]:
     """The options set by NBQUEUE_* variables, parsed; those in ``skip`` are not read."""
-    return {name: _parse_env(name, os.environ[f"NBQUEUE_{name.upper()}"])
-            for name in OPTION_NAMES
-            if name not in skip and f"NBQUEUE_{name.upper()}" in os.environ}
+    return {
+        name: _parse_env(name, os.environ[f"NBQUEUE_{name.upper()}"])
+        for name in OPTION_NAMES
+        if name not in skip and f"NBQUEUE_{name.upper()}" in os.environ
+    }
 
 
 def _build(overrides: dict[str, Any]) -> Settings:
@@ -150,12 +187,16 @@ def _build(overrides: dict[str, Any]) -> Settings:
     try:
         return validate(Settings(**{**env, **overrides}))
     except ConfigurationError as exc:
-        culprits = [f"NBQUEUE_{name.upper()}={os.environ[f'NBQUEUE_{name.upper()}']!r}"
-                    for name in env if f"'{name}'" in str(exc)]
+        culprits = [
+            f"NBQUEUE_{name.upper()}={os.environ[f'NBQUEUE_{name.upper()}']!r}"
+            for name in env
+            if f"'{name}'" in str(exc)
+        ]
         if not culprits:
             raise
-        raise ConfigurationError(f"{exc} (set by environment variable {', '.join(culprits)}; "
-                                 "fix or unset it)") from None
+        raise ConfigurationError(
+            f"{exc} (set by environment variable {', '.join(culprits)}; fix or unset it)"
+        ) from None
 
 
 def _from_env() -> Settings:
@@ -188,8 +229,10 @@ def configure(**options: Any) -> Settings:
     global _current
     unknown = sorted(set(options) - set(OPTION_NAMES))
     if unknown:
-        raise ConfigurationError(f"unknown option(s) {', '.join(map(repr, unknown))}; "
-                                 f"the options are: {', '.join(OPTION_NAMES)}")
+        raise ConfigurationError(
+            f"unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"the options are: {', '.join(OPTION_NAMES)}"
+        )
     with _lock:
         merged = {**_overrides, **options}
         new = _build(merged)

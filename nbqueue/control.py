@@ -66,17 +66,18 @@ def cancel_tasks(task_ids: Iterable[str], broker: Broker | None = None) -> int:
     how many."""
     broker = broker or get_broker()
     store = get_store(broker.directory)
-    wanted = {task_id for task_id in task_ids
-              if store.saved.get(task_id) is None and store.cached.get(task_id) is None}
+    wanted = {
+        task_id
+        for task_id in task_ids
+        if store.saved.get(task_id) is None and store.cached.get(task_id) is None
+    }
     if not wanted:
         return 0
     needles = [task_id.encode() for task_id in wanted] if len(wanted) <= _FEW else None
-    return _cancel(broker, lambda header: header.id in wanted or header.name in wanted,
-                   needles)
+    return _cancel(broker, lambda header: header.id in wanted or header.name in wanted, needles)
 
 
-def _cancel(broker: Broker, match: Callable[[Header], bool],
-            needles: list[bytes] | None) -> int:
+def _cancel(broker: Broker, match: Callable[[Header], bool], needles: list[bytes] | None) -> int:
     store = get_store(broker.directory)
     broker.flush()  # this process's tasks are in the queue
     asked = time.time()
@@ -97,8 +98,7 @@ def _cancel(broker: Broker, match: Callable[[Header], bool],
     if leased:  # its cluster stores the outcome once the run ended: wait for it, so that
         # result() shows it and a run that finished before the cancel reached it is not
         # counted (one still being stopped is)
-        store.wait(lambda: all(store.part(bool(h.cached)).get(h.id) for h in leased),
-                   CANCEL_WAIT)
+        store.wait(lambda: all(store.part(bool(h.cached)).get(h.id) for h in leased), CANCEL_WAIT)
         leased = [h for h in leased if _cancelled(store.part(bool(h.cached)).get(h.id))]
     return len(removed) + len(leased)
 
@@ -117,11 +117,13 @@ def _finished(store: Store, header: Header, asked: float) -> bool:
 
 def _run_hook(header: Header, record: Record, store: Store) -> None:
     import logging
+
     try:
         hook = find_hook(header)
     except Exception as exc:
-        logging.getLogger("nbqueue").error("hook of cancelled task %s cannot be loaded: "
-                                           "%s", header.name, exc)
+        logging.getLogger("nbqueue").error(
+            "hook of cancelled task %s cannot be loaded: %s", header.name, exc
+        )
         return
     if hook is not None:
         run_hook(hook, Task(record, store, bool(header.cached)))
@@ -149,7 +151,8 @@ def _cancelled_outcome(broker: Broker, part: Part, task_id: str) -> Record:
         raise TaskStillRunning(
             f"task {task_id} was cancelled, but the cluster running it has not stopped it "
             f"yet (its outcome is not stored after {CANCEL_WAIT / 1000:g} s); retry it once "
-            "result() or status() shows it cancelled")
+            "result() or status() shows it cancelled"
+        )
     return record
 
 

@@ -44,8 +44,7 @@ class Doorbell:
             raise
         self._socket.settimeout(0.5)
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="nbqueue-doorbell",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="nbqueue-doorbell", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
@@ -88,8 +87,11 @@ class Bells:
                     names = os.listdir(self.folder)
                 except OSError:
                     names = []
-                self._paths = [os.path.join(self.folder, n) for n in names
-                               if os.path.join(self.folder, n) not in self.own]
+                self._paths = [
+                    os.path.join(self.folder, n)
+                    for n in names
+                    if os.path.join(self.folder, n) not in self.own
+                ]
             if not self._paths:
                 return
             if self._socket is None:

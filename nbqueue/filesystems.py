@@ -43,23 +43,79 @@ NETWORK_MAGICS: dict[int, str] = {
 FUSE_MAGIC = 0x65735546  # any FUSE file system: the mount table says which one
 # statfs f_type of common local ones, to name them when the mount table cannot
 LOCAL_MAGICS: dict[int, str] = {
-    0xEF53: "ext4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0x2FC12FC1: "zfs",
-    0x01021994: "tmpfs", 0x794C7630: "overlay", 0x858458F6: "ramfs", 0x73717368: "squashfs",
-    0xE0F5E1E2: "erofs", 0x4D44: "vfat", 0x5346544E: "ntfs", 0x2011BAB0: "exfat",
-    0xF15F: "ecryptfs", 0x61756673: "aufs",
+    0xEF53: "ext4",
+    0x58465342: "xfs",
+    0x9123683E: "btrfs",
+    0x2FC12FC1: "zfs",
+    0x01021994: "tmpfs",
+    0x794C7630: "overlay",
+    0x858458F6: "ramfs",
+    0x73717368: "squashfs",
+    0xE0F5E1E2: "erofs",
+    0x4D44: "vfat",
+    0x5346544E: "ntfs",
+    0x2011BAB0: "exfat",
+    0xF15F: "ecryptfs",
+    0x61756673: "aufs",
 }
 # mount table types of network file systems (Linux, macOS and the BSDs)
-NETWORK_TYPES = frozenset({
-    "nfs", "nfs4", "lustre", "gpfs", "cifs", "smb", "smb2", "smb3", "smbfs", "afs",
-    "openafs", "ceph", "glusterfs", "9p", "ncpfs", "coda", "beegfs", "panfs", "pvfs2",
-    "orangefs", "afpfs", "webdav", "davfs", "lizardfs", "moosefs",
-})
+NETWORK_TYPES = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "lustre",
+        "gpfs",
+        "cifs",
+        "smb",
+        "smb2",
+        "smb3",
+        "smbfs",
+        "afs",
+        "openafs",
+        "ceph",
+        "glusterfs",
+        "9p",
+        "ncpfs",
+        "coda",
+        "beegfs",
+        "panfs",
+        "pvfs2",
+        "orangefs",
+        "afpfs",
+        "webdav",
+        "davfs",
+        "lizardfs",
+        "moosefs",
+    }
+)
 # FUSE file systems that serve files of another machine (mount table ``fuse.<name>``)
-NETWORK_FUSE = frozenset({
-    "sshfs", "glusterfs", "ceph-fuse", "ceph", "s3fs", "gcsfuse", "rclone", "juicefs",
-    "mfs", "moosefs", "lizardfs", "mfsmount", "davfs", "goofys", "blobfuse", "blobfuse2",
-    "curlftpfs", "cvmfs2", "beegfs", "quobyte", "weka", "alluxio-fuse", "objectivefs",
-})
+NETWORK_FUSE = frozenset(
+    {
+        "sshfs",
+        "glusterfs",
+        "ceph-fuse",
+        "ceph",
+        "s3fs",
+        "gcsfuse",
+        "rclone",
+        "juicefs",
+        "mfs",
+        "moosefs",
+        "lizardfs",
+        "mfsmount",
+        "davfs",
+        "goofys",
+        "blobfuse",
+        "blobfuse2",
+        "curlftpfs",
+        "cvmfs2",
+        "beegfs",
+        "quobyte",
+        "weka",
+        "alluxio-fuse",
+        "objectivefs",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -126,8 +182,9 @@ def _unescape(field: str) -> str:
     """A mount point as the mount table writes it (``\\040`` for a space ...)."""
     if "\\" not in field:
         return field
-    return field.encode().decode("unicode_escape").encode("latin-1").decode(
-        errors="surrogateescape")
+    return (
+        field.encode().decode("unicode_escape").encode("latin-1").decode(errors="surrogateescape")
+    )
 
 
 def mountinfo_type(path: str, table: str) -> tuple[str, str] | None:
@@ -180,8 +237,7 @@ def _mount_table(path: str) -> tuple[str, str] | None:
     except OSError:
         pass
     try:
-        done = subprocess.run(["mount"], capture_output=True, text=True, timeout=10,
-                              check=False)
+        done = subprocess.run(["mount"], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return mount_output_type(path, done.stdout)

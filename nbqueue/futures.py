@@ -83,6 +83,7 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 # -- futures -------------------------------------------------------------------------
 
+
 class TaskFuture(Future):
     """The Future of one task's outcome; make one with ``nbqueue.future(task_id)``.
 
@@ -160,8 +161,9 @@ class _Watch:
 
     __slots__ = ("task_id", "futures", "remaining", "manifest", "by_name")
 
-    def __init__(self, task_id: str, remaining: set[str], manifest: Manifest | None,
-                 by_name: bool) -> None:
+    def __init__(
+        self, task_id: str, remaining: set[str], manifest: Manifest | None, by_name: bool
+    ) -> None:
         self.task_id = task_id
         self.futures: list[TaskFuture] = []
         self.remaining = remaining  # ids without an outcome (an async_iter's: many)
@@ -189,7 +191,8 @@ def _iter_outcome(part: Part, watch: _Watch) -> Record | OutcomeDeleted | None:
             f"the outcomes of {len(lost)} of the {len(ids)} tasks of async_iter "
             f"{manifest['id']} were deleted (delete_group({manifest['group']!r}, "
             "tasks=True)) before all of them had finished, so its combined result can "
-            "never be made; run the async_iter again")
+            "never be made; run the async_iter again"
+        )
     watch.remaining = missing
     return None
 
@@ -244,8 +247,7 @@ class _Waiter:
             found.futures.append(fut)
             watched.dirty = True
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name=THREAD_NAME,
-                                                daemon=True)
+                self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
                 self._thread.start()
         self._wakeup.set()
 
@@ -268,8 +270,9 @@ class _Waiter:
     def pending(self) -> int:
         """How many futures wait (for tests and diagnostics)."""
         with self._lock:
-            return sum(len(w.futures) for watched in self._keys.values()
-                       for w in watched.watches.values())
+            return sum(
+                len(w.futures) for watched in self._keys.values() for w in watched.watches.values()
+            )
 
     # -- the thread ------------------------------------------------------------------
 
@@ -277,14 +280,23 @@ class _Waiter:
         try:
             self._loop()
         except BaseException as exc:  # never die silently: fail the futures, say why
-            log.exception("nbqueue's futures waiter stopped; its pending futures fail with "
-                          "this error, and the next future() starts a new waiter")
+            log.exception(
+                "nbqueue's futures waiter stopped; its pending futures fail with "
+                "this error, and the next future() starts a new waiter"
+            )
             with self._lock:
                 keys, self._keys = self._keys, {}
                 if self._thread is threading.current_thread():
                     self._thread = None
-            _fail((f for watched in keys.values() for w in watched.watches.values()
-                   for f in w.futures), exc)
+            _fail(
+                (
+                    f
+                    for watched in keys.values()
+                    for w in watched.watches.values()
+                    for f in w.futures
+                ),
+                exc,
+            )
 
     def _loop(self) -> None:
         pause = POLL_MIN
@@ -306,8 +318,7 @@ class _Waiter:
                     with self._lock:
                         if self._keys.get(key) is watched:
                             del self._keys[key]
-                    _fail([f for w in list(watched.watches.values()) for f in w.futures],
-                          exc)
+                    _fail([f for w in list(watched.watches.values()) for f in w.futures], exc)
             if settled:
                 pause = POLL_MIN
             # Saves of this process wake the wait at once (with several stores, those of
@@ -325,21 +336,28 @@ class _Waiter:
         part = watched.part
         mark = None if part.expiring else part.totals()  # before the ids: no write missed
         # something was deleted: an async_iter's tasks seen stored may be gone
-        shrank = (mark is not None and watched.mark is not None
-                  and (mark[0] < watched.mark[0] or mark[1] < watched.mark[1]))
+        shrank = (
+            mark is not None
+            and watched.mark is not None
+            and (mark[0] < watched.mark[0] or mark[1] < watched.mark[1])
+        )
         with self._lock:
-            if (mark is not None and mark == watched.mark and not watched.dirty
-                    and now - watched.read_at < RECHECK):
+            if (
+                mark is not None
+                and mark == watched.mark
+                and not watched.dirty
+                and now - watched.read_at < RECHECK
+            ):
                 return 0
             watched.dirty = False
             watches = list(watched.watches.values())
-            ids = list(dict.fromkeys(i for w in watches if not w.by_name
-                                     for i in w.remaining))
+            ids = list(dict.fromkeys(i for w in watches if not w.by_name for i in w.remaining))
         start = time.monotonic()
         found = {}
         if ids:
-            found = {i: r for i, r in zip(ids, part.records(ids), strict=False)
-                     if isinstance(r, dict)}
+            found = {
+                i: r for i, r in zip(ids, part.records(ids), strict=False) if isinstance(r, dict)
+            }
         done: list[tuple[_Watch, Record | OutcomeDeleted]] = []
         for watch in watches:  # only this thread changes a watch's remaining ids
             record: Record | OutcomeDeleted | None = None
@@ -383,10 +401,13 @@ def _check_sent(broker: Broker, task_id: object, cached: bool) -> None:
         raise ConfigurationError(
             f"task {task_id!r} was sent with save=False: its result is never stored, so a "
             "future of it could never complete; give the task a hook, or send it with "
-            "save=True")
+            "save=True"
+        )
     if how == "cached" and not cached:
-        raise ConfigurationError(f"task {task_id!r} was sent with cached=True: its outcome "
-                                 "goes to the cached part; pass cached=True")
+        raise ConfigurationError(
+            f"task {task_id!r} was sent with cached=True: its outcome "
+            "goes to the cached part; pass cached=True"
+        )
 
 
 def future(task_id: str, cached: bool = False, broker: Broker | None = None) -> TaskFuture:

@@ -43,8 +43,9 @@ class Heartbeats:
     def record_stop(self, cluster_id: str, info: dict[str, Any]) -> None:
         """Keep, for a day, the figures of a cluster that stopped on its own (``info``
         names why, under ``"error"``), for ``nbqueue info`` to show."""
-        self.state.set(_STOPPED + cluster_id, dict(info, stopped=time.time()),
-                        expire=STOPPED_KEPT, retry=True)
+        self.state.set(
+            _STOPPED + cluster_id, dict(info, stopped=time.time()), expire=STOPPED_KEPT, retry=True
+        )
 
     def clusters(self) -> list[dict[str, Any]]:
         """The live clusters on this directory, each as the info it last reported."""
@@ -52,15 +53,19 @@ class Heartbeats:
 
     def stopped_clusters(self) -> list[dict[str, Any]]:
         """The clusters that stopped on their own in the last day, newest first."""
-        return sorted((info for info in self._rows(_STOPPED) if info is not None),
-                      key=lambda info: -info.get("stopped", 0))
+        return sorted(
+            (info for info in self._rows(_STOPPED) if info is not None),
+            key=lambda info: -info.get("stopped", 0),
+        )
 
     def _rows(self, prefix: str) -> list[Any]:
         """The values of the rows whose key starts with ``prefix``; a row that fails its
         signature check is left out (and logged): never unpickled."""
-        return [checked_get(self.state, key, None, "a cluster heartbeat")
-                for key in list(self.state.iterkeys())
-                if isinstance(key, str) and key.startswith(prefix)]
+        return [
+            checked_get(self.state, key, None, "a cluster heartbeat")
+            for key in list(self.state.iterkeys())
+            if isinstance(key, str) and key.startswith(prefix)
+        ]
 
     def close(self) -> None:
         self.state.close()

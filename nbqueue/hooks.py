@@ -53,4 +53,7 @@ def run_hook(hook: Any, task: Any, logger: logging.Logger | None = None) -> None
     except BaseException:  # noqa: BLE001
         (logger or log).exception(
             "hook %r of task %s (%s) raised; the task's outcome is stored all the same",
-            getattr(hook, "__name__", hook), task.name, task.id)
+            getattr(hook, "__name__", hook),
+            task.name,
+            task.id,
+        )

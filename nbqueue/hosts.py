@@ -47,8 +47,9 @@ def describe(path: str, cluster_id: str, directory: str, slots: bool) -> None:
     """Write the host file of the folder ``path``: this process hosts cluster
     ``cluster_id``, serving the store ``directory``; ``slots``: its workers note what
     they begin. Before any worker starts: until then, the folder is no one's to read."""
-    text = json.dumps({"pid": os.getpid(), "cluster": cluster_id, "directory": directory,
-                       "slots": slots})
+    text = json.dumps(
+        {"pid": os.getpid(), "cluster": cluster_id, "directory": directory, "slots": slots}
+    )
     fd = os.open(os.path.join(path, HOST_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, text.encode())
@@ -75,8 +76,13 @@ def _hosts(prefix: str = PREFIX) -> Iterator[Host]:
                 continue
             with open(os.path.join(entry.path, HOST_FILE), "rb") as src:
                 found = json.loads(src.read(65536))
-            yield Host(entry.path, int(found["pid"]), str(found["cluster"]),
-                       str(found["directory"]), bool(found["slots"]))
+            yield Host(
+                entry.path,
+                int(found["pid"]),
+                str(found["cluster"]),
+                str(found["directory"]),
+                bool(found["slots"]),
+            )
         except (OSError, ValueError, KeyError, TypeError):
             continue
 
@@ -108,7 +114,8 @@ def dead(host: Host) -> bool:
     """Whether the host and every worker of it are gone (a worker outlives its host
     by up to ``worker.HOST_WATCH``)."""
     return not process_alive(host.pid) and not any(
-        process_alive(int(os.path.basename(slot))) for slot in _workers(host.path))
+        process_alive(int(os.path.basename(slot))) for slot in _workers(host.path)
+    )
 
 
 def sweep(directory: str, owners: Iterable[str]) -> int:
@@ -127,6 +134,5 @@ def sweep(directory: str, owners: Iterable[str]) -> int:
         if dead(host):
             shutil.rmtree(host.path, ignore_errors=True)
             removed += 1
-            log.debug("nbqueue: swept the folder %s of dead cluster host %d", host.path,
-                      host.pid)
+            log.debug("nbqueue: swept the folder %s of dead cluster host %d", host.path, host.pid)
     return removed

@@ -37,14 +37,20 @@ log = logging.getLogger("nbqueue")
 
 # -- checks --------------------------------------------------------------------------
 
+
 def _check_timeout(timeout: Any) -> float | None:
     """The deadline (``time.monotonic()``) of a timeout in seconds, or None."""
     if timeout is None:
         return None
-    if (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
-            or not 0 <= timeout < float("inf")):
-        raise ConfigurationError(f"timeout must be a number of seconds >= 0, or None to "
-                                 f"wait as long as it takes; got {timeout!r}")
+    if (
+        not isinstance(timeout, (int, float))
+        or isinstance(timeout, bool)
+        or not 0 <= timeout < float("inf")
+    ):
+        raise ConfigurationError(
+            f"timeout must be a number of seconds >= 0, or None to "
+            f"wait as long as it takes; got {timeout!r}"
+        )
     return time.monotonic() + timeout
 
 
@@ -106,9 +112,15 @@ class _GroupFollower:
 
 # -- as_completed --------------------------------------------------------------------
 
-def as_completed(task_ids: Iterable[str] | None = None, group: str | None = None,
-                 timeout: float | None = None, cached: bool = False,
-                 count: int | None = None, broker: Broker | None = None) -> Iterator[Task]:
+
+def as_completed(
+    task_ids: Iterable[str] | None = None,
+    group: str | None = None,
+    timeout: float | None = None,
+    cached: bool = False,
+    count: int | None = None,
+    broker: Broker | None = None,
+) -> Iterator[Task]:
     """Yield each task as soon as it finishes (a ``Success`` or, not raised, a ``Failure``).
 
     Give exactly one of:
@@ -128,26 +140,32 @@ def as_completed(task_ids: Iterable[str] | None = None, group: str | None = None
     the loop early only stops waiting: the tasks run on.
     """
     if (task_ids is None) == (group is None):
-        raise ConfigurationError("as_completed takes exactly one of task_ids (a list of task "
-                                 "ids) and group (a group name)")
+        raise ConfigurationError(
+            "as_completed takes exactly one of task_ids (a list of task "
+            "ids) and group (a group name)"
+        )
     deadline = _check_timeout(timeout)
     broker = broker or get_broker()
     cached = bool(cached)
     if task_ids is not None:
         if isinstance(task_ids, (str, bytes)) or not isinstance(task_ids, Iterable):
-            raise ConfigurationError(f"task_ids must be a list of task ids, got {task_ids!r}"
-                                     " (as_completed([task_id]) for a single one)")
+            raise ConfigurationError(
+                f"task_ids must be a list of task ids, got {task_ids!r}"
+                " (as_completed([task_id]) for a single one)"
+            )
         if count is not None:
-            raise ConfigurationError("count goes with group=, not task_ids: every task of "
-                                     "task_ids is yielded")
+            raise ConfigurationError(
+                "count goes with group=, not task_ids: every task of task_ids is yielded"
+            )
         futures = [future(task_id, cached, broker) for task_id in dict.fromkeys(task_ids)]
         return _completed_futures(futures, deadline, timeout)
     if not isinstance(group, str) or not group:
         raise ConfigurationError(f"group must be a non-empty string, got {group!r}")
-    if count is not None and (not isinstance(count, int) or isinstance(count, bool)
-                              or count < 1):
-        raise ConfigurationError(f"count must be a whole number >= 1 (how many tasks of the "
-                                 f"group to yield) or None, got {count!r}")
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+        raise ConfigurationError(
+            f"count must be a whole number >= 1 (how many tasks of the "
+            f"group to yield) or None, got {count!r}"
+        )
     return _completed_group(group, count, cached, broker, deadline, timeout)
 
 
@@ -161,8 +179,9 @@ def _stopped(fut: TaskFuture) -> float:
     return fut.task.stopped.timestamp() if fut.task is not None else float("inf")
 
 
-def _completed_futures(futures: list[TaskFuture], deadline: float | None,
-                       timeout: float | None) -> Iterator[Task]:
+def _completed_futures(
+    futures: list[TaskFuture], deadline: float | None, timeout: float | None
+) -> Iterator[Task]:
     pending = set(futures)
     try:
         for fut in futures:
@@ -172,11 +191,14 @@ def _completed_futures(futures: list[TaskFuture], deadline: float | None,
         while pending:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise TimeoutError(f"{len(pending)} of {len(futures)} tasks did not finish "
-                                   f"within {timeout} s")
+                raise TimeoutError(
+                    f"{len(pending)} of {len(futures)} tasks did not finish within {timeout} s"
+                )
             # wait() gives back the futures it was given, typed as plain Futures
-            done, pending = cast("tuple[set[TaskFuture], set[TaskFuture]]",
-                                 wait_futures(pending, left, FIRST_COMPLETED))
+            done, pending = cast(
+                "tuple[set[TaskFuture], set[TaskFuture]]",
+                wait_futures(pending, left, FIRST_COMPLETED),
+            )
             for fut in sorted(done, key=_stopped):
                 yield _task_of(fut)
     finally:
@@ -184,8 +206,14 @@ def _completed_futures(futures: list[TaskFuture], deadline: float | None,
             fut.cancel()  # stop waiting; the tasks run on
 
 
-def _completed_group(group: str, count: int | None, cached: bool, broker: Broker,
-                     deadline: float | None, timeout: float | None) -> Iterator[Task]:
+def _completed_group(
+    group: str,
+    count: int | None,
+    cached: bool,
+    broker: Broker,
+    deadline: float | None,
+    timeout: float | None,
+) -> Iterator[Task]:
     store = get_store(broker.directory)
     follower = _GroupFollower(store.part(cached), group)
     poll = _Poll(store)
@@ -214,15 +242,23 @@ def _completed_group(group: str, count: int | None, cached: bool, broker: Broker
             return
         if deadline is not None and time.monotonic() >= deadline:
             wanted = f"of {want}" if want is not None else "so far"
-            raise TimeoutError(f"{yielded} task(s) {wanted} of group {group!r} finished "
-                               f"within {timeout} s")
+            raise TimeoutError(
+                f"{yielded} task(s) {wanted} of group {group!r} finished within {timeout} s"
+            )
         poll.wait(deadline)
 
 
 # -- map -----------------------------------------------------------------------------
 
-def map(func: Callable[..., Any] | str, iterable: Iterable[Any], ordered: bool = True,
-        timeout: float | None = None, progress: bool = False, **kwargs: Any) -> Iterator[Any]:
+
+def map(
+    func: Callable[..., Any] | str,
+    iterable: Iterable[Any],
+    ordered: bool = True,
+    timeout: float | None = None,
+    progress: bool = False,
+    **kwargs: Any,
+) -> Iterator[Any]:
     """``Executor.map`` on the cluster: run ``func`` once per item of ``iterable`` (a tuple
     item is spread as positional arguments) and yield each result as soon as it is
     available: in input order when ``ordered``, as the tasks finish otherwise.
@@ -246,8 +282,10 @@ def map(func: Callable[..., Any] | str, iterable: Iterable[Any], ordered: bool =
     settings = conf.settings()
     options = checked_options(split_options(kwargs), settings)
     if options.get("save") is False:
-        raise ConfigurationError("map reads every result back from the store, so it cannot "
-                                 "take save=False; use async_task with a hook for that")
+        raise ConfigurationError(
+            "map reads every result back from the store, so it cannot "
+            "take save=False; use async_task with a hook for that"
+        )
     broker = options["broker"]
     group = options.get("group") or f"map-{uuid.uuid4()}"
     options = dict(options, group=group)
@@ -265,6 +303,7 @@ def map(func: Callable[..., Any] | str, iterable: Iterable[Any], ordered: bool =
     panel = None
     if progress and headers:
         from .widgets import GroupProgress
+
         panel = GroupProgress(group, len(headers), cached, broker)
     if options["sync"]:
         for header, package in zip(headers, packages, strict=False):
@@ -272,12 +311,21 @@ def map(func: Callable[..., Any] | str, iterable: Iterable[Any], ordered: bool =
     elif packages:
         broker.enqueue_many(packages)  # all of them, or none and StoreError
         warn_if_unserved(broker, memo)
-    return _map_results([h.id for h in headers], group, ordered, cached, broker, deadline,
-                        timeout, panel)
+    return _map_results(
+        [h.id for h in headers], group, ordered, cached, broker, deadline, timeout, panel
+    )
 
 
-def _map_results(ids: list[str], group: str, ordered: bool, cached: bool, broker: Broker,
-                 deadline: float | None, timeout: float | None, panel: Any) -> Iterator[Any]:
+def _map_results(
+    ids: list[str],
+    group: str,
+    ordered: bool,
+    cached: bool,
+    broker: Broker,
+    deadline: float | None,
+    timeout: float | None,
+    panel: Any,
+) -> Iterator[Any]:
     store = get_store(broker.directory)
     follower = _GroupFollower(store.part(cached), group)
     poll = _Poll(store)
@@ -315,8 +363,10 @@ def _map_results(ids: list[str], group: str, ordered: bool, cached: bool, broker
             if given > before:
                 continue  # as Executor.map: the timeout is for a result not there in time
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"{len(finished)} of {len(ids)} tasks of map (group "
-                                   f"{group!r}) finished within {timeout} s")
+                raise TimeoutError(
+                    f"{len(finished)} of {len(ids)} tasks of map (group "
+                    f"{group!r}) finished within {timeout} s"
+                )
             poll.wait(deadline)
     finally:
         if panel is not None:
@@ -332,8 +382,9 @@ def _cancel(task_ids: list[str], broker: Broker) -> None:
     try:
         cancel_tasks(task_ids, broker)
     except Exception:
-        log.warning("nbqueue.map: cancelling %d unfinished task(s) failed", len(task_ids),
-                    exc_info=True)
+        log.warning(
+            "nbqueue.map: cancelling %d unfinished task(s) failed", len(task_ids), exc_info=True
+        )
 
 
 __all__ = ["as_completed", "map"]

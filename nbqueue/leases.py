@@ -62,8 +62,9 @@ def push_front(queue: Any, items: list[tuple[int, bytes]]) -> None:
         queue.set(PENDING, queue.get(PENDING, 0) + len(items))
 
 
-def end(queue: Any, rows: dict[str, list[int]], index: Index, back: bool = False,
-        counted: bool = False) -> None:
+def end(
+    queue: Any, rows: dict[str, list[int]], index: Index, back: bool = False, counted: bool = False
+) -> None:
     """End leases in ``index``, which the caller writes back. ``back``: their packages go
     back to the front of the queue, with their attempt ``counted`` or given back."""
     requeued = []
@@ -99,8 +100,9 @@ def renew(rows: dict[str, list[int]], index: Index, duration: float) -> list[str
     return lost
 
 
-def held_by(rows: dict[str, list[int]],
-            index: Mapping[str, tuple[float, str, Container[int]]], owner: str) -> set[str]:
+def held_by(
+    rows: dict[str, list[int]], index: Mapping[str, tuple[float, str, Container[int]]], owner: str
+) -> set[str]:
     """The tokens of ``rows`` that ``owner`` holds, unexpired (``index``: the lease index,
     or rows held in this process)."""
     now = time.time()
@@ -112,8 +114,7 @@ def held_by(rows: dict[str, list[int]],
     return found
 
 
-def reap(queue: Any, index: Index, now: float,
-         begun: Callable[[str], set[str] | None]) -> int:
+def reap(queue: Any, index: Index, now: float, begun: Callable[[str], set[str] | None]) -> int:
     """Put the packages of expired leases back in the queue; ``index`` is changed, for
     the caller to write back. ``begun(owner)``: the tokens of ``owner``'s leases whose
     task a worker began, or None if unknown. Those, and all when unknown, have their
@@ -187,8 +188,9 @@ class InMemory:
             self.writing = pending
         return pending, acks
 
-    def written(self, pending: dict[str, tuple[float, str, Row]], acks: list[str],
-                ok: bool) -> None:
+    def written(
+        self, pending: dict[str, tuple[float, str, Row]], acks: list[str], ok: bool
+    ) -> None:
         """After the transaction that wrote ``take``'s answer: if it failed, keep them
         (the acks that came meanwhile for those rows ended here)."""
         with self.lock:
@@ -207,8 +209,12 @@ class InMemory:
         with self.lock:
             self.acks.extend(self._forget(tokens))
 
-    def end(self, tokens: Iterable[str], back: bool, counted: bool,
-            ) -> tuple[list[str], list[tuple[int, bytes]]]:
+    def end(
+        self,
+        tokens: Iterable[str],
+        back: bool,
+        counted: bool,
+    ) -> tuple[list[str], list[tuple[int, bytes]]]:
         """End the unwritten leases among ``tokens``: the other tokens, and (``back``) the
         ``(attempt, package)`` items to put back in the queue."""
         requeued = []
@@ -268,8 +274,9 @@ class InMemory:
         with self.lock:
             mine = {**self.writing, **self.rows}
         index = read_index()
-        return (sum(len(held[2]) for held in index.values())
-                + sum(len(held[2]) for batch, held in mine.items() if batch not in index))
+        return sum(len(held[2]) for held in index.values()) + sum(
+            len(held[2]) for batch, held in mine.items() if batch not in index
+        )
 
     def reset(self) -> None:
         """Hold nothing (a forked child: these are its parent's)."""

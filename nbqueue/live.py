@@ -21,6 +21,7 @@ from .store import check_name, get_store
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "unknown")
 
+
 def _state(directory: str) -> Any:
     """The ``state`` part of the store at ``directory``, shared in this process."""
     return heartbeats(directory).state
@@ -59,11 +60,19 @@ def record_status(record: Record) -> dict[str, Any]:
         state = "cancelled"
     else:
         state = "failed"
-    return {"id": record["id"], "name": record["name"], "func": record["func"],
-            "group": record["group"], "state": state, "progress": record.get("progress"),
-            "attempt": record["attempt_count"], "started": _when(record.get("began")),
-            "stopped": _when(record["stopped"]), "pid": record.get("pid") or None,
-            "output": record.get("output", "")}
+    return {
+        "id": record["id"],
+        "name": record["name"],
+        "func": record["func"],
+        "group": record["group"],
+        "state": state,
+        "progress": record.get("progress"),
+        "attempt": record["attempt_count"],
+        "started": _when(record.get("began")),
+        "stopped": _when(record["stopped"]),
+        "pid": record.get("pid") or None,
+        "output": record.get("output", ""),
+    }
 
 
 def status(task_id: str, broker: Broker | None = None) -> dict[str, Any]:
@@ -89,9 +98,19 @@ def status(task_id: str, broker: Broker | None = None) -> dict[str, Any]:
             return record_status(record)
     found = broker.locate(lambda h: task_id in (h.id, h.name), [task_id.encode()])
     if found is None:
-        return {"id": None, "name": None, "func": None, "group": None, "state": "unknown",
-                "progress": None, "attempt": None, "started": None, "stopped": None,
-                "pid": None, "output": ""}
+        return {
+            "id": None,
+            "name": None,
+            "func": None,
+            "group": None,
+            "state": "unknown",
+            "progress": None,
+            "attempt": None,
+            "started": None,
+            "stopped": None,
+            "pid": None,
+            "output": "",
+        }
     where, header, attempt = found
     return _unfinished(broker.directory, where, header, attempt)
 
@@ -100,10 +119,19 @@ def _unfinished(directory: str, where: str, header: Header, attempt: int) -> dic
     """``status`` of a task the queue holds (``where``: queued or running), with what
     its live row says, if it has one."""
     row = (live_row(directory, header.id) if where == "running" else None) or {}
-    return {"id": header.id, "name": header.name, "func": header.func, "group": header.group,
-            "state": where, "progress": row.get("progress"), "attempt": attempt,
-            "started": _when(row.get("started")), "stopped": None, "pid": row.get("pid"),
-            "output": row.get("output", "")}
+    return {
+        "id": header.id,
+        "name": header.name,
+        "func": header.func,
+        "group": header.group,
+        "state": where,
+        "progress": row.get("progress"),
+        "attempt": attempt,
+        "started": _when(row.get("started")),
+        "stopped": None,
+        "pid": row.get("pid"),
+        "output": row.get("output", ""),
+    }
 
 
 def output(task_id: str, broker: Broker | None = None) -> str | None:
@@ -120,7 +148,6 @@ def running(group: str | None = None, broker: Broker | None = None) -> list[dict
     for those that have run about a second or more."""
     broker = broker or get_broker()
     held = broker.running(lambda h: group is None or h.group == group)
-    tasks = [_unfinished(broker.directory, "running", header, attempt)
-             for header, attempt in held]
+    tasks = [_unfinished(broker.directory, "running", header, attempt) for header, attempt in held]
     never = datetime.max.replace(tzinfo=timezone.utc)
     return sorted(tasks, key=lambda t: t["started"] or never)

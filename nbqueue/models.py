@@ -21,6 +21,7 @@ def _default_store(store: Store | None) -> Store:
     if store is not None:
         return store
     from .broker import get_broker
+
     return get_store(get_broker().directory)
 
 
@@ -72,8 +73,12 @@ class Task:
         Task, in the cluster's process), read here (``blobs``)."""
         value = self._record[field]
         if type(value) is Blob:
-            value = blobs.read(value, load_key(_default_store(self._store).directory),
-                               self._record["id"], blobs.ROLES[field])
+            value = blobs.read(
+                value,
+                load_key(_default_store(self._store).directory),
+                self._record["id"],
+                blobs.ROLES[field],
+            )
         return value
 
     @property
@@ -188,8 +193,9 @@ class Task:
             raise ValueError(f"task {self.name} succeeded: it has no exception to raise")
         exc = self._load_exception()
         if self.traceback and hasattr(exc, "add_note"):
-            exc.add_note(f"\nTraceback in task {self.name} ({self.func}):\n"
-                         + self.traceback.rstrip("\n"))
+            exc.add_note(
+                f"\nTraceback in task {self.name} ({self.func}):\n" + self.traceback.rstrip("\n")
+            )
         raise exc
 
     def __eq__(self, other: object) -> bool:
@@ -200,10 +206,12 @@ class Task:
 
     def __repr__(self) -> str:
         from .views import task_line
+
         return task_line(self)
 
     def _repr_html_(self) -> str:
         from .views import task_html
+
         return task_html(self)
 
     # -- methods ---------------------------------------------------------------------
@@ -247,12 +255,14 @@ class Task:
 
     @classmethod
     def _accepts(cls, record: Record | None) -> TypeGuard[Record]:
-        return record is not None and (cls._success_filter is None
-                                       or record["success"] == cls._success_filter)
+        return record is not None and (
+            cls._success_filter is None or record["success"] == cls._success_filter
+        )
 
     @classmethod
-    def get_task(cls, task_id: str, cached: bool = False,
-                 store: Store | None = None) -> Task | None:
+    def get_task(
+        cls, task_id: str, cached: bool = False, store: Store | None = None
+    ) -> Task | None:
         """A stored task by uuid or name, or None."""
         store = _default_store(store)
         record = store.part(cached).get(task_id)
@@ -265,22 +275,25 @@ class Task:
         return None if task is None else task.result
 
     @classmethod
-    def get_task_group(cls, group_id: str, failures: bool = True, cached: bool = False,
-                       store: Store | None = None) -> list[Task]:
+    def get_task_group(
+        cls, group_id: str, failures: bool = True, cached: bool = False, store: Store | None = None
+    ) -> list[Task]:
         """The group's tasks; without the failed ones when ``failures=False``."""
         store = _default_store(store)
         records = store.part(cached).group_records(group_id, failures)
         return [cls(r, store, cached) for r in records if cls._accepts(r)]
 
     @classmethod
-    def get_result_group(cls, group_id: str, failures: bool = False, cached: bool = False,
-                         store: Store | None = None) -> list[Any]:
+    def get_result_group(
+        cls, group_id: str, failures: bool = False, cached: bool = False, store: Store | None = None
+    ) -> list[Any]:
         """The group's results; failed ones too when ``failures=True``."""
         return [t.result for t in cls.get_task_group(group_id, failures, cached, store)]
 
     @classmethod
-    def get_group_count(cls, group_id: str, failures: bool = False, cached: bool = False,
-                        store: Store | None = None) -> int:
+    def get_group_count(
+        cls, group_id: str, failures: bool = False, cached: bool = False, store: Store | None = None
+    ) -> int:
         """Tasks in the group (successes and failures, as in Django Q), or only the
         failures when ``failures=True``; ``Success``/``Failure`` count only their kind."""
         part = _default_store(store).part(cached)
@@ -289,8 +302,9 @@ class Task:
         return group_count(part, group_id, failures)
 
     @classmethod
-    def delete_group(cls, group_id: str, objects: bool = False, cached: bool = False,
-                     store: Store | None = None) -> int:
+    def delete_group(
+        cls, group_id: str, objects: bool = False, cached: bool = False, store: Store | None = None
+    ) -> int:
         """Remove a group label; with ``objects=True`` delete the group's tasks too."""
         return _default_store(store).part(cached).delete_group(group_id, objects)
 

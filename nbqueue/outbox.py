@@ -42,9 +42,14 @@ class Outbox:
     taken from here, which it writes behind too).
     """
 
-    def __init__(self, label: str, write: Callable[[list[bytes]], None],
-                 waiting_consumer: Callable[[], bool], written: Callable[[], None],
-                 behind: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        label: str,
+        write: Callable[[list[bytes]], None],
+        waiting_consumer: Callable[[], bool],
+        written: Callable[[], None],
+        behind: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.label = label
         self._write = write
         self._behind = behind  # whether ``write([])`` has other work to write behind
@@ -81,8 +86,7 @@ class Outbox:
         with self._lock:
             if self._thread is not None:
                 return
-            self._thread = threading.Thread(target=self._loop, daemon=True,
-                                            name="nbqueue-outbox")
+            self._thread = threading.Thread(target=self._loop, daemon=True, name="nbqueue-outbox")
             self._thread.start()
             atexit.register(self._flush_at_exit)
             # multiprocessing children end with os._exit, past atexit: flush there too
@@ -115,12 +119,16 @@ class Outbox:
         with self._lock:
             self._packages[:0] = batch
             self._bytes += sum(len(package) for package in batch)
-            what = (f"{len(self._packages)} task(s) enqueued by this process are not in "
-                    "the queue yet" if self._packages else "the leases of tasks a cluster "
-                    "of this process took from it are not in the queue yet")
+            what = (
+                f"{len(self._packages)} task(s) enqueued by this process are not in the queue yet"
+                if self._packages
+                else "the leases of tasks a cluster "
+                "of this process took from it are not in the queue yet"
+            )
             self.error = (StoreSwapped if isinstance(exc, StoreSwapped) else StoreError)(
                 f"{what} ({exc}). They are kept in memory and written again; call "
-                "nbqueue.flush() to retry now")
+                "nbqueue.flush() to retry now"
+            )
             return self.error
 
     @contextlib.contextmanager
@@ -158,8 +166,7 @@ class Outbox:
             start = 0
             while start < len(batch):
                 end, size = start, 0
-                while end < len(batch) and (end == start or size + len(batch[end])
-                                            <= WRITE_BYTES):
+                while end < len(batch) and (end == start or size + len(batch[end]) <= WRITE_BYTES):
                     size += len(batch[end])
                     end += 1
                 try:
@@ -187,5 +194,8 @@ class Outbox:
     def _flush_at_exit(self) -> None:
         self._write_all()
         if self._packages:
-            print(f"nbqueue: {len(self._packages)} task(s) could not be written to "
-                  f"{self.label} before exit: {self.error}", file=sys.stderr)
+            print(
+                f"nbqueue: {len(self._packages)} task(s) could not be written to "
+                f"{self.label} before exit: {self.error}",
+                file=sys.stderr,
+            )

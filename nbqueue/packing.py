@@ -28,8 +28,20 @@ from .storage import writing
 from .tracebacks import WithSources
 from .worker import resolve
 
-OPTIONS = ("hook", "group", "save", "timeout", "ack_failure", "sync", "cached", "broker",
-           "task_name", "max_attempts", "reuse", "q_options")
+OPTIONS = (
+    "hook",
+    "group",
+    "save",
+    "timeout",
+    "ack_failure",
+    "sync",
+    "cached",
+    "broker",
+    "task_name",
+    "max_attempts",
+    "reuse",
+    "q_options",
+)
 
 
 def callable_name(func: Callable[..., Any]) -> str:
@@ -50,17 +62,21 @@ def check_callable(what: str, value: Any, strict: bool = True) -> tuple[str, str
         return value, value
     if callable(value):
         return callable_name(value), None
-    raise TypeError(f"{what} must be a callable or a dotted path string like "
-                    f"'math.floor', got {type(value).__name__}")
+    raise TypeError(
+        f"{what} must be a callable or a dotted path string like "
+        f"'math.floor', got {type(value).__name__}"
+    )
 
 
 def _pickle(what: str, value: Any) -> bytes:
     try:
         return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
-        raise PackingError(f"{what} cannot be pickled to reach the worker processes: "
-                           f"{type(exc).__name__}: {exc}. Pass plain data (or a path to a "
-                           "file) instead, or create the object inside the task") from exc
+        raise PackingError(
+            f"{what} cannot be pickled to reach the worker processes: "
+            f"{type(exc).__name__}: {exc}. Pass plain data (or a path to a "
+            "file) instead, or create the object inside the task"
+        ) from exc
 
 
 PLAIN = frozenset((int, float, str, bytes, bool, type(None), complex))
@@ -107,12 +123,15 @@ def split_options(kwargs: dict[str, Any]) -> dict[str, Any]:
         if options is None:
             options = {}
         if not isinstance(options, dict):
-            raise ConfigurationError(f"q_options must be a dict of options, got "
-                                     f"{type(options).__name__}")
+            raise ConfigurationError(
+                f"q_options must be a dict of options, got {type(options).__name__}"
+            )
         unknown = sorted(set(options) - set(OPTIONS[:-1]))
         if unknown:
-            raise ConfigurationError(f"unknown option(s) in q_options: {', '.join(unknown)}; "
-                                     f"the options are: {', '.join(OPTIONS[:-1])}")
+            raise ConfigurationError(
+                f"unknown option(s) in q_options: {', '.join(unknown)}; "
+                f"the options are: {', '.join(OPTIONS[:-1])}"
+            )
         return dict(options)
     return {name: kwargs.pop(name) for name in OPTIONS if name in kwargs}
 
@@ -124,27 +143,33 @@ def _check_group(name: str, value: Any) -> None:
 
 def _check_task_name(name: str, value: Any) -> None:
     if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"option 'task_name' must be a non-empty string, got "
-                                 f"{value!r}")
+        raise ConfigurationError(f"option 'task_name' must be a non-empty string, got {value!r}")
 
 
 def _check_flag(name: str, value: Any) -> None:
     if not isinstance(value, bool):
-        raise ConfigurationError(f"option {name!r} must be True, False or None, got "
-                                 f"{value!r}")
+        raise ConfigurationError(f"option {name!r} must be True, False or None, got {value!r}")
 
 
 def _check_broker(name: str, value: Any) -> None:
     if not isinstance(value, Broker):
-        raise ConfigurationError(f"option 'broker' must come from get_broker(), got "
-                                 f"{type(value).__name__}")
+        raise ConfigurationError(
+            f"option 'broker' must come from get_broker(), got {type(value).__name__}"
+        )
 
 
 _CHECKS: dict[str, Callable[[str, Any], None]] = {
-    "group": _check_group, "task_name": _check_task_name, "save": _check_flag,
-    "ack_failure": _check_flag, "sync": _check_flag, "timeout": conf.check_timeout,
-    "cached": conf.check_cached, "max_attempts": conf.check_max_attempts,
-    "broker": _check_broker, "hook": lambda name, value: None, "reuse": _check_flag,
+    "group": _check_group,
+    "task_name": _check_task_name,
+    "save": _check_flag,
+    "ack_failure": _check_flag,
+    "sync": _check_flag,
+    "timeout": conf.check_timeout,
+    "cached": conf.check_cached,
+    "max_attempts": conf.check_max_attempts,
+    "broker": _check_broker,
+    "hook": lambda name, value: None,
+    "reuse": _check_flag,
 }
 
 
@@ -167,8 +192,7 @@ def checked_options(options: dict[str, Any], settings: conf.Settings) -> dict[st
 
 def function_of(func: Any, options: dict[str, Any]) -> tuple[str, str | None, bytes | None]:
     """(display name, dotted path, pickled function) of a task function, checked."""
-    func_name, func_ref = check_callable("the task function", func,
-                                          strict=not options["sync"])
+    func_name, func_ref = check_callable("the task function", func, strict=not options["sync"])
     if func_ref is None:
         func_ref = _reference(func)
     if func_ref is not None:
@@ -183,9 +207,13 @@ def _reference(func: Any) -> str | None:
     call."""
     module = getattr(func, "__module__", None)
     name = getattr(func, "__qualname__", None)
-    if (not isinstance(module, str) or not isinstance(name, str) or module == "__main__"
-            or not name.isidentifier()
-            or getattr(sys.modules.get(module), name, None) is not func):
+    if (
+        not isinstance(module, str)
+        or not isinstance(name, str)
+        or module == "__main__"
+        or not name.isidentifier()
+        or getattr(sys.modules.get(module), name, None) is not func
+    ):
         return None
     by_value = cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES  # register_pickle_by_value
     if any(module == m or module.startswith(m + ".") for m in by_value):
@@ -193,9 +221,15 @@ def _reference(func: Any) -> str | None:
     return f"{module}.{name}"
 
 
-def make_package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
-             broker: Broker, function: tuple[str, str | None, bytes | None] | None = None,
-             arguments: bytes | None = None) -> tuple[Header, bytes]:
+def make_package(
+    func: Any,
+    args: tuple,
+    kwargs: dict,
+    options: dict[str, Any],
+    broker: Broker,
+    function: tuple[str, str | None, bytes | None] | None = None,
+    arguments: bytes | None = None,
+) -> tuple[Header, bytes]:
     """The header and signed package of one task (``function``: ``function_of``'s answer,
     when many tasks share the function, as in ``async_iter``; ``arguments``: the pickled
     arguments, when made already)."""
@@ -224,9 +258,22 @@ def make_package(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
     if options.get("save") is False or options["cached"]:
         sent(broker.directory).remember(task_id, "cached" if options["cached"] else "unsaved")
     header = Header(
-        task_id, options.get("task_name") or name, func_name, func_ref, func_bytes,
-        packed, hook_name,
-        hook_ref, hook_bytes, options.get("group"),
-        options.get("save"), options["cached"], options.get("timeout"),
-        options.get("ack_failure"), options.get("max_attempts"), time.time(), options.get("iter"))
+        task_id,
+        options.get("task_name") or name,
+        func_name,
+        func_ref,
+        func_bytes,
+        packed,
+        hook_name,
+        hook_ref,
+        hook_bytes,
+        options.get("group"),
+        options.get("save"),
+        options["cached"],
+        options.get("timeout"),
+        options.get("ack_failure"),
+        options.get("max_attempts"),
+        time.time(),
+        options.get("iter"),
+    )
     return header, encode_header(broker.key, header)

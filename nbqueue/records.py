@@ -153,17 +153,33 @@ def decode_header(key: bytes, package: Any) -> Header:
 def make_record(header: Header, outcome: Outcome, attempt: int) -> Record:
     """The stored record of one attempt of a task: its header plus its outcome."""
     record: Record = {
-        "id": header.id, "name": header.name, "func": header.func, "hook": header.hook_name,
-        "args": header.args, "group": header.group, "result": outcome.result,
-        "success": outcome.success, "started": header.enqueued, "stopped": outcome.stopped,
-        "attempt_count": attempt, "cached": header.cached, "save": header.save,
-        "iter": header.iter, "began": outcome.started, "pid": outcome.pid,
+        "id": header.id,
+        "name": header.name,
+        "func": header.func,
+        "hook": header.hook_name,
+        "args": header.args,
+        "group": header.group,
+        "result": outcome.result,
+        "success": outcome.success,
+        "started": header.enqueued,
+        "stopped": outcome.stopped,
+        "attempt_count": attempt,
+        "cached": header.cached,
+        "save": header.save,
+        "iter": header.iter,
+        "began": outcome.started,
+        "pid": outcome.pid,
         "sent": header.sent or header.enqueued,
     }
     if outcome.details is not None:
         # details' keys are fields of Record; a plain dict mypy cannot check against it
-        record.update({k: v for k, v in outcome.details.items()  # type: ignore[typeddict-item]
-                       if k != "live"})
+        record.update(
+            {
+                k: v
+                for k, v in outcome.details.items()  # type: ignore[typeddict-item]
+                if k != "live"
+            }
+        )
     return record
 
 
@@ -203,13 +219,21 @@ def iter_record(manifest: Manifest, records: list[Record]) -> Record:
         result = pickle.dumps(values, protocol=PROTOCOL)
     except Exception:  # a value of a class defined in a notebook
         import cloudpickle
+
         result = cloudpickle.dumps(values, protocol=PROTOCOL)
     enqueued = manifest["enqueued"]
     return {
-        "id": manifest["id"], "name": manifest["id"], "func": manifest["func"], "hook": None,
-        "args": EMPTY_ARGS, "group": manifest["group"], "result": result,
-        "success": all(r["success"] for r in records), "started": enqueued,
+        "id": manifest["id"],
+        "name": manifest["id"],
+        "func": manifest["func"],
+        "hook": None,
+        "args": EMPTY_ARGS,
+        "group": manifest["group"],
+        "result": result,
+        "success": all(r["success"] for r in records),
+        "started": enqueued,
         "stopped": max((r["stopped"] for r in records), default=enqueued),
         "attempt_count": max((r["attempt_count"] for r in records), default=0),
-        "cached": manifest["cached"], "save": True,
+        "cached": manifest["cached"],
+        "save": True,
     }

@@ -27,24 +27,28 @@ def _store(broker: Broker | None = None) -> Store:
 
 def _check_wait(wait: Any) -> None:
     if not isinstance(wait, (int, float)) or isinstance(wait, bool) or (wait < 0 and wait != -1):
-        raise ConfigurationError(f"wait must be milliseconds >= 0, or -1 to wait forever; "
-                                 f"got {wait!r}")
+        raise ConfigurationError(
+            f"wait must be milliseconds >= 0, or -1 to wait forever; got {wait!r}"
+        )
 
 
 def _check_count(count: Any) -> None:
-    if count is not None and (not isinstance(count, int) or isinstance(count, bool)
-                              or count < 1):
-        raise ConfigurationError(f"count must be a whole number >= 1 (how many tasks of the "
-                                 f"group to wait for) or None, got {count!r}")
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+        raise ConfigurationError(
+            f"count must be a whole number >= 1 (how many tasks of the "
+            f"group to wait for) or None, got {count!r}"
+        )
 
 
 def no_cluster_advice(broker: Broker) -> str | None:
     """What to do when no cluster serves the store, or None when one does."""
     if broker.has_local_consumer or heartbeats(broker.directory).clusters():
         return None
-    return (f"no nbqueue cluster serves {broker.directory}: start one in this kernel with "
-            f"`nbqueue.Cluster().start()`, or in a terminal with "
-            f"`nbqueue cluster --directory {broker.directory}`")
+    return (
+        f"no nbqueue cluster serves {broker.directory}: start one in this kernel with "
+        f"`nbqueue.Cluster().start()`, or in a terminal with "
+        f"`nbqueue cluster --directory {broker.directory}`"
+    )
 
 
 def _idle(broker: Broker) -> bool:
@@ -55,32 +59,41 @@ def _task_wait_hint(broker: Broker, task_id: str, cached: bool) -> str | None:
     """Why a wait for one task may never end, or None when it looks like it will."""
     here, there = ("cached", "saved") if cached else ("saved", "cached")
     if get_store(broker.directory).part(not cached).get(task_id) is not None:
-        return (f"task {task_id!r} is stored in the {there} part of the store, and this "
-                f"reads the {here} part: pass cached={not cached}")
+        return (
+            f"task {task_id!r} is stored in the {there} part of the store, and this "
+            f"reads the {here} part: pass cached={not cached}"
+        )
     how = sent(broker.directory).unusual.get(task_id)
     if how == "unsaved":
-        return (f"task {task_id!r} was sent with save=False: its result is never stored, so "
-                "this wait cannot end. Use a hook to get it, or leave save=True")
+        return (
+            f"task {task_id!r} was sent with save=False: its result is never stored, so "
+            "this wait cannot end. Use a hook to get it, or leave save=True"
+        )
     if how is not None and (how == "cached") != cached:
-        return (f"task {task_id!r} was sent with cached={how == 'cached'}; read it with "
-                f"cached={how == 'cached'}")
+        return (
+            f"task {task_id!r} was sent with cached={how == 'cached'}; read it with "
+            f"cached={how == 'cached'}"
+        )
     if serving() == broker.directory:
-        return (f"this wait for task {task_id!r} runs inside a task of the cluster that "
-                "would run it: while every worker waits like this, none is free to run it "
-                "(a deadlock). Don't wait for a task's children inside the task: give them a "
-                "hook or a group, and wait for them in the notebook")
+        return (
+            f"this wait for task {task_id!r} runs inside a task of the cluster that "
+            "would run it: while every worker waits like this, none is free to run it "
+            "(a deadlock). Don't wait for a task's children inside the task: give them a "
+            "hook or a group, and wait for them in the notebook"
+        )
     advice = no_cluster_advice(broker)
     if advice:
         return f"task {task_id!r} is not finished and {advice}"
     if _idle(broker):
-        return (f"nothing is queued or running in {broker.directory}, so no outcome of "
-                f"{task_id!r} is coming: check the id or name (mistyped?), and that it was "
-                "sent to this store directory")
+        return (
+            f"nothing is queued or running in {broker.directory}, so no outcome of "
+            f"{task_id!r} is coming: check the id or name (mistyped?), and that it was "
+            "sent to this store directory"
+        )
     return None
 
 
-def _group_wait_hint(broker: Broker, group: str, count: int | None,
-                     cached: bool) -> str | None:
+def _group_wait_hint(broker: Broker, group: str, count: int | None, cached: bool) -> str | None:
     """Why a wait for a group may never end, or None when it looks like it will."""
     advice = no_cluster_advice(broker)
     if advice:
@@ -91,11 +104,15 @@ def _group_wait_hint(broker: Broker, group: str, count: int | None,
     part, other = store.part(cached), store.part(not cached)
     have = sum(part.tally(group))
     if not have and sum(other.tally(group)) != 0:
-        return (f"group {group!r} is stored in the {'saved' if cached else 'cached'} part of "
-                f"the store: pass cached={not cached}")
+        return (
+            f"group {group!r} is stored in the {'saved' if cached else 'cached'} part of "
+            f"the store: pass cached={not cached}"
+        )
     wanted = f"the {count} waited for" if count is not None else "any"
-    return (f"nothing is queued or running in {broker.directory}, and group {group!r} has "
-            f"{have} outcome(s), not {wanted}: check the group name and count")
+    return (
+        f"nothing is queued or running in {broker.directory}, and group {group!r} has "
+        f"{have} outcome(s), not {wanted}: check the group name and count"
+    )
 
 
 def _flush_before_waiting(broker: Broker, wait: int) -> None:
@@ -108,8 +125,9 @@ def _flush_before_waiting(broker: Broker, wait: int) -> None:
             broker.flush()
 
 
-def fetch(task_id: str, wait: int = 0, cached: bool = False,
-          broker: Broker | None = None) -> Task | None:
+def fetch(
+    task_id: str, wait: int = 0, cached: bool = False, broker: Broker | None = None
+) -> Task | None:
     """The finished task by uuid or name, or None if it has not finished (after ``wait`` ms).
 
     A wait that looks like it can never end (the task is not saved, is in the other
@@ -120,14 +138,16 @@ def fetch(task_id: str, wait: int = 0, cached: bool = False,
     _flush_before_waiting(broker, wait)
     store = get_store(broker.directory)
     part = store.part(cached)
-    record = store.wait(lambda: part.find(task_id), wait,
-                        hint=lambda: _task_wait_hint(broker, task_id, cached),
-                        fresh=lambda since: store.fresh(part, task_id, since))
+    record = store.wait(
+        lambda: part.find(task_id),
+        wait,
+        hint=lambda: _task_wait_hint(broker, task_id, cached),
+        fresh=lambda since: store.fresh(part, task_id, since),
+    )
     return None if record is None else Task(record, store, cached)
 
 
-def result(task_id: str, wait: int = 0, cached: bool = False,
-           broker: Broker | None = None) -> Any:
+def result(task_id: str, wait: int = 0, cached: bool = False, broker: Broker | None = None) -> Any:
     """The result of a task by uuid or name; None until it has finished.
 
     ``wait`` is in milliseconds; -1 waits until the task has finished, whatever it
@@ -144,8 +164,15 @@ def _group_ready(part: Part, group_id: str, failures: bool, count: int | None) -
     return ok + failed >= count
 
 
-def _wait_group(group_id: str, failures: bool, wait: int, count: int | None, cached: bool,
-                broker: Broker | None, progress: bool) -> None:
+def _wait_group(
+    group_id: str,
+    failures: bool,
+    wait: int,
+    count: int | None,
+    cached: bool,
+    broker: Broker | None,
+    progress: bool,
+) -> None:
     _check_wait(wait)
     _check_count(count)
     broker = broker or get_broker()
@@ -155,10 +182,14 @@ def _wait_group(group_id: str, failures: bool, wait: int, count: int | None, cac
     panel = None
     if progress and wait:
         from .widgets import GroupProgress
+
         panel = GroupProgress(group_id, count, cached, broker)
     try:
-        store.wait(lambda: _group_ready(part, group_id, failures, count), wait,
-                   hint=lambda: _group_wait_hint(broker, group_id, count, cached))
+        store.wait(
+            lambda: _group_ready(part, group_id, failures, count),
+            wait,
+            hint=lambda: _group_wait_hint(broker, group_id, count, cached),
+        )
     except KeyboardInterrupt:
         if panel is not None:  # the wait ends here; the panel goes on showing the group
             panel.detach()
@@ -169,9 +200,15 @@ def _wait_group(group_id: str, failures: bool, wait: int, count: int | None, cac
             panel.stop()
 
 
-def result_group(group_id: str, failures: bool = False, wait: int = 0,
-                 count: int | None = None, cached: bool = False,
-                 broker: Broker | None = None, progress: bool = False) -> list[Any] | None:
+def result_group(
+    group_id: str,
+    failures: bool = False,
+    wait: int = 0,
+    count: int | None = None,
+    cached: bool = False,
+    broker: Broker | None = None,
+    progress: bool = False,
+) -> list[Any] | None:
     """The results of a group, or None while it has none.
 
     With ``count``, waits (up to ``wait`` ms) until that many tasks of the group have
@@ -183,24 +220,32 @@ def result_group(group_id: str, failures: bool = False, wait: int = 0,
     return results or None
 
 
-def fetch_group(group_id: str, failures: bool = True, wait: int = 0,
-                count: int | None = None, cached: bool = False,
-                broker: Broker | None = None, progress: bool = False) -> list[Task] | None:
+def fetch_group(
+    group_id: str,
+    failures: bool = True,
+    wait: int = 0,
+    count: int | None = None,
+    cached: bool = False,
+    broker: Broker | None = None,
+    progress: bool = False,
+) -> list[Task] | None:
     """The tasks of a group (or None while it has none); see ``result_group``."""
     _wait_group(group_id, failures, wait, count, cached, broker, progress)
     tasks = Task.get_task_group(group_id, failures, cached, _store(broker))
     return tasks or None
 
 
-def count_group(group_id: str, failures: bool = False, cached: bool = False,
-                broker: Broker | None = None) -> int:
+def count_group(
+    group_id: str, failures: bool = False, cached: bool = False, broker: Broker | None = None
+) -> int:
     """How many tasks of the group finished, as Django Q counts: all of them, successes
     and failures; only the failures with ``failures=True``."""
     return group_count(_store(broker).part(cached), group_id, failures)
 
 
-def delete_group(group_id: str, tasks: bool = False, cached: bool = False,
-                 broker: Broker | None = None) -> int:
+def delete_group(
+    group_id: str, tasks: bool = False, cached: bool = False, broker: Broker | None = None
+) -> int:
     """Remove a group label from its tasks, or delete them with ``tasks=True``; return how many.
 
     The group starts afresh: a progress panel's default total counts only the tasks this
@@ -232,5 +277,14 @@ def queue_size(broker: Broker | None = None) -> int:
     return (broker or get_broker()).size()
 
 
-__all__ = ["result", "fetch", "result_group", "fetch_group", "count_group", "delete_group",
-           "delete_cached", "queue_size", "flush"]
+__all__ = [
+    "result",
+    "fetch",
+    "result_group",
+    "fetch_group",
+    "count_group",
+    "delete_group",
+    "delete_cached",
+    "queue_size",
+    "flush",
+]

@@ -36,7 +36,6 @@ def _clock(seconds: float | None) -> str:
     return (f"{hours}:" if hours else "") + f"{rest // 60:02d}:{rest % 60:02d}"
 
 
-
 def _number(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -64,7 +63,7 @@ def elapsed_text(started: datetime | None, now: datetime | None = None) -> str:
 
 def _message(progress: Any, width: int) -> str:
     message = " ".join(str((progress[2] if progress else None) or "").split())
-    return message if len(message) <= width else message[:width - 1] + "…"
+    return message if len(message) <= width else message[: width - 1] + "…"
 
 
 def _label(task: dict[str, Any]) -> str:
@@ -91,17 +90,25 @@ def tasks_html(tasks: Tasks, now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     rows = []
     for task in tasks[:ROWS]:
-        cells = (("name", html.escape(_label(task))),
-                 ("progress", progress_text(task["progress"])),
-                 ("message", html.escape(_message(task["progress"], MESSAGE_WIDTH))),
-                 ("elapsed", elapsed_text(task["started"], now)))
-        rows.append("<tr class='nbqueue-task'>" + "".join(
-            f"<td class='nbqueue-task-{k}' style='padding-right:1em'>{v}</td>"
-            for k, v in cells) + "</tr>")
+        cells = (
+            ("name", html.escape(_label(task))),
+            ("progress", progress_text(task["progress"])),
+            ("message", html.escape(_message(task["progress"], MESSAGE_WIDTH))),
+            ("elapsed", elapsed_text(task["started"], now)),
+        )
+        rows.append(
+            "<tr class='nbqueue-task'>"
+            + "".join(
+                f"<td class='nbqueue-task-{k}' style='padding-right:1em'>{v}</td>" for k, v in cells
+            )
+            + "</tr>"
+        )
     more = len(tasks) - ROWS
     tail = f"<div class='nbqueue-more'>and {more} more</div>" if more > 0 else ""
-    return (f"<div class='nbqueue-tasks' style='font-size:90%'>"
-            f"<table>{''.join(rows)}</table>{tail}</div>")
+    return (
+        f"<div class='nbqueue-tasks' style='font-size:90%'>"
+        f"<table>{''.join(rows)}</table>{tail}</div>"
+    )
 
 
 class RunningView:
@@ -109,6 +116,7 @@ class RunningView:
 
     def __init__(self, part: Part, lock: threading.Lock) -> None:
         import ipywidgets as w
+
         self.part = part
         self._lock = lock  # the panel's: the view's state changes under it
         self.tasks: Tasks = []  # as last read
@@ -116,8 +124,9 @@ class RunningView:
         self.outcome: dict[str, Any] | None = None  # its stored outcome, once finished
         self._syncing: int | None = None  # the thread setting the dropdown, not a user
         self.list = w.HTML()
-        self.choose = w.Dropdown(description="output of", options=[],
-                                 layout=w.Layout(width="auto", display="none"))
+        self.choose = w.Dropdown(
+            description="output of", options=[], layout=w.Layout(width="auto", display="none")
+        )
         self.choose.observe(self._chosen, names="value")
         self.output = w.HTML()
         self.children = (self.list, self.choose, self.output)
@@ -198,7 +207,13 @@ class RunningView:
         lines = text.splitlines()[-LINES:]
         if not lines:
             state += " · no output" + ("" if self.outcome is not None else " yet")
-        shown = (f"<pre style='margin:0.2em 0;max-height:20em;overflow:auto'>"
-                 f"{html.escape(chr(10).join(lines))}</pre>" if lines else "")
-        return (f"<div class='nbqueue-output'><b>{html.escape(_label(selected))}</b> · "
-                f"<span class='nbqueue-output-state'>{state}</span>{shown}</div>")
+        shown = (
+            f"<pre style='margin:0.2em 0;max-height:20em;overflow:auto'>"
+            f"{html.escape(chr(10).join(lines))}</pre>"
+            if lines
+            else ""
+        )
+        return (
+            f"<div class='nbqueue-output'><b>{html.escape(_label(selected))}</b> · "
+            f"<span class='nbqueue-output-state'>{state}</span>{shown}</div>"
+        )

@@ -30,8 +30,9 @@ _CANCEL_COUNT = "cancels changed"
 CANCELS_KEPT = 7 * 86400.0  # seconds a request no cluster acted on is kept
 
 
-def matching(key: bytes, package: Any, match: Match,
-             needles: list[bytes] | None = None) -> Header | None:
+def matching(
+    key: bytes, package: Any, match: Match, needles: list[bytes] | None = None
+) -> Header | None:
     """The header of ``package`` if it matches, else None (a bad package never does)."""
     if needles is not None and not any(needle in package for needle in needles):
         return None
@@ -57,8 +58,12 @@ def packages(values: Iterable[Any]) -> Iterator[bytes | bytearray]:
                 yield item
 
 
-def take_out(queue: Any, key: bytes, match: Match, needles: list[bytes] | None,
-             ) -> list[tuple[Header, int, bytes]]:
+def take_out(
+    queue: Any,
+    key: bytes,
+    match: Match,
+    needles: list[bytes] | None,
+) -> list[tuple[Header, int, bytes]]:
     """Remove the queued packages that match from their rows; inside a transaction.
     Returns (header, deliveries so far, package) of each, in queue order."""
     removed: list[tuple[Header, int, bytes]] = []
@@ -89,8 +94,9 @@ def take_out(queue: Any, key: bytes, match: Match, needles: list[bytes] | None,
     return removed
 
 
-def leased(queue: Any, key: bytes, rows: Iterable[str], match: Match,
-           needles: list[bytes] | None = None) -> list[tuple[Header, int]]:
+def leased(
+    queue: Any, key: bytes, rows: Iterable[str], match: Match, needles: list[bytes] | None = None
+) -> list[tuple[Header, int]]:
     """(header, attempt) of every package that matches in the lease rows ``rows``."""
     found = []
     for row in rows:
@@ -119,8 +125,9 @@ def held_ids(queue: Any, key: bytes) -> frozenset[str] | None:
     return None
 
 
-def locate(queue: Any, key: bytes, rows: Iterable[str], match: Match,
-           needles: list[bytes] | None) -> tuple[str, Header, int] | None:
+def locate(
+    queue: Any, key: bytes, rows: Iterable[str], match: Match, needles: list[bytes] | None
+) -> tuple[str, Header, int] | None:
     """Where the first package that matches is: ``("running", header, attempt)`` in the
     lease rows ``rows``, ``("queued", header, deliveries so far)`` in the queue."""
     held = leased(queue, key, rows, match, needles)
@@ -131,8 +138,11 @@ def locate(queue: Any, key: bytes, rows: Iterable[str], match: Match,
         if not isinstance(row_key, int):
             continue
         value = checked_get(queue, row_key, None, "a queue row")
-        items = [(0, p) for p in value] if isinstance(value, list) else (
-            [value] if isinstance(value, tuple) else [])
+        items = (
+            [(0, p) for p in value]
+            if isinstance(value, list)
+            else ([value] if isinstance(value, tuple) else [])
+        )
         for attempt, package in items:
             found = matching(key, package, match, needles)
             if found is not None:
@@ -174,8 +184,11 @@ class Finding:
             snapshot = self._snapshot = (taken, ids)
         return set(snapshot[1].intersection(task_ids))
 
-    def cancel(self, match: Match, needles: list[bytes] | None = None,
-               ) -> tuple[list[tuple[Header, int, bytes]], list[Header]]:
+    def cancel(
+        self,
+        match: Match,
+        needles: list[bytes] | None = None,
+    ) -> tuple[list[tuple[Header, int, bytes]], list[Header]]:
         """In one transaction: take the queued packages whose header matches out of the
         queue, and request the cancel of the leased ones, for their clusters to act on.
         Returns (header, deliveries so far, package) of each taken out, and the headers of
@@ -191,15 +204,21 @@ class Finding:
             running = [h for h, _ in leased(queue, self.key, rows, match, needles)]
             if running:
                 now = time.time()
-                requests = {task_id: when for task_id, when in self.cancel_requests().items()
-                            if now - when < CANCELS_KEPT}
+                requests = {
+                    task_id: when
+                    for task_id, when in self.cancel_requests().items()
+                    if now - when < CANCELS_KEPT
+                }
                 requests.update((header.id, now) for header in running)
                 self._set_cancels(requests)
         self._snapshot = None
         return removed, running
 
-    def locate(self, match: Match, needles: list[bytes] | None = None,
-               ) -> tuple[str, Header, int] | None:
+    def locate(
+        self,
+        match: Match,
+        needles: list[bytes] | None = None,
+    ) -> tuple[str, Header, int] | None:
         """Where a task is, read in one transaction: ``("running", header, attempt)``
         when leased, ``("queued", header, deliveries so far)`` when waiting, else None."""
         self.flush()

@@ -60,6 +60,7 @@ _keys: dict[str, bytes] = {}
 def _owner_name(uid: int) -> str:
     try:
         import pwd
+
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except (ImportError, KeyError):
         return f"uid {uid}"
@@ -76,16 +77,19 @@ def _refuse_if_unsafe(path: str, what: str, fix: str) -> os.stat_result:
     if stat.S_ISLNK(info.st_mode):
         raise InsecureStoreError(
             f"{what} {path} is a symbolic link; nbqueue uses only a real {what.split()[-1]} "
-            f"owned by you. Point configure(directory=...) at the real path instead.")
+            f"owned by you. Point configure(directory=...) at the real path instead."
+        )
     if info.st_uid != os.geteuid():
         raise InsecureStoreError(
             f"{what} {path} is owned by {_owner_name(info.st_uid)}, not by you "
             f"({_owner_name(os.geteuid())}); its queued tasks would run as you. Use a store "
-            "of your own (configure(directory=...)), or have its owner run the cluster.")
+            "of your own (configure(directory=...)), or have its owner run the cluster."
+        )
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise InsecureStoreError(
             f"{what} {path} is open to other users (mode {stat.filemode(info.st_mode)}); "
-            f"anyone who can read or write it can run code as you. Fix it with `{fix}`.")
+            f"anyone who can read or write it can run code as you. Fix it with `{fix}`."
+        )
     return info
 
 
@@ -118,9 +122,14 @@ class Anchor:
     connection (``check_path()``) are not write batches: a process that only reads goes on.
     """
 
-    def __init__(self, path: str, fd: int, info: os.stat_result,
-                 filesystem: filesystems.FileSystem | None = None,
-                 refusal: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        fd: int,
+        info: os.stat_result,
+        filesystem: filesystems.FileSystem | None = None,
+        refusal: str | None = None,
+    ) -> None:
         self.path = path
         self.fd = fd
         self.identity = (info.st_dev, info.st_ino)
@@ -161,21 +170,29 @@ class Anchor:
             return
         now = self._where_now()
         if info is None:
-            raise StoreGone(f"the store directory {self.path} was deleted or moved{now}; "
-                            "nothing more is written to it. Move it back, or restart this "
-                            "process to start a new store there")
-        if (stat.S_ISLNK(info.st_mode) or info.st_uid != os.geteuid()
-                or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO)):
+            raise StoreGone(
+                f"the store directory {self.path} was deleted or moved{now}; "
+                "nothing more is written to it. Move it back, or restart this "
+                "process to start a new store there"
+            )
+        if (
+            stat.S_ISLNK(info.st_mode)
+            or info.st_uid != os.geteuid()
+            or info.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
+        ):
             raise StoreSwapped(
                 f"the store directory {self.path} was replaced by "
                 f"{'a symbolic link' if stat.S_ISLNK(info.st_mode) else 'a directory'} "
                 f"owned by {_owner_name(info.st_uid)} (mode {stat.filemode(info.st_mode)})"
                 f"{now}: whoever can write its parent folder took its place, so nothing "
                 "more is written there. Protect the parent folder (chmod o-w, or the sticky "
-                "bit) and move the real store back, or configure(directory=...) elsewhere")
-        raise StoreGone(f"the store directory {self.path} was replaced by another one{now}; "
-                        "nothing more is written to the one this process opened. Restart "
-                        "this process to use the new one")
+                "bit) and move the real store back, or configure(directory=...) elsewhere"
+            )
+        raise StoreGone(
+            f"the store directory {self.path} was replaced by another one{now}; "
+            "nothing more is written to the one this process opened. Restart "
+            "this process to use the new one"
+        )
 
     def _where_now(self) -> str:
         """Where the directory that was checked is now, as far as the system knows."""
@@ -214,19 +231,22 @@ def _local_places() -> str:
     local = os.path.join(tempfile.gettempdir(), f"nbqueue-{user}")
     places = f"the local temporary folder ({local})"
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    return places + (f" or $XDG_RUNTIME_DIR ({runtime}/nbqueue)" if runtime
-                     else " or $XDG_RUNTIME_DIR")
+    return places + (
+        f" or $XDG_RUNTIME_DIR ({runtime}/nbqueue)" if runtime else " or $XDG_RUNTIME_DIR"
+    )
 
 
 def _network_refusal(path: str, fs: filesystems.FileSystem) -> str:
     mounted = f" mounted at {fs.mount}" if fs.mount else ""
-    return (f"the store directory {path} is on {fs.name}, a network file system{mounted}: "
-            "SQLite's locks and shared memory are not sound there and the store can be "
-            "corrupted, so nbqueue does not write to it. Put the store on a local disk "
-            "with nbqueue.configure(directory=...) or NBQUEUE_DIRECTORY, e.g. "
-            f"{_local_places()}. If you know this file system's locking is sound, "
-            "configure(allow_network_fs=True) or NBQUEUE_ALLOW_NETWORK_FS=1 lets nbqueue "
-            "write to it")
+    return (
+        f"the store directory {path} is on {fs.name}, a network file system{mounted}: "
+        "SQLite's locks and shared memory are not sound there and the store can be "
+        "corrupted, so nbqueue does not write to it. Put the store on a local disk "
+        "with nbqueue.configure(directory=...) or NBQUEUE_DIRECTORY, e.g. "
+        f"{_local_places()}. If you know this file system's locking is sound, "
+        "configure(allow_network_fs=True) or NBQUEUE_ALLOW_NETWORK_FS=1 lets nbqueue "
+        "write to it"
+    )
 
 
 def _warn_once(path: str, text: str) -> None:
@@ -239,9 +259,12 @@ def _allowed(path: str, fs: filesystems.FileSystem | None) -> None:
     if path in _hosted:
         return
     name = fs.name if fs is not None else "a network file system"
-    _warn_once(path, f"the store directory {path} is on {name}, a network file system; "
-                     "allow_network_fs=True lets nbqueue write to it. Its locks must be "
-                     "sound across every machine that uses the store, or it can be corrupted")
+    _warn_once(
+        path,
+        f"the store directory {path} is on {name}, a network file system; "
+        "allow_network_fs=True lets nbqueue write to it. Its locks must be "
+        "sound across every machine that uses the store, or it can be corrupted",
+    )
 
 
 def anchor(directory: str) -> Anchor:
@@ -268,18 +291,25 @@ def _open_anchor(path: str) -> Anchor:
             refusal = _network_refusal(path, fs)
             if not os.path.isfile(os.path.join(path, KEY_FILE)):
                 raise StoreLocationError(refusal)
-            _warn_once(path, f"{refusal}. This process may read the store; any write to "
-                             "it raises StoreLocationError")
+            _warn_once(
+                path,
+                f"{refusal}. This process may read the store; any write to "
+                "it raises StoreLocationError",
+            )
     with _anchors_lock:
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create the store directory {path}: {exc}; choose a "
-                             "writable place with configure(directory=...)") from exc
+            raise StoreError(
+                f"cannot create the store directory {path}: {exc}; choose a "
+                "writable place with configure(directory=...)"
+            ) from exc
         info = _refuse_if_unsafe(path, "the store directory", f"chmod 700 {path}")
         if not stat.S_ISDIR(info.st_mode):
-            raise StoreError(f"the store directory {path} is not a directory; choose "
-                             "another path with configure(directory=...)")
+            raise StoreError(
+                f"the store directory {path} is not a directory; choose "
+                "another path with configure(directory=...)"
+            )
         held = _anchors.get(path)
         if held is not None and held.identity == (info.st_dev, info.st_ino):
             if refusal is None:
@@ -292,9 +322,11 @@ def _open_anchor(path: str) -> Anchor:
         opened = os.fstat(fd)
         if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
             os.close(fd)  # replaced between the check and the open
-            raise InsecureStoreError(f"the store directory {path} changed while it was "
-                                     "being opened; check who else can write its parent "
-                                     "folder, then try again")
+            raise InsecureStoreError(
+                f"the store directory {path} changed while it was "
+                "being opened; check who else can write its parent "
+                "folder, then try again"
+            )
         found = _anchors[path] = Anchor(path, fd, opened, fs, refusal)
         return found
 
@@ -321,8 +353,12 @@ def make_directories(parent: int, relative: str) -> None:
 def create_file(parent: int | None, name: str) -> int:
     """Open a new file ``name`` (under the directory ``parent``, a descriptor, if given)
     for writing, as 0600 whatever the umask, never through a symbolic link: its fd."""
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600, dir_fd=parent)
+    fd = os.open(
+        name,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+        dir_fd=parent,
+    )
     os.fchmod(fd, 0o600)  # the umask may have taken more away
     return fd
 
@@ -347,8 +383,10 @@ def load_key(directory: str) -> bytes:
         finally:
             os.unlink(draft)
     info = _refuse_if_unsafe(path, "the key file", f"chmod 600 {path}")
-    damaged = (f"the key file {path} is damaged ({{}}); delete it (queued work signed with "
-               "the old key will then be refused) and try again")
+    damaged = (
+        f"the key file {path} is damaged ({{}}); delete it (queued work signed with "
+        "the old key will then be refused) and try again"
+    )
     if not stat.S_ISREG(info.st_mode):
         raise StoreError(damaged.format("it is not a regular file"))
     try:
@@ -388,8 +426,9 @@ def _mac(key: bytes, payload: Any, magic: bytes, bound: bytes) -> bytes:
     if magic == MAGIC and bound is VALUE:  # every task's package: a keyed start, copied
         mac = _value_macs.get(key)
         if mac is None:
-            mac = _value_macs[key] = hashlib.blake2b(_framed(VALUE), key=key,
-                                                     digest_size=_MAC_SIZE, person=_PERSON)
+            mac = _value_macs[key] = hashlib.blake2b(
+                _framed(VALUE), key=key, digest_size=_MAC_SIZE, person=_PERSON
+            )
         mac = mac.copy()
         mac.update(payload)
         return mac.digest()
@@ -404,8 +443,7 @@ def _parts_mac(key: bytes, parts: Any, magic: bytes, bound: bytes) -> bytes:
     context ``bound`` when that kind binds one (its length first: the two cannot be
     told apart otherwise)."""
     if magic == MAGIC:
-        mac: Any = hashlib.blake2b(_framed(bound), key=key, digest_size=_MAC_SIZE,
-                                   person=_PERSON)
+        mac: Any = hashlib.blake2b(_framed(bound), key=key, digest_size=_MAC_SIZE, person=_PERSON)
     elif magic == MAGIC_FAST:
         mac = blake3(_framed(bound), key=_fast_key(key, _BOUND_CONTEXT))
     elif magic == MAGIC_UNBOUND:
@@ -466,11 +504,11 @@ def verify(key: bytes, package: Any, bound: bytes = VALUE) -> memoryview:
         raise SignatureError(f"package is a {type(package).__name__}, not bytes")
     if len(package) < _HEADER:
         raise SignatureError(f"package is truncated ({len(package)} bytes)")
-    magic = bytes(package[:len(MAGIC)])
+    magic = bytes(package[: len(MAGIC)])
     if magic not in _MAGICS:
         raise SignatureError("package has no nbqueue header (random or foreign bytes)")
     payload = memoryview(package)[_HEADER:]
-    if not hmac.compare_digest(_mac(key, payload, magic, bound), package[len(MAGIC):_HEADER]):
+    if not hmac.compare_digest(_mac(key, payload, magic, bound), package[len(MAGIC) : _HEADER]):
         raise SignatureError(_MISMATCH)
     return payload
 
@@ -484,13 +522,15 @@ def check(key: bytes, header: bytes, payload: Any, bound: bytes = VALUE) -> None
 
 def check_parts(key: bytes, header: bytes, parts: Any, bound: bytes = VALUE) -> None:
     """``check`` of the payload ``b"".join(parts)``, without joining them."""
-    magic = header[:len(MAGIC)]
+    magic = header[: len(MAGIC)]
     if len(header) != HEADER_SIZE or magic not in _MAGICS:
         raise SignatureError("file has no nbqueue header (truncated, random or foreign bytes)")
-    if not hmac.compare_digest(_parts_mac(key, parts, magic, bound), header[len(MAGIC):]):
+    if not hmac.compare_digest(_parts_mac(key, parts, magic, bound), header[len(MAGIC) :]):
         raise SignatureError(_MISMATCH)
 
 
-_MISMATCH = ("package signature does not match this store's key and its use (tampered, "
-             "truncated, signed with another key, or made for another task or use: "
-             "swapped with another file)")
+_MISMATCH = (
+    "package signature does not match this store's key and its use (tampered, "
+    "truncated, signed with another key, or made for another task or use: "
+    "swapped with another file)"
+)

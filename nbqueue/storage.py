@@ -72,11 +72,16 @@ def store_advice(exc: BaseException, path: str) -> str:
         return f"The disk of {store} is full: free space and try again"
     if "file is not a database" in text or "database disk image is malformed" in text:
         return f"A file of the store is damaged: move {store} away and start again"
-    if (code in _READ_ONLY or "readonly database" in text
-            or (os.path.isdir(path) and not os.access(path, os.W_OK))):
-        return (f"The store at {store} is read-only for this process: make it writable "
-                f"(`chmod -R u+w {store}`) or choose another directory with "
-                "configure(directory=...)")
+    if (
+        code in _READ_ONLY
+        or "readonly database" in text
+        or (os.path.isdir(path) and not os.access(path, os.W_OK))
+    ):
+        return (
+            f"The store at {store} is read-only for this process: make it writable "
+            f"(`chmod -R u+w {store}`) or choose another directory with "
+            "configure(directory=...)"
+        )
     return f"Check that {store} is on a working disk that this process may write to"
 
 
@@ -89,10 +94,12 @@ def store_trouble(exc: BaseException, path: str) -> str | None:
     if isinstance(cause, StoreError):
         return str(cause)
     if isinstance(cause, diskcache.Timeout):
-        return (f"the store at {path} stayed locked by another process; is a process stuck "
-                "holding it?")
-    if isinstance(cause, sqlite3.Error) or (isinstance(cause, OSError)
-                                            and cause.errno in _STORE_WIDE):
+        return (
+            f"the store at {path} stayed locked by another process; is a process stuck holding it?"
+        )
+    if isinstance(cause, sqlite3.Error) or (
+        isinstance(cause, OSError) and cause.errno in _STORE_WIDE
+    ):
         return f"cannot write to the store at {path}: {cause}. {store_advice(cause, path)}"
     return None
 
@@ -159,8 +166,9 @@ class SignedDisk(diskcache.Disk):
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> tuple:
         if type(value) is int:
             return super().store(value, read, key)
-        if type(value) is dict and (type(value.get("result")) is Blob
-                                    or type(value.get("args")) is Blob):
+        if type(value) is dict and (
+            type(value.get("result")) is Blob or type(value.get("args")) is Blob
+        ):
             return self._store_with_blob(value, key)
         return self._store_pickled(value, key)
 
@@ -180,8 +188,10 @@ class SignedDisk(diskcache.Disk):
         if mode == diskcache.core.MODE_RAW and type(value) is int:
             return value
         if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
-            raise SignatureError(f"a value in the store at {self._directory} was not written "
-                                 "by nbqueue with this store's key; it is left unread")
+            raise SignatureError(
+                f"a value in the store at {self._directory} was not written "
+                "by nbqueue with this store's key; it is left unread"
+            )
         try:
             if mode == diskcache.core.MODE_BINARY:
                 assert filename is not None  # diskcache keeps every binary value in a file
@@ -193,13 +203,14 @@ class SignedDisk(diskcache.Disk):
                 self._blob_of(value, filename)
             return value
         except SignatureError as exc:
-            raise SignatureError(f"a value in the store at {self._directory} failed its "
-                                 f"signature check ({exc}); it is left unread") from None
+            raise SignatureError(
+                f"a value in the store at {self._directory} failed its "
+                f"signature check ({exc}); it is left unread"
+            ) from None
 
     def _read_file(self, filename: str) -> bytes:
         """A value file, read only if it is a regular file (``blobs.open_regular``)."""
-        src, size = blobs.open_regular(os.path.join(self._directory, filename),
-                                       "its value")
+        src, size = blobs.open_regular(os.path.join(self._directory, filename), "its value")
         with src:
             return src.read(size)
 
@@ -213,8 +224,9 @@ class SignedDisk(diskcache.Disk):
             blob = record.get(field)
             if type(blob) is Blob and not blob.path:
                 if field == "result":
-                    record[field] = blobs.read(blob._replace(path=path), self._key,
-                                               record["id"], blobs.RESULT)
+                    record[field] = blobs.read(
+                        blob._replace(path=path), self._key, record["id"], blobs.RESULT
+                    )
                 else:
                     record[field] = blob._replace(path=path)
 
@@ -227,18 +239,23 @@ class SignedDisk(diskcache.Disk):
         deliver them. When both are blobs, the arguments are read into the record."""
         fields = [f for f in _BLOB_FIELDS if type(record.get(f)) is Blob]
         for field in fields[1:]:
-            record[field] = blobs.read(record[field], self._key, record["id"],
-                                       blobs.ROLES[field])
+            record[field] = blobs.read(record[field], self._key, record["id"], blobs.ROLES[field])
         field = fields[0]
         blob = record[field]
         filename, full_path = self.filename(key, record)
         source, source_fd = self._in_store(blob.path)
+
         def move() -> None:  # a link to the file itself: never to what a symlink names
             if field == "result":
                 os.rename(source, filename, src_dir_fd=source_fd, dst_dir_fd=self._fd)
             else:
-                os.link(source, filename, src_dir_fd=source_fd, dst_dir_fd=self._fd,
-                        follow_symlinks=False)
+                os.link(
+                    source,
+                    filename,
+                    src_dir_fd=source_fd,
+                    dst_dir_fd=self._fd,
+                    follow_symlinks=False,
+                )
                 self._made_file(full_path, lambda: record.__setitem__(field, blob))
 
         try:
@@ -250,8 +267,12 @@ class SignedDisk(diskcache.Disk):
                 raise  # record names them where they are, and a read of them says what
             return self._store_pickled(record, key)  # is wrong
         record[field] = blob._replace(path=full_path)
-        inline = sign(self._key, pickle.dumps({**record, field: blob._replace(path="")},
-                                              protocol=pickle.HIGHEST_PROTOCOL))
+        inline = sign(
+            self._key,
+            pickle.dumps(
+                {**record, field: blob._replace(path="")}, protocol=pickle.HIGHEST_PROTOCOL
+            ),
+        )
         return len(inline) + blob.size, diskcache.core.MODE_RAW, filename, sqlite3.Binary(inline)
 
     def _into_place(self, filename: str, move: Any) -> None:
@@ -281,14 +302,13 @@ class SignedDisk(diskcache.Disk):
         file of the store (as a blob's is); else ``path`` as it is."""
         store = self.place.path + os.sep
         if path.startswith(store):
-            return path[len(store):], self.place.fd
+            return path[len(store) :], self.place.fd
         return path, None
 
-    def _write(self, full_path: str, iterator: Any, mode: str,
-               encoding: str | None = None) -> int:
+    def _write(self, full_path: str, iterator: Any, mode: str, encoding: str | None = None) -> int:
         """Write a value file whole or not at all: as a draft, renamed into place once
         written. Drafts of writers that died are removed when the store is next opened."""
-        filename = full_path[len(self._directory) + 1:]  # diskcache's, relative to it
+        filename = full_path[len(self._directory) + 1 :]  # diskcache's, relative to it
         draft = os.path.join(_DRAFTS, f"{os.getpid()}-{os.urandom(8).hex()}")
         try:
             for attempt in range(10):  # another writer may remove the empty folder
@@ -304,8 +324,10 @@ class SignedDisk(diskcache.Disk):
                 for chunk in iterator:
                     size += len(chunk)
                     out.write(chunk)
-            self._into_place(filename, lambda: os.rename(draft, filename, src_dir_fd=self._fd,
-                                                         dst_dir_fd=self._fd))
+            self._into_place(
+                filename,
+                lambda: os.rename(draft, filename, src_dir_fd=self._fd, dst_dir_fd=self._fd),
+            )
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(draft, dir_fd=self._fd)
@@ -400,8 +422,8 @@ def _private_part(path: str) -> None:
     with contextlib.suppress(FileExistsError):
         os.close(create_file(place.fd, database))
     for relative, flags in [(name, _DIRECTORY)] + [
-            (os.path.join(name, f), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            for f in _SQLITE_FILES]:
+        (os.path.join(name, f), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC) for f in _SQLITE_FILES
+    ]:
         try:
             fd = os.open(relative, flags, dir_fd=place.fd)
         except FileNotFoundError:
@@ -428,8 +450,12 @@ def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
     (``_reopen``): diskcache's own open writes every setting again, which a full disk
     refuses, and a store must stay readable on a full disk.
     """
-    settings = {"eviction_policy": "none", "cull_limit": 10 if expiring else 0,
-                "sqlite_cache_size": 256, "sqlite_mmap_size": 0}
+    settings = {
+        "eviction_policy": "none",
+        "cull_limit": 10 if expiring else 0,
+        "sqlite_cache_size": 256,
+        "sqlite_mmap_size": 0,
+    }
     try:
         _private_part(path)
         found = _reopen(path, settings)
@@ -437,14 +463,25 @@ def open_cache(path: str, expiring: bool = False) -> diskcache.Cache:
             return found
         return _Cache(path, timeout=LOCK_TIMEOUT, disk=SignedDisk, **settings)
     except (sqlite3.Error, OSError) as exc:
-        raise StoreError(f"cannot open the store at {path}: {exc}. "
-                         f"{store_advice(exc, path)}") from exc
+        raise StoreError(
+            f"cannot open the store at {path}: {exc}. {store_advice(exc, path)}"
+        ) from exc
 
 
 # What diskcache's open creates in a database (tables, indexes, triggers), by name.
-_SCHEMA = frozenset(("Settings", "Cache", "Cache_key_raw", "Cache_expire_time",
-                     "Settings_count_insert", "Settings_count_delete", "Settings_size_insert",
-                     "Settings_size_update", "Settings_size_delete"))
+_SCHEMA = frozenset(
+    (
+        "Settings",
+        "Cache",
+        "Cache_key_raw",
+        "Cache_expire_time",
+        "Settings_count_insert",
+        "Settings_count_delete",
+        "Settings_size_insert",
+        "Settings_size_update",
+        "Settings_size_delete",
+    )
+)
 
 
 def _reopen(path: str, settings: dict[str, Any]) -> diskcache.Cache | None:
@@ -464,8 +501,9 @@ def _reopen(path: str, settings: dict[str, Any]) -> diskcache.Cache | None:
     finally:
         con.close()
     wanted = {**diskcache.DEFAULT_SETTINGS, **settings}
-    if (any(key not in stored for key in diskcache.core.METADATA)
-            or any(stored.get(key) != value for key, value in wanted.items())):
+    if any(key not in stored for key in diskcache.core.METADATA) or any(
+        stored.get(key) != value for key, value in wanted.items()
+    ):
         return None
     cache = _Cache.__new__(_Cache)  # what _Cache.__init__ sets, read back
     cache.place = anchor(os.path.dirname(os.path.abspath(path)))
@@ -475,8 +513,9 @@ def _reopen(path: str, settings: dict[str, Any]) -> diskcache.Cache | None:
     cache._txn_id = None
     for key, value in stored.items():
         setattr(cache, key, value)
-    cache._disk = SignedDisk(path, **{key[5:]: value for key, value in stored.items()
-                                      if key.startswith("disk_")})
+    cache._disk = SignedDisk(
+        path, **{key[5:]: value for key, value in stored.items() if key.startswith("disk_")}
+    )
     ((cache._page_size,),) = cache._sql("PRAGMA page_size").fetchall()
     return cache
 
@@ -493,7 +532,8 @@ _UPSERT_SQL = (
     " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
     " expire_time = NULL, access_time = excluded.access_time, access_count = 0, tag = NULL,"
     " size = excluded.size, mode = excluded.mode, filename = excluded.filename,"
-    " value = excluded.value")
+    " value = excluded.value"
+)
 
 
 def upsert(cache: Any, rows: list[tuple[str, Any]]) -> None:
@@ -507,8 +547,11 @@ def upsert(cache: Any, rows: list[tuple[str, Any]]) -> None:
         size, mode, filename, db_value = disk.store(value, False, key=key)
         values.append((db_key, raw, now, now, size, mode, filename, db_value))
     keys = [key for key, _ in rows]
-    replaced = [name for (name,) in cache._con.execute(
-        _FILES_SQL.format(",".join("?" * len(keys))), keys)] if keys else []
+    replaced = (
+        [name for (name,) in cache._con.execute(_FILES_SQL.format(",".join("?" * len(keys))), keys)]
+        if keys
+        else []
+    )
     cache._con.executemany(_UPSERT_SQL, values)
     for name in replaced:
         disk.remove(name)
@@ -517,8 +560,10 @@ def upsert(cache: Any, rows: list[tuple[str, Any]]) -> None:
 _FILES_SQL = "SELECT filename FROM Cache WHERE raw = 1 AND filename IS NOT NULL AND key IN ({})"
 
 
-_SELECT_SQL = ("SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({})"
-               " AND (expire_time IS NULL OR expire_time > ?)")
+_SELECT_SQL = (
+    "SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({})"
+    " AND (expire_time IS NULL OR expire_time > ?)"
+)
 
 
 def read_many(cache: Any, keys: list[str]) -> dict[str, Any]:
@@ -530,7 +575,7 @@ def read_many(cache: Any, keys: list[str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     fetch, con, now = cache._disk.fetch, cache._con, time.time()
     for i in range(0, len(keys), 500):
-        part = keys[i:i + 500]
+        part = keys[i : i + 500]
         rows = con.execute(_SELECT_SQL.format(",".join("?" * len(part))), (*part, now))
         for key, mode, filename, value in rows.fetchall():
             try:
@@ -543,8 +588,10 @@ def read_many(cache: Any, keys: list[str]) -> dict[str, Any]:
 
 
 _NONE = object()
-_ROW_SQL = ("SELECT mode, filename, value FROM Cache WHERE raw = 1 AND key = ?"
-            " AND (expire_time IS NULL OR expire_time > ?)")
+_ROW_SQL = (
+    "SELECT mode, filename, value FROM Cache WHERE raw = 1 AND key = ?"
+    " AND (expire_time IS NULL OR expire_time > ?)"
+)
 
 
 def _read_again(cache: Any, key: str, filename: str | None, exc: OSError) -> Any:
@@ -568,14 +615,18 @@ def _read_again(cache: Any, key: str, filename: str | None, exc: OSError) -> Any
             filename, exc = row[1], again
     where = f"{key!r} in the store at {cache.directory}"
     if isinstance(exc, FileNotFoundError):
-        raise StoreFileMissing(errno.ENOENT, f"{where}: {exc.strerror}; send the task again",
-                               exc.filename) from None
-    raise StoreError(f"{where} cannot be read: {exc}. {store_advice(exc, cache.directory)}") \
-        from exc
+        raise StoreFileMissing(
+            errno.ENOENT, f"{where}: {exc.strerror}; send the task again", exc.filename
+        ) from None
+    raise StoreError(
+        f"{where} cannot be read: {exc}. {store_advice(exc, cache.directory)}"
+    ) from exc
 
 
-_ALL_SQL = ("SELECT mode, filename, value FROM Cache WHERE raw = 1"
-            " AND (expire_time IS NULL OR expire_time > ?)")
+_ALL_SQL = (
+    "SELECT mode, filename, value FROM Cache WHERE raw = 1"
+    " AND (expire_time IS NULL OR expire_time > ?)"
+)
 
 
 def read_all(cache: Any) -> Iterator[Any]:
@@ -607,21 +658,23 @@ def writing(path: str) -> Iterator[None]:
     except (InsecureStoreError, StoreGone):  # the store directory is not the one checked
         raise
     except diskcache.Timeout:
-        raise StoreError(f"the store at {path} stayed locked by another process for over "
-                         f"{LOCK_TIMEOUT:g} s; is a process stuck holding it? Try again, or "
-                         "restart the processes that use this directory") from None
+        raise StoreError(
+            f"the store at {path} stayed locked by another process for over "
+            f"{LOCK_TIMEOUT:g} s; is a process stuck holding it? Try again, or "
+            "restart the processes that use this directory"
+        ) from None
     except (sqlite3.Error, OSError) as exc:
         cause = _first_cause(exc)
-        raise StoreError(f"cannot write to the store at {path}: {cause}. "
-                         f"{store_advice(cause, path)}") from exc
+        raise StoreError(
+            f"cannot write to the store at {path}: {cause}. {store_advice(cause, path)}"
+        ) from exc
 
 
 def _first_cause(exc: BaseException) -> BaseException:
     """The error that failed a transaction: SQLite rolls back by itself on a full disk,
     and diskcache's own ROLLBACK then fails with "no transaction is active", which would
     hide the real cause."""
-    while ("cannot rollback" in str(exc)
-           and isinstance(exc.__context__, (sqlite3.Error, OSError))):
+    while "cannot rollback" in str(exc) and isinstance(exc.__context__, (sqlite3.Error, OSError)):
         exc = exc.__context__
     return exc
 
@@ -632,6 +685,5 @@ def checked_get(cache: Any, key: str | int, default: Any, what: str) -> Any:
     try:
         return cache.get(key, default, retry=True)
     except SignatureError as exc:
-        log.error("nbqueue: %s in %s is unreadable and was dropped: %s", what,
-                  cache.directory, exc)
+        log.error("nbqueue: %s in %s is unreadable and was dropped: %s", what, cache.directory, exc)
         return default

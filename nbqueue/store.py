@@ -68,7 +68,8 @@ def check_name(what: str, value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise ConfigurationError(
             f"{what} must be a non-empty string (a task's uuid or name for a task id, the "
-            f"label given as group= for a group), got {value!r}")
+            f"label given as group= for a group), got {value!r}"
+        )
 
 
 class Part:
@@ -116,8 +117,13 @@ class Part:
                         joined[group].append(task_id)
                     expires[group] = expire
                 deltas[group, success, bool(record.get("iter"))] += 1
-                if success and save_limit > 0 and not self.expiring and (
-                        old is None or not old["success"]) and not record.get("iter"):
+                if (
+                    success
+                    and save_limit > 0
+                    and not self.expiring
+                    and (old is None or not old["success"])
+                    and not record.get("iter")
+                ):
                     cache.push(task_id, prefix="s")  # an async_iter's results stay whole
             if new_rows:
                 upsert(cache, new_rows)
@@ -139,8 +145,7 @@ class Part:
             return None
         return float(cached)
 
-    def _count(self, group: str | None, success: bool, delta: int,
-               of_iter: bool = False) -> None:
+    def _count(self, group: str | None, success: bool, delta: int, of_iter: bool = False) -> None:
         if self.expiring:
             return
         self._cache.incr(_TOTAL[success], delta)
@@ -152,8 +157,7 @@ class Part:
     def _append(self, group: str, ids: list[str], expire: float | None) -> None:
         cache = self._cache
         pages = cache.get(_PAGES + group, 0)
-        page = (checked_get(cache, _page(group, pages - 1), None, "a group page")
-                if pages else None)
+        page = checked_get(cache, _page(group, pages - 1), None, "a group page") if pages else None
         if page is None or len(page) >= PAGE:
             page, pages = [], pages + 1
         while ids:
@@ -200,12 +204,16 @@ class Part:
         own task: the rows of two tasks swapped read as neither."""
         found = read_many(self._cache, task_ids)
         for task_id, record in found.items():
-            if (type(record) is dict and "success" in record  # an outcome, not a manifest
-                    and record.get("id", task_id) != task_id):
+            if (
+                type(record) is dict
+                and "success" in record  # an outcome, not a manifest
+                and record.get("id", task_id) != task_id
+            ):
                 raise SignatureError(
                     f"the row of task {task_id} in {self._cache.directory} holds the "
                     f"outcome of task {record['id']}: the store was tampered with; it is "
-                    "left unread")
+                    "left unread"
+                )
         return found
 
     def find(self, task_id: str) -> Record | None:
@@ -283,8 +291,7 @@ class Part:
         records = []
         for task_id in ids:
             record = found.get(task_id)
-            if record is not None and record["group"] == group and (
-                    failures or record["success"]):
+            if record is not None and record["group"] == group and (failures or record["success"]):
                 records.append(record)
         return records
 
@@ -326,7 +333,9 @@ class Part:
         with self._cache.transact(retry=True):
             stored = self.get(record["id"])
             if stored is None or (stored["attempt_count"], stored["stopped"]) != (
-                    record["attempt_count"], record["stopped"]):
+                record["attempt_count"],
+                record["stopped"],
+            ):
                 return False
             self._delete(stored)
         return True
@@ -341,8 +350,12 @@ class Part:
             if not isinstance(real_id, str) or not cache.delete(real_id):
                 return False
             cache.delete(_NAME + task_id)
-        log.warning("nbqueue: the outcome of task %s could not be read (%s); its row was "
-                    "deleted, and its group's counts may be off by one", task_id, exc)
+        log.warning(
+            "nbqueue: the outcome of task %s could not be read (%s); its row was "
+            "deleted, and its group's counts may be off by one",
+            task_id,
+            exc,
+        )
         return True
 
     def delete_group(self, group: str, tasks: bool = False) -> int:
@@ -395,8 +408,7 @@ class Store:
     def part(self, cached: bool) -> Part:
         return self.cached if cached else self.saved
 
-    def save(self, records: Iterable[Record], save_limit: int = 0,
-             replace: bool = False) -> None:
+    def save(self, records: Iterable[Record], save_limit: int = 0, replace: bool = False) -> None:
         """Store outcomes where each one belongs and wake local waiters.
 
         A record with ``cached`` goes to the cached part; a success with ``save``
@@ -427,8 +439,9 @@ class Store:
                     value = record["result"]
                     if type(value) is not bytes or len(value) < FRESH_BYTES:
                         fresh[part, record["id"]] = (now, self._changes, record)
-            while fresh and (len(fresh) > FRESH_KEPT
-                             or now - next(iter(fresh.values()))[0] > FRESH_AGE):
+            while fresh and (
+                len(fresh) > FRESH_KEPT or now - next(iter(fresh.values()))[0] > FRESH_AGE
+            ):
                 del fresh[next(iter(fresh))]
             self._changed.notify_all()
 
@@ -454,9 +467,13 @@ class Store:
                 self._changed.wait(timeout)
             return self._changes
 
-    def wait(self, ready: Callable[[], Any], wait_ms: int | float | None,
-             hint: Callable[[], str | None] | None = None,
-             fresh: Callable[[int], Any] | None = None) -> Any:
+    def wait(
+        self,
+        ready: Callable[[], Any],
+        wait_ms: int | float | None,
+        hint: Callable[[], str | None] | None = None,
+        fresh: Callable[[int], Any] | None = None,
+    ) -> Any:
         """Call ``ready()`` until it returns something truthy or ``wait_ms`` runs out.
 
         ``wait_ms`` is in milliseconds, -1 waits forever. Local writes wake the waiter
@@ -479,8 +496,7 @@ class Store:
                 hint_at = float("inf")
                 text = hint()
                 if text:
-                    warnings.warn(WaitWarning(f"this wait may never end: {text}"),
-                                  stacklevel=4)
+                    warnings.warn(WaitWarning(f"this wait may never end: {text}"), stacklevel=4)
             if deadline is None:
                 step = pause
             else:

@@ -110,8 +110,7 @@ class Collector:
     """The cluster's end: a thread that reads every worker's connection and calls
     ``deliver(outcomes)`` with what each message holds."""
 
-    def __init__(self, slot_dir: str, key: bytes,
-                 deliver: Callable[[list[Outcome]], None]) -> None:
+    def __init__(self, slot_dir: str, key: bytes, deliver: Callable[[list[Outcome]], None]) -> None:
         self.path = os.path.join(slot_dir, SOCKET)
         self._key = key
         self._deliver = deliver
@@ -151,19 +150,22 @@ class Collector:
         read to their end: every outcome they sent is then delivered."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while any(not _alive(pid) if pids is None else pid in pids
-                      for pid in self._pids.values()):
+            while any(
+                not _alive(pid) if pids is None else pid in pids for pid in self._pids.values()
+            ):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    log.warning("nbqueue cluster: the outcome stream of a dead worker was "
-                                "not read to its end within %g s", timeout)
+                    log.warning(
+                        "nbqueue cluster: the outcome stream of a dead worker was "
+                        "not read to its end within %g s",
+                        timeout,
+                    )
                     return
                 self._changed.wait(min(left, 0.05))
 
     def _accept(self) -> None:
         conn, _ = self._listener.accept()
-        pid = _PEER.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                           _PEER.size))[0]
+        pid = _PEER.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER.size))[0]
         conn.setblocking(False)
         self._buffers[conn] = bytearray()
         self._pids[conn] = pid
@@ -185,16 +187,20 @@ class Collector:
             (size,) = _LENGTH.unpack_from(buffer)
             if len(buffer) < _LENGTH.size + size:
                 break
-            message = bytes(buffer[_LENGTH.size:_LENGTH.size + size])
-            del buffer[:_LENGTH.size + size]
+            message = bytes(buffer[_LENGTH.size : _LENGTH.size + size])
+            del buffer[: _LENGTH.size + size]
             self._deliver(self._decode(message, self._pids[conn]))
 
     def _decode(self, message: bytes, pid: int) -> list[Outcome]:
         try:
             outcomes: Any = pickle.loads(verify(self._key, message))
         except Exception as exc:  # a bad signature, or what a bad pickle raises
-            log.error("nbqueue cluster: refused a message of worker %d's outcome stream: "
-                      "%s; its tasks go by their chunk", pid, exc)
+            log.error(
+                "nbqueue cluster: refused a message of worker %d's outcome stream: "
+                "%s; its tasks go by their chunk",
+                pid,
+                exc,
+            )
             return []
         return outcomes
 
@@ -209,4 +215,5 @@ class Collector:
 
 def _alive(pid: int) -> bool:
     from .storage import process_alive
+
     return process_alive(pid)

@@ -37,8 +37,22 @@ if TYPE_CHECKING:
 WIDTH = 640
 BINS = 30
 MAX_BARS = 2000  # bars drawn on the timeline; more tasks are sampled evenly
-FRAME_COLUMNS = ("id", "name", "func", "args", "kwargs", "success", "result", "started",
-                 "stopped", "duration", "attempt_count", "group", "began", "pid")
+FRAME_COLUMNS = (
+    "id",
+    "name",
+    "func",
+    "args",
+    "kwargs",
+    "success",
+    "result",
+    "started",
+    "stopped",
+    "duration",
+    "attempt_count",
+    "group",
+    "began",
+    "pid",
+)
 _FONT = 'font-family="sans-serif" font-size="11"'
 
 
@@ -57,8 +71,9 @@ def summary(group: str, cached: bool = False, broker: Broker | None = None) -> G
     check_name("group", group)
     store = get_store((broker or get_broker()).directory)
     records = store.part(cached).group_records(group, failures=True)
-    return GroupSummary(group, [(Success if r["success"] else Failure)(r, store, cached)
-                                for r in records])
+    return GroupSummary(
+        group, [(Success if r["success"] else Failure)(r, store, cached) for r in records]
+    )
 
 
 class GroupSummary:
@@ -73,8 +88,11 @@ class GroupSummary:
         self.failed = self.count - self.succeeded
         self.first_start: datetime | None = min((t.started for t in self.tasks), default=None)
         self.last_stop: datetime | None = max((t.stopped for t in self.tasks), default=None)
-        self.span = (0.0 if self.first_start is None or self.last_stop is None
-                     else max(0.0, (self.last_stop - self.first_start).total_seconds()))
+        self.span = (
+            0.0
+            if self.first_start is None or self.last_stop is None
+            else max(0.0, (self.last_stop - self.first_start).total_seconds())
+        )
         self._durations = [_ran(t) for t in self.tasks]
         self._by_type: dict[str, list[Task]] | None = None
 
@@ -96,8 +114,11 @@ class GroupSummary:
     def histogram_svg(self) -> str:
         """Durations of the tasks a worker ran, in about 30 bins, as an SVG string; a
         bar's tooltip names its tasks and their durations."""
-        ran = [(d, t) for d, t in zip(self._durations, self.tasks, strict=False)
-               if t.pid is not None or t.began is None]
+        ran = [
+            (d, t)
+            for d, t in zip(self._durations, self.tasks, strict=False)
+            if t.pid is not None or t.began is None
+        ]
         return _histogram(ran, self.count - len(ran))
 
     def timeline_svg(self) -> str:
@@ -111,10 +132,10 @@ class GroupSummary:
         try:
             import pandas
         except ImportError:
-            raise MissingDependency("GroupSummary.to_frame needs pandas, which is not "
-                                    "installed: pip install pandas") from None
-        rows = [[_frame_value(task, column) for column in FRAME_COLUMNS]
-                for task in self.tasks]
+            raise MissingDependency(
+                "GroupSummary.to_frame needs pandas, which is not installed: pip install pandas"
+            ) from None
+        rows = [[_frame_value(task, column) for column in FRAME_COLUMNS] for task in self.tasks]
         return pandas.DataFrame(rows, columns=list(FRAME_COLUMNS))
 
     def _spans(self) -> list[_Span]:
@@ -135,42 +156,59 @@ class GroupSummary:
             return f"no finished tasks in group {self.group!r}"
         work = sum(self._durations)
         parallel = f" (×{work / self.span:.1f} in parallel)" if self.span > 0 else ""
-        return (f"group {self.group!r}: {self.count} task{'s' if self.count != 1 else ''}, "
-                f"{self.succeeded} succeeded, {self.failed} failed; "
-                f"{format_seconds(work)} of work over {format_seconds(self.span)}{parallel}")
+        return (
+            f"group {self.group!r}: {self.count} task{'s' if self.count != 1 else ''}, "
+            f"{self.succeeded} succeeded, {self.failed} failed; "
+            f"{format_seconds(work)} of work over {format_seconds(self.span)}{parallel}"
+        )
 
     def __repr__(self) -> str:
         lines = [self._headline()]
         if not self.count:
             return lines[0]
         known = self._durations
-        lines.append(f"durations: min {format_seconds(min(known))}, median "
-                     f"{format_seconds(_median(known))}, max "
-                     f"{format_seconds(max(known))}")
-        lines.append("slowest: " + ", ".join(
-            f"{t.name!r} {format_seconds(_ran(t))}" for t in self.slowest(3)))
+        lines.append(
+            f"durations: min {format_seconds(min(known))}, median "
+            f"{format_seconds(_median(known))}, max "
+            f"{format_seconds(max(known))}"
+        )
+        lines.append(
+            "slowest: "
+            + ", ".join(f"{t.name!r} {format_seconds(_ran(t))}" for t in self.slowest(3))
+        )
         if self.failed:
-            lines.append("failures: " + ", ".join(
-                f"{name} ×{len(tasks)}" for name, tasks in self.failures_by_type().items()))
+            lines.append(
+                "failures: "
+                + ", ".join(
+                    f"{name} ×{len(tasks)}" for name, tasks in self.failures_by_type().items()
+                )
+            )
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         style = "font-size:13px;margin:4px 0"
         if not self.count:
-            return (f'<div class="nbqueue-summary" style="{style}">'
-                    f"{escape(self._headline())}</div>")
-        head = (f"<div><b>{escape(self._headline())}</b></div>"
-                f'<div style="{MUTED}">first enqueued {format_time(self.first_start)}, '
-                f"last finished {format_time(self.last_stop)}</div>")
-        parts = [head, "<h4 style=\"margin:10px 0 2px\">durations</h4>", self.histogram_svg(),
-                 "<h4 style=\"margin:10px 0 2px\">timeline per worker</h4>",
-                 self.timeline_svg(), _slowest_html(self.slowest(5))]
+            return f'<div class="nbqueue-summary" style="{style}">{escape(self._headline())}</div>'
+        head = (
+            f"<div><b>{escape(self._headline())}</b></div>"
+            f'<div style="{MUTED}">first enqueued {format_time(self.first_start)}, '
+            f"last finished {format_time(self.last_stop)}</div>"
+        )
+        parts = [
+            head,
+            '<h4 style="margin:10px 0 2px">durations</h4>',
+            self.histogram_svg(),
+            '<h4 style="margin:10px 0 2px">timeline per worker</h4>',
+            self.timeline_svg(),
+            _slowest_html(self.slowest(5)),
+        ]
         if self.failed:
             parts.append(_failures_html(self.failures_by_type()))
         return f'<div class="nbqueue-summary" style="{style}">' + "".join(parts) + "</div>"
 
 
 # -- reading tasks --------------------------------------------------------------------
+
 
 def _ran(task: Task) -> float:
     """Seconds the task ran; for a record without that, enqueue to finish."""
@@ -199,6 +237,7 @@ def _frame_value(task: Task, column: str) -> Any:
 
 # -- HTML parts -----------------------------------------------------------------------
 
+
 def _slowest_html(tasks: list[Task]) -> str:
     cell = "text-align:left;padding:1px 12px 1px 0"
     rows = "".join(
@@ -207,11 +246,16 @@ def _slowest_html(tasks: list[Task]) -> str:
         f'<td style="{cell}">{format_seconds(_ran(t))}</td>'
         f'<td style="{cell}">{t.pid if t.pid is not None else "–"}</td>'
         f'<td style="{cell};color:{OK_COLOR if t.success else FAIL_COLOR}">'
-        f'{"ok" if t.success else "failed"}</td></tr>' for t in tasks)
-    head = "".join(f'<th style="{cell}">{h}</th>'
-                   for h in ("task", "function", "ran", "worker pid", "outcome"))
-    return ('<h4 style="margin:10px 0 2px">slowest</h4>'
-            f'<table style="border-collapse:collapse"><tr>{head}</tr>{rows}</table>')
+        f"{'ok' if t.success else 'failed'}</td></tr>"
+        for t in tasks
+    )
+    head = "".join(
+        f'<th style="{cell}">{h}</th>' for h in ("task", "function", "ran", "worker pid", "outcome")
+    )
+    return (
+        '<h4 style="margin:10px 0 2px">slowest</h4>'
+        f'<table style="border-collapse:collapse"><tr>{head}</tr>{rows}</table>'
+    )
 
 
 def _failures_html(by_type: dict[str, list[Task]], most: int = 10) -> str:
@@ -222,14 +266,18 @@ def _failures_html(by_type: dict[str, list[Task]], most: int = 10) -> str:
             f'<details><summary style="cursor:pointer"><b style="color:{FAIL_COLOR}">'
             f"{escape(name)}</b>: {len(tasks)} task{'s' if len(tasks) != 1 else ''}, "
             f"e.g. {escape(repr(example.name))} ({escape(clip(example.func, 60))})"
-            f"</summary>{traceback_html(example.traceback or '')}</details>")
+            f"</summary>{traceback_html(example.traceback or '')}</details>"
+        )
     if len(by_type) > most:
-        parts.append(f'<div style="{MUTED}">… and {len(by_type) - most} more types: '
-                     "<code>failures_by_type()</code> has them all</div>")
+        parts.append(
+            f'<div style="{MUTED}">… and {len(by_type) - most} more types: '
+            "<code>failures_by_type()</code> has them all</div>"
+        )
     return "".join(parts)
 
 
 # -- SVG ------------------------------------------------------------------------------
+
 
 def _ticks(low: float, high: float, count: int = 5) -> tuple[list[float], float]:
     """Round values between ``low`` and ``high`` for an axis (multiples of 1, 2 or 5
@@ -252,24 +300,32 @@ def _label(value: float, step: float) -> str:
 
 
 def _svg(height: int, body: list[str], label: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-            f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(label)}">'
-            + "".join(body) + "</svg>")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(label)}">'
+        + "".join(body)
+        + "</svg>"
+    )
 
 
-def _x_axis(left: float, right: float, y: float, low: float, high: float,
-            caption: str) -> list[str]:
+def _x_axis(
+    left: float, right: float, y: float, low: float, high: float, caption: str
+) -> list[str]:
     """A horizontal axis at ``y`` for values ``low``..``high``, ticks in seconds."""
     scale = (right - left) / (high - low) if high > low else 0.0
     parts = [f'<line x1="{left}" y1="{y}" x2="{right}" y2="{y}" stroke="#888"/>']
     ticks, step = _ticks(low, high)
     for tick in ticks:
         x = left + (tick - low) * scale
-        parts.append(f'<line x1="{x:.1f}" y1="{y}" x2="{x:.1f}" y2="{y + 4}" stroke="#888"/>'
-                     f'<text x="{x:.1f}" y="{y + 15}" text-anchor="middle" fill="#777" '
-                     f'{_FONT}>{escape(_label(tick, step))}</text>')
-    parts.append(f'<text x="{(left + right) / 2:.1f}" y="{y + 29}" text-anchor="middle" '
-                 f'fill="#777" {_FONT}>{escape(caption)}</text>')
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{y}" x2="{x:.1f}" y2="{y + 4}" stroke="#888"/>'
+            f'<text x="{x:.1f}" y="{y + 15}" text-anchor="middle" fill="#777" '
+            f"{_FONT}>{escape(_label(tick, step))}</text>"
+        )
+    parts.append(
+        f'<text x="{(left + right) / 2:.1f}" y="{y + 29}" text-anchor="middle" '
+        f'fill="#777" {_FONT}>{escape(caption)}</text>'
+    )
     return parts
 
 
@@ -293,28 +349,36 @@ def _histogram(known: list[tuple[float, Task]], unrun: int) -> str:
     tallest = max(len(c) for c in counts)
     bar = (right - left) / bins if bins > 1 else 60.0
     start = left if bins > 1 else (left + right - bar) / 2
-    body = [f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" fill="#777" {_FONT}>'
-            f"{tallest}</text>",
-            f'<text x="{left - 4}" y="{bottom}" text-anchor="end" fill="#777" {_FONT}>0</text>']
+    body = [
+        f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" fill="#777" {_FONT}>'
+        f"{tallest}</text>",
+        f'<text x="{left - 4}" y="{bottom}" text-anchor="end" fill="#777" {_FONT}>0</text>',
+    ]
     for i, members in enumerate(counts):
         if not members:
             continue
         h = max(1.0, (bottom - top) * len(members) / tallest)
         names = ", ".join(f"{t.name} ({format_seconds(d)})" for d, t in members[:3])
         more = f" and {len(members) - 3} more" if len(members) > 3 else ""
-        title = (f"{len(members)} task{'s' if len(members) != 1 else ''}, "
-                 f"{format_seconds(low + i * width)}–{format_seconds(low + (i + 1) * width)}"
-                 f": {names}{more}")
-        body.append(f'<rect class="nbqueue-bin" x="{start + i * bar + 0.5:.1f}" '
-                    f'y="{bottom - h:.1f}" width="{max(1.0, bar - 1):.1f}" height="{h:.1f}" '
-                    f'fill="#4c78a8"><title>{escape(clip(title, 300))}</title></rect>')
+        title = (
+            f"{len(members)} task{'s' if len(members) != 1 else ''}, "
+            f"{format_seconds(low + i * width)}–{format_seconds(low + (i + 1) * width)}"
+            f": {names}{more}"
+        )
+        body.append(
+            f'<rect class="nbqueue-bin" x="{start + i * bar + 0.5:.1f}" '
+            f'y="{bottom - h:.1f}" width="{max(1.0, bar - 1):.1f}" height="{h:.1f}" '
+            f'fill="#4c78a8"><title>{escape(clip(title, 300))}</title></rect>'
+        )
     note = f" ({unrun} that no worker ran not counted)" if unrun else ""
     if high > low:
         body += _x_axis(left, right, bottom, low, high, "seconds each task ran" + note)
     else:
-        body.append(f'<text x="{(left + right) / 2}" y="{bottom + 15}" text-anchor="middle" '
-                    f'fill="#777" {_FONT}>every task ran {escape(format_seconds(low))}'
-                    f"{escape(note)}</text>")
+        body.append(
+            f'<text x="{(left + right) / 2}" y="{bottom + 15}" text-anchor="middle" '
+            f'fill="#777" {_FONT}>every task ran {escape(format_seconds(low))}'
+            f"{escape(note)}</text>"
+        )
     return _svg(int(bottom + 36), body, "histogram of task durations")
 
 
@@ -331,8 +395,9 @@ def _timeline(spans: list[_Span], total: int) -> str:
     first_seen: dict[int | None, float] = {}
     for span in sorted(spans, key=lambda s: s.start):
         first_seen.setdefault(span.worker, span.start)
-    rows: list[int | None] = sorted((w for w in first_seen if w is not None),
-                                    key=first_seen.__getitem__)
+    rows: list[int | None] = sorted(
+        (w for w in first_seen if w is not None), key=first_seen.__getitem__
+    )
     if None in first_seen:
         rows.append(None)
     row_of = {worker: i for i, worker in enumerate(rows)}
@@ -343,21 +408,34 @@ def _timeline(spans: list[_Span], total: int) -> str:
     scale = (right - left) / end
     body = []
     if pitch >= 9:
-        body += [f'<text x="{left - 6}" y="{top + i * pitch + pitch * 0.7:.1f}" '
-                 f'text-anchor="end" fill="#777" {_FONT}>'
-                 f'{"no worker" if w is None else f"pid {w}"}</text>'
-                 for i, w in enumerate(rows)]
+        body += [
+            f'<text x="{left - 6}" y="{top + i * pitch + pitch * 0.7:.1f}" '
+            f'text-anchor="end" fill="#777" {_FONT}>'
+            f"{'no worker' if w is None else f'pid {w}'}</text>"
+            for i, w in enumerate(rows)
+        ]
     else:
-        body.append(f'<text x="{left - 6}" y="{top + 10}" text-anchor="end" fill="#777" '
-                    f'{_FONT}>{len(rows) - (None in row_of)} workers</text>')
+        body.append(
+            f'<text x="{left - 6}" y="{top + 10}" text-anchor="end" fill="#777" '
+            f"{_FONT}>{len(rows) - (None in row_of)} workers</text>"
+        )
     for span in _sample(spans):
-        body.append(_bar(span, left + span.start * scale, (span.stop - span.start) * scale,
-                         top + row_of[span.worker] * pitch, pitch))
+        body.append(
+            _bar(
+                span,
+                left + span.start * scale,
+                (span.stop - span.start) * scale,
+                top + row_of[span.worker] * pitch,
+                pitch,
+            )
+        )
     body += _x_axis(left, right, bottom, 0.0, end, "seconds since the first task was enqueued")
     height = bottom + 36
     if len(spans) > MAX_BARS:
-        body.append(f'<text x="{left}" y="{height + 4}" fill="#777" {_FONT}>showing '
-                    f"{MAX_BARS:,} of {total:,} tasks, sampled evenly by start time</text>")
+        body.append(
+            f'<text x="{left}" y="{height + 4}" fill="#777" {_FONT}>showing '
+            f"{MAX_BARS:,} of {total:,} tasks, sampled evenly by start time</text>"
+        )
         height += 12
     return _svg(int(height), body, "timeline of tasks per worker")
 
@@ -370,6 +448,8 @@ def _bar(span: _Span, x: float, width: float, y: float, pitch: float) -> str:
         what = f"ran {format_seconds(span.stop - span.start)} on pid {span.worker}"
     title = f"{task.name} ({clip(task.func, 60)}) {what}"
     color = OK_COLOR if task.success else FAIL_COLOR
-    return (f'<rect class="nbqueue-bar" x="{x:.1f}" y="{y + 1:.1f}" '
-            f'width="{max(1.5, width - 1):.1f}" height="{max(0.8, pitch - 2):.1f}" '
-            f'fill="{color}"><title>{escape(title)}</title></rect>')
+    return (
+        f'<rect class="nbqueue-bar" x="{x:.1f}" y="{y + 1:.1f}" '
+        f'width="{max(1.5, width - 1):.1f}" height="{max(0.8, pitch - 2):.1f}" '
+        f'fill="{color}"><title>{escape(title)}</title></rect>'
+    )

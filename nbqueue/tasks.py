@@ -57,18 +57,21 @@ def warn_if_unserved(broker: Broker, memo: Sent) -> None:
         memo.warned_no_cluster = False
     elif not memo.warned_no_cluster:
         memo.warned_no_cluster = True
-        warnings.warn(NoClusterWarning(f"this task waits in the queue: {advice}"),
-                      stacklevel=3)
+        warnings.warn(NoClusterWarning(f"this task waits in the queue: {advice}"), stacklevel=3)
 
 
-def run_inline(header: Header, func: Any, broker: Broker, settings: conf.Settings,
-               package: bytes | None = None) -> None:
+def run_inline(
+    header: Header, func: Any, broker: Broker, settings: conf.Settings, package: bytes | None = None
+) -> None:
     """``sync=True``: run the task here, through the same steps a cluster takes (a
     failure keeps its ``package``, for ``nbqueue.retry``)."""
     try:
         with inline_capture():
-            outcome = execute(header.item(header.timeout),
-                              func=None if isinstance(func, str) else func, inline=True)
+            outcome = execute(
+                header.item(header.timeout),
+                func=None if isinstance(func, str) else func,
+                inline=True,
+            )
     except KeyboardInterrupt as exc:  # Ctrl-C in this process: a failure, then stop
         forget_local_hook(header.id)
         # execute(inline=True) puts the failure's outcome on the interrupt it lets through
@@ -84,8 +87,8 @@ def run_inline(header: Header, func: Any, broker: Broker, settings: conf.Setting
         hook = find_hook(header)
     except Exception as exc:
         import logging
-        logging.getLogger("nbqueue").error("hook of task %s cannot be loaded: %s",
-                                           header.id, exc)
+
+        logging.getLogger("nbqueue").error("hook of task %s cannot be loaded: %s", header.id, exc)
         return
     if hook is not None:
         run_hook(hook, Task(record, store, bool(header.cached)))
@@ -124,8 +127,9 @@ def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str
     return header.id
 
 
-def _reused_or_packed(func: Any, args: tuple, kwargs: dict, options: dict[str, Any],
-                      broker: Broker) -> str | tuple[Header, bytes]:
+def _reused_or_packed(
+    func: Any, args: tuple, kwargs: dict, options: dict[str, Any], broker: Broker
+) -> str | tuple[Header, bytes]:
     """``async_task`` with ``reuse=True``: the id of the same call's earlier task if it
     stands for this one (see ``calls``), else the header and package of a new task, its
     key recorded: the caller sends it."""
@@ -148,8 +152,8 @@ def _reused_or_packed(func: Any, args: tuple, kwargs: dict, options: dict[str, A
 
 # -- async_iter ----------------------------------------------------------------------
 
-def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
-               **kwargs: Any) -> str:
+
+def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any], **kwargs: Any) -> str:
     """Run ``func`` once per item of ``args_iter``; ``result(iter_id)`` gives the results in
     input order once all have finished. A tuple item is spread as positional arguments.
 
@@ -160,29 +164,28 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
     show_progress = kwargs.pop("progress", False)
     options = checked_options(split_options(kwargs), conf.settings())
     if options.get("hook") is not None:
-        raise ConfigurationError("async_iter takes no hook; use async_task with a group "
-                                 "for a hook per task")
+        raise ConfigurationError(
+            "async_iter takes no hook; use async_task with a group for a hook per task"
+        )
     broker = options["broker"]
     function = function_of(func, options)  # pickled once for all the items
-    items: Iterable[tuple] = (item if isinstance(item, tuple) else (item,)
-                              for item in args_iter)
+    items: Iterable[tuple] = (item if isinstance(item, tuple) else (item,) for item in args_iter)
     arguments: Iterable[bytes | None] = itertools.repeat(None)
     reuse = None
     if options.get("reuse"):  # the iter as a whole: the same items, in order
         items = list(items)
         pickled_arguments = [pickle_arguments(args, kwargs) for args in items]
         arguments = pickled_arguments
-        reuse, earlier = _earlier_iter(func, function, options, items, kwargs,
-                                       pickled_arguments, show_progress)
+        reuse, earlier = _earlier_iter(
+            func, function, options, items, kwargs, pickled_arguments, show_progress
+        )
         if earlier is not None:
             return earlier
     iter_id = str(uuid.uuid4())
-    options = dict(options, group=options.get("group") or iter_id, save=True,
-                   iter=iter_id)
+    options = dict(options, group=options.get("group") or iter_id, save=True, iter=iter_id)
     headers, packages = [], []
     for args, pickled in zip(items, arguments, strict=False):
-        header, package = make_package(func, args, dict(kwargs), options, broker, function,
-                                   pickled)
+        header, package = make_package(func, args, dict(kwargs), options, broker, function, pickled)
         headers.append(header)
         packages.append(package)
     if reuse is not None:
@@ -190,15 +193,23 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
         if winner != iter_id:  # another process sent it meanwhile
             return winner
     part = get_store(broker.directory).part(bool(options["cached"]))
-    part.write_manifest(iter_id, {
-        "id": iter_id, "group": options["group"], "ids": [h.id for h in headers],
-        "func": function[0],
-        "enqueued": time.time(), "cached": options["cached"]})
+    part.write_manifest(
+        iter_id,
+        {
+            "id": iter_id,
+            "group": options["group"],
+            "ids": [h.id for h in headers],
+            "func": function[0],
+            "enqueued": time.time(),
+            "cached": options["cached"],
+        },
+    )
     group = options["group"]
     memo = sent(broker.directory)
     memo.count(group, len(headers))
     if show_progress:
         from .widgets import GroupProgress
+
         GroupProgress(group, len(headers), bool(options["cached"]), broker)
     if options["sync"]:
         for header, package in zip(headers, packages, strict=False):
@@ -209,26 +220,34 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any],
     return iter_id
 
 
-def _earlier_iter(func: Any, function: tuple, options: dict[str, Any], items: list[tuple],
-                  kwargs: dict, arguments: list[bytes], show_progress: bool,
-                  ) -> tuple[calls.Reuse, str | None]:
+def _earlier_iter(
+    func: Any,
+    function: tuple,
+    options: dict[str, Any],
+    items: list[tuple],
+    kwargs: dict,
+    arguments: list[bytes],
+    show_progress: bool,
+) -> tuple[calls.Reuse, str | None]:
     """``async_iter`` with ``reuse=True``: the call's Reuse, and the id of the same
     earlier iter if it stands for this one (its progress panel shown if asked)."""
     broker = options["broker"]
-    key = calls.call_key(func, function, options, None,
-                         zip(items, itertools.repeat(kwargs), arguments), of_iter=True)
+    key = calls.call_key(
+        func, function, options, None, zip(items, itertools.repeat(kwargs), arguments), of_iter=True
+    )
     reuse = calls.Reuse(broker, bool(options["cached"]), key, of_iter=True)
     earlier = reuse.earlier()
     if earlier is not None and show_progress:
         manifest = reuse.part.manifest(earlier)
         if manifest is not None:
             from .widgets import GroupProgress
-            GroupProgress(manifest["group"], len(manifest["ids"]), bool(options["cached"]),
-                          broker)
+
+            GroupProgress(manifest["group"], len(manifest["ids"]), bool(options["cached"]), broker)
     return reuse, earlier
 
 
 # -- AsyncTask -----------------------------------------------------------------------
+
 
 class _Option(Generic[T]):
     """An option of an ``AsyncTask``, kept in the call's keywords (or its ``q_options``):
@@ -270,8 +289,12 @@ class AsyncTask:
 
     def _snapshot(self) -> tuple:
         options = self.kwargs.get("q_options")
-        return (self.func, self.args, dict(self.kwargs),
-                dict(options) if isinstance(options, dict) else options)
+        return (
+            self.func,
+            self.args,
+            dict(self.kwargs),
+            dict(options) if isinstance(options, dict) else options,
+        )
 
     @staticmethod
     def _same(a: tuple, b: tuple) -> bool:
@@ -279,8 +302,8 @@ class AsyncTask:
             if not isinstance(x, dict) or not isinstance(y, dict):
                 return x is y
             return x.keys() == y.keys() and all(x[k] is y[k] for k in x)
-        return (a[0] is b[0] and a[1] is b[1] and same_dict(a[2], b[2])
-                and same_dict(a[3], b[3]))
+
+        return a[0] is b[0] and a[1] is b[1] and same_dict(a[2], b[2]) and same_dict(a[3], b[3])
 
     @property
     def started(self) -> bool:
@@ -315,8 +338,10 @@ class AsyncTask:
     ack_failure = _Option[bool | None]("Overrides the ack_failures setting.")
     task_name = _Option[str | None]("Overrides the generated name.")
     max_attempts = _Option[int | None]("Overrides the max_attempts setting.")
-    reuse = _Option[bool | None]("Give back the same call's task if it succeeded or is still "
-                                 "queued or running (see nbqueue.calls).")
+    reuse = _Option[bool | None](
+        "Give back the same call's task if it succeeded or is still "
+        "queued or running (see nbqueue.calls)."
+    )
 
     def run(self) -> str:
         """Send the task to the cluster (or run it, with ``sync``); return its id."""
@@ -336,6 +361,7 @@ class AsyncTask:
         panel = None
         if progress and wait and self.group is not None:
             from .widgets import GroupProgress
+
             panel = GroupProgress(self.group, None, bool(self.cached), self.broker)
         try:
             return result(task_id, wait, cached=bool(self.cached), broker=self.broker)
@@ -350,21 +376,41 @@ class AsyncTask:
             return None
         return fetch(task_id, wait, cached=bool(self.cached), broker=self.broker)
 
-    def result_group(self, failures: bool = False, wait: int = 0,
-                     count: int | None = None, progress: bool = False) -> list[Any] | None:
+    def result_group(
+        self,
+        failures: bool = False,
+        wait: int = 0,
+        count: int | None = None,
+        progress: bool = False,
+    ) -> list[Any] | None:
         """Results of this task's group (see ``result_group``)."""
         if self.group is None or not self.started:
             return None
-        return result_group(self.group, failures, wait, count, cached=bool(self.cached),
-                            broker=self.broker, progress=progress)
+        return result_group(
+            self.group,
+            failures,
+            wait,
+            count,
+            cached=bool(self.cached),
+            broker=self.broker,
+            progress=progress,
+        )
 
-    def fetch_group(self, failures: bool = True, wait: int = 0,
-                    count: int | None = None, progress: bool = False) -> list[Task] | None:
+    def fetch_group(
+        self, failures: bool = True, wait: int = 0, count: int | None = None, progress: bool = False
+    ) -> list[Task] | None:
         """Tasks of this task's group (see ``fetch_group``)."""
         if self.group is None or not self.started:
             return None
-        return fetch_group(self.group, failures, wait, count, cached=bool(self.cached),
-                           broker=self.broker, progress=progress)
+        return fetch_group(
+            self.group,
+            failures,
+            wait,
+            count,
+            cached=bool(self.cached),
+            broker=self.broker,
+            progress=progress,
+        )
 
     def __await__(self) -> Any:
         """``await task``: run it if it has not run with its current parameters, then wait

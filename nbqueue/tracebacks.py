@@ -40,6 +40,7 @@ Sources = dict[str, tuple[int, list[str]]]  # file name -> (first line number, l
 
 # -- source lines of notebook code ----------------------------------------------------
 
+
 def origins(func: Any) -> tuple[list[tuple[Any, str]], Sources]:
     """What a worker needs to show where ``func`` and the functions of its module that
     it reads as globals come from: each function with its file name (cloudpickle ships
@@ -90,7 +91,7 @@ def _add_lines(sources: Sources, code: types.CodeType) -> None:
     have = sources.get(filename)
     if have is not None:  # merge with what another function of that file brought
         first, last = min(first, have[0]), max(last, have[0] + len(have[1]) - 1)
-    sources[filename] = (first, list(lines[first - 1:last]))
+    sources[filename] = (first, list(lines[first - 1 : last]))
 
 
 class WithSources:
@@ -120,8 +121,9 @@ def with_sources(func: Any, files: list[tuple[Any, str]], sources: Sources) -> A
         entry = linecache.cache.get(filename)
         if entry is not None and len(entry) == 4 and len(entry[2]) >= first + len(lines) - 1:
             continue
-        full = ["\n"] * (first - 1) + [line if line.endswith("\n") else line + "\n"
-                                        for line in lines]
+        full = ["\n"] * (first - 1) + [
+            line if line.endswith("\n") else line + "\n" for line in lines
+        ]
         linecache.cache[filename] = (sum(map(len, full)), None, full, filename)
     return func
 
@@ -129,23 +131,26 @@ def with_sources(func: Any, files: list[tuple[Any, str]], sources: Sources) -> A
 def _renamed(code: types.CodeType, filename: str) -> types.CodeType:
     if code.co_filename == filename:
         return code
-    consts = tuple(_renamed(c, filename) if isinstance(c, types.CodeType) else c
-                   for c in code.co_consts)
+    consts = tuple(
+        _renamed(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts
+    )
     return code.replace(co_filename=filename, co_consts=consts)
 
 
 # -- the exception and its traceback ------------------------------------------------
+
 
 def describe(exc: BaseException, skip_file: str | None = None) -> tuple[str, str]:
     """(the failure's text, as ``result`` gives it; the full traceback, chain included)
     of an exception raised in a task; frames of ``skip_file`` (the worker) left out."""
     summary = traceback.format_exception_only(type(exc), exc)[-1].strip()
     if type(exc).__module__ == "nbqueue.errors":  # named as the cluster's own verdicts are
-        summary = summary[len("nbqueue.errors."):]
+        summary = summary[len("nbqueue.errors.") :]
     shown = traceback.TracebackException.from_exception(exc)
     if skip_file is not None:
         shown.stack = traceback.StackSummary.from_list(
-            [frame for frame in shown.stack if frame.filename != skip_file])
+            [frame for frame in shown.stack if frame.filename != skip_file]
+        )
     text = "".join(shown.format())
     if not shown.stack and shown.__cause__ is None and shown.__context__ is None:
         return summary, text
@@ -175,6 +180,7 @@ def _pickled(exc: BaseException) -> bytes | None:
     back as the same type here; None otherwise."""
     try:
         import cloudpickle
+
         data = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
         if len(data) > MAX_PICKLED or type(pickle.loads(data)) is not type(exc):
             return None

@@ -18,16 +18,19 @@ from typing import Any
 OK_COLOR = "#2e7d32"
 FAIL_COLOR = "#c62828"
 MUTED = "color:#777"
-PRE_STYLE = ("margin:4px 0;padding:6px 8px;background:rgba(127,127,127,0.10);"
-             "border-radius:3px;white-space:pre-wrap;word-break:break-word;"
-             "font-size:12px;line-height:1.35;max-height:32em;overflow:auto")
-HIGHLIGHT_STYLE = ("background:rgba(229,57,53,0.22);font-weight:bold;"
-                   "box-shadow:-3px 0 0 #e53935")
+PRE_STYLE = (
+    "margin:4px 0;padding:6px 8px;background:rgba(127,127,127,0.10);"
+    "border-radius:3px;white-space:pre-wrap;word-break:break-word;"
+    "font-size:12px;line-height:1.35;max-height:32em;overflow:auto"
+)
+HIGHLIGHT_STYLE = "background:rgba(229,57,53,0.22);font-weight:bold;box-shadow:-3px 0 0 #e53935"
 OUTPUT_LINES = 40  # lines of output shown, the last ones
 OUTPUT_CHARS = 8000
 TRACEBACK_LINES = 400
-_CHAIN = ("The above exception was the direct cause of the following exception:",
-          "During handling of the above exception, another exception occurred:")
+_CHAIN = (
+    "The above exception was the direct cause of the following exception:",
+    "During handling of the above exception, another exception occurred:",
+)
 
 
 class _Short(reprlib.Repr):
@@ -43,9 +46,10 @@ _repr.maxlist = _repr.maxtuple = _repr.maxset = _repr.maxdict = 6
 
 # -- text helpers ---------------------------------------------------------------------
 
+
 def clip(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, with an ellipsis where cut."""
-    return text if len(text) <= limit else text[:max(0, limit - 1)] + "…"
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
 
 
 def short(value: Any, limit: int = 80) -> str:
@@ -74,8 +78,9 @@ def call_text(task: Any, limit: int = 60) -> str:
     if not ok:
         return f"({arguments})"
     args, kwargs = arguments
-    parts = [short(a, 40) for a in args[:6]] + [f"{k}={short(v, 40)}"
-                                                  for k, v in list(kwargs.items())[:6]]
+    parts = [short(a, 40) for a in args[:6]] + [
+        f"{k}={short(v, 40)}" for k, v in list(kwargs.items())[:6]
+    ]
     if len(args) > 6 or len(kwargs) > 6:
         parts.append("…")
     return "(" + clip(", ".join(parts), limit - 2) + ")"
@@ -125,6 +130,7 @@ def ran_text(task: Any) -> str:
 
 # -- the line -------------------------------------------------------------------------
 
+
 def task_line(task: Any) -> str:
     """The task in one readable line: ``<Task 'name' math.floor(3.7) → 3 · ran 0.01 s>``."""
     try:
@@ -144,6 +150,7 @@ def task_line(task: Any) -> str:
 
 
 # -- tracebacks and output ------------------------------------------------------------
+
 
 def failing_line(lines: list[str]) -> int | None:
     """The index of the code line of the innermost frame of the last exception of a
@@ -176,8 +183,12 @@ def traceback_html(text: str) -> str:
         if i == mark:
             line = f'<span class="nbqueue-failing-line" style="{HIGHLIGHT_STYLE}">{line}</span>'
         shown.append(line)
-    note = (f'<div style="{MUTED}">… {first} earlier lines not shown; '
-            f"<code>task.traceback</code> has them all</div>" if first else "")
+    note = (
+        f'<div style="{MUTED}">… {first} earlier lines not shown; '
+        f"<code>task.traceback</code> has them all</div>"
+        if first
+        else ""
+    )
     return f'{note}<pre style="{PRE_STYLE}">' + "\n".join(shown) + "</pre>"
 
 
@@ -195,25 +206,37 @@ def output_html(text: str) -> str:
         notes.append(f"{hidden} earlier line{'s' if hidden != 1 else ''} not shown")
     if cut:
         notes.append("long lines cut")
-    note = (f'<div style="{MUTED}">… {"; ".join(notes)}: <code>task.output</code> has all '
-            "of it</div>" if notes else "")
-    return (f'<details open><summary style="cursor:pointer">output ({len(lines)} '
-            f"line{'s' if len(lines) != 1 else ''})</summary>{note}"
-            f'<pre class="nbqueue-output" style="{PRE_STYLE};max-height:none">'
-            f"{escape(shown)}</pre></details>")
+    note = (
+        f'<div style="{MUTED}">… {"; ".join(notes)}: <code>task.output</code> has all of it</div>'
+        if notes
+        else ""
+    )
+    return (
+        f'<details open><summary style="cursor:pointer">output ({len(lines)} '
+        f"line{'s' if len(lines) != 1 else ''})</summary>{note}"
+        f'<pre class="nbqueue-output" style="{PRE_STYLE};max-height:none">'
+        f"{escape(shown)}</pre></details>"
+    )
 
 
 # -- the card -------------------------------------------------------------------------
 
+
 def _rows(task: Any) -> list[tuple[str, str]]:
     """(label, HTML) of the card's table."""
-    rows = [("function", f"<code>{escape(task.func)}</code>"),
-            ("arguments", f"<code>{escape(call_text(task, 300))}</code>")]
+    rows = [
+        ("function", f"<code>{escape(task.func)}</code>"),
+        ("arguments", f"<code>{escape(call_text(task, 300))}</code>"),
+    ]
     if task.success:
         rows.append(("result", f"<code>{escape(result_text(task, 300))}</code>"))
     else:
-        rows.append(("error", f'<code style="color:{FAIL_COLOR}">'
-                              f"{escape(clip(error_text(task), 300))}</code>"))
+        rows.append(
+            (
+                "error",
+                f'<code style="color:{FAIL_COLOR}">{escape(clip(error_text(task), 300))}</code>',
+            )
+        )
     timing = [ran_text(task)]
     if task.began is not None:
         waited = max(0.0, (task.began - task.sent).total_seconds())
@@ -221,16 +244,25 @@ def _rows(task: Any) -> list[tuple[str, str]]:
     if task.pid is not None:
         timing.append(f"worker pid {task.pid}")
     rows.append(("time", escape(" · ".join(timing))))
-    rows.append(("when", escape(f"enqueued {format_time(task.started)}, finished "
-                                f"{format_time(task.stopped)}")))
+    rows.append(
+        (
+            "when",
+            escape(f"enqueued {format_time(task.started)}, finished {format_time(task.stopped)}"),
+        )
+    )
     rows.append(("attempts", str(task.attempt_count)))
     if task.progress:
         done, total, message = (tuple(task.progress) + (None, None, None))[:3]
         rows.append(("progress", escape(f"{done}/{total} {message or ''}".strip())))
     if task.group:
         rows.append(("group", escape(str(task.group))))
-    rows.append(("id", f"<code>{escape(task.id)}</code>"
-                       + (" (cached part of the store)" if task.cached else "")))
+    rows.append(
+        (
+            "id",
+            f"<code>{escape(task.id)}</code>"
+            + (" (cached part of the store)" if task.cached else ""),
+        )
+    )
     return rows
 
 
@@ -239,26 +271,35 @@ def task_html(task: Any) -> str:
     try:
         return _card(task)
     except Exception as exc:  # a damaged record: still something to see
-        return (f'<div class="nbqueue-task"><code>{escape(task_line(task))}</code> '
-                f"{escape(unreadable(exc))}</div>")
+        return (
+            f'<div class="nbqueue-task"><code>{escape(task_line(task))}</code> '
+            f"{escape(unreadable(exc))}</div>"
+        )
 
 
 def _card(task: Any) -> str:
     color = OK_COLOR if task.success else FAIL_COLOR
     status = "✓ succeeded" if task.success else "✗ failed"
-    head = (f'<div style="margin-bottom:4px"><span style="background:{color};color:#fff;'
-            f'padding:1px 6px;border-radius:3px;font-size:12px">{status}</span> '
-            f"<b>{escape(type(task).__name__)}</b> <b>{escape(repr(task.name))}</b></div>")
+    head = (
+        f'<div style="margin-bottom:4px"><span style="background:{color};color:#fff;'
+        f'padding:1px 6px;border-radius:3px;font-size:12px">{status}</span> '
+        f"<b>{escape(type(task).__name__)}</b> <b>{escape(repr(task.name))}</b></div>"
+    )
     table = "".join(
         f'<tr><td style="text-align:left;padding:1px 10px 1px 0;vertical-align:top;{MUTED}">'
         f'{label}</td><td style="text-align:left;padding:1px 0">{value}</td></tr>'
-        for label, value in _rows(task))
+        for label, value in _rows(task)
+    )
     parts = [head, f'<table style="border-collapse:collapse;margin:0">{table}</table>']
     if not task.success and task.traceback:
         title = "traceback" if "Traceback" in task.traceback else "why it failed"
-        parts.append(f'<details open><summary style="cursor:pointer">{title}</summary>'
-                     f"{traceback_html(task.traceback)}</details>")
+        parts.append(
+            f'<details open><summary style="cursor:pointer">{title}</summary>'
+            f"{traceback_html(task.traceback)}</details>"
+        )
     if task.output:
         parts.append(output_html(task.output))
-    return (f'<div class="nbqueue-task" style="font-size:13px;border-left:4px solid {color};'
-            f'padding:4px 10px;margin:4px 0">' + "".join(parts) + "</div>")
+    return (
+        f'<div class="nbqueue-task" style="font-size:13px;border-left:4px solid {color};'
+        f'padding:4px 10px;margin:4px 0">' + "".join(parts) + "</div>"
+    )

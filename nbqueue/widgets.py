@@ -74,9 +74,15 @@ class RateMeter:
 class GroupProgress:
     """The live progress of one group; make one with ``nbqueue.progress(group)``."""
 
-    def __init__(self, group: str, total: int | None = None, cached: bool = False,
-                 broker: Broker | None = None, widget: bool | None = None,
-                 interval: float = INTERVAL) -> None:
+    def __init__(
+        self,
+        group: str,
+        total: int | None = None,
+        cached: bool = False,
+        broker: Broker | None = None,
+        widget: bool | None = None,
+        interval: float = INTERVAL,
+    ) -> None:
         self.group = group
         self.broker = broker or get_broker()
         self.part = get_store(self.broker.directory).part(cached)
@@ -108,8 +114,7 @@ class GroupProgress:
         else:
             self._make_tqdm()
         self.refresh()
-        self._thread = threading.Thread(target=self._loop, name="nbqueue-progress",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="nbqueue-progress", daemon=True)
         self._thread.start()
 
     # -- figures ---------------------------------------------------------------------
@@ -117,8 +122,10 @@ class GroupProgress:
     def _counts(self) -> tuple[int, int, int]:
         done = self.part.count(self.group, failures=False)
         failed = self.part.count(self.group, failures=True)
-        running = sum(c.get("groups_running", {}).get(self.group, 0)
-                      for c in heartbeats(self.broker.directory).clusters())
+        running = sum(
+            c.get("groups_running", {}).get(self.group, 0)
+            for c in heartbeats(self.broker.directory).clusters()
+        )
         return done, failed, running
 
     def _expected(self) -> int | None:
@@ -146,8 +153,7 @@ class GroupProgress:
         self.rate = self._meter.add(finished)
         left = total - finished
         self.eta = left / self.rate if self.rate > 0 else None
-        if total and finished >= total and (self.total is not None or
-                                            self._expected() is not None):
+        if total and finished >= total and (self.total is not None or self._expected() is not None):
             self._complete = True
             self._tasks = []  # none runs now (and the selected one's outcome is stored)
             if self._view is not None:
@@ -198,49 +204,61 @@ class GroupProgress:
 
     def summary(self) -> str:
         """One line of figures, as the panel shows them."""
-        return (f"{self.done} done · {self.failed} failed · {self.running} running · "
-                f"{self.shown_total} total · {self.rate:.1f} tasks/s · "
-                f"{_clock(0 if self._complete else self.eta)} left")
+        return (
+            f"{self.done} done · {self.failed} failed · {self.running} running · "
+            f"{self.shown_total} total · {self.rate:.1f} tasks/s · "
+            f"{_clock(0 if self._complete else self.eta)} left"
+        )
 
     # -- drawing ---------------------------------------------------------------------
 
     def _make_widget(self) -> None:
         import ipywidgets as w
         from IPython.display import display
+
         self._title = w.HTML()
-        self._bar = w.IntProgress(min=0, max=1, value=0, bar_style="info",
-                                  layout=w.Layout(width="auto"))  # 100 % + margins overflows
+        self._bar = w.IntProgress(
+            min=0, max=1, value=0, bar_style="info", layout=w.Layout(width="auto")
+        )  # 100 % + margins overflows
         self._label = w.HTML()
         self._view = RunningView(self.part, self._lock)
-        self.widget = w.VBox([self._title, self._bar, self._label, *self._view.children],
-                             layout=w.Layout(width="100%", max_width="720px"))
+        self.widget = w.VBox(
+            [self._title, self._bar, self._label, *self._view.children],
+            layout=w.Layout(width="100%", max_width="720px"),
+        )
         self.widget.add_class("nbqueue-progress")
         display(self.widget)
         self._shown = True
 
     def _make_tqdm(self) -> None:
         from tqdm.auto import tqdm
+
         self._tqdm = tqdm(total=self._expected() or 0, desc=self.group, unit="task")
 
     def _draw(self) -> None:
         finished = self.done + self.failed
         if self.widget is not None and self._bar is not None:  # made together
-            style = "danger" if self.failed else ("success" if self._complete
-                                                  else "info")
+            style = "danger" if self.failed else ("success" if self._complete else "info")
             self._bar.max = max(self.shown_total, 1)
             self._bar.value = min(finished, self._bar.max)
             self._bar.bar_style = style
-            state = {"running": "running", "success": "complete",
-                     "danger": "finished with failures"}[self.state]
+            state = {
+                "running": "running",
+                "success": "complete",
+                "danger": "finished with failures",
+            }[self.state]
             if self._stopped and not self._complete:
                 state += " · no longer updated"  # these figures are the last ones shown
             colour = _COLOURS[self.state]
-            self._title.value = (f"<b>{html.escape(self.group)}</b> "
-                                 f"<span style='color:{colour}' class='nbqueue-state'>"
-                                 f"{state}</span>")
+            self._title.value = (
+                f"<b>{html.escape(self.group)}</b> "
+                f"<span style='color:{colour}' class='nbqueue-state'>"
+                f"{state}</span>"
+            )
             pct = 100 * finished / self.shown_total if self.shown_total else 0
-            self._label.value = (f"<span class='nbqueue-counts'>{pct:.0f} % · "
-                                 f"{html.escape(self.summary())}</span>")
+            self._label.value = (
+                f"<span class='nbqueue-counts'>{pct:.0f} % · {html.escape(self.summary())}</span>"
+            )
             self._view.draw()
         else:
             bar = self._tqdm
@@ -248,8 +266,10 @@ class GroupProgress:
                 bar.total = self.shown_total
             bar.n = finished
             note = running_note(self._tasks)  # the most advanced running task's message
-            bar.set_postfix_str(f"failed={self.failed}, running={self.running}"
-                                + (f", {note}" if note else ""), refresh=False)
+            bar.set_postfix_str(
+                f"failed={self.failed}, running={self.running}" + (f", {note}" if note else ""),
+                refresh=False,
+            )
             bar.refresh()
 
     # -- life ------------------------------------------------------------------------
@@ -302,6 +322,7 @@ class GroupProgress:
         if self.widget is None or self._shown:
             return  # a tqdm bar is already on screen, and so is a displayed widget
         from IPython.display import display
+
         display(self.widget)
         self._shown = True
 
@@ -309,8 +330,9 @@ class GroupProgress:
         return f"<GroupProgress {self.group!r}: {self.summary()}>"
 
 
-def progress(group: str, total: int | None = None, cached: bool = False,
-             broker: Broker | None = None) -> GroupProgress:
+def progress(
+    group: str, total: int | None = None, cached: bool = False, broker: Broker | None = None
+) -> GroupProgress:
     """Show live progress of ``group``: done, failed, running, total, rate and time left.
 
     An ipywidgets panel in Jupyter (red once a task failed, green when all are done)
@@ -336,6 +358,7 @@ class ClusterPanel:
 
     def __init__(self, cluster: Any, interval: float = 0.5) -> None:
         import ipywidgets as w
+
         self.cluster = cluster
         self.interval = interval
         self.state = "not started"
@@ -345,21 +368,22 @@ class ClusterPanel:
         self._stop = threading.Event()
         self._stopped = False  # stop() ended the updates: the figures say so
         self._html = w.HTML()
-        self._button = w.Button(description="Stop cluster", button_style="warning",
-                                icon="stop")
+        self._button = w.Button(description="Stop cluster", button_style="warning", icon="stop")
         self._button.on_click(lambda _: self._stop_cluster())
         self.widget = w.VBox([self._html, self._button])
         self.widget.add_class("nbqueue-cluster")
         self.refresh()
-        self._thread = threading.Thread(target=self._loop, name="nbqueue-cluster-panel",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name="nbqueue-cluster-panel", daemon=True
+        )
         self._thread.start()
 
     def _stop_cluster(self) -> None:
         self._button.disabled = True
         self._button.description = "stopping ..."
-        threading.Thread(target=self._stop_then_show, name="nbqueue-cluster-stop",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._stop_then_show, name="nbqueue-cluster-stop", daemon=True
+        ).start()
 
     def _stop_then_show(self) -> None:
         """Stop the cluster, then show it stopped, even if this panel's loop has ended."""
@@ -379,8 +403,9 @@ class ClusterPanel:
             self.rate = self._meter.add(info["done"] + info["failed"])
             if state not in ("running", "stopping"):
                 self.rate = 0.0  # nothing finishes in a cluster that is not running
-            colour = {"running": "#2e7d32", "stopping": "#ef6c00",
-                      "stopped": "#c62828"}.get(state, "#555")
+            colour = {"running": "#2e7d32", "stopping": "#ef6c00", "stopped": "#c62828"}.get(
+                state, "#555"
+            )
             shown = state
             if error:
                 shown, colour = f"{state}: {error}", "#c62828"
@@ -389,32 +414,40 @@ class ClusterPanel:
             if self._stopped and state != "stopped":
                 shown += " · no longer updated"  # these figures are the last ones shown
             executor = html.escape(info["executor"])
-            workers = {"running": f"{info['workers']} {executor} ({info['running']} busy)",
-                       "stopping": f"{info['workers']} {executor} "
-                                   f"(stopping; {info['running']} busy)",
-                       "stopped": f"0 (stopped; had {info['workers']} {executor})",
-                       "not started": f"0 (not started; {info['workers']} {executor} "
-                                      f"to start)"}[state]
-            rows = [("state", f"<span style='color:{colour}'>{html.escape(shown)}</span>"),
-                    ("workers", workers),
-                    ("queued", info["queued"]), ("running", info["running"]),
-                    ("done", info["done"]), ("failed", info["failed"]),
-                    ("tasks/s", f"{self.rate:.1f}"),
-                    ("directory", html.escape(info["directory"]))]
+            workers = {
+                "running": f"{info['workers']} {executor} ({info['running']} busy)",
+                "stopping": f"{info['workers']} {executor} (stopping; {info['running']} busy)",
+                "stopped": f"0 (stopped; had {info['workers']} {executor})",
+                "not started": f"0 (not started; {info['workers']} {executor} to start)",
+            }[state]
+            rows = [
+                ("state", f"<span style='color:{colour}'>{html.escape(shown)}</span>"),
+                ("workers", workers),
+                ("queued", info["queued"]),
+                ("running", info["running"]),
+                ("done", info["done"]),
+                ("failed", info["failed"]),
+                ("tasks/s", f"{self.rate:.1f}"),
+                ("directory", html.escape(info["directory"])),
+            ]
             if info.get("dashboard"):
                 link = html.escape(info["dashboard"])
                 rows.append(("dashboard", f"<a href='{link}' target='_blank'>{link}</a>"))
-            cells = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{k}</th>"
-                            f"<td class='nbqueue-{k.replace('/', '-')}'>{v}</td></tr>"
-                            for k, v in rows)
+            cells = "".join(
+                f"<tr><th style='text-align:left;padding-right:1em'>{k}</th>"
+                f"<td class='nbqueue-{k.replace('/', '-')}'>{v}</td></tr>"
+                for k, v in rows
+            )
             label = c.settings.label
             title = "<b>nbqueue cluster</b>" + (
-                f" · {html.escape(label)}" if label != Settings.label else "")
+                f" · {html.escape(label)}" if label != Settings.label else ""
+            )
             self._html.value = f"{title}<table>{cells}</table>"
             if state != "running":
                 self._button.disabled = True
-                self._button.description = {"stopping": "stopping ...",
-                                            "stopped": "stopped"}.get(state, state)
+                self._button.description = {"stopping": "stopping ...", "stopped": "stopped"}.get(
+                    state, state
+                )
 
     def stop(self) -> None:
         """Stop updating the panel (the cluster goes on): its figures are read once more and

@@ -79,8 +79,9 @@ def resolve(path: str) -> Callable[..., Any]:
         except AttributeError as exc:
             raise TaskFunctionError(f"cannot resolve {path!r}: {exc}") from None
         if not callable(obj):
-            raise TaskFunctionError(f"{path!r} resolves to a {type(obj).__name__}, "
-                                    "which is not callable")
+            raise TaskFunctionError(
+                f"{path!r} resolves to a {type(obj).__name__}, which is not callable"
+            )
         _resolved[path] = obj
         return obj
     raise TaskFunctionError(f"cannot resolve {path!r}: {error}")
@@ -134,8 +135,7 @@ class Slot:
     def begin(self, token: str) -> None:
         """Note that this worker begins the task of lease ``token`` (before anything of
         it runs, its unpickling included)."""
-        TOKEN.pack_into(self._map, SLOT.size + self._begun % BEGUN * TOKEN.size,
-                        token.encode())
+        TOKEN.pack_into(self._map, SLOT.size + self._begun % BEGUN * TOKEN.size, token.encode())
         self._begun += 1
 
     def mark(self, task_id: str, started: float, deadline: float) -> None:
@@ -175,7 +175,7 @@ def read_begun(path: str) -> set[str]:
     except OSError:
         return set()
     size = TOKEN.size
-    tokens = (data[i:i + size].rstrip(b"\0") for i in range(0, len(data) - size + 1, size))
+    tokens = (data[i : i + size].rstrip(b"\0") for i in range(0, len(data) - size + 1, size))
     return {token.decode("ascii", "replace") for token in tokens if token}
 
 
@@ -194,8 +194,12 @@ def _slot(slot_dir: str | None) -> Slot | None:
     return slot
 
 
-def execute(item: Item, slot: Slot | None = None,
-            func: Callable[..., Any] | None = None, inline: bool = False) -> Outcome:
+def execute(
+    item: Item,
+    slot: Slot | None = None,
+    func: Callable[..., Any] | None = None,
+    inline: bool = False,
+) -> Outcome:
     """Run one task and return its outcome, with what it wrote and reported
     (``capture``) and, for a failure, its exception and traceback.
 
@@ -218,8 +222,11 @@ def execute(item: Item, slot: Slot | None = None,
     try:
         if func is None:
             func = cloudpickle.loads(func_bytes) if func_ref is None else resolve(func_ref)
-        args, kwargs = (cloudpickle.loads(args_bytes) if type(args_bytes) is bytes
-                        else _arguments(args_bytes, task_id))
+        args, kwargs = (
+            cloudpickle.loads(args_bytes)
+            if type(args_bytes) is bytes
+            else _arguments(args_bytes, task_id)
+        )
         armed = _alarm.arm(timeout)
         try:
             _running[:] = [task_id]
@@ -240,8 +247,9 @@ def execute(item: Item, slot: Slot | None = None,
         success = False
         blob, details = _failed(exc)
     except BaseException as raised:
-        failure = (TaskTimeout(f"timed out after {timeout:g} s") if armed and _alarm.fired
-                   else raised)
+        failure = (
+            TaskTimeout(f"timed out after {timeout:g} s") if armed and _alarm.fired else raised
+        )
         success = False
         blob, details = _failed(failure)
         if inline and isinstance(failure, KeyboardInterrupt):
@@ -263,15 +271,23 @@ def execute(item: Item, slot: Slot | None = None,
 def _pickled_result(value: Any, framed: bool = False) -> Any:
     """The pickled result: bytes, or for a large one the parts of ``blobs.frames``."""
     try:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL) if not framed else (
-            blobs.frames(value))
+        return (
+            pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            if not framed
+            else (blobs.frames(value))
+        )
     except Exception:
         try:
-            return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL) if not framed \
+            return (
+                cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+                if not framed
                 else blobs.frames(value, cloudpickle.dumps)
+            )
         except Exception as exc:
-            raise TypeError(f"the task returned a {type(value).__name__} that cannot be "
-                            f"pickled ({exc}); return plain data instead") from None
+            raise TypeError(
+                f"the task returned a {type(value).__name__} that cannot be "
+                f"pickled ({exc}); return plain data instead"
+            ) from None
 
 
 def _failed(exc: BaseException) -> tuple[str, dict[str, Any]]:
@@ -307,6 +323,7 @@ def use_store(directory: str | None, host: int | None = None) -> None:
         hosted(directory)  # its host checked the store's file system
     if host is not None and directory and not _spill:
         from .signing import load_key
+
         make_directory(anchor(directory).fd, blobs.SPILL_DIR)  # in the store checked
         _spill.append((os.path.join(directory, blobs.SPILL_DIR), load_key(directory), host))
     if not directory or _serving == [directory]:
@@ -335,8 +352,9 @@ def spill(task_id: str, blob: Any) -> blobs.Blob | bytes:
         return blob
     directory, key, host = _spill[0]
     anchor(os.path.dirname(directory)).check()  # not written where another user put theirs
-    return blobs.write(directory, f"{host}-{task_id}-{os.urandom(6).hex()}", blob, key,
-                       task_id, blobs.RESULT)
+    return blobs.write(
+        directory, f"{host}-{task_id}-{os.urandom(6).hex()}", blob, key, task_id, blobs.RESULT
+    )
 
 
 def _arguments(args: Any, task_id: str) -> tuple[tuple, dict]:
@@ -349,20 +367,24 @@ def _read_arguments(blob: blobs.Blob, task_id: str) -> Any:
     """Large arguments the caller wrote to the store (``blobs.arguments``), checked
     against the key of the store that holds them, as those of task ``task_id``."""
     from .signing import load_key
+
     try:
-        return blobs.read(blob, load_key(os.path.dirname(os.path.dirname(blob.path))),
-                          task_id, blobs.ARGUMENTS)
+        return blobs.read(
+            blob, load_key(os.path.dirname(os.path.dirname(blob.path))), task_id, blobs.ARGUMENTS
+        )
     except StoreFileMissing:
         raise  # names the task and the file
     except OSError as exc:
         raise StoreError(
             f"the arguments of task {task_id} ({blob.size:,} bytes) cannot be read from "
             f"{blob.path}: {exc}. Large arguments travel as files of the store: run the "
-            "cluster where the store directory can be read") from None
+            "cluster where the store directory can be read"
+        ) from None
 
 
-def prepare(host_pid: int, max_rss: int | None, slot_dir: str | None = None,
-            directory: str | None = None) -> None:
+def prepare(
+    host_pid: int, max_rss: int | None, slot_dir: str | None = None, directory: str | None = None
+) -> None:
     """Worker initializer: ignore Ctrl-C, exit with the cluster's host, recycle past
     ``max_rss`` kB, and take a slot at once (the cluster finds every worker by its slot).
 
@@ -377,8 +399,9 @@ def prepare(host_pid: int, max_rss: int | None, slot_dir: str | None = None,
     capture.install()
     capture.live_rows(directory)
     _slot(slot_dir)
-    threading.Thread(target=_exit_with_host, args=(host_pid,), name="nbqueue-host-watch",
-                     daemon=True).start()
+    threading.Thread(
+        target=_exit_with_host, args=(host_pid,), name="nbqueue-host-watch", daemon=True
+    ).start()
     limit_rss(max_rss)
 
 
@@ -410,6 +433,7 @@ def limit_rss(max_rss: int | None) -> None:
     if not max_rss:
         return
     from loky import process_executor as pe
+
     readings = iter(range(1))
 
     def usage(pid: int, force_gc: bool = False) -> int:
@@ -417,6 +441,7 @@ def limit_rss(max_rss: int | None) -> None:
             return 0
         if force_gc:
             import gc
+
             gc.collect()
         return rss_kilobytes() * 1024
 
@@ -441,8 +466,9 @@ def _stop_if_cancelled(slot_dir: str) -> None:
 
 def skipped(item: Item) -> Outcome:
     now = time.time()
-    return Outcome(item.id, False, "TaskCancelled: cancelled before it started", now, now,
-                   item.token)
+    return Outcome(
+        item.id, False, "TaskCancelled: cancelled before it started", now, now, item.token
+    )
 
 
 def run_chunk(slot_dir: str | None, items: list[Item]) -> Sequence[Outcome | str]:
@@ -474,6 +500,7 @@ def _sender(slot_dir: str | None) -> Sender | None:
         return None
     if slot_dir not in _senders:
         from .stream import SOCKET, Sender
+
         try:
             _senders[slot_dir] = Sender(os.path.join(slot_dir, SOCKET), _spill[0][1])
         except OSError:

@@ -78,17 +78,35 @@ class Cluster:
     ``NBQUEUE_*`` environment. Also a context manager: ``with Cluster() as c: ...``.
     """
 
-    def __init__(self, workers: int | None = None, timeout: float | None = conf.UNSET,
-                 retry: float | None = None, max_attempts: int | None = None,
-                 ack_failures: bool | None = None, save_limit: int | None = None,
-                 bulk: int | None = None, poll: float | None = None,
-                 label: str | None = None, directory: str | os.PathLike[str] | None = None,
-                 max_rss: int | None = None, executor: str = "loky",
-                 **executor_options: Any) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        timeout: float | None = conf.UNSET,
+        retry: float | None = None,
+        max_attempts: int | None = None,
+        ack_failures: bool | None = None,
+        save_limit: int | None = None,
+        bulk: int | None = None,
+        poll: float | None = None,
+        label: str | None = None,
+        directory: str | os.PathLike[str] | None = None,
+        max_rss: int | None = None,
+        executor: str = "loky",
+        **executor_options: Any,
+    ) -> None:
         _check_option_names(executor, executor_options)
-        given = {"workers": workers, "retry": retry, "max_attempts": max_attempts,
-                 "ack_failures": ack_failures, "save_limit": save_limit, "bulk": bulk,
-                 "poll": poll, "label": label, "directory": directory, "max_rss": max_rss}
+        given = {
+            "workers": workers,
+            "retry": retry,
+            "max_attempts": max_attempts,
+            "ack_failures": ack_failures,
+            "save_limit": save_limit,
+            "bulk": bulk,
+            "poll": poll,
+            "label": label,
+            "directory": directory,
+            "max_rss": max_rss,
+        }
         options: dict[str, object] = {k: v for k, v in given.items() if v is not None}
         if timeout is not conf.UNSET:
             options["timeout"] = timeout
@@ -139,8 +157,11 @@ class Cluster:
         return self._stopped.is_set()
 
     def _options(self) -> tuple:
-        return (conf.merged(self.settings, workers=self.workers), self.executor_name,
-                self._executor_options)
+        return (
+            conf.merged(self.settings, workers=self.workers),
+            self.executor_name,
+            self._executor_options,
+        )
 
     def start(self) -> Cluster:
         """Start the workers and threads; returns at once (the first tasks wait for spawn).
@@ -155,14 +176,17 @@ class Cluster:
             if current is self and self.running:
                 return self
             if self.started_at is not None:
-                raise ClusterError("this cluster was stopped; make a new Cluster() to start "
-                                   "again")
+                raise ClusterError("this cluster was stopped; make a new Cluster() to start again")
             if current is not None and current.running:
                 if current._options() == self._options():
                     return current
-                log.warning("nbqueue: replacing the running cluster on %s (%s) with a new "
-                            "one (%s); its tasks in flight go back to the queue", self.directory,
-                            current._describe(), self._describe())
+                log.warning(
+                    "nbqueue: replacing the running cluster on %s (%s) with a new "
+                    "one (%s); its tasks in flight go back to the queue",
+                    self.directory,
+                    current._describe(),
+                    self._describe(),
+                )
                 current.stop(wait=0)
             self._start()
             serving[self.directory] = self
@@ -171,16 +195,23 @@ class Cluster:
 
     def _describe(self) -> str:
         timeout = self.settings.timeout
-        return (f"{self.workers} {self.executor_name} workers, timeout "
-                f"{'none' if timeout is None else f'{timeout:g} s'}, "
-                f"retry {self.settings.retry:g} s")
+        return (
+            f"{self.workers} {self.executor_name} workers, timeout "
+            f"{'none' if timeout is None else f'{timeout:g} s'}, "
+            f"retry {self.settings.retry:g} s"
+        )
 
     def _start(self) -> None:
         self.broker.place.check()  # a store it may not write to is refused before it starts
         self.started_at = time.time()
         self._slot_dir = hosts.make_folder(self.id)
-        executor = make_executor(self.executor_name, self.workers, self._slot_dir,
-                                 self.settings.max_rss, **self._executor_options)
+        executor = make_executor(
+            self.executor_name,
+            self.workers,
+            self._slot_dir,
+            self.settings.max_rss,
+            **self._executor_options,
+        )
         hosts.describe(self._slot_dir, self.id, self.directory, executor.notes_begun)
         clean_spill(self.directory, lambda host: not process_alive(host))  # of clusters gone
         hosts.sweep(self.directory, self.broker.owners())  # folders of dead hosts
@@ -198,17 +229,21 @@ class Cluster:
         self.cancels = Cancels(self)
         self.feeder, self.writer = Feeder(self), Writer(self)
         self.monitor, self.hook_runner = Monitor(self), HookRunner(self)
-        parts: list[tuple[str, _Part]] = [("feeder", self.feeder), ("writer", self.writer),
-                                          ("monitor", self.monitor),
-                                          ("hooks", self.hook_runner)]
+        parts: list[tuple[str, _Part]] = [
+            ("feeder", self.feeder),
+            ("writer", self.writer),
+            ("monitor", self.monitor),
+            ("hooks", self.hook_runner),
+        ]
         if executor.streams_outcomes:
             self.collector = Collector(self._slot_dir, self.broker.key, self.writer.streamed)
             parts.append(("collector", self.collector))
         self.broker.subscribe(self.wakeup, name=self.id)
         self.monitor.beat()
         for name, part in parts:
-            thread = threading.Thread(target=self._supervised, args=(name, part.run),
-                                      name=f"nbqueue-{name}", daemon=True)
+            thread = threading.Thread(
+                target=self._supervised, args=(name, part.run), name=f"nbqueue-{name}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
 
@@ -228,11 +263,17 @@ class Cluster:
             loop()
         except BaseException as exc:  # noqa: BLE001 - this is the supervisor
             self.error = f"its {name} thread failed: {type(exc).__name__}: {exc}"
-            log.critical("nbqueue cluster %s on %s stopped: %s; its tasks in flight go back "
-                         "to the queue. Start a new Cluster() to go on", self.id[:8],
-                         self.directory, self.error, exc_info=exc)
-            threading.Thread(target=self.stop, kwargs={"wait": 0}, name="nbqueue-stop",
-                             daemon=True).start()
+            log.critical(
+                "nbqueue cluster %s on %s stopped: %s; its tasks in flight go back "
+                "to the queue. Start a new Cluster() to go on",
+                self.id[:8],
+                self.directory,
+                self.error,
+                exc_info=exc,
+            )
+            threading.Thread(
+                target=self.stop, kwargs={"wait": 0}, name="nbqueue-stop", daemon=True
+            ).start()
 
     def stop(self, wait: float = 10.0) -> None:
         """Stop gracefully: take no new work, let running tasks finish for up to ``wait``
@@ -273,8 +314,9 @@ class Cluster:
         try:
             self.executor.shutdown(kill=True)
         except Exception:
-            log.exception("nbqueue cluster: the %s executor did not shut down cleanly",
-                          self.executor_name)
+            log.exception(
+                "nbqueue cluster: the %s executor did not shut down cleanly", self.executor_name
+            )
 
     def _hand_back_at_stop(self) -> None:
         """Acknowledge what was stored; every task still in flight goes back uncounted."""
@@ -284,11 +326,12 @@ class Cluster:
             if left:
                 self.inflight.remove(left)
                 self.broker.release(left, counted=False)
-                log.info("nbqueue cluster: %d task(s) in flight went back to the queue",
-                         len(left))
+                log.info("nbqueue cluster: %d task(s) in flight went back to the queue", len(left))
         except Exception:
-            log.exception("nbqueue cluster: could not hand the tasks in flight back; they "
-                          "will be delivered again once their lease expires")
+            log.exception(
+                "nbqueue cluster: could not hand the tasks in flight back; they "
+                "will be delivered again once their lease expires"
+            )
 
     def _clean_up(self) -> None:
         """The end of ``stop()``: record it, remove the cluster's files, redraw panels."""
@@ -298,8 +341,7 @@ class Cluster:
             if self.error is not None:
                 self.heartbeats.record_stop(self.id, self.info())
         except Exception:  # the store itself may be what failed
-            log.warning("nbqueue cluster: could not record the stop in the store",
-                        exc_info=True)
+            log.warning("nbqueue cluster: could not record the stop in the store", exc_info=True)
         shutil.rmtree(self._slot_dir, ignore_errors=True)
         clean_spill(self.directory, lambda host: host == os.getpid())  # its workers are gone
         with serving_lock:
@@ -310,8 +352,7 @@ class Cluster:
             try:
                 panel.refresh()
             except Exception:
-                log.debug("nbqueue cluster: a status panel could not be redrawn",
-                          exc_info=True)
+                log.debug("nbqueue cluster: a status panel could not be redrawn", exc_info=True)
 
     def __enter__(self) -> Cluster:
         self._context = self if self.running else self.start()
@@ -351,20 +392,31 @@ class Cluster:
         running = self._running_states()
         groups = self.inflight.groups({state[0] for state in running}) if running else {}
         writer = getattr(self, "writer", None)
-        return {"groups_running": groups, "id": self.id,
-                "label": self.settings.label, "pid": os.getpid(),
-                "host": socket.gethostname(), "executor": self.executor_name,
-                "workers": self.workers, "directory": self.directory,
-                "started": self.started_at, "done": self.done, "failed": self.failed,
-                "running": len(running), "in_flight": len(self.inflight),
-                "queued": self.broker.pending(), "rate": round(self.rate(), 1),
-                "dashboard": self._executor.dashboard if self._executor is not None else None,
-                "error": self.error,
-                "waiting": writer.trouble if writer is not None and self.running else None}
+        return {
+            "groups_running": groups,
+            "id": self.id,
+            "label": self.settings.label,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "executor": self.executor_name,
+            "workers": self.workers,
+            "directory": self.directory,
+            "started": self.started_at,
+            "done": self.done,
+            "failed": self.failed,
+            "running": len(running),
+            "in_flight": len(self.inflight),
+            "queued": self.broker.pending(),
+            "rate": round(self.rate(), 1),
+            "dashboard": self._executor.dashboard if self._executor is not None else None,
+            "error": self.error,
+            "waiting": writer.trouble if writer is not None and self.running else None,
+        }
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         """In Jupyter, a live status panel with a stop button; plain text elsewhere."""
         from ..widgets import ClusterPanel, in_notebook
+
         if not in_notebook():
             return {"text/plain": repr(self)}
         panel = ClusterPanel(self)
@@ -379,9 +431,11 @@ class Cluster:
             state = f"stopped ({self.error})"
         elif self.running and getattr(self, "writer", None) and self.writer.trouble:
             state = f"running, waiting ({self.writer.trouble})"
-        return (f"<Cluster {self.settings.label} {state} workers={self.workers} "
-                f"executor={self.executor_name} done={self.done} failed={self.failed} "
-                f"directory={self.directory}>")
+        return (
+            f"<Cluster {self.settings.label} {state} workers={self.workers} "
+            f"executor={self.executor_name} done={self.done} failed={self.failed} "
+            f"directory={self.directory}>"
+        )
 
 
 def _join(thread: threading.Thread, timeout: float) -> None:
@@ -389,20 +443,24 @@ def _join(thread: threading.Thread, timeout: float) -> None:
     if thread is not threading.current_thread():
         thread.join(timeout)
         if thread.is_alive():
-            log.warning("nbqueue cluster: thread %s did not end within %g s", thread.name,
-                        timeout)
+            log.warning("nbqueue cluster: thread %s did not end within %g s", thread.name, timeout)
 
 
 def _check_option_names(executor: str, options: dict[str, Any]) -> None:
     """Refuse a misspelt option at the call, naming it (``Cluster(wrkers=2)``)."""
     if executor not in EXECUTOR_OPTIONS:
-        raise ConfigurationError(f"unknown executor {executor!r}; the executors are: "
-                                 + ", ".join(repr(e) for e in EXECUTOR_OPTIONS))
+        raise ConfigurationError(
+            f"unknown executor {executor!r}; the executors are: "
+            + ", ".join(repr(e) for e in EXECUTOR_OPTIONS)
+        )
     unknown = sorted(set(options) - set(EXECUTOR_OPTIONS[executor]))
     if not unknown:
         return
-    own = [p for p in inspect.signature(Cluster.__init__).parameters
-           if p not in ("self", "executor_options")]
+    own = [
+        p
+        for p in inspect.signature(Cluster.__init__).parameters
+        if p not in ("self", "executor_options")
+    ]
     extra = [o for name, opts in EXECUTOR_OPTIONS.items() for o in opts]
     parts = []
     for name in unknown:
@@ -413,6 +471,8 @@ def _check_option_names(executor: str, options: dict[str, Any]) -> None:
             parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     raise ConfigurationError(
         f"unknown option(s) of Cluster: {', '.join(parts)}. Its options are "
-        f"{', '.join(own)}; with executor='dask' also {', '.join(EXECUTOR_OPTIONS['dask'])}")
+        f"{', '.join(own)}; with executor='dask' also {', '.join(EXECUTOR_OPTIONS['dask'])}"
+    )
+
 
 __all__ = ["Cluster"]

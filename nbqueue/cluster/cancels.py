@@ -143,7 +143,12 @@ class Cancels:
             if running.get(task_id) != handle:
                 del self._stopping[task_id]
             elif now > deadline:
-                log.warning("nbqueue cluster: cancelled task %s did not stop within %g s; "
-                            "killing its worker %s", task_id, STOP_GRACE, handle)
+                log.warning(
+                    "nbqueue cluster: cancelled task %s did not stop within %g s; "
+                    "killing its worker %s",
+                    task_id,
+                    STOP_GRACE,
+                    handle,
+                )
                 cluster.executor.kill(handle)
                 del self._stopping[task_id]

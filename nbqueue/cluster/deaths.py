@@ -48,7 +48,8 @@ class Deaths:
                 state = read_slot(entry.path)
                 if state is not None:
                     self._running.setdefault(
-                        state[0], f"the worker process running this task died ({why})")
+                        state[0], f"the worker process running this task died ({why})"
+                    )
                 os.unlink(entry.path)
 
     def why(self, task_id: str) -> str | None:
@@ -68,9 +69,12 @@ class Deaths:
                 break
             if time.monotonic() > deadline:
                 if killed:
-                    log.error("nbqueue cluster: worker(s) %s outlived SIGKILL for %g s; their "
-                              "tasks go back to the queue all the same", sorted(doomed),
-                              timeout)
+                    log.error(
+                        "nbqueue cluster: worker(s) %s outlived SIGKILL for %g s; their "
+                        "tasks go back to the queue all the same",
+                        sorted(doomed),
+                        timeout,
+                    )
                     break
                 for pid in doomed:
                     kill(pid)

@@ -57,8 +57,11 @@ class Feeder:
             try:
                 chunk = self.chunk_size()
                 room = cluster.workers * max(4, 2 * chunk) - len(inflight)
-                if len(inflight) and (room < chunk or inflight.chunk_count() >= cluster.workers
-                                      and broker.pending() < chunk):
+                if len(inflight) and (
+                    room < chunk
+                    or inflight.chunk_count() >= cluster.workers
+                    and broker.pending() < chunk
+                ):
                     # Every worker has a chunk: lease again once a whole chunk waits,
                     # or a chunk finishes. Leasing each task as it comes would mean
                     # chunks of one, and a round trip through the store per task.
@@ -76,21 +79,30 @@ class Feeder:
                     # feeder at once.
                     woken = cluster.wakeup.wait(pause)
                     cluster.wakeup.clear()
-                    pause = (min(HOT_POLL, settings.poll) if woken
-                             else min(pause * 1.1, max(IDLE_POLL, settings.poll)))
+                    pause = (
+                        min(HOT_POLL, settings.poll)
+                        if woken
+                        else min(pause * 1.1, max(IDLE_POLL, settings.poll))
+                    )
                     continue
                 pause, said = settings.poll, None
                 # a full batch goes in whole chunks; the last of the queue is spread
                 # evenly over the workers so that none idles at the end
-                self._dispatch(leases, chunk if len(leases) == wanted else
-                               min(chunk, math.ceil(len(leases) / cluster.workers)))
+                self._dispatch(
+                    leases,
+                    chunk
+                    if len(leases) == wanted
+                    else min(chunk, math.ceil(len(leases) / cluster.workers)),
+                )
             except Exception as exc:
                 trouble = store_trouble(exc, os.path.join(cluster.directory, "queue"))
                 if trouble is None:
                     log.exception("nbqueue cluster: feeder error; going on in 1 s")
                 elif trouble != said:  # a full disk: said once, not every second
-                    log.warning("nbqueue cluster: cannot lease tasks; trying again every "
-                                "second: %s", trouble)
+                    log.warning(
+                        "nbqueue cluster: cannot lease tasks; trying again every second: %s",
+                        trouble,
+                    )
                 said = trouble
                 time.sleep(1)
 
@@ -115,24 +127,33 @@ class Feeder:
             cluster.cancels.unmark(header.id)
             limit = job.attempts_allowed(cluster.settings)
             if limit and lease.attempt > limit:
-                cluster.writer.judge(job, f"WorkerLost: gave up after {limit} attempts: each "
-                                     "time the task was lost (its worker or cluster died, or "
-                                     "it was stopped) before it finished",
-                                     attempt=lease.attempt - 1, final=True)
+                cluster.writer.judge(
+                    job,
+                    f"WorkerLost: gave up after {limit} attempts: each "
+                    "time the task was lost (its worker or cluster died, or "
+                    "it was stopped) before it finished",
+                    attempt=lease.attempt - 1,
+                    final=True,
+                )
                 continue
             jobs.append(job)
         size = max(1, size)
         for i in range(0, len(jobs), size):
-            self._submit(jobs[i:i + size])
+            self._submit(jobs[i : i + size])
 
     def _submit(self, jobs: list[Job]) -> None:
         cluster = self.cluster
         try:
-            future = cluster.executor.submit([job.header.item(job.timeout, job.lease.token)
-                                             for job in jobs])
+            future = cluster.executor.submit(
+                [job.header.item(job.timeout, job.lease.token) for job in jobs]
+            )
         except Exception as exc:
-            log.error("nbqueue cluster: cannot submit to the %s executor (%s); the tasks go "
-                      "back to the queue", cluster.executor_name, exc)
+            log.error(
+                "nbqueue cluster: cannot submit to the %s executor (%s); the tasks go "
+                "back to the queue",
+                cluster.executor_name,
+                exc,
+            )
             cluster.writer.hand_back(jobs, counted=False)
             time.sleep(1)
             return
@@ -143,8 +164,9 @@ class Feeder:
         """A package that fails the signature check: record it as a Failure, never run it."""
         cluster = self.cluster
         task_id, name = new_task_id()
-        log.warning("nbqueue cluster: refused a queued package: %s (recorded as task %s)",
-                    exc, name)
+        log.warning(
+            "nbqueue cluster: refused a queued package: %s (recorded as task %s)", exc, name
+        )
         record = refused_record(task_id, name, f"SignatureError: {exc}", lease.attempt)
         cluster.store.save([record], cluster.settings.save_limit)
         cluster.broker.ack([lease.token])

@@ -103,8 +103,11 @@ class Monitor:
         if text is None:
             log.exception("nbqueue cluster: monitor error; going on")
         elif text != self._last_error:
-            log.warning("nbqueue cluster: the monitor could not write to the store (leases, "
-                        "heartbeat); it tries again every second: %s", text)
+            log.warning(
+                "nbqueue cluster: the monitor could not write to the store (leases, "
+                "heartbeat); it tries again every second: %s",
+                text,
+            )
         self._last_error = text
 
     def beat(self) -> None:
@@ -122,9 +125,12 @@ class Monitor:
         lost = cluster.broker.renew(cluster.inflight.renewable(), cluster.settings.retry)
         if not lost:
             return
-        log.warning("nbqueue cluster: lost the leases of %d task(s) (this cluster was "
-                    "stalled for over %g s); they are delivered again elsewhere", len(lost),
-                    cluster.settings.retry)
+        log.warning(
+            "nbqueue cluster: lost the leases of %d task(s) (this cluster was "
+            "stalled for over %g s); they are delivered again elsewhere",
+            len(lost),
+            cluster.settings.retry,
+        )
         for future in cluster.inflight.chunks_within(set(lost)):
             future.cancel()
 
@@ -145,9 +151,11 @@ class Monitor:
             drop_broker(directory, close=False)  # a new Cluster() opens the new store
             drop_store(directory, close=False)
             kind = type(exc) if isinstance(exc, StoreGone) else StoreGone
-            raise kind(f"the store directory {directory} was deleted or replaced while "
-                       f"this cluster ran, so it stopped ({exc}); start a new Cluster() to "
-                       "serve the store there now") from None
+            raise kind(
+                f"the store directory {directory} was deleted or replaced while "
+                f"this cluster ran, so it stopped ({exc}); start a new Cluster() to "
+                "serve the store there now"
+            ) from None
 
     def enforce_timeouts(self) -> None:
         """Tier 2 of timeouts: kill a worker stuck past its task's deadline + grace
@@ -162,9 +170,16 @@ class Monitor:
             job = cluster.inflight.job_of_task(task_id)
             if job is None or job.judged:
                 continue
-            cluster.writer.judge(job, f"TaskTimeout: timed out after {job.timeout:g} s {note}",
-                                 attempt=job.lease.attempt,
-                                 final=job.is_final(False, cluster.settings))
-            log.warning("nbqueue cluster: task %s ran past its %g s timeout; killing worker "
-                        "%s", job.header.name, job.timeout, handle)
+            cluster.writer.judge(
+                job,
+                f"TaskTimeout: timed out after {job.timeout:g} s {note}",
+                attempt=job.lease.attempt,
+                final=job.is_final(False, cluster.settings),
+            )
+            log.warning(
+                "nbqueue cluster: task %s ran past its %g s timeout; killing worker %s",
+                job.header.name,
+                job.timeout,
+                handle,
+            )
             executor.kill(handle)

@@ -34,9 +34,13 @@ def stop_all(why: str = "this process is exiting") -> None:
         clusters = [c for c in serving.values() if c.running]
     for cluster in clusters:
         if len(cluster.inflight):
-            log.warning("nbqueue: %s: the cluster on %s stops and hands %d task(s) in "
-                        "flight back to the queue; a cluster started later runs them", why,
-                        cluster.directory, len(cluster.inflight))
+            log.warning(
+                "nbqueue: %s: the cluster on %s stops and hands %d task(s) in "
+                "flight back to the queue; a cluster started later runs them",
+                why,
+                cluster.directory,
+                len(cluster.inflight),
+            )
         cluster.stop(wait=EXIT_GRACE)
 
 
@@ -83,8 +87,9 @@ def _stop_resource_trackers(timeout: float = 1.0) -> None:
             trackers.append(tracker)
     if not trackers:
         return
-    thread = threading.Thread(target=lambda: [t._stop() for t in trackers],
-                              name="nbqueue-trackers", daemon=True)
+    thread = threading.Thread(
+        target=lambda: [t._stop() for t in trackers], name="nbqueue-trackers", daemon=True
+    )
     thread.start()
     thread.join(timeout)
 

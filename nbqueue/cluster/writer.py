@@ -86,9 +86,11 @@ class Writer:
             try:
                 self._handle(events)
             except Exception:
-                log.exception("nbqueue cluster: writer error; the affected tasks go back to "
-                              "the queue when the cluster stops, or are delivered again "
-                              "once their lease expires")
+                log.exception(
+                    "nbqueue cluster: writer error; the affected tasks go back to "
+                    "the queue when the cluster stops, or are delivered again "
+                    "once their lease expires"
+                )
             if None in events:  # what is still held goes back (at last by the stop)
                 for _, record in self._held:
                     discard(record["result"])
@@ -104,8 +106,11 @@ class Writer:
     def chunk_done(self, future: Future) -> None:
         """A chunk ended (in the executor's thread): note the workers that died first."""
         cluster = self.cluster
-        if (not cluster.shutting_down and not future.cancelled()
-                and isinstance(future.exception(), BROKEN)):
+        if (
+            not cluster.shutting_down
+            and not future.cancelled()
+            and isinstance(future.exception(), BROKEN)
+        ):
             cluster.deaths.note(str(future.exception()))
         self.events.put(future)
 
@@ -132,9 +137,11 @@ class Writer:
         if row.get("progress") is not None:
             record["progress"] = row["progress"]
         if row.get("output"):
-            record["output"] = (row["output"] + "\n[... what it wrote after "
-                                f"{time.strftime('%H:%M:%S', time.localtime(row['updated']))}"
-                                " was lost with its run ...]\n")
+            record["output"] = (
+                row["output"] + "\n[... what it wrote after "
+                f"{time.strftime('%H:%M:%S', time.localtime(row['updated']))}"
+                " was lost with its run ...]\n"
+            )
 
     def hand_back(self, jobs: list[Job], counted: bool) -> None:
         """Return tasks to the queue unfinished, their attempt ``counted`` or not."""
@@ -157,15 +164,23 @@ class Writer:
                 finished.append(event)
         for _job, record, final in finished:
             if not final:  # delivered again once its lease expires; not an outcome yet
-                log.info("nbqueue cluster: task %s failed on attempt %d; it is delivered "
-                         "again in about %g s: %s", record["name"], record["attempt_count"],
-                         cluster.settings.retry, str(record["result"]).split("\n", 1)[0])
+                log.info(
+                    "nbqueue cluster: task %s failed on attempt %d; it is delivered "
+                    "again in about %g s: %s",
+                    record["name"],
+                    record["attempt_count"],
+                    cluster.settings.retry,
+                    str(record["result"]).split("\n", 1)[0],
+                )
         again = [job.lease.token for job, _, final in finished if not final]
         if again:
             cluster.inflight.remove(again)
         # one outcome a task: a verdict reached while its outcome is held is not another
-        self._held.extend((job, record) for job, record, final in finished
-                          if final and job.lease.token not in self._held_tokens)
+        self._held.extend(
+            (job, record)
+            for job, record, final in finished
+            if final and job.lease.token not in self._held_tokens
+        )
         if not self._held:
             if finished:
                 self._forget_live()
@@ -181,8 +196,11 @@ class Writer:
         if self._held:
             self._refused(why)
         elif self._since:
-            log.warning("nbqueue cluster: the store takes outcomes again; the ones held for "
-                        "%.1f s are stored", time.monotonic() - self._since)
+            log.warning(
+                "nbqueue cluster: the store takes outcomes again; the ones held for "
+                "%.1f s are stored",
+                time.monotonic() - self._since,
+            )
             self._since, self._pause, self._gone_back, self.trouble = 0.0, 0.0, 0, None
         if stored:
             self._done(stored)
@@ -193,8 +211,10 @@ class Writer:
         if outcomes or self._held_tokens:
             self._held_tokens = frozenset(job.lease.token for job, _ in outcomes)
 
-    def _store(self, outcomes: list[tuple[Job, Record]],
-               ) -> tuple[list[tuple[Job, Record]], list[tuple[Job, Record]], BaseException | None]:
+    def _store(
+        self,
+        outcomes: list[tuple[Job, Record]],
+    ) -> tuple[list[tuple[Job, Record]], list[tuple[Job, Record]], BaseException | None]:
         """Store outcomes in one transaction; if the store refuses it, one at a time, to
         tell a record's own trouble (its task's failure) from the store's (held).
         Returns (stored, held, why the store refused the held ones)."""
@@ -224,24 +244,34 @@ class Writer:
                 why = exc
                 held.append((job, record))
                 continue
-            log.error("nbqueue cluster: the outcome of task %s could not be stored (%s: %s); "
-                      "it is stored as its failure", record["name"], type(why).__name__, why)
+            log.error(
+                "nbqueue cluster: the outcome of task %s could not be stored (%s: %s); "
+                "it is stored as its failure",
+                record["name"],
+                type(why).__name__,
+                why,
+            )
             discard(record["result"])
             stored.append((job, own))
         return stored, held, why
 
     def _store_wide(self, exc: BaseException | None) -> str | None:
         """What is wrong with the store, if ``exc`` is its trouble and not one record's."""
-        return store_trouble(exc, os.path.join(self.cluster.directory, "results")) \
-            if exc is not None else None
+        return (
+            store_trouble(exc, os.path.join(self.cluster.directory, "results"))
+            if exc is not None
+            else None
+        )
 
     @staticmethod
     def _own_failure(job: Job, record: Record, exc: BaseException) -> Record:
         """A record the store refused for a cause of its own, made its task's failure:
         no file of its own, its package kept for ``nbqueue.retry``."""
-        text = (f"StoreError: the outcome of this task could not be stored: "
-                f"{type(exc).__name__}: {exc}. Once the cause is fixed, nbqueue.retry "
-                "runs it again")
+        text = (
+            f"StoreError: the outcome of this task could not be stored: "
+            f"{type(exc).__name__}: {exc}. Once the cause is fixed, nbqueue.retry "
+            "runs it again"
+        )
         if not record["success"]:
             text += f"\n\nIts outcome was this failure:\n{record['result']}"
         return {**record, "success": False, "result": text, "package": job.lease.package}
@@ -254,27 +284,38 @@ class Writer:
         cause = self._store_wide(why) or f"{type(why).__name__}: {why}"
         if not self._since:
             self._since = now
-            log.error("nbqueue cluster: the store refused the outcomes of %d task(s): %s. They "
-                      "are held and stored as soon as it takes them; the cluster takes new "
-                      "work only as far as its table of tasks in flight has room",
-                      len(self._held), cause)
+            log.error(
+                "nbqueue cluster: the store refused the outcomes of %d task(s): %s. They "
+                "are held and stored as soon as it takes them; the cluster takes new "
+                "work only as far as its table of tasks in flight has room",
+                len(self._held),
+                cause,
+            )
             self._oldest = now
         elif now - self._oldest >= cluster.settings.retry:
             count = len(self._held)
-            self._hold(self._give_back(self._held, f"the store refused them for over "
-                                       f"{cluster.settings.retry:g} s: {cause}"))
+            self._hold(
+                self._give_back(
+                    self._held,
+                    f"the store refused them for over {cluster.settings.retry:g} s: {cause}",
+                )
+            )
             self._gone_back += count - len(self._held)
             self._oldest = now  # those that run again get as long
         self._pause = min(RETRY_MOST, max(RETRY_FIRST, 2 * self._pause))
         self._next_try = now + self._pause
         since = time.strftime("%H:%M:%S", time.localtime(time.time() - (now - self._since)))
-        back = (f", {self._gone_back} went back to the queue to run again"
-                if self._gone_back else "")
-        self.trouble = (f"the store refuses outcomes since {since} ({len(self._held)} held, "
-                        f"tried again every {self._pause:g} s at most{back}): {cause}")
+        back = f", {self._gone_back} went back to the queue to run again" if self._gone_back else ""
+        self.trouble = (
+            f"the store refuses outcomes since {since} ({len(self._held)} held, "
+            f"tried again every {self._pause:g} s at most{back}): {cause}"
+        )
 
-    def _give_back(self, outcomes: list[tuple[Job, Record]], why: str,
-                   ) -> list[tuple[Job, Record]]:
+    def _give_back(
+        self,
+        outcomes: list[tuple[Job, Record]],
+        why: str,
+    ) -> list[tuple[Job, Record]]:
         """Hand the tasks of outcomes not stored back to the queue, their attempt not
         counted: they run again. Returns them if the queue refused them too (held on)."""
         if not outcomes:
@@ -283,16 +324,23 @@ class Writer:
         try:
             self.cluster.broker.release(tokens, counted=False)
         except Exception as exc:
-            log.warning("nbqueue cluster: could not hand %d task(s) back to the queue (%s); "
-                        "their outcomes are held", len(outcomes), exc)
+            log.warning(
+                "nbqueue cluster: could not hand %d task(s) back to the queue (%s); "
+                "their outcomes are held",
+                len(outcomes),
+                exc,
+            )
             return outcomes
         self.cluster.inflight.remove(tokens)
         self.cluster.wakeup.set()
         for _, record in outcomes:
             discard(record["result"])
-        log.warning("nbqueue cluster: %d task(s) whose outcomes could not be stored went back "
-                    "to the queue, their attempt not counted, to run again: %s",
-                    len(outcomes), why)
+        log.warning(
+            "nbqueue cluster: %d task(s) whose outcomes could not be stored went back "
+            "to the queue, their attempt not counted, to run again: %s",
+            len(outcomes),
+            why,
+        )
         return []
 
     def _done(self, outcomes: list[tuple[Job, Record]]) -> None:
@@ -300,8 +348,9 @@ class Writer:
         writes after the store (an ack, the cancels, live rows) may fail on a troubled
         store: each is logged, and left to a later transaction."""
         cluster = self.cluster
-        blobbed = [job for job, record in outcomes
-                   if type(job.header.args) is Blob and record["success"]]
+        blobbed = [
+            job for job, record in outcomes if type(job.header.args) is Blob and record["success"]
+        ]
         acked: set[str] = set()
         if blobbed:  # done with their argument files, once no delivery can come again
             try:
@@ -311,8 +360,9 @@ class Writer:
                     if job.header.hook_name is None:
                         discard(job.header.args)
             except Exception as exc:  # acknowledged with the others below
-                log.warning("nbqueue cluster: could not acknowledge %d task(s) now: %s",
-                            len(blobbed), exc)
+                log.warning(
+                    "nbqueue cluster: could not acknowledge %d task(s) now: %s", len(blobbed), exc
+                )
         done = [job.lease.token for job, _ in outcomes if job.lease.token not in acked]
         if cluster.stopping.is_set():
             try:
@@ -334,8 +384,7 @@ class Writer:
             if cancelled:  # done with: a later retry() of these runs them
                 cluster.broker.forget_cancels(cancelled)
         except Exception as exc:
-            log.warning("nbqueue cluster: could not clear the cancels of stored outcomes: %s",
-                        exc)
+            log.warning("nbqueue cluster: could not clear the cancels of stored outcomes: %s", exc)
         if not self._held:
             self._forget_live()
 
@@ -347,8 +396,9 @@ class Writer:
         try:
             forget_live(self.cluster.broker.directory, live)
         except Exception as exc:  # a row left behind reads as stale once not refreshed
-            log.warning("nbqueue cluster: could not remove the live rows of %d task(s): %s",
-                        len(live), exc)
+            log.warning(
+                "nbqueue cluster: could not remove the live rows of %d task(s): %s", len(live), exc
+            )
 
     def _fenced(self, outcomes: list[tuple[Job, Record]]) -> list[tuple[Job, Record]]:
         """The outcomes whose leases this cluster still holds; the others leave the
@@ -357,14 +407,19 @@ class Writer:
         held = cluster.broker.held([job.lease.token for job, _ in outcomes], cluster.id)
         if len(held) == len(outcomes):
             return outcomes
-        log.warning("nbqueue cluster: dropped %d outcome(s) whose leases had expired (this "
-                    "cluster was stalled for over %g s); those tasks belong to another "
-                    "delivery now", len(outcomes) - len(held), cluster.settings.retry)
+        log.warning(
+            "nbqueue cluster: dropped %d outcome(s) whose leases had expired (this "
+            "cluster was stalled for over %g s); those tasks belong to another "
+            "delivery now",
+            len(outcomes) - len(held),
+            cluster.settings.retry,
+        )
         for job, record in outcomes:
             if job.lease.token not in held:
                 discard(record["result"])
-        cluster.inflight.remove(job.lease.token for job, _ in outcomes
-                                if job.lease.token not in held)
+        cluster.inflight.remove(
+            job.lease.token for job, _ in outcomes if job.lease.token not in held
+        )
         return [(job, record) for job, record in outcomes if job.lease.token in held]
 
     def _finish_chunk(self, future: Future, jobs: list[Job], finished: list[Verdict]) -> None:
@@ -379,12 +434,16 @@ class Writer:
             return
         except BaseException as exc:  # the chunk itself failed to run: count it on each task
             why = failure_text(exc)
-            outcomes = [failure(job.header.id, why)._replace(token=job.lease.token)
-                        for job in jobs if not self._arrived_ahead(job)]
+            outcomes = [
+                failure(job.header.id, why)._replace(token=job.lease.token)
+                for job in jobs
+                if not self._arrived_ahead(job)
+            ]
         self._outcomes([o for o in outcomes if not isinstance(o, str)], finished)
         reported = {o if isinstance(o, str) else o.id for o in outcomes}
-        self._cancelled_ended([job for job in jobs if job.header.id not in reported],
-                              finished)  # those it left out (dask drops them)
+        self._cancelled_ended(
+            [job for job in jobs if job.header.id not in reported], finished
+        )  # those it left out (dask drops them)
 
     def _cancelled_ended(self, jobs: list[Job], finished: list[Verdict]) -> list[Job]:
         """Of the jobs of a chunk that ended without their outcomes, the ones not
@@ -417,10 +476,14 @@ class Writer:
                     self._live.append(outcome.id)
                 unspilled = outcome.details.pop("unspilled", None)
                 if unspilled is not None and job is not None and not job.judged:
-                    log.warning("nbqueue cluster: the worker could not write the result of task "
-                                "%s to a file of the store (%s); it came inline (%s bytes) "
-                                "and is stored with the others", job.header.name, unspilled,
-                                f"{len(outcome.result):,}")
+                    log.warning(
+                        "nbqueue cluster: the worker could not write the result of task "
+                        "%s to a file of the store (%s); it came inline (%s bytes) "
+                        "and is stored with the others",
+                        job.header.name,
+                        unspilled,
+                        f"{len(outcome.result):,}",
+                    )
             if job is None or job.judged:
                 discard(outcome.result)  # a large result no record will hold
                 continue
@@ -446,8 +509,9 @@ class Writer:
             if why is None or cluster.shutting_down:
                 self.hand_back([job], counted=False)  # collateral: it was only waiting
             elif job.last_attempt(cluster.settings):  # lost: delivered again, whatever
-                self.judge(job, f"WorkerLost: {why}", attempt=job.lease.attempt,
-                           final=True)  # ack_failures
+                self.judge(
+                    job, f"WorkerLost: {why}", attempt=job.lease.attempt, final=True
+                )  # ack_failures
             else:
                 self.hand_back([job], counted=True)
 
@@ -492,12 +556,20 @@ class HookRunner:
         try:
             hook = find_hook(header)
         except Exception as exc:
-            log.error("nbqueue cluster: hook %s of task %s cannot be loaded: %s",
-                      header.hook_name, header.name, exc)
+            log.error(
+                "nbqueue cluster: hook %s of task %s cannot be loaded: %s",
+                header.hook_name,
+                header.name,
+                exc,
+            )
             return
         if hook is None:
-            log.warning("nbqueue cluster: hook %s of task %s was an object of a process that "
-                        "has ended; it cannot run here", header.hook_name, header.name)
+            log.warning(
+                "nbqueue cluster: hook %s of task %s was an object of a process that "
+                "has ended; it cannot run here",
+                header.hook_name,
+                header.name,
+            )
             return
         run_hook(hook, Task(record, self.cluster.store, bool(record["cached"])), log)
 

@@ -43,6 +43,7 @@ class WorkerLost(Exception):
 BROKEN: tuple[type[BaseException], ...]
 try:
     from loky.process_executor import BrokenProcessPool, ShutdownExecutorError
+
     BROKEN = (BrokenProcessPool, ShutdownExecutorError, WorkerLost)
 except ImportError:  # pragma: no cover - loky is a hard dependency
     BROKEN = (WorkerLost,)
@@ -50,8 +51,9 @@ except ImportError:  # pragma: no cover - loky is a hard dependency
 
 # A recycled worker (max_rss) is replaced between two tasks and loses nothing; loky's
 # warning about it, worded for memory leaks, would only alarm a notebook's user.
-warnings.filterwarnings("ignore", message="A worker was restarted while some jobs",
-                        category=UserWarning)
+warnings.filterwarnings(
+    "ignore", message="A worker was restarted while some jobs", category=UserWarning
+)
 
 
 class Executor:
@@ -64,8 +66,9 @@ class Executor:
     # seconds past a task's deadline before its worker is killed (tier 2 of timeouts)
     kill_grace = 1.0
     # how the failure text of a task that was killed past its timeout explains it
-    timeout_note = ("(the task did not respond to the timeout signal, so its worker "
-                    "process was killed)")
+    timeout_note = (
+        "(the task did not respond to the timeout signal, so its worker process was killed)"
+    )
     # called as the interpreter exits, before the executor's own exit handlers run
     at_exit: Callable[[], None] | None = None
     directory: str | None = None  # the store: the default of tasks that enqueue tasks
@@ -116,21 +119,29 @@ EXECUTOR_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def make_executor(name: str, workers: int, slot_dir: str, max_rss: int | None = None,
-                  **options: Any) -> Executor:
+def make_executor(
+    name: str, workers: int, slot_dir: str, max_rss: int | None = None, **options: Any
+) -> Executor:
     """The executor called ``name``; raises ConfigurationError naming the known ones."""
     if name not in EXECUTOR_OPTIONS:
-        raise ConfigurationError(f"unknown executor {name!r}; the executors are: "
-                                 + ", ".join(repr(e) for e in EXECUTORS))
+        raise ConfigurationError(
+            f"unknown executor {name!r}; the executors are: "
+            + ", ".join(repr(e) for e in EXECUTORS)
+        )
     unknown = sorted(set(options) - set(EXECUTOR_OPTIONS[name]))
     if unknown:
-        raise ConfigurationError(f"unknown option(s) of the {name} executor: {unknown}; "
-                                 f"it takes {list(EXECUTOR_OPTIONS[name]) or 'none'}")
+        raise ConfigurationError(
+            f"unknown option(s) of the {name} executor: {unknown}; "
+            f"it takes {list(EXECUTOR_OPTIONS[name]) or 'none'}"
+        )
     if name == "loky":
         from .loky import LokyExecutor
+
         return LokyExecutor(workers, slot_dir, max_rss)
     if name == "dask":
         from .dask import DaskExecutor
+
         return DaskExecutor(workers, slot_dir, max_rss, **options)
-    raise ConfigurationError(f"unknown executor {name!r}; the executors are: "
-                             + ", ".join(repr(e) for e in EXECUTORS))
+    raise ConfigurationError(
+        f"unknown executor {name!r}; the executors are: " + ", ".join(repr(e) for e in EXECUTORS)
+    )

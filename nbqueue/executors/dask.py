@@ -39,8 +39,18 @@ def _distributed() -> Any:
 class _Chunk:
     """A chunk of tasks handed to the dask executor, and what is known of its run."""
 
-    __slots__ = ("key", "items", "future", "dask", "task", "since", "address", "pid",
-                 "killed", "timeouts")
+    __slots__ = (
+        "key",
+        "items",
+        "future",
+        "dask",
+        "task",
+        "since",
+        "address",
+        "pid",
+        "killed",
+        "timeouts",
+    )
 
     def __init__(self, key: str, items: list[tuple], future: Future) -> None:
         self.key = key
@@ -60,8 +70,14 @@ class _Quiet:
     its own LocalCluster at a stop (INFO records with a traceback, on stderr), held back
     until the cluster is closed: nothing went wrong."""
 
-    LOGGERS = ("distributed.batched", "distributed.comm", "distributed.core",
-               "distributed.scheduler", "distributed.nanny", "distributed.worker")
+    LOGGERS = (
+        "distributed.batched",
+        "distributed.comm",
+        "distributed.core",
+        "distributed.scheduler",
+        "distributed.nanny",
+        "distributed.worker",
+    )
 
     def __init__(self) -> None:
         self._levels: dict[str, int] = {}
@@ -107,39 +123,61 @@ class DaskExecutor(Executor):
     name = "dask"
     chunk_seconds = 0.2  # a chunk's round trip through the scheduler costs far more than loky's
     kill_grace = 0.0  # no first tier: restart the worker at the deadline
-    timeout_note = ("(a task on dask runs in a worker thread that cannot be interrupted, "
-                    "so its worker process was restarted)")
+    timeout_note = (
+        "(a task on dask runs in a worker thread that cannot be interrupted, "
+        "so its worker process was restarted)"
+    )
 
-    def __init__(self, workers: int, slot_dir: str | None = None, max_rss: int | None = None,
-                 address: str | None = None, client: Any = None,
-                 dashboard_address: Any = _DEFAULT, memory_limit: Any = _DEFAULT,
-                 connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        workers: int,
+        slot_dir: str | None = None,
+        max_rss: int | None = None,
+        address: str | None = None,
+        client: Any = None,
+        dashboard_address: Any = _DEFAULT,
+        memory_limit: Any = _DEFAULT,
+        connect_timeout: float = 10.0,
+    ) -> None:
         if max_rss:
             raise ConfigurationError(
                 "max_rss is an option of the loky executor; on dask, give the workers a "
                 "memory limit instead (Cluster(executor='dask', memory_limit='2GB') for a "
-                "LocalCluster, `dask worker --memory-limit 2GB` elsewhere)")
+                "LocalCluster, `dask worker --memory-limit 2GB` elsewhere)"
+            )
         if address is not None and (not isinstance(address, str) or not address):
-            raise ConfigurationError(f"address must be a dask scheduler address like "
-                                     f"'tcp://host:8786', not {address!r}")
+            raise ConfigurationError(
+                f"address must be a dask scheduler address like 'tcp://host:8786', not {address!r}"
+            )
         if address is not None and client is not None:
             raise ConfigurationError("give the dask executor an address or a client, not both")
-        local_only = [name for name, value in (("dashboard_address", dashboard_address),
-                                               ("memory_limit", memory_limit))
-                      if value is not _DEFAULT]
+        local_only = [
+            name
+            for name, value in (
+                ("dashboard_address", dashboard_address),
+                ("memory_limit", memory_limit),
+            )
+            if value is not _DEFAULT
+        ]
         if local_only and (address is not None or client is not None):
             raise ConfigurationError(
                 f"{' and '.join(local_only)} only apply to a LocalCluster that the cluster "
                 "starts (no address= or client=); give them to `dask scheduler` / "
-                "`dask worker` instead")
-        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) \
-                or not connect_timeout > 0:
-            raise ConfigurationError(f"connect_timeout must be a number of seconds > 0, "
-                                     f"not {connect_timeout!r}")
+                "`dask worker` instead"
+            )
+        if (
+            isinstance(connect_timeout, bool)
+            or not isinstance(connect_timeout, (int, float))
+            or not connect_timeout > 0
+        ):
+            raise ConfigurationError(
+                f"connect_timeout must be a number of seconds > 0, not {connect_timeout!r}"
+            )
         self._dd = _distributed()
         if client is not None and not isinstance(client, self._dd.Client):
-            raise ConfigurationError(f"client must be a distributed.Client, not "
-                                     f"{type(client).__name__}")
+            raise ConfigurationError(
+                f"client must be a distributed.Client, not {type(client).__name__}"
+            )
         self.workers = workers
         self.slot_dir = slot_dir  # its cancelled/ markers, seen by workers of our own
         self.address = address
@@ -149,10 +187,15 @@ class DaskExecutor(Executor):
         self._local_options = {
             # None: distributed still starts a dashboard, on 8787 or beside it with a
             # warning when that port is taken; a free port of this machine instead
-            "dashboard_address": ("127.0.0.1:8787" if dashboard_address is _DEFAULT
-                                  else "127.0.0.1:0" if dashboard_address is None
-                                  else dashboard_address),
-            "memory_limit": "auto" if memory_limit is _DEFAULT else memory_limit}
+            "dashboard_address": (
+                "127.0.0.1:8787"
+                if dashboard_address is _DEFAULT
+                else "127.0.0.1:0"
+                if dashboard_address is None
+                else dashboard_address
+            ),
+            "memory_limit": "auto" if memory_limit is _DEFAULT else memory_limit,
+        }
         self.connect_timeout = float(connect_timeout)
         self._lock = threading.Lock()
         self._waiting: collections.deque[_Chunk] = collections.deque()
@@ -175,20 +218,27 @@ class DaskExecutor(Executor):
 
     def open(self) -> None:
         dd = self._dd
-        where = self.address or ("the given client" if self.client is not None
-                                 else "a new LocalCluster")
+        where = self.address or (
+            "the given client" if self.client is not None else "a new LocalCluster"
+        )
         try:
             if self.client is None and self.address is not None:
-                self.client = dd.Client(self.address, timeout=self.connect_timeout,
-                                        set_as_default=False)
+                self.client = dd.Client(
+                    self.address, timeout=self.connect_timeout, set_as_default=False
+                )
             elif self.client is None:
                 # Single-threaded worker processes, as with loky (tasks are mostly Python
                 # holding the GIL); allowed_failures=0: a lost task comes back to us.
                 # preload: each worker ignores Ctrl-C (see worker.dask_setup)
                 self._local = dd.LocalCluster(
-                    n_workers=self.workers, threads_per_worker=1, processes=True,
-                    silence_logs=logging.CRITICAL, scheduler_kwargs={"allowed_failures": 0},
-                    preload=[worker.__name__], **self._local_options)
+                    n_workers=self.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    silence_logs=logging.CRITICAL,
+                    scheduler_kwargs={"allowed_failures": 0},
+                    preload=[worker.__name__],
+                    **self._local_options,
+                )
                 self.client = dd.Client(self._local, set_as_default=False)
             self.client.subscribe_topic(self._topic, self._on_event)
             self._cancel_first = self._local is None and self._scheduler_allowed_failures() != 0
@@ -198,14 +248,15 @@ class DaskExecutor(Executor):
             self.shutdown(kill=True)
             if isinstance(exc, (ClusterError, ConfigurationError)):
                 raise
-            raise ClusterError(f"the dask executor cannot start or reach its scheduler "
-                               f"({where}): "
-                               f"{type(exc).__name__}: {exc}. Start one with `dask scheduler` "
-                               "and workers with `dask worker ADDRESS`, or leave out address= "
-                               "to start a LocalCluster") from exc
+            raise ClusterError(
+                f"the dask executor cannot start or reach its scheduler "
+                f"({where}): "
+                f"{type(exc).__name__}: {exc}. Start one with `dask scheduler` "
+                "and workers with `dask worker ADDRESS`, or leave out address= "
+                "to start a LocalCluster"
+            ) from exc
         self._restarter = ThreadPoolExecutor(1, thread_name_prefix="nbqueue-dask-restart")
-        self._poller = threading.Thread(target=self._poll, name="nbqueue-dask-poll",
-                                        daemon=True)
+        self._poller = threading.Thread(target=self._poll, name="nbqueue-dask-poll", daemon=True)
         self._poller.start()
 
     def _scheduler_allowed_failures(self) -> int | None:
@@ -294,8 +345,9 @@ class DaskExecutor(Executor):
             try:
                 local.close(timeout=20)
             except Exception:
-                log.warning("nbqueue dask executor: the LocalCluster did not close cleanly",
-                            exc_info=True)
+                log.warning(
+                    "nbqueue dask executor: the LocalCluster did not close cleanly", exc_info=True
+                )
         quiet.end()
         if self._poller is not None and self._poller is not threading.current_thread():
             self._poller.join(timeout=5)
@@ -308,8 +360,9 @@ class DaskExecutor(Executor):
             if self._closed or self.client is None:
                 raise RuntimeError("the dask executor is not open")
             self._seq += 1
-            self._waiting.append(_Chunk(f"nbqueue-chunk-{self._topic[8:16]}-{self._seq}",
-                                        items, future))
+            self._waiting.append(
+                _Chunk(f"nbqueue-chunk-{self._topic[8:16]}-{self._seq}", items, future)
+            )
         self._pump()
         return future
 
@@ -317,14 +370,16 @@ class DaskExecutor(Executor):
         """Hand waiting chunks to dask while it has idle threads."""
         while True:
             with self._lock:
-                if (self._closed or not self._waiting
-                        or len(self._chunks) >= self._capacity):
+                if self._closed or not self._waiting or len(self._chunks) >= self._capacity:
                     return
                 chunk = self._waiting.popleft()
                 if not chunk.future.set_running_or_notify_cancel():
                     continue  # cancelled while it waited here
-                chunk.items = [item for item in chunk.items  # tasks cancelled meanwhile
-                               if not worker.cancelled(self.slot_dir or "", item[0])]
+                chunk.items = [
+                    item
+                    for item in chunk.items  # tasks cancelled meanwhile
+                    if not worker.cancelled(self.slot_dir or "", item[0])
+                ]
                 if not chunk.items:
                     _settle(chunk.future, result=[])
                     continue
@@ -335,16 +390,24 @@ class DaskExecutor(Executor):
                 if not local:  # its workers may not reach the store's files
                     assert self.directory is not None  # set by the cluster before it starts
                     chunk.items = blobs.inlined(chunk.items, load_key(self.directory))
-                chunk.dask = self.client.submit(run_on_dask, self._topic, chunk.key,
-                                                chunk.items, self.directory,
-                                                os.getpid() if local else None,
-                                                self.slot_dir if local else None,
-                                                key=chunk.key, pure=False)
+                chunk.dask = self.client.submit(
+                    run_on_dask,
+                    self._topic,
+                    chunk.key,
+                    chunk.items,
+                    self.directory,
+                    os.getpid() if local else None,
+                    self.slot_dir if local else None,
+                    key=chunk.key,
+                    pure=False,
+                )
             except Exception as exc:
                 with self._lock:
                     self._chunks.pop(chunk.key, None)
-                _settle(chunk.future, exception=WorkerLost(
-                    f"cannot submit to dask: {type(exc).__name__}: {exc}"))
+                _settle(
+                    chunk.future,
+                    exception=WorkerLost(f"cannot submit to dask: {type(exc).__name__}: {exc}"),
+                )
                 continue
             chunk.dask.add_done_callback(partial(self._on_done, chunk))
 
@@ -434,16 +497,21 @@ class DaskExecutor(Executor):
             # Another scheduler may re-run a task whose worker is lost: take it out first.
             chunk.dask.cancel()
         try:
-            outcome = self.client.restart_workers([chunk.address], timeout=30,
-                                                  raise_for_error=False)
+            outcome = self.client.restart_workers(
+                [chunk.address], timeout=30, raise_for_error=False
+            )
             self.restarts += 1
             log.info("nbqueue dask executor: restarted worker %s: %s", chunk.address, outcome)
         except Exception as exc:
             if self._closed:
                 return
-            log.warning("nbqueue dask executor: could not restart worker %s (%s); the "
-                        "timed-out task runs on there until it returns, and its result will "
-                        "be dropped", chunk.address, exc)
+            log.warning(
+                "nbqueue dask executor: could not restart worker %s (%s); the "
+                "timed-out task runs on there until it returns, and its result will "
+                "be dropped",
+                chunk.address,
+                exc,
+            )
             if not self._cancel_first and chunk.dask is not None:
                 chunk.dask.cancel()
 
@@ -453,8 +521,11 @@ class DaskExecutor(Executor):
             nannies = list(self._local.workers.values())
         except Exception:
             return set()
-        return {pid for pid in (getattr(nanny, "pid", None) for nanny in nannies)
-                if isinstance(pid, int)}
+        return {
+            pid
+            for pid in (getattr(nanny, "pid", None) for nanny in nannies)
+            if isinstance(pid, int)
+        }
 
     @staticmethod
     def _sigkill(pid: int) -> None:

@@ -16,12 +16,18 @@ from ..records import Item, Outcome
 from ..stream import SOCKET, Sender
 
 
-def run_on_dask(topic: str, key: str, items: list[Item],
-                directory: str | None = None, host: int | None = None,
-                slot_dir: str | None = None) -> Sequence[Outcome | str]:
+def run_on_dask(
+    topic: str,
+    key: str,
+    items: list[Item],
+    directory: str | None = None,
+    host: int | None = None,
+    slot_dir: str | None = None,
+) -> Sequence[Outcome | str]:
     """``run_chunk`` in a thread of a dask worker (no slot): each start is an event on
     ``topic``; on the cluster's machine (``slot_dir``) cancelled tasks are skipped."""
     from distributed import get_worker
+
     try:
         here: Any = get_worker()
     except ValueError:  # not on a worker (a test calling it directly)

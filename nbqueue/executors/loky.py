@@ -50,13 +50,16 @@ class LokyExecutor(Executor):
 
     def _fresh_pool(self) -> Any:
         from loky import ProcessPoolExecutor
+
         self.restarts += 1
         # timeout=None: workers stay up for the cluster's life instead of idling out,
         # since spawning one imports Python and nbqueue afresh, slower than most tasks.
-        return ProcessPoolExecutor(max_workers=self.workers, timeout=None,
-                                   initializer=worker.prepare,
-                                   initargs=(os.getpid(), self.max_rss, self.slot_dir,
-                                             self.directory))
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            timeout=None,
+            initializer=worker.prepare,
+            initargs=(os.getpid(), self.max_rss, self.slot_dir, self.directory),
+        )
 
     def submit(self, items: list[tuple]) -> Future:
         """A Future of the chunk's outcomes; it can be cancelled until the pool has it."""
@@ -163,8 +166,14 @@ class LokyExecutor(Executor):
         be spawned. It goes, its workers killed, and the chunk and those waiting fail as
         with a broken pool: the error, and the waiting chunks to fail."""
         from loky.process_executor import BrokenProcessPool
-        error = exc if isinstance(exc, BROKEN) else BrokenProcessPool(
-            f"the loky pool could not take a chunk: {type(exc).__name__}: {exc}")
+
+        error = (
+            exc
+            if isinstance(exc, BROKEN)
+            else BrokenProcessPool(
+                f"the loky pool could not take a chunk: {type(exc).__name__}: {exc}"
+            )
+        )
         if pool is not None:
             pool.shutdown(wait=False, kill_workers=True)
             self._pool = None
