@@ -288,7 +288,7 @@ class Nbqueue(System):
 
     def start(self) -> None:
         import nbqueue
-        from nbqueue.heartbeats import heartbeats
+        from nbqueue.disk.heartbeats import heartbeats
         directory = self.fresh_store(self.key)
         if self.proc:
             self.child = Child("nbqueue-cluster", [
@@ -721,9 +721,9 @@ class Suite:
             return
         import diskcache
 
-        from nbqueue import signing
-        from nbqueue.records import Header, decode_header, encode_header
-        from nbqueue.storage import open_cache
+        from nbqueue.disk import signing
+        from nbqueue.disk.records import Header, decode_header, encode_header
+        from nbqueue.disk.storage import open_cache
         print("\n== nbqueue: the cost of signing every value of the store", flush=True)
         directory = os.path.join(self.tmp, "nbq-signing")
         key = signing.load_key(signing.private_directory(directory))

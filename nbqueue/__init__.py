@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .broker import Broker, get_broker
-from .capture import report
-from .conf import configure
-from .control import cancel, cancel_group, retry, retry_group
-from .errors import (
+from nbqueue.conf import configure
+from nbqueue.control import cancel, cancel_group, retry, retry_group
+from nbqueue.disk.broker import Broker, get_broker
+from nbqueue.display.summary import GroupSummary, summary
+from nbqueue.errors import (
     ClusterError,
     ConfigurationError,
     InsecureStoreError,
@@ -32,11 +32,11 @@ from .errors import (
     WaitWarning,
     WorkerLost,
 )
-from .futures import TaskFuture, future
-from .iterate import as_completed
-from .live import output, status
-from .models import Failure, Success, Task
-from .results import (
+from nbqueue.futures import TaskFuture, future
+from nbqueue.iterate import as_completed
+from nbqueue.live import output, status
+from nbqueue.models import Failure, Success, Task
+from nbqueue.results import (
     count_group,
     delete_cached,
     delete_group,
@@ -47,12 +47,12 @@ from .results import (
     result,
     result_group,
 )
-from .summary import GroupSummary, summary
-from .tasks import AsyncTask, async_iter, async_task
+from nbqueue.tasks import AsyncTask, async_iter, async_task
+from nbqueue.worker.capture import report
 
 if TYPE_CHECKING:
-    from .cluster import Cluster
-    from .widgets import progress
+    from nbqueue.cluster import Cluster
+    from nbqueue.display.group_panel import progress
 
 __version__ = "0.1.0"
 
@@ -60,15 +60,15 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # The cluster (and loky with it) loads on first use: enqueuing never needs it.
     if name == "Cluster":
-        from .cluster import Cluster
+        from nbqueue.cluster import Cluster
 
         return Cluster
     if name == "map":  # not imported above, nor in __all__: `import *` keeps builtin map
-        from .iterate import map
+        from nbqueue.iterate import map
 
         return map
     if name == "progress":
-        from .widgets import progress
+        from nbqueue.display.group_panel import progress
 
         return progress
     raise AttributeError(f"module 'nbqueue' has no attribute {name!r}")

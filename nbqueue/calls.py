@@ -56,8 +56,8 @@ from typing import Any
 
 import cloudpickle
 
-from .broker import Broker
-from .store import Part, get_store
+from nbqueue.disk.broker import Broker
+from nbqueue.disk.store import Part, get_store
 
 SENDING = 5.0  # seconds a task sent may take to reach the queue from its sender's outbox
 KEYED_OPTIONS = ("group", "save", "cached", "timeout", "ack_failure", "max_attempts", "task_name")

@@ -16,13 +16,13 @@ import sys
 import time
 from typing import Any
 
-from . import __version__, conf
-from .errors import ConfigurationError, NbqueueError, StoreError
-from .signing import KEY_FILE
+from nbqueue import __version__, conf
+from nbqueue.disk.signing import KEY_FILE
+from nbqueue.errors import ConfigurationError, NbqueueError, StoreError
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    from .cluster import Cluster
+    from nbqueue.cluster import Cluster
 
     options = {
         name: getattr(args, name)
@@ -86,9 +86,9 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .broker import get_broker
-    from .heartbeats import heartbeats
-    from .store import get_store
+    from nbqueue.disk.broker import get_broker
+    from nbqueue.disk.heartbeats import heartbeats
+    from nbqueue.disk.store import get_store
 
     given = args.directory or conf.settings().directory
     path = os.path.abspath(given)

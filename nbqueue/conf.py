@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from .errors import ConfigurationError
+from nbqueue.errors import ConfigurationError
 
 UNSET: Any = object()  # an option left out (None may be a value of its own)
 

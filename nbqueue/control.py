@@ -17,13 +17,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from . import blobs, conf
-from .blobs import Blob
-from .broker import Broker, get_broker
-from .errors import ConfigurationError, TaskStillRunning
-from .hooks import find_hook, run_hook
-from .models import Task
-from .records import (
+from nbqueue import conf
+from nbqueue.disk import blobs
+from nbqueue.disk.blobs import Blob
+from nbqueue.disk.broker import Broker, get_broker
+from nbqueue.disk.records import (
     Header,
     Record,
     decode_header,
@@ -32,7 +30,10 @@ from .records import (
     is_cancelled,
     make_record,
 )
-from .store import Part, Store, get_store
+from nbqueue.disk.store import Part, Store, get_store
+from nbqueue.errors import ConfigurationError, TaskStillRunning
+from nbqueue.models import Task
+from nbqueue.worker.hooks import find_hook, run_hook
 
 CANCELLED = "TaskCancelled: the task was cancelled with nbqueue.cancel before it started"
 CANCEL_WAIT = 5000  # ms cancel waits for a cluster to store the outcome of a leased task

@@ -20,17 +20,17 @@ from concurrent.futures import FIRST_COMPLETED, TimeoutError
 from concurrent.futures import wait as wait_futures
 from typing import Any, cast
 
-from . import conf
-from .broker import Broker, get_broker
-from .control import cancel_tasks
-from .errors import ConfigurationError, TaskFailed
-from .futures import POLL_MAX, POLL_MIN, TaskFuture, as_task, future
-from .models import Failure, Task
-from .packing import checked_options, function_of, make_package, split_options
-from .records import Record, decode_result
-from .sent import sent
-from .store import Part, Store, get_store
-from .tasks import run_inline, warn_if_unserved
+from nbqueue import conf
+from nbqueue.control import cancel_tasks
+from nbqueue.disk.broker import Broker, get_broker
+from nbqueue.disk.records import Record, decode_result
+from nbqueue.disk.store import Part, Store, get_store
+from nbqueue.errors import ConfigurationError, TaskFailed
+from nbqueue.futures import POLL_MAX, POLL_MIN, TaskFuture, as_task, future
+from nbqueue.models import Failure, Task
+from nbqueue.packing import checked_options, function_of, make_package, split_options
+from nbqueue.sent import sent
+from nbqueue.tasks import run_inline, warn_if_unserved
 
 log = logging.getLogger("nbqueue")
 
@@ -302,7 +302,7 @@ def map(
         memo.count(group, len(headers))
     panel = None
     if progress and headers:
-        from .widgets import GroupProgress
+        from nbqueue.display.group_panel import GroupProgress
 
         panel = GroupProgress(group, len(headers), cached, broker)
     if options["sync"]:

@@ -12,12 +12,12 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from .broker import Broker, get_broker
-from .capture import LIVE, LIVE_REFRESH
-from .heartbeats import heartbeats
-from .records import Header, Record, is_cancelled
-from .storage import checked_get, process_alive
-from .store import check_name, get_store
+from nbqueue.disk.broker import Broker, get_broker
+from nbqueue.disk.heartbeats import heartbeats
+from nbqueue.disk.records import Header, Record, is_cancelled
+from nbqueue.disk.storage import checked_get, process_alive
+from nbqueue.disk.store import check_name, get_store
+from nbqueue.worker.capture import LIVE, LIVE_REFRESH
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "unknown")
 

@@ -9,18 +9,18 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Literal, TypeGuard, overload
 
-from . import blobs
-from .blobs import Blob
-from .records import Record, decode_result
-from .signing import load_key
-from .store import Store, get_store
-from .tracebacks import exception_from_text, unpack_exception
+from nbqueue.disk import blobs
+from nbqueue.disk.blobs import Blob
+from nbqueue.disk.records import Record, decode_result
+from nbqueue.disk.signing import load_key
+from nbqueue.disk.store import Store, get_store
+from nbqueue.worker.tracebacks import exception_from_text, unpack_exception
 
 
 def _default_store(store: Store | None) -> Store:
     if store is not None:
         return store
-    from .broker import get_broker
+    from nbqueue.disk.broker import get_broker
 
     return get_store(get_broker().directory)
 
@@ -205,12 +205,12 @@ class Task:
         return hash(self.id)
 
     def __repr__(self) -> str:
-        from .views import task_line
+        from nbqueue.display.views import task_line
 
         return task_line(self)
 
     def _repr_html_(self) -> str:
-        from .views import task_html
+        from nbqueue.display.views import task_html
 
         return task_html(self)
 

@@ -17,16 +17,17 @@ from typing import Any
 
 import cloudpickle
 
-from . import blobs, conf
-from .broker import Broker, get_broker
-from .errors import ConfigurationError, PackingError
-from .hooks import keep_local_hook
-from .names import new_task_id
-from .records import Header, encode_header
-from .sent import sent
-from .storage import writing
-from .tracebacks import WithSources
-from .worker import resolve
+from nbqueue import conf
+from nbqueue.disk import blobs
+from nbqueue.disk.broker import Broker, get_broker
+from nbqueue.disk.names import new_task_id
+from nbqueue.disk.records import Header, encode_header
+from nbqueue.disk.storage import writing
+from nbqueue.errors import ConfigurationError, PackingError
+from nbqueue.sent import sent
+from nbqueue.worker import resolve
+from nbqueue.worker.hooks import keep_local_hook
+from nbqueue.worker.tracebacks import WithSources
 
 OPTIONS = (
     "hook",

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from .broker import Broker, get_broker
-from .errors import ConfigurationError, StoreError
-from .heartbeats import heartbeats
-from .models import Task, group_count, group_results
-from .sent import sent
-from .store import Part, Store, get_store
-from .worker import serving
+from nbqueue.disk.broker import Broker, get_broker
+from nbqueue.disk.heartbeats import heartbeats
+from nbqueue.disk.store import Part, Store, get_store
+from nbqueue.errors import ConfigurationError, StoreError
+from nbqueue.models import Task, group_count, group_results
+from nbqueue.sent import sent
+from nbqueue.worker import serving
 
 
 def _store(broker: Broker | None = None) -> Store:
@@ -181,7 +181,7 @@ def _wait_group(
     _flush_before_waiting(broker, wait)
     panel = None
     if progress and wait:
-        from .widgets import GroupProgress
+        from nbqueue.display.group_panel import GroupProgress
 
         panel = GroupProgress(group_id, count, cached, broker)
     try:

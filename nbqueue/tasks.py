@@ -15,14 +15,14 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar, overload
 
-from . import calls, conf
-from .broker import Broker
-from .capture import inline_capture
-from .errors import ConfigurationError, NoClusterWarning
-from .futures import future
-from .hooks import find_hook, forget_local_hook, run_hook
-from .models import Task
-from .packing import (
+from nbqueue import calls, conf
+from nbqueue.disk.broker import Broker
+from nbqueue.disk.records import Header, make_record
+from nbqueue.disk.store import get_store
+from nbqueue.errors import ConfigurationError, NoClusterWarning
+from nbqueue.futures import future
+from nbqueue.models import Task
+from nbqueue.packing import (
     callable_name,
     check_callable,
     checked_options,
@@ -31,11 +31,11 @@ from .packing import (
     pickle_arguments,
     split_options,
 )
-from .records import Header, make_record
-from .results import fetch, fetch_group, no_cluster_advice, result, result_group
-from .sent import Sent, sent
-from .store import get_store
-from .worker import execute
+from nbqueue.results import fetch, fetch_group, no_cluster_advice, result, result_group
+from nbqueue.sent import Sent, sent
+from nbqueue.worker import execute
+from nbqueue.worker.capture import inline_capture
+from nbqueue.worker.hooks import find_hook, forget_local_hook, run_hook
 
 T = TypeVar("T")
 
@@ -208,7 +208,7 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any], **kwarg
     memo = sent(broker.directory)
     memo.count(group, len(headers))
     if show_progress:
-        from .widgets import GroupProgress
+        from nbqueue.display.group_panel import GroupProgress
 
         GroupProgress(group, len(headers), bool(options["cached"]), broker)
     if options["sync"]:
@@ -240,7 +240,7 @@ def _earlier_iter(
     if earlier is not None and show_progress:
         manifest = reuse.part.manifest(earlier)
         if manifest is not None:
-            from .widgets import GroupProgress
+            from nbqueue.display.group_panel import GroupProgress
 
             GroupProgress(manifest["group"], len(manifest["ids"]), bool(options["cached"]), broker)
     return reuse, earlier
@@ -360,7 +360,7 @@ class AsyncTask:
             return None
         panel = None
         if progress and wait and self.group is not None:
-            from .widgets import GroupProgress
+            from nbqueue.display.group_panel import GroupProgress
 
             panel = GroupProgress(self.group, None, bool(self.cached), self.broker)
         try:

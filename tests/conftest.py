@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 import nbqueue
-from nbqueue import broker as broker_module
+from nbqueue.disk import broker as broker_module
 from nbqueue import conf
-from nbqueue.store import drop_store
+from nbqueue.disk.store import drop_store
 
 
 @pytest.fixture

@@ -85,7 +85,7 @@ SCRIPT = textwrap.dedent("""
                 cluster = new
                 continue
             elif way == "panel":
-                from nbqueue.widgets import ClusterPanel
+                from nbqueue.display.cluster_panel import ClusterPanel
                 panel = ClusterPanel(cluster, interval=0.05)
                 panel._button.click()  # what the Stop button does: stop() in a thread
                 deadline = time.monotonic() + 60

@@ -73,7 +73,7 @@ def wait_for_child(seconds, hint_after=0.5):
     import warnings
 
     import nbqueue
-    from nbqueue import store
+    from nbqueue.disk import store
     store.HINT_AFTER = hint_after
     child = nbqueue.async_task(add, 1, 1)
     with warnings.catch_warnings(record=True) as caught:
@@ -112,7 +112,7 @@ def fail_until(path, failures):
 
 def produce_packages(directory, prefix, count):
     """Enqueue ``count`` distinct packages ``b"<prefix>-<i>"`` into the store at ``directory``."""
-    from nbqueue.broker import Broker
+    from nbqueue.disk.broker import Broker
 
     broker = Broker(directory)
     try:
@@ -127,7 +127,7 @@ def consume_packages(directory, out_path, producers_done, deadline_s=60.0, batch
 
     Writes every package received, one per line, to ``out_path``.
     """
-    from nbqueue.broker import Broker
+    from nbqueue.disk.broker import Broker
 
     broker = Broker(directory)
     owner = f"consumer-{os.getpid()}"

@@ -15,10 +15,10 @@ import time
 import pytest
 
 import nbqueue
-from nbqueue import (async_task, blobs, fetch, fetch_group, result, result_group,
-                     signing)
+from nbqueue import async_task, fetch, fetch_group, result, result_group
+from nbqueue.disk import blobs, signing
 from nbqueue.errors import SignatureError, StoreFileMissing
-from nbqueue.store import get_store
+from nbqueue.disk.store import get_store
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from nbqueue import broker as broker_module
-from nbqueue.broker import Broker, Lease, get_broker
+from nbqueue.disk import broker as broker_module
+from nbqueue.disk.broker import Broker, Lease, get_broker
 from nbqueue.errors import StoreError
 from tests import tasks_fixtures
 
@@ -196,7 +196,7 @@ def test_reap_puts_expired_leases_back_with_attempt_counted(broker):
 def test_reap_charges_only_the_leases_whose_task_a_worker_began(broker):
     """The holder's folder (``nbqueue.hosts``) says which tasks its workers began: only
     those keep their attempt; the others come back as they were."""
-    from nbqueue import hosts, worker
+    from nbqueue.disk import hosts
     for name in (b"a", b"b", b"c"):
         broker.enqueue(name)
     leased = broker.lease("cluster-one", 3, 60)
@@ -210,7 +210,7 @@ def test_reap_charges_only_the_leases_whose_task_a_worker_began(broker):
         with open(os.path.join(folder, hosts.HOST_FILE), "w") as out:
             json.dump({"pid": dead[0], "cluster": "cluster-one",
                        "directory": broker.directory, "slots": True}, out)
-        worker.Slot(os.path.join(folder, str(dead[1]))).begin(leased[1].token)
+        hosts.Slot(os.path.join(folder, str(dead[1]))).begin(leased[1].token)
         assert broker.reap(now=time.time() + 120) == 3
         again = broker.lease("cluster-two", 3, 60)
         assert [(lease.package, lease.attempt) for lease in again] == [
@@ -503,7 +503,7 @@ def test_ack_soon_is_done_by_the_next_lease_or_flush_acks(broker):
 
 
 def _rows_written(broker):
-    from nbqueue import leases
+    from nbqueue.disk import leases
     return leases.read_index(broker._queue)
 
 

@@ -15,9 +15,10 @@ import pytest
 import nbqueue
 from nbqueue import (AsyncTask, async_iter, async_task, configure, fetch, get_broker,
                      queue_size, result)
-from nbqueue import calls, conf
+from nbqueue import calls
+from nbqueue import conf
 from nbqueue.errors import ConfigurationError
-from nbqueue.store import get_store
+from nbqueue.disk.store import get_store
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 

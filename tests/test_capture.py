@@ -10,8 +10,8 @@ import time
 import pytest
 
 import nbqueue
-from nbqueue import capture
-from nbqueue.capture import LIMIT, Capture, TaskStream
+from nbqueue.worker import capture
+from nbqueue.worker.capture import LIMIT, Capture, TaskStream
 from nbqueue.errors import ConfigurationError
 from tests import tasks_fixtures as fx
 

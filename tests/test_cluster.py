@@ -14,8 +14,8 @@ from nbqueue import (AsyncTask, Cluster, async_iter, async_task, count_group, fe
                      fetch_group, get_broker, queue_size, result, result_group)
 from nbqueue.errors import (ConfigurationError, NoClusterWarning, PackingError,
                             TaskFunctionError)
-from nbqueue.hooks import local_hooks
-from nbqueue.store import get_store
+from nbqueue.worker.hooks import local_hooks
+from nbqueue.disk.store import get_store
 from tests import stopping
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
@@ -378,7 +378,7 @@ def test_group_count_must_be_a_whole_number(store_dir, count):
 
 @pytest.fixture
 def quick_hints(monkeypatch):
-    from nbqueue import store
+    from nbqueue.disk import store
     monkeypatch.setattr(store, "HINT_AFTER", 0.3)
 
 

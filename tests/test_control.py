@@ -15,8 +15,8 @@ import nbqueue
 from nbqueue import Cluster, async_task, fetch, queue_size
 from nbqueue.control import cancel, cancel_group, cancel_tasks, retry, retry_group
 from nbqueue.errors import ConfigurationError
-from nbqueue.store import get_store
-from nbqueue.views import format_seconds
+from nbqueue.disk.store import get_store
+from nbqueue.display.views import format_seconds
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 
@@ -109,7 +109,7 @@ def test_cancel_from_another_process_stops_a_running_task(cluster, tmp_path, sto
 
 
 def test_a_task_is_cancelled_by_its_name_too(store_dir):
-    from nbqueue.names import humanize
+    from nbqueue.disk.names import humanize
     with pytest.warns(nbqueue.NoClusterWarning):
         first = async_task(fx.add, 1)
     named = async_task(fx.add, 2, task_name="my-named-task")

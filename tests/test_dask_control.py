@@ -31,13 +31,13 @@ import pytest
 import nbqueue
 from nbqueue import (AsyncTask, Cluster, TaskFailed, as_completed, async_task, conf, fetch,
                      future)
-from nbqueue import broker as broker_module
+from nbqueue.disk import broker as broker_module
 from nbqueue.control import cancel, cancel_group, cancel_tasks, retry, retry_group
 from nbqueue.models import Failure, Success
-from nbqueue.store import drop_store
+from nbqueue.disk.store import drop_store
 
-from . import tasks_fixtures as fx
-from .waiting import wait_for
+from tests import tasks_fixtures as fx
+from tests.waiting import wait_for
 
 distributed = pytest.importorskip("distributed", reason='needs "nbqueue[dask]"')
 import dask  # noqa: E402  (with distributed)

@@ -1,6 +1,6 @@
 """nbqueue.cluster.deaths: which dead worker ran which task, read from real slots.
 
-Each "worker" is a real process that takes a ``nbqueue.worker.Slot`` in a temp slot
+Each "worker" is a real process that takes a ``nbqueue.disk.hosts.Slot`` in a temp slot
 directory, as a loky worker does, marks a task and waits; the tests SIGKILL it (or let
 it live) and check what ``Deaths`` charges, dooms, kills and cleans up.
 """
@@ -20,7 +20,7 @@ from loky.backend.utils import _format_exitcodes
 from loky.process_executor import TerminatedWorkerError
 
 from nbqueue.cluster.deaths import Deaths, kill
-from nbqueue.worker import read_slot
+from nbqueue.disk.hosts import read_slot
 
 from tests.waiting import wait_for
 
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # argv: slot directory, task id ("" for none), "idle" to clear the slot after the task
 WORKER = r"""
 import os, select, sys, time
-from nbqueue.worker import Slot
+from nbqueue.disk.hosts import Slot
 slot = Slot(os.path.join(sys.argv[1], str(os.getpid())))
 if sys.argv[2]:
     slot.mark(sys.argv[2], time.time(), 0.0)

@@ -9,8 +9,8 @@ import threading
 import pytest
 
 import nbqueue
-from nbqueue.broker import Broker
-from nbqueue.doorbell import BELLS, Bells, Doorbell
+from nbqueue.disk.broker import Broker
+from nbqueue.disk.doorbell import BELLS, Bells, Doorbell
 from tests import tasks_fixtures as fx
 
 pytestmark = pytest.mark.timeout(60)
@@ -73,7 +73,7 @@ def test_a_path_too_long_for_a_socket_leaves_the_cluster_polling(tmp_path):
                                   wait=30000, broker=broker) == 5
     finally:
         broker.close()
-        from nbqueue.broker import drop_broker
+        from nbqueue.disk.broker import drop_broker
         drop_broker(directory)
 
 

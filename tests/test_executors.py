@@ -28,11 +28,11 @@ import nbqueue
 from nbqueue import (Cluster, async_task, count_group, fetch, fetch_group, queue_size, result,
                      result_group)
 from nbqueue.errors import ClusterError, ConfigurationError
-from nbqueue.heartbeats import heartbeats
+from nbqueue.disk.heartbeats import heartbeats
 
-from . import stopping
-from . import tasks_fixtures as fx
-from .waiting import wait_for
+from tests import stopping
+from tests import tasks_fixtures as fx
+from tests.waiting import wait_for
 
 distributed = pytest.importorskip("distributed", reason='needs "nbqueue[dask]"')
 psutil = pytest.importorskip("psutil")
@@ -280,7 +280,7 @@ def test_info_panel_and_dashboard_link(dask_cluster, capsys):
     with urllib.request.urlopen(link, timeout=20) as page:
         assert page.status == 200 and b"Dask" in page.read()
 
-    from nbqueue.widgets import ClusterPanel
+    from nbqueue.display.cluster_panel import ClusterPanel
     panel = ClusterPanel(dask_cluster, interval=60)
     assert f"<a href='{link}' target='_blank'>{link}</a>" in panel._html.value
     assert "dask" in panel._html.value

@@ -21,11 +21,11 @@ import pytest
 import nbqueue
 from nbqueue import (Cluster, async_iter, async_task, count_group, fetch, fetch_group, result,
                      result_group)
-from nbqueue.storage import process_alive as _alive
-from nbqueue.worker import read_slot
-from nbqueue.heartbeats import heartbeats
-from nbqueue.store import drop_store, get_store
-from nbqueue import broker as broker_module
+from nbqueue.disk.storage import process_alive as _alive
+from nbqueue.disk.hosts import read_slot
+from nbqueue.disk.heartbeats import heartbeats
+from nbqueue.disk.store import drop_store, get_store
+from nbqueue.disk import broker as broker_module
 from tests import tasks_fixtures as fx
 from tests.intruder import intruder  # noqa: F401 - a fixture
 from tests.waiting import wait_for
@@ -276,7 +276,7 @@ def test_max_rss_replaces_workers_that_grew_too_large(store_dir):
 
 
 def test_tampered_foreign_truncated_and_random_packages_never_run(cluster, broker, tmp_path):
-    from nbqueue import signing
+    from nbqueue.disk import signing
     from nbqueue.packing import checked_options as _checked, make_package as _package
     marker = tmp_path / "ran"
 
@@ -311,7 +311,7 @@ def test_corrupt_store_file_is_a_clear_error_at_the_call(tmp_path):
     nbqueue.configure(directory=str(directory))
     try:
         nbqueue.get_broker()  # creates the store
-        from nbqueue import broker as broker_module
+        from nbqueue.disk import broker as broker_module
         broker_module.drop_broker(directory)
         with open(directory / "queue" / "cache.db", "r+b") as db:
             db.write(b"this is not a database" * 100)
@@ -369,7 +369,7 @@ con.execute("ROLLBACK")
 """
     client = f"""
 import time, nbqueue
-from nbqueue import storage
+from nbqueue.disk import storage
 storage.LOCK_TIMEOUT = 1.0
 nbqueue.configure(directory={store_dir!r})
 nbqueue.get_broker()
@@ -579,7 +579,7 @@ def test_a_store_swapped_under_a_running_cluster_stops_it_and_gets_no_file(intru
     stores nothing more (no outcome, no value file moved or linked there) and stops,
     saying why; with the real store back, every task has exactly one outcome."""
     from nbqueue import conf
-    from nbqueue.broker import drop_broker
+    from nbqueue.disk.broker import drop_broker
     from tests.intruder import Intruder
 
     store = os.path.join(intruder.parent, ".nbqueue")
@@ -677,7 +677,7 @@ def test_a_killed_writer_of_large_values_leaves_no_partial_file(store_dir):
     between the two leaves it (whole, unread, space only)."""
     import sqlite3
     code = ("import nbqueue, itertools\n"
-            "from nbqueue.store import get_store\n"
+            "from nbqueue.disk.store import get_store\n"
             f"part = get_store({store_dir!r}).saved\n"
             "print('writing', flush=True)\n"
             "for i in itertools.count():\n"
@@ -708,8 +708,8 @@ def test_a_killed_writer_of_large_values_leaves_no_partial_file(store_dir):
     assert named and named <= on_disk
     orphans = on_disk - named
     assert len(orphans) <= 1, orphans
-    from nbqueue.signing import context, load_key, verify
-    from nbqueue.storage import FILE_ROLE
+    from nbqueue.disk.signing import context, load_key, verify
+    from nbqueue.disk.storage import FILE_ROLE
     key = load_key(nbqueue.get_broker().directory)
     for name in on_disk:  # none is partial: each checks out against the store's key
         with open(os.path.join(results, name), "rb") as src:
@@ -773,7 +773,7 @@ def small_disk(tmp_path):
 def test_a_disk_that_fills_up_refuses_tasks_at_the_call_and_drops_none(small_disk):
     """20 KB tasks until a real disk is full: each is either taken (and written, once
     there is room) or refused at the call with StoreError; readers go on working."""
-    from nbqueue import broker as broker_module
+    from nbqueue.disk import broker as broker_module
     directory = str(small_disk / "store")
     nbqueue.configure(directory=directory)
     try:
@@ -930,7 +930,7 @@ def test_a_cluster_start_sweeps_the_folders_of_dead_hosts_only(store_dir, tmp_pa
         for name in ("dead", "gone"):
             os.kill(hosts[name].pid, signal.SIGKILL)
             hosts[name].wait(timeout=10)
-        nbqueue.broker.drop_broker(other_store)
+        nbqueue.disk.broker.drop_broker(other_store)
         shutil.rmtree(other_store)
         # the dead hosts' workers exit on their own within HOST_WATCH
         assert _wait_for(lambda: not any(

@@ -19,13 +19,15 @@ import warnings
 import pytest
 
 import nbqueue
-from nbqueue import conf, filesystems, signing
-from nbqueue.broker import drop_broker
+from nbqueue import conf
+from nbqueue.disk import filesystems
+from nbqueue.disk import signing
+from nbqueue.disk.broker import drop_broker
 from nbqueue.errors import (ConfigurationError, NetworkFileSystemWarning, StoreError,
                             StoreLocationError)
-from nbqueue.filesystems import (FUSE_MAGIC, NETWORK_MAGICS, classify, detect,
+from nbqueue.disk.filesystems import (FUSE_MAGIC, NETWORK_MAGICS, classify, detect,
                                  mount_output_type, mountinfo_type, statfs_type)
-from nbqueue.store import drop_store
+from nbqueue.disk.store import drop_store
 from tests import tasks_fixtures as fx
 
 pytestmark = [pytest.mark.timeout(120),
@@ -283,7 +285,8 @@ def test_a_worker_writes_for_its_host_without_a_warning(on_nfs):
 
 _SCRIPT = """
 import sys, warnings
-from nbqueue import filesystems, signing
+from nbqueue.disk import filesystems
+from nbqueue.disk import signing
 import nbqueue
 from tests import tasks_fixtures as fx
 store = sys.argv[1]
@@ -353,7 +356,8 @@ def test_info_shows_the_file_system_of_the_store(tmpfs):
 
 _INFO = """
 import sys
-from nbqueue import filesystems, signing
+from nbqueue.disk import filesystems
+from nbqueue.disk import signing
 from nbqueue.cli import main
 signing._filesystems[sys.argv[1]] = filesystems.classify(0xFF534D42, "cifs", "/mnt/share")
 sys.exit(main(["info", "--directory", sys.argv[1]]))
@@ -362,7 +366,8 @@ sys.exit(main(["info", "--directory", sys.argv[1]]))
 
 _CLUSTER = """
 import sys
-from nbqueue import filesystems, signing
+from nbqueue.disk import filesystems
+from nbqueue.disk import signing
 from nbqueue.cli import main
 signing._filesystems[sys.argv[1]] = filesystems.classify(0x47504653, "gpfs", "/gpfs")
 sys.exit(main(["cluster", "--directory", sys.argv[1], "--workers", "1"]))

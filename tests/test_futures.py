@@ -22,11 +22,11 @@ from nbqueue import (AsyncTask, TaskFailed, TaskFuture, as_completed, async_iter
 from nbqueue import futures as futures_module
 from nbqueue.control import cancel_tasks
 from nbqueue.errors import ConfigurationError, SignatureError
-from nbqueue.heartbeats import heartbeats
+from nbqueue.disk.heartbeats import heartbeats
 from nbqueue.models import Failure, Success
-from nbqueue.names import humanize
+from nbqueue.disk.names import humanize
 from nbqueue.sent import sent
-from nbqueue.store import Store
+from nbqueue.disk.store import Store
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from nbqueue.heartbeats import heartbeats
+from nbqueue.disk.heartbeats import heartbeats
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import pickle
 
 import cloudpickle
 
-from nbqueue.hooks import find_hook, keep_local_hook, local_hooks, run_hook
-from nbqueue.records import Header
+from nbqueue.worker.hooks import find_hook, keep_local_hook, local_hooks, run_hook
+from nbqueue.disk.records import Header
 
 
 def _header(task_id, hook_ref=None, hook_bytes=None):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from nbqueue import hosts, worker
+from nbqueue.disk import hosts
 
 
 def _dead_pid() -> int:
@@ -46,27 +46,27 @@ def test_begun_reads_the_slots_of_a_dead_hosts_own_folder(made, tmp_path):
     assert hosts.begun(cluster_id) is None  # no folder of it here: unknown
     path = made(cluster_id, str(tmp_path), _dead_pid())
     assert hosts.begun(cluster_id) == set()  # its workers began nothing
-    worker.Slot(os.path.join(path, str(_dead_pid()))).begin("row1.0")
-    worker.Slot(os.path.join(path, str(_dead_pid()))).begin("row1.1")
+    hosts.Slot(os.path.join(path, str(_dead_pid()))).begin("row1.0")
+    hosts.Slot(os.path.join(path, str(_dead_pid()))).begin("row1.1")
     assert hosts.begun(cluster_id) == {"row1.0", "row1.1"}
     # a cluster whose id starts alike is another one
     assert hosts.begun("c0ffee00" + "2" * 24) is None
     # a host whose workers do not note what they begin (dask): unknown
     other = "d0d0d0d0" + "3" * 24
     slot = os.path.join(made(other, str(tmp_path), _dead_pid(), slots=False), "103")
-    worker.Slot(slot).begin("x.0")
+    hosts.Slot(slot).begin("x.0")
     assert hosts.begun(other) is None
 
 
 def test_begun_is_unknown_while_the_host_or_a_worker_lives(made, tmp_path):
     """A live (stalled) host, or an orphaned worker about to exit, may begin more."""
     live = "abcabc00" + "4" * 24
-    worker.Slot(os.path.join(made(live, str(tmp_path)), str(_dead_pid()))).begin("r.0")
+    hosts.Slot(os.path.join(made(live, str(tmp_path)), str(_dead_pid()))).begin("r.0")
     assert hosts.begun(live) is None
     orphaned = "abcabc11" + "5" * 24
     path = made(orphaned, str(tmp_path), _dead_pid())
-    worker.Slot(os.path.join(path, str(_dead_pid()))).begin("r.1")
-    worker.Slot(os.path.join(path, str(os.getpid()))).begin("r.2")  # still alive
+    hosts.Slot(os.path.join(path, str(_dead_pid()))).begin("r.1")
+    hosts.Slot(os.path.join(path, str(os.getpid()))).begin("r.2")  # still alive
     assert hosts.begun(orphaned) is None
     os.unlink(os.path.join(path, str(os.getpid())))  # that worker is gone now
     assert hosts.begun(orphaned) == {"r.1"}
@@ -89,7 +89,7 @@ def test_sweep_removes_only_the_folders_of_dead_hosts_no_one_needs(made, tmp_pat
         "legacy": made(ids["legacy"], store, dead),  # no host file
         "foreign": made(ids["foreign"], store, dead),  # another user's
     }
-    worker.Slot(os.path.join(folders["orphan"], str(os.getpid())))
+    hosts.Slot(os.path.join(folders["orphan"], str(os.getpid())))
     os.unlink(os.path.join(folders["legacy"], hosts.HOST_FILE))
     for path in (folders["foreign"], os.path.join(folders["foreign"], hosts.HOST_FILE)):
         os.chown(path, 54321, 54321)
@@ -99,3 +99,29 @@ def test_sweep_removes_only_the_folders_of_dead_hosts_no_one_needs(made, tmp_pat
     assert left == {"holding", "live", "other", "orphan", "legacy", "foreign"}
     assert hosts.sweep(store, set()) >= 1  # its leases reaped: now it goes
     assert not os.path.exists(folders["holding"])
+
+
+def test_slot_roundtrip(tmp_path):
+    path = str(tmp_path / str(os.getpid()))
+    slot = hosts.Slot(path)
+    assert hosts.read_slot(path) is None
+    slot.mark("abc", 10.0, 20.0)
+    assert hosts.read_slot(path) == ("abc", 10.0, 20.0)
+    slot.clear()
+    assert hosts.read_slot(path) is None
+    assert hosts.read_slot(str(tmp_path / "missing")) is None
+
+
+def test_slot_notes_the_tasks_begun_in_a_ring(tmp_path):
+    path = str(tmp_path / str(os.getpid()))
+    slot = hosts.Slot(path)
+    assert hosts.read_begun(path) == set()
+    slot.begin("a1b2c3d4e5f6123.0")
+    slot.begin("a1b2c3d4e5f6123.1")
+    assert hosts.read_begun(path) == {"a1b2c3d4e5f6123.0", "a1b2c3d4e5f6123.1"}
+    slot.mark("abc", 10.0, 20.0)
+    assert hosts.read_slot(path) == ("abc", 10.0, 20.0)  # the slot is unchanged
+    for n in range(hosts.BEGUN):
+        slot.begin(f"{n:035d}")  # the longest token there is
+    assert hosts.read_begun(path) == {f"{n:035d}" for n in range(hosts.BEGUN)}
+    assert hosts.read_begun(str(tmp_path / "missing")) == set()

@@ -12,9 +12,9 @@ from concurrent.futures import Future
 import pytest
 
 from nbqueue import conf
-from nbqueue.leases import Lease
+from nbqueue.disk.leases import Lease
 from nbqueue.cluster.inflight import InFlight, Job
-from nbqueue.records import EMPTY_ARGS, Header, encode_header
+from nbqueue.disk.records import EMPTY_ARGS, Header, encode_header
 
 KEY = os.urandom(32)
 

@@ -8,8 +8,8 @@ import time
 import pytest
 
 import nbqueue
-from nbqueue import capture
-from nbqueue.heartbeats import heartbeats
+from nbqueue.worker import capture
+from nbqueue.disk.heartbeats import heartbeats
 from nbqueue.live import live_row, running
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for

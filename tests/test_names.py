@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from nbqueue.names import WORDS, humanize, new_task_id
+from nbqueue.disk.names import WORDS, humanize, new_task_id
 
 
 def test_words_are_256_unique():

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from nbqueue.errors import StoreError
-from nbqueue.outbox import OUTBOX_BYTES, RETRY_AFTER, WRITE_BYTES, Outbox
+from nbqueue.disk.outbox import OUTBOX_BYTES, RETRY_AFTER, WRITE_BYTES, Outbox
 
 
 class Sink:

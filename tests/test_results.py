@@ -10,7 +10,7 @@ import pytest
 import nbqueue
 from nbqueue import (async_iter, async_task, count_group, delete_cached, delete_group, fetch,
                      fetch_group, flush, queue_size, result, result_group)
-from nbqueue import store
+from nbqueue.disk import store
 from nbqueue.errors import ConfigurationError, WaitWarning
 from nbqueue.sent import sent
 

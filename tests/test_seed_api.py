@@ -27,11 +27,11 @@ import nbqueue
 from nbqueue import (AsyncTask, Failure, NoClusterWarning, Success, Task, TaskFunctionError,
                      async_iter, async_task, count_group, delete_cached, fetch, fetch_group,
                      get_broker, queue_size, result, result_group)
-from nbqueue.names import humanize
-from nbqueue.store import get_store
+from nbqueue.disk.names import humanize
+from nbqueue.disk.store import get_store
 
-from . import tasks_fixtures as fx
-from .waiting import wait_for
+from tests import tasks_fixtures as fx
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nbqueue import signing
+from nbqueue.disk import signing
 from nbqueue.errors import InsecureStoreError, SignatureError, StoreError, StoreGone
-from nbqueue.signing import (MAGIC, load_key, private_directory, sign,
+from nbqueue.disk.signing import (MAGIC, load_key, private_directory, sign,
                              verify)
 from tests.intruder import intruder  # noqa: F401 - a fixture
 
@@ -272,7 +272,7 @@ def test_processes_starting_together_share_one_whole_key(tmp_path):
     import sys
     directory = str(tmp_path / "store")
     os.makedirs(directory, mode=0o700)
-    code = ("import sys; from nbqueue import signing; "
+    code = ("import sys; from nbqueue.disk import signing; "
             "print(signing.load_key(sys.argv[1]).hex())")
     procs = [subprocess.Popen([sys.executable, "-c", code, directory],
                               stdout=subprocess.PIPE, text=True) for _ in range(12)]
@@ -422,8 +422,8 @@ def test_store_swapped_by_another_user_takes_no_task_and_gets_no_file(intruder):
     once the real store is back at its path, every task accepted is written and runs."""
     import nbqueue
     from nbqueue import Cluster, async_task, conf, result
-    from nbqueue.broker import drop_broker
-    from nbqueue.store import drop_store
+    from nbqueue.disk.broker import drop_broker
+    from nbqueue.disk.store import drop_store
     from tests import tasks_fixtures as fx
 
     store = os.path.join(intruder.parent, ".nbqueue")

@@ -12,7 +12,8 @@ import time
 import diskcache
 import pytest
 
-from nbqueue import signing, storage
+from nbqueue.disk import signing
+from nbqueue.disk import storage
 from nbqueue.errors import SignatureError, StoreError, StoreFileMissing
 
 
@@ -163,7 +164,7 @@ def test_a_value_replaced_while_it_is_read_is_read_again_not_an_error(part):
     import subprocess
     import sys
     code = ("import sys\n"
-            "from nbqueue import storage\n"
+            "from nbqueue.disk import storage\n"
             f"cache = storage.open_cache({part.directory!r})\n"
             "print('ready', flush=True)\n"
             "for i in range(400):\n"
@@ -350,7 +351,7 @@ def test_an_existing_part_opens_without_a_write(tmp_path):
 def test_a_link_to_arguments_that_fails_names_them_and_a_failed_write_leaves_no_file(part):
     """An argument file that cannot be linked (a folder in its place) is named by its path
     in the record stored; a transaction rolled back removes the value files it made."""
-    from nbqueue.blobs import Blob
+    from nbqueue.disk.blobs import Blob
     folder = os.path.join(os.path.dirname(part.directory), "blobs", "task-1")
     os.makedirs(folder)
     with part.disk.undone(), part.transact():

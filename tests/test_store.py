@@ -12,9 +12,9 @@ import cloudpickle
 import pytest
 
 from nbqueue.errors import SignatureError
-from nbqueue.names import humanize
-from nbqueue.records import decode_result as decode
-from nbqueue.store import PAGE, Part, Store, drop_store, get_store
+from nbqueue.disk.names import humanize
+from nbqueue.disk.records import decode_result as decode
+from nbqueue.disk.store import PAGE, Part, Store, drop_store, get_store
 
 
 def encode(value):

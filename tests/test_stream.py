@@ -13,11 +13,11 @@ import time
 
 import pytest
 
-from nbqueue.records import Outcome
-from nbqueue.signing import sign
-from nbqueue.stream import SOCKET, STREAM_DELAY, Collector, Sender, _LENGTH
+from nbqueue.disk.records import Outcome
+from nbqueue.disk.signing import sign
+from nbqueue.worker.stream import SOCKET, STREAM_DELAY, Collector, Sender, _LENGTH
 
-from .waiting import wait_for
+from tests.waiting import wait_for
 
 KEY = os.urandom(32)
 
@@ -74,8 +74,8 @@ def test_a_message_with_a_bad_signature_is_refused(collector, caplog):
 @pytest.mark.timeout(30)
 def test_drain_reads_a_dead_workers_connection_to_its_end(collector):
     code = ("import os, socket, sys, time\n"
-            "from nbqueue.records import Outcome\n"
-            "from nbqueue.stream import _frame\n"
+            "from nbqueue.disk.records import Outcome\n"
+            "from nbqueue.worker.stream import _frame\n"
             "key = bytes.fromhex(sys.argv[2])\n"
             "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
             "s.connect(sys.argv[1])\n"
@@ -99,7 +99,7 @@ def test_drain_reads_a_dead_workers_connection_to_its_end(collector):
 
 
 def test_the_frame_is_a_length_and_a_signed_payload():
-    from nbqueue.stream import _frame
+    from nbqueue.worker.stream import _frame
     frame = _frame(KEY, [_outcome("a")])
     (size,) = _LENGTH.unpack_from(frame)
     assert size == len(frame) - _LENGTH.size

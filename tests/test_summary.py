@@ -17,9 +17,9 @@ import pytest
 
 import nbqueue
 from nbqueue import MissingDependency, async_task
-from nbqueue.records import Header, Outcome, make_record
-from nbqueue.store import get_store
-from nbqueue.summary import FRAME_COLUMNS, MAX_BARS, GroupSummary, summary
+from nbqueue.disk.records import Header, Outcome, make_record
+from nbqueue.disk.store import get_store
+from nbqueue.display.summary import FRAME_COLUMNS, MAX_BARS, GroupSummary, summary
 from tests import tasks_fixtures as fx
 
 pytestmark = pytest.mark.timeout(90)
@@ -89,7 +89,7 @@ def test_empty_group_says_so(store_dir):
 def test_nbqueue_summary_stays_the_function():
     """``nbqueue.summary`` is the function, also once the module ``nbqueue.summary`` is
     imported (an import sets the package's attribute to the module)."""
-    module = importlib.import_module("nbqueue.summary")
+    module = importlib.import_module("nbqueue.display.summary")
     assert nbqueue.summary is module.summary is summary
 
 

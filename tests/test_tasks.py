@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import nbqueue
 from nbqueue import async_task, queue_size
 from nbqueue.errors import ConfigurationError, NoClusterWarning
-from nbqueue.records import decode_header
+from nbqueue.disk.records import decode_header
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.filterwarnings("ignore::nbqueue.errors.NoClusterWarning")]

@@ -10,7 +10,7 @@ import pytest
 
 import nbqueue
 from nbqueue import RemoteError, TaskTimeout, WorkerLost
-from nbqueue.tracebacks import (WithSources, describe, exception_from_text, origins,
+from nbqueue.worker.tracebacks import (WithSources, describe, exception_from_text, origins,
                                 pack_exception, unpack_exception, with_sources)
 from tests import tasks_fixtures as fx
 
@@ -131,7 +131,7 @@ def test_a_task_killed_on_its_timeout_has_a_task_timeout(cluster):
 
 
 def test_old_records_without_an_exception_read_from_their_text(store_dir):
-    from nbqueue.store import get_store
+    from nbqueue.disk.store import get_store
     task_id = nbqueue.async_task(fx.boom, "old", sync=True)
     store = get_store(store_dir)
     record = dict(store.saved.get(task_id))

@@ -13,7 +13,7 @@ import pytest
 
 import nbqueue
 from nbqueue import Failure, async_task, fetch
-from nbqueue.views import failing_line, format_seconds, short, task_html, task_line
+from nbqueue.display.views import failing_line, format_seconds, short, task_html, task_line
 from tests import tasks_fixtures as fx
 
 pytestmark = pytest.mark.timeout(60)

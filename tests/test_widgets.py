@@ -14,11 +14,12 @@ import pytest
 
 import nbqueue
 from nbqueue import AsyncTask, async_iter, async_task, count_group, result, result_group
-from nbqueue import widgets
-from nbqueue.running_view import (ROWS, elapsed_text, progress_text, running_note,
+from nbqueue.display import group_panel
+from nbqueue.display.running_view import (ROWS, elapsed_text, progress_text, running_note,
                                   tasks_html)
-from nbqueue.widgets import (RATE_WINDOW, ClusterPanel, GroupProgress, RateMeter, _clock,
-                             in_notebook)
+from nbqueue.display.cluster_panel import ClusterPanel
+from nbqueue.display.group_panel import (RATE_WINDOW, GroupProgress, RateMeter, _clock,
+                                        in_notebook)
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 
@@ -173,7 +174,7 @@ def test_panel_as_a_cells_last_line_shows_no_text_copy(cluster):
         from IPython.core.interactiveshell import InteractiveShell
         shell = InteractiveShell.instance()
         shell.run_cell("import nbqueue; nbqueue.configure(directory={cluster.directory!r})")
-        shell.run_cell("from nbqueue.widgets import GroupProgress")
+        shell.run_cell("from nbqueue.display.group_panel import GroupProgress")
         print("--widget--", flush=True)
         shell.run_cell("GroupProgress('cell', total=1, widget=True)")
         print("--bar--", flush=True)
@@ -387,7 +388,7 @@ def test_widget_panel_lists_running_tasks_and_the_selected_ones_output(cluster):
 
 def test_tqdm_bar_shows_a_running_message_read_about_once_a_second(cluster, monkeypatch):
     calls = []
-    real = widgets.running
+    real = group_panel.running
 
     def spy(group, broker=None):
         calls.append((threading.current_thread() is threading.main_thread(),

@@ -10,8 +10,9 @@ import time
 import cloudpickle
 import pytest
 
-from nbqueue.records import Item
 from nbqueue import worker
+from nbqueue.disk import hosts
+from nbqueue.disk.records import Item
 from nbqueue.errors import TaskFunctionError
 
 pytestmark = pytest.mark.timeout(30)
@@ -81,41 +82,15 @@ def test_swallowed_timeout_is_still_a_failure():
     assert not success and "timed out after 0.2 s" in text
 
 
-def test_slot_roundtrip(tmp_path):
-    path = str(tmp_path / str(os.getpid()))
-    slot = worker.Slot(path)
-    assert worker.read_slot(path) is None
-    slot.mark("abc", 10.0, 20.0)
-    assert worker.read_slot(path) == ("abc", 10.0, 20.0)
-    slot.clear()
-    assert worker.read_slot(path) is None
-    assert worker.read_slot(str(tmp_path / "missing")) is None
-
-
-def test_slot_notes_the_tasks_begun_in_a_ring(tmp_path):
-    path = str(tmp_path / str(os.getpid()))
-    slot = worker.Slot(path)
-    assert worker.read_begun(path) == set()
-    slot.begin("a1b2c3d4e5f6123.0")
-    slot.begin("a1b2c3d4e5f6123.1")
-    assert worker.read_begun(path) == {"a1b2c3d4e5f6123.0", "a1b2c3d4e5f6123.1"}
-    slot.mark("abc", 10.0, 20.0)
-    assert worker.read_slot(path) == ("abc", 10.0, 20.0)  # the slot is unchanged
-    for n in range(worker.BEGUN):
-        slot.begin(f"{n:035d}")  # the longest token there is
-    assert worker.read_begun(path) == {f"{n:035d}" for n in range(worker.BEGUN)}
-    assert worker.read_begun(str(tmp_path / "missing")) == set()
-
-
 def test_run_chunk_notes_each_task_it_begins(tmp_path):
     items = [_item("math.floor", 1.5)._replace(token="row1.0"),
              _item("math.floor", 2.5)._replace(token="row1.1")]
     worker.run_chunk(str(tmp_path), items)
-    assert worker.read_begun(str(tmp_path / str(os.getpid()))) == {"row1.0", "row1.1"}
+    assert hosts.read_begun(str(tmp_path / str(os.getpid()))) == {"row1.0", "row1.1"}
 
 
 def test_run_chunk_marks_slot_and_returns_outcomes(tmp_path):
     outcomes = worker.run_chunk(str(tmp_path), [_item("math.floor", 1.5), _item(os.getpid)])
     assert [o[1] for o in outcomes] == [True, True]
     assert pickle.loads(outcomes[1][2]) == os.getpid()
-    assert worker.read_slot(str(tmp_path / str(os.getpid()))) is None  # idle again
+    assert hosts.read_slot(str(tmp_path / str(os.getpid()))) is None  # idle again

@@ -44,22 +44,23 @@ import time
 import uuid
 from typing import Any, Protocol
 
-from .. import conf, hosts
-from ..blobs import clean_spill, sweep_arguments
-from ..broker import Broker, get_broker
-from ..errors import ClusterError, ConfigurationError
-from ..executors import EXECUTOR_OPTIONS, Executor, make_executor
-from ..heartbeats import heartbeats
-from ..storage import process_alive
-from ..store import get_store
-from ..stream import Collector
-from .cancels import Cancels
-from .deaths import Deaths
-from .feeder import Feeder
-from .inflight import InFlight
-from .monitor import Monitor
-from .serving import install_exit_hooks, serving, serving_lock, stop_all
-from .writer import HookRunner, Writer
+from nbqueue import conf
+from nbqueue.cluster.cancels import Cancels
+from nbqueue.cluster.deaths import Deaths
+from nbqueue.cluster.executors import EXECUTOR_OPTIONS, Executor, make_executor
+from nbqueue.cluster.feeder import Feeder
+from nbqueue.cluster.inflight import InFlight
+from nbqueue.cluster.monitor import Monitor
+from nbqueue.cluster.serving import install_exit_hooks, serving, serving_lock, stop_all
+from nbqueue.cluster.writer import HookRunner, Writer
+from nbqueue.disk import hosts
+from nbqueue.disk.blobs import clean_spill, sweep_arguments
+from nbqueue.disk.broker import Broker, get_broker
+from nbqueue.disk.heartbeats import heartbeats
+from nbqueue.disk.storage import process_alive
+from nbqueue.disk.store import get_store
+from nbqueue.errors import ClusterError, ConfigurationError
+from nbqueue.worker.stream import Collector
 
 log = logging.getLogger("nbqueue")
 
@@ -415,7 +416,8 @@ class Cluster:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         """In Jupyter, a live status panel with a stop button; plain text elsewhere."""
-        from ..widgets import ClusterPanel, in_notebook
+        from nbqueue.display.cluster_panel import ClusterPanel
+        from nbqueue.display.group_panel import in_notebook
 
         if not in_notebook():
             return {"text/plain": repr(self)}

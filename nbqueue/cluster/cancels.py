@@ -28,11 +28,11 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ..worker import CANCELLED_DIR, read_begun
-from .inflight import Job
+from nbqueue.cluster.inflight import Job
+from nbqueue.disk.hosts import CANCELLED_DIR, read_begun
 
 if TYPE_CHECKING:
-    from . import Cluster
+    from nbqueue.cluster import Cluster
 
 log = logging.getLogger("nbqueue")
 

@@ -17,8 +17,8 @@ import signal
 import threading
 import time
 
-from ..storage import process_alive
-from ..worker import read_slot
+from nbqueue.disk.hosts import read_slot
+from nbqueue.disk.storage import process_alive
 
 log = logging.getLogger("nbqueue")
 

@@ -15,16 +15,16 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from ..errors import SignatureError
-from ..leases import Lease
-from ..names import new_task_id
-from ..records import decode_header, refused_record
-from ..storage import store_trouble
-from .cancels import WHY
-from .inflight import Job
+from nbqueue.cluster.cancels import WHY
+from nbqueue.cluster.inflight import Job
+from nbqueue.disk.leases import Lease
+from nbqueue.disk.names import new_task_id
+from nbqueue.disk.records import decode_header, refused_record
+from nbqueue.disk.storage import store_trouble
+from nbqueue.errors import SignatureError
 
 if TYPE_CHECKING:
-    from . import Cluster
+    from nbqueue.cluster import Cluster
 
 log = logging.getLogger("nbqueue")
 

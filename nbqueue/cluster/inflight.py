@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from ..conf import Settings
-from ..leases import Lease
-from ..records import Header
+from nbqueue.conf import Settings
+from nbqueue.disk.leases import Lease
+from nbqueue.disk.records import Header
 
 
 @dataclass

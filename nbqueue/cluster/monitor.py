@@ -19,14 +19,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .. import signing
-from ..broker import drop_broker
-from ..errors import StoreGone
-from ..storage import store_trouble
-from ..store import drop_store
+from nbqueue.disk import signing
+from nbqueue.disk.broker import drop_broker
+from nbqueue.disk.storage import store_trouble
+from nbqueue.disk.store import drop_store
+from nbqueue.errors import StoreGone
 
 if TYPE_CHECKING:
-    from . import Cluster
+    from nbqueue.cluster import Cluster
 
 log = logging.getLogger("nbqueue")
 

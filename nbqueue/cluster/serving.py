@@ -16,7 +16,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from . import Cluster
+    from nbqueue.cluster import Cluster
 
 log = logging.getLogger("nbqueue")
 

@@ -18,19 +18,19 @@ import time
 from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING
 
-from ..blobs import Blob, discard
-from ..executors import BROKEN, WorkerLost
-from ..hooks import find_hook, run_hook
-from ..live import forget_live, live_row
-from ..models import Task
-from ..records import Outcome, Record, failure, make_record
-from ..storage import store_trouble
-from ..worker import failure_text
-from .cancels import WHY as CANCELLED
-from .inflight import Job
+from nbqueue.cluster.cancels import WHY as CANCELLED
+from nbqueue.cluster.executors import BROKEN, WorkerLost
+from nbqueue.cluster.inflight import Job
+from nbqueue.disk.blobs import Blob, discard
+from nbqueue.disk.records import Outcome, Record, failure, make_record
+from nbqueue.disk.storage import store_trouble
+from nbqueue.live import forget_live, live_row
+from nbqueue.models import Task
+from nbqueue.worker import failure_text
+from nbqueue.worker.hooks import find_hook, run_hook
 
 if TYPE_CHECKING:
-    from . import Cluster
+    from nbqueue.cluster import Cluster
 
 log = logging.getLogger("nbqueue")
 

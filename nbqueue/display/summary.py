@@ -16,11 +16,9 @@ from datetime import datetime
 from html import escape
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .broker import Broker, get_broker
-from .errors import MissingDependency, RemoteError
-from .models import Failure, Success, Task
-from .store import check_name, get_store
-from .views import (
+from nbqueue.disk.broker import Broker, get_broker
+from nbqueue.disk.store import check_name, get_store
+from nbqueue.display.views import (
     FAIL_COLOR,
     MUTED,
     OK_COLOR,
@@ -30,6 +28,8 @@ from .views import (
     safely,
     traceback_html,
 )
+from nbqueue.errors import MissingDependency, RemoteError
+from nbqueue.models import Failure, Success, Task
 
 if TYPE_CHECKING:
     import pandas

@@ -33,12 +33,12 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import blobs
-from .blobs import Blob
-from .errors import ConfigurationError, SignatureError, StoreFileMissing, WaitWarning
-from .records import Manifest, Record, is_record, iter_record
-from .signing import load_key, private_directory
-from .storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
+from nbqueue.disk import blobs
+from nbqueue.disk.blobs import Blob
+from nbqueue.disk.records import Manifest, Record, is_record, iter_record
+from nbqueue.disk.signing import load_key, private_directory
+from nbqueue.disk.storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
+from nbqueue.errors import ConfigurationError, SignatureError, StoreFileMissing, WaitWarning
 
 log = logging.getLogger("nbqueue")
 

@@ -32,8 +32,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .records import Outcome
-from .signing import sign, verify
+from nbqueue.disk.records import Outcome
+from nbqueue.disk.signing import sign, verify
 
 log = logging.getLogger("nbqueue")
 
@@ -214,6 +214,6 @@ class Collector:
 
 
 def _alive(pid: int) -> bool:
-    from .storage import process_alive
+    from nbqueue.disk.storage import process_alive
 
     return process_alive(pid)

@@ -37,10 +37,9 @@ from typing import Any
 
 import diskcache
 
-from . import blobs
-from .blobs import Blob
-from .errors import InsecureStoreError, SignatureError, StoreError, StoreFileMissing, StoreGone
-from .signing import (
+from nbqueue.disk import blobs
+from nbqueue.disk.blobs import Blob
+from nbqueue.disk.signing import (
     HEADER_SIZE,
     VALUE,
     anchor,
@@ -52,6 +51,13 @@ from .signing import (
     seal,
     sign,
     verify,
+)
+from nbqueue.errors import (
+    InsecureStoreError,
+    SignatureError,
+    StoreError,
+    StoreFileMissing,
+    StoreGone,
 )
 
 log = logging.getLogger("nbqueue")

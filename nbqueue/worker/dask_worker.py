@@ -11,9 +11,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .. import capture, worker
-from ..records import Item, Outcome
-from ..stream import SOCKET, Sender
+from nbqueue import worker
+from nbqueue.disk.records import Item, Outcome
+from nbqueue.worker import capture
+from nbqueue.worker.stream import SOCKET, Sender
 
 
 def run_on_dask(

@@ -22,11 +22,9 @@ reaper of its expired leases charges an attempt only to the tasks that began
 from __future__ import annotations
 
 import importlib
-import mmap
 import os
 import pickle
 import signal
-import struct
 import sys
 import threading
 import time
@@ -35,21 +33,24 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from . import blobs, capture
-from .errors import StoreError, StoreFileMissing, TaskCancelled, TaskFunctionError, TaskTimeout
-from .records import Item, Outcome
-from .signing import anchor, hosted, make_directory
-from .tracebacks import describe, pack_exception
+from nbqueue.disk import blobs
+from nbqueue.disk.hosts import CANCELLED_DIR, Slot
+from nbqueue.disk.records import Item, Outcome
+from nbqueue.disk.signing import anchor, hosted, make_directory
+from nbqueue.errors import (
+    StoreError,
+    StoreFileMissing,
+    TaskCancelled,
+    TaskFunctionError,
+    TaskTimeout,
+)
+from nbqueue.worker import capture
+from nbqueue.worker.tracebacks import describe, pack_exception
 
 if TYPE_CHECKING:  # imported where a stream is used: most workers never use one
-    from .stream import Sender
+    from nbqueue.worker.stream import Sender
 
 HOST_WATCH = 0.25  # seconds between checks that the cluster host is still alive
-CANCELLED_DIR = "cancelled"  # in the slot directory: a file per cancelled task id
-# seq (odd while writing), started, deadline (0 = none), task id
-SLOT = struct.Struct("<Qdd40s")
-BEGUN = 1024  # lease tokens of the tasks a worker began, kept in a ring after its slot
-TOKEN = struct.Struct("40s")  # one token of that ring, NUL-padded (a token is at most 35)
 
 _resolved: dict[str, Callable[..., Any]] = {}
 
@@ -115,68 +116,6 @@ class _Alarm:
     @staticmethod
     def cancel() -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-class Slot:
-    """This worker's shared-memory record of the task it runs (tier 2 of timeouts), and
-    of the last BEGUN tasks it began (for the reaper of a dead host's leases)."""
-
-    def __init__(self, path: str) -> None:
-        size = SLOT.size + BEGUN * TOKEN.size
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            os.ftruncate(fd, size)
-            self._map = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-        self._seq = 0
-        self._begun = 0  # tasks begun: the next one goes to entry _begun % BEGUN
-
-    def begin(self, token: str) -> None:
-        """Note that this worker begins the task of lease ``token`` (before anything of
-        it runs, its unpickling included)."""
-        TOKEN.pack_into(self._map, SLOT.size + self._begun % BEGUN * TOKEN.size, token.encode())
-        self._begun += 1
-
-    def mark(self, task_id: str, started: float, deadline: float) -> None:
-        self._seq += 1
-        SLOT.pack_into(self._map, 0, self._seq, started, deadline, task_id.encode())
-        self._seq += 1
-        struct.pack_into("<Q", self._map, 0, self._seq)
-
-    def clear(self) -> None:
-        self.mark("", 0.0, 0.0)
-
-
-def read_slot(path: str) -> tuple[str, float, float] | None:
-    """(task_id, started, deadline) of the task a worker runs now, or None when idle."""
-    try:
-        with open(path, "rb") as src:
-            for _ in range(3):
-                data = src.read(SLOT.size)
-                if len(data) < SLOT.size:
-                    return None
-                seq, started, deadline, raw = SLOT.unpack(data)
-                if seq % 2 == 0:
-                    task_id = raw.rstrip(b"\0").decode()
-                    return (task_id, started, deadline) if task_id else None
-                src.seek(0)
-    except OSError:
-        return None
-    return None
-
-
-def read_begun(path: str) -> set[str]:
-    """The lease tokens of the last BEGUN tasks the worker of slot ``path`` began."""
-    try:
-        with open(path, "rb") as src:
-            src.seek(SLOT.size)
-            data = src.read(BEGUN * TOKEN.size)
-    except OSError:
-        return set()
-    size = TOKEN.size
-    tokens = (data[i : i + size].rstrip(b"\0") for i in range(0, len(data) - size + 1, size))
-    return {token.decode("ascii", "replace") for token in tokens if token}
 
 
 _alarm = _Alarm()
@@ -322,7 +261,7 @@ def use_store(directory: str | None, host: int | None = None) -> None:
     if directory:
         hosted(directory)  # its host checked the store's file system
     if host is not None and directory and not _spill:
-        from .signing import load_key
+        from nbqueue.disk.signing import load_key
 
         make_directory(anchor(directory).fd, blobs.SPILL_DIR)  # in the store checked
         _spill.append((os.path.join(directory, blobs.SPILL_DIR), load_key(directory), host))
@@ -366,7 +305,7 @@ def _arguments(args: Any, task_id: str) -> tuple[tuple, dict]:
 def _read_arguments(blob: blobs.Blob, task_id: str) -> Any:
     """Large arguments the caller wrote to the store (``blobs.arguments``), checked
     against the key of the store that holds them, as those of task ``task_id``."""
-    from .signing import load_key
+    from nbqueue.disk.signing import load_key
 
     try:
         return blobs.read(
@@ -499,7 +438,7 @@ def _sender(slot_dir: str | None) -> Sender | None:
     if slot_dir is None or not _spill:
         return None
     if slot_dir not in _senders:
-        from .stream import SOCKET, Sender
+        from nbqueue.worker.stream import SOCKET, Sender
 
         try:
             _senders[slot_dir] = Sender(os.path.join(slot_dir, SOCKET), _spill[0][1])

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from .errors import StoreError, StoreSwapped
+from nbqueue.errors import StoreError, StoreSwapped
 
 FLUSH_DELAY = 0.002  # seconds the thread leaves a cluster of this process to lease first
 OUTBOX_BYTES = 8 << 20  # packages held at most; past it the caller writes first

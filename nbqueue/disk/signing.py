@@ -29,8 +29,9 @@ from typing import Any
 
 from blake3 import blake3
 
-from . import conf, filesystems
-from .errors import (
+from nbqueue import conf
+from nbqueue.disk import filesystems
+from nbqueue.errors import (
     InsecureStoreError,
     NetworkFileSystemWarning,
     SignatureError,

@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .errors import SignatureError
-from .leases import PENDING, ROW, read_index
-from .records import Header, decode_header
-from .storage import checked_get, read_all
+from nbqueue.disk.leases import PENDING, ROW, read_index
+from nbqueue.disk.records import Header, decode_header
+from nbqueue.disk.storage import checked_get, read_all
+from nbqueue.errors import SignatureError
 
 Match = Callable[[Header], bool]
 _CANCELS = "cancels"  # task id -> when its cancel was requested (leased tasks only)

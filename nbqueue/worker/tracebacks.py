@@ -28,8 +28,8 @@ import traceback
 import types
 from typing import Any
 
-from . import errors
-from .errors import RemoteError
+from nbqueue import errors
+from nbqueue.errors import RemoteError
 
 MAX_CHAIN = 16  # links of a __cause__/__context__ chain kept
 MAX_PICKLED = 1 << 20  # an exception pickled larger than this is kept as a RemoteError

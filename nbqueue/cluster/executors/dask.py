@@ -14,11 +14,12 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-from .. import blobs, worker
-from ..errors import ClusterError, ConfigurationError
-from ..signing import load_key
-from . import Executor, WorkerLost
-from .dask_worker import run_on_dask
+from nbqueue import worker
+from nbqueue.cluster.executors import Executor, WorkerLost
+from nbqueue.disk import blobs
+from nbqueue.disk.signing import load_key
+from nbqueue.errors import ClusterError, ConfigurationError
+from nbqueue.worker.dask_worker import run_on_dask
 
 log = logging.getLogger("nbqueue")
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Container, Iterable, Mapping
 from typing import Any, NamedTuple
 
-from .storage import UPSERT_OK, checked_get, upsert
+from nbqueue.disk.storage import UPSERT_OK, checked_get, upsert
 
 INDEX = "leases"
 PENDING = "pending"  # the number of packages waiting in the queue

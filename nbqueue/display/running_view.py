@@ -15,8 +15,8 @@ import threading
 from datetime import datetime, timezone
 from typing import Any
 
-from .live import record_status
-from .store import Part
+from nbqueue.disk.store import Part
+from nbqueue.live import record_status
 
 READ_EVERY = 1.0  # seconds between two reads of the running tasks (they scan lease rows)
 ROWS = 8  # running tasks listed; the others are counted ("and N more")

@@ -9,8 +9,8 @@ from typing import Any
 
 import cloudpickle
 
-from .records import Header
-from .worker import resolve
+from nbqueue.disk.records import Header
+from nbqueue.worker import resolve
 
 log = logging.getLogger("nbqueue")
 

@@ -4,7 +4,7 @@ Each cluster keeps its workers' slots, its outcome stream and its cancel markers
 folder of its own, ``nbqueue-<id8>-*``, with a ``host`` file naming the host's pid,
 the cluster and its store. The folder outlives a host killed with SIGKILL: the
 reaper of that host's expired leases reads in its slots which tasks the workers
-began (``worker.Slot.begin``), so that only those are charged an attempt; then the
+began (``Slot.begin``), so that only those are charged an attempt; then the
 folder is no longer needed and is swept, as are those a cluster start finds dead.
 """
 
@@ -12,20 +12,88 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import shutil
 import stat
+import struct
 import tempfile
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from .storage import process_alive
-from .worker import read_begun
+from nbqueue.disk.storage import process_alive
 
 log = logging.getLogger("nbqueue")
 
 PREFIX = "nbqueue-"
 HOST_FILE = "host"
+CANCELLED_DIR = "cancelled"  # in the slot directory: a file per cancelled task id
+# seq (odd while writing), started, deadline (0 = none), task id
+SLOT = struct.Struct("<Qdd40s")
+BEGUN = 1024  # lease tokens of the tasks a worker began, kept in a ring after its slot
+TOKEN = struct.Struct("40s")  # one token of that ring, NUL-padded (a token is at most 35)
+
+
+class Slot:
+    """This worker's shared-memory record of the task it runs (tier 2 of timeouts), and
+    of the last BEGUN tasks it began (for the reaper of a dead host's leases)."""
+
+    def __init__(self, path: str) -> None:
+        size = SLOT.size + BEGUN * TOKEN.size
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._seq = 0
+        self._begun = 0  # tasks begun: the next one goes to entry _begun % BEGUN
+
+    def begin(self, token: str) -> None:
+        """Note that this worker begins the task of lease ``token`` (before anything of
+        it runs, its unpickling included)."""
+        TOKEN.pack_into(self._map, SLOT.size + self._begun % BEGUN * TOKEN.size, token.encode())
+        self._begun += 1
+
+    def mark(self, task_id: str, started: float, deadline: float) -> None:
+        self._seq += 1
+        SLOT.pack_into(self._map, 0, self._seq, started, deadline, task_id.encode())
+        self._seq += 1
+        struct.pack_into("<Q", self._map, 0, self._seq)
+
+    def clear(self) -> None:
+        self.mark("", 0.0, 0.0)
+
+
+def read_slot(path: str) -> tuple[str, float, float] | None:
+    """(task_id, started, deadline) of the task a worker runs now, or None when idle."""
+    try:
+        with open(path, "rb") as src:
+            for _ in range(3):
+                data = src.read(SLOT.size)
+                if len(data) < SLOT.size:
+                    return None
+                seq, started, deadline, raw = SLOT.unpack(data)
+                if seq % 2 == 0:
+                    task_id = raw.rstrip(b"\0").decode()
+                    return (task_id, started, deadline) if task_id else None
+                src.seek(0)
+    except OSError:
+        return None
+    return None
+
+
+def read_begun(path: str) -> set[str]:
+    """The lease tokens of the last BEGUN tasks the worker of slot ``path`` began."""
+    try:
+        with open(path, "rb") as src:
+            src.seek(SLOT.size)
+            data = src.read(BEGUN * TOKEN.size)
+    except OSError:
+        return set()
+    size = TOKEN.size
+    tokens = (data[i : i + size].rstrip(b"\0") for i in range(0, len(data) - size + 1, size))
+    return {token.decode("ascii", "replace") for token in tokens if token}
 
 
 class Host(NamedTuple):

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from .storage import checked_get, checkpoint, open_cache
+from nbqueue.disk.storage import checked_get, checkpoint, open_cache
 
 _CLUSTER = "cluster:"
 _STOPPED = "stopped:"

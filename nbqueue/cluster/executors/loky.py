@@ -17,8 +17,9 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
-from .. import worker
-from . import BROKEN, Executor
+from nbqueue import worker
+from nbqueue.cluster.executors import BROKEN, Executor
+from nbqueue.disk import hosts
 
 AHEAD = 2  # chunks per worker in the loky pool: the one it runs and the next, ready
 
@@ -190,7 +191,7 @@ class LokyExecutor(Executor):
         for entry in os.scandir(self.slot_dir):
             if not entry.name.isdigit():  # the host file, the stream, cancel markers
                 continue
-            state = worker.read_slot(entry.path)
+            state = hosts.read_slot(entry.path)
             if state is not None:
                 states.append((state[0], state[1], state[2], int(entry.name)))
         return states

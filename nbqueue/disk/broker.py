@@ -35,14 +35,15 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from . import conf, hosts, leases, search
-from .doorbell import Bells, Doorbell
-from .errors import SignatureError, StoreError
-from .heartbeats import drop_heartbeats
-from .leases import INDEX, PENDING, ROW, Lease
-from .outbox import Outbox
-from .signing import anchor, forget_key, load_key, private_directory
-from .storage import UPSERT_OK, checkpoint, open_cache, upsert, writing
+from nbqueue import conf
+from nbqueue.disk import hosts, leases, search
+from nbqueue.disk.doorbell import Bells, Doorbell
+from nbqueue.disk.heartbeats import drop_heartbeats
+from nbqueue.disk.leases import INDEX, PENDING, ROW, Lease
+from nbqueue.disk.outbox import Outbox
+from nbqueue.disk.signing import anchor, forget_key, load_key, private_directory
+from nbqueue.disk.storage import UPSERT_OK, checkpoint, open_cache, upsert, writing
+from nbqueue.errors import SignatureError, StoreError
 
 log = logging.getLogger("nbqueue")
 

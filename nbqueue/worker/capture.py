@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any
 
-from .errors import ConfigurationError
+from nbqueue.errors import ConfigurationError
 
 LIMIT = 64 * 1024  # characters of output kept per task: the last ones
 LIVE_AFTER = 0.5  # seconds a task runs before it gets a live row
@@ -300,7 +300,7 @@ class LiveRows:
             }
             try:
                 if self._state is None:
-                    from .heartbeats import heartbeats
+                    from nbqueue.disk.heartbeats import heartbeats
 
                     self._state = heartbeats(self.directory).state
                 self._state.set(LIVE + capture.task_id, row, expire=LIVE_TTL, retry=True)

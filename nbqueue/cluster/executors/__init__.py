@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from ..errors import ConfigurationError
+from nbqueue.errors import ConfigurationError
 
 
 class WorkerLost(Exception):
@@ -135,11 +135,11 @@ def make_executor(
             f"it takes {list(EXECUTOR_OPTIONS[name]) or 'none'}"
         )
     if name == "loky":
-        from .loky import LokyExecutor
+        from nbqueue.cluster.executors.loky import LokyExecutor
 
         return LokyExecutor(workers, slot_dir, max_rss)
     if name == "dask":
-        from .dask import DaskExecutor
+        from nbqueue.cluster.executors.dask import DaskExecutor
 
         return DaskExecutor(workers, slot_dir, max_rss, **options)
     raise ConfigurationError(

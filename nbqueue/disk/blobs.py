@@ -34,11 +34,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, SupportsIndex
 
-from .errors import SignatureError, StoreFileMissing
-from .signing import HEADER_SIZE, check_parts, context, create_file, seal, seal_parts
+from nbqueue.disk.signing import HEADER_SIZE, check_parts, context, create_file, seal, seal_parts
+from nbqueue.errors import SignatureError, StoreFileMissing
 
 if TYPE_CHECKING:  # records imports this module
-    from .records import Record
+    from nbqueue.disk.records import Record
 
 LARGE = 1 << 20  # pickled arguments or results this large go to a file of their own
 SPILL_DIR = "spill"

@@ -24,9 +24,9 @@ import pickle
 import time
 from typing import Any, NamedTuple, TypedDict, TypeGuard
 
-from .blobs import Frames
-from .errors import SignatureError
-from .signing import sign, verify
+from nbqueue.disk.blobs import Frames
+from nbqueue.disk.signing import sign, verify
+from nbqueue.errors import SignatureError
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 EMPTY_ARGS = pickle.dumps(((), {}), protocol=PROTOCOL)
