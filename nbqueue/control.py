@@ -33,7 +33,7 @@ from nbqueue.disk.records import (
 from nbqueue.disk.store import Part, Store, get_store
 from nbqueue.errors import ConfigurationError, TaskStillRunning
 from nbqueue.models import Task
-from nbqueue.worker.hooks import find_hook, run_hook
+from nbqueue.worker.callables import find_hook, run_hook
 
 CANCELLED = "TaskCancelled: the task was cancelled with nbqueue.cancel before it started"
 CANCEL_WAIT = 5000  # ms cancel waits for a cluster to store the outcome of a leased task

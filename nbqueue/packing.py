@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,8 +24,7 @@ from nbqueue.disk.records import Header, encode_header
 from nbqueue.disk.storage import writing
 from nbqueue.errors import ConfigurationError, PackingError
 from nbqueue.sent import sent
-from nbqueue.worker import resolve
-from nbqueue.worker.hooks import keep_local_hook
+from nbqueue.worker.callables import check_callable, dotted_path, keep_local_hook
 from nbqueue.worker.tracebacks import WithSources
 
 OPTIONS = (
@@ -43,30 +41,6 @@ OPTIONS = (
     "reuse",
     "q_options",
 )
-
-
-def callable_name(func: Callable[..., Any]) -> str:
-    module = getattr(func, "__module__", None) or "?"
-    qualname = getattr(func, "__qualname__", None) or type(func).__name__
-    return f"{module}.{qualname}"
-
-
-def check_callable(what: str, value: Any, strict: bool = True) -> tuple[str, str | None]:
-    """(display name, dotted path or None) of a function or hook given by the user.
-
-    ``strict=False`` (a ``sync=True`` task function) leaves an unresolvable dotted path
-    to the run, which stores it as a Failure, as the reference text shows.
-    """
-    if isinstance(value, str):
-        if strict:
-            resolve(value)  # raises TaskFunctionError at the call, not later in a worker
-        return value, value
-    if callable(value):
-        return callable_name(value), None
-    raise TypeError(
-        f"{what} must be a callable or a dotted path string like "
-        f"'math.floor', got {type(value).__name__}"
-    )
 
 
 def _pickle(what: str, value: Any) -> bytes:
@@ -195,31 +169,11 @@ def function_of(func: Any, options: dict[str, Any]) -> tuple[str, str | None, by
     """(display name, dotted path, pickled function) of a task function, checked."""
     func_name, func_ref = check_callable("the task function", func, strict=not options["sync"])
     if func_ref is None:
-        func_ref = _reference(func)
+        func_ref = dotted_path(func)
     if func_ref is not None:
         return func_name, func_ref, None
     # with where its code comes from, for tracebacks with file names and cell lines
     return func_name, None, _pickle("the task function", WithSources(func))
-
-
-def _reference(func: Any) -> str | None:
-    """The dotted path of a top-level function of an importable module, which cloudpickle
-    would pickle by reference anyway: shipping the path saves cloudpickle's work on every
-    call."""
-    module = getattr(func, "__module__", None)
-    name = getattr(func, "__qualname__", None)
-    if (
-        not isinstance(module, str)
-        or not isinstance(name, str)
-        or module == "__main__"
-        or not name.isidentifier()
-        or getattr(sys.modules.get(module), name, None) is not func
-    ):
-        return None
-    by_value = cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES  # register_pickle_by_value
-    if any(module == m or module.startswith(m + ".") for m in by_value):
-        return None
-    return f"{module}.{name}"
 
 
 def make_package(

@@ -14,11 +14,11 @@ from typing import Any
 
 from nbqueue.disk.broker import Broker, get_broker
 from nbqueue.disk.heartbeats import heartbeats
+from nbqueue.disk.signing import serving
 from nbqueue.disk.store import Part, Store, get_store
 from nbqueue.errors import ConfigurationError, StoreError
 from nbqueue.models import Task, group_count, group_results
 from nbqueue.sent import sent
-from nbqueue.worker import serving
 
 
 def _store(broker: Broker | None = None) -> Store:

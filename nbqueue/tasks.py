@@ -23,8 +23,6 @@ from nbqueue.errors import ConfigurationError, NoClusterWarning
 from nbqueue.futures import future
 from nbqueue.models import Task
 from nbqueue.packing import (
-    callable_name,
-    check_callable,
     checked_options,
     function_of,
     make_package,
@@ -34,8 +32,14 @@ from nbqueue.packing import (
 from nbqueue.results import fetch, fetch_group, no_cluster_advice, result, result_group
 from nbqueue.sent import Sent, sent
 from nbqueue.worker import execute
+from nbqueue.worker.callables import (
+    callable_name,
+    check_callable,
+    find_hook,
+    forget_local_hook,
+    run_hook,
+)
 from nbqueue.worker.capture import inline_capture
-from nbqueue.worker.hooks import find_hook, forget_local_hook, run_hook
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from nbqueue import (AsyncTask, Cluster, async_iter, async_task, count_group, fe
                      fetch_group, get_broker, queue_size, result, result_group)
 from nbqueue.errors import (ConfigurationError, NoClusterWarning, PackingError,
                             TaskFunctionError)
-from nbqueue.worker.hooks import local_hooks
+from nbqueue.worker.callables import local_hooks
 from nbqueue.disk.store import get_store
 from tests import stopping
 from tests import tasks_fixtures as fx

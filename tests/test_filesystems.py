@@ -177,6 +177,7 @@ def on_nfs(tmp_path):
     signing._filesystems.pop(store, None)
     signing._warned.discard(store)
     signing._hosted.discard(store)
+    signing._serving.clear()
 
 
 def _make_store(store: str) -> tuple[str, str]:

@@ -379,6 +379,25 @@ def test_values_of_stores_of_earlier_versions_are_still_read_bound_to_nothing():
             verify(KEY, bytes(tampered))
 
 
+# -- the store a worker serves ---------------------------------------------------------------
+
+
+def test_a_worker_serves_the_store_its_host_named_last(tmp_path):
+    """``hosted`` is what makes a process a worker of a store: ``serving`` names that store
+    (a wait for a task of it, in one of its tasks, may wait for itself)."""
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    before = list(signing._serving)  # empty unless an in-process dask worker ran here
+    try:
+        signing.hosted(first)
+        assert signing.serving() == first
+        signing.hosted(second)
+        assert signing.serving() == second
+        assert {first, second} <= signing._hosted  # it writes both as their host does
+    finally:
+        signing._hosted.difference_update((first, second))
+        signing._serving[:] = before
+
+
 # -- the store directory as it was checked ---------------------------------------------------
 
 

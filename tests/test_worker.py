@@ -1,4 +1,4 @@
-"""The code that runs a task: dotted paths, outcomes, failure text, timeouts, slots."""
+"""The code that runs a task: outcomes, failure text, timeouts, slots."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 from nbqueue import worker
 from nbqueue.disk import hosts
 from nbqueue.disk.records import Item
-from nbqueue.errors import TaskFunctionError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -23,22 +22,6 @@ def _item(func, *args, timeout=None, **kwargs):
     blob = None if ref else cloudpickle.dumps(func)
     return Item("6f1d3c3e-0000-4000-8000-000000000000", ref, blob,
                 cloudpickle.dumps((args, kwargs)), timeout)
-
-
-def test_resolve_dotted_paths():
-    import math
-    import os.path
-    assert worker.resolve("math.floor") is math.floor
-    assert worker.resolve("os.path.join") is os.path.join
-    assert worker.resolve("collections.OrderedDict.fromkeys")
-    with pytest.raises(TaskFunctionError, match="No module named 'my'"):
-        worker.resolve("my.buggy.code")
-    with pytest.raises(TaskFunctionError, match="has no attribute"):
-        worker.resolve("math.nope")
-    with pytest.raises(TaskFunctionError, match="not callable"):
-        worker.resolve("math.pi")
-    with pytest.raises(TaskFunctionError, match="not a dotted path"):
-        worker.resolve("floor")
 
 
 def test_execute_success_pickles_the_value():

@@ -27,7 +27,7 @@ from nbqueue.disk.storage import store_trouble
 from nbqueue.live import forget_live, live_row
 from nbqueue.models import Task
 from nbqueue.worker import failure_text
-from nbqueue.worker.hooks import find_hook, run_hook
+from nbqueue.worker.callables import find_hook, run_hook
 
 if TYPE_CHECKING:
     from nbqueue.cluster import Cluster

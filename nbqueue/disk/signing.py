@@ -209,6 +209,7 @@ _anchors_lock = threading.Lock()
 _filesystems: dict[str, filesystems.FileSystem] = {}  # detected once per directory
 _warned: set[str] = set()  # directories whose file system this process warned about
 _hosted: set[str] = set()  # directories written for a cluster host (``hosted``)
+_serving: list[str] = []  # the last of them: the store whose tasks this process runs
 
 
 def hosted(directory: str) -> None:
@@ -217,6 +218,12 @@ def hosted(directory: str) -> None:
     tasks), with no warning of its own. The host leased those tasks: a write to the
     store that its file system was checked for."""
     _hosted.add(directory)
+    _serving[:] = [directory]
+
+
+def serving() -> str | None:
+    """The store directory whose tasks this process runs (a worker), or None."""
+    return _serving[0] if _serving else None
 
 
 def _filesystem(path: str) -> filesystems.FileSystem:

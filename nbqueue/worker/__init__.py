@@ -1,7 +1,8 @@
 """What runs a task: inside a loky worker process, or inline for ``sync=True``.
 
 This module is shipped to worker processes, so it imports nothing heavy, and of
-nbqueue only what a task's run needs: errors, records, capture and tracebacks.
+nbqueue only what a task's run needs: errors, records, callables, capture and
+tracebacks.
 
 Timeouts are a small arm/cancel strategy in two tiers:
 
@@ -21,7 +22,6 @@ reaper of its expired leases charges an attempt only to the tasks that began
 
 from __future__ import annotations
 
-import importlib
 import os
 import pickle
 import signal
@@ -36,56 +36,21 @@ import cloudpickle
 from nbqueue.disk import blobs
 from nbqueue.disk.hosts import CANCELLED_DIR, Slot
 from nbqueue.disk.records import Item, Outcome
-from nbqueue.disk.signing import anchor, hosted, make_directory
+from nbqueue.disk.signing import anchor, hosted, make_directory, serving
 from nbqueue.errors import (
     StoreError,
     StoreFileMissing,
     TaskCancelled,
-    TaskFunctionError,
     TaskTimeout,
 )
 from nbqueue.worker import capture
+from nbqueue.worker.callables import resolve
 from nbqueue.worker.tracebacks import describe, pack_exception
 
 if TYPE_CHECKING:  # imported where a stream is used: most workers never use one
     from nbqueue.worker.stream import Sender
 
 HOST_WATCH = 0.25  # seconds between checks that the cluster host is still alive
-
-_resolved: dict[str, Callable[..., Any]] = {}
-
-
-def resolve(path: str) -> Callable[..., Any]:
-    """The callable named by a dotted path like ``"math.copysign"``.
-
-    Raises TaskFunctionError (an ImportError) saying what did not resolve.
-    """
-    func = _resolved.get(path)
-    if func is not None:
-        return func
-    parts = path.split(".")
-    if len(parts) < 2 or not all(p.isidentifier() for p in parts):
-        raise TaskFunctionError(f"{path!r} is not a dotted path like 'package.module.function'")
-    error: Exception | None = None
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            obj: Any = importlib.import_module(".".join(parts[:cut]))
-        except ModuleNotFoundError as exc:
-            if error is None:
-                error = exc
-            continue
-        try:
-            for attr in parts[cut:]:
-                obj = getattr(obj, attr)
-        except AttributeError as exc:
-            raise TaskFunctionError(f"cannot resolve {path!r}: {exc}") from None
-        if not callable(obj):
-            raise TaskFunctionError(
-                f"{path!r} resolves to a {type(obj).__name__}, which is not callable"
-            )
-        _resolved[path] = obj
-        return obj
-    raise TaskFunctionError(f"cannot resolve {path!r}: {error}")
 
 
 def failure_text(exc: BaseException) -> str:
@@ -242,9 +207,6 @@ def rss_kilobytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-_serving: list[str] = []  # the store directory whose tasks this process runs, if any
-
-
 _spill: list[tuple[str, bytes, int]] = []  # (spill directory, key, host pid), if any
 
 
@@ -258,16 +220,17 @@ def use_store(directory: str | None, host: int | None = None) -> None:
     host, and only its name goes back through the executor (a worker killed while it
     sent a large result through loky's pipe left the cluster's reader waiting for the
     rest for good: the other workers hold the pipe open)."""
-    if directory:
-        hosted(directory)  # its host checked the store's file system
-    if host is not None and directory and not _spill:
+    if not directory:
+        return
+    served = serving() == directory
+    hosted(directory)  # its host checked the store's file system
+    if host is not None and not _spill:
         from nbqueue.disk.signing import load_key
 
         make_directory(anchor(directory).fd, blobs.SPILL_DIR)  # in the store checked
         _spill.append((os.path.join(directory, blobs.SPILL_DIR), load_key(directory), host))
-    if not directory or _serving == [directory]:
+    if served:
         return
-    _serving[:] = [directory]
     os.environ["NBQUEUE_DIRECTORY"] = directory
     conf = sys.modules.get("nbqueue.conf")
     if conf is not None:  # already read: read the environment again
@@ -277,11 +240,6 @@ def use_store(directory: str | None, host: int | None = None) -> None:
 def store_key() -> bytes | None:
     """The key of the store whose large results this process spills, if it does."""
     return _spill[0][1] if _spill else None
-
-
-def serving() -> str | None:
-    """The store directory whose tasks this process runs (a worker), or None."""
-    return _serving[0] if _serving else None
 
 
 def spill(task_id: str, blob: Any) -> blobs.Blob | bytes:
