@@ -58,6 +58,7 @@ import cloudpickle
 
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.store import Part, get_store
+from nbqueue.options import TaskOptions
 
 SENDING = 5.0  # seconds a task sent may take to reach the queue from its sender's outbox
 KEYED_OPTIONS = ("group", "save", "cached", "timeout", "ack_failure", "max_attempts", "task_name")
@@ -70,7 +71,7 @@ _BY_VALUE = b"cloudpickle"  # in every pickle of something cloudpickle ships by 
 def call_key(
     func: Any,
     function: tuple[str, str | None, bytes | None],
-    options: dict[str, Any],
+    options: TaskOptions,
     hook_name: str | None,
     arguments: Iterable[tuple[tuple, dict, bytes]],
     of_iter: bool = False,
@@ -91,7 +92,7 @@ def call_key(
         add(func_bytes if _BY_VALUE not in func_bytes else _canonical(func, func_bytes))
     add(
         pickle.dumps(
-            (tuple(options.get(name) for name in KEYED_OPTIONS), hook_name, of_iter),
+            (tuple(getattr(options, name) for name in KEYED_OPTIONS), hook_name, of_iter),
             protocol=pickle.HIGHEST_PROTOCOL,
         )
     )

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, TimeoutError
 from concurrent.futures import wait as wait_futures
+from dataclasses import replace
 from typing import Any, cast
 
 from nbqueue import conf
@@ -28,7 +29,8 @@ from nbqueue.disk.store import Part, Store, get_store
 from nbqueue.errors import ConfigurationError, TaskFailed
 from nbqueue.futures import POLL_MAX, POLL_MIN, TaskFuture, as_task, future
 from nbqueue.models import Failure, Task
-from nbqueue.packing import checked_options, function_of, make_package, split_options
+from nbqueue.options import TaskOptions
+from nbqueue.packing import function_of, make_package
 from nbqueue.sent import sent
 from nbqueue.tasks import run_inline, warn_if_unserved
 
@@ -280,21 +282,21 @@ def map(
     _check_flag("ordered", ordered)
     _check_flag("progress", progress)
     settings = conf.settings()
-    options = checked_options(split_options(kwargs), settings)
-    if options.get("save") is False:
+    options = TaskOptions.take(kwargs, settings)
+    if options.save is False:
         raise ConfigurationError(
             "map reads every result back from the store, so it cannot "
             "take save=False; use async_task with a hook for that"
         )
-    broker = options["broker"]
-    group = options.get("group") or f"map-{uuid.uuid4()}"
-    options = dict(options, group=group)
-    cached = bool(options["cached"])
+    broker = options.broker
+    group = options.group or f"map-{uuid.uuid4()}"
+    options = replace(options, group=group)
+    cached = bool(options.cached)
     function = function_of(func, options)  # checked and pickled once for all the items
     headers, packages = [], []
     for item in iterable:
         args = item if isinstance(item, tuple) else (item,)
-        header, package = make_package(func, args, dict(kwargs), options, broker, function)
+        header, package = make_package(func, args, dict(kwargs), options, function)
         headers.append(header)
         packages.append(package)
     memo = sent(broker.directory)
@@ -305,7 +307,7 @@ def map(
         from nbqueue.display.group_panel import GroupProgress
 
         panel = GroupProgress(group, len(headers), cached, broker)
-    if options["sync"]:
+    if options.sync:
         for header, package in zip(headers, packages, strict=False):
             run_inline(header, func, broker, settings, package)
     elif packages:

@@ -1,9 +1,9 @@
-"""What a task becomes before it is queued: its options checked, its function and
-arguments pickled, and its signed ``Header``.
+"""What a task becomes before it is queued: its function and arguments pickled, and its
+signed ``Header``, made of its ``TaskOptions``.
 
-Every ``async_task`` goes through here, so only the options a call was given are
-checked, plain arguments are pickled with ``pickle`` (cloudpickle's hooks cost many
-times more), and a function of an importable module travels by its dotted path.
+Every ``async_task`` goes through here, so plain arguments are pickled with ``pickle``
+(cloudpickle's hooks cost many times more), and a function of an importable module
+travels by its dotted path.
 """
 
 from __future__ import annotations
@@ -11,36 +11,20 @@ from __future__ import annotations
 import os
 import pickle
 import time
-from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 
-from nbqueue import conf
 from nbqueue.disk import blobs
-from nbqueue.disk.broker import Broker, get_broker
+from nbqueue.disk.broker import Broker
 from nbqueue.disk.names import new_task_id
 from nbqueue.disk.records import Header, encode_header
 from nbqueue.disk.storage import writing
-from nbqueue.errors import ConfigurationError, PackingError
+from nbqueue.errors import PackingError
+from nbqueue.options import TaskOptions
 from nbqueue.sent import sent
 from nbqueue.worker.callables import check_callable, dotted_path, keep_local_hook
 from nbqueue.worker.tracebacks import WithSources
-
-OPTIONS = (
-    "hook",
-    "group",
-    "save",
-    "timeout",
-    "ack_failure",
-    "sync",
-    "cached",
-    "broker",
-    "task_name",
-    "max_attempts",
-    "reuse",
-    "q_options",
-)
 
 
 def _pickle(what: str, value: Any) -> bytes:
@@ -91,83 +75,9 @@ def _framed(args: tuple, kwargs: dict) -> list[Any]:
         raise
 
 
-def split_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Take the options out of ``kwargs``; q_options, when given, is the only source."""
-    if "q_options" in kwargs:
-        options = kwargs.pop("q_options")
-        if options is None:
-            options = {}
-        if not isinstance(options, dict):
-            raise ConfigurationError(
-                f"q_options must be a dict of options, got {type(options).__name__}"
-            )
-        unknown = sorted(set(options) - set(OPTIONS[:-1]))
-        if unknown:
-            raise ConfigurationError(
-                f"unknown option(s) in q_options: {', '.join(unknown)}; "
-                f"the options are: {', '.join(OPTIONS[:-1])}"
-            )
-        return dict(options)
-    return {name: kwargs.pop(name) for name in OPTIONS if name in kwargs}
-
-
-def _check_group(name: str, value: Any) -> None:
-    if not isinstance(value, str):
-        raise ConfigurationError(f"option 'group' must be a string, got {value!r}")
-
-
-def _check_task_name(name: str, value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"option 'task_name' must be a non-empty string, got {value!r}")
-
-
-def _check_flag(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"option {name!r} must be True, False or None, got {value!r}")
-
-
-def _check_broker(name: str, value: Any) -> None:
-    if not isinstance(value, Broker):
-        raise ConfigurationError(
-            f"option 'broker' must come from get_broker(), got {type(value).__name__}"
-        )
-
-
-_CHECKS: dict[str, Callable[[str, Any], None]] = {
-    "group": _check_group,
-    "task_name": _check_task_name,
-    "save": _check_flag,
-    "ack_failure": _check_flag,
-    "sync": _check_flag,
-    "timeout": conf.check_timeout,
-    "cached": conf.check_cached,
-    "max_attempts": conf.check_max_attempts,
-    "broker": _check_broker,
-    "hook": lambda name, value: None,
-    "reuse": _check_flag,
-}
-
-
-def checked_options(options: dict[str, Any], settings: conf.Settings) -> dict[str, Any]:
-    """Validate per-task options (a fresh dict, completed in place) and fill in defaults.
-    Only the options given are checked: async_task's hot path."""
-    for name, value in options.items():
-        if value is not None:
-            _CHECKS[name](name, value)
-    if options.get("cached") is None:
-        options["cached"] = settings.cached
-    if options.get("sync") is None:
-        options["sync"] = settings.sync
-    if settings.reuse and options.get("reuse") is None:
-        options["reuse"] = True
-    if options.get("broker") is None:
-        options["broker"] = get_broker()
-    return options
-
-
-def function_of(func: Any, options: dict[str, Any]) -> tuple[str, str | None, bytes | None]:
+def function_of(func: Any, options: TaskOptions) -> tuple[str, str | None, bytes | None]:
     """(display name, dotted path, pickled function) of a task function, checked."""
-    func_name, func_ref = check_callable("the task function", func, strict=not options["sync"])
+    func_name, func_ref = check_callable("the task function", func, strict=not options.sync)
     if func_ref is None:
         func_ref = dotted_path(func)
     if func_ref is not None:
@@ -180,21 +90,21 @@ def make_package(
     func: Any,
     args: tuple,
     kwargs: dict,
-    options: dict[str, Any],
-    broker: Broker,
+    options: TaskOptions,
     function: tuple[str, str | None, bytes | None] | None = None,
     arguments: bytes | None = None,
 ) -> tuple[Header, bytes]:
     """The header and signed package of one task (``function``: ``function_of``'s answer,
     when many tasks share the function, as in ``async_iter``; ``arguments``: the pickled
     arguments, when made already)."""
+    broker = options.broker
     func_name, func_ref, func_bytes = function or function_of(func, options)
-    hook = options.get("hook")
+    hook = options.hook
     hook_name = hook_ref = hook_bytes = None
     if hook is not None:
         hook_name, hook_ref = check_callable("option 'hook'", hook)
     task_id, name = new_task_id()
-    queued = not options["sync"]  # large arguments of a queued task: a file, see ``blobs``
+    queued = not options.sync  # large arguments of a queued task: a file, see ``blobs``
     packed: bytes | blobs.Blob  # the arguments, or the file they were written to
     if queued and arguments is None and blobs.large_call(args, kwargs):
         packed = _to_file(broker, task_id, _framed(args, kwargs))
@@ -208,13 +118,13 @@ def make_package(
         # A cluster of this process calls this very object, whenever it starts; a copy
         # goes with the package for a cluster in another process.
         keep_local_hook(task_id, hook)
-        if not (broker.has_local_consumer or options["sync"]):
+        if not (broker.has_local_consumer or options.sync):
             hook_bytes = _pickle("option 'hook'", hook)
-    if options.get("save") is False or options["cached"]:
-        sent(broker.directory).remember(task_id, "cached" if options["cached"] else "unsaved")
+    if options.save is False or options.cached:
+        sent(broker.directory).remember(task_id, "cached" if options.cached else "unsaved")
     header = Header(
         task_id,
-        options.get("task_name") or name,
+        options.task_name or name,
         func_name,
         func_ref,
         func_bytes,
@@ -222,13 +132,13 @@ def make_package(
         hook_name,
         hook_ref,
         hook_bytes,
-        options.get("group"),
-        options.get("save"),
-        options["cached"],
-        options.get("timeout"),
-        options.get("ack_failure"),
-        options.get("max_attempts"),
+        options.group,
+        options.save,
+        options.cached,
+        options.timeout,
+        options.ack_failure,
+        options.max_attempts,
         time.time(),
-        options.get("iter"),
+        options.iter,
     )
     return header, encode_header(broker.key, header)

@@ -13,6 +13,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, Generic, TypeVar, overload
 
 from nbqueue import calls, conf
@@ -22,12 +23,11 @@ from nbqueue.disk.store import get_store
 from nbqueue.errors import ConfigurationError, NoClusterWarning
 from nbqueue.futures import future
 from nbqueue.models import Task
+from nbqueue.options import OPTION_NAMES, TaskOptions
 from nbqueue.packing import (
-    checked_options,
     function_of,
     make_package,
     pickle_arguments,
-    split_options,
 )
 from nbqueue.results import fetch, fetch_group, no_cluster_advice, result, result_group
 from nbqueue.sent import Sent, sent
@@ -111,19 +111,19 @@ def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str
     Raises TaskFunctionError for a dotted path that does not resolve, PackingError for
     arguments that cannot be pickled, ConfigurationError for a bad option, at the call.
     """
-    options = checked_options(split_options(kwargs), conf.settings())
-    broker = options["broker"]
-    if options.get("reuse"):
-        found = _reused_or_packed(func, args, kwargs, options, broker)
+    options = TaskOptions.take(kwargs, conf.settings())
+    broker = options.broker
+    if options.reuse:
+        found = _reused_or_packed(func, args, kwargs, options)
         if isinstance(found, str):
             return found
         header, package = found
     else:
-        header, package = make_package(func, args, kwargs, options, broker)
+        header, package = make_package(func, args, kwargs, options)
     memo = sent(broker.directory)
     if header.group is not None:
         memo.count(header.group)
-    if options["sync"]:
+    if options.sync:
         run_inline(header, func, broker, conf.settings(), package)
     else:
         broker.enqueue(package)
@@ -132,21 +132,21 @@ def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str
 
 
 def _reused_or_packed(
-    func: Any, args: tuple, kwargs: dict, options: dict[str, Any], broker: Broker
+    func: Any, args: tuple, kwargs: dict, options: TaskOptions
 ) -> str | tuple[Header, bytes]:
     """``async_task`` with ``reuse=True``: the id of the same call's earlier task if it
     stands for this one (see ``calls``), else the header and package of a new task, its
     key recorded: the caller sends it."""
     function = function_of(func, options)
     arguments = pickle_arguments(args, kwargs)
-    hook = options.get("hook")
+    hook = options.hook
     hook_name = None if hook is None else check_callable("option 'hook'", hook)[0]
     key = calls.call_key(func, function, options, hook_name, [(args, kwargs, arguments)])
-    reuse = calls.Reuse(broker, bool(options["cached"]), key)
+    reuse = calls.Reuse(options.broker, bool(options.cached), key)
     earlier = reuse.earlier()
     if earlier is not None:
         return earlier
-    header, package = make_package(func, args, kwargs, options, broker, function, arguments)
+    header, package = make_package(func, args, kwargs, options, function, arguments)
     winner = reuse.claim(header.id)
     if winner != header.id:  # another process sent it meanwhile
         forget_local_hook(header.id)
@@ -166,17 +166,17 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any], **kwarg
     same function over the same items (in order) gives back the earlier iter's id.
     """
     show_progress = kwargs.pop("progress", False)
-    options = checked_options(split_options(kwargs), conf.settings())
-    if options.get("hook") is not None:
+    options = TaskOptions.take(kwargs, conf.settings())
+    if options.hook is not None:
         raise ConfigurationError(
             "async_iter takes no hook; use async_task with a group for a hook per task"
         )
-    broker = options["broker"]
+    broker = options.broker
     function = function_of(func, options)  # pickled once for all the items
     items: Iterable[tuple] = (item if isinstance(item, tuple) else (item,) for item in args_iter)
     arguments: Iterable[bytes | None] = itertools.repeat(None)
     reuse = None
-    if options.get("reuse"):  # the iter as a whole: the same items, in order
+    if options.reuse:  # the iter as a whole: the same items, in order
         items = list(items)
         pickled_arguments = [pickle_arguments(args, kwargs) for args in items]
         arguments = pickled_arguments
@@ -186,36 +186,36 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any], **kwarg
         if earlier is not None:
             return earlier
     iter_id = str(uuid.uuid4())
-    options = dict(options, group=options.get("group") or iter_id, save=True, iter=iter_id)
+    group = options.group or iter_id
+    options = replace(options, group=group, save=True, iter=iter_id)
     headers, packages = [], []
     for args, pickled in zip(items, arguments, strict=False):
-        header, package = make_package(func, args, dict(kwargs), options, broker, function, pickled)
+        header, package = make_package(func, args, dict(kwargs), options, function, pickled)
         headers.append(header)
         packages.append(package)
     if reuse is not None:
         winner = reuse.claim(iter_id)
         if winner != iter_id:  # another process sent it meanwhile
             return winner
-    part = get_store(broker.directory).part(bool(options["cached"]))
+    part = get_store(broker.directory).part(bool(options.cached))
     part.write_manifest(
         iter_id,
         {
             "id": iter_id,
-            "group": options["group"],
+            "group": group,
             "ids": [h.id for h in headers],
             "func": function[0],
             "enqueued": time.time(),
-            "cached": options["cached"],
+            "cached": options.cached,
         },
     )
-    group = options["group"]
     memo = sent(broker.directory)
     memo.count(group, len(headers))
     if show_progress:
         from nbqueue.display.group_panel import GroupProgress
 
-        GroupProgress(group, len(headers), bool(options["cached"]), broker)
-    if options["sync"]:
+        GroupProgress(group, len(headers), bool(options.cached), broker)
+    if options.sync:
         for header, package in zip(headers, packages, strict=False):
             run_inline(header, func, broker, conf.settings(), package)
     else:
@@ -227,7 +227,7 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any], **kwarg
 def _earlier_iter(
     func: Any,
     function: tuple,
-    options: dict[str, Any],
+    options: TaskOptions,
     items: list[tuple],
     kwargs: dict,
     arguments: list[bytes],
@@ -235,18 +235,18 @@ def _earlier_iter(
 ) -> tuple[calls.Reuse, str | None]:
     """``async_iter`` with ``reuse=True``: the call's Reuse, and the id of the same
     earlier iter if it stands for this one (its progress panel shown if asked)."""
-    broker = options["broker"]
+    broker = options.broker
     key = calls.call_key(
         func, function, options, None, zip(items, itertools.repeat(kwargs), arguments), of_iter=True
     )
-    reuse = calls.Reuse(broker, bool(options["cached"]), key, of_iter=True)
+    reuse = calls.Reuse(broker, bool(options.cached), key, of_iter=True)
     earlier = reuse.earlier()
     if earlier is not None and show_progress:
         manifest = reuse.part.manifest(earlier)
         if manifest is not None:
             from nbqueue.display.group_panel import GroupProgress
 
-            GroupProgress(manifest["group"], len(manifest["ids"]), bool(options["cached"]), broker)
+            GroupProgress(manifest["group"], len(manifest["ids"]), bool(options.cached), broker)
     return reuse, earlier
 
 
@@ -254,14 +254,17 @@ def _earlier_iter(
 
 
 class _Option(Generic[T]):
-    """An option of an ``AsyncTask``, kept in the call's keywords (or its ``q_options``):
-    changing it after ``run()`` invalidates the result, as the reference says."""
+    """An option of an ``AsyncTask``, one of ``TaskOptions``'s, kept as given in the call's
+    keywords (or its ``q_options``) and checked when it runs: changing it after ``run()``
+    invalidates the result, as the reference says."""
 
     def __init__(self, doc: str) -> None:
         self.__doc__ = doc
         self.name = ""
 
     def __set_name__(self, owner: type, name: str) -> None:
+        if name not in OPTION_NAMES:
+            raise TypeError(f"{name!r} is not an option of async_task: {OPTION_NAMES}")
         self.name = name
 
     @overload

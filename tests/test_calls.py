@@ -270,3 +270,20 @@ def test_a_bad_reuse_value_is_refused_naming_it(store_dir, monkeypatch):
     with pytest.raises(ConfigurationError, match="NBQUEUE_REUSE"):
         conf.settings()
 
+
+
+def test_the_key_of_a_call_is_the_one_stores_hold(store_dir):
+    """Keys live in the store: the same call must give the key recorded by earlier
+    versions (the options keyed: group, save, cached, timeout, ack_failure, max_attempts,
+    task_name, as given, the settings' cached filled in)."""
+    import pickle
+    from nbqueue.options import TaskOptions
+
+    args, kwargs = (1, 2.5), {"x": "y"}
+    pickled = pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    options = TaskOptions.take({"group": "g", "timeout": 5, "task_name": "n", "save": True},
+                               conf.settings())
+    keys = [calls.call_key("math.floor", ("math.floor", "math.floor", None), options, "h.hook",
+                           [(args, kwargs, pickled)], of_iter=of_iter) for of_iter in (False, True)]
+    assert keys == ["689cfba153909fed8d6e65aa05e18b327742d85c",
+                    "487eb73f77a6c094360300cf64c4c53662c9a7b6"]

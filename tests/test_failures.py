@@ -277,12 +277,13 @@ def test_max_rss_replaces_workers_that_grew_too_large(store_dir):
 
 def test_tampered_foreign_truncated_and_random_packages_never_run(cluster, broker, tmp_path):
     from nbqueue.disk import signing
-    from nbqueue.packing import checked_options as _checked, make_package as _package
+    from nbqueue.options import TaskOptions
+    from nbqueue.packing import make_package as _package
     marker = tmp_path / "ran"
 
     def package():
-        options = _checked({}, nbqueue.conf.settings())
-        return _package(fx.logged, (str(marker), 0), {}, options, broker)[1]
+        options = TaskOptions.take({"broker": broker}, nbqueue.conf.settings())
+        return _package(fx.logged, (str(marker), 0), {}, options)[1]
 
     good = package()
     tampered = bytearray(package())

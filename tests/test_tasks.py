@@ -72,9 +72,10 @@ def test_every_option_value_is_taken_or_refused_at_the_call(store_dir, name, val
                                st.dictionaries(st.text(max_size=3), st.integers())),
                      max_size=4))
 def test_any_picklable_arguments_make_a_valid_signed_package(broker, args):
-    from nbqueue.packing import checked_options as _checked, make_package as _package
-    options = _checked({}, nbqueue.conf.settings())
-    header, package = _package("builtins.len", tuple(args), {}, options, broker)
+    from nbqueue.options import TaskOptions
+    from nbqueue.packing import make_package as _package
+    options = TaskOptions.take({"broker": broker}, nbqueue.conf.settings())
+    header, package = _package("builtins.len", tuple(args), {}, options)
     assert decode_header(broker.key, package) == header
     assert header.func_ref == "builtins.len"
 
