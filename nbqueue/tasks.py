@@ -317,6 +317,12 @@ class AsyncTask:
         """Whether the task has been run with its current parameters."""
         return self._ran_with is not None and self._same(self._ran_with, self._snapshot())
 
+    def _cached_part(self) -> bool:
+        """Whether the result is in the cached part: the task's ``cached`` option, or the
+        ``cached`` setting when the task has none."""
+        cached = self.cached
+        return bool(conf.settings().cached if cached is None else cached)
+
     def _started_id(self) -> str | None:
         """The id of the run with the current parameters, None if there is none."""
         return self.id if self.started else None
@@ -369,9 +375,9 @@ class AsyncTask:
         if progress and wait and self.group is not None:
             from nbqueue.display.group_panel import GroupProgress
 
-            panel = GroupProgress(self.group, None, bool(self.cached), self.broker)
+            panel = GroupProgress(self.group, None, self._cached_part(), self.broker)
         try:
-            return result(task_id, wait, cached=bool(self.cached), broker=self.broker)
+            return result(task_id, wait, cached=self._cached_part(), broker=self.broker)
         finally:
             if panel is not None:
                 panel.stop()
@@ -381,7 +387,7 @@ class AsyncTask:
         task_id = self._started_id()
         if task_id is None:
             return None
-        return fetch(task_id, wait, cached=bool(self.cached), broker=self.broker)
+        return fetch(task_id, wait, cached=self._cached_part(), broker=self.broker)
 
     def result_group(
         self,
@@ -398,7 +404,7 @@ class AsyncTask:
             failures,
             wait,
             count,
-            cached=bool(self.cached),
+            cached=self._cached_part(),
             broker=self.broker,
             progress=progress,
         )
@@ -414,7 +420,7 @@ class AsyncTask:
             failures,
             wait,
             count,
-            cached=bool(self.cached),
+            cached=self._cached_part(),
             broker=self.broker,
             progress=progress,
         )
@@ -426,7 +432,7 @@ class AsyncTask:
         task_id = self._started_id()
         if task_id is None:
             task_id = self.run()
-        return future(task_id, cached=bool(self.cached), broker=self.broker).__await__()
+        return future(task_id, cached=self._cached_part(), broker=self.broker).__await__()
 
     def __repr__(self) -> str:
         func = self.func if isinstance(self.func, str) else callable_name(self.func)

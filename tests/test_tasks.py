@@ -95,3 +95,14 @@ def test_no_cluster_warning_names_the_command(store_dir):
         async_task("math.floor", 1)
     assert any(issubclass(w.category, NoClusterWarning) and "nbqueue cluster --directory"
                in str(w.message) for w in caught)
+
+
+def test_async_task_without_cached_reads_where_the_cached_setting_put_it(store_dir):
+    """``configure(cached=True)`` puts a task's result in the cached part: an AsyncTask
+    given no ``cached`` of its own finds it there, inline and awaited alike."""
+    nbqueue.configure(cached=True)
+    task = nbqueue.AsyncTask("math.floor", 2.5, sync=True)
+    task.run()
+    assert task.result() == 2
+    assert task.fetch().result == 2
+    assert nbqueue.result(task.id, cached=True) == 2
