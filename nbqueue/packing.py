@@ -19,12 +19,12 @@ import cloudpickle
 
 from nbqueue import conf
 from nbqueue.disk import blobs
-from nbqueue.disk.broker import Broker, get_broker
+from nbqueue.disk.broker import Broker
+from nbqueue.disk.directory import get_broker, sent
 from nbqueue.disk.names import new_task_id
 from nbqueue.disk.records import Header, encode_header
 from nbqueue.disk.storage import writing
 from nbqueue.errors import ConfigurationError, PackingError
-from nbqueue.sent import sent
 from nbqueue.worker import resolve
 from nbqueue.worker.hooks import keep_local_hook
 from nbqueue.worker.tracebacks import WithSources

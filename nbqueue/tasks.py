@@ -17,8 +17,8 @@ from typing import Any, Generic, TypeVar, overload
 
 from nbqueue import calls, conf
 from nbqueue.disk.broker import Broker
+from nbqueue.disk.directory import get_store, sent
 from nbqueue.disk.records import Header, make_record
-from nbqueue.disk.store import get_store
 from nbqueue.errors import ConfigurationError, NoClusterWarning
 from nbqueue.futures import future
 from nbqueue.models import Task
@@ -32,7 +32,7 @@ from nbqueue.packing import (
     split_options,
 )
 from nbqueue.results import fetch, fetch_group, no_cluster_advice, result, result_group
-from nbqueue.sent import Sent, sent
+from nbqueue.sent import Sent
 from nbqueue.worker import execute
 from nbqueue.worker.capture import inline_capture
 from nbqueue.worker.hooks import find_hook, forget_local_hook, run_hook

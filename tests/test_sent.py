@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from nbqueue import async_task, sent as sent_module
-from nbqueue.sent import Sent, sent
+from nbqueue.sent import Sent
+from nbqueue.disk.directory import sent
 
 pytestmark = pytest.mark.filterwarnings("ignore::nbqueue.errors.NoClusterWarning")
 

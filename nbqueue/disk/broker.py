@@ -35,15 +35,13 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from nbqueue import conf
 from nbqueue.disk import hosts, leases
 from nbqueue.disk.doorbell import Bells, Doorbell
-from nbqueue.disk.heartbeats import drop_heartbeats
 from nbqueue.disk.leases import INDEX, PENDING, ROW, Lease
 from nbqueue.disk.outbox import Outbox
 from nbqueue.disk.records import Header
 from nbqueue.disk.search import Finding, Match
-from nbqueue.disk.signing import anchor, forget_key, load_key, private_directory
+from nbqueue.disk.signing import anchor, load_key, private_directory
 from nbqueue.disk.storage import UPSERT_OK, checkpoint, open_cache, upsert, writing
 from nbqueue.errors import SignatureError, StoreError
 
@@ -54,8 +52,9 @@ BUNDLE_BYTES = 30_000  # and bytes: under diskcache's 32 KiB a bundle stays in i
 
 
 class Broker:
-    """The queue of the store at ``directory``; get one with ``get_broker()``. Finding
-    tasks in it and the cancel requests are its ``search`` part's (``search.Finding``)."""
+    """The queue of the store at ``directory``; get the one of this process with
+    ``get_broker()`` (``nbqueue.disk.directory``). Finding tasks in it and the cancel
+    requests are its ``search`` part's (``search.Finding``)."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = private_directory(directory)
@@ -486,51 +485,9 @@ class Broker:
         self.flush_acks()
         self._queue.close()
 
-
-def _forget_in_child() -> None:
-    """A forked child starts with no outbox and no leases: they are its parent's, which
-    writes them (the child writing them too would deliver them twice)."""
-    for broker in list(_brokers.values()):
-        broker._write_lock = threading.Lock()
-        broker._memory.reset()
-        broker._outbox.forget()
-
-
-os.register_at_fork(after_in_child=_forget_in_child)
-
-_brokers: dict[str, Broker] = {}
-_given: dict[tuple[str, str], Broker] = {}  # (directory as given, working directory)
-_brokers_lock = threading.Lock()
-
-
-def drop_broker(directory: str | os.PathLike[str], close: bool = True) -> None:
-    """Forget the shared broker of ``directory`` and its key, if any, and close it (tests,
-    tools); ``close=False`` for a store that was deleted under it, whose files must not be
-    made again by the old broker."""
-    path = os.path.abspath(os.fspath(directory))
-    with _brokers_lock:
-        broker = _brokers.pop(path, None)
-        for key in [k for k, v in _given.items() if v is broker]:
-            del _given[key]
-        forget_key(path)
-    drop_heartbeats(path, close)
-    if broker is not None and close:
-        broker.close()
-
-
-def get_broker(directory: str | os.PathLike[str] | None = None) -> Broker:
-    """The broker of ``directory`` (default: the configured one), shared in this process."""
-    if directory is None:
-        directory = conf.settings().directory
-    given = os.fspath(directory)
-    key = (given, os.getcwd())  # a relative directory follows the working directory
-    broker = _given.get(key)
-    if broker is not None:
-        return broker
-    path = os.path.abspath(given)
-    with _brokers_lock:
-        broker = _brokers.get(path)
-        if broker is None:
-            broker = _brokers[path] = Broker(path)
-        _given[key] = broker
-    return broker
+    def forget_in_child(self) -> None:
+        """In a forked child: start with no outbox and no leases. They are the parent's,
+        which writes them (the child writing them too would deliver them twice)."""
+        self._write_lock = threading.Lock()
+        self._memory.reset()
+        self._outbox.forget()
