@@ -288,7 +288,7 @@ class Nbqueue(System):
 
     def start(self) -> None:
         import nbqueue
-        from nbqueue.disk.heartbeats import heartbeats
+        from nbqueue.disk.directory import heartbeats
         directory = self.fresh_store(self.key)
         if self.proc:
             self.child = Child("nbqueue-cluster", [

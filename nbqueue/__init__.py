@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 from nbqueue.conf import configure
 from nbqueue.control import cancel, cancel_group, retry, retry_group
-from nbqueue.disk.broker import Broker, get_broker
+from nbqueue.disk.broker import Broker
+from nbqueue.disk.directory import get_broker
 from nbqueue.display.summary import GroupSummary, summary
 from nbqueue.errors import (
     ClusterError,

@@ -57,7 +57,8 @@ from typing import Any
 import cloudpickle
 
 from nbqueue.disk.broker import Broker
-from nbqueue.disk.store import Part, get_store
+from nbqueue.disk.directory import get_store
+from nbqueue.disk.store import Part
 from nbqueue.options import TaskOptions
 
 SENDING = 5.0  # seconds a task sent may take to reach the queue from its sender's outbox

@@ -86,9 +86,7 @@ def _cluster(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from nbqueue.disk.broker import get_broker
-    from nbqueue.disk.heartbeats import heartbeats
-    from nbqueue.disk.store import get_store
+    from nbqueue.disk.directory import get_broker, get_store, heartbeats
 
     given = args.directory or conf.settings().directory
     path = os.path.abspath(given)

@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable
 from nbqueue import conf
 from nbqueue.disk import blobs
 from nbqueue.disk.blobs import Blob
-from nbqueue.disk.broker import Broker, get_broker
+from nbqueue.disk.broker import Broker
+from nbqueue.disk.directory import get_broker, get_store
 from nbqueue.disk.records import (
     Header,
     Record,
@@ -30,7 +31,7 @@ from nbqueue.disk.records import (
     is_cancelled,
     make_record,
 )
-from nbqueue.disk.store import Part, Store, get_store
+from nbqueue.disk.store import Part, Store
 from nbqueue.errors import ConfigurationError, TaskStillRunning
 from nbqueue.models import Task
 from nbqueue.worker.callables import find_hook, run_hook

@@ -65,12 +65,12 @@ from collections.abc import Generator, Iterable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-from nbqueue.disk.broker import Broker, get_broker
+from nbqueue.disk.broker import Broker
+from nbqueue.disk.directory import get_broker, get_store, sent
 from nbqueue.disk.records import Manifest, Record, iter_record
-from nbqueue.disk.store import Part, Store, get_store
+from nbqueue.disk.store import Part, Store
 from nbqueue.errors import ConfigurationError, OutcomeDeleted, TaskFailed
 from nbqueue.models import Failure, Success, Task
-from nbqueue.sent import sent
 
 log = logging.getLogger("nbqueue")
 

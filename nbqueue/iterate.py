@@ -23,15 +23,15 @@ from typing import Any, cast
 
 from nbqueue import conf
 from nbqueue.control import cancel_tasks
-from nbqueue.disk.broker import Broker, get_broker
+from nbqueue.disk.broker import Broker
+from nbqueue.disk.directory import get_broker, get_store, sent
 from nbqueue.disk.records import Record, decode_result
-from nbqueue.disk.store import Part, Store, get_store
+from nbqueue.disk.store import Part, Store
 from nbqueue.errors import ConfigurationError, TaskFailed
 from nbqueue.futures import POLL_MAX, POLL_MIN, TaskFuture, as_task, future
 from nbqueue.models import Failure, Task
 from nbqueue.options import TaskOptions
 from nbqueue.packing import function_of, make_package
-from nbqueue.sent import sent
 from nbqueue.tasks import run_inline, warn_if_unserved
 
 log = logging.getLogger("nbqueue")

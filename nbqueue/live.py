@@ -12,11 +12,11 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from nbqueue.disk.broker import Broker, get_broker
-from nbqueue.disk.heartbeats import heartbeats
+from nbqueue.disk.broker import Broker
+from nbqueue.disk.directory import get_broker, get_store, heartbeats
 from nbqueue.disk.records import Header, Record, is_cancelled
 from nbqueue.disk.storage import checked_get, process_alive
-from nbqueue.disk.store import check_name, get_store
+from nbqueue.disk.store import check_name
 from nbqueue.worker.capture import LIVE, LIVE_REFRESH
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "unknown")

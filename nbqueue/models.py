@@ -11,16 +11,17 @@ from typing import Any, ClassVar, Literal, TypeGuard, overload
 
 from nbqueue.disk import blobs
 from nbqueue.disk.blobs import Blob
+from nbqueue.disk.directory import get_store
 from nbqueue.disk.records import Record, decode_result
 from nbqueue.disk.signing import load_key
-from nbqueue.disk.store import Store, get_store
+from nbqueue.disk.store import Store
 from nbqueue.worker.tracebacks import exception_from_text, unpack_exception
 
 
 def _default_store(store: Store | None) -> Store:
     if store is not None:
         return store
-    from nbqueue.disk.broker import get_broker
+    from nbqueue.disk.directory import get_broker
 
     return get_store(get_broker().directory)
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from nbqueue import conf
-from nbqueue.disk.broker import Broker, get_broker
+from nbqueue.disk.broker import Broker
+from nbqueue.disk.directory import get_broker
 from nbqueue.errors import ConfigurationError
 
 # the options of a call, by the names it takes them under (and ``q_options``'s keys)

@@ -17,12 +17,12 @@ import cloudpickle
 
 from nbqueue.disk import blobs
 from nbqueue.disk.broker import Broker
+from nbqueue.disk.directory import sent
 from nbqueue.disk.names import new_task_id
 from nbqueue.disk.records import Header, encode_header
 from nbqueue.disk.storage import writing
 from nbqueue.errors import PackingError
 from nbqueue.options import TaskOptions
-from nbqueue.sent import sent
 from nbqueue.worker.callables import check_callable, dotted_path, keep_local_hook
 from nbqueue.worker.tracebacks import WithSources
 

@@ -1,7 +1,7 @@
 """Reading outcomes back, from any process: ``result``, ``fetch`` and groups; and
 ``flush`` and ``queue_size``, which wait for or count what is still queued.
 
-Reads go to the store of the directory (``store.get_store``) and may wait, in
+Reads go to the store of the directory (``directory.get_store``) and may wait, in
 milliseconds as in Django Q: 0 = do not wait, -1 = wait forever. A wait that looks like
 it can never end says why, once, after a few seconds (``WaitWarning``). ``tasks`` puts
 work in the queue and imports this module, never the reverse.
@@ -12,13 +12,12 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from nbqueue.disk.broker import Broker, get_broker
-from nbqueue.disk.heartbeats import heartbeats
+from nbqueue.disk.broker import Broker
+from nbqueue.disk.directory import get_broker, get_store, heartbeats, sent
 from nbqueue.disk.signing import serving
-from nbqueue.disk.store import Part, Store, get_store
+from nbqueue.disk.store import Part, Store
 from nbqueue.errors import ConfigurationError, StoreError
 from nbqueue.models import Task, group_count, group_results
-from nbqueue.sent import sent
 
 
 def _store(broker: Broker | None = None) -> Store:

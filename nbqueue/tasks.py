@@ -18,8 +18,9 @@ from typing import Any, Generic, TypeVar, overload
 
 from nbqueue import calls, conf
 from nbqueue.disk.broker import Broker
+from nbqueue.disk.directory import get_store, sent
 from nbqueue.disk.records import Header, make_record
-from nbqueue.disk.store import get_store
+from nbqueue.disk.sent import Sent
 from nbqueue.errors import ConfigurationError, NoClusterWarning
 from nbqueue.futures import future
 from nbqueue.models import Task
@@ -30,7 +31,6 @@ from nbqueue.packing import (
     pickle_arguments,
 )
 from nbqueue.results import fetch, fetch_group, no_cluster_advice, result, result_group
-from nbqueue.sent import Sent, sent
 from nbqueue.worker import execute
 from nbqueue.worker.callables import (
     callable_name,

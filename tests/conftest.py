@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 
 import nbqueue
-from nbqueue.disk import broker as broker_module
 from nbqueue import conf
-from nbqueue.disk.store import drop_store
+from nbqueue.disk.directory import drop
 
 
 @pytest.fixture
@@ -19,8 +18,7 @@ def store_dir(tmp_path):
     nbqueue.configure(directory=directory)
     yield directory
     conf.reset()
-    broker_module.drop_broker(directory)
-    drop_store(directory)
+    drop(directory)
 
 
 @pytest.fixture

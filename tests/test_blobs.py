@@ -18,7 +18,7 @@ import nbqueue
 from nbqueue import async_task, fetch, fetch_group, result, result_group
 from nbqueue.disk import blobs, signing
 from nbqueue.errors import SignatureError, StoreFileMissing
-from nbqueue.disk.store import get_store
+from nbqueue.disk.directory import get_store
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 

@@ -14,7 +14,8 @@ import time
 import pytest
 
 from nbqueue.disk import broker as broker_module
-from nbqueue.disk.broker import Broker, Lease, get_broker
+from nbqueue.disk.broker import Broker, Lease
+from nbqueue.disk.directory import drop, get_broker
 from nbqueue.errors import StoreError
 from tests import tasks_fixtures
 
@@ -395,7 +396,7 @@ def test_get_broker_is_shared_per_directory(store_dir, tmp_path):
         first.enqueue(b"here")
         assert other.size() == 0
     finally:
-        broker_module.drop_broker(other_dir)
+        drop(other_dir)
 
 
 def test_two_brokers_on_one_directory_share_the_queue(store_dir):
@@ -600,7 +601,7 @@ def test_a_forked_child_writes_none_of_its_parents_leases_or_packages(broker):
 
 def test_read_only_store_is_a_clear_error(store_dir):
     get_broker(store_dir).flush()  # the store exists ...
-    broker_module.drop_broker(store_dir)
+    drop(store_dir)
     modes = {}
     for root, dirs, files in os.walk(store_dir):  # ... and is made read-only
         for name in [root] + [os.path.join(root, f) for f in files]:
@@ -628,4 +629,4 @@ def test_read_only_store_is_a_clear_error(store_dir):
     finally:
         for name, mode in modes.items():
             os.chmod(name, mode)
-        broker_module.drop_broker(store_dir)
+        drop(store_dir)

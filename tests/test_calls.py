@@ -18,7 +18,7 @@ from nbqueue import (AsyncTask, async_iter, async_task, configure, fetch, get_br
 from nbqueue import calls
 from nbqueue import conf
 from nbqueue.errors import ConfigurationError
-from nbqueue.disk.store import get_store
+from nbqueue.disk.directory import get_store
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 

@@ -16,7 +16,7 @@ import pytest
 import nbqueue
 from nbqueue import async_task, result, result_group
 from nbqueue.errors import NoClusterWarning
-from nbqueue.disk.heartbeats import heartbeats
+from nbqueue.disk.directory import heartbeats
 from tests import tasks_fixtures as fx
 
 pytestmark = pytest.mark.timeout(90)

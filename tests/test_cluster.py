@@ -15,7 +15,7 @@ from nbqueue import (AsyncTask, Cluster, async_iter, async_task, count_group, fe
 from nbqueue.errors import (ConfigurationError, NoClusterWarning, PackingError,
                             TaskFunctionError)
 from nbqueue.worker.callables import local_hooks
-from nbqueue.disk.store import get_store
+from nbqueue.disk.directory import get_store
 from tests import stopping
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for

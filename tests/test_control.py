@@ -15,7 +15,7 @@ import nbqueue
 from nbqueue import Cluster, async_task, fetch, queue_size
 from nbqueue.control import cancel, cancel_group, cancel_tasks, retry, retry_group
 from nbqueue.errors import ConfigurationError
-from nbqueue.disk.store import get_store
+from nbqueue.disk.directory import get_store
 from nbqueue.display.views import format_seconds
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for

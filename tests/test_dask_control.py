@@ -31,10 +31,9 @@ import pytest
 import nbqueue
 from nbqueue import (AsyncTask, Cluster, TaskFailed, as_completed, async_task, conf, fetch,
                      future)
-from nbqueue.disk import broker as broker_module
 from nbqueue.control import cancel, cancel_group, cancel_tasks, retry, retry_group
 from nbqueue.models import Failure, Success
-from nbqueue.disk.store import drop_store
+from nbqueue.disk.directory import drop
 
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
@@ -67,8 +66,7 @@ def dask_cluster(tmp_path_factory):
         running.stop(wait=5)
         reaper.__exit__(None, None, None)
         conf.reset()
-        broker_module.drop_broker(directory)
-        drop_store(directory)
+        drop(directory)
 
 
 def _state(cluster) -> dict:
@@ -246,8 +244,7 @@ def test_cancel_a_leased_task_on_a_scheduler_started_elsewhere(tmp_path):
             assert sorted(fx.runs(log, "start")) == [1, 2], "the cancelled task ran anyway"
         finally:
             own.stop(wait=5)
-            broker_module.drop_broker(directory)
-            drop_store(directory)
+            drop(directory)
 
 
 def test_cancel_a_task_later_in_a_running_chunk_never_runs(dask_cluster, tmp_path):
@@ -432,8 +429,7 @@ def test_the_local_cluster_keeps_its_workers_when_they_are_killed_in_a_row(tmp_p
                               broker=broker) == 2
     finally:
         own.stop(wait=5)
-        broker_module.drop_broker(directory)
-        drop_store(directory)
+        drop(directory)
 
 
 def test_fast_outcomes_of_a_dask_chunk_are_not_held_back_by_a_slow_task(dask_cluster):

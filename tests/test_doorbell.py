@@ -73,8 +73,8 @@ def test_a_path_too_long_for_a_socket_leaves_the_cluster_polling(tmp_path):
                                   wait=30000, broker=broker) == 5
     finally:
         broker.close()
-        from nbqueue.disk.broker import drop_broker
-        drop_broker(directory)
+        from nbqueue.disk.directory import drop
+        drop(directory)
 
 
 def test_a_cluster_has_a_bell_while_it_runs_and_other_brokers_ring_it(store_dir):

@@ -28,7 +28,7 @@ import nbqueue
 from nbqueue import (Cluster, async_task, count_group, fetch, fetch_group, queue_size, result,
                      result_group)
 from nbqueue.errors import ClusterError, ConfigurationError
-from nbqueue.disk.heartbeats import heartbeats
+from nbqueue.disk.directory import heartbeats
 
 from tests import stopping
 from tests import tasks_fixtures as fx

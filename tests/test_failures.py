@@ -23,9 +23,7 @@ from nbqueue import (Cluster, async_iter, async_task, count_group, fetch, fetch_
                      result_group)
 from nbqueue.disk.storage import process_alive as _alive
 from nbqueue.disk.hosts import read_slot
-from nbqueue.disk.heartbeats import heartbeats
-from nbqueue.disk.store import drop_store, get_store
-from nbqueue.disk import broker as broker_module
+from nbqueue.disk.directory import drop, get_store, heartbeats
 from tests import tasks_fixtures as fx
 from tests.intruder import intruder  # noqa: F401 - a fixture
 from tests.waiting import wait_for
@@ -312,8 +310,7 @@ def test_corrupt_store_file_is_a_clear_error_at_the_call(tmp_path):
     nbqueue.configure(directory=str(directory))
     try:
         nbqueue.get_broker()  # creates the store
-        from nbqueue.disk import broker as broker_module
-        broker_module.drop_broker(directory)
+        drop(directory)
         with open(directory / "queue" / "cache.db", "r+b") as db:
             db.write(b"this is not a database" * 100)
         with pytest.raises(nbqueue.StoreError, match="cannot open the store"):
@@ -580,7 +577,6 @@ def test_a_store_swapped_under_a_running_cluster_stops_it_and_gets_no_file(intru
     stores nothing more (no outcome, no value file moved or linked there) and stops,
     saying why; with the real store back, every task has exactly one outcome."""
     from nbqueue import conf
-    from nbqueue.disk.broker import drop_broker
     from tests.intruder import Intruder
 
     store = os.path.join(intruder.parent, ".nbqueue")
@@ -613,8 +609,7 @@ def test_a_store_swapped_under_a_running_cluster_stops_it_and_gets_no_file(intru
         if moved is not None:
             Intruder.give_back(store, moved)
         conf.reset()
-        drop_broker(store)
-        drop_store(store)
+        drop(store)
 
 
 class _Evil:
@@ -678,7 +673,7 @@ def test_a_killed_writer_of_large_values_leaves_no_partial_file(store_dir):
     between the two leaves it (whole, unread, space only)."""
     import sqlite3
     code = ("import nbqueue, itertools\n"
-            "from nbqueue.disk.store import get_store\n"
+            "from nbqueue.disk.directory import get_store\n"
             f"part = get_store({store_dir!r}).saved\n"
             "print('writing', flush=True)\n"
             "for i in itertools.count():\n"
@@ -774,7 +769,6 @@ def small_disk(tmp_path):
 def test_a_disk_that_fills_up_refuses_tasks_at_the_call_and_drops_none(small_disk):
     """20 KB tasks until a real disk is full: each is either taken (and written, once
     there is room) or refused at the call with StoreError; readers go on working."""
-    from nbqueue.disk import broker as broker_module
     directory = str(small_disk / "store")
     nbqueue.configure(directory=directory)
     try:
@@ -798,8 +792,7 @@ def test_a_disk_that_fills_up_refuses_tasks_at_the_call_and_drops_none(small_dis
         nbqueue.flush()
         assert nbqueue.queue_size() == len(taken)
     finally:
-        broker_module.drop_broker(directory)
-        drop_store(directory)
+        drop(directory)
 
 
 # -- hosts killed while tasks wait behind a running one ----------------------------------
@@ -931,7 +924,7 @@ def test_a_cluster_start_sweeps_the_folders_of_dead_hosts_only(store_dir, tmp_pa
         for name in ("dead", "gone"):
             os.kill(hosts[name].pid, signal.SIGKILL)
             hosts[name].wait(timeout=10)
-        nbqueue.disk.broker.drop_broker(other_store)
+        drop(other_store)
         shutil.rmtree(other_store)
         # the dead hosts' workers exit on their own within HOST_WATCH
         assert _wait_for(lambda: not any(
@@ -1031,8 +1024,7 @@ def test_a_full_disk_holds_finished_work_until_space_returns(small_disk, caplog)
         assert "came inline" in logged  # a 1 MiB result its worker could not write to a file
     finally:
         running.stop(wait=5)
-        broker_module.drop_broker(directory)
-        drop_store(directory)
+        drop(directory)
 
 
 @pytest.mark.filterwarnings("ignore::nbqueue.NoClusterWarning")
@@ -1127,7 +1119,6 @@ def test_outcomes_refused_for_long_go_back_to_the_queue_uncounted(tmp_path, capl
     finally:
         if running is not None:
             running.stop(wait=5)
-        broker_module.drop_broker(str(directory))
-        drop_store(str(directory))
+        drop(str(directory))
         nbqueue.conf.reset()
         subprocess.run(["umount", "-l", str(results)], capture_output=True)

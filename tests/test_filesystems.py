@@ -22,12 +22,11 @@ import nbqueue
 from nbqueue import conf
 from nbqueue.disk import filesystems
 from nbqueue.disk import signing
-from nbqueue.disk.broker import drop_broker
 from nbqueue.errors import (ConfigurationError, NetworkFileSystemWarning, StoreError,
                             StoreLocationError)
 from nbqueue.disk.filesystems import (FUSE_MAGIC, NETWORK_MAGICS, classify, detect,
                                  mount_output_type, mountinfo_type, statfs_type)
-from nbqueue.disk.store import drop_store
+from nbqueue.disk.directory import drop
 from tests import tasks_fixtures as fx
 
 pytestmark = [pytest.mark.timeout(120),
@@ -79,8 +78,7 @@ def test_a_store_on_a_local_tmpfs_is_used_without_a_word(tmpfs):
         assert place.filesystem.name == "tmpfs" and place.refusal is None
     finally:
         conf.reset()
-        drop_broker(store)
-        drop_store(store)
+        drop(store)
 
 
 # -- the decision --------------------------------------------------------------------------
@@ -172,8 +170,7 @@ def on_nfs(tmp_path):
     signing._filesystems[store] = classify(NFS, "nfs4", str(tmp_path))
     yield store
     conf.reset()
-    drop_broker(store)
-    drop_store(store)
+    drop(store)
     signing._filesystems.pop(store, None)
     signing._warned.discard(store)
     signing._hosted.discard(store)
@@ -189,8 +186,7 @@ def _make_store(store: str) -> tuple[str, str]:
     queued = nbqueue.async_task(fx.add, 1, 1)
     nbqueue.flush()
     conf.reset()
-    drop_broker(store)
-    drop_store(store)
+    drop(store)
     signing._filesystems[store] = fs
     return done, queued
 
@@ -351,8 +347,7 @@ def test_info_shows_the_file_system_of_the_store(tmpfs):
         assert figures["filesystem"] == "tmpfs" and figures["network_filesystem"] is False
     finally:
         conf.reset()
-        drop_broker(store)
-        drop_store(store)
+        drop(store)
 
 
 _INFO = """

@@ -22,10 +22,10 @@ from nbqueue import (AsyncTask, TaskFailed, TaskFuture, as_completed, async_iter
 from nbqueue import futures as futures_module
 from nbqueue.control import cancel_tasks
 from nbqueue.errors import ConfigurationError, SignatureError
-from nbqueue.disk.heartbeats import heartbeats
+from nbqueue.disk.directory import heartbeats
 from nbqueue.models import Failure, Success
 from nbqueue.disk.names import humanize
-from nbqueue.sent import sent
+from nbqueue.disk.directory import sent
 from nbqueue.disk.store import Store
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from nbqueue.disk.heartbeats import heartbeats
+from nbqueue.disk.directory import heartbeats
 
 
 @pytest.fixture

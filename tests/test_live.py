@@ -9,7 +9,7 @@ import pytest
 
 import nbqueue
 from nbqueue.worker import capture
-from nbqueue.disk.heartbeats import heartbeats
+from nbqueue.disk.directory import heartbeats
 from nbqueue.live import live_row, running
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for

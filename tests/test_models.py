@@ -11,7 +11,7 @@ import pytest
 import nbqueue
 from nbqueue.models import Failure, Success, Task, group_count
 from nbqueue.disk.records import Header, Outcome, make_record
-from nbqueue.disk.store import get_store
+from nbqueue.disk.directory import get_store
 
 
 def _header(task_id, group="g", name=None):

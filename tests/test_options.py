@@ -9,7 +9,7 @@ import pytest
 
 import nbqueue
 from nbqueue import conf
-from nbqueue.disk import broker as broker_module
+from nbqueue.disk import directory as directory_module
 from nbqueue.errors import ConfigurationError
 from nbqueue.options import OPTION_NAMES, TaskOptions
 from nbqueue.tasks import AsyncTask, _Option
@@ -100,14 +100,14 @@ def test_a_call_given_no_option_shares_one_instance_while_nothing_changed(store_
     nbqueue.configure(cached=True)  # new settings: new defaults
     cached = _take()
     assert cached is not first and cached.cached is True and _take() is cached
-    broker_module.drop_broker(store_dir)  # a new broker of the same store: a new instance
+    directory_module.drop(store_dir)  # a new broker of the same store: a new instance
     renewed = _take()
     assert renewed is not cached and renewed.broker is nbqueue.get_broker()
     other = nbqueue.get_broker(str(tmp_path / "other"))
     try:
         assert _take(broker=other).broker is other and _take().broker is renewed.broker
     finally:
-        broker_module.drop_broker(str(tmp_path / "other"))
+        directory_module.drop(str(tmp_path / "other"))
 
 
 def test_calls_given_the_very_same_objects_share_the_last_instance(store_dir):

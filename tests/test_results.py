@@ -12,7 +12,7 @@ from nbqueue import (async_iter, async_task, count_group, delete_cached, delete_
                      fetch_group, flush, queue_size, result, result_group)
 from nbqueue.disk import store
 from nbqueue.errors import ConfigurationError, WaitWarning
-from nbqueue.sent import sent
+from nbqueue.disk.directory import sent
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.filterwarnings("ignore::nbqueue.errors.NoClusterWarning")]

@@ -28,7 +28,7 @@ from nbqueue import (AsyncTask, Failure, NoClusterWarning, Success, Task, TaskFu
                      async_iter, async_task, count_group, delete_cached, fetch, fetch_group,
                      get_broker, queue_size, result, result_group)
 from nbqueue.disk.names import humanize
-from nbqueue.disk.store import get_store
+from nbqueue.disk.directory import get_store
 
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for

@@ -1,11 +1,12 @@
-"""nbqueue.sent: what this process sent to a store directory."""
+"""nbqueue.disk.sent: what this process sent to a store directory."""
 
 from __future__ import annotations
 
 import pytest
 
 from nbqueue import async_task, sent as sent_module
-from nbqueue.sent import Sent, sent
+from nbqueue.disk.sent import Sent
+from nbqueue.disk.directory import sent
 
 pytestmark = pytest.mark.filterwarnings("ignore::nbqueue.errors.NoClusterWarning")
 

@@ -441,8 +441,7 @@ def test_store_swapped_by_another_user_takes_no_task_and_gets_no_file(intruder):
     once the real store is back at its path, every task accepted is written and runs."""
     import nbqueue
     from nbqueue import Cluster, async_task, conf, result
-    from nbqueue.disk.broker import drop_broker
-    from nbqueue.disk.store import drop_store
+    from nbqueue.disk.directory import drop
     from tests import tasks_fixtures as fx
 
     store = os.path.join(intruder.parent, ".nbqueue")
@@ -467,5 +466,4 @@ def test_store_swapped_by_another_user_takes_no_task_and_gets_no_file(intruder):
             assert [result(t, wait=60_000) for t in before + [accepted]] == [1, 2 << 20, 2]
     finally:
         conf.reset()
-        drop_broker(store)
-        drop_store(store)
+        drop(store)

@@ -14,7 +14,8 @@ import pytest
 from nbqueue.errors import SignatureError
 from nbqueue.disk.names import humanize
 from nbqueue.disk.records import decode_result as decode
-from nbqueue.disk.store import PAGE, Part, Store, drop_store, get_store
+from nbqueue.disk.directory import drop, get_store
+from nbqueue.disk.store import PAGE, Part, Store
 
 
 def encode(value):
@@ -473,7 +474,7 @@ def test_get_store_is_shared_per_directory(broker, tmp_path, monkeypatch):
     assert store.directory == broker.directory
     monkeypatch.chdir(os.path.dirname(broker.directory))
     assert get_store(os.path.basename(broker.directory)) is store
-    drop_store(broker.directory)
+    drop(broker.directory)
     assert get_store(broker.directory) is not store
 
 
@@ -489,7 +490,7 @@ def test_get_store_makes_one_store_for_threads_at_once(tmp_path):
             thread.join()
         assert len(found) == 8 and all(store is found[0] for store in found)
     finally:
-        drop_store(directory)
+        drop(directory)
 
 
 # -- scale ---------------------------------------------------------------------------------

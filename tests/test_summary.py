@@ -18,7 +18,7 @@ import pytest
 import nbqueue
 from nbqueue import MissingDependency, async_task
 from nbqueue.disk.records import Header, Outcome, make_record
-from nbqueue.disk.store import get_store
+from nbqueue.disk.directory import get_store
 from nbqueue.display.summary import FRAME_COLUMNS, MAX_BARS, GroupSummary, summary
 from tests import tasks_fixtures as fx
 

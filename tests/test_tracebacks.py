@@ -131,7 +131,7 @@ def test_a_task_killed_on_its_timeout_has_a_task_timeout(cluster):
 
 
 def test_old_records_without_an_exception_read_from_their_text(store_dir):
-    from nbqueue.disk.store import get_store
+    from nbqueue.disk.directory import get_store
     task_id = nbqueue.async_task(fx.boom, "old", sync=True)
     store = get_store(store_dir)
     record = dict(store.saved.get(task_id))

@@ -55,10 +55,9 @@ from nbqueue.cluster.serving import install_exit_hooks, serving, serving_lock, s
 from nbqueue.cluster.writer import HookRunner, Writer
 from nbqueue.disk import hosts
 from nbqueue.disk.blobs import clean_spill, sweep_arguments
-from nbqueue.disk.broker import Broker, get_broker
-from nbqueue.disk.heartbeats import heartbeats
+from nbqueue.disk.broker import Broker
+from nbqueue.disk.directory import get_broker, get_store, heartbeats
 from nbqueue.disk.storage import process_alive
-from nbqueue.disk.store import get_store
 from nbqueue.errors import ClusterError, ConfigurationError
 from nbqueue.worker.stream import Collector
 

@@ -20,9 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from nbqueue.disk import signing
-from nbqueue.disk.broker import drop_broker
+from nbqueue.disk.directory import drop
 from nbqueue.disk.storage import store_trouble
-from nbqueue.disk.store import drop_store
 from nbqueue.errors import StoreGone
 
 if TYPE_CHECKING:
@@ -148,8 +147,7 @@ class Monitor:
             if self._key_identity() != self._key:
                 raise StoreGone(f"the key of {directory} was replaced")
         except (FileNotFoundError, StoreGone) as exc:
-            drop_broker(directory, close=False)  # a new Cluster() opens the new store
-            drop_store(directory, close=False)
+            drop(directory, close=False)  # a new Cluster() opens the new store
             kind = type(exc) if isinstance(exc, StoreGone) else StoreGone
             raise kind(
                 f"the store directory {directory} was deleted or replaced while "

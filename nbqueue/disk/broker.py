@@ -35,13 +35,13 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from nbqueue import conf
-from nbqueue.disk import hosts, leases, search
+from nbqueue.disk import hosts, leases
 from nbqueue.disk.doorbell import Bells, Doorbell
-from nbqueue.disk.heartbeats import drop_heartbeats
 from nbqueue.disk.leases import INDEX, PENDING, ROW, Lease
 from nbqueue.disk.outbox import Outbox
-from nbqueue.disk.signing import anchor, forget_key, load_key, private_directory
+from nbqueue.disk.records import Header
+from nbqueue.disk.search import Finding, Match
+from nbqueue.disk.signing import anchor, load_key, private_directory
 from nbqueue.disk.storage import UPSERT_OK, checkpoint, open_cache, upsert, writing
 from nbqueue.errors import SignatureError, StoreError
 
@@ -51,8 +51,10 @@ BUNDLE = 64  # packages per queue row at most: large enough to batch, small to s
 BUNDLE_BYTES = 30_000  # and bytes: under diskcache's 32 KiB a bundle stays in its SQLite row
 
 
-class Broker(search.Finding):
-    """The queue of the store at ``directory``; get one with ``get_broker()``."""
+class Broker:
+    """The queue of the store at ``directory``; get the one of this process with
+    ``get_broker()`` (``nbqueue.disk.directory``). Finding tasks in it and the cancel
+    requests are its ``search`` part's (``search.Finding``)."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = private_directory(directory)
@@ -73,10 +75,11 @@ class Broker(search.Finding):
         self._write_lock = threading.Lock()
         self._memory = leases.InMemory()  # leases written behind, acks that wait
         self._flusher: threading.Thread | None = None
-        self._snapshot: tuple[float, frozenset[str]] | None = None  # see holds()
-        self._cancel_watchers: list[threading.Event] = []
         self.bells = Bells(self.directory)
         self._doorbells: dict[threading.Event, Doorbell] = {}
+        self.search = Finding(
+            self._queue, self.key, self._transaction, self.flush, self._write_leases
+        )
 
     def __repr__(self) -> str:
         return f"<Broker {self.directory}>"
@@ -158,11 +161,13 @@ class Broker(search.Finding):
             raise
         self._memory.written(pending, acks, ok=True)
 
-    def _write_now(self) -> None:
-        """Write the leases in memory and the acks that wait, now (``_write`` runs one
-        at a time: under the outbox's ``order``, as its thread writes)."""
-        with self._outbox.order:
-            self._write([])
+    def _write_leases(self) -> None:
+        """Write the leases taken in memory, if any, with the acks that wait, now: for a
+        look at the lease index that must find them (``_write`` runs one at a time:
+        under the outbox's ``order``, as its thread writes)."""
+        if self._memory.rows:
+            with self._outbox.order:
+                self._write([])
 
     def subscribe(self, event: threading.Event, name: str | None = None) -> None:
         """Have ``event`` set whenever this process enqueues (wakes a local cluster at
@@ -370,8 +375,7 @@ class Broker(search.Finding):
         (``nbqueue.hosts``), and without one every task is. Then the folders of dead
         holders no longer needed are swept."""
         now = time.time() if now is None else now
-        if self._memory.rows:  # this process's leases in memory are reaped like the others
-            self._write_now()
+        self._write_leases()  # this process's leases in memory are reaped like the others
         expired = {held[1] for held in leases.read_index(self._queue).values() if held[0] < now}
         if not expired:
             return 0
@@ -420,7 +424,7 @@ class Broker(search.Finding):
     def purge(self) -> int:
         """Drop every pending package; return how many. Leased ones are left alone."""
         self.flush()
-        self._snapshot = None
+        self.search.forget_snapshot()
         dropped = 0
         with self._transaction(retry=True):
             while True:
@@ -431,56 +435,59 @@ class Broker(search.Finding):
             self._queue.set(PENDING, 0)
         return dropped
 
+    # -- finding tasks and cancel requests: the ``search`` part's ----------------------
+
+    def holds(self, task_ids: Iterable[str], max_age: float = 0.0) -> set[str]:
+        """See ``Finding.holds``."""
+        return self.search.holds(task_ids, max_age)
+
+    def cancel(
+        self, match: Match, needles: list[bytes] | None = None
+    ) -> tuple[list[tuple[Header, int, bytes]], list[Header]]:
+        """See ``Finding.cancel``."""
+        return self.search.cancel(match, needles)
+
+    def locate(
+        self, match: Match, needles: list[bytes] | None = None
+    ) -> tuple[str, Header, int] | None:
+        """See ``Finding.locate``."""
+        return self.search.locate(match, needles)
+
+    def running(self, match: Match) -> list[tuple[Header, int]]:
+        """See ``Finding.running``."""
+        return self.search.running(match)
+
+    def cancel_count(self) -> int:
+        """See ``Finding.cancel_count``."""
+        return self.search.cancel_count()
+
+    def cancel_requests(self) -> dict[str, float]:
+        """See ``Finding.cancel_requests``."""
+        return self.search.cancel_requests()
+
+    def forget_cancels(self, task_ids: Iterable[str]) -> None:
+        """See ``Finding.forget_cancels``."""
+        self.search.forget_cancels(task_ids)
+
+    def notify_cancels(self) -> None:
+        """See ``Finding.notify_cancels``."""
+        self.search.notify_cancels()
+
+    def watch_cancels(self, event: threading.Event) -> None:
+        """See ``Finding.watch_cancels``."""
+        self.search.watch_cancels(event)
+
+    def unwatch_cancels(self, event: threading.Event) -> None:
+        self.search.unwatch_cancels(event)
+
     def close(self) -> None:
         self.flush()
         self.flush_acks()
         self._queue.close()
 
-
-def _forget_in_child() -> None:
-    """A forked child starts with no outbox and no leases: they are its parent's, which
-    writes them (the child writing them too would deliver them twice)."""
-    for broker in list(_brokers.values()):
-        broker._write_lock = threading.Lock()
-        broker._memory.reset()
-        broker._outbox.forget()
-
-
-os.register_at_fork(after_in_child=_forget_in_child)
-
-_brokers: dict[str, Broker] = {}
-_given: dict[tuple[str, str], Broker] = {}  # (directory as given, working directory)
-_brokers_lock = threading.Lock()
-
-
-def drop_broker(directory: str | os.PathLike[str], close: bool = True) -> None:
-    """Forget the shared broker of ``directory`` and its key, if any, and close it (tests,
-    tools); ``close=False`` for a store that was deleted under it, whose files must not be
-    made again by the old broker."""
-    path = os.path.abspath(os.fspath(directory))
-    with _brokers_lock:
-        broker = _brokers.pop(path, None)
-        for key in [k for k, v in _given.items() if v is broker]:
-            del _given[key]
-        forget_key(path)
-    drop_heartbeats(path, close)
-    if broker is not None and close:
-        broker.close()
-
-
-def get_broker(directory: str | os.PathLike[str] | None = None) -> Broker:
-    """The broker of ``directory`` (default: the configured one), shared in this process."""
-    if directory is None:
-        directory = conf.settings().directory
-    given = os.fspath(directory)
-    key = (given, os.getcwd())  # a relative directory follows the working directory
-    broker = _given.get(key)
-    if broker is not None:
-        return broker
-    path = os.path.abspath(given)
-    with _brokers_lock:
-        broker = _brokers.get(path)
-        if broker is None:
-            broker = _brokers[path] = Broker(path)
-        _given[key] = broker
-    return broker
+    def forget_in_child(self) -> None:
+        """In a forked child: start with no outbox and no leases. They are the parent's,
+        which writes them (the child writing them too would deliver them twice)."""
+        self._write_lock = threading.Lock()
+        self._memory.reset()
+        self._outbox.forget()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import time
 from typing import Any
 
@@ -19,7 +18,8 @@ STOPPED_KEPT = 86400.0  # seconds the record of a cluster that stopped on its ow
 
 
 class Heartbeats:
-    """The clusters of the store at ``directory`` (absolute); get one with ``heartbeats()``."""
+    """The clusters of the store at ``directory`` (absolute); get the one of this process
+    with ``heartbeats()`` (``nbqueue.disk.directory``)."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -69,26 +69,3 @@ class Heartbeats:
 
     def close(self) -> None:
         self.state.close()
-
-
-_open: dict[str, Heartbeats] = {}
-_lock = threading.Lock()
-
-
-def heartbeats(directory: str) -> Heartbeats:
-    """The heartbeats of the store at ``directory`` (absolute), shared in this process."""
-    found = _open.get(directory)
-    if found is None:
-        with _lock:
-            found = _open.get(directory)
-            if found is None:
-                found = _open[directory] = Heartbeats(directory)
-    return found
-
-
-def drop_heartbeats(directory: str, close: bool = True) -> None:
-    """Forget (and close) the heartbeats of ``directory``, if open (``drop_broker``)."""
-    with _lock:
-        found = _open.pop(directory, None)
-    if found is not None and close:
-        found.close()

@@ -1,6 +1,6 @@
 """Finding tasks in a queue by what their headers say (``reuse``, ``cancel``,
-``status``), and ``Finding``: the broker's methods that do it, with the cancel requests
-the queue keeps for the clusters that hold leased tasks.
+``status``), and ``Finding``: the part of a broker that does it, with the cancel
+requests the queue keeps for the clusters that hold leased tasks.
 
 The queue does not index its packages by task id: finding one means reading every
 queued package and every leased one, checking and unpickling the headers that may
@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 from nbqueue.disk.leases import PENDING, ROW, read_index
@@ -151,21 +152,33 @@ def locate(
 
 
 class Finding:
-    """The broker's part that finds tasks in its queue (``holds``, ``cancel``,
-    ``locate``, ``running``) and keeps the cancel requests of leased tasks for their
-    clusters. It uses the broker's queue (``_queue``), key, transactions
-    (``_transaction``), its leases in memory (``_memory``, written first by
-    ``_write_now``), ``flush``, ``_snapshot`` and ``_cancel_watchers``.
+    """Finds tasks in one broker's queue (``holds``, ``cancel``, ``locate``, ``running``)
+    and keeps the cancel requests of leased tasks for their clusters. The broker holds
+    one, and gives it what it needs at construction: its ``queue`` and ``key``, its
+    ``transaction`` (a write transaction, ``retry`` its argument), ``flush`` (writes this
+    process's outbox) and ``write_leases`` (writes the leases it took in memory), for a
+    look that must see them.
     """
 
-    _queue: Any
-    key: bytes
-    _memory: Any
-    _snapshot: tuple[float, frozenset[str]] | None
-    _cancel_watchers: list[threading.Event]
-    _transaction: Callable[..., Any]
-    _write_now: Callable[[], None]
-    flush: Callable[[], None]
+    def __init__(
+        self,
+        queue: Any,
+        key: bytes,
+        transaction: Callable[..., AbstractContextManager[None]],
+        flush: Callable[[], None],
+        write_leases: Callable[[], None],
+    ) -> None:
+        self._queue = queue
+        self.key = key
+        self._transaction = transaction
+        self._flush = flush
+        self._write_leases = write_leases
+        self._snapshot: tuple[float, frozenset[str]] | None = None  # see holds()
+        self._cancel_watchers: list[threading.Event] = []
+
+    def forget_snapshot(self) -> None:
+        """The queue lost packages (``purge``): the next ``holds`` reads it again."""
+        self._snapshot = None
 
     def holds(self, task_ids: Iterable[str], max_age: float = 0.0) -> set[str]:
         """Those of ``task_ids`` whose package is queued or leased (running, or waiting for
@@ -176,7 +189,7 @@ class Finding:
         sent many tasks is run again."""
         snapshot = self._snapshot
         if snapshot is None or time.monotonic() - snapshot[0] > max_age:
-            self.flush()
+            self._flush()
             taken = time.monotonic()
             ids = held_ids(self._queue, self.key)
             if ids is None:  # unreadable: all counted as held, better wait than run twice
@@ -193,8 +206,7 @@ class Finding:
         queue, and request the cancel of the leased ones, for their clusters to act on.
         Returns (header, deliveries so far, package) of each taken out, and the headers of
         the leased ones."""
-        if self._memory.rows:  # leases in memory: to be found as leased
-            self._write_now()
+        self._write_leases()  # those in memory: to be found as leased
         with self._transaction(retry=True):
             queue = self._queue
             removed = take_out(queue, self.key, match, needles)
@@ -221,7 +233,7 @@ class Finding:
     ) -> tuple[str, Header, int] | None:
         """Where a task is, read in one transaction: ``("running", header, attempt)``
         when leased, ``("queued", header, deliveries so far)`` when waiting, else None."""
-        self.flush()
+        self._flush()
         with self._transaction(retry=True):
             rows = [ROW + batch for batch in read_index(self._queue)]
             return locate(self._queue, self.key, rows, match, needles)

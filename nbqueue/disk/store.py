@@ -19,7 +19,8 @@ Each part keeps, in one diskcache Cache:
 The cached part keeps the same layout with an expiry on every key; its counts are
 taken by reading the group (records expire one by one, counters could not follow).
 
-``get_store(directory)`` gives the Store of a directory, shared in the process.
+``get_store(directory)`` (``nbqueue.disk.directory``) gives the Store of a directory,
+shared in the process.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 from nbqueue.disk import blobs
 from nbqueue.disk.blobs import Blob
 from nbqueue.disk.records import Manifest, Record, is_record, iter_record
-from nbqueue.disk.signing import load_key, private_directory
+from nbqueue.disk.signing import load_key
 from nbqueue.disk.storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
 from nbqueue.errors import ConfigurationError, SignatureError, StoreFileMissing, WaitWarning
 
@@ -391,7 +392,8 @@ class Part:
 
 
 class Store:
-    """The saved and cached outcomes of one store directory."""
+    """The saved and cached outcomes of one store directory (``directory``: absolute,
+    checked by ``signing.private_directory``)."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -510,29 +512,3 @@ class Store:
             if value:
                 return value
             pause = min(pause * 1.5, 0.002)
-
-
-_stores: dict[str, Store] = {}
-_stores_lock = threading.Lock()
-
-
-def get_store(directory: str | os.PathLike[str]) -> Store:
-    """The Store of ``directory``, shared in this process (one per absolute path)."""
-    found = _stores.get(directory) if isinstance(directory, str) else None
-    if found is not None:
-        return found
-    path = os.path.abspath(os.fspath(directory))
-    with _stores_lock:
-        found = _stores.get(path)
-        if found is None:
-            found = _stores[path] = Store(private_directory(path))
-    return found
-
-
-def drop_store(directory: str | os.PathLike[str], close: bool = True) -> None:
-    """Forget the shared Store of ``directory``, if any, and close it (tests, tools, a
-    store deleted under its cluster); ``close=False`` for a store deleted under it."""
-    with _stores_lock:
-        found = _stores.pop(os.path.abspath(os.fspath(directory)), None)
-    if found is not None and close:
-        found.close()

@@ -15,12 +15,10 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from nbqueue.disk.broker import Broker, get_broker
-from nbqueue.disk.heartbeats import heartbeats
-from nbqueue.disk.store import get_store
+from nbqueue.disk.broker import Broker
+from nbqueue.disk.directory import get_broker, get_store, heartbeats, sent
 from nbqueue.display.running_view import READ_EVERY, RunningView, _clock, running_note
 from nbqueue.live import running
-from nbqueue.sent import sent
 
 if TYPE_CHECKING:  # imported when a widget is drawn: ipywidgets is optional
     from ipywidgets import IntProgress, VBox

@@ -16,8 +16,9 @@ from datetime import datetime
 from html import escape
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from nbqueue.disk.broker import Broker, get_broker
-from nbqueue.disk.store import check_name, get_store
+from nbqueue.disk.broker import Broker
+from nbqueue.disk.directory import get_broker, get_store
+from nbqueue.disk.store import check_name
 from nbqueue.display.views import (
     FAIL_COLOR,
     MUTED,

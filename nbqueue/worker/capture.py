@@ -300,7 +300,7 @@ class LiveRows:
             }
             try:
                 if self._state is None:
-                    from nbqueue.disk.heartbeats import heartbeats
+                    from nbqueue.disk.directory import heartbeats
 
                     self._state = heartbeats(self.directory).state
                 self._state.set(LIVE + capture.task_id, row, expire=LIVE_TTL, retry=True)

@@ -7,13 +7,12 @@ Only this process's own tasks: another process's are in the store, or nowhere.
 
 from __future__ import annotations
 
-import threading
-
 SENT_KEPT = 10_000  # unusual tasks remembered, the newest
 
 
 class Sent:
-    """What this process sent to one store directory; get it with ``sent()``."""
+    """What this process sent to one store directory; get it with ``sent()``
+    (``nbqueue.disk.directory``), which drops it with the directory's other state."""
 
     def __init__(self) -> None:
         self.enqueued: dict[str, int] = {}  # group -> tasks this process put in it
@@ -33,18 +32,3 @@ class Sent:
         unusual[task_id] = how
         if len(unusual) > SENT_KEPT:
             del unusual[next(iter(unusual))]
-
-
-_sent: dict[str, Sent] = {}
-_lock = threading.Lock()
-
-
-def sent(directory: str) -> Sent:
-    """What this process sent to the store at ``directory`` (absolute), shared in it."""
-    found = _sent.get(directory)
-    if found is None:
-        with _lock:
-            found = _sent.get(directory)
-            if found is None:
-                found = _sent[directory] = Sent()
-    return found
