@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nbqueue import async_task, sent as sent_module
+from nbqueue import async_task
+from nbqueue.disk import sent as sent_module
 from nbqueue.disk.sent import Sent
 from nbqueue.disk.directory import sent
 
