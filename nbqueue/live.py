@@ -2,7 +2,7 @@
 
 A task that runs for a while has a *live row* in the store's ``state`` part: its
 worker's pid, when it started, its last ``report`` and its output so far, rewritten by
-the worker (``nbqueue.capture``) while they change. ``status`` puts it together with
+the worker (``nbqueue.worker.capture``) while they change. ``status`` puts it together with
 the task's stored outcome, or where the queue holds it.
 """
 

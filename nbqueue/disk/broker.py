@@ -12,7 +12,7 @@ outcome is stored), ``release`` (handed back unrun) or by expiring, after which
 ``reap`` puts it back in the queue for another delivery. So a crash anywhere loses
 nothing: the worst case is a second delivery after ``retry``.
 
-What a process enqueues is written behind (``nbqueue.outbox``), a few ms later; a
+What a process enqueues is written behind (``nbqueue.disk.outbox``), a few ms later; a
 cluster of the same process leases those packages straight from the outbox, in memory
 (``leases.InMemory``), and their lease rows are written behind with the outbox: a task
 done before then costs the queue no write at all. Until written, they are lost with
@@ -105,7 +105,7 @@ class Broker:
 
     def enqueue(self, package: bytes) -> None:
         """Put one signed package at the back of the queue, written behind by the outbox
-        (see ``nbqueue.outbox``); ``flush()`` waits for it to be written.
+        (see ``nbqueue.disk.outbox``); ``flush()`` waits for it to be written.
 
         Raises StoreError, and does not take the package, if earlier packages could not
         be written (disk full, damaged, or locked by another process past SQLite's 60 s
@@ -372,7 +372,7 @@ class Broker:
     def reap(self, now: float | None = None) -> int:
         """Put every expired lease back in the queue; return how many. Only a task that a
         worker began is charged an attempt: its holder's folder on this machine tells
-        (``nbqueue.hosts``), and without one every task is. Then the folders of dead
+        (``nbqueue.disk.hosts``), and without one every task is. Then the folders of dead
         holders no longer needed are swept."""
         now = time.time() if now is None else now
         self._write_leases()  # this process's leases in memory are reaped like the others

@@ -4,7 +4,7 @@
 read the task and never raise: an argument or result that cannot be unpickled here
 shows as ``<unreadable: ...>``. The HTML has inline styles only and no script, so it
 renders the same in JupyterLab, a static notebook viewer and an exported page. The
-helpers below (seconds, short reprs, tracebacks) are shared with ``nbqueue.summary``.
+helpers below (seconds, short reprs, tracebacks) are shared with ``nbqueue.display.summary``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""What runs a task: inside a loky worker process, or inline for ``sync=True``.
+"""The worker process: what runs a task, in a loky or dask worker, or inline for
+``sync=True``.
 
-This module is shipped to worker processes, so it imports nothing heavy, and of
-nbqueue only what a task's run needs: errors, records, callables, capture and
-tracebacks.
+Of nbqueue, a task's run needs only the store's records, signing and files
+(``nbqueue.disk``) and this folder: callables, capture, tracebacks and the outcome
+stream.
 
 Timeouts are a small arm/cancel strategy in two tiers:
 
@@ -14,10 +15,11 @@ Timeouts are a small arm/cancel strategy in two tiers:
    cluster reads the slots every 100 ms and SIGKILLs a worker still on the same
    task a grace period after its deadline; a signal cannot stop C code, a kill can.
 
-After its slot, the file keeps a ring of the lease tokens of the last BEGUN tasks the
-worker began: a host killed with its workers leaves that record behind, and the
-reaper of its expired leases charges an attempt only to the tasks that began
-(``nbqueue.hosts``). Both are plain stores to shared memory: no system call per task.
+After its slot, the file keeps a ring of the lease tokens of the last tasks the worker
+began: a host killed with its workers leaves that record behind, and the reaper of its
+expired leases charges an attempt only to the tasks that began. The slot file and its
+ring are ``nbqueue.disk.hosts.Slot``; both are plain stores to shared memory: no
+system call per task.
 """
 
 from __future__ import annotations
@@ -370,7 +372,7 @@ def skipped(item: Item) -> Outcome:
 
 def run_chunk(slot_dir: str | None, items: list[Item]) -> Sequence[Outcome | str]:
     """Run tasks one after another in this worker; the unit a cluster submits to loky.
-    Outcomes also go to the cluster's outcome stream as they end (``nbqueue.stream``);
+    Outcomes also go to the cluster's outcome stream as they end (``nbqueue.worker.stream``);
     the ones it sent are named by their task id in the chunk's result."""
     slot = _slot(slot_dir)
     if slot_dir is None:

@@ -73,9 +73,9 @@ class Executor:
     at_exit: Callable[[], None] | None = None
     directory: str | None = None  # the store: the default of tasks that enqueue tasks
     # whether its workers send outcomes through the cluster's stream as tasks end
-    # (``nbqueue.stream``), or only in their chunk's result
+    # (``nbqueue.worker.stream``), or only in their chunk's result
     streams_outcomes = False
-    # whether its workers note in their slots each task they begin (``worker.Slot``)
+    # whether its workers note in their slots each task they begin (``nbqueue.disk.hosts.Slot``)
     notes_begun = False
 
     def open(self) -> None:
