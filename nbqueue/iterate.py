@@ -133,9 +133,10 @@ def as_completed(
       already first, then each new one as it is stored. It ends after ``count`` tasks;
       without ``count``, after as many as this process put in the group (as a progress
       panel's total, which ``delete_group`` resets); for a group this process put nothing
-      in, once nothing is queued or running in the store (its queue and leases empty at
-      two polls in a row, with no new outcome between): no more outcome can come then.
-      A task sent with ``save=False`` is never stored, so never yielded.
+      in, or put a task with ``save=False`` in (its success is never stored, so never
+      yielded), once nothing is queued or running in the store (its queue and leases
+      empty at two polls in a row, with no new outcome between): no more outcome can
+      come then.
 
     ``timeout`` (seconds from the call) raises ``TimeoutError`` once it has run out and
     no task is left to yield at once (as ``concurrent.futures.as_completed``). Leaving
@@ -185,11 +186,15 @@ def _completed_futures(
     futures: list[TaskFuture], deadline: float | None, timeout: float | None
 ) -> Iterator[Task]:
     pending = set(futures)
+    seen: set[str] = set()  # a task given by its id and by its name is yielded once
     try:
         for fut in futures:
             if fut.done():
                 pending.discard(fut)
-                yield _task_of(fut)
+                task = _task_of(fut)
+                if task.id not in seen:
+                    seen.add(task.id)
+                    yield task
         while pending:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -202,7 +207,10 @@ def _completed_futures(
                 wait_futures(pending, left, FIRST_COMPLETED),
             )
             for fut in sorted(done, key=_stopped):
-                yield _task_of(fut)
+                task = _task_of(fut)
+                if task.id not in seen:
+                    seen.add(task.id)
+                    yield task
     finally:
         for fut in pending:
             fut.cancel()  # stop waiting; the tasks run on
@@ -222,7 +230,9 @@ def _completed_group(
     memo = sent(broker.directory)
     yielded = idle_polls = 0
     while True:
-        want = count if count is not None else memo.enqueued.get(group)
+        want = count
+        if want is None and group not in memo.unsaved_groups:
+            want = memo.enqueued.get(group)  # else some are never stored: the idle rule
         if want is not None and yielded >= want:
             return
         # Only for a group of other processes' tasks: this process's own may be on their

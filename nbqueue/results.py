@@ -252,7 +252,9 @@ def delete_group(
     again, run twice in one kernel, does not wait for the first run's tasks).
     """
     broker = broker or get_broker()
-    sent(broker.directory).enqueued.pop(group_id, None)
+    memo = sent(broker.directory)
+    memo.enqueued.pop(group_id, None)
+    memo.unsaved_groups.discard(group_id)
     return _store(broker).part(cached).delete_group(group_id, tasks)
 
 

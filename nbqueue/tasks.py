@@ -122,7 +122,7 @@ def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str
         header, package = make_package(func, args, kwargs, options)
     memo = sent(broker.directory)
     if header.group is not None:
-        memo.count(header.group)
+        memo.count(header.group, unsaved=header.save is False)
     if options.sync:
         run_inline(header, func, broker, conf.settings(), package)
     else:

@@ -28,8 +28,7 @@ from nbqueue import (
     get_broker,
     result,
 )
-from nbqueue.disk import broker as broker_module
-from nbqueue.disk.store import drop_store
+from nbqueue.disk.directory import drop
 from nbqueue.models import Failure
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
@@ -49,8 +48,7 @@ def shared(tmp_path_factory):
     yield cluster
     cluster.stop(wait=5)
     conf.reset()
-    broker_module.drop_broker(directory)
-    drop_store(directory)
+    drop(directory)
 
 
 @pytest.fixture
@@ -82,13 +80,6 @@ def test_as_completed_yields_finished_tasks_first_each_once(cluster):
     assert [t.id for t in as_completed(["iterate-done"], timeout=WAIT)] == [done]  # by name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "as_completed(task_ids=...) drops repeated strings, not repeated tasks: a task given "
-        "by its uuid and by its name is yielded twice"
-    ),
-)
 def test_as_completed_yields_a_task_given_by_id_and_by_name_once(cluster):
     done = async_task(fx.add, 1, 2, task_name="iterate-twice")
     assert result(done, wait=WAIT * 1000) == 3
@@ -128,14 +119,6 @@ def test_leaving_as_completed_early_only_stops_waiting(cluster, by):
     assert all(t.success for t in tasks)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "as_completed(group=...) without count waits for as many tasks as this process put "
-        "in the group, save=False ones included, which are never stored: it never ends "
-        "(TimeoutError here, a hang without a timeout)"
-    ),
-)
 def test_as_completed_of_a_group_with_a_task_not_saved_ends_after_the_saved_ones(cluster):
     group = _group()
     saved = async_task(fx.add, 1, group=group)

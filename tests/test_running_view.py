@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from nbqueue import async_task
-from nbqueue.disk.store import get_store
+from nbqueue.disk.directory import get_store
 from nbqueue.display.running_view import (
     LINES,
     MESSAGE_WIDTH,

@@ -20,8 +20,7 @@ import pytest
 
 from nbqueue import Cluster, async_task, get_broker, result
 from nbqueue.cluster.serving import EXIT_GRACE, serving, stop_all
-from nbqueue.disk import broker as broker_module
-from nbqueue.disk.store import drop_store
+from nbqueue.disk.directory import drop
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 
@@ -37,8 +36,7 @@ def directories(tmp_path):
     found = [str(tmp_path / name) for name in ("a", "b")]
     yield found
     for directory in found:
-        broker_module.drop_broker(directory)
-        drop_store(directory)
+        drop(directory)
 
 
 def _redelivered_attempts(directory: str) -> list[int]:

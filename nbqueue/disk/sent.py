@@ -16,14 +16,19 @@ class Sent:
 
     def __init__(self) -> None:
         self.enqueued: dict[str, int] = {}  # group -> tasks this process put in it
+        self.unsaved_groups: set[str] = set()  # groups given a task with save=False
         self.unusual: dict[str, str] = {}  # task id -> "unsaved"/"cached", the newest
         self.warned_no_cluster = False
         self.serve_check_at = 0.0  # when async_task next checks that a cluster serves
         self.departures_seen = 0  # the broker's ``departures`` at that check
 
-    def count(self, group: str, tasks: int = 1) -> None:
-        """Note ``tasks`` more tasks put in ``group``."""
+    def count(self, group: str, tasks: int = 1, unsaved: bool = False) -> None:
+        """Note ``tasks`` more tasks put in ``group``; ``unsaved``: sent with ``save=False``
+        (a success is then never stored, so the group's stored tasks never reach its
+        count)."""
         self.enqueued[group] = self.enqueued.get(group, 0) + tasks
+        if unsaved:
+            self.unsaved_groups.add(group)
 
     def remember(self, task_id: str, how: str) -> None:
         """Note a task whose outcome a plain ``result()`` would wait for in vain (``how``:
