@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from nbqueue.conf import configure
 from nbqueue.control import cancel, cancel_group, retry, retry_group
 from nbqueue.disk.broker import Broker, get_broker
+from nbqueue.disk.records import Cause
 from nbqueue.display.summary import GroupSummary, summary
 from nbqueue.errors import (
     ClusterError,
@@ -90,6 +91,7 @@ __all__ = [
     "Task",
     "Success",
     "Failure",
+    "Cause",
     "Cluster",
     "configure",
     "get_broker",

@@ -45,6 +45,7 @@ FRAME_COLUMNS = (
     "kwargs",
     "success",
     "result",
+    "cause",
     "started",
     "stopped",
     "duration",
