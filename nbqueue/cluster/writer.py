@@ -19,11 +19,12 @@ from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING
 
 from nbqueue.cluster.cancels import WHY as CANCELLED
-from nbqueue.cluster.executors import BROKEN, WorkerLost
+from nbqueue.cluster.executors import BROKEN
 from nbqueue.cluster.inflight import Job
 from nbqueue.disk.blobs import Blob, discard
 from nbqueue.disk.records import Cause, Outcome, Record, failure, make_record
 from nbqueue.disk.storage import store_trouble
+from nbqueue.errors import WorkerLost
 from nbqueue.live import forget_live, live_row
 from nbqueue.models import Task
 from nbqueue.worker import failure_text
