@@ -12,6 +12,7 @@ from nbqueue.conf import configure
 from nbqueue.control import cancel, cancel_group, retry, retry_group
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker
+from nbqueue.disk.records import Cause
 from nbqueue.display.summary import GroupSummary, summary
 from nbqueue.errors import (
     ClusterError,
@@ -91,6 +92,7 @@ __all__ = [
     "Task",
     "Success",
     "Failure",
+    "Cause",
     "Cluster",
     "configure",
     "get_broker",

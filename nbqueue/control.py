@@ -23,6 +23,7 @@ from nbqueue.disk.blobs import Blob
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store
 from nbqueue.disk.records import (
+    Cause,
     Header,
     Record,
     decode_header,
@@ -91,7 +92,7 @@ def _cancel(broker: Broker, match: Callable[[Header], bool], needles: list[bytes
     broker.notify_cancels()
     records = []
     for header, attempts, package in removed:
-        record = make_record(header, failure(header.id, CANCELLED), attempts)
+        record = make_record(header, failure(header.id, CANCELLED, Cause.CANCELLED), attempts)
         record["package"] = package
         records.append((header, record))
     store.save([record for _, record in records], conf.settings().save_limit)

@@ -88,8 +88,26 @@ class TaskFailed(NbqueueError, RuntimeError):
 
 
 class WorkerLost(NbqueueError, RuntimeError):
-    """The worker process running a task died (killed, out of memory, ``os._exit``), so
-    the task has no outcome of its own; the message says how it ended."""
+    """The worker process running a task died (killed, out of memory, crashed,
+    ``os._exit``, its dask worker restarted or shut down), so the task has no outcome of
+    its own; the message says how it ended. A task lost this way is delivered again
+    until its ``max_attempts`` are spent; one lost every time needs what killed it
+    fixed (out of memory: fewer workers, or smaller inputs; a crash in C code), then
+    ``nbqueue.retry`` runs it again.
+
+    In the cluster, an executor's chunk of tasks ends with this error: ``running`` holds
+    the ids of the tasks that were running when it happened (the cluster counts an
+    attempt for those; the chunk's other tasks were only waiting), ``reason`` how the
+    worker ended (the message, without what else it says).
+    """
+
+    def __init__(self, message: str, running: tuple[str, ...] = (), reason: str = "") -> None:
+        super().__init__(message)
+        self.running = tuple(running)
+        self.reason = reason or message
+
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self), self.running, self.reason)
 
 
 class RemoteError(NbqueueError):

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal, TypeGuard, overload
 from nbqueue.disk import blobs
 from nbqueue.disk.blobs import Blob
 from nbqueue.disk.directory import get_store
-from nbqueue.disk.records import Record, decode_result
+from nbqueue.disk.records import Cause, Record, cause_of, decode_result
 from nbqueue.disk.signing import load_key
 from nbqueue.disk.store import Store
 from nbqueue.worker.tracebacks import exception_from_text, unpack_exception
@@ -96,6 +96,12 @@ class Task:
         if "result" not in self._decoded:
             self._decoded["result"] = decode_result(self._pickled("result"))
         return self._decoded["result"]
+
+    @property
+    def cause(self) -> Cause | None:
+        """Why the task failed (``nbqueue.Cause``: it raised, timed out, was cancelled,
+        its worker was lost ...); None for a success."""
+        return cause_of(self._record)
 
     @property
     def started(self) -> datetime:

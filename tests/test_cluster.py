@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import threading
 import time
@@ -91,7 +92,7 @@ def test_hooks_run_once_for_every_outcome(cluster):
 def test_task_that_raises_is_a_failure_with_traceback(cluster):
     task = fetch(async_task(fx.boom, "no good", ack_failure=True), wait=WAIT)
     assert task.success is False
-    assert task.result.startswith("ValueError: no good")
+    assert task.result.startswith("ValueError: no good") and task.cause is nbqueue.Cause.RAISED
     assert "Traceback" in task.result and "tasks_fixtures.py" in task.result
     assert count_group("x") == 0
 
@@ -133,7 +134,7 @@ def test_timeout_stops_a_sleeping_task_and_others_go_on(cluster):
     task = fetch(slow, wait=WAIT)
     assert task is not None and time.monotonic() - started < 10
     assert not task.success and "timed out after 1 s" in task.result
-    assert task.attempt_count == 1
+    assert task.attempt_count == 1 and task.cause is nbqueue.Cause.TIMEOUT  # tier 1
     assert [result(q, wait=WAIT) for q in quick] == list(range(20))
     deadline = time.monotonic() + 10
     while not hooked and time.monotonic() < deadline:
@@ -148,6 +149,7 @@ def test_timeout_kills_a_worker_that_ignores_the_signal(cluster):
     task = fetch(stuck, wait=WAIT)
     assert not task.success
     assert "timed out after 1 s" in task.result and "killed" in task.result
+    assert task.cause is nbqueue.Cause.TIMEOUT  # tier 2: the cluster's verdict
     assert task.time_taken() < 10
     assert [result(o, wait=WAIT) for o in others] == list(range(10))
     assert result(async_task(fx.add, 5), wait=WAIT) == 5
@@ -159,7 +161,7 @@ def test_worker_death_is_a_failure_after_max_attempts(cluster):
     task = fetch(dying, wait=WAIT * 2)
     assert task is not None and not task.success
     assert "worker process running this task died" in task.result
-    assert task.attempt_count == 2
+    assert task.attempt_count == 2 and task.cause is nbqueue.Cause.WORKER_LOST
     assert [result(f, wait=WAIT) for f in fine] == list(range(10))
 
 
@@ -496,3 +498,29 @@ def test_interpreter_exit_is_quiet_and_loses_nothing(store_dir, tmp_path):
         assert any("this process is exiting" in r[1] for r in report["records"])
         windows += report["windows"]
     stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS, windows)
+
+
+def test_a_chunk_its_executor_cannot_run_is_each_tasks_failure(store_dir):
+    """A chunk the executor fails before any of its tasks began (as dask does when a
+    worker cannot import nbqueue): every task of it is a Failure of that cause, saying
+    what the executor said, and the cluster goes on."""
+    with Cluster(workers=1) as running:
+        executor = running.executor
+        submit = executor.submit
+        failing = threading.Event()  # set while only the doomed task is in the queue
+
+        def fails(items):
+            if not failing.is_set():
+                return submit(items)
+            future = concurrent.futures.Future()
+            future.set_exception(OSError("no worker can import what the chunk needs"))
+            return future
+
+        executor.submit = fails  # the executor's own word, its pool left as it is
+        failing.set()
+        task = fetch(async_task(fx.add, 1, 2), wait=WAIT)
+        failing.clear()
+        assert task is not None and not task.success and task.attempt_count == 1
+        assert task.result.startswith("OSError: no worker can import what the chunk needs")
+        assert task.cause is nbqueue.Cause.EXECUTOR
+        assert result(async_task(fx.add, 2, 2), wait=WAIT) == 4

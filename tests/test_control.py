@@ -34,6 +34,7 @@ def test_a_queued_task_never_runs_and_its_failure_says_cancelled(store_dir, tmp_
     assert queue_size() == 1  # only the other one waits
     task = fetch(task_id)
     assert task is not None and not task.success and "cancelled" in task.result
+    assert task.cause is nbqueue.Cause.CANCELLED
     assert seen and "cancelled" in seen[0]  # its hook ran
     assert cancel(task_id) is False  # finished: cancelled already
     with Cluster(workers=1):
@@ -52,6 +53,7 @@ def test_a_running_task_is_stopped_within_a_second_and_the_others_untouched(clus
     assert cancel(victim) is True
     task = fetch(victim, wait=5_000)
     assert task is not None and "cancelled" in task.result
+    assert task.cause is nbqueue.Cause.CANCELLED  # TaskCancelled raised in it
     assert time.monotonic() - started < 2.5
     finished = fetch(other, wait=WAIT)
     assert finished.success and finished.attempt_count == 1  # not restarted
@@ -71,6 +73,7 @@ def test_a_task_leased_but_not_started_never_runs(store_dir, tmp_path):
         assert cancel(waiting) is True
         # cancelled at once, not when the run ahead of it ends: no worker began it
         assert "cancelled" in fetch(waiting).result
+        assert fetch(waiting).cause is nbqueue.Cause.CANCELLED  # the cluster's verdict
         assert fetch(first) is None
         assert fetch(first, wait=WAIT).success
         time.sleep(0.5)
@@ -88,6 +91,7 @@ def test_cancel_group_counts_and_finished_tasks_are_not_cancelled(cluster, tmp_p
     assert cancel_group("g") == 6
     outcomes = [fetch(task_id, wait=5_000) for task_id in ids]
     assert all(t is not None and "cancelled" in t.result for t in outcomes)
+    assert {t.cause for t in outcomes} == {nbqueue.Cause.CANCELLED}
     assert nbqueue.count_group("g") == 7 and nbqueue.count_group("g", failures=True) == 6
     assert cancel_group("g") == 0 and cancel_tasks(ids) == 0
     assert fx.runs(log, "stop") == [] and len(fx.runs(log, "start")) == 2

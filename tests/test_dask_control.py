@@ -261,6 +261,7 @@ def test_cancel_a_task_later_in_a_running_chunk_never_runs(dask_cluster, tmp_pat
     victim = next(c[1] for c in chunks)
     assert cancel(victim) is True
     assert "cancelled" in fetch(victim, wait=5_000).result
+    assert fetch(victim).cause is nbqueue.Cause.CANCELLED
     tasks = nbqueue.fetch_group("dask-chunked", wait=WAIT, count=6)
     assert tasks is not None and len(tasks) == 6
     assert sum(t.success for t in tasks) == 5
@@ -283,6 +284,7 @@ def test_cancel_a_running_task_stops_it_and_leaves_the_other_alone(dask_cluster,
     assert cancel(victim) is True
     task = fetch(victim, wait=5_000)
     assert task is not None and not task.success and "cancelled" in task.result
+    assert task.cause is nbqueue.Cause.CANCELLED
     assert time.monotonic() - started < 3
     finished = fetch(other, wait=WAIT)
     assert finished.success and finished.attempt_count == 1  # not restarted

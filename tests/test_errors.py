@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 import nbqueue
@@ -18,7 +20,26 @@ EXPECTED = {
     errors.StoreSwapped: PermissionError,
     errors.TaskTimeout: TimeoutError,
     errors.ClusterError: RuntimeError,
+    errors.WorkerLost: RuntimeError,
 }
+
+
+def test_one_worker_lost_serves_the_user_and_the_executors():
+    """The error a user meets for a dead worker is the one an executor ends a chunk with:
+    its ``running`` tasks and ``reason`` survive a pickle (a chunk's Future, a failure's
+    packed exception), and a plain message makes one as ``exception_from_text`` does."""
+    from nbqueue.cluster import executors
+    from nbqueue.cluster.executors import dask as dask_executor
+
+    assert nbqueue.WorkerLost is errors.WorkerLost is executors.WorkerLost
+    assert dask_executor.WorkerLost is errors.WorkerLost and errors.WorkerLost in executors.BROKEN
+    lost = errors.WorkerLost("dask worker x was lost [KilledWorker: x]", ("t1",), "dask worker x")
+    copy = pickle.loads(pickle.dumps(lost))
+    assert (type(copy), str(copy), copy.running, copy.reason) == (
+        errors.WorkerLost, "dask worker x was lost [KilledWorker: x]", ("t1",), "dask worker x")
+    plain = errors.WorkerLost("the worker died")
+    assert plain.running == () and plain.reason == str(plain) == "the worker died"
+    assert "nbqueue.retry" in errors.WorkerLost.__doc__  # what to do about it
 
 
 @pytest.mark.parametrize("error, standard", EXPECTED.items(), ids=lambda e: e.__name__)

@@ -194,6 +194,7 @@ def test_task_that_kills_its_worker_is_a_failure_after_max_attempts(dask_cluster
     assert task is not None and task.success is False
     assert "the worker process running this task died" in task.result
     assert "dask worker" in task.result and task.attempt_count == 2
+    assert task.cause is nbqueue.Cause.WORKER_LOST
     assert [result(i, WAIT) for i in ids] == list(range(1, 7))
 
 
@@ -212,6 +213,7 @@ def _timeout_checks(cluster, tmp_path):
     task = fetch(timed, WAIT)
     assert task is not None and task.success is False
     assert "timed out after 1 s" in task.result and "worker process was restarted" in task.result
+    assert task.cause is nbqueue.Cause.TIMEOUT
     assert time.monotonic() - started < 10 and task.time_taken() < 10
     assert sorted(result_group("others", count=10, wait=WAIT)) == list(range(1, 11))
     (kind, pid), = runs(log)

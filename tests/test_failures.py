@@ -216,6 +216,7 @@ def test_segfault_is_a_failure_saying_the_worker_died(cluster):
     others = [async_task(fx.nap, 0.05, i) for i in range(10)]
     task = fetch(crash, wait=WAIT)
     assert not task.success and "worker process running this task died" in task.result
+    assert task.cause is nbqueue.Cause.WORKER_LOST
     assert [result(o, wait=WAIT) for o in others] == list(range(10))
 
 
@@ -294,6 +295,7 @@ def test_tampered_foreign_truncated_and_random_packages_never_run(cluster, broke
     assert marker.read_text().count("start") == 1  # only the signed package ran
     reasons = sorted(r["result"] for r in _all_records(broker) if not r["success"])
     assert len(reasons) == 4 and all(r.startswith("SignatureError: package") for r in reasons)
+    assert [r["cause"] for r in _all_records(broker) if not r["success"]] == ["refused"] * 4
     assert any("truncated" in r or "no nbqueue header" in r for r in reasons)
     assert any("does not match" in r for r in reasons)
     assert cluster.running
@@ -414,6 +416,7 @@ def test_timeout_stops_a_stuck_task_within_grace(cluster, stuck):
     started = time.monotonic()
     task = fetch(async_task(stuck, *args, timeout=1, ack_failure=True), wait=WAIT)
     assert not task.success and "timed out after 1 s" in task.result
+    assert task.cause is nbqueue.Cause.TIMEOUT
     assert time.monotonic() - started < 1 + 1 + 3  # timeout + kill grace + slack for 2 cores
     assert [result(async_task(fx.add, i), wait=WAIT) for i in range(5)] == list(range(5))
 
@@ -461,6 +464,7 @@ def test_an_innocent_task_beside_worker_killers_is_never_charged(store_dir, tmp_
         for killer in killers:
             dead = fetch(killer, wait=WAIT)
             assert not dead.success and "worker process running this task died" in dead.result
+            assert dead.cause is nbqueue.Cause.WORKER_LOST
         assert running.running
     spans = sorted(_runs(log)[0], key=lambda span: span[0])
     assert spans[-1][1] is not None  # its last run finished
@@ -856,6 +860,7 @@ def test_three_host_kills_charge_only_the_task_that_was_running(store_dir, tmp_p
     long_one = by_id[ids[0]]
     assert not long_one.success and long_one.attempt_count == 3
     assert "WorkerLost: gave up after 3 attempts" in long_one.result
+    assert long_one.cause is nbqueue.Cause.WORKER_LOST
     for i in ids[1:]:
         assert by_id[i].success and by_id[i].attempt_count == 1, (by_id[i].attempt_count,
                                                                   by_id[i].result)
@@ -889,6 +894,7 @@ def test_a_task_that_kills_its_host_each_time_is_given_up_after_max_attempts(sto
     dead = fetch(killer)
     assert not dead.success and dead.attempt_count == 2, (dead.attempt_count, dead.result)
     assert "WorkerLost: gave up after 2 attempts" in dead.result
+    assert dead.cause is nbqueue.Cause.WORKER_LOST
     starts = _starts(log)
     assert starts[0] == 2
     for number, task_id in enumerate(ids, 1):
@@ -1074,6 +1080,7 @@ def test_an_outcome_the_store_refuses_for_its_own_cause_is_that_tasks_failure(st
         assert str(by_id[big].result).startswith("StoreError: the outcome of this task could "
                                                  "not be stored: SignatureError: ")
         assert "is not a regular file but a directory" in str(by_id[big].result)
+        assert by_id[big].cause is nbqueue.Cause.NOT_STORED
         assert all(by_id[i].success and by_id[i].result == n for n, i in enumerate(ids))
         assert "it is stored as its failure" in caplog.text
         assert nbqueue.retry(big)  # kept for retry: its package is in the failure

@@ -10,7 +10,7 @@ import pytest
 
 import nbqueue
 from nbqueue.models import Failure, Success, Task, group_count
-from nbqueue.disk.records import Header, Outcome, make_record
+from nbqueue.disk.records import Cause, Header, Outcome, make_record
 from nbqueue.disk.directory import get_store
 
 
@@ -73,3 +73,18 @@ def test_save_turns_a_cached_task_into_a_saved_one(store_dir):
 def test_a_bad_id_is_a_clear_error(store_dir, bad):
     with pytest.raises(nbqueue.ConfigurationError, match="non-empty string"):
         Task.get_task(bad)
+
+
+def test_a_failure_of_each_cause_has_it_and_a_success_none(store_dir):
+    now = time.time()
+    failures = [make_record(_header(cause.value, group="causes"),
+                            Outcome(cause.value, False, "Error: text", 0.0, now, cause=cause), 1)
+                for cause in Cause]
+    ok = make_record(_header("ok", group="causes"),
+                     Outcome("ok", True, pickle.dumps(1), 0.0, now), 1)
+    store = _store(failures + [ok])
+    for cause in Cause:
+        task = Failure.get_task(cause.value, store=store)
+        assert task is not None and task.cause is cause and task.cause == cause.value
+    assert Success.get_task("ok", store=store).cause is None
+    assert nbqueue.Cause is Cause

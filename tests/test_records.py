@@ -18,8 +18,9 @@ from nbqueue.disk import filesystems
 from nbqueue.disk import records
 from nbqueue.disk import signing
 from nbqueue.errors import SignatureError
-from nbqueue.disk.records import (EMPTY_ARGS, Header, Item, Outcome, decode_header, decode_result,
-                             encode_header, failure, iter_record, make_record, refused_record)
+from nbqueue.disk.records import (EMPTY_ARGS, Cause, Header, Item, Outcome, cause_of,
+                                  decode_header, decode_result, encode_header, failure,
+                                  is_cancelled, iter_record, make_record, refused_record)
 from nbqueue.disk.signing import sign
 
 KEY = os.urandom(32)
@@ -77,13 +78,32 @@ def test_a_record_is_the_header_described_with_its_outcome():
 
 def test_failures_judged_by_the_cluster_and_refused_packages():
     before = time.time()
-    outcome = failure("x", "TaskTimeout: timed out")
+    outcome = failure("x", "TaskTimeout: timed out", Cause.TIMEOUT)
     assert not outcome.success and outcome.result == "TaskTimeout: timed out"
+    assert outcome.cause is Cause.TIMEOUT
     assert before <= outcome.started == outcome.stopped <= time.time()
     record = refused_record("r", "refused-name", "SignatureError: bad", attempt=3)
     assert record["func"] == "<rejected package>" and record["success"] is False
     assert record["attempt_count"] == 3 and record["save"] is True
     assert pickle.loads(record["args"]) == ((), {}) and record["args"] == EMPTY_ARGS
+    assert record["cause"] == "refused" and cause_of(record) is Cause.REFUSED
+
+
+@pytest.mark.parametrize("cause", list(Cause))
+def test_a_failure_record_keeps_its_cause_as_a_plain_string(cause):
+    record = make_record(_header(), Outcome("id-1", False, "Error: text", 1.0, 2.0,
+                                            cause=cause), attempt=1)
+    assert type(record["cause"]) is str and record["cause"] == cause.value
+    assert cause_of(pickle.loads(pickle.dumps(record))) is cause
+    assert is_cancelled(record) is (cause is Cause.CANCELLED)
+
+
+def test_a_cancel_is_told_by_the_cause_not_by_the_text():
+    said = make_record(_header(), Outcome("id-1", False, "TaskCancelled: not really", 1.0,
+                                          2.0, cause=Cause.RAISED), attempt=1)
+    assert not is_cancelled(said) and cause_of(said) is Cause.RAISED
+    success = make_record(_header(), Outcome("id-1", True, b"", 1.0, 2.0), attempt=1)
+    assert "cause" not in success and cause_of(success) is None and not is_cancelled(success)
 
 
 def test_results_decode_from_pickles_and_failures_stay_text():
@@ -98,7 +118,9 @@ def test_an_iter_record_keeps_input_order_and_the_worst_outcome():
     records = [make_record(_header(id=i), Outcome(i, ok, value, 6.0, stop), attempt=n)
                for i, ok, value, stop, n in (("a", True, pickle.dumps(1), 9.0, 1),
                                              ("b", False, "ValueError: no", 8.0, 2))]
+    records[1]["cause"] = Cause.RAISED.value
     combined = iter_record(manifest, records)
+    assert combined["cause"] == "raised"  # the cause of its first failed task
     assert decode_result(combined["result"]) == [1, "ValueError: no"]
     assert combined["success"] is False and combined["stopped"] == 9.0
     assert combined["attempt_count"] == 2 and combined["started"] == 5.0

@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import nbqueue
-from nbqueue import MissingDependency, async_task
+from nbqueue import Cause, MissingDependency, async_task
 from nbqueue.disk.records import Header, Outcome, make_record
 from nbqueue.disk.directory import get_store
 from nbqueue.display.summary import FRAME_COLUMNS, MAX_BARS, GroupSummary, summary
@@ -200,6 +200,7 @@ def test_to_frame(store_dir):
     assert rows.loc[ok, "args"] == (2,) and rows.loc[ok, "kwargs"] == {"b": 3}
     assert rows.loc[ok, "result"] == 5 and bool(rows.loc[ok, "success"])
     assert rows.loc[bad, "result"].startswith("ValueError: x")
+    assert rows.loc[bad, "cause"] is Cause.RAISED and pandas.isna(rows.loc[ok, "cause"])
     assert rows.loc[ok, "func"] == "tests.tasks_fixtures.add"
     assert rows.loc[ok, "group"] == "framed" and rows.loc[ok, "attempt_count"] == 1
     assert rows.loc[ok, "stopped"] >= rows.loc[ok, "started"]

@@ -12,7 +12,8 @@ import pytest
 
 from nbqueue import worker
 from nbqueue.disk import hosts
-from nbqueue.disk.records import Item
+from nbqueue.disk.records import Cause, Item
+from nbqueue.errors import TaskCancelled, TaskFunctionError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -53,6 +54,7 @@ def test_tier_one_timeout_interrupts_sleep_in_main_thread():
     _, success, text, _, _ = worker.execute(_item(time.sleep, 5, timeout=0.3))[:5]
     assert not success and text.startswith("TaskTimeout: timed out after 0.3 s")
     assert time.monotonic() - started < 2
+    assert worker.execute(_item(time.sleep, 5, timeout=0.1)).cause is Cause.TIMEOUT
 
 
 def test_swallowed_timeout_is_still_a_failure():
@@ -61,8 +63,29 @@ def test_swallowed_timeout_is_still_a_failure():
             time.sleep(5)
         except Exception:
             return "pretend all is well"
-    _, success, text, _, _ = worker.execute(_item(stubborn, timeout=0.2))[:5]
+    outcome = worker.execute(_item(stubborn, timeout=0.2))
+    _, success, text, _, _ = outcome[:5]
     assert not success and "timed out after 0.2 s" in text
+    assert outcome.cause is Cause.TIMEOUT
+
+
+def test_the_cause_of_an_outcome_is_what_ended_the_task(tmp_path):
+    def cancelled():
+        raise TaskCancelled("the task was cancelled with nbqueue.cancel")
+
+    def exits():
+        raise SystemExit(3)
+
+    assert worker.execute(_item("math.floor", 1.5)).cause is None
+    assert worker.execute(_item("math.floor", "x")).cause is Cause.RAISED
+    assert worker.execute(_item(exits)).cause is Cause.RAISED
+    assert worker.execute(_item(cancelled)).cause is Cause.CANCELLED
+    skipped = _item("math.floor", 1.5)
+    os.makedirs(tmp_path / hosts.CANCELLED_DIR)
+    open(tmp_path / hosts.CANCELLED_DIR / skipped.id, "w").close()
+    (outcome,) = worker.run_chunk(str(tmp_path), [skipped])
+    assert not outcome.success and outcome.cause is Cause.CANCELLED
+    assert outcome.result == "TaskCancelled: cancelled before it started"
 
 
 def test_run_chunk_notes_each_task_it_begins(tmp_path):

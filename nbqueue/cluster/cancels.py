@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from nbqueue.cluster.inflight import Job
 from nbqueue.disk.hosts import CANCELLED_DIR, read_begun
+from nbqueue.disk.records import Cause
 
 if TYPE_CHECKING:
     from nbqueue.cluster import Cluster
@@ -79,7 +80,9 @@ class Cancels:
         begun = self._begun()
         for job in jobs:
             if begun is not None and job.lease.token not in begun:
-                self.cluster.writer.judge(job, WHY, attempt=job.lease.attempt, final=True)
+                self.cluster.writer.judge(
+                    job, WHY, Cause.CANCELLED, attempt=job.lease.attempt, final=True
+                )
             else:
                 job.cancelled = True
                 self._unseen[job.header.id] = job

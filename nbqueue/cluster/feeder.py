@@ -19,7 +19,7 @@ from nbqueue.cluster.cancels import WHY
 from nbqueue.cluster.inflight import Job
 from nbqueue.disk.leases import Lease
 from nbqueue.disk.names import new_task_id
-from nbqueue.disk.records import decode_header, refused_record
+from nbqueue.disk.records import Cause, decode_header, refused_record
 from nbqueue.disk.storage import store_trouble
 from nbqueue.errors import SignatureError
 
@@ -122,7 +122,7 @@ class Feeder:
             job = Job(lease, header, header.timeout or cluster.settings.timeout)
             cluster.inflight.add(job)
             if header.id in cancelled:  # leased after its cancel request: never runs
-                cluster.writer.judge(job, WHY, attempt=lease.attempt, final=True)
+                cluster.writer.judge(job, WHY, Cause.CANCELLED, attempt=lease.attempt, final=True)
                 continue
             cluster.cancels.unmark(header.id)
             limit = job.attempts_allowed(cluster.settings)
@@ -132,6 +132,7 @@ class Feeder:
                     f"WorkerLost: gave up after {limit} attempts: each "
                     "time the task was lost (its worker or cluster died, or "
                     "it was stopped) before it finished",
+                    Cause.WORKER_LOST,
                     attempt=lease.attempt - 1,
                     final=True,
                 )

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from nbqueue.disk import signing
 from nbqueue.disk.directory import drop
+from nbqueue.disk.records import Cause
 from nbqueue.disk.storage import store_trouble
 from nbqueue.errors import StoreGone
 
@@ -171,6 +172,7 @@ class Monitor:
             cluster.writer.judge(
                 job,
                 f"TaskTimeout: timed out after {job.timeout:g} s {note}",
+                Cause.TIMEOUT,
                 attempt=job.lease.attempt,
                 final=job.is_final(False, cluster.settings),
             )

@@ -19,11 +19,12 @@ from concurrent.futures import CancelledError, Future
 from typing import TYPE_CHECKING
 
 from nbqueue.cluster.cancels import WHY as CANCELLED
-from nbqueue.cluster.executors import BROKEN, WorkerLost
+from nbqueue.cluster.executors import BROKEN
 from nbqueue.cluster.inflight import Job
 from nbqueue.disk.blobs import Blob, discard
-from nbqueue.disk.records import Outcome, Record, failure, make_record
+from nbqueue.disk.records import Cause, Outcome, Record, failure, make_record
 from nbqueue.disk.storage import store_trouble
+from nbqueue.errors import WorkerLost
 from nbqueue.live import forget_live, live_row
 from nbqueue.models import Task
 from nbqueue.worker import failure_text
@@ -114,13 +115,13 @@ class Writer:
             cluster.deaths.note(str(future.exception()))
         self.events.put(future)
 
-    def judge(self, job: Job, why: str, attempt: int, final: bool) -> None:
+    def judge(self, job: Job, why: str, cause: Cause, attempt: int, final: bool) -> None:
         """Decide a task's outcome outside its chunk (timeouts, give-ups, worker deaths,
         cancels); not that of a task whose outcome is held (decided, not stored yet)."""
         if job.lease.token in self._held_tokens:
             return
         job.judged = True
-        self.events.put((job, _record(job, failure(job.header.id, why), attempt), final))
+        self.events.put((job, _record(job, failure(job.header.id, why, cause), attempt), final))
 
     def _last_words(self, record: Record) -> None:
         """What a task judged from outside (killed on its timeout, its worker dead) wrote
@@ -274,7 +275,13 @@ class Writer:
         )
         if not record["success"]:
             text += f"\n\nIts outcome was this failure:\n{record['result']}"
-        return {**record, "success": False, "result": text, "package": job.lease.package}
+        return {
+            **record,
+            "success": False,
+            "cause": Cause.NOT_STORED.value,
+            "result": text,
+            "package": job.lease.package,
+        }
 
     def _refused(self, why: BaseException | None) -> None:
         """The store refused the held outcomes: say why, try again later, and give them
@@ -435,7 +442,7 @@ class Writer:
         except BaseException as exc:  # the chunk itself failed to run: count it on each task
             why = failure_text(exc)
             outcomes = [
-                failure(job.header.id, why)._replace(token=job.lease.token)
+                failure(job.header.id, why, Cause.EXECUTOR)._replace(token=job.lease.token)
                 for job in jobs
                 if not self._arrived_ahead(job)
             ]
@@ -453,7 +460,8 @@ class Writer:
         for job in jobs:
             if job.cancelled and not job.judged and not self._arrived_ahead(job):
                 job.judged = True
-                record = _record(job, failure(job.header.id, CANCELLED), job.lease.attempt)
+                outcome = failure(job.header.id, CANCELLED, Cause.CANCELLED)
+                record = _record(job, outcome, job.lease.attempt)
                 self._last_words(record)
                 finished.append((job, record, True))
             elif not job.cancelled:
@@ -510,7 +518,11 @@ class Writer:
                 self.hand_back([job], counted=False)  # collateral: it was only waiting
             elif job.last_attempt(cluster.settings):  # lost: delivered again, whatever
                 self.judge(
-                    job, f"WorkerLost: {why}", attempt=job.lease.attempt, final=True
+                    job,
+                    f"WorkerLost: {why}",
+                    Cause.WORKER_LOST,
+                    attempt=job.lease.attempt,
+                    final=True,
                 )  # ack_failures
             else:
                 self.hand_back([job], counted=True)

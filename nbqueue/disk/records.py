@@ -8,8 +8,9 @@
 - ``Header``: all that a task is, as the caller packed it; pickled and signed, it is
   the package in the queue (``encode_header``/``decode_header``).
 - ``Item``: the part of a header a worker needs to run the task.
-- ``Outcome``: what the worker sends back: the pickled result or a failure's text, and
-  what else the task left: its output, last progress, exception and traceback.
+- ``Outcome``: what the worker sends back: the pickled result or a failure's text and
+  ``Cause``, and what else the task left: its output, last progress, exception and
+  traceback.
 - ``Record``: what the store keeps of a finished task (``make_record``): the header's
   description of it and its outcome. ``models.Task`` is the read-only view of one.
 - ``Manifest``: the ids of an ``async_iter``, whose combined result is an iter record.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import pickle
 import time
+from enum import Enum
 from typing import Any, NamedTuple, TypedDict, TypeGuard
 
 from nbqueue.disk.blobs import Frames
@@ -30,6 +32,19 @@ from nbqueue.errors import SignatureError
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 EMPTY_ARGS = pickle.dumps(((), {}), protocol=PROTOCOL)
+
+
+class Cause(str, Enum):
+    """Why a task failed: ``Task.cause`` of a Failure (None for a success). A record keeps
+    its value (a plain string), so that a store reads alike whatever this class becomes."""
+
+    RAISED = "raised"  # its function raised (SystemExit and KeyboardInterrupt too)
+    TIMEOUT = "timeout"  # it ran past its timeout: TaskTimeout in it, or its worker killed
+    CANCELLED = "cancelled"  # nbqueue.cancel stopped it, or kept it from starting
+    WORKER_LOST = "worker_lost"  # its worker process died, or it was lost too many times
+    EXECUTOR = "executor"  # the executor could not run its chunk (no task of it began)
+    REFUSED = "refused"  # its queued package failed the signature check: it never ran
+    NOT_STORED = "not_stored"  # its outcome could not be stored (a file of its own)
 
 
 class Item(NamedTuple):
@@ -84,6 +99,7 @@ class Outcome(NamedTuple):
     # report), "exception" (tracebacks.pack_exception), "traceback" (text), "live" (it
     # has a live row to remove)
     details: dict[str, Any] | None = None
+    cause: Cause | None = None  # why a failure failed (None: a success)
 
 
 class Record(TypedDict, total=False):
@@ -97,6 +113,7 @@ class Record(TypedDict, total=False):
     group: str | None
     result: Any
     success: bool
+    cause: str  # a failure's ``Cause`` (its value); a success has none
     started: float  # when it was enqueued, as in Django Q
     stopped: float
     attempt_count: int
@@ -171,6 +188,8 @@ def make_record(header: Header, outcome: Outcome, attempt: int) -> Record:
         "pid": outcome.pid,
         "sent": header.sent or header.enqueued,
     }
+    if outcome.cause is not None:
+        record["cause"] = outcome.cause.value
     if outcome.details is not None:
         # details' keys are fields of Record; a plain dict mypy cannot check against it
         record.update(
@@ -183,24 +202,28 @@ def make_record(header: Header, outcome: Outcome, attempt: int) -> Record:
     return record
 
 
-def failure(task_id: str, why: str) -> Outcome:
-    """The outcome of a task that the cluster judged failed without a worker's word."""
+def failure(task_id: str, why: str, cause: Cause) -> Outcome:
+    """The outcome of a task judged failed without a worker's word: ``why`` is its text."""
     now = time.time()
-    return Outcome(task_id, False, why, now, now)
+    return Outcome(task_id, False, why, now, now, cause=cause)
+
+
+def cause_of(record: Record) -> Cause | None:
+    """Why a stored task failed; None for a success (and a failure stored by an earlier
+    version, which kept no cause)."""
+    value = record.get("cause")
+    return None if value is None else Cause(value)
 
 
 def is_cancelled(record: Record) -> bool:
-    """Whether a failure says the task was cancelled (by the cluster, or raised in it)."""
-    if record["success"]:
-        return False
-    first = str(record["result"]).split("\n", 1)[0]
-    return first.startswith(("TaskCancelled", "nbqueue.errors.TaskCancelled"))
+    """Whether a task failed because it was cancelled (by the cluster, or raised in it)."""
+    return record.get("cause") == Cause.CANCELLED.value
 
 
 def refused_record(task_id: str, name: str, why: str, attempt: int) -> Record:
     """The record of a queued package that is not a task of this store (bad signature)."""
     header = Header(task_id, name, "<rejected package>", None, None, EMPTY_ARGS, save=True)
-    return make_record(header, failure(task_id, why), attempt)
+    return make_record(header, failure(task_id, why, Cause.REFUSED), attempt)
 
 
 def decode_result(blob: Any) -> Any:
@@ -222,7 +245,7 @@ def iter_record(manifest: Manifest, records: list[Record]) -> Record:
 
         result = cloudpickle.dumps(values, protocol=PROTOCOL)
     enqueued = manifest["enqueued"]
-    return {
+    combined: Record = {
         "id": manifest["id"],
         "name": manifest["id"],
         "func": manifest["func"],
@@ -237,3 +260,7 @@ def iter_record(manifest: Manifest, records: list[Record]) -> Record:
         "cached": manifest["cached"],
         "save": True,
     }
+    failed = next((r for r in records if not r["success"] and "cause" in r), None)
+    if failed is not None:  # the cause of its first failed task, in input order
+        combined["cause"] = failed["cause"]
+    return combined

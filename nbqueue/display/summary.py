@@ -46,6 +46,7 @@ FRAME_COLUMNS = (
     "kwargs",
     "success",
     "result",
+    "cause",
     "started",
     "stopped",
     "duration",

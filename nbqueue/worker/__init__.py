@@ -37,7 +37,7 @@ import cloudpickle
 
 from nbqueue.disk import blobs
 from nbqueue.disk.hosts import CANCELLED_DIR, Slot
-from nbqueue.disk.records import Item, Outcome
+from nbqueue.disk.records import Cause, Item, Outcome
 from nbqueue.disk.signing import anchor, hosted, make_directory, serving
 from nbqueue.errors import (
     StoreError,
@@ -124,6 +124,7 @@ def execute(
     armed = False
     details: dict[str, Any] | None = None
     interrupted: KeyboardInterrupt | None = None
+    cause: Cause | None = None
     blob: blobs.Blob | bytes | str
     try:
         if func is None:
@@ -150,13 +151,13 @@ def execute(
             details = {"unspilled": f"{type(exc).__name__}: {exc}"}
         success = True
     except TaskTimeout as exc:
-        success = False
+        success, cause = False, Cause.TIMEOUT
         blob, details = _failed(exc)
     except BaseException as raised:
         failure = (
             TaskTimeout(f"timed out after {timeout:g} s") if armed and _alarm.fired else raised
         )
-        success = False
+        success, cause = False, _cause(failure)
         blob, details = _failed(failure)
         if inline and isinstance(failure, KeyboardInterrupt):
             interrupted = failure
@@ -166,7 +167,7 @@ def execute(
     kept = capture.end(captured)
     if kept is not None:
         details = kept if details is None else {**kept, **details}
-    outcome = Outcome(task_id, success, blob, started, time.time(), token, _pid[0], details)
+    outcome = Outcome(task_id, success, blob, started, time.time(), token, _pid[0], details, cause)
     if interrupted is not None:
         # an attribute of our own on the user's exception, for sync=True's caller
         interrupted.outcome = outcome  # type: ignore[attr-defined]
@@ -194,6 +195,14 @@ def _pickled_result(value: Any, framed: bool = False) -> Any:
                 f"the task returned a {type(value).__name__} that cannot be "
                 f"pickled ({exc}); return plain data instead"
             ) from None
+
+
+def _cause(exc: BaseException) -> Cause:
+    """Why a task that raised ``exc`` failed: stopped by its timeout or a cancel (the
+    signals raise TaskTimeout and TaskCancelled in it), or of its own accord."""
+    if isinstance(exc, TaskTimeout):
+        return Cause.TIMEOUT
+    return Cause.CANCELLED if isinstance(exc, TaskCancelled) else Cause.RAISED
 
 
 def _failed(exc: BaseException) -> tuple[str, dict[str, Any]]:
@@ -366,7 +375,13 @@ def _stop_if_cancelled(slot_dir: str) -> None:
 def skipped(item: Item) -> Outcome:
     now = time.time()
     return Outcome(
-        item.id, False, "TaskCancelled: cancelled before it started", now, now, item.token
+        item.id,
+        False,
+        "TaskCancelled: cancelled before it started",
+        now,
+        now,
+        item.token,
+        cause=Cause.CANCELLED,
     )
 
 

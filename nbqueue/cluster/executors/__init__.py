@@ -24,21 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from nbqueue.errors import ConfigurationError
-
-
-class WorkerLost(Exception):
-    """A chunk's worker was lost (killed, crashed, out of memory, restarted, shut down).
-
-    ``running`` holds the ids of the tasks that were running when it happened (the
-    cluster counts an attempt for those); the chunk's other tasks were only waiting.
-    """
-
-    def __init__(self, message: str, running: tuple[str, ...] = (), reason: str = "") -> None:
-        super().__init__(message)
-        self.running = tuple(running)
-        self.reason = reason or message
-
+from nbqueue.errors import ConfigurationError, WorkerLost
 
 BROKEN: tuple[type[BaseException], ...]
 try:

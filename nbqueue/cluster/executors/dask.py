@@ -15,10 +15,10 @@ from functools import partial
 from typing import Any
 
 from nbqueue import worker
-from nbqueue.cluster.executors import Executor, WorkerLost
+from nbqueue.cluster.executors import Executor
 from nbqueue.disk import blobs
 from nbqueue.disk.signing import load_key
-from nbqueue.errors import ClusterError, ConfigurationError
+from nbqueue.errors import ClusterError, ConfigurationError, WorkerLost
 from nbqueue.worker.dask_worker import run_on_dask
 
 log = logging.getLogger("nbqueue")
