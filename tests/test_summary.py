@@ -27,12 +27,26 @@ SVG = "{http://www.w3.org/2000/svg}"
 WAIT = 30_000
 
 
+def _refuse_to_load():
+    raise TypeError("this value does not unpickle")
+
+
+class _Unloadable:
+    """Pickles, but does not unpickle, whatever pickles the exception holding it (dask's
+    tblib registers a pickler of its own for every exception class)."""
+
+    def __reduce__(self):
+        return _refuse_to_load, ()
+
+
 class Picky(Exception):
-    """Pickles, but does not unpickle (its __init__ wants two arguments)."""
+    """Pickles, but does not unpickle (its __init__ wants two arguments, and its state
+    refuses to load)."""
 
     def __init__(self, message, code):
         super().__init__(message)
         self.code = code
+        self.state = _Unloadable()
 
 
 def raise_picky():
