@@ -32,7 +32,7 @@ from nbqueue.packing import checked_options, function_of, make_package, split_op
 from nbqueue.sent import sent
 from nbqueue.tasks import run_inline, warn_if_unserved
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 
 # -- checks --------------------------------------------------------------------------

@@ -62,7 +62,7 @@ from nbqueue.disk.store import get_store
 from nbqueue.errors import ClusterError, ConfigurationError
 from nbqueue.worker.stream import Collector
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 
 class _Part(Protocol):
@@ -182,7 +182,7 @@ class Cluster:
                 if current._options() == self._options():
                     return current
                 log.warning(
-                    "nbqueue: replacing the running cluster on %s (%s) with a new "
+                    "replacing the running cluster on %s (%s) with a new "
                     "one (%s); its tasks in flight go back to the queue",
                     self.directory,
                     current._describe(),
@@ -265,7 +265,7 @@ class Cluster:
         except BaseException as exc:  # noqa: BLE001 - this is the supervisor
             self.error = f"its {name} thread failed: {type(exc).__name__}: {exc}"
             log.critical(
-                "nbqueue cluster %s on %s stopped: %s; its tasks in flight go back "
+                "cluster %s on %s stopped: %s; its tasks in flight go back "
                 "to the queue. Start a new Cluster() to go on",
                 self.id[:8],
                 self.directory,
@@ -315,9 +315,7 @@ class Cluster:
         try:
             self.executor.shutdown(kill=True)
         except Exception:
-            log.exception(
-                "nbqueue cluster: the %s executor did not shut down cleanly", self.executor_name
-            )
+            log.exception("the %s executor did not shut down cleanly", self.executor_name)
 
     def _hand_back_at_stop(self) -> None:
         """Acknowledge what was stored; every task still in flight goes back uncounted."""
@@ -327,10 +325,10 @@ class Cluster:
             if left:
                 self.inflight.remove(left)
                 self.broker.release(left, counted=False)
-                log.info("nbqueue cluster: %d task(s) in flight went back to the queue", len(left))
+                log.info("%d task(s) in flight went back to the queue", len(left))
         except Exception:
             log.exception(
-                "nbqueue cluster: could not hand the tasks in flight back; they "
+                "could not hand the tasks in flight back; they "
                 "will be delivered again once their lease expires"
             )
 
@@ -342,7 +340,7 @@ class Cluster:
             if self.error is not None:
                 self.heartbeats.record_stop(self.id, self.info())
         except Exception:  # the store itself may be what failed
-            log.warning("nbqueue cluster: could not record the stop in the store", exc_info=True)
+            log.warning("could not record the stop in the store", exc_info=True)
         shutil.rmtree(self._slot_dir, ignore_errors=True)
         clean_spill(self.directory, lambda host: host == os.getpid())  # its workers are gone
         with serving_lock:
@@ -353,7 +351,7 @@ class Cluster:
             try:
                 panel.refresh()
             except Exception:
-                log.debug("nbqueue cluster: a status panel could not be redrawn", exc_info=True)
+                log.debug("a status panel could not be redrawn", exc_info=True)
 
     def __enter__(self) -> Cluster:
         self._context = self if self.running else self.start()
@@ -445,7 +443,7 @@ def _join(thread: threading.Thread, timeout: float) -> None:
     if thread is not threading.current_thread():
         thread.join(timeout)
         if thread.is_alive():
-            log.warning("nbqueue cluster: thread %s did not end within %g s", thread.name, timeout)
+            log.warning("thread %s did not end within %g s", thread.name, timeout)
 
 
 def _check_option_names(executor: str, options: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ from nbqueue.disk.hosts import CANCELLED_DIR, read_begun
 if TYPE_CHECKING:
     from nbqueue.cluster import Cluster
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 STOP_GRACE = 1.0  # seconds a cancelled task has to stop before its worker is killed
 WHY = "TaskCancelled: the task was cancelled with nbqueue.cancel"
@@ -106,7 +106,7 @@ class Cancels:
         now = time.monotonic()
         for task_id, _, _, handle in self.cluster.executor.running():
             if self._unseen.pop(task_id, None) is not None:
-                log.info("nbqueue cluster: stopping cancelled task %s", task_id)
+                log.info("stopping cancelled task %s", task_id)
                 self.cluster.executor.stop_task(handle)
                 self._stopping[task_id] = (now + STOP_GRACE, handle)
         inflight = self.cluster.inflight
@@ -144,8 +144,7 @@ class Cancels:
                 del self._stopping[task_id]
             elif now > deadline:
                 log.warning(
-                    "nbqueue cluster: cancelled task %s did not stop within %g s; "
-                    "killing its worker %s",
+                    "cancelled task %s did not stop within %g s; killing its worker %s",
                     task_id,
                     STOP_GRACE,
                     handle,

@@ -26,7 +26,7 @@ from nbqueue.errors import SignatureError
 if TYPE_CHECKING:
     from nbqueue.cluster import Cluster
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 MAX_CHUNK = 64
 IDLE_POLL = 0.05  # seconds between queue polls of a cluster that has been idle for a while
@@ -97,10 +97,10 @@ class Feeder:
             except Exception as exc:
                 trouble = store_trouble(exc, os.path.join(cluster.directory, "queue"))
                 if trouble is None:
-                    log.exception("nbqueue cluster: feeder error; going on in 1 s")
+                    log.exception("feeder error; going on in 1 s")
                 elif trouble != said:  # a full disk: said once, not every second
                     log.warning(
-                        "nbqueue cluster: cannot lease tasks; trying again every second: %s",
+                        "cannot lease tasks; trying again every second: %s",
                         trouble,
                     )
                 said = trouble
@@ -149,8 +149,7 @@ class Feeder:
             )
         except Exception as exc:
             log.error(
-                "nbqueue cluster: cannot submit to the %s executor (%s); the tasks go "
-                "back to the queue",
+                "cannot submit to the %s executor (%s); the tasks go back to the queue",
                 cluster.executor_name,
                 exc,
             )
@@ -164,9 +163,7 @@ class Feeder:
         """A package that fails the signature check: record it as a Failure, never run it."""
         cluster = self.cluster
         task_id, name = new_task_id()
-        log.warning(
-            "nbqueue cluster: refused a queued package: %s (recorded as task %s)", exc, name
-        )
+        log.warning("refused a queued package: %s (recorded as task %s)", exc, name)
         record = refused_record(task_id, name, f"SignatureError: {exc}", lease.attempt)
         cluster.store.save([record], cluster.settings.save_limit)
         cluster.broker.ack([lease.token])

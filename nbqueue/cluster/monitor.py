@@ -28,7 +28,7 @@ from nbqueue.errors import StoreGone
 if TYPE_CHECKING:
     from nbqueue.cluster import Cluster
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 HEARTBEAT = 1.0
 TICK = 0.1
@@ -84,7 +84,7 @@ class Monitor:
     def _reap(self) -> None:
         reaped = self.cluster.broker.reap()
         if reaped:
-            log.info("nbqueue cluster: %d expired lease(s) back in the queue", reaped)
+            log.info("%d expired lease(s) back in the queue", reaped)
             self.cluster.wakeup.set()
 
     def _step(self, step: Callable[[], None]) -> bool:
@@ -101,10 +101,10 @@ class Monitor:
         and again (a full disk, every second) only once, with no traceback."""
         text = store_trouble(exc, os.path.join(self.cluster.directory, "queue"))
         if text is None:
-            log.exception("nbqueue cluster: monitor error; going on")
+            log.exception("monitor error; going on")
         elif text != self._last_error:
             log.warning(
-                "nbqueue cluster: the monitor could not write to the store (leases, "
+                "the monitor could not write to the store (leases, "
                 "heartbeat); it tries again every second: %s",
                 text,
             )
@@ -126,7 +126,7 @@ class Monitor:
         if not lost:
             return
         log.warning(
-            "nbqueue cluster: lost the leases of %d task(s) (this cluster was "
+            "lost the leases of %d task(s) (this cluster was "
             "stalled for over %g s); they are delivered again elsewhere",
             len(lost),
             cluster.settings.retry,
@@ -177,7 +177,7 @@ class Monitor:
                 final=job.is_final(False, cluster.settings),
             )
             log.warning(
-                "nbqueue cluster: task %s ran past its %g s timeout; killing worker %s",
+                "task %s ran past its %g s timeout; killing worker %s",
                 job.header.name,
                 job.timeout,
                 handle,

@@ -32,7 +32,7 @@ from nbqueue.worker.hooks import find_hook, run_hook
 if TYPE_CHECKING:
     from nbqueue.cluster import Cluster
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 RETRY_FIRST = 0.05  # seconds before outcomes the store refused are tried again, doubling
 RETRY_MOST = 2.0  # ... up to this
@@ -87,7 +87,7 @@ class Writer:
                 self._handle(events)
             except Exception:
                 log.exception(
-                    "nbqueue cluster: writer error; the affected tasks go back to "
+                    "writer error; the affected tasks go back to "
                     "the queue when the cluster stops, or are delivered again "
                     "once their lease expires"
                 )
@@ -165,8 +165,7 @@ class Writer:
         for _job, record, final in finished:
             if not final:  # delivered again once its lease expires; not an outcome yet
                 log.info(
-                    "nbqueue cluster: task %s failed on attempt %d; it is delivered "
-                    "again in about %g s: %s",
+                    "task %s failed on attempt %d; it is delivered again in about %g s: %s",
                     record["name"],
                     record["attempt_count"],
                     cluster.settings.retry,
@@ -197,8 +196,7 @@ class Writer:
             self._refused(why)
         elif self._since:
             log.warning(
-                "nbqueue cluster: the store takes outcomes again; the ones held for "
-                "%.1f s are stored",
+                "the store takes outcomes again; the ones held for %.1f s are stored",
                 time.monotonic() - self._since,
             )
             self._since, self._pause, self._gone_back, self.trouble = 0.0, 0.0, 0, None
@@ -245,8 +243,7 @@ class Writer:
                 held.append((job, record))
                 continue
             log.error(
-                "nbqueue cluster: the outcome of task %s could not be stored (%s: %s); "
-                "it is stored as its failure",
+                "the outcome of task %s could not be stored (%s: %s); it is stored as its failure",
                 record["name"],
                 type(why).__name__,
                 why,
@@ -285,7 +282,7 @@ class Writer:
         if not self._since:
             self._since = now
             log.error(
-                "nbqueue cluster: the store refused the outcomes of %d task(s): %s. They "
+                "the store refused the outcomes of %d task(s): %s. They "
                 "are held and stored as soon as it takes them; the cluster takes new "
                 "work only as far as its table of tasks in flight has room",
                 len(self._held),
@@ -325,8 +322,7 @@ class Writer:
             self.cluster.broker.release(tokens, counted=False)
         except Exception as exc:
             log.warning(
-                "nbqueue cluster: could not hand %d task(s) back to the queue (%s); "
-                "their outcomes are held",
+                "could not hand %d task(s) back to the queue (%s); their outcomes are held",
                 len(outcomes),
                 exc,
             )
@@ -336,7 +332,7 @@ class Writer:
         for _, record in outcomes:
             discard(record["result"])
         log.warning(
-            "nbqueue cluster: %d task(s) whose outcomes could not be stored went back "
+            "%d task(s) whose outcomes could not be stored went back "
             "to the queue, their attempt not counted, to run again: %s",
             len(outcomes),
             why,
@@ -360,9 +356,7 @@ class Writer:
                     if job.header.hook_name is None:
                         discard(job.header.args)
             except Exception as exc:  # acknowledged with the others below
-                log.warning(
-                    "nbqueue cluster: could not acknowledge %d task(s) now: %s", len(blobbed), exc
-                )
+                log.warning("could not acknowledge %d task(s) now: %s", len(blobbed), exc)
         done = [job.lease.token for job, _ in outcomes if job.lease.token not in acked]
         if cluster.stopping.is_set():
             try:
@@ -384,7 +378,7 @@ class Writer:
             if cancelled:  # done with: a later retry() of these runs them
                 cluster.broker.forget_cancels(cancelled)
         except Exception as exc:
-            log.warning("nbqueue cluster: could not clear the cancels of stored outcomes: %s", exc)
+            log.warning("could not clear the cancels of stored outcomes: %s", exc)
         if not self._held:
             self._forget_live()
 
@@ -396,9 +390,7 @@ class Writer:
         try:
             forget_live(self.cluster.broker.directory, live)
         except Exception as exc:  # a row left behind reads as stale once not refreshed
-            log.warning(
-                "nbqueue cluster: could not remove the live rows of %d task(s): %s", len(live), exc
-            )
+            log.warning("could not remove the live rows of %d task(s): %s", len(live), exc)
 
     def _fenced(self, outcomes: list[tuple[Job, Record]]) -> list[tuple[Job, Record]]:
         """The outcomes whose leases this cluster still holds; the others leave the
@@ -408,7 +400,7 @@ class Writer:
         if len(held) == len(outcomes):
             return outcomes
         log.warning(
-            "nbqueue cluster: dropped %d outcome(s) whose leases had expired (this "
+            "dropped %d outcome(s) whose leases had expired (this "
             "cluster was stalled for over %g s); those tasks belong to another "
             "delivery now",
             len(outcomes) - len(held),
@@ -477,7 +469,7 @@ class Writer:
                 unspilled = outcome.details.pop("unspilled", None)
                 if unspilled is not None and job is not None and not job.judged:
                     log.warning(
-                        "nbqueue cluster: the worker could not write the result of task "
+                        "the worker could not write the result of task "
                         "%s to a file of the store (%s); it came inline (%s bytes) "
                         "and is stored with the others",
                         job.header.name,
@@ -557,7 +549,7 @@ class HookRunner:
             hook = find_hook(header)
         except Exception as exc:
             log.error(
-                "nbqueue cluster: hook %s of task %s cannot be loaded: %s",
+                "hook %s of task %s cannot be loaded: %s",
                 header.hook_name,
                 header.name,
                 exc,
@@ -565,8 +557,7 @@ class HookRunner:
             return
         if hook is None:
             log.warning(
-                "nbqueue cluster: hook %s of task %s was an object of a process that "
-                "has ended; it cannot run here",
+                "hook %s of task %s was an object of a process that has ended; it cannot run here",
                 header.hook_name,
                 header.name,
             )

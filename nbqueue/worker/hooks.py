@@ -12,7 +12,7 @@ import cloudpickle
 from nbqueue.disk.records import Header
 from nbqueue.worker import resolve
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 local_hooks: dict[str, Any] = {}  # task id -> hook object given in this process
 
