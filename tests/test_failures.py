@@ -499,6 +499,36 @@ def test_a_dead_cluster_thread_stops_the_cluster_visibly(store_dir, caplog):
         assert result(queued, wait=WAIT) == 2
 
 
+@pytest.mark.parametrize("part, step", [("feeder", "_feed"), ("writer", "_handle"),
+                                        ("hooks", "_call")])
+def test_every_part_of_the_cluster_is_under_the_one_supervisor(store_dir, caplog, part, step):
+    """What a step of any part does not expect stops the cluster the same way: the part
+    named in ``error`` and ``info()``, logged as CRITICAL; the task in flight is handed
+    back (or its outcome stored) and the next cluster finishes the work."""
+    running = Cluster(workers=1).start()
+    try:
+        assert result(async_task(fx.add, 1, hook=fx.hook_record), wait=WAIT) == 1
+
+        def broken(*args: object) -> None:
+            raise SystemExit("injected fault")
+
+        obj = {"feeder": running.feeder, "writer": running.writer,
+               "hooks": running.hook_runner}[part]
+        setattr(obj, step, broken)
+        queued = async_task(fx.add, 2, hook=fx.hook_record)  # the part fails by this one
+        assert _wait_for(lambda: running._stopped.is_set(), 30)
+        assert running.error == f"its {part} thread failed: SystemExit: injected fault"
+        assert running.info()["error"] == running.error
+        assert [r.levelname for r in caplog.records if "injected fault" in r.getMessage()] \
+            == ["CRITICAL"]
+        assert not any(t.is_alive() for t in running._threads)
+    finally:
+        running.stop(wait=1)
+    with Cluster(workers=1):
+        assert result(queued, wait=WAIT) == 2
+    assert get_store(nbqueue.get_broker().directory).saved.totals() == (2, 0)
+
+
 def test_a_script_that_ends_without_stop_hands_its_tasks_back_at_once(store_dir, tmp_path):
     log = str(tmp_path / "log")
     code = ("import nbqueue, time\n"

@@ -23,9 +23,14 @@ of worker processes and the store.
 - ``InFlight`` (``inflight.py``) is the table of leased jobs and running chunks they
   share; ``Deaths`` (``deaths.py``) tells which dead worker ran which task.
 
-Each thread runs under a supervisor: what a loop does not expect, ``BaseException``
-included, stops the whole cluster visibly (``error``, the log, ``nbqueue info``). A
-process serves a store directory with one cluster (``serving.py``): ``start()`` run
+Each part gets what it needs when it is made (the broker, the store, the executor, the
+in-flight table, the writer, callbacks that count outcomes or write the heartbeat) and
+does one step at a time (``step()``: one lease, one batch of outcomes, one tick); the
+cluster runs each part's steps in a thread of its own, under one supervisor: a step
+goes on through the errors it expects, and anything else, ``BaseException`` included,
+stops the whole cluster visibly (``error``, the log, ``nbqueue info``).
+
+A process serves a store directory with one cluster (``serving.py``): ``start()`` run
 again gives it back, and the process hands its tasks in flight back to the queue,
 uncounted, as it exits or as Jupyter asks its kernel to shut down or restart.
 """
@@ -42,15 +47,16 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from nbqueue import conf
-from nbqueue.cluster.cancels import Cancels
+from nbqueue.cluster.cancels import CancelRequests, Cancels
 from nbqueue.cluster.deaths import Deaths
 from nbqueue.cluster.executors import EXECUTOR_OPTIONS, Executor, make_executor
-from nbqueue.cluster.feeder import Feeder
+from nbqueue.cluster.feeder import Feeder, Pace
 from nbqueue.cluster.inflight import InFlight
-from nbqueue.cluster.monitor import Monitor
+from nbqueue.cluster.monitor import HEARTBEAT, Monitor
 from nbqueue.cluster.serving import install_exit_hooks, serving, serving_lock, stop_all
 from nbqueue.cluster.writer import HookRunner, Writer
 from nbqueue.disk import hosts
@@ -63,12 +69,6 @@ from nbqueue.errors import ClusterError, ConfigurationError
 from nbqueue.worker.stream import Collector
 
 log = logging.getLogger(__name__)
-
-
-class _Part(Protocol):
-    """A part of the cluster that runs in a thread of its own."""
-
-    def run(self) -> None: ...
 
 
 class Cluster:
@@ -127,7 +127,7 @@ class Cluster:
         self.inflight = InFlight()
         self.wakeup = threading.Event()  # the queue has work, or a task just finished
         self.stopping = threading.Event()
-        self.shutting_down = False  # the executor is being shut down: no more outcomes
+        self.shutting_down = threading.Event()  # the executor is being shut down
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -226,33 +226,105 @@ class Cluster:
             shutil.rmtree(self._slot_dir, ignore_errors=True)
             raise
         self._executor = executor
-        self.deaths = Deaths(self._slot_dir)
-        self.cancels = Cancels(self)
-        self.feeder, self.writer = Feeder(self), Writer(self)
-        self.monitor, self.hook_runner = Monitor(self), HookRunner(self)
-        parts: list[tuple[str, _Part]] = [
-            ("feeder", self.feeder),
-            ("writer", self.writer),
-            ("monitor", self.monitor),
-            ("hooks", self.hook_runner),
+        self._make_parts(executor)
+        steps: list[tuple[str, Callable[[], bool]]] = [
+            ("feeder", self.feeder.step),
+            ("writer", self.writer.step),
+            ("monitor", self.monitor.step),
+            ("hooks", self.hook_runner.step),
         ]
-        if executor.streams_outcomes:
-            self.collector = Collector(self._slot_dir, self.broker.key, self.writer.streamed)
-            parts.append(("collector", self.collector))
+        if self.collector is not None:  # its own select loop, as one step
+            steps.append(("collector", _ending(self.collector.run)))
         self.broker.subscribe(self.wakeup, name=self.id)
-        self.monitor.beat()
-        for name, part in parts:
+        self.broker.watch_cancels(self.monitor.wake)
+        self._beat()
+        for name, step in steps:
             thread = threading.Thread(
-                target=self._supervised, args=(name, part.run), name=f"nbqueue-{name}", daemon=True
+                target=self._supervised, args=(name, step), name=f"nbqueue-{name}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
 
-    def _supervised(self, name: str, loop: Any) -> None:
-        """Run one of the cluster's threads. Each loop goes on through the errors it
-        expects; anything else (``BaseException`` included) stops the whole cluster,
-        visibly: a cluster with a dead thread would still look alive while it stored or
-        fed nothing.
+    def _make_parts(self, executor: Executor) -> None:
+        """The parts, each given what it needs (the writer, which stores every outcome,
+        first: the others hand it theirs)."""
+        requests = CancelRequests(self.broker)
+        self.deaths = Deaths(self._slot_dir)
+        self.hook_runner = HookRunner(self.store)
+        pace = Pace(executor.chunk_seconds)
+        self.writer = Writer(
+            cluster_id=self.id,
+            store=self.store,
+            deaths=self.deaths,
+            cancel_requests=requests,
+            hooks=self.hook_runner,
+            measured=pace.measured,
+            tally=self._tally,
+            shutting_down=self.shutting_down,
+            stream_in=self._slot_dir if executor.streams_outcomes else None,
+            settings=self.settings,
+            broker=self.broker,
+            inflight=self.inflight,
+            wakeup=self.wakeup,
+            stopping=self.stopping,
+        )
+        self.collector = self.writer.collector
+        self.cancels = Cancels(
+            requests=requests,
+            slot_dir=self._slot_dir,
+            inflight=self.inflight,
+            executor=executor,
+            writer=self.writer,
+        )
+        self.feeder = Feeder(
+            cluster_id=self.id,
+            store=self.store,
+            executor=executor,
+            executor_name=self.executor_name,
+            cancels=self.cancels,
+            writer=self.writer,
+            pace=pace,
+            workers=lambda: self.workers,
+            tally=self._tally,
+            settings=self.settings,
+            broker=self.broker,
+            inflight=self.inflight,
+            wakeup=self.wakeup,
+            stopping=self.stopping,
+        )
+        self.monitor = Monitor(
+            executor=executor,
+            cancels=self.cancels,
+            writer=self.writer,
+            beat=self._beat,
+            shutting_down=self.shutting_down,
+            settings=self.settings,
+            broker=self.broker,
+            inflight=self.inflight,
+            wakeup=self.wakeup,
+            stopping=self.stopping,
+        )
+
+    def _tally(self, success: bool) -> None:
+        """Count a task's outcome, stored."""
+        if success:
+            self.done += 1
+        else:
+            self.failed += 1
+
+    def _beat(self) -> None:
+        """Write this cluster's heartbeat, its figures (dask: its threads now, as
+        workers come and go)."""
+        capacity = self.executor.capacity()
+        if capacity:
+            self.workers = capacity
+        self.heartbeats.beat(self.id, self.info(), ttl=3 * HEARTBEAT + 2)
+
+    def _supervised(self, name: str, step: Callable[[], bool]) -> None:
+        """Run one part's steps in its thread until it is done. Each step goes on
+        through the errors it expects; anything else (``BaseException`` included)
+        stops the whole cluster, visibly: a cluster with a dead thread would still look
+        alive while it stored or fed nothing.
 
         SIGINT is blocked in these threads, and so in the threads and worker processes
         they start (a mask is inherited): a worker gets Ctrl-C blocked from its first
@@ -261,7 +333,8 @@ class Cluster:
         """
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            loop()
+            while step():
+                pass
         except BaseException as exc:  # noqa: BLE001 - this is the supervisor
             self.error = f"its {name} thread failed: {type(exc).__name__}: {exc}"
             log.critical(
@@ -311,7 +384,7 @@ class Cluster:
         self._clean_up()
 
     def _shut_down_executor(self) -> None:
-        self.shutting_down = True
+        self.shutting_down.set()
         try:
             self.executor.shutdown(kill=True)
         except Exception:
@@ -335,6 +408,7 @@ class Cluster:
     def _clean_up(self) -> None:
         """The end of ``stop()``: record it, remove the cluster's files, redraw panels."""
         self.broker.unsubscribe(self.wakeup)
+        self.broker.unwatch_cancels(self.monitor.wake)
         try:
             self.heartbeats.forget(self.id)
             if self.error is not None:
@@ -436,6 +510,17 @@ class Cluster:
             f"executor={self.executor_name} done={self.done} failed={self.failed} "
             f"directory={self.directory}>"
         )
+
+
+def _ending(loop: Callable[[], None]) -> Callable[[], bool]:
+    """A part that runs a loop of its own (the outcome stream's collector), as one step
+    after which it is done."""
+
+    def step() -> bool:
+        loop()
+        return False
+
+    return step
 
 
 def _join(thread: threading.Thread, timeout: float) -> None:

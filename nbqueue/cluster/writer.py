@@ -15,22 +15,25 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
-from typing import TYPE_CHECKING
 
 from nbqueue.cluster.cancels import WHY as CANCELLED
+from nbqueue.cluster.cancels import CancelRequests
+from nbqueue.cluster.deaths import Deaths
 from nbqueue.cluster.executors import BROKEN, WorkerLost
-from nbqueue.cluster.inflight import Job
+from nbqueue.cluster.inflight import InFlight, Job
+from nbqueue.conf import Settings
 from nbqueue.disk.blobs import Blob, discard
+from nbqueue.disk.broker import Broker
 from nbqueue.disk.records import Outcome, Record, failure, make_record
 from nbqueue.disk.storage import store_trouble
+from nbqueue.disk.store import Store
 from nbqueue.live import forget_live, live_row
 from nbqueue.models import Task
 from nbqueue.worker import failure_text
 from nbqueue.worker.hooks import find_hook, run_hook
-
-if TYPE_CHECKING:
-    from nbqueue.cluster import Cluster
+from nbqueue.worker.stream import Collector
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +57,37 @@ class Writer:
     queue, their attempt not counted, to run again.
     """
 
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
+    def __init__(
+        self,
+        *,
+        cluster_id: str,
+        settings: Settings,
+        broker: Broker,
+        store: Store,
+        inflight: InFlight,
+        deaths: Deaths,
+        cancel_requests: CancelRequests,
+        hooks: HookRunner,
+        measured: Callable[[float], None],
+        tally: Callable[[bool], None],
+        wakeup: threading.Event,
+        stopping: threading.Event,
+        shutting_down: threading.Event,
+        stream_in: str | None = None,
+    ) -> None:
+        self.cluster_id = cluster_id
+        self.settings = settings
+        self.broker = broker
+        self.store = store
+        self.inflight = inflight
+        self.deaths = deaths
+        self.cancel_requests = cancel_requests
+        self.hooks = hooks
+        self.measured = measured  # a task ran for that many seconds (it sizes chunks)
+        self.tally = tally  # counts a task's outcome: tally(success)
+        self.wakeup = wakeup
+        self.stopping = stopping
+        self.shutting_down = shutting_down  # the executor is being shut down
         self.events: queue.Queue[Event] = queue.Queue()
         self._arrived: set[str] = set()  # leases of streamed outcomes not handled yet
         self._arrived_lock = threading.Lock()
@@ -68,34 +100,40 @@ class Writer:
         self._oldest = 0.0  # since when the outcomes held now are held, at most
         self._gone_back = 0  # outcomes given back to the queue since the store refused them
         self.trouble: str | None = None  # why outcomes wait to be stored, if they do
+        # the outcome stream of the workers, in the slot directory ``stream_in``; its
+        # thread is the collector's (``Collector.run``)
+        self.collector = (
+            Collector(stream_in, broker.key, self.streamed) if stream_in is not None else None
+        )
 
-    def run(self) -> None:
-        """Store outcomes as chunks finish, until ``stop()`` sends None (after the
+    def step(self) -> bool:
+        """Store the outcomes of the events that came (waiting for one, or until the
+        held outcomes are tried again); False once ``stop()`` sent None (after the
         executor shut down, so every chunk's event is queued before it)."""
+        wait = max(0.0, self._next_try - time.monotonic()) if self._held else None
+        try:
+            events = [self.events.get(timeout=wait)]
+        except queue.Empty:
+            events = []  # time to try the held outcomes again
         while True:
-            wait = max(0.0, self._next_try - time.monotonic()) if self._held else None
             try:
-                events = [self.events.get(timeout=wait)]
+                events.append(self.events.get_nowait())
             except queue.Empty:
-                events = []  # time to try the held outcomes again
-            while True:
-                try:
-                    events.append(self.events.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._handle(events)
-            except Exception:
-                log.exception(
-                    "writer error; the affected tasks go back to "
-                    "the queue when the cluster stops, or are delivered again "
-                    "once their lease expires"
-                )
-            if None in events:  # what is still held goes back (at last by the stop)
-                for _, record in self._held:
-                    discard(record["result"])
-                self._give_back(self._held, "the cluster stopped")
-                return
+                break
+        try:
+            self._handle(events)
+        except Exception:
+            log.exception(
+                "writer error; the affected tasks go back to "
+                "the queue when the cluster stops, or are delivered again "
+                "once their lease expires"
+            )
+        if None in events:  # what is still held goes back (at last by the stop)
+            for _, record in self._held:
+                discard(record["result"])
+            self._give_back(self._held, "the cluster stopped")
+            return False
+        return True
 
     def streamed(self, outcomes: list[Outcome]) -> None:
         """Outcomes from the stream (in the collector's thread), ahead of their chunk."""
@@ -105,13 +143,12 @@ class Writer:
 
     def chunk_done(self, future: Future) -> None:
         """A chunk ended (in the executor's thread): note the workers that died first."""
-        cluster = self.cluster
         if (
-            not cluster.shutting_down
+            not self.shutting_down.is_set()
             and not future.cancelled()
             and isinstance(future.exception(), BROKEN)
         ):
-            cluster.deaths.note(str(future.exception()))
+            self.deaths.note(str(future.exception()))
         self.events.put(future)
 
     def judge(self, job: Job, why: str, attempt: int, final: bool) -> None:
@@ -125,7 +162,7 @@ class Writer:
     def _last_words(self, record: Record) -> None:
         """What a task judged from outside (killed on its timeout, its worker dead) wrote
         and reported until its live row was last written, if it has one."""
-        directory = self.cluster.broker.directory
+        directory = self.broker.directory
         try:
             row = live_row(directory, record["id"], fresh=False)
         except Exception:  # a bad row is logged by the read; the verdict stands
@@ -146,15 +183,14 @@ class Writer:
     def hand_back(self, jobs: list[Job], counted: bool) -> None:
         """Return tasks to the queue unfinished, their attempt ``counted`` or not."""
         tokens = [job.lease.token for job in jobs]
-        self.cluster.inflight.remove(tokens)
-        self.cluster.broker.release(tokens, counted=counted)
+        self.inflight.remove(tokens)
+        self.broker.release(tokens, counted=counted)
 
     def _handle(self, events: list[Event]) -> None:
-        cluster = self.cluster
         finished: list[Verdict] = []
         for event in events:
             if isinstance(event, Future):
-                self._finish_chunk(event, cluster.inflight.take_chunk(event), finished)
+                self._finish_chunk(event, self.inflight.take_chunk(event), finished)
             elif isinstance(event, list):
                 with self._arrived_lock:
                     self._arrived.difference_update(outcome.token for outcome in event)
@@ -168,12 +204,12 @@ class Writer:
                     "task %s failed on attempt %d; it is delivered again in about %g s: %s",
                     record["name"],
                     record["attempt_count"],
-                    cluster.settings.retry,
+                    self.settings.retry,
                     str(record["result"]).split("\n", 1)[0],
                 )
         again = [job.lease.token for job, _, final in finished if not final]
         if again:
-            cluster.inflight.remove(again)
+            self.inflight.remove(again)
         # one outcome a task: a verdict reached while its outcome is held is not another
         self._held.extend(
             (job, record)
@@ -216,8 +252,7 @@ class Writer:
         """Store outcomes in one transaction; if the store refuses it, one at a time, to
         tell a record's own trouble (its task's failure) from the store's (held).
         Returns (stored, held, why the store refused the held ones)."""
-        cluster = self.cluster
-        save, limit = cluster.store.save, cluster.settings.save_limit
+        save, limit = self.store.save, self.settings.save_limit
         try:  # held ones were tried before: one part may have taken them (replace)
             save([record for _, record in outcomes], limit, bool(self._since))
             return outcomes, [], None
@@ -255,7 +290,7 @@ class Writer:
     def _store_wide(self, exc: BaseException | None) -> str | None:
         """What is wrong with the store, if ``exc`` is its trouble and not one record's."""
         return (
-            store_trouble(exc, os.path.join(self.cluster.directory, "results"))
+            store_trouble(exc, os.path.join(self.broker.directory, "results"))
             if exc is not None
             else None
         )
@@ -276,7 +311,6 @@ class Writer:
     def _refused(self, why: BaseException | None) -> None:
         """The store refused the held outcomes: say why, try again later, and give them
         back to the queue once that has lasted ``retry`` seconds."""
-        cluster = self.cluster
         now = time.monotonic()
         cause = self._store_wide(why) or f"{type(why).__name__}: {why}"
         if not self._since:
@@ -289,12 +323,12 @@ class Writer:
                 cause,
             )
             self._oldest = now
-        elif now - self._oldest >= cluster.settings.retry:
+        elif now - self._oldest >= self.settings.retry:
             count = len(self._held)
             self._hold(
                 self._give_back(
                     self._held,
-                    f"the store refused them for over {cluster.settings.retry:g} s: {cause}",
+                    f"the store refused them for over {self.settings.retry:g} s: {cause}",
                 )
             )
             self._gone_back += count - len(self._held)
@@ -319,7 +353,7 @@ class Writer:
             return []
         tokens = [job.lease.token for job, _ in outcomes]
         try:
-            self.cluster.broker.release(tokens, counted=False)
+            self.broker.release(tokens, counted=False)
         except Exception as exc:
             log.warning(
                 "could not hand %d task(s) back to the queue (%s); their outcomes are held",
@@ -327,8 +361,8 @@ class Writer:
                 exc,
             )
             return outcomes
-        self.cluster.inflight.remove(tokens)
-        self.cluster.wakeup.set()
+        self.inflight.remove(tokens)
+        self.wakeup.set()
         for _, record in outcomes:
             discard(record["result"])
         log.warning(
@@ -343,14 +377,13 @@ class Writer:
         """Outcomes stored: acknowledge their leases, count them, run their hooks. The
         writes after the store (an ack, the cancels, live rows) may fail on a troubled
         store: each is logged, and left to a later transaction."""
-        cluster = self.cluster
         blobbed = [
             job for job, record in outcomes if type(job.header.args) is Blob and record["success"]
         ]
         acked: set[str] = set()
         if blobbed:  # done with their argument files, once no delivery can come again
             try:
-                cluster.broker.ack([job.lease.token for job in blobbed])
+                self.broker.ack([job.lease.token for job in blobbed])
                 acked = {job.lease.token for job in blobbed}
                 for job in blobbed:
                     if job.header.hook_name is None:
@@ -358,25 +391,22 @@ class Writer:
             except Exception as exc:  # acknowledged with the others below
                 log.warning("could not acknowledge %d task(s) now: %s", len(blobbed), exc)
         done = [job.lease.token for job, _ in outcomes if job.lease.token not in acked]
-        if cluster.stopping.is_set():
+        if self.stopping.is_set():
             try:
-                cluster.broker.ack(done)
+                self.broker.ack(done)
             except Exception:  # the stop's flush_acks tries again
-                cluster.broker.ack_soon(done)
+                self.broker.ack_soon(done)
         else:  # with the feeder's next lease, which this wakes
-            cluster.broker.ack_soon(done)
-            cluster.wakeup.set()
-        cluster.inflight.remove(job.lease.token for job, _ in outcomes)
+            self.broker.ack_soon(done)
+            self.wakeup.set()
+        self.inflight.remove(job.lease.token for job, _ in outcomes)
         for job, record in outcomes:
-            if record["success"]:
-                cluster.done += 1
-            else:
-                cluster.failed += 1
-            cluster.hook_runner.put(job, record)
+            self.tally(bool(record["success"]))
+            self.hooks.put(job, record)
         try:
-            cancelled = cluster.cancels.known() & {job.header.id for job, _ in outcomes}
+            cancelled = self.cancel_requests.known() & {job.header.id for job, _ in outcomes}
             if cancelled:  # done with: a later retry() of these runs them
-                cluster.broker.forget_cancels(cancelled)
+                self.broker.forget_cancels(cancelled)
         except Exception as exc:
             log.warning("could not clear the cancels of stored outcomes: %s", exc)
         if not self._held:
@@ -388,15 +418,14 @@ class Writer:
             return
         live, self._live = self._live, []
         try:
-            forget_live(self.cluster.broker.directory, live)
+            forget_live(self.broker.directory, live)
         except Exception as exc:  # a row left behind reads as stale once not refreshed
             log.warning("could not remove the live rows of %d task(s): %s", len(live), exc)
 
     def _fenced(self, outcomes: list[tuple[Job, Record]]) -> list[tuple[Job, Record]]:
         """The outcomes whose leases this cluster still holds; the others leave the
         in-flight table."""
-        cluster = self.cluster
-        held = cluster.broker.held([job.lease.token for job, _ in outcomes], cluster.id)
+        held = self.broker.held([job.lease.token for job, _ in outcomes], self.cluster_id)
         if len(held) == len(outcomes):
             return outcomes
         log.warning(
@@ -404,14 +433,12 @@ class Writer:
             "cluster was stalled for over %g s); those tasks belong to another "
             "delivery now",
             len(outcomes) - len(held),
-            cluster.settings.retry,
+            self.settings.retry,
         )
         for job, record in outcomes:
             if job.lease.token not in held:
                 discard(record["result"])
-        cluster.inflight.remove(
-            job.lease.token for job, _ in outcomes if job.lease.token not in held
-        )
+        self.inflight.remove(job.lease.token for job, _ in outcomes if job.lease.token not in held)
         return [(job, record) for job, record in outcomes if job.lease.token in held]
 
     def _finish_chunk(self, future: Future, jobs: list[Job], finished: list[Verdict]) -> None:
@@ -459,8 +486,8 @@ class Writer:
 
     def _outcomes(self, outcomes: list[Outcome], finished: list[Verdict]) -> None:
         """Make the records of outcomes whose jobs are still in flight and not judged."""
-        settings = self.cluster.settings
-        inflight = self.cluster.inflight
+        settings = self.settings
+        inflight = self.inflight
         for outcome in outcomes:  # by its delivery: an earlier one's late outcome is no match
             job = inflight.job(outcome.token)
             if outcome.details is not None:
@@ -479,7 +506,7 @@ class Writer:
             if job is None or job.judged:
                 discard(outcome.result)  # a large result no record will hold
                 continue
-            self.cluster.feeder.measured(outcome.stopped - outcome.started)
+            self.measured(outcome.stopped - outcome.started)
             record = _record(job, outcome, job.lease.attempt)
             final = job.cancelled or job.is_final(record["success"], settings)
             finished.append((job, record, final))
@@ -488,19 +515,18 @@ class Writer:
         """The pool broke (a worker died, or we killed it): judge or hand back each task,
         once every worker of the broken pool is dead (one still running a task would
         otherwise run it beside its next delivery)."""
-        cluster = self.cluster
-        cluster.deaths.await_doomed()
-        if cluster.collector is not None:  # what the dead workers sent is all read
-            cluster.collector.drain()
+        self.deaths.await_doomed()
+        if self.collector is not None:  # what the dead workers sent is all read
+            self.collector.drain()
         for job in self._cancelled_ended(jobs, finished):
-            why = cluster.deaths.why(job.header.id)
+            why = self.deaths.why(job.header.id)
             if job.judged or self._arrived_ahead(job):
                 continue
             if why is None and isinstance(exc, WorkerLost) and job.header.id in exc.running:
                 why = f"the worker process running this task died ({exc.reason})"
-            if why is None or cluster.shutting_down:
+            if why is None or self.shutting_down.is_set():
                 self.hand_back([job], counted=False)  # collateral: it was only waiting
-            elif job.last_attempt(cluster.settings):  # lost: delivered again, whatever
+            elif job.last_attempt(self.settings):  # lost: delivered again, whatever
                 self.judge(
                     job, f"WorkerLost: {why}", attempt=job.lease.attempt, final=True
                 )  # ack_failures
@@ -519,8 +545,8 @@ def _record(job: Job, outcome: Outcome, attempt: int) -> Record:
 class HookRunner:
     """Calls the hooks of finished tasks, in this process, one after another (one thread)."""
 
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self._queue: queue.Queue[tuple[Job, Record] | None] = queue.Queue()
 
     def put(self, job: Job, record: Record) -> None:
@@ -528,20 +554,21 @@ class HookRunner:
             self._queue.put((job, record))
 
     def close(self) -> None:
-        """Let ``run`` return once the hooks already queued have run."""
+        """Let ``step`` say it is done once the hooks already queued have run."""
         self._queue.put(None)
 
-    def run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            job, record = item
-            try:
-                self._call(job, record)
-            finally:
-                if type(job.header.args) is Blob and record["success"]:
-                    discard(job.header.args)  # kept for the hook's Task.args until now
+    def step(self) -> bool:
+        """Run the next hook, waiting for one; False once ``close()`` was called."""
+        item = self._queue.get()
+        if item is None:
+            return False
+        job, record = item
+        try:
+            self._call(job, record)
+        finally:
+            if type(job.header.args) is Blob and record["success"]:
+                discard(job.header.args)  # kept for the hook's Task.args until now
+        return True
 
     def _call(self, job: Job, record: Record) -> None:
         header = job.header
@@ -562,7 +589,7 @@ class HookRunner:
                 header.name,
             )
             return
-        run_hook(hook, Task(record, self.cluster.store, bool(record["cached"])), log)
+        run_hook(hook, Task(record, self.store, bool(record["cached"])), log)
 
 
 __all__ = ["Writer", "HookRunner"]
