@@ -395,7 +395,7 @@ def test_tqdm_bar_shows_a_running_message_read_about_once_a_second(cluster, monk
                       time.monotonic()))
         return real(group, broker)
 
-    monkeypatch.setattr(widgets, "running", spy)
+    monkeypatch.setattr(group_panel, "running", spy)
     async_task(reporting, 40, 0.1, "slow", group="note")
     async_task(reporting, 40, 0.05, "fast", group="note")
     panel = GroupProgress("note", total=2, widget=False, interval=0.05)

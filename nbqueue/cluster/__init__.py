@@ -234,7 +234,7 @@ class Cluster:
             ("hooks", self.hook_runner.step),
         ]
         if self.collector is not None:  # its own select loop, as one step
-            steps.append(("collector", _ending(self.collector.run)))
+            steps.append(("collector", _as_one_step(self.collector.run)))
         self.broker.subscribe(self.wakeup, name=self.id)
         self.broker.watch_cancels(self.monitor.wake)
         self._beat()
@@ -512,7 +512,7 @@ class Cluster:
         )
 
 
-def _ending(loop: Callable[[], None]) -> Callable[[], bool]:
+def _as_one_step(loop: Callable[[], None]) -> Callable[[], bool]:
     """A part that runs a loop of its own (the outcome stream's collector), as one step
     after which it is done."""
 
