@@ -529,6 +529,31 @@ def test_every_part_of_the_cluster_is_under_the_one_supervisor(store_dir, caplog
     assert get_store(nbqueue.get_broker().directory).saved.totals() == (2, 0)
 
 
+def test_a_failing_chunk_callback_stops_the_cluster_visibly(store_dir, caplog):
+    """A chunk's callback runs in the executor's thread, which would only log what it
+    raised, leaving the chunk's tasks in flight for ever: it goes to the same policy."""
+    running = Cluster(workers=1).start()
+    try:
+        assert result(async_task(fx.add, 1), wait=WAIT) == 1
+
+        def broken(reason: str) -> None:
+            raise OSError("injected fault")
+
+        running.deaths.note = broken  # called when a worker's death breaks the pool
+        dead = async_task(fx.die, max_attempts=1)
+        assert _wait_for(lambda: running._stopped.is_set(), 30)
+        assert running.error == "its chunk callback failed: OSError: injected fault"
+        assert [r.levelname for r in caplog.records if "injected fault" in r.getMessage()] \
+            == ["CRITICAL"]
+    finally:
+        running.stop(wait=1)
+    assert nbqueue.queue_size() == 1  # handed back uncounted: its worker's death unproven
+    with Cluster(workers=1):
+        task = fetch(dead, wait=WAIT)
+        assert not task.success and "worker process running this task died" in task.result
+        assert task.attempt_count == 1
+
+
 def test_a_script_that_ends_without_stop_hands_its_tasks_back_at_once(store_dir, tmp_path):
     log = str(tmp_path / "log")
     code = ("import nbqueue, time\n"

@@ -24,7 +24,8 @@ of worker processes and the store.
   share; ``Deaths`` (``deaths.py``) tells which dead worker ran which task.
 
 Each part gets what it needs when it is made (the broker, the store, the executor, the
-in-flight table, the writer, callbacks that count outcomes or write the heartbeat) and
+in-flight table, the writer, callbacks that count outcomes, write the heartbeat or
+report a failure) and
 does one step at a time (``step()``: one lease, one batch of outcomes, one tick); the
 cluster runs each part's steps in a thread of its own, under one supervisor: a step
 goes on through the errors it expects, and anything else, ``BaseException`` included,
@@ -260,6 +261,7 @@ class Cluster:
             hooks=self.hook_runner,
             measured=pace.measured,
             tally=self._tally,
+            failed=self._failed,
             shutting_down=self.shutting_down,
             stream_in=self._slot_dir if executor.streams_outcomes else None,
             settings=self.settings,
@@ -336,18 +338,25 @@ class Cluster:
             while step():
                 pass
         except BaseException as exc:  # noqa: BLE001 - this is the supervisor
-            self.error = f"its {name} thread failed: {type(exc).__name__}: {exc}"
-            log.critical(
-                "cluster %s on %s stopped: %s; its tasks in flight go back "
-                "to the queue. Start a new Cluster() to go on",
-                self.id[:8],
-                self.directory,
-                self.error,
-                exc_info=exc,
-            )
-            threading.Thread(
-                target=self.stop, kwargs={"wait": 0}, name="nbqueue-stop", daemon=True
-            ).start()
+            self._failed(f"{name} thread", exc)
+
+    def _failed(self, where: str, exc: BaseException) -> None:
+        """The one error policy, for the parts' threads and for what a part runs in a
+        thread not its own (a chunk's callback, in the executor's): the cluster stops,
+        saying why in ``error``, the log and ``nbqueue info``, and its tasks in flight go
+        back to the queue."""
+        self.error = f"its {where} failed: {type(exc).__name__}: {exc}"
+        log.critical(
+            "cluster %s on %s stopped: %s; its tasks in flight go back "
+            "to the queue. Start a new Cluster() to go on",
+            self.id[:8],
+            self.directory,
+            self.error,
+            exc_info=exc,
+        )
+        threading.Thread(
+            target=self.stop, kwargs={"wait": 0}, name="nbqueue-stop", daemon=True
+        ).start()
 
     def stop(self, wait: float = 10.0) -> None:
         """Stop gracefully: take no new work, let running tasks finish for up to ``wait``

@@ -70,6 +70,7 @@ class Writer:
         hooks: HookRunner,
         measured: Callable[[float], None],
         tally: Callable[[bool], None],
+        failed: Callable[[str, BaseException], None],
         wakeup: threading.Event,
         stopping: threading.Event,
         shutting_down: threading.Event,
@@ -85,6 +86,7 @@ class Writer:
         self.hooks = hooks
         self.measured = measured  # a task ran for that many seconds (it sizes chunks)
         self.tally = tally  # counts a task's outcome: tally(success)
+        self.failed = failed  # stops the cluster: failed(where, exception)
         self.wakeup = wakeup
         self.stopping = stopping
         self.shutting_down = shutting_down  # the executor is being shut down
@@ -142,14 +144,19 @@ class Writer:
         self.events.put(outcomes)
 
     def chunk_done(self, future: Future) -> None:
-        """A chunk ended (in the executor's thread): note the workers that died first."""
-        if (
-            not self.shutting_down.is_set()
-            and not future.cancelled()
-            and isinstance(future.exception(), BROKEN)
-        ):
-            self.deaths.note(str(future.exception()))
-        self.events.put(future)
+        """A chunk ended (in the executor's thread): note the workers that died first.
+        What fails here stops the cluster (the executor would only log it, and the
+        chunk's tasks would wait in flight for ever)."""
+        try:
+            if (
+                not self.shutting_down.is_set()
+                and not future.cancelled()
+                and isinstance(future.exception(), BROKEN)
+            ):
+                self.deaths.note(str(future.exception()))
+            self.events.put(future)
+        except BaseException as exc:  # noqa: BLE001 - reported to the cluster's supervisor
+            self.failed("chunk callback", exc)
 
     def judge(self, job: Job, why: str, attempt: int, final: bool) -> None:
         """Decide a task's outcome outside its chunk (timeouts, give-ups, worker deaths,
