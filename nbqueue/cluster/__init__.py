@@ -21,15 +21,16 @@ of worker processes and the store.
 - the ``Monitor`` (``monitor.py``) renews leases, kills workers stuck past a timeout,
   reaps the expired leases of dead clusters, beats and watches the store directory;
 - ``InFlight`` (``inflight.py``) is the table of leased jobs and running chunks they
-  share; ``Deaths`` (``deaths.py``) tells which dead worker ran which task.
+  share; ``Deaths`` (``deaths.py``) tells which dead worker ran which task;
+  ``Cancels`` (``cancels.py``) stops the tasks in flight that cancel requests name.
 
 Each part gets what it needs when it is made (the broker, the store, the executor, the
 in-flight table, the writer, callbacks that count outcomes, write the heartbeat or
-report a failure) and
-does one step at a time (``step()``: one lease, one batch of outcomes, one tick); the
-cluster runs each part's steps in a thread of its own, under one supervisor: a step
-goes on through the errors it expects, and anything else, ``BaseException`` included,
-stops the whole cluster visibly (``error``, the log, ``nbqueue info``).
+report a failure) and does one step at a time (``step()``: one lease, one batch of
+outcomes, one tick, one hook). The cluster runs each part's steps in a thread of its
+own under one supervisor: a step goes on through the errors it expects, and anything
+else, ``BaseException`` included, stops the whole cluster visibly (``error``, the log,
+``nbqueue info``), as does what a chunk's callback raises in the executor's thread.
 
 A process serves a store directory with one cluster (``serving.py``): ``start()`` run
 again gives it back, and the process hands its tasks in flight back to the queue,
