@@ -14,6 +14,7 @@ this.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 
@@ -36,6 +37,8 @@ from nbqueue.disk.store import Part, Store
 from nbqueue.errors import ConfigurationError, TaskStillRunning
 from nbqueue.models import Task
 from nbqueue.worker.callables import find_hook, run_hook
+
+log = logging.getLogger(__name__)
 
 CANCELLED = "TaskCancelled: the task was cancelled with nbqueue.cancel before it started"
 CANCEL_WAIT = 5000  # ms cancel waits for a cluster to store the outcome of a leased task
@@ -119,14 +122,10 @@ def _finished(store: Store, header: Header, asked: float) -> bool:
 
 
 def _run_hook(header: Header, record: Record, store: Store) -> None:
-    import logging
-
     try:
         hook = find_hook(header)
     except Exception as exc:
-        logging.getLogger("nbqueue").error(
-            "hook of cancelled task %s cannot be loaded: %s", header.name, exc
-        )
+        log.error("hook of cancelled task %s cannot be loaded: %s", header.name, exc)
         return
     if hook is not None:
         run_hook(hook, Task(record, store, bool(header.cached)))

@@ -72,7 +72,7 @@ from nbqueue.disk.store import Part, Store
 from nbqueue.errors import ConfigurationError, OutcomeDeleted, TaskFailed
 from nbqueue.models import Failure, Success, Task
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 THREAD_NAME = "nbqueue-futures"
 POLL_MIN = 0.0005  # seconds between polls of the store right after something finished
@@ -281,7 +281,7 @@ class _Waiter:
             self._loop()
         except BaseException as exc:  # never die silently: fail the futures, say why
             log.exception(
-                "nbqueue's futures waiter stopped; its pending futures fail with "
+                "the futures waiter stopped; its pending futures fail with "
                 "this error, and the next future() starts a new waiter"
             )
             with self._lock:
@@ -314,7 +314,7 @@ class _Waiter:
                 try:
                     settled += self._check(key, watched)
                 except Exception as exc:  # this store can't be read: its futures say why
-                    log.error("nbqueue futures: reading %s failed: %r", key[0], exc)
+                    log.error("reading %s failed: %r", key[0], exc)
                     with self._lock:
                         if self._keys.get(key) is watched:
                             del self._keys[key]

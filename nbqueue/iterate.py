@@ -34,7 +34,7 @@ from nbqueue.options import TaskOptions
 from nbqueue.packing import function_of, make_package
 from nbqueue.tasks import run_inline, warn_if_unserved
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 
 # -- checks --------------------------------------------------------------------------

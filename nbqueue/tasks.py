@@ -9,6 +9,7 @@ steps a cluster takes. Reading outcomes back (``result``, ``fetch``, groups) is
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 import uuid
 import warnings
@@ -40,6 +41,8 @@ from nbqueue.worker.callables import (
     run_hook,
 )
 from nbqueue.worker.capture import inline_capture
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -90,9 +93,7 @@ def run_inline(
     try:
         hook = find_hook(header)
     except Exception as exc:
-        import logging
-
-        logging.getLogger("nbqueue").error("hook of task %s cannot be loaded: %s", header.id, exc)
+        log.error("hook of task %s cannot be loaded: %s", header.id, exc)
         return
     if hook is not None:
         run_hook(hook, Task(record, store, bool(header.cached)))

@@ -501,6 +501,61 @@ def test_a_dead_cluster_thread_stops_the_cluster_visibly(store_dir, caplog):
         assert result(queued, wait=WAIT) == 2
 
 
+@pytest.mark.parametrize("part, step", [("feeder", "_feed"), ("writer", "_handle"),
+                                        ("hooks", "_call")])
+def test_every_part_of_the_cluster_is_under_the_one_supervisor(store_dir, caplog, part, step):
+    """What a step of any part does not expect stops the cluster the same way: the part
+    named in ``error`` and ``info()``, logged as CRITICAL; the task in flight is handed
+    back (or its outcome stored) and the next cluster finishes the work."""
+    running = Cluster(workers=1).start()
+    try:
+        assert result(async_task(fx.add, 1, hook=fx.hook_record), wait=WAIT) == 1
+
+        def broken(*args: object) -> None:
+            raise SystemExit("injected fault")
+
+        obj = {"feeder": running.feeder, "writer": running.writer,
+               "hooks": running.hook_runner}[part]
+        setattr(obj, step, broken)
+        queued = async_task(fx.add, 2, hook=fx.hook_record)  # the part fails by this one
+        assert _wait_for(lambda: running._stopped.is_set(), 30)
+        assert running.error == f"its {part} thread failed: SystemExit: injected fault"
+        assert running.info()["error"] == running.error
+        assert [r.levelname for r in caplog.records if "injected fault" in r.getMessage()] \
+            == ["CRITICAL"]
+        assert not any(t.is_alive() for t in running._threads)
+    finally:
+        running.stop(wait=1)
+    with Cluster(workers=1):
+        assert result(queued, wait=WAIT) == 2
+    assert get_store(nbqueue.get_broker().directory).saved.totals() == (2, 0)
+
+
+def test_a_failing_chunk_callback_stops_the_cluster_visibly(store_dir, caplog):
+    """A chunk's callback runs in the executor's thread, which would only log what it
+    raised, leaving the chunk's tasks in flight for ever: it goes to the same policy."""
+    running = Cluster(workers=1).start()
+    try:
+        assert result(async_task(fx.add, 1), wait=WAIT) == 1
+
+        def broken(reason: str) -> None:
+            raise OSError("injected fault")
+
+        running.deaths.note = broken  # called when a worker's death breaks the pool
+        dead = async_task(fx.die, max_attempts=1)
+        assert _wait_for(lambda: running._stopped.is_set(), 30)
+        assert running.error == "its chunk callback failed: OSError: injected fault"
+        assert [r.levelname for r in caplog.records if "injected fault" in r.getMessage()] \
+            == ["CRITICAL"]
+    finally:
+        running.stop(wait=1)
+    assert nbqueue.queue_size() == 1  # handed back uncounted: its worker's death unproven
+    with Cluster(workers=1):
+        task = fetch(dead, wait=WAIT)
+        assert not task.success and "worker process running this task died" in task.result
+        assert task.attempt_count == 1
+
+
 def test_a_script_that_ends_without_stop_hands_its_tasks_back_at_once(store_dir, tmp_path):
     log = str(tmp_path / "log")
     code = ("import nbqueue, time\n"

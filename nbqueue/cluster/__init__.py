@@ -21,11 +21,18 @@ of worker processes and the store.
 - the ``Monitor`` (``monitor.py``) renews leases, kills workers stuck past a timeout,
   reaps the expired leases of dead clusters, beats and watches the store directory;
 - ``InFlight`` (``inflight.py``) is the table of leased jobs and running chunks they
-  share; ``Deaths`` (``deaths.py``) tells which dead worker ran which task.
+  share; ``Deaths`` (``deaths.py``) tells which dead worker ran which task;
+  ``Cancels`` (``cancels.py``) stops the tasks in flight that cancel requests name.
 
-Each thread runs under a supervisor: what a loop does not expect, ``BaseException``
-included, stops the whole cluster visibly (``error``, the log, ``nbqueue info``). A
-process serves a store directory with one cluster (``serving.py``): ``start()`` run
+Each part gets what it needs when it is made (the broker, the store, the executor, the
+in-flight table, the writer, callbacks that count outcomes, write the heartbeat or
+report a failure) and does one step at a time (``step()``: one lease, one batch of
+outcomes, one tick, one hook). The cluster runs each part's steps in a thread of its
+own under one supervisor: a step goes on through the errors it expects, and anything
+else, ``BaseException`` included, stops the whole cluster visibly (``error``, the log,
+``nbqueue info``), as does what a chunk's callback raises in the executor's thread.
+
+A process serves a store directory with one cluster (``serving.py``): ``start()`` run
 again gives it back, and the process hands its tasks in flight back to the queue,
 uncounted, as it exits or as Jupyter asks its kernel to shut down or restart.
 """
@@ -42,15 +49,16 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from nbqueue import conf
-from nbqueue.cluster.cancels import Cancels
+from nbqueue.cluster.cancels import CancelRequests, Cancels
 from nbqueue.cluster.deaths import Deaths
 from nbqueue.cluster.executors import EXECUTOR_OPTIONS, Executor, make_executor
-from nbqueue.cluster.feeder import Feeder
+from nbqueue.cluster.feeder import Feeder, Pace
 from nbqueue.cluster.inflight import InFlight
-from nbqueue.cluster.monitor import Monitor
+from nbqueue.cluster.monitor import HEARTBEAT, Monitor
 from nbqueue.cluster.serving import install_exit_hooks, serving, serving_lock, stop_all
 from nbqueue.cluster.writer import HookRunner, Writer
 from nbqueue.disk import hosts
@@ -61,13 +69,7 @@ from nbqueue.disk.storage import process_alive
 from nbqueue.errors import ClusterError, ConfigurationError
 from nbqueue.worker.stream import Collector
 
-log = logging.getLogger("nbqueue")
-
-
-class _Part(Protocol):
-    """A part of the cluster that runs in a thread of its own."""
-
-    def run(self) -> None: ...
+log = logging.getLogger(__name__)
 
 
 class Cluster:
@@ -126,7 +128,7 @@ class Cluster:
         self.inflight = InFlight()
         self.wakeup = threading.Event()  # the queue has work, or a task just finished
         self.stopping = threading.Event()
-        self.shutting_down = False  # the executor is being shut down: no more outcomes
+        self.shutting_down = threading.Event()  # the executor is being shut down
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -181,7 +183,7 @@ class Cluster:
                 if current._options() == self._options():
                     return current
                 log.warning(
-                    "nbqueue: replacing the running cluster on %s (%s) with a new "
+                    "replacing the running cluster on %s (%s) with a new "
                     "one (%s); its tasks in flight go back to the queue",
                     self.directory,
                     current._describe(),
@@ -225,33 +227,106 @@ class Cluster:
             shutil.rmtree(self._slot_dir, ignore_errors=True)
             raise
         self._executor = executor
-        self.deaths = Deaths(self._slot_dir)
-        self.cancels = Cancels(self)
-        self.feeder, self.writer = Feeder(self), Writer(self)
-        self.monitor, self.hook_runner = Monitor(self), HookRunner(self)
-        parts: list[tuple[str, _Part]] = [
-            ("feeder", self.feeder),
-            ("writer", self.writer),
-            ("monitor", self.monitor),
-            ("hooks", self.hook_runner),
+        self._make_parts(executor)
+        steps: list[tuple[str, Callable[[], bool]]] = [
+            ("feeder", self.feeder.step),
+            ("writer", self.writer.step),
+            ("monitor", self.monitor.step),
+            ("hooks", self.hook_runner.step),
         ]
-        if executor.streams_outcomes:
-            self.collector = Collector(self._slot_dir, self.broker.key, self.writer.streamed)
-            parts.append(("collector", self.collector))
+        if self.collector is not None:  # its own select loop, as one step
+            steps.append(("collector", _as_one_step(self.collector.run)))
         self.broker.subscribe(self.wakeup, name=self.id)
-        self.monitor.beat()
-        for name, part in parts:
+        self.broker.watch_cancels(self.monitor.wake)
+        self._beat()
+        for name, step in steps:
             thread = threading.Thread(
-                target=self._supervised, args=(name, part.run), name=f"nbqueue-{name}", daemon=True
+                target=self._supervised, args=(name, step), name=f"nbqueue-{name}", daemon=True
             )
             thread.start()
             self._threads.append(thread)
 
-    def _supervised(self, name: str, loop: Any) -> None:
-        """Run one of the cluster's threads. Each loop goes on through the errors it
-        expects; anything else (``BaseException`` included) stops the whole cluster,
-        visibly: a cluster with a dead thread would still look alive while it stored or
-        fed nothing.
+    def _make_parts(self, executor: Executor) -> None:
+        """The parts, each given what it needs (the writer, which stores every outcome,
+        first: the others hand it theirs)."""
+        requests = CancelRequests(self.broker)
+        self.deaths = Deaths(self._slot_dir)
+        self.hook_runner = HookRunner(self.store)
+        pace = Pace(executor.chunk_seconds)
+        self.writer = Writer(
+            cluster_id=self.id,
+            store=self.store,
+            deaths=self.deaths,
+            cancel_requests=requests,
+            hooks=self.hook_runner,
+            measured=pace.measured,
+            tally=self._tally,
+            failed=self._failed,
+            shutting_down=self.shutting_down,
+            stream_in=self._slot_dir if executor.streams_outcomes else None,
+            settings=self.settings,
+            broker=self.broker,
+            inflight=self.inflight,
+            wakeup=self.wakeup,
+            stopping=self.stopping,
+        )
+        self.collector = self.writer.collector
+        self.cancels = Cancels(
+            requests=requests,
+            slot_dir=self._slot_dir,
+            inflight=self.inflight,
+            executor=executor,
+            writer=self.writer,
+        )
+        self.feeder = Feeder(
+            cluster_id=self.id,
+            store=self.store,
+            executor=executor,
+            executor_name=self.executor_name,
+            cancels=self.cancels,
+            writer=self.writer,
+            pace=pace,
+            workers=lambda: self.workers,
+            tally=self._tally,
+            settings=self.settings,
+            broker=self.broker,
+            inflight=self.inflight,
+            wakeup=self.wakeup,
+            stopping=self.stopping,
+        )
+        self.monitor = Monitor(
+            executor=executor,
+            cancels=self.cancels,
+            writer=self.writer,
+            beat=self._beat,
+            shutting_down=self.shutting_down,
+            settings=self.settings,
+            broker=self.broker,
+            inflight=self.inflight,
+            wakeup=self.wakeup,
+            stopping=self.stopping,
+        )
+
+    def _tally(self, success: bool) -> None:
+        """Count a task's outcome, stored."""
+        if success:
+            self.done += 1
+        else:
+            self.failed += 1
+
+    def _beat(self) -> None:
+        """Write this cluster's heartbeat, its figures (dask: its threads now, as
+        workers come and go)."""
+        capacity = self.executor.capacity()
+        if capacity:
+            self.workers = capacity
+        self.heartbeats.beat(self.id, self.info(), ttl=3 * HEARTBEAT + 2)
+
+    def _supervised(self, name: str, step: Callable[[], bool]) -> None:
+        """Run one part's steps in its thread until it is done. Each step goes on
+        through the errors it expects; anything else (``BaseException`` included)
+        stops the whole cluster, visibly: a cluster with a dead thread would still look
+        alive while it stored or fed nothing.
 
         SIGINT is blocked in these threads, and so in the threads and worker processes
         they start (a mask is inherited): a worker gets Ctrl-C blocked from its first
@@ -260,20 +335,28 @@ class Cluster:
         """
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            loop()
+            while step():
+                pass
         except BaseException as exc:  # noqa: BLE001 - this is the supervisor
-            self.error = f"its {name} thread failed: {type(exc).__name__}: {exc}"
-            log.critical(
-                "nbqueue cluster %s on %s stopped: %s; its tasks in flight go back "
-                "to the queue. Start a new Cluster() to go on",
-                self.id[:8],
-                self.directory,
-                self.error,
-                exc_info=exc,
-            )
-            threading.Thread(
-                target=self.stop, kwargs={"wait": 0}, name="nbqueue-stop", daemon=True
-            ).start()
+            self._failed(f"{name} thread", exc)
+
+    def _failed(self, where: str, exc: BaseException) -> None:
+        """The one error policy, for the parts' threads and for what a part runs in a
+        thread not its own (a chunk's callback, in the executor's): the cluster stops,
+        saying why in ``error``, the log and ``nbqueue info``, and its tasks in flight go
+        back to the queue."""
+        self.error = f"its {where} failed: {type(exc).__name__}: {exc}"
+        log.critical(
+            "cluster %s on %s stopped: %s; its tasks in flight go back "
+            "to the queue. Start a new Cluster() to go on",
+            self.id[:8],
+            self.directory,
+            self.error,
+            exc_info=exc,
+        )
+        threading.Thread(
+            target=self.stop, kwargs={"wait": 0}, name="nbqueue-stop", daemon=True
+        ).start()
 
     def stop(self, wait: float = 10.0) -> None:
         """Stop gracefully: take no new work, let running tasks finish for up to ``wait``
@@ -310,13 +393,11 @@ class Cluster:
         self._clean_up()
 
     def _shut_down_executor(self) -> None:
-        self.shutting_down = True
+        self.shutting_down.set()
         try:
             self.executor.shutdown(kill=True)
         except Exception:
-            log.exception(
-                "nbqueue cluster: the %s executor did not shut down cleanly", self.executor_name
-            )
+            log.exception("the %s executor did not shut down cleanly", self.executor_name)
 
     def _hand_back_at_stop(self) -> None:
         """Acknowledge what was stored; every task still in flight goes back uncounted."""
@@ -326,22 +407,23 @@ class Cluster:
             if left:
                 self.inflight.remove(left)
                 self.broker.release(left, counted=False)
-                log.info("nbqueue cluster: %d task(s) in flight went back to the queue", len(left))
+                log.info("%d task(s) in flight went back to the queue", len(left))
         except Exception:
             log.exception(
-                "nbqueue cluster: could not hand the tasks in flight back; they "
+                "could not hand the tasks in flight back; they "
                 "will be delivered again once their lease expires"
             )
 
     def _clean_up(self) -> None:
         """The end of ``stop()``: record it, remove the cluster's files, redraw panels."""
         self.broker.unsubscribe(self.wakeup)
+        self.broker.unwatch_cancels(self.monitor.wake)
         try:
             self.heartbeats.forget(self.id)
             if self.error is not None:
                 self.heartbeats.record_stop(self.id, self.info())
         except Exception:  # the store itself may be what failed
-            log.warning("nbqueue cluster: could not record the stop in the store", exc_info=True)
+            log.warning("could not record the stop in the store", exc_info=True)
         shutil.rmtree(self._slot_dir, ignore_errors=True)
         clean_spill(self.directory, lambda host: host == os.getpid())  # its workers are gone
         with serving_lock:
@@ -352,7 +434,7 @@ class Cluster:
             try:
                 panel.refresh()
             except Exception:
-                log.debug("nbqueue cluster: a status panel could not be redrawn", exc_info=True)
+                log.debug("a status panel could not be redrawn", exc_info=True)
 
     def __enter__(self) -> Cluster:
         self._context = self if self.running else self.start()
@@ -439,12 +521,23 @@ class Cluster:
         )
 
 
+def _as_one_step(loop: Callable[[], None]) -> Callable[[], bool]:
+    """A part that runs a loop of its own (the outcome stream's collector), as one step
+    after which it is done."""
+
+    def step() -> bool:
+        loop()
+        return False
+
+    return step
+
+
 def _join(thread: threading.Thread, timeout: float) -> None:
     """Join a cluster thread, unless it is the caller (a hook that stops its cluster)."""
     if thread is not threading.current_thread():
         thread.join(timeout)
         if thread.is_alive():
-            log.warning("nbqueue cluster: thread %s did not end within %g s", thread.name, timeout)
+            log.warning("thread %s did not end within %g s", thread.name, timeout)
 
 
 def _check_option_names(executor: str, options: dict[str, Any]) -> None:

@@ -28,44 +28,70 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from nbqueue.cluster.inflight import Job
+from nbqueue.cluster.executors import Executor
+from nbqueue.cluster.inflight import InFlight, Job
+from nbqueue.disk.broker import Broker
 from nbqueue.disk.hosts import CANCELLED_DIR, read_begun
 from nbqueue.disk.records import Cause
 
-if TYPE_CHECKING:
-    from nbqueue.cluster import Cluster
+if TYPE_CHECKING:  # the writer imports this module
+    from nbqueue.cluster.writer import Writer
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 STOP_GRACE = 1.0  # seconds a cancelled task has to stop before its worker is killed
 WHY = "TaskCancelled: the task was cancelled with nbqueue.cancel"
 
 
-class Cancels:
-    """The cancel requests of the queue this cluster serves, and the tasks it stops."""
+class CancelRequests:
+    """The cancel requests of the queue this cluster serves, as last read: the feeder
+    and the monitor read them, the writer clears those of stored outcomes."""
 
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
         self._lock = threading.Lock()
         self._count = 0  # the broker's cancel counter when the requests were read
         self._ids: frozenset[str] = frozenset()
-        self._stopping: dict[str, tuple[float, object]] = {}  # task id -> (deadline, handle)
-        self._marked: set[str] = set()  # ids with a marker in the slot directory
-        self._unseen: dict[str, Job] = {}  # cancelled in flight, not seen running yet
-        os.makedirs(os.path.join(cluster._slot_dir, CANCELLED_DIR), exist_ok=True)
 
     def requested(self) -> frozenset[str]:
         """The ids cancel requests name now (one read of a counter when none is new)."""
-        count = self.cluster.broker.cancel_count()
+        count = self.broker.cancel_count()
         if count != self._count:
             with self._lock:
-                self._ids = frozenset(self.cluster.broker.cancel_requests())
+                self._ids = frozenset(self.broker.cancel_requests())
                 self._count = count
         return self._ids
 
     def known(self) -> frozenset[str]:
         """The ids of the requests last read (no read of the store)."""
         return self._ids
+
+
+class Cancels:
+    """The tasks in flight that cancel requests name, and how this cluster stops them."""
+
+    def __init__(
+        self,
+        *,
+        requests: CancelRequests,
+        slot_dir: str,
+        inflight: InFlight,
+        executor: Executor,
+        writer: Writer,
+    ) -> None:
+        self.requests = requests
+        self.slot_dir = slot_dir
+        self.inflight = inflight
+        self.executor = executor
+        self.writer = writer
+        self._stopping: dict[str, tuple[float, object]] = {}  # task id -> (deadline, handle)
+        self._marked: set[str] = set()  # ids with a marker in the slot directory
+        self._unseen: dict[str, Job] = {}  # cancelled in flight, not seen running yet
+        os.makedirs(os.path.join(slot_dir, CANCELLED_DIR), exist_ok=True)
+
+    def requested(self) -> frozenset[str]:
+        """The ids cancel requests name now."""
+        return self.requests.requested()
 
     def cancel(self, jobs: list[Job]) -> None:
         """Cancel tasks in flight, wherever they are: every one is marked before any
@@ -80,13 +106,11 @@ class Cancels:
         begun = self._begun()
         for job in jobs:
             if begun is not None and job.lease.token not in begun:
-                self.cluster.writer.judge(
-                    job, WHY, Cause.CANCELLED, attempt=job.lease.attempt, final=True
-                )
+                self.writer.judge(job, WHY, Cause.CANCELLED, attempt=job.lease.attempt, final=True)
             else:
                 job.cancelled = True
                 self._unseen[job.header.id] = job
-        inflight = self.cluster.inflight
+        inflight = self.inflight
         for future in inflight.chunks_within(inflight.cancelled()):
             future.cancel()  # one not started yet never runs: its tasks are cancelled now
         self._stop_running()
@@ -94,10 +118,10 @@ class Cancels:
     def _begun(self) -> set[str] | None:
         """The lease tokens of the tasks this cluster's workers noted as begun (None: its
         executor's workers note none)."""
-        if not self.cluster.executor.notes_begun:
+        if not self.executor.notes_begun:
             return None
         begun: set[str] = set()
-        for entry in os.scandir(self.cluster._slot_dir):
+        for entry in os.scandir(self.slot_dir):
             if entry.name.isdigit():
                 begun |= read_begun(entry.path)
         return begun
@@ -107,18 +131,18 @@ class Cancels:
         and dask reports a start a little late, so each is looked for as long as it is in
         flight."""
         now = time.monotonic()
-        for task_id, _, _, handle in self.cluster.executor.running():
+        for task_id, _, _, handle in self.executor.running():
             if self._unseen.pop(task_id, None) is not None:
-                log.info("nbqueue cluster: stopping cancelled task %s", task_id)
-                self.cluster.executor.stop_task(handle)
+                log.info("stopping cancelled task %s", task_id)
+                self.executor.stop_task(handle)
                 self._stopping[task_id] = (now + STOP_GRACE, handle)
-        inflight = self.cluster.inflight
+        inflight = self.inflight
         for task_id, job in list(self._unseen.items()):
             if inflight.job_of_task(task_id) is not job:  # its chunk ended
                 del self._unseen[task_id]
 
     def _marker(self, task_id: str) -> str:
-        return os.path.join(self.cluster._slot_dir, CANCELLED_DIR, task_id)
+        return os.path.join(self.slot_dir, CANCELLED_DIR, task_id)
 
     def unmark(self, task_id: str) -> None:
         """A task sent again (``nbqueue.retry``) after it was cancelled: it runs now."""
@@ -131,8 +155,7 @@ class Cancels:
 
     def check(self) -> None:
         """Act on new requests for tasks in flight; kill workers that did not stop."""
-        cluster = self.cluster
-        found = [cluster.inflight.job_of_task(task_id) for task_id in self.requested()]
+        found = [self.inflight.job_of_task(task_id) for task_id in self.requested()]
         jobs = [job for job in found if job is not None and not (job.judged or job.cancelled)]
         if jobs:
             self.cancel(jobs)
@@ -140,18 +163,17 @@ class Cancels:
             self._stop_running()
         if not self._stopping:
             return
-        running = {state[0]: state[3] for state in cluster.executor.running()}
+        running = {state[0]: state[3] for state in self.executor.running()}
         now = time.monotonic()
         for task_id, (deadline, handle) in list(self._stopping.items()):
             if running.get(task_id) != handle:
                 del self._stopping[task_id]
             elif now > deadline:
                 log.warning(
-                    "nbqueue cluster: cancelled task %s did not stop within %g s; "
-                    "killing its worker %s",
+                    "cancelled task %s did not stop within %g s; killing its worker %s",
                     task_id,
                     STOP_GRACE,
                     handle,
                 )
-                cluster.executor.kill(handle)
+                self.executor.kill(handle)
                 del self._stopping[task_id]

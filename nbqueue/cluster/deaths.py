@@ -20,7 +20,7 @@ import time
 from nbqueue.disk.hosts import read_slot
 from nbqueue.disk.storage import process_alive
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 
 class Deaths:
@@ -70,7 +70,7 @@ class Deaths:
             if time.monotonic() > deadline:
                 if killed:
                     log.error(
-                        "nbqueue cluster: worker(s) %s outlived SIGKILL for %g s; their "
+                        "worker(s) %s outlived SIGKILL for %g s; their "
                         "tasks go back to the queue all the same",
                         sorted(doomed),
                         timeout,

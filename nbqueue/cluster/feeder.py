@@ -12,122 +12,172 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from nbqueue.cluster.cancels import WHY
-from nbqueue.cluster.inflight import Job
+from nbqueue.cluster.cancels import WHY, Cancels
+from nbqueue.cluster.executors import Executor
+from nbqueue.cluster.inflight import InFlight, Job
+from nbqueue.cluster.writer import Writer
+from nbqueue.conf import Settings
+from nbqueue.disk.broker import Broker
 from nbqueue.disk.leases import Lease
 from nbqueue.disk.names import new_task_id
 from nbqueue.disk.records import Cause, decode_header, refused_record
 from nbqueue.disk.storage import store_trouble
+from nbqueue.disk.store import Store
 from nbqueue.errors import SignatureError
 
-if TYPE_CHECKING:
-    from nbqueue.cluster import Cluster
-
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 MAX_CHUNK = 64
 IDLE_POLL = 0.05  # seconds between queue polls of a cluster that has been idle for a while
 HOT_POLL = 0.001  # ... and right after a task finished, when its caller may send the next
 
 
-class Feeder:
-    """Keeps the executor's workers busy with leased tasks (the cluster's first thread)."""
+class Pace:
+    """The running average of task time, which sizes the chunks: the writer measures
+    each task that ends, the feeder sizes its next chunks by it."""
 
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self.task_seconds = cluster.executor.chunk_seconds  # until measured: 1 per chunk
+    def __init__(self, chunk_seconds: float) -> None:
+        self.chunk_seconds = chunk_seconds
+        self.task_seconds = chunk_seconds  # until measured: 1 per chunk
 
     def chunk_size(self) -> int:
-        seconds = self.cluster.executor.chunk_seconds
-        return max(1, min(MAX_CHUNK, int(seconds / max(self.task_seconds, 1e-6))))
+        return max(1, min(MAX_CHUNK, int(self.chunk_seconds / max(self.task_seconds, 1e-6))))
 
     def measured(self, seconds: float) -> None:
         """A task ran for ``seconds``: the running average sizes the next chunks."""
         self.task_seconds = 0.8 * self.task_seconds + 0.2 * seconds
 
-    def run(self) -> None:
-        cluster = self.cluster
-        settings, broker, inflight = cluster.settings, cluster.broker, cluster.inflight
-        pause = settings.poll
-        said: str | None = None  # the store's trouble logged last
-        while not cluster.stopping.is_set():
-            try:
-                chunk = self.chunk_size()
-                room = cluster.workers * max(4, 2 * chunk) - len(inflight)
-                if len(inflight) and (
-                    room < chunk
-                    or inflight.chunk_count() >= cluster.workers
-                    and broker.pending() < chunk
-                ):
-                    # Every worker has a chunk: lease again once a whole chunk waits,
-                    # or a chunk finishes. Leasing each task as it comes would mean
-                    # chunks of one, and a round trip through the store per task.
-                    broker.flush_acks()
-                    inflight.room.wait(0.05)
-                    inflight.room.clear()
-                    continue
-                wanted = min(room, settings.bulk)
-                leases = broker.lease(cluster.id, wanted, settings.retry)
-                if not leases:
-                    # An empty poll is one read of a counter, without the write lock.
-                    # Every HOT_POLL seconds right after a wake-up (a task finished: its
-                    # caller may send the next), growing 10 % a poll to IDLE_POLL, so an
-                    # idle cluster costs little CPU. Enqueues in this process wake the
-                    # feeder at once.
-                    woken = cluster.wakeup.wait(pause)
-                    cluster.wakeup.clear()
-                    pause = (
-                        min(HOT_POLL, settings.poll)
-                        if woken
-                        else min(pause * 1.1, max(IDLE_POLL, settings.poll))
-                    )
-                    continue
-                pause, said = settings.poll, None
-                # a full batch goes in whole chunks; the last of the queue is spread
-                # evenly over the workers so that none idles at the end
-                self._dispatch(
-                    leases,
-                    chunk
-                    if len(leases) == wanted
-                    else min(chunk, math.ceil(len(leases) / cluster.workers)),
-                )
-            except Exception as exc:
-                trouble = store_trouble(exc, os.path.join(cluster.directory, "queue"))
-                if trouble is None:
-                    log.exception("nbqueue cluster: feeder error; going on in 1 s")
-                elif trouble != said:  # a full disk: said once, not every second
-                    log.warning(
-                        "nbqueue cluster: cannot lease tasks; trying again every second: %s",
-                        trouble,
-                    )
-                said = trouble
-                time.sleep(1)
+
+class Feeder:
+    """Keeps the executor's workers busy with leased tasks: a step leases a batch and
+    submits it in chunks, or waits for room or work (the cluster's first thread)."""
+
+    def __init__(
+        self,
+        *,
+        cluster_id: str,
+        settings: Settings,
+        broker: Broker,
+        store: Store,
+        executor: Executor,
+        executor_name: str,
+        inflight: InFlight,
+        cancels: Cancels,
+        writer: Writer,
+        pace: Pace,
+        workers: Callable[[], int],
+        tally: Callable[[bool], None],
+        wakeup: threading.Event,
+        stopping: threading.Event,
+    ) -> None:
+        self.cluster_id = cluster_id
+        self.settings = settings
+        self.broker = broker
+        self.store = store
+        self.executor = executor
+        self.executor_name = executor_name
+        self.inflight = inflight
+        self.cancels = cancels
+        self.writer = writer
+        self.pace = pace
+        self.workers = workers  # dask's capacity changes as workers come and go
+        self.tally = tally  # counts a task's outcome: tally(success)
+        self.wakeup = wakeup
+        self.stopping = stopping
+        self._pause = settings.poll
+        self._said: str | None = None  # the store's trouble logged last
+
+    @property
+    def task_seconds(self) -> float:
+        return self.pace.task_seconds
+
+    @task_seconds.setter
+    def task_seconds(self, seconds: float) -> None:
+        self.pace.task_seconds = seconds
+
+    def chunk_size(self) -> int:
+        return self.pace.chunk_size()
+
+    def step(self) -> bool:
+        """Feed the workers once; an error is logged and tried again in a second.
+        False once the cluster stops."""
+        if self.stopping.is_set():
+            return False
+        try:
+            self._feed()
+        except Exception as exc:
+            trouble = store_trouble(exc, os.path.join(self.broker.directory, "queue"))
+            if trouble is None:
+                log.exception("feeder error; going on in 1 s")
+            elif trouble != self._said:  # a full disk: said once, not every second
+                log.warning("cannot lease tasks; trying again every second: %s", trouble)
+            self._said = trouble
+            time.sleep(1)
+        return True
+
+    def _feed(self) -> None:
+        settings, broker, inflight = self.settings, self.broker, self.inflight
+        workers = self.workers()
+        chunk = self.chunk_size()
+        room = workers * max(4, 2 * chunk) - len(inflight)
+        if len(inflight) and (
+            room < chunk or inflight.chunk_count() >= workers and broker.pending() < chunk
+        ):
+            # Every worker has a chunk: lease again once a whole chunk waits, or a
+            # chunk finishes. Leasing each task as it comes would mean chunks of one,
+            # and a round trip through the store per task.
+            broker.flush_acks()
+            inflight.room.wait(0.05)
+            inflight.room.clear()
+            return
+        wanted = min(room, settings.bulk)
+        leases = broker.lease(self.cluster_id, wanted, settings.retry)
+        if not leases:
+            # An empty poll is one read of a counter, without the write lock. Every
+            # HOT_POLL seconds right after a wake-up (a task finished: its caller may
+            # send the next), growing 10 % a poll to IDLE_POLL, so an idle cluster
+            # costs little CPU. Enqueues in this process wake the feeder at once.
+            woken = self.wakeup.wait(self._pause)
+            self.wakeup.clear()
+            self._pause = (
+                min(HOT_POLL, settings.poll)
+                if woken
+                else min(self._pause * 1.1, max(IDLE_POLL, settings.poll))
+            )
+            return
+        self._pause, self._said = settings.poll, None
+        # a full batch goes in whole chunks; the last of the queue is spread evenly over
+        # the workers so that none idles at the end
+        self._dispatch(
+            leases,
+            chunk if len(leases) == wanted else min(chunk, math.ceil(len(leases) / workers)),
+        )
 
     def _dispatch(self, leases: list[Lease], size: int) -> None:
-        cluster = self.cluster
-        cancelled = cluster.cancels.requested()
+        cancelled = self.cancels.requested()
         jobs = []
         for lease in leases:
             if lease.refused is not None:
                 self._reject(lease, SignatureError(lease.refused))
                 continue
             try:
-                header = decode_header(cluster.broker.key, lease.package)
+                header = decode_header(self.broker.key, lease.package)
             except SignatureError as exc:
                 self._reject(lease, exc)
                 continue
-            job = Job(lease, header, header.timeout or cluster.settings.timeout)
-            cluster.inflight.add(job)
+            job = Job(lease, header, header.timeout or self.settings.timeout)
+            self.inflight.add(job)
             if header.id in cancelled:  # leased after its cancel request: never runs
-                cluster.writer.judge(job, WHY, Cause.CANCELLED, attempt=lease.attempt, final=True)
+                self.writer.judge(job, WHY, Cause.CANCELLED, attempt=lease.attempt, final=True)
                 continue
-            cluster.cancels.unmark(header.id)
-            limit = job.attempts_allowed(cluster.settings)
+            self.cancels.unmark(header.id)
+            limit = job.attempts_allowed(self.settings)
             if limit and lease.attempt > limit:
-                cluster.writer.judge(
+                self.writer.judge(
                     job,
                     f"WorkerLost: gave up after {limit} attempts: each "
                     "time the task was lost (its worker or cluster died, or "
@@ -143,32 +193,27 @@ class Feeder:
             self._submit(jobs[i : i + size])
 
     def _submit(self, jobs: list[Job]) -> None:
-        cluster = self.cluster
         try:
-            future = cluster.executor.submit(
+            future = self.executor.submit(
                 [job.header.item(job.timeout, job.lease.token) for job in jobs]
             )
         except Exception as exc:
             log.error(
-                "nbqueue cluster: cannot submit to the %s executor (%s); the tasks go "
-                "back to the queue",
-                cluster.executor_name,
+                "cannot submit to the %s executor (%s); the tasks go back to the queue",
+                self.executor_name,
                 exc,
             )
-            cluster.writer.hand_back(jobs, counted=False)
+            self.writer.hand_back(jobs, counted=False)
             time.sleep(1)
             return
-        cluster.inflight.add_chunk(future, jobs)
-        future.add_done_callback(cluster.writer.chunk_done)
+        self.inflight.add_chunk(future, jobs)
+        future.add_done_callback(self.writer.chunk_done)
 
     def _reject(self, lease: Lease, exc: SignatureError) -> None:
         """A package that fails the signature check: record it as a Failure, never run it."""
-        cluster = self.cluster
         task_id, name = new_task_id()
-        log.warning(
-            "nbqueue cluster: refused a queued package: %s (recorded as task %s)", exc, name
-        )
+        log.warning("refused a queued package: %s (recorded as task %s)", exc, name)
         record = refused_record(task_id, name, f"SignatureError: {exc}", lease.attempt)
-        cluster.store.save([record], cluster.settings.save_limit)
-        cluster.broker.ack([lease.token])
-        cluster.failed += 1
+        self.store.save([record], self.settings.save_limit)
+        self.broker.ack([lease.token])
+        self.tally(False)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from nbqueue.cluster import Cluster
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 EXIT_GRACE = 1.0  # seconds running tasks get to finish when the process or kernel ends
 
@@ -35,7 +35,7 @@ def stop_all(why: str = "this process is exiting") -> None:
     for cluster in clusters:
         if len(cluster.inflight):
             log.warning(
-                "nbqueue: %s: the cluster on %s stops and hands %d task(s) in "
+                "%s: the cluster on %s stops and hands %d task(s) in "
                 "flight back to the queue; a cluster started later runs them",
                 why,
                 cluster.directory,
@@ -69,7 +69,7 @@ def install_exit_hooks() -> None:
             stop_all("the kernel is restarting" if restart else "the kernel is shutting down")
             _stop_resource_trackers()
         except BaseException:  # noqa: BLE001 - the shutdown itself must go on
-            log.exception("nbqueue: stopping the clusters at kernel shutdown failed")
+            log.exception("stopping the clusters at kernel shutdown failed")
         return original(restart)
 
     kernel.do_shutdown = do_shutdown

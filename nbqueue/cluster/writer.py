@@ -15,25 +15,28 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
-from typing import TYPE_CHECKING
 
 from nbqueue.cluster.cancels import WHY as CANCELLED
+from nbqueue.cluster.cancels import CancelRequests
+from nbqueue.cluster.deaths import Deaths
 from nbqueue.cluster.executors import BROKEN
-from nbqueue.cluster.inflight import Job
+from nbqueue.cluster.inflight import InFlight, Job
+from nbqueue.conf import Settings
 from nbqueue.disk.blobs import Blob, discard
+from nbqueue.disk.broker import Broker
 from nbqueue.disk.records import Cause, Outcome, Record, failure, make_record
 from nbqueue.disk.storage import store_trouble
+from nbqueue.disk.store import Store
 from nbqueue.errors import WorkerLost
 from nbqueue.live import forget_live, live_row
 from nbqueue.models import Task
 from nbqueue.worker import failure_text
 from nbqueue.worker.callables import find_hook, run_hook
+from nbqueue.worker.stream import Collector
 
-if TYPE_CHECKING:
-    from nbqueue.cluster import Cluster
-
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 RETRY_FIRST = 0.05  # seconds before outcomes the store refused are tried again, doubling
 RETRY_MOST = 2.0  # ... up to this
@@ -55,8 +58,39 @@ class Writer:
     queue, their attempt not counted, to run again.
     """
 
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
+    def __init__(
+        self,
+        *,
+        cluster_id: str,
+        settings: Settings,
+        broker: Broker,
+        store: Store,
+        inflight: InFlight,
+        deaths: Deaths,
+        cancel_requests: CancelRequests,
+        hooks: HookRunner,
+        measured: Callable[[float], None],
+        tally: Callable[[bool], None],
+        failed: Callable[[str, BaseException], None],
+        wakeup: threading.Event,
+        stopping: threading.Event,
+        shutting_down: threading.Event,
+        stream_in: str | None = None,
+    ) -> None:
+        self.cluster_id = cluster_id
+        self.settings = settings
+        self.broker = broker
+        self.store = store
+        self.inflight = inflight
+        self.deaths = deaths
+        self.cancel_requests = cancel_requests
+        self.hooks = hooks
+        self.measured = measured  # a task ran for that many seconds (it sizes chunks)
+        self.tally = tally  # counts a task's outcome: tally(success)
+        self.failed = failed  # stops the cluster: failed(where, exception)
+        self.wakeup = wakeup
+        self.stopping = stopping
+        self.shutting_down = shutting_down  # the executor is being shut down
         self.events: queue.Queue[Event] = queue.Queue()
         self._arrived: set[str] = set()  # leases of streamed outcomes not handled yet
         self._arrived_lock = threading.Lock()
@@ -69,34 +103,40 @@ class Writer:
         self._oldest = 0.0  # since when the outcomes held now are held, at most
         self._gone_back = 0  # outcomes given back to the queue since the store refused them
         self.trouble: str | None = None  # why outcomes wait to be stored, if they do
+        # the outcome stream of the workers, in the slot directory ``stream_in``; its
+        # thread is the collector's (``Collector.run``)
+        self.collector = (
+            Collector(stream_in, broker.key, self.streamed) if stream_in is not None else None
+        )
 
-    def run(self) -> None:
-        """Store outcomes as chunks finish, until ``stop()`` sends None (after the
+    def step(self) -> bool:
+        """Store the outcomes of the events that came (waiting for one, or until the
+        held outcomes are tried again); False once ``stop()`` sent None (after the
         executor shut down, so every chunk's event is queued before it)."""
+        wait = max(0.0, self._next_try - time.monotonic()) if self._held else None
+        try:
+            events = [self.events.get(timeout=wait)]
+        except queue.Empty:
+            events = []  # time to try the held outcomes again
         while True:
-            wait = max(0.0, self._next_try - time.monotonic()) if self._held else None
             try:
-                events = [self.events.get(timeout=wait)]
+                events.append(self.events.get_nowait())
             except queue.Empty:
-                events = []  # time to try the held outcomes again
-            while True:
-                try:
-                    events.append(self.events.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._handle(events)
-            except Exception:
-                log.exception(
-                    "nbqueue cluster: writer error; the affected tasks go back to "
-                    "the queue when the cluster stops, or are delivered again "
-                    "once their lease expires"
-                )
-            if None in events:  # what is still held goes back (at last by the stop)
-                for _, record in self._held:
-                    discard(record["result"])
-                self._give_back(self._held, "the cluster stopped")
-                return
+                break
+        try:
+            self._handle(events)
+        except Exception:
+            log.exception(
+                "writer error; the affected tasks go back to "
+                "the queue when the cluster stops, or are delivered again "
+                "once their lease expires"
+            )
+        if None in events:  # what is still held goes back (at last by the stop)
+            for _, record in self._held:
+                discard(record["result"])
+            self._give_back(self._held, "the cluster stopped")
+            return False
+        return True
 
     def streamed(self, outcomes: list[Outcome]) -> None:
         """Outcomes from the stream (in the collector's thread), ahead of their chunk."""
@@ -105,15 +145,19 @@ class Writer:
         self.events.put(outcomes)
 
     def chunk_done(self, future: Future) -> None:
-        """A chunk ended (in the executor's thread): note the workers that died first."""
-        cluster = self.cluster
-        if (
-            not cluster.shutting_down
-            and not future.cancelled()
-            and isinstance(future.exception(), BROKEN)
-        ):
-            cluster.deaths.note(str(future.exception()))
-        self.events.put(future)
+        """A chunk ended (in the executor's thread): note the workers that died first.
+        What fails here stops the cluster (the executor would only log it, and the
+        chunk's tasks would wait in flight for ever)."""
+        try:
+            if (
+                not self.shutting_down.is_set()
+                and not future.cancelled()
+                and isinstance(future.exception(), BROKEN)
+            ):
+                self.deaths.note(str(future.exception()))
+            self.events.put(future)
+        except BaseException as exc:  # noqa: BLE001 - reported to the cluster's supervisor
+            self.failed("chunk callback", exc)
 
     def judge(self, job: Job, why: str, cause: Cause, attempt: int, final: bool) -> None:
         """Decide a task's outcome outside its chunk (timeouts, give-ups, worker deaths,
@@ -126,7 +170,7 @@ class Writer:
     def _last_words(self, record: Record) -> None:
         """What a task judged from outside (killed on its timeout, its worker dead) wrote
         and reported until its live row was last written, if it has one."""
-        directory = self.cluster.broker.directory
+        directory = self.broker.directory
         try:
             row = live_row(directory, record["id"], fresh=False)
         except Exception:  # a bad row is logged by the read; the verdict stands
@@ -147,15 +191,14 @@ class Writer:
     def hand_back(self, jobs: list[Job], counted: bool) -> None:
         """Return tasks to the queue unfinished, their attempt ``counted`` or not."""
         tokens = [job.lease.token for job in jobs]
-        self.cluster.inflight.remove(tokens)
-        self.cluster.broker.release(tokens, counted=counted)
+        self.inflight.remove(tokens)
+        self.broker.release(tokens, counted=counted)
 
     def _handle(self, events: list[Event]) -> None:
-        cluster = self.cluster
         finished: list[Verdict] = []
         for event in events:
             if isinstance(event, Future):
-                self._finish_chunk(event, cluster.inflight.take_chunk(event), finished)
+                self._finish_chunk(event, self.inflight.take_chunk(event), finished)
             elif isinstance(event, list):
                 with self._arrived_lock:
                     self._arrived.difference_update(outcome.token for outcome in event)
@@ -166,16 +209,15 @@ class Writer:
         for _job, record, final in finished:
             if not final:  # delivered again once its lease expires; not an outcome yet
                 log.info(
-                    "nbqueue cluster: task %s failed on attempt %d; it is delivered "
-                    "again in about %g s: %s",
+                    "task %s failed on attempt %d; it is delivered again in about %g s: %s",
                     record["name"],
                     record["attempt_count"],
-                    cluster.settings.retry,
+                    self.settings.retry,
                     str(record["result"]).split("\n", 1)[0],
                 )
         again = [job.lease.token for job, _, final in finished if not final]
         if again:
-            cluster.inflight.remove(again)
+            self.inflight.remove(again)
         # one outcome a task: a verdict reached while its outcome is held is not another
         self._held.extend(
             (job, record)
@@ -198,8 +240,7 @@ class Writer:
             self._refused(why)
         elif self._since:
             log.warning(
-                "nbqueue cluster: the store takes outcomes again; the ones held for "
-                "%.1f s are stored",
+                "the store takes outcomes again; the ones held for %.1f s are stored",
                 time.monotonic() - self._since,
             )
             self._since, self._pause, self._gone_back, self.trouble = 0.0, 0.0, 0, None
@@ -219,8 +260,7 @@ class Writer:
         """Store outcomes in one transaction; if the store refuses it, one at a time, to
         tell a record's own trouble (its task's failure) from the store's (held).
         Returns (stored, held, why the store refused the held ones)."""
-        cluster = self.cluster
-        save, limit = cluster.store.save, cluster.settings.save_limit
+        save, limit = self.store.save, self.settings.save_limit
         try:  # held ones were tried before: one part may have taken them (replace)
             save([record for _, record in outcomes], limit, bool(self._since))
             return outcomes, [], None
@@ -246,8 +286,7 @@ class Writer:
                 held.append((job, record))
                 continue
             log.error(
-                "nbqueue cluster: the outcome of task %s could not be stored (%s: %s); "
-                "it is stored as its failure",
+                "the outcome of task %s could not be stored (%s: %s); it is stored as its failure",
                 record["name"],
                 type(why).__name__,
                 why,
@@ -259,7 +298,7 @@ class Writer:
     def _store_wide(self, exc: BaseException | None) -> str | None:
         """What is wrong with the store, if ``exc`` is its trouble and not one record's."""
         return (
-            store_trouble(exc, os.path.join(self.cluster.directory, "results"))
+            store_trouble(exc, os.path.join(self.broker.directory, "results"))
             if exc is not None
             else None
         )
@@ -286,25 +325,24 @@ class Writer:
     def _refused(self, why: BaseException | None) -> None:
         """The store refused the held outcomes: say why, try again later, and give them
         back to the queue once that has lasted ``retry`` seconds."""
-        cluster = self.cluster
         now = time.monotonic()
         cause = self._store_wide(why) or f"{type(why).__name__}: {why}"
         if not self._since:
             self._since = now
             log.error(
-                "nbqueue cluster: the store refused the outcomes of %d task(s): %s. They "
+                "the store refused the outcomes of %d task(s): %s. They "
                 "are held and stored as soon as it takes them; the cluster takes new "
                 "work only as far as its table of tasks in flight has room",
                 len(self._held),
                 cause,
             )
             self._oldest = now
-        elif now - self._oldest >= cluster.settings.retry:
+        elif now - self._oldest >= self.settings.retry:
             count = len(self._held)
             self._hold(
                 self._give_back(
                     self._held,
-                    f"the store refused them for over {cluster.settings.retry:g} s: {cause}",
+                    f"the store refused them for over {self.settings.retry:g} s: {cause}",
                 )
             )
             self._gone_back += count - len(self._held)
@@ -329,21 +367,20 @@ class Writer:
             return []
         tokens = [job.lease.token for job, _ in outcomes]
         try:
-            self.cluster.broker.release(tokens, counted=False)
+            self.broker.release(tokens, counted=False)
         except Exception as exc:
             log.warning(
-                "nbqueue cluster: could not hand %d task(s) back to the queue (%s); "
-                "their outcomes are held",
+                "could not hand %d task(s) back to the queue (%s); their outcomes are held",
                 len(outcomes),
                 exc,
             )
             return outcomes
-        self.cluster.inflight.remove(tokens)
-        self.cluster.wakeup.set()
+        self.inflight.remove(tokens)
+        self.wakeup.set()
         for _, record in outcomes:
             discard(record["result"])
         log.warning(
-            "nbqueue cluster: %d task(s) whose outcomes could not be stored went back "
+            "%d task(s) whose outcomes could not be stored went back "
             "to the queue, their attempt not counted, to run again: %s",
             len(outcomes),
             why,
@@ -354,44 +391,38 @@ class Writer:
         """Outcomes stored: acknowledge their leases, count them, run their hooks. The
         writes after the store (an ack, the cancels, live rows) may fail on a troubled
         store: each is logged, and left to a later transaction."""
-        cluster = self.cluster
         blobbed = [
             job for job, record in outcomes if type(job.header.args) is Blob and record["success"]
         ]
         acked: set[str] = set()
         if blobbed:  # done with their argument files, once no delivery can come again
             try:
-                cluster.broker.ack([job.lease.token for job in blobbed])
+                self.broker.ack([job.lease.token for job in blobbed])
                 acked = {job.lease.token for job in blobbed}
                 for job in blobbed:
                     if job.header.hook_name is None:
                         discard(job.header.args)
             except Exception as exc:  # acknowledged with the others below
-                log.warning(
-                    "nbqueue cluster: could not acknowledge %d task(s) now: %s", len(blobbed), exc
-                )
+                log.warning("could not acknowledge %d task(s) now: %s", len(blobbed), exc)
         done = [job.lease.token for job, _ in outcomes if job.lease.token not in acked]
-        if cluster.stopping.is_set():
+        if self.stopping.is_set():
             try:
-                cluster.broker.ack(done)
+                self.broker.ack(done)
             except Exception:  # the stop's flush_acks tries again
-                cluster.broker.ack_soon(done)
+                self.broker.ack_soon(done)
         else:  # with the feeder's next lease, which this wakes
-            cluster.broker.ack_soon(done)
-            cluster.wakeup.set()
-        cluster.inflight.remove(job.lease.token for job, _ in outcomes)
+            self.broker.ack_soon(done)
+            self.wakeup.set()
+        self.inflight.remove(job.lease.token for job, _ in outcomes)
         for job, record in outcomes:
-            if record["success"]:
-                cluster.done += 1
-            else:
-                cluster.failed += 1
-            cluster.hook_runner.put(job, record)
+            self.tally(bool(record["success"]))
+            self.hooks.put(job, record)
         try:
-            cancelled = cluster.cancels.known() & {job.header.id for job, _ in outcomes}
+            cancelled = self.cancel_requests.known() & {job.header.id for job, _ in outcomes}
             if cancelled:  # done with: a later retry() of these runs them
-                cluster.broker.forget_cancels(cancelled)
+                self.broker.forget_cancels(cancelled)
         except Exception as exc:
-            log.warning("nbqueue cluster: could not clear the cancels of stored outcomes: %s", exc)
+            log.warning("could not clear the cancels of stored outcomes: %s", exc)
         if not self._held:
             self._forget_live()
 
@@ -401,32 +432,27 @@ class Writer:
             return
         live, self._live = self._live, []
         try:
-            forget_live(self.cluster.broker.directory, live)
+            forget_live(self.broker.directory, live)
         except Exception as exc:  # a row left behind reads as stale once not refreshed
-            log.warning(
-                "nbqueue cluster: could not remove the live rows of %d task(s): %s", len(live), exc
-            )
+            log.warning("could not remove the live rows of %d task(s): %s", len(live), exc)
 
     def _fenced(self, outcomes: list[tuple[Job, Record]]) -> list[tuple[Job, Record]]:
         """The outcomes whose leases this cluster still holds; the others leave the
         in-flight table."""
-        cluster = self.cluster
-        held = cluster.broker.held([job.lease.token for job, _ in outcomes], cluster.id)
+        held = self.broker.held([job.lease.token for job, _ in outcomes], self.cluster_id)
         if len(held) == len(outcomes):
             return outcomes
         log.warning(
-            "nbqueue cluster: dropped %d outcome(s) whose leases had expired (this "
+            "dropped %d outcome(s) whose leases had expired (this "
             "cluster was stalled for over %g s); those tasks belong to another "
             "delivery now",
             len(outcomes) - len(held),
-            cluster.settings.retry,
+            self.settings.retry,
         )
         for job, record in outcomes:
             if job.lease.token not in held:
                 discard(record["result"])
-        cluster.inflight.remove(
-            job.lease.token for job, _ in outcomes if job.lease.token not in held
-        )
+        self.inflight.remove(job.lease.token for job, _ in outcomes if job.lease.token not in held)
         return [(job, record) for job, record in outcomes if job.lease.token in held]
 
     def _finish_chunk(self, future: Future, jobs: list[Job], finished: list[Verdict]) -> None:
@@ -475,8 +501,8 @@ class Writer:
 
     def _outcomes(self, outcomes: list[Outcome], finished: list[Verdict]) -> None:
         """Make the records of outcomes whose jobs are still in flight and not judged."""
-        settings = self.cluster.settings
-        inflight = self.cluster.inflight
+        settings = self.settings
+        inflight = self.inflight
         for outcome in outcomes:  # by its delivery: an earlier one's late outcome is no match
             job = inflight.job(outcome.token)
             if outcome.details is not None:
@@ -485,7 +511,7 @@ class Writer:
                 unspilled = outcome.details.pop("unspilled", None)
                 if unspilled is not None and job is not None and not job.judged:
                     log.warning(
-                        "nbqueue cluster: the worker could not write the result of task "
+                        "the worker could not write the result of task "
                         "%s to a file of the store (%s); it came inline (%s bytes) "
                         "and is stored with the others",
                         job.header.name,
@@ -495,7 +521,7 @@ class Writer:
             if job is None or job.judged:
                 discard(outcome.result)  # a large result no record will hold
                 continue
-            self.cluster.feeder.measured(outcome.stopped - outcome.started)
+            self.measured(outcome.stopped - outcome.started)
             record = _record(job, outcome, job.lease.attempt)
             final = job.cancelled or job.is_final(record["success"], settings)
             finished.append((job, record, final))
@@ -504,19 +530,18 @@ class Writer:
         """The pool broke (a worker died, or we killed it): judge or hand back each task,
         once every worker of the broken pool is dead (one still running a task would
         otherwise run it beside its next delivery)."""
-        cluster = self.cluster
-        cluster.deaths.await_doomed()
-        if cluster.collector is not None:  # what the dead workers sent is all read
-            cluster.collector.drain()
+        self.deaths.await_doomed()
+        if self.collector is not None:  # what the dead workers sent is all read
+            self.collector.drain()
         for job in self._cancelled_ended(jobs, finished):
-            why = cluster.deaths.why(job.header.id)
+            why = self.deaths.why(job.header.id)
             if job.judged or self._arrived_ahead(job):
                 continue
             if why is None and isinstance(exc, WorkerLost) and job.header.id in exc.running:
                 why = f"the worker process running this task died ({exc.reason})"
-            if why is None or cluster.shutting_down:
+            if why is None or self.shutting_down.is_set():
                 self.hand_back([job], counted=False)  # collateral: it was only waiting
-            elif job.last_attempt(cluster.settings):  # lost: delivered again, whatever
+            elif job.last_attempt(self.settings):  # lost: delivered again, whatever
                 self.judge(
                     job,
                     f"WorkerLost: {why}",
@@ -539,8 +564,8 @@ def _record(job: Job, outcome: Outcome, attempt: int) -> Record:
 class HookRunner:
     """Calls the hooks of finished tasks, in this process, one after another (one thread)."""
 
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self._queue: queue.Queue[tuple[Job, Record] | None] = queue.Queue()
 
     def put(self, job: Job, record: Record) -> None:
@@ -548,20 +573,21 @@ class HookRunner:
             self._queue.put((job, record))
 
     def close(self) -> None:
-        """Let ``run`` return once the hooks already queued have run."""
+        """Let ``step`` say it is done once the hooks already queued have run."""
         self._queue.put(None)
 
-    def run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            job, record = item
-            try:
-                self._call(job, record)
-            finally:
-                if type(job.header.args) is Blob and record["success"]:
-                    discard(job.header.args)  # kept for the hook's Task.args until now
+    def step(self) -> bool:
+        """Run the next hook, waiting for one; False once ``close()`` was called."""
+        item = self._queue.get()
+        if item is None:
+            return False
+        job, record = item
+        try:
+            self._call(job, record)
+        finally:
+            if type(job.header.args) is Blob and record["success"]:
+                discard(job.header.args)  # kept for the hook's Task.args until now
+        return True
 
     def _call(self, job: Job, record: Record) -> None:
         header = job.header
@@ -569,7 +595,7 @@ class HookRunner:
             hook = find_hook(header)
         except Exception as exc:
             log.error(
-                "nbqueue cluster: hook %s of task %s cannot be loaded: %s",
+                "hook %s of task %s cannot be loaded: %s",
                 header.hook_name,
                 header.name,
                 exc,
@@ -577,13 +603,12 @@ class HookRunner:
             return
         if hook is None:
             log.warning(
-                "nbqueue cluster: hook %s of task %s was an object of a process that "
-                "has ended; it cannot run here",
+                "hook %s of task %s was an object of a process that has ended; it cannot run here",
                 header.hook_name,
                 header.name,
             )
             return
-        run_hook(hook, Task(record, self.cluster.store, bool(record["cached"])), log)
+        run_hook(hook, Task(record, self.store, bool(record["cached"])), log)
 
 
 __all__ = ["Writer", "HookRunner"]

@@ -40,6 +40,8 @@ from nbqueue.errors import SignatureError, StoreFileMissing
 if TYPE_CHECKING:  # records imports this module
     from nbqueue.disk.records import Record
 
+log = logging.getLogger(__name__)
+
 LARGE = 1 << 20  # pickled arguments or results this large go to a file of their own
 SPILL_DIR = "spill"
 ARGS_DIR = "blobs"
@@ -326,8 +328,8 @@ def read_in(record: Record, key: bytes) -> None:
         record["result"] = read(blob, key, record["id"], RESULT)
     except (OSError, SignatureError) as exc:
         record["result"] = None
-        logging.getLogger("nbqueue").warning(
-            "nbqueue: the unsaved result of task %s could not be read back for its hook: %s",
+        log.warning(
+            "the unsaved result of task %s could not be read back for its hook: %s",
             record.get("name"),
             exc,
         )

@@ -45,7 +45,7 @@ from nbqueue.disk.signing import anchor, load_key, private_directory
 from nbqueue.disk.storage import UPSERT_OK, checkpoint, open_cache, upsert, writing
 from nbqueue.errors import SignatureError, StoreError
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 BUNDLE = 64  # packages per queue row at most: large enough to batch, small to split
 BUNDLE_BYTES = 30_000  # and bytes: under diskcache's 32 KiB a bundle stays in its SQLite row
@@ -179,7 +179,7 @@ class Broker:
                 bell = self._doorbells[event] = Doorbell(self.directory, name, event.set)
                 self.bells.own.add(bell.path)
             except OSError as exc:  # a store path too long for a socket: it polls
-                log.info("nbqueue: no doorbell for %s (%s); the queue is polled", name, exc)
+                log.info("no doorbell for %s (%s); the queue is polled", name, exc)
 
     def unsubscribe(self, event: threading.Event) -> None:
         if event in self._wakeups:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 BELLS = "bells"  # in the store directory
 LIST_EVERY = 1.0  # seconds a listing of the bells is used before it is read again
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 
 class Doorbell:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from nbqueue.disk.storage import process_alive
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 PREFIX = "nbqueue-"
 HOST_FILE = "host"
@@ -202,5 +202,5 @@ def sweep(directory: str, owners: Iterable[str]) -> int:
         if dead(host):
             shutil.rmtree(host.path, ignore_errors=True)
             removed += 1
-            log.debug("nbqueue: swept the folder %s of dead cluster host %d", host.path, host.pid)
+            log.debug("swept the folder %s of dead cluster host %d", host.path, host.pid)
     return removed

@@ -60,7 +60,7 @@ from nbqueue.errors import (
     StoreGone,
 )
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = 60.0  # seconds SQLite waits for another process's write lock
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
@@ -691,5 +691,5 @@ def checked_get(cache: Any, key: str | int, default: Any, what: str) -> Any:
     try:
         return cache.get(key, default, retry=True)
     except SignatureError as exc:
-        log.error("nbqueue: %s in %s is unreadable and was dropped: %s", what, cache.directory, exc)
+        log.error("%s in %s is unreadable and was dropped: %s", what, cache.directory, exc)
         return default

@@ -41,7 +41,7 @@ from nbqueue.disk.signing import load_key
 from nbqueue.disk.storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
 from nbqueue.errors import ConfigurationError, SignatureError, StoreFileMissing, WaitWarning
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 PAGE = 256
 FRESH_KEPT = 1024  # records of this process's latest saves kept for its waiters
@@ -352,7 +352,7 @@ class Part:
                 return False
             cache.delete(_NAME + task_id)
         log.warning(
-            "nbqueue: the outcome of task %s could not be read (%s); its row was "
+            "the outcome of task %s could not be read (%s); its row was "
             "deleted, and its group's counts may be off by one",
             task_id,
             exc,

@@ -20,7 +20,7 @@ import cloudpickle
 from nbqueue.disk.records import Header
 from nbqueue.errors import TaskFunctionError
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 _resolved: dict[str, Callable[..., Any]] = {}
 

@@ -32,6 +32,8 @@ from typing import Any
 
 from nbqueue.errors import ConfigurationError
 
+log = logging.getLogger(__name__)
+
 LIMIT = 64 * 1024  # characters of output kept per task: the last ones
 LIVE_AFTER = 0.5  # seconds a task runs before it gets a live row
 LIVE_EVERY = 0.5  # seconds between two writes of a changing live row
@@ -307,8 +309,8 @@ class LiveRows:
                 capture.live = True
             except Exception as exc:  # the store is gone or unwritable: no live rows
                 self._broken = True
-                logging.getLogger("nbqueue").warning(
-                    "nbqueue worker %d: cannot write the live state of running tasks to "
+                log.warning(
+                    "worker %d: cannot write the live state of running tasks to "
                     "%s (%s); their output and progress come with their outcome only",
                     os.getpid(),
                     self.directory,

@@ -35,7 +35,7 @@ from typing import Any
 from nbqueue.disk.records import Outcome
 from nbqueue.disk.signing import sign, verify
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 SOCKET = "outcomes.sock"  # in the cluster's slot directory
 STREAM_DELAY = 0.1  # seconds an outcome waits in the worker for others to go with it
@@ -156,8 +156,7 @@ class Collector:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     log.warning(
-                        "nbqueue cluster: the outcome stream of a dead worker was "
-                        "not read to its end within %g s",
+                        "the outcome stream of a dead worker was not read to its end within %g s",
                         timeout,
                     )
                     return
@@ -196,8 +195,7 @@ class Collector:
             outcomes: Any = pickle.loads(verify(self._key, message))
         except Exception as exc:  # a bad signature, or what a bad pickle raises
             log.error(
-                "nbqueue cluster: refused a message of worker %d's outcome stream: "
-                "%s; its tasks go by their chunk",
+                "refused a message of worker %d's outcome stream: %s; its tasks go by their chunk",
                 pid,
                 exc,
             )

@@ -21,7 +21,7 @@ from nbqueue.disk.signing import load_key
 from nbqueue.errors import ClusterError, ConfigurationError, WorkerLost
 from nbqueue.worker.dask_worker import run_on_dask
 
-log = logging.getLogger("nbqueue")
+log = logging.getLogger(__name__)
 
 
 DASK_HINT = 'the dask executor needs dask.distributed: pip install "nbqueue[dask]"'
@@ -292,7 +292,7 @@ class DaskExecutor(Executor):
                 self._update_capacity()
             except Exception:
                 if not self._closed:
-                    log.debug("nbqueue dask executor: cannot read the workers", exc_info=True)
+                    log.debug("cannot read the workers", exc_info=True)
                 continue
             self._pump()
 
@@ -341,14 +341,12 @@ class DaskExecutor(Executor):
                 try:
                     client.close(timeout=10)
                 except Exception:
-                    log.debug("nbqueue dask executor: closing the client", exc_info=True)
+                    log.debug("closing the client", exc_info=True)
         if local is not None:
             try:
                 local.close(timeout=20)
             except Exception:
-                log.warning(
-                    "nbqueue dask executor: the LocalCluster did not close cleanly", exc_info=True
-                )
+                log.warning("the LocalCluster did not close cleanly", exc_info=True)
         quiet.end()
         if self._poller is not None and self._poller is not threading.current_thread():
             self._poller.join(timeout=5)
@@ -502,12 +500,12 @@ class DaskExecutor(Executor):
                 [chunk.address], timeout=30, raise_for_error=False
             )
             self.restarts += 1
-            log.info("nbqueue dask executor: restarted worker %s: %s", chunk.address, outcome)
+            log.info("restarted worker %s: %s", chunk.address, outcome)
         except Exception as exc:
             if self._closed:
                 return
             log.warning(
-                "nbqueue dask executor: could not restart worker %s (%s); the "
+                "could not restart worker %s (%s); the "
                 "timed-out task runs on there until it returns, and its result will "
                 "be dropped",
                 chunk.address,
