@@ -630,3 +630,28 @@ def test_read_only_store_is_a_clear_error(store_dir):
         for name, mode in modes.items():
             os.chmod(name, mode)
         drop(store_dir)
+
+
+def test_a_lease_in_memory_ended_while_the_outbox_waits_to_write_is_never_written(tmp_path):
+    """The outbox's thread waits for the write lock while a lease it would write is
+    acked in a transaction that goes first: the lease ends, and no row of it is written
+    behind (else it would stay leased until it expired, and its task run again)."""
+    directory = str(tmp_path / "store")
+    broker = get_broker(directory)
+    broker._write_lock = threading.RLock()  # so that this thread's ack goes first
+    try:
+        with _no_writer_thread(broker):
+            broker.enqueue(b"quick")
+            (lease,) = broker.lease("w", 5, 30)
+        with broker._write_lock:  # the outbox's thread (poked on leaving) waits here
+            deadline = time.monotonic() + 10
+            while not broker._outbox.order.locked() and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert broker._outbox.order.locked(), "the outbox's thread began its write"
+            time.sleep(0.05)  # for it to reach the write lock (nothing to wait on)
+            broker.ack([lease.token])  # its own transaction, before the outbox's
+        broker.flush()
+        assert broker.leased() == 0, "the acked lease was written behind"
+        assert _rows_written(broker) == {}
+    finally:
+        drop(directory)

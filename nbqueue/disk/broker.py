@@ -149,17 +149,22 @@ class Broker:
         """The outbox's write, in one transaction: its packages, and the leases taken in
         memory (``_lease_fresh``) and the acks that wait, written behind. What the store
         refuses is kept, for the next one. Called under the outbox's ``order`` only."""
-        pending, acks = self._memory.take()
+        taken = None
         try:
             with self._transaction():
+                # Taken inside the transaction: a lease ended before it is taken is
+                # ended in memory and never written; one ended after it waits for this
+                # transaction, and then finds its row in the index.
+                pending, acks = taken = self._memory.take()
                 if pending or acks:
                     leases.write(self._queue, pending, acks)
                 if packages:
                     self._push(packages)
         except BaseException:
-            self._memory.written(pending, acks, ok=False)
+            if taken is not None:
+                self._memory.written(*taken, ok=False)
             raise
-        self._memory.written(pending, acks, ok=True)
+        self._memory.written(*taken, ok=True)
 
     def _write_leases(self) -> None:
         """Write the leases taken in memory, if any, with the acks that wait, now: for a
