@@ -8,44 +8,16 @@ the task's stored outcome, or where the queue holds it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+from nbqueue.disk import live_rows
 from nbqueue.disk.broker import Broker
-from nbqueue.disk.directory import get_broker, get_store, heartbeats
+from nbqueue.disk.directory import get_broker, get_store
 from nbqueue.disk.records import Header, Record, is_cancelled
-from nbqueue.disk.storage import checked_get, process_alive
 from nbqueue.disk.store import check_name
-from nbqueue.worker.capture import LIVE, LIVE_REFRESH
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "unknown")
-
-
-def _state(directory: str) -> Any:
-    """The ``state`` part of the store at ``directory``, shared in this process."""
-    return heartbeats(directory).state
-
-
-def live_row(directory: str, task_id: str, fresh: bool = True) -> dict[str, Any] | None:
-    """The live row of a running task, if it has one; if ``fresh``, only one written by
-    a worker that is still alive, within the time it is rewritten in."""
-    row = checked_get(_state(directory), LIVE + task_id, None, "a live row")
-    if not isinstance(row, dict):
-        return None
-    if not fresh:
-        return row
-    now = datetime.now(timezone.utc).timestamp()
-    if now - row.get("updated", 0) > 1.5 * LIVE_REFRESH or not process_alive(row["pid"]):
-        return None
-    return row
-
-
-def forget_live(directory: str, task_ids: Iterable[str]) -> None:
-    """Remove the live rows of tasks whose outcome is stored (the cluster's writer)."""
-    state = _state(directory)
-    for task_id in task_ids:
-        state.delete(LIVE + task_id, retry=True)
 
 
 def _when(timestamp: float | None) -> datetime | None:
@@ -118,7 +90,7 @@ def status(task_id: str, broker: Broker | None = None) -> dict[str, Any]:
 def _unfinished(directory: str, where: str, header: Header, attempt: int) -> dict[str, Any]:
     """``status`` of a task the queue holds (``where``: queued or running), with what
     its live row says, if it has one."""
-    row = (live_row(directory, header.id) if where == "running" else None) or {}
+    row = (live_rows.read(directory, header.id) if where == "running" else None) or {}
     return {
         "id": header.id,
         "name": header.name,

@@ -8,9 +8,8 @@ import time
 import pytest
 
 import nbqueue
-from nbqueue.worker import capture
-from nbqueue.disk.directory import heartbeats
-from nbqueue.live import live_row, running
+from nbqueue.disk import live_rows
+from nbqueue.live import running
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def _live_keys(directory):
-    return [k for k in heartbeats(directory).state.iterkeys() if str(k).startswith(capture.LIVE)]
+    return live_rows.task_ids(directory)
 
 
 def test_status_of_a_queued_task_then_unknown_ones(store_dir):
@@ -87,10 +86,12 @@ def test_a_task_killed_on_timeout_keeps_what_it_wrote(cluster, store_dir):
 
 
 def test_a_stale_live_row_of_a_dead_worker_is_not_shown(store_dir):
-    state = heartbeats(store_dir).state
     dead = 2 ** 22 + 12345  # no such pid
-    state.set(capture.LIVE + "t-dead", {"id": "t-dead", "pid": dead, "updated": time.time(),
-                                         "started": time.time(), "progress": None,
-                                         "output": "x"}, expire=30)
-    assert live_row(store_dir, "t-dead") is None
-    assert live_row(store_dir, "t-dead", fresh=False)["output"] == "x"
+    live_rows.write(store_dir, "t-dead", {"id": "t-dead", "pid": dead, "updated": time.time(),
+                                          "started": time.time(), "progress": None,
+                                          "output": "x"})
+    assert live_rows.task_ids(store_dir) == ["t-dead"]
+    assert live_rows.read(store_dir, "t-dead") is None
+    assert live_rows.read(store_dir, "t-dead", fresh=False)["output"] == "x"
+    live_rows.forget(store_dir, ["t-dead"])
+    assert live_rows.read(store_dir, "t-dead", fresh=False) is None

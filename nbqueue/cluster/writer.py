@@ -24,13 +24,13 @@ from nbqueue.cluster.deaths import Deaths
 from nbqueue.cluster.executors import BROKEN
 from nbqueue.cluster.inflight import InFlight, Job
 from nbqueue.conf import Settings
+from nbqueue.disk import live_rows
 from nbqueue.disk.blobs import Blob, discard
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.records import Cause, Outcome, Record, failure, make_record
 from nbqueue.disk.storage import store_trouble
 from nbqueue.disk.store import Store
 from nbqueue.errors import WorkerLost
-from nbqueue.live import forget_live, live_row
 from nbqueue.models import Task
 from nbqueue.worker import failure_text
 from nbqueue.worker.callables import find_hook, run_hook
@@ -172,7 +172,7 @@ class Writer:
         and reported until its live row was last written, if it has one."""
         directory = self.broker.directory
         try:
-            row = live_row(directory, record["id"], fresh=False)
+            row = live_rows.read(directory, record["id"], fresh=False)
         except Exception:  # a bad row is logged by the read; the verdict stands
             return
         if row is None:
@@ -432,7 +432,7 @@ class Writer:
             return
         live, self._live = self._live, []
         try:
-            forget_live(self.broker.directory, live)
+            live_rows.forget(self.broker.directory, live)
         except Exception as exc:  # a row left behind reads as stale once not refreshed
             log.warning("could not remove the live rows of %d task(s): %s", len(live), exc)
 

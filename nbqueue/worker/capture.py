@@ -10,10 +10,9 @@ whichever notebook cell happens to run.
 ``report(done, total, message)`` only sets the running task's progress: cheap enough
 for a tight loop. A task that runs longer than LIVE_AFTER gets a *live row* in the
 store's ``state`` part, written by one thread of the worker (``LiveRows``) at most every
-LIVE_EVERY seconds while its output or progress changes, and every LIVE_REFRESH
-seconds otherwise; ``nbqueue.status`` and ``nbqueue.output`` read it from any process.
-The cluster removes a task's row once its outcome is stored; a row of a worker that
-died expires after LIVE_TTL.
+LIVE_EVERY seconds while its output or progress changes, and every REFRESH seconds
+otherwise (``nbqueue.disk.live_rows.REFRESH``); ``nbqueue.status`` and ``nbqueue.output`` read
+it from any process.
 
 Workers import this module: it imports only the standard library until a live row is
 written.
@@ -37,10 +36,7 @@ log = logging.getLogger(__name__)
 LIMIT = 64 * 1024  # characters of output kept per task: the last ones
 LIVE_AFTER = 0.5  # seconds a task runs before it gets a live row
 LIVE_EVERY = 0.5  # seconds between two writes of a changing live row
-LIVE_REFRESH = 10.0  # seconds between two writes of a live row that did not change
-LIVE_TTL = 30.0  # seconds a live row outlives its last write
 LIVE_POLL = 0.25  # seconds between two looks of the live-row thread
-LIVE = "live:"  # key prefix of live rows in the state part
 MESSAGE_LIMIT = 500  # characters of a progress message kept
 
 _active: dict[int, Capture] = {}  # thread ident -> the task that thread runs
@@ -270,11 +266,13 @@ class LiveRows:
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
-        self._state: Any = None
         self._broken = False
         threading.Thread(target=self._loop, name="nbqueue-live", daemon=True).start()
 
     def _loop(self) -> None:
+        from nbqueue.disk import live_rows  # the store's modules: only once a task runs
+
+        self._rows = live_rows
         while not self._broken:
             time.sleep(LIVE_POLL)
             now = time.time()
@@ -282,7 +280,7 @@ class LiveRows:
                 if capture.inline or now - capture.started < LIVE_AFTER:
                     continue
                 since = now - capture.written
-                if (capture.changed and since >= LIVE_EVERY) or since >= LIVE_REFRESH:
+                if (capture.changed and since >= LIVE_EVERY) or since >= live_rows.REFRESH:
                     self._write(capture, now)
 
     def _write(self, capture: Capture, now: float) -> None:
@@ -301,11 +299,7 @@ class LiveRows:
                 "updated": now,
             }
             try:
-                if self._state is None:
-                    from nbqueue.disk.directory import heartbeats
-
-                    self._state = heartbeats(self.directory).state
-                self._state.set(LIVE + capture.task_id, row, expire=LIVE_TTL, retry=True)
+                self._rows.write(self.directory, capture.task_id, row)
                 capture.live = True
             except Exception as exc:  # the store is gone or unwritable: no live rows
                 self._broken = True
