@@ -276,7 +276,7 @@ class Cluster:
             slot_dir=self._slot_dir,
             inflight=self.inflight,
             executor=executor,
-            writer=self.writer,
+            judge=self.writer.judge,
         )
         self.feeder = Feeder(
             cluster_id=self.id,

@@ -26,16 +26,13 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from nbqueue.cluster.executors import Executor
 from nbqueue.cluster.inflight import InFlight, Job
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.hosts import CANCELLED_DIR, read_begun
 from nbqueue.disk.records import Cause
-
-if TYPE_CHECKING:  # the writer imports this module
-    from nbqueue.cluster.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +74,13 @@ class Cancels:
         slot_dir: str,
         inflight: InFlight,
         executor: Executor,
-        writer: Writer,
+        judge: Callable[..., None],
     ) -> None:
         self.requests = requests
         self.slot_dir = slot_dir
         self.inflight = inflight
         self.executor = executor
-        self.writer = writer
+        self.judge = judge  # the writer's: decides a task's outcome outside its chunk
         self._stopping: dict[str, tuple[float, object]] = {}  # task id -> (deadline, handle)
         self._marked: set[str] = set()  # ids with a marker in the slot directory
         self._unseen: dict[str, Job] = {}  # cancelled in flight, not seen running yet
@@ -106,7 +103,7 @@ class Cancels:
         begun = self._begun()
         for job in jobs:
             if begun is not None and job.lease.token not in begun:
-                self.writer.judge(job, WHY, Cause.CANCELLED, attempt=job.lease.attempt, final=True)
+                self.judge(job, WHY, Cause.CANCELLED, attempt=job.lease.attempt, final=True)
             else:
                 job.cancelled = True
                 self._unseen[job.header.id] = job

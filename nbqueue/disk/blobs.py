@@ -32,13 +32,10 @@ import stat
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, SupportsIndex
+from typing import Any, NamedTuple, SupportsIndex
 
 from nbqueue.disk.signing import HEADER_SIZE, check_parts, context, create_file, seal, seal_parts
 from nbqueue.errors import SignatureError, StoreFileMissing
-
-if TYPE_CHECKING:  # records imports this module
-    from nbqueue.disk.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -318,22 +315,6 @@ def inlined(items: list[Any], key: bytes) -> list[Any]:
         else item
         for item in items
     ]
-
-
-def read_in(record: Record, key: bytes) -> None:
-    """Read the large result of a record that will not be stored into it (for its
-    hook), and remove its file; a file that cannot be read leaves None, logged."""
-    blob = record["result"]
-    try:
-        record["result"] = read(blob, key, record["id"], RESULT)
-    except (OSError, SignatureError) as exc:
-        record["result"] = None
-        log.warning(
-            "the unsaved result of task %s could not be read back for its hook: %s",
-            record.get("name"),
-            exc,
-        )
-    discard(blob)
 
 
 def discard(blob: Any) -> None:

@@ -424,7 +424,7 @@ class Store:
                 cached.append(record)
             elif record["success"] and (record.get("save") is False or save_limit < 0):
                 if type(record["result"]) is Blob:  # for its hook; no record keeps it
-                    blobs.read_in(record, load_key(self.directory))
+                    _read_result_in(record, load_key(self.directory))
                 continue
             else:
                 saved.append(record)
@@ -512,3 +512,19 @@ class Store:
             if value:
                 return value
             pause = min(pause * 1.5, 0.002)
+
+
+def _read_result_in(record: Record, key: bytes) -> None:
+    """Read the large result of a record that will not be stored into it (for its
+    hook), and remove its file; a file that cannot be read leaves None, logged."""
+    blob = record["result"]
+    try:
+        record["result"] = blobs.read(blob, key, record["id"], blobs.RESULT)
+    except (OSError, SignatureError) as exc:
+        record["result"] = None
+        log.warning(
+            "the unsaved result of task %s could not be read back for its hook: %s",
+            record.get("name"),
+            exc,
+        )
+    blobs.discard(blob)
