@@ -1,14 +1,80 @@
-"""Shared fixtures: a real store in a temp directory, a real loky cluster on it."""
+"""Shared fixtures: a real store in a temp directory, a real loky cluster on it.
+
+The suite runs its files side by side (pytest-xdist, see pyproject.toml). Two marks
+shape how: ``alone`` for a test that bounds how long something takes from above, which
+runs while no other test does, and ``xdist_group`` for tests that share a module-scoped
+cluster, which run on one worker, one after the other.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 import nbqueue
-from nbqueue.disk import broker as broker_module
 from nbqueue import conf
+from nbqueue.disk import broker as broker_module
 from nbqueue.disk.store import drop_store
+
+TURN_WAIT = 900.0  # s: the longest a test waits for its turn (the longest test, and more)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "alone: runs while no other test of the run does (it bounds how long something takes)")
+
+
+def _flock(fd: int, how: int, what: str) -> None:
+    """``flock`` with a bound: poll, and fail after ``TURN_WAIT`` seconds."""
+    deadline = time.monotonic() + TURN_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: no turn within {TURN_WAIT} s") from None
+            time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _turn(item: pytest.Item) -> Iterator[None]:
+    """Under xdist, a readers-writer lock shared by the workers: a test marked ``alone``
+    holds it exclusively, any other shares it. An ``alone`` test first takes the gate,
+    so that no other test starts while it waits for those running to end."""
+    workerinput = getattr(item.config, "workerinput", None)
+    if workerinput is None:  # one process: each test runs alone anyway
+        yield
+        return
+    shared = Path(item.config.option.basetemp).parent  # the run's, above each worker's
+    alone = item.get_closest_marker("alone") is not None
+    gate = os.open(shared / "turn-gate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    main = os.open(shared / "turn.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _flock(gate, fcntl.LOCK_EX, item.nodeid)
+        if alone:
+            _flock(main, fcntl.LOCK_EX, item.nodeid)
+        else:
+            _flock(main, fcntl.LOCK_SH, item.nodeid)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(main)  # closing releases its locks
+        os.close(gate)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    """Each test in its turn (before pytest-timeout's clock for it starts)."""
+    with _turn(item):
+        return (yield)
 
 
 @pytest.fixture
