@@ -43,8 +43,7 @@ distributed = pytest.importorskip("distributed", reason='needs "nbqueue[dask]"')
 import dask  # noqa: E402  (with distributed)
 
 pytestmark = [pytest.mark.timeout(60),
-              pytest.mark.filterwarnings("ignore::nbqueue.errors.NoClusterWarning"),
-              pytest.mark.xdist_group("dask-control")]  # one worker: the module's one cluster
+              pytest.mark.filterwarnings("ignore::nbqueue.errors.NoClusterWarning")]
 
 WAIT = 20_000  # ms
 SECONDS = 20  # the same, for futures

@@ -70,9 +70,7 @@ def dask_scheduler():
         yield local.scheduler_address
 
 
-@pytest.fixture(params=["loky",
-                        # one worker runs the dask half, with its one LocalCluster
-                        pytest.param("dask", marks=pytest.mark.xdist_group("seed-api-dask"))])
+@pytest.fixture(params=["loky", "dask"])
 def cluster(request, store_dir):
     """A running two-worker cluster on the test's store, with each executor in turn."""
     options = {}
