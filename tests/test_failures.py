@@ -411,6 +411,7 @@ print("queued", nbqueue.queue_size(), flush=True)
 
 @pytest.mark.parametrize("stuck", [fx.block_on_pipe, fx.ignore_alarm_then_sleep],
                          ids=["blocking-syscall", "ignores-the-signal-like-C-code"])
+@pytest.mark.alone  # bounds a time from above
 def test_timeout_stops_a_stuck_task_within_grace(cluster, stuck):
     args = () if stuck is fx.block_on_pipe else (60,)
     started = time.monotonic()
@@ -499,6 +500,7 @@ def test_a_dead_cluster_thread_stops_the_cluster_visibly(store_dir, caplog):
         assert result(queued, wait=WAIT) == 2
 
 
+@pytest.mark.alone  # bounds a time from above
 def test_a_script_that_ends_without_stop_hands_its_tasks_back_at_once(store_dir, tmp_path):
     log = str(tmp_path / "log")
     code = ("import nbqueue, time\n"
