@@ -72,12 +72,15 @@ def _turn(item: pytest.Item) -> Iterator[None]:
 
 def _unit(nodeid: str) -> str:
     """The unit of work a worker is given: the tests that share a module-scoped cluster
-    (so that it is started once), else the test alone."""
+    (so that it is started once) or costly imports, else the test by itself. Such a unit runs early and
+    in one piece, so none of its tests can wait for a turn ``alone``."""
     path, _, name = nodeid.partition("::")
     if path.endswith("test_dask_control.py"):
         return path  # one dask Cluster for the module
     if path.endswith("test_seed_api.py") and name.endswith("[dask]"):
         return f"{path}[dask]"  # one LocalCluster for the dask half of the module
+    if path.endswith("test_notebooks.py"):
+        return path  # one worker imports nbformat and nbclient
     return nodeid
 
 
@@ -89,6 +92,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     if config.getvalue("dist") != "load":
         return None
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # in the order of the collection
 
     class Units(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
@@ -140,6 +145,13 @@ def _allowed(item: pytest.Item) -> float:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The tests allowed the longest first (stable otherwise), so that side by side the
-    run does not end waiting on one long test begun last."""
-    items.sort(key=lambda item: -_allowed(item))
+    """The order in which the workers take the tests (stable otherwise): first the units
+    of several tests, then the tests allowed the longest, so that the run does not end
+    waiting on a long one begun last; the tests marked ``alone`` at the end, when the tests
+    they wait for are short ones."""
+    for item in items:
+        if item.get_closest_marker("alone") and _unit(item.nodeid) != item.nodeid:
+            raise pytest.UsageError(f"{item.nodeid} is in a unit of several tests: it "
+                                    "cannot run alone (see _unit)")
+    items.sort(key=lambda item: (item.get_closest_marker("alone") is not None,
+                                 _unit(item.nodeid) == item.nodeid, -_allowed(item)))

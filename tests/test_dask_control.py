@@ -275,7 +275,6 @@ def test_cancel_a_task_later_in_a_running_chunk_never_runs(dask_cluster, tmp_pat
     assert sorted(fx.runs(log, "stop")) == sorted(starts)
 
 
-@pytest.mark.alone  # bounds a time from above
 def test_cancel_a_running_task_stops_it_and_leaves_the_other_alone(dask_cluster, tmp_path):
     log = str(tmp_path / "log")
     restarts = dask_cluster._executor.restarts
@@ -437,7 +436,6 @@ def test_the_local_cluster_keeps_its_workers_when_they_are_killed_in_a_row(tmp_p
         drop_store(directory)
 
 
-@pytest.mark.alone  # bounds a time from above
 def test_fast_outcomes_of_a_dask_chunk_are_not_held_back_by_a_slow_task(dask_cluster):
     """Workers of the cluster's own LocalCluster stream outcomes as tasks end, as loky's
     do: the fast tasks of a chunk are stored while its slow task still runs."""
