@@ -368,7 +368,7 @@ time.sleep(float(sys.argv[1]))
 con.execute("ROLLBACK")
 """
     client = f"""
-import time, nbqueue
+import nbqueue
 from nbqueue.disk import storage
 storage.LOCK_TIMEOUT = 1.0
 nbqueue.configure(directory={store_dir!r})
@@ -380,7 +380,7 @@ try:
     nbqueue.flush()
 except nbqueue.StoreError as exc:
     print("StoreError:", exc, flush=True)
-time.sleep(3.5)
+input()  # the lock is gone
 nbqueue.flush()
 print("queued", nbqueue.queue_size(), flush=True)
 """
@@ -395,8 +395,8 @@ print("queued", nbqueue.queue_size(), flush=True)
             assert lock.stdout.readline().strip() == "locked"
             proc.stdin.write("\n")
             proc.stdin.flush()
-            out, _ = proc.communicate(timeout=30)
             lock.wait(timeout=30)
+            out, _ = proc.communicate("\n", timeout=30)
         finally:
             for p in (proc, locals().get("lock")):
                 if p is not None and p.poll() is None:
