@@ -508,7 +508,7 @@ def _interrupted_by_stop(kernel: Kernel, kernels, store_dir, tmp_path, how: str)
     else:
         assert new.pid != old_pid
     check_setup(new, log, store_dir)
-    new.run("cluster = nbqueue.Cluster(workers=2).start()\n")
+    new.run("cluster = nbqueue.Cluster(workers=4).start()\n")
     done = new.value("print(len(nbqueue.result_group('r', count=40, wait=60000) or []))", 90)
     group_seconds = time.monotonic() - stop_called
     print(f"the whole group was done {group_seconds:.1f} s after the {how} call")
