@@ -8,9 +8,12 @@ tests allowed the longest time start first.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
+import json
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,34 +73,79 @@ def _turn(item: pytest.Item) -> Iterator[None]:
         os.close(gate)
 
 
-def _unit(nodeid: str) -> str:
-    """The unit of work a worker is given: the tests that share a module-scoped cluster
-    (so that it is started once) or costly imports, else the test by itself. Such a unit runs early and
-    in one piece, so none of its tests can wait for a turn ``alone``."""
-    path, _, name = nodeid.partition("::")
-    if path.endswith("test_dask_control.py"):
-        return path  # one dask Cluster for the module
-    if path.endswith("test_seed_api.py") and name.endswith("[dask]"):
-        return f"{path}[dask]"  # one LocalCluster for the dask half of the module
-    if path.endswith("test_notebooks.py"):
-        return path  # one worker imports nbformat and nbclient
-    return nodeid
+def _unit(item: pytest.Item) -> str:
+    """The unit of work a worker is given: the tests of one ``xdist_group``, or those of a
+    module that share one of its module-scoped fixtures (a cluster, started once), else
+    the test by itself. A unit runs in one piece, early: none of its tests can be
+    ``alone``."""
+    groups = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                     for mark in item.iter_markers("xdist_group")})
+    if groups:
+        return "group " + "+".join(groups)
+    info = getattr(item, "_fixtureinfo", None)
+    shared = sorted(name for name, defs in getattr(info, "name2fixturedefs", {}).items()
+                    if defs and defs[-1].scope == "module")
+    if shared:
+        return f"{item.nodeid.partition('::')[0]} with {'+'.join(shared)}"
+    return item.nodeid
+
+
+def pytest_configure_node(node: object) -> None:
+    """(xdist, in the controller) Where the workers write the unit of each test."""
+    config = node.config  # type: ignore[attr-defined]
+    if not hasattr(config, "_test_units"):
+        handle, config._test_units = tempfile.mkstemp(prefix="nbqueue-test-units-")
+        os.close(handle)
+    node.workerinput["test_units"] = config._test_units  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    path = getattr(config, "_test_units", None)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The order in which the workers take the tests (stable otherwise): first the units
+    of several tests, then the tests allowed the longest, so that the run does not end
+    waiting on a long one begun last; the tests marked ``alone`` at the end, when the tests
+    they wait for are short ones. An xdist worker writes each test's unit for the
+    scheduler (the node ids of pytest 9.2 no longer carry an ``xdist_group`` to it)."""
+    units = {item.nodeid: _unit(item) for item in items}
+    sizes = collections.Counter(units.values())
+    units = {nodeid: unit if sizes[unit] > 1 else nodeid for nodeid, unit in units.items()}
+    for item in items:
+        if item.get_closest_marker("alone") and units[item.nodeid] != item.nodeid:
+            raise pytest.UsageError(f"{item.nodeid} is in a unit of several tests "
+                                    f"({units[item.nodeid]}): it cannot run alone")
+    items.sort(key=lambda item: (item.get_closest_marker("alone") is not None,
+                                 units[item.nodeid] == item.nodeid, -_allowed(item)))
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and workerinput.get("workerid") == "gw0":
+        path = workerinput["test_units"]
+        with open(f"{path}.tmp", "w") as out:
+            json.dump(units, out)
+        os.replace(f"{path}.tmp", path)  # whole, before the worker reports its collection
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """With ``--dist load`` (what ``-n`` means alone), xdist's scheduling by scope, each
-    scope being a ``_unit``. (``xdist_group`` marks would say the same, but pytest 9.2
-    node ids no longer carry the group to the scheduler.)"""
+    scope a unit (``_unit``), in the order of the collection."""
     if config.getvalue("dist") != "load":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    config.option.loadscopereorder = False  # in the order of the collection
+    config.option.loadscopereorder = False
+    units: dict[str, str] = {}
 
     class Units(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return _unit(nodeid)
+            if not units:  # gw0 wrote them before it reported its collection
+                with open(config._test_units) as src:  # type: ignore[attr-defined]
+                    units.update(json.load(src))
+            return units.get(nodeid, nodeid)
 
     return Units(config, log)
 
@@ -142,16 +190,3 @@ def _allowed(item: pytest.Item) -> float:
     if marker is not None and "timeout" in marker.kwargs:
         return float(marker.kwargs["timeout"])
     return float(item.config.getini("timeout") or 0)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The order in which the workers take the tests (stable otherwise): first the units
-    of several tests, then the tests allowed the longest, so that the run does not end
-    waiting on a long one begun last; the tests marked ``alone`` at the end, when the tests
-    they wait for are short ones."""
-    for item in items:
-        if item.get_closest_marker("alone") and _unit(item.nodeid) != item.nodeid:
-            raise pytest.UsageError(f"{item.nodeid} is in a unit of several tests: it "
-                                    "cannot run alone (see _unit)")
-    items.sort(key=lambda item: (item.get_closest_marker("alone") is not None,
-                                 _unit(item.nodeid) == item.nodeid, -_allowed(item)))

@@ -33,7 +33,8 @@ try:
 except ImportError:  # pragma: no cover - psutil comes with IPython >= 9 on Linux
     psutil = None
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180),
+              pytest.mark.xdist_group("notebooks")]  # one worker imports nbformat
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ["01-quickstart", "02-groups-and-progress", "03-cached-results",
