@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,10 +29,24 @@ from nbqueue.disk.store import drop_store
 TURN_WAIT = 900.0  # s: the longest a test waits for its turn (the longest test, and more)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "alone: runs while no other test of the run does (it bounds how long something takes)")
+    if (getattr(config, "workerinput", None) is None and config.getoption("numprocesses", None)
+            and not config.option.basetemp):
+        # The workers' temp directories lie a level deeper (popen-gwN): a store there can
+        # be too deep for its doorbell's socket (108 bytes), so the run's root is short.
+        config.option.basetemp = tempfile.mkdtemp(prefix="nbq-")
+        config._short_basetemp = config.option.basetemp  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The short root of a run that passed goes (pytest keeps only its own numbered ones)."""
+    path = getattr(session.config, "_short_basetemp", None)
+    if path is not None and exitstatus == 0:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _flock(fd: int, how: int, what: str) -> None:
