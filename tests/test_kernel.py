@@ -796,8 +796,8 @@ def check_quiet(paths: dict) -> list[str]:
 
 
 @pytest.mark.timeout(400)
-# A kernel that stops a dask cluster needs the CPU to do it within JupyterLab's 5 s before
-# SIGTERM, which kernels and clusters of other tests beside it take: those stops run alone.
+# A kernel that stops a dask cluster needs the CPU to do it within the grace JupyterLab
+# gives it, which the kernels and clusters of other tests beside it take: those run alone.
 # The two stops of loky clusters run on one worker, one after the other.
 @pytest.mark.parametrize("executor", [
     pytest.param("loky", marks=pytest.mark.xdist_group("kernel-stops-loky")),
