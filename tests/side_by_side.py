@@ -3,8 +3,8 @@
 The tests of an ``xdist_group``, or those sharing a module-scoped fixture (a cluster),
 go to one worker together (``_unit``); the tests allowed the longest time start first; a
 test marked ``alone``, one that bounds how long something takes from above, runs while no
-other test does, or only a few (a lock file per worker slot). Under xdist the run's temp
-root is short, so that a store's doorbell socket fits its path.
+other test does (a readers-writer lock of the workers). Under xdist the run's temp root
+is short, so that a store's doorbell socket fits its path.
 """
 
 from __future__ import annotations
@@ -45,54 +45,43 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _take(fds: list[int], count: int, what: str) -> list[int]:
-    """Lock ``count`` of the slot files ``fds`` (any free ones), polling; fail after
-    ``TURN_WAIT`` seconds. The ones it holds."""
+def _flock(fd: int, how: int, what: str) -> None:
+    """``flock`` with a bound: poll, and fail after ``TURN_WAIT`` seconds."""
     deadline = time.monotonic() + TURN_WAIT
-    held: list[int] = []
     while True:
-        for fd in fds:
-            if len(held) == count:
-                return held
-            if fd in held:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held.append(fd)
-            except BlockingIOError:
-                continue
-        if len(held) == count:
-            return held
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: no turn within {TURN_WAIT} s")
-        time.sleep(0.02)
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: no turn within {TURN_WAIT} s") from None
+            time.sleep(0.02)
 
 
 @contextlib.contextmanager
 def _turn(item: pytest.Item) -> Iterator[None]:
-    """Under xdist, a slot per worker, shared by the workers: a test holds one, a test
-    marked ``alone`` all of them, or all but ``beside`` (``@pytest.mark.alone(beside=2)``:
-    at most two other tests beside it). A test first takes the gate, so that no test
-    starts while an ``alone`` one waits for those running to end."""
+    """Under xdist, a readers-writer lock shared by the workers: a test marked ``alone``
+    holds it exclusively, any other shares it. An ``alone`` test first takes the gate,
+    so that no other test starts while it waits for those running to end."""
     workerinput = getattr(item.config, "workerinput", None)
     if workerinput is None:  # one process: each test runs alone anyway
         yield
         return
     shared = Path(item.config.option.basetemp).parent  # the run's, above each worker's
-    slots = int(workerinput["workercount"])
-    marker = item.get_closest_marker("alone")
-    count = 1 if marker is None else max(1, slots - int(marker.kwargs.get("beside", 0)))
+    alone = item.get_closest_marker("alone") is not None
     gate = os.open(shared / "turn-gate.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    fds = [os.open(shared / f"turn-{i}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-           for i in range(slots)]
+    main = os.open(shared / "turn.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        _take([gate], 1, item.nodeid)
-        _take(fds, count, item.nodeid)
-        fcntl.flock(gate, fcntl.LOCK_UN)
+        _flock(gate, fcntl.LOCK_EX, item.nodeid)
+        if alone:
+            _flock(main, fcntl.LOCK_EX, item.nodeid)
+        else:
+            _flock(main, fcntl.LOCK_SH, item.nodeid)
+            fcntl.flock(gate, fcntl.LOCK_UN)
         yield
     finally:
-        for fd in (gate, *fds):
-            os.close(fd)  # closing releases its lock
+        os.close(main)  # closing releases its locks
+        os.close(gate)
 
 
 def _unit(item: pytest.Item) -> str:
@@ -132,10 +121,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """The order in which the workers take the tests (stable otherwise): first the units
     of several tests, then the tests allowed the longest, so that the run does not end
     waiting on a long one begun last; the tests marked ``alone`` at the end, when the tests
-    they wait for are short ones, and those with room ``beside`` them before the quarter
-    of the tests allowed the least time, light ones to have beside them. An xdist worker writes
-    each test's unit for the scheduler (pytest 9.2's node ids no longer carry an
-    ``xdist_group`` to it)."""
+    they wait for are short ones. An xdist worker writes each test's unit for the
+    scheduler (the node ids of pytest 9.2 no longer carry an ``xdist_group`` to it)."""
     units = {item.nodeid: _unit(item) for item in items}
     sizes = collections.Counter(units.values())
     units = {nodeid: unit if sizes[unit] > 1 else nodeid for nodeid, unit in units.items()}
@@ -143,21 +130,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.get_closest_marker("alone") and units[item.nodeid] != item.nodeid:
             raise pytest.UsageError(f"{item.nodeid} is in a unit of several tests "
                                     f"({units[item.nodeid]}): it cannot run alone")
-    def beside(item: pytest.Item) -> int | None:
-        marker = item.get_closest_marker("alone")
-        return None if marker is None else int(marker.kwargs.get("beside", 0))
-
-    allowed = sorted((_allowed(item) for item in items if beside(item) is None), reverse=True)
-    light = allowed[len(allowed) * 3 // 4] if allowed else 0.0  # of the last quarter
-
-    def order(item: pytest.Item) -> tuple[bool, bool, float]:
-        if beside(item) == 0:
-            return True, True, 0.0  # at the end
-        if beside(item):  # before the last quarter of the tests: light ones beside them
-            return False, True, -(light + 0.5)
-        return False, units[item.nodeid] == item.nodeid, -_allowed(item)
-
-    items.sort(key=order)
+    items.sort(key=lambda item: (item.get_closest_marker("alone") is not None,
+                                 units[item.nodeid] == item.nodeid, -_allowed(item)))
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and workerinput.get("workerid") == "gw0":
         path = workerinput["test_units"]
