@@ -33,7 +33,11 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
+# The tests start many Python processes (workers, kernels, scripts): each imports
+# nbqueue and the tests' tasks from bytecode compiled here once, even where
+# PYTHONDONTWRITEBYTECODE keeps Python from caching it (pyproject.toml: how pytest runs).
 test: lint $(CHROMIUM)
+	$(BIN)/python -m compileall -q nbqueue tests benchmarks
 	$(BIN)/python -m pytest
 
 # the quality gate: ruff check (E, F, W, B, UP, SIM, I), ruff format and mypy, configured in pyproject.toml

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real store in a temp directory, a real loky cluster on it."""
+"""Shared fixtures: a real store in a temp directory, a real loky cluster on it; the
+plugin that runs the tests side by side (``tests/side_by_side.py``)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,6 @@ def cluster(store_dir):
     running = nbqueue.Cluster(workers=2, directory=store_dir).start()
     yield running
     running.stop(wait=5)
+
+
+pytest_plugins = ["tests.side_by_side"]  # xdist's units of work, tests run alone, the order

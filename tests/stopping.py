@@ -33,7 +33,7 @@ TASKS = 20  # per round
 ROUNDS = 3
 SECONDS = 1.5  # each task
 STOP_AFTER = 2.0  # seconds after the cluster started
-DRAIN_WORKERS = 8  # the cluster that runs what the rounds left (tasks that sleep)
+DRAIN_WORKERS = 16  # the cluster that runs what the rounds left (tasks that sleep)
 # seconds before a stop's kill in which a run that ended may not have sent its outcome
 # (``stream.STREAM_DELAY``, then the way to the cluster)
 IN_FLIGHT = 1.0

@@ -460,6 +460,7 @@ def test_async_iter_results_are_not_pruned_by_save_limit(store_dir):
         assert result(iter_id) == list(range(1, 31))
 
 
+@pytest.mark.alone  # bounds a time from above
 @pytest.mark.timeout(60)
 def test_fast_outcomes_of_a_chunk_are_not_held_back_by_a_slow_task(store_dir):
     """Outcomes travel by the stream as tasks end: the fast tasks of a chunk are stored

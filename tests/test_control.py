@@ -42,6 +42,7 @@ def test_a_queued_task_never_runs_and_its_failure_says_cancelled(store_dir, tmp_
     assert fx.runs(log, "start") == [2] and fx.runs(log, "stop") == [2]  # 1 never ran
 
 
+@pytest.mark.alone  # bounds a time from above
 @pytest.mark.timeout(60)
 def test_a_running_task_is_stopped_within_a_second_and_the_others_untouched(cluster,
                                                                              tmp_path):

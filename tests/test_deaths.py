@@ -110,6 +110,7 @@ def test_a_dead_workers_task_is_charged_once_with_the_exit_codes(slot_dir, spawn
     assert os.listdir(slot_dir) == ["not-a-slot"]
 
 
+@pytest.mark.alone  # bounds a time from above
 def test_a_killed_worker_not_reaped_yet_counts_as_dead(slot_dir, spawn):
     """loky may note the failure before its manager reaped the worker: a zombie is dead."""
     proc = spawn("task-z")
@@ -149,6 +150,7 @@ def test_an_idle_dead_worker_charges_no_task(slot_dir, spawn):
     assert not os.path.exists(slot)
 
 
+@pytest.mark.alone  # bounds a time from above
 def test_a_live_worker_is_doomed_and_killed_past_the_timeout(slot_dir, spawn):
     proc = spawn("task-live")
     slot = _slot(slot_dir, proc)

@@ -368,7 +368,7 @@ time.sleep(float(sys.argv[1]))
 con.execute("ROLLBACK")
 """
     client = f"""
-import time, nbqueue
+import nbqueue
 from nbqueue.disk import storage
 storage.LOCK_TIMEOUT = 1.0
 nbqueue.configure(directory={store_dir!r})
@@ -380,7 +380,7 @@ try:
     nbqueue.flush()
 except nbqueue.StoreError as exc:
     print("StoreError:", exc, flush=True)
-time.sleep(3.5)
+input()  # the lock is gone
 nbqueue.flush()
 print("queued", nbqueue.queue_size(), flush=True)
 """
@@ -395,8 +395,8 @@ print("queued", nbqueue.queue_size(), flush=True)
             assert lock.stdout.readline().strip() == "locked"
             proc.stdin.write("\n")
             proc.stdin.flush()
-            out, _ = proc.communicate(timeout=30)
             lock.wait(timeout=30)
+            out, _ = proc.communicate("\n", timeout=30)
         finally:
             for p in (proc, locals().get("lock")):
                 if p is not None and p.poll() is None:
@@ -411,6 +411,7 @@ print("queued", nbqueue.queue_size(), flush=True)
 
 @pytest.mark.parametrize("stuck", [fx.block_on_pipe, fx.ignore_alarm_then_sleep],
                          ids=["blocking-syscall", "ignores-the-signal-like-C-code"])
+@pytest.mark.alone  # bounds a time from above
 def test_timeout_stops_a_stuck_task_within_grace(cluster, stuck):
     args = () if stuck is fx.block_on_pipe else (60,)
     started = time.monotonic()
@@ -556,6 +557,7 @@ def test_a_failing_chunk_callback_stops_the_cluster_visibly(store_dir, caplog):
         assert task.attempt_count == 1
 
 
+@pytest.mark.alone  # bounds a time from above
 def test_a_script_that_ends_without_stop_hands_its_tasks_back_at_once(store_dir, tmp_path):
     log = str(tmp_path / "log")
     code = ("import nbqueue, time\n"

@@ -235,6 +235,7 @@ def test_an_await_given_up_stops_waiting_and_the_task_runs_on(cluster):
     assert nbqueue.result(task.id, wait=WAIT * 1000) == "done anyway"
 
 
+@pytest.mark.alone  # bounds a time from above
 def test_await_a_sync_task_returns_at_once(store_dir):
     started = time.monotonic()
     assert asyncio.run(_await(AsyncTask(fx.add, 1, 2, sync=True))) == 3
@@ -260,6 +261,7 @@ def test_as_completed_yields_failures_as_tasks(cluster):
     assert isinstance(tasks[bad], Failure) and tasks[ok].result == 3
 
 
+@pytest.mark.alone  # bounds a time from above
 def test_as_completed_times_out(cluster):
     slow = async_task(fx.nap, 2, "late")
     started = time.monotonic()
@@ -323,6 +325,7 @@ def test_map_raises_task_failed_at_its_place(cluster):
         next(results)
 
 
+@pytest.mark.alone  # bounds a time from above
 def test_map_times_out(cluster):
     started = time.monotonic()
     with pytest.raises(cf.TimeoutError, match="0 of 1 tasks of map"):
@@ -508,6 +511,7 @@ def test_a_failure_wakes_every_consumer(one_worker):
     assert isinstance(fut.exception(timeout=0), TaskFailed)
 
 
+@pytest.mark.alone  # bounds a time from above
 def test_cancelling_a_future_wakes_concurrent_futures_wait_at_once(one_worker):
     """The issue's case: one worker, two 5 s tasks, the second one's future cancelled
     0.5 s in: ``concurrent.futures.wait([f], timeout=8)`` returns at once, f done."""

@@ -508,7 +508,7 @@ def _interrupted_by_stop(kernel: Kernel, kernels, store_dir, tmp_path, how: str)
     else:
         assert new.pid != old_pid
     check_setup(new, log, store_dir)
-    new.run("cluster = nbqueue.Cluster(workers=2).start()\n")
+    new.run("cluster = nbqueue.Cluster(workers=4).start()\n")
     done = new.value("print(len(nbqueue.result_group('r', count=40, wait=60000) or []))", 90)
     group_seconds = time.monotonic() - stop_called
     print(f"the whole group was done {group_seconds:.1f} s after the {how} call")
@@ -796,7 +796,12 @@ def check_quiet(paths: dict) -> list[str]:
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("executor", ["loky", "dask"])
+# A kernel that stops a dask cluster needs the CPU to do it within the grace JupyterLab
+# gives it, which the kernels and clusters of other tests beside it take: those run alone.
+# The two stops of loky clusters run on one worker, one after the other.
+@pytest.mark.parametrize("executor", [
+    pytest.param("loky", marks=pytest.mark.xdist_group("kernel-stops-loky")),
+    pytest.param("dask", marks=pytest.mark.alone)])
 @pytest.mark.parametrize("how", ["restart", "shutdown"])
 def test_restart_or_shutdown_with_tasks_not_started_is_quiet(kernels, store_dir, tmp_path, how,
                                                              executor):

@@ -19,17 +19,22 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+
+if TYPE_CHECKING:
+    from nbclient import NotebookClient
+# nbformat and nbclient are imported where a test uses them: nbformat's schema checks
+# compile grammars at import, seconds that every test worker would pay at collection.
 
 try:
     import psutil
 except ImportError:  # pragma: no cover - psutil comes with IPython >= 9 on Linux
     psutil = None
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180),
+              pytest.mark.xdist_group("notebooks")]  # one worker imports nbformat
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ["01-quickstart", "02-groups-and-progress", "03-cached-results",
@@ -72,6 +77,8 @@ class Run:
         shutil.copy(NOTEBOOKS / f"{name}.ipynb", workdir)
         self.path = workdir / f"{name}.ipynb"
         self.workdir = workdir
+        import nbformat
+
         self.nb = nbformat.read(self.path, as_version=4)
         self.kernel_cmd: list[str] = []
         self.kernel_pid: int | None = None
@@ -80,6 +87,9 @@ class Run:
         self.seconds = 0.0
 
     def execute(self) -> None:
+        import nbformat
+        from nbclient import NotebookClient
+
         client = NotebookClient(
             self.nb, timeout=120, kernel_name="python3",
             resources={"metadata": {"path": str(self.workdir)}},
@@ -201,6 +211,8 @@ def wait_gone(processes: list, seconds: float = 15.0) -> list:
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_is_saved_clean(name):
     """Saved without outputs, for kernel python3, with a cluster started and stopped."""
+    import nbformat
+
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     nbformat.validate(nb)
     assert nb.metadata.kernelspec.name == "python3"
@@ -253,6 +265,9 @@ def test_progress_notebook_runs_twice_in_one_kernel(kernelspec, tmp_path):
     """
     name = "02-groups-and-progress"
     shutil.copy(NOTEBOOKS / f"{name}.ipynb", tmp_path)
+    import nbformat
+    from nbclient import NotebookClient
+
     nb = nbformat.read(tmp_path / f"{name}.ipynb", as_version=4)
     client = NotebookClient(nb, timeout=120, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})

@@ -70,7 +70,9 @@ def dask_scheduler():
         yield local.scheduler_address
 
 
-@pytest.fixture(params=["loky", "dask"])
+@pytest.fixture(params=["loky",
+                        # one worker runs the dask half: its dask_scheduler is started once
+                        pytest.param("dask", marks=pytest.mark.xdist_group("seed-api-dask"))])
 def cluster(request, store_dir):
     """A running two-worker cluster on the test's store, with each executor in turn."""
     options = {}

@@ -183,6 +183,7 @@ def test_same_durations_make_one_bar(store_dir):
     assert shown.span == pytest.approx(1.0, abs=0.01)  # 12 x 0.25 s on 3 workers
 
 
+@pytest.mark.alone  # bounds a time from above
 def test_ten_thousand_tasks_render_quickly_and_stay_bounded(store_dir):
     durations = [0.001 + (i * 7919 % 1000) / 1000 for i in range(10_000)]
     _save_made(store_dir, "big", durations)
