@@ -3,7 +3,7 @@ fed running tasks as ``live.running`` gives them (dicts), with a real store for 
 outcome of the task chosen once it finishes.
 
 The progress panel that reads a real cluster's running tasks into this view is tested
-in ``tests/test_widgets.py``.
+in ``tests/test_group_panel.py``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ from nbqueue.disk.directory import get_store
 from nbqueue.display.running_view import (
     LINES,
     MESSAGE_WIDTH,
+    ROWS,
     RunningView,
     _clock,
     elapsed_text,
+    progress_text,
+    running_note,
     tasks_html,
 )
 from tests import tasks_fixtures as fx
@@ -160,3 +163,34 @@ def test_choosing_a_task_that_finished_since_the_list_was_drawn_keeps_the_choice
     view.choose.value = second["id"]
     assert view.selected["id"] == first["id"] and view.choose.value == first["id"]
     assert _shown(view) == ("running", ["one"])
+
+
+def test_clock():
+    assert _clock(None) == "--:--"
+    assert _clock(65) == "01:05"
+    assert _clock(3725) == "1:02:05"
+
+
+
+def test_running_rows_figures():
+    now = datetime(2024, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    assert progress_text(None) == ""
+    assert progress_text((3, 10, "x")) == "3/10 · 30 %"
+    assert progress_text((2.5, 10.0, None)) == "2.5/10 · 25 %"
+    assert progress_text((7, None, "x")) == "7"  # no total: done alone
+    assert progress_text((0, 0, None)) == "0/0"
+    assert elapsed_text(None, now) == "starting"
+    assert elapsed_text(now - timedelta(seconds=75), now) == "01:15"
+    tasks = [{"id": f"id{i:08d}", "name": f"t<{i}>", "started": None if i else now,
+              "progress": (i, 20, f"at <{i}>") if i % 2 else None} for i in range(11)]
+    text = tasks_html(tasks, now)
+    assert text.count("<tr class='nbqueue-task'>") == ROWS == 8
+    assert "and 3 more" in text and "t&lt;7&gt;" in text and "t&lt;8&gt;" not in text
+    assert ">00:00<" in text and text.count(">starting<") == 7
+    assert "at &lt;3&gt;" in text and ">3/20 · 15 %<" in text
+    assert tasks_html([], now) == ""
+    assert running_note(tasks) == "at <9>"  # the most advanced one that says something
+    assert running_note([{"progress": (5, None, "no total")},
+                         {"progress": (1, 4, "a quarter")}]) == "a quarter"
+    assert running_note([{"progress": None}, {"progress": (1, 2, None)}]) == ""
+    assert len(running_note([{"progress": (1, 2, "y" * 100)}])) == 40

@@ -1,4 +1,5 @@
-"""Live progress panels, read from a real store while a real cluster runs the group."""
+"""A group's live progress panel (``nbqueue.display.group_panel``): the ipywidgets panel and
+the tqdm bar, read from a real store while a real cluster runs the group."""
 
 from __future__ import annotations
 
@@ -8,18 +9,13 @@ import sys
 import textwrap
 import threading
 import time
-from datetime import datetime, timedelta, timezone
 
 import pytest
 
 import nbqueue
 from nbqueue import AsyncTask, async_iter, async_task, count_group, result, result_group
 from nbqueue.display import group_panel
-from nbqueue.display.running_view import (ROWS, elapsed_text, progress_text, running_note,
-                                  tasks_html)
-from nbqueue.display.cluster_panel import ClusterPanel
-from nbqueue.display.group_panel import (RATE_WINDOW, GroupProgress, RateMeter, _clock,
-                                        in_notebook)
+from nbqueue.display.group_panel import (GroupProgress, RateMeter, in_notebook)
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 
@@ -29,12 +25,6 @@ pytestmark = [pytest.mark.timeout(90),
 
 def test_not_a_notebook_here():
     assert in_notebook() is False
-
-
-def test_clock():
-    assert _clock(None) == "--:--"
-    assert _clock(65) == "01:05"
-    assert _clock(3725) == "1:02:05"
 
 
 def test_terminal_progress_is_a_tqdm_bar_that_completes(cluster):
@@ -81,22 +71,6 @@ def test_progress_while_waiting(cluster):
     task = AsyncTask(fx.add, 4, group="at-progress")
     task.run()
     assert task.result(wait=20_000, progress=True) == 4
-
-
-def test_cluster_panel_shows_figures_and_stops(cluster):
-    result(async_task(fx.add, 1), wait=20_000)
-    panel = ClusterPanel(cluster, interval=0.05)
-    text = panel._html.value
-    assert "running" in text and "2 loky" in text and cluster.directory in text
-    panel._button.click()
-    wait_for(lambda: not cluster.running, 30, "the cluster stopping")
-    wait_for(lambda: panel._button.description == "stopped", 30, "the panel showing 'stopped'")
-    assert "stopped" in panel._html.value and panel._button.disabled
-
-
-def test_cluster_mimebundle_outside_jupyter_is_text(cluster):
-    bundle = cluster._repr_mimebundle_()
-    assert list(bundle) == ["text/plain"] and "Cluster" in bundle["text/plain"]
 
 
 # -- every figure true when shown, final only when it says so ------------------------------
@@ -193,62 +167,6 @@ def test_panel_as_a_cells_last_line_shows_no_text_copy(cluster):
     assert "1/1" in run.stderr  # the tqdm bar itself
 
 
-def test_cluster_panel_shows_a_stopped_cluster_as_stopped(cluster):
-    result(async_task(fx.add, 1), wait=20_000)
-    panel = ClusterPanel(cluster, interval=3600)  # redrawn here, not by its thread
-    assert panel._button.description == "Stop cluster" and not panel._button.disabled
-    cluster.stop(wait=5)
-    panel.refresh()
-    text = panel._html.value
-    assert panel.state == "stopped"
-    assert panel._button.description == "stopped" and panel._button.disabled
-    assert "0 (stopped; had 2 loky)" in text and "stopping" not in text
-    assert "class='nbqueue-running'>0<" in text and "class='nbqueue-done'>1<" in text
-    assert "class='nbqueue-tasks-s'>0.0<" in text
-    for i in range(3):  # queued as read now: a stopped cluster leaves them in the queue
-        async_task(fx.add, i)
-    nbqueue.flush()
-    panel.refresh()
-    assert "class='nbqueue-queued'>3<" in panel._html.value
-    panel.stop()
-
-
-def test_cluster_panel_shows_why_a_cluster_stopped(cluster, monkeypatch):
-    """A cluster stopped by a failed thread says why, in red, escaped."""
-    cluster.stop(wait=5)
-    info = cluster.info
-    monkeypatch.setattr(cluster, "info", lambda: {**info(), "error": "writer <died> & gone"})
-    panel = ClusterPanel(cluster, interval=3600)
-    panel.stop()
-    assert panel.state == "stopped" and panel._button.description == "stopped"
-    assert ("<span style='color:#c62828'>stopped: writer &lt;died&gt; &amp; gone</span>"
-            in panel._html.value)
-
-
-def test_cluster_panel_shows_why_a_cluster_waits(cluster, monkeypatch):
-    """A running cluster whose outcomes the store refuses (a full disk) says so, in
-    orange, escaped (``Cluster.info()["waiting"]``, set by its writer)."""
-    info = cluster.info
-    monkeypatch.setattr(cluster, "info", lambda: {**info(), "waiting": "disk <full> & more"})
-    panel = ClusterPanel(cluster, interval=3600)
-    panel.stop()
-    assert panel.state == "running"
-    assert ("<span style='color:#ef6c00'>running, waiting: disk &lt;full&gt; &amp; more"
-            in panel._html.value)
-
-
-def test_cluster_panel_title_names_only_a_chosen_label(cluster, store_dir):
-    panel = ClusterPanel(cluster, interval=3600)
-    panel.stop()
-    assert panel._html.value.startswith("<b>nbqueue cluster</b><table>")
-    named = nbqueue.Cluster(workers=1, label="my<lab>", directory=store_dir)
-    panel = ClusterPanel(named, interval=3600)
-    panel.stop()
-    assert panel._html.value.startswith("<b>nbqueue cluster</b> · my&lt;lab&gt;<table>")
-    assert panel.state == "not started" and panel._button.disabled
-    assert "not started · no longer updated" in panel._html.value  # stop() says so
-
-
 def test_rate_meter_over_a_sliding_window():
     meter = RateMeter(window=5.0)
     assert meter.rate() == 0.0
@@ -260,37 +178,6 @@ def test_rate_meter_over_a_sliding_window():
     assert meter.add(90, when=112.0) == 0.0  # nothing finished since 106
     assert meter.add(90, when=112.0) == 0.0  # no time passed
     assert meter.add(100, when=113.0) == pytest.approx(10 / 7)  # since 106, the window's start
-
-
-def test_group_and_cluster_panels_agree_on_tasks_per_second(store_dir):
-    import ipywidgets  # noqa: F401 - imported first, so both panels take their first sample
-    import tqdm.auto  # noqa: F401 - at nearly the same moment
-
-    for i in range(100):
-        async_task(fx.nap, 0.04, i, group="agree")
-    nbqueue.flush()
-    cluster = nbqueue.Cluster(workers=2, directory=store_dir)
-    group_panel = GroupProgress("agree", widget=False, interval=3600)  # redrawn here only
-    cluster_panel = ClusterPanel(cluster, interval=3600)
-    began = time.monotonic()
-    pairs = []
-    with cluster:
-        deadline = time.monotonic() + 60
-        while not group_panel.finished.is_set():  # both read at the same moments
-            assert time.monotonic() < deadline, "the group did not complete within 60 s"
-            time.sleep(0.2)
-            group_panel.refresh()
-            cluster_panel.refresh()
-            pairs.append((group_panel.rate, cluster_panel.rate, time.monotonic() - began))
-    group_panel.stop()
-    cluster_panel.stop()
-    busy = [(g, c, age) for g, c, age in pairs if g > 0 or c > 0]
-    assert len(busy) >= 3, pairs
-    for group_rate, cluster_rate, age in busy:  # read a few ms apart: a task or two may
-        # differ, which is 2 / (the span the rate is over) tasks/s: much early on
-        slack = max(2.0, 2.0 / min(age, RATE_WINDOW))
-        assert abs(group_rate - cluster_rate) <= 0.05 * max(group_rate, cluster_rate) + slack, pairs
-    assert group_panel.rate > 0 and "tasks/s" in group_panel.summary()
 
 
 def test_detached_panel_runs_on_until_the_group_is_complete(store_dir):
@@ -318,7 +205,7 @@ def test_detached_panel_runs_on_until_the_group_is_complete(store_dir):
 
 def reporting(steps, pause, label):
     """A task that prints a line and reports its progress at every step (workers import it
-    as ``tests.test_widgets.reporting``)."""
+    as ``tests.test_group_panel.reporting``)."""
     for step in range(1, steps + 1):
         print(f"{label} line {step}")
         nbqueue.report(step, steps, f"{label} at step {step}")
@@ -420,25 +307,3 @@ def test_a_held_task_that_reports_nothing_shows_no_figures(cluster):
     panel.stop()
 
 
-def test_running_rows_figures():
-    now = datetime(2024, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
-    assert progress_text(None) == ""
-    assert progress_text((3, 10, "x")) == "3/10 · 30 %"
-    assert progress_text((2.5, 10.0, None)) == "2.5/10 · 25 %"
-    assert progress_text((7, None, "x")) == "7"  # no total: done alone
-    assert progress_text((0, 0, None)) == "0/0"
-    assert elapsed_text(None, now) == "starting"
-    assert elapsed_text(now - timedelta(seconds=75), now) == "01:15"
-    tasks = [{"id": f"id{i:08d}", "name": f"t<{i}>", "started": None if i else now,
-              "progress": (i, 20, f"at <{i}>") if i % 2 else None} for i in range(11)]
-    text = tasks_html(tasks, now)
-    assert text.count("<tr class='nbqueue-task'>") == ROWS == 8
-    assert "and 3 more" in text and "t&lt;7&gt;" in text and "t&lt;8&gt;" not in text
-    assert ">00:00<" in text and text.count(">starting<") == 7
-    assert "at &lt;3&gt;" in text and ">3/20 · 15 %<" in text
-    assert tasks_html([], now) == ""
-    assert running_note(tasks) == "at <9>"  # the most advanced one that says something
-    assert running_note([{"progress": (5, None, "no total")},
-                         {"progress": (1, 4, "a quarter")}]) == "a quarter"
-    assert running_note([{"progress": None}, {"progress": (1, 2, None)}]) == ""
-    assert len(running_note([{"progress": (1, 2, "y" * 100)}])) == 40
