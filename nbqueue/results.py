@@ -252,10 +252,11 @@ def delete_group(
     again, run twice in one kernel, does not wait for the first run's tasks).
     """
     broker = broker or get_broker()
+    deleted = _store(broker).part(cached).delete_group(group_id, tasks)  # checks group_id
     memo = sent(broker.directory)
     memo.enqueued.pop(group_id, None)
     memo.unsaved_groups.discard(group_id)
-    return _store(broker).part(cached).delete_group(group_id, tasks)
+    return deleted
 
 
 def delete_cached(task_id: str, broker: Broker | None = None) -> bool:

@@ -8,7 +8,7 @@ it live) and check what ``Deaths`` charges, dooms, kills and cleans up.
 from __future__ import annotations
 
 import os
-import select
+import selectors
 import signal
 import subprocess
 import sys
@@ -70,7 +70,9 @@ def spawn(slot_dir):
                                  "idle" if idle else "busy"], cwd=ROOT,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         procs.append(proc)
-        ready, _, _ = select.select([proc.stdout], [], [], 15)
+        with selectors.DefaultSelector() as selector:  # select() refuses fds past 1023
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            ready = selector.select(15)
         assert ready and proc.stdout.readline().strip() == "ready", "worker did not start"
         return proc
 
