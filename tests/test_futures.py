@@ -46,6 +46,15 @@ def _waiting_for(task_id: str) -> bool:
         return any(task_id in watched.watches for watched in waiter._keys.values())
 
 
+def _unseen(task_id: str) -> int | None:
+    """How many outcomes the waiter has not yet read stored for the future of
+    ``task_id`` (an async_iter's: those of its tasks); None if it waits for none."""
+    waiter = futures_module._waiter
+    with waiter._lock:
+        found = [v.watches[task_id] for v in waiter._keys.values() if task_id in v.watches]
+        return len(found[0].remaining) if found else None
+
+
 # -- future ----------------------------------------------------------------------------
 
 def test_future_result_and_task(cluster):
@@ -589,7 +598,10 @@ def test_deleting_an_async_iters_tasks_fails_its_future_with_outcome_deleted(one
     iter_id = async_iter(fx.nap, [(0, 1), (0, 2), (5, 3)])
     fut = future(iter_id)
     consumers = _Consumers(fut)
-    wait_for(lambda: nbqueue.count_group(iter_id) == 2, WAIT, "two of its tasks to finish")
+    # two of its tasks finished, and the future's waiter read them stored: an outcome
+    # deleted before it is read leaves no trace (the future waits on; module docstring)
+    wait_for(lambda: nbqueue.count_group(iter_id) == 2 and _unseen(iter_id) == 1, WAIT,
+             "two of its tasks to finish, seen by the future's waiter")
     deleted = time.monotonic()
     assert nbqueue.delete_group(iter_id, tasks=True) == 2  # the third one runs on
     print(consumers.check("failed OutcomeDeleted", deleted))

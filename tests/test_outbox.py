@@ -94,6 +94,49 @@ def test_the_outbox_is_bounded_past_it_the_caller_writes_first(sink):
     assert all(sum(map(len, batch)) <= WRITE_BYTES for batch in sink.batches)
 
 
+@pytest.mark.timeout(30)
+def test_the_batch_being_written_counts_in_the_bound(sink):
+    """While the thread writes a batch, ``put`` takes only what fits beside it: a batch
+    the store then refuses is kept with what came meanwhile, still within OUTBOX_BYTES,
+    and the caller past the bound is refused at the call. Nothing is dropped."""
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_write(packages: list[bytes]) -> None:
+        writing.set()
+        assert release.wait(10)
+        sink.write(packages)
+
+    outbox = Outbox("test-store", slow_write, lambda: False, sink.written.set)
+    package = bytes(WRITE_BYTES // 4)
+    fit = OUTBOX_BYTES // len(package)
+    sink.full = True
+    outbox.put(package)
+    assert writing.wait(10)  # the thread writes a batch of one: it blocks until released
+    taken, refused = [], []
+
+    def produce() -> None:
+        for _ in range(fit + 2):
+            try:
+                outbox.put(package)
+            except StoreError:
+                refused.append(1)
+                return
+            taken.append(1)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    producer.join(0.5)
+    assert producer.is_alive() and len(taken) == fit - 1  # it writes first, and waits
+    assert outbox._bytes + outbox._flying <= OUTBOX_BYTES
+    release.set()  # the store refuses that batch, then what the producer writes first
+    producer.join(10)
+    assert not producer.is_alive() and refused == [1] and len(taken) == fit - 1
+    assert len(outbox) == fit and outbox._bytes <= OUTBOX_BYTES  # kept with the rest
+    sink.full = False
+    outbox.flush()
+    assert len(sink.packages) == fit and len(outbox) == 0
+
+
 def test_a_store_short_of_space_takes_what_fits(sink):
     outbox = _outbox(sink)
     sizes = []

@@ -7,10 +7,10 @@ would be most of ``async_task``'s time. A cluster in the same process takes the 
 straight into its lease (``Broker.lease``), so that its packages never wait for the
 thread.
 
-The outbox holds at most OUTBOX_BYTES: past that, the caller writes first. What the
-store refuses (disk full, damaged, locked past SQLite's busy timeout) is kept, in
-order, and written again; the next ``put`` or ``flush`` raises StoreError saying so.
-Nothing is dropped.
+The outbox holds at most OUTBOX_BYTES, the batch being written included (it is kept if
+the store refuses it): past that, the caller writes first. What the store refuses (disk
+full, damaged, locked past SQLite's busy timeout) is kept, in order, and written again;
+the next ``put`` or ``flush`` raises StoreError saying so. Nothing is dropped.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class Outbox:
         self._written = written
         self._packages: list[bytes] = []
         self._bytes = 0
+        self._flying = 0  # bytes of the batch being written: held until it is in the queue
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -73,7 +74,8 @@ class Outbox:
             with self._lock:
                 if self.error is not None:
                     raise self.error
-                if not self._packages or self._bytes + len(package) <= OUTBOX_BYTES:
+                held = self._bytes + self._flying
+                if not held or held + len(package) <= OUTBOX_BYTES:
                     self._packages.append(package)
                     self._bytes += len(package)
                     break
@@ -95,7 +97,7 @@ class Outbox:
     def forget(self) -> None:
         """Start empty, with no thread (in a forked child: the packages are the parent's
         to write)."""
-        self._packages, self._bytes, self._thread, self.error = [], 0, None, None
+        self._packages, self._bytes, self._flying, self._thread, self.error = [], 0, 0, None, None
         self._lock, self.order, self._ready = threading.Lock(), threading.Lock(), threading.Event()
 
     def take(self, limit: int | None = None) -> list[bytes]:
@@ -108,6 +110,20 @@ class Outbox:
             batch, self._packages, self._bytes = self._packages, [], 0
         return batch
 
+    def _take_to_write(self) -> list[bytes]:
+        """The packages waiting, to be written by the caller (under ``order``): they stay
+        counted as held until ``_landed`` or ``keep`` says what became of them."""
+        with self._lock:
+            self._flying = self._bytes
+            batch, self._packages, self._bytes = self._packages, [], 0
+        return batch
+
+    def _landed(self, size: int | None = None) -> None:
+        """``size`` bytes of the batch being written are no longer held here (all of
+        them: None): in the queue, or kept again by ``keep``."""
+        with self._lock:
+            self._flying = 0 if size is None else self._flying - size
+
     def poke(self) -> None:
         """Have the thread write behind soon, packages or not (see ``behind``)."""
         if self._thread is None:
@@ -119,6 +135,7 @@ class Outbox:
         with self._lock:
             self._packages[:0] = batch
             self._bytes += sum(len(package) for package in batch)
+            self._flying = 0
             what = (
                 f"{len(self._packages)} task(s) enqueued by this process are not in the queue yet"
                 if self._packages
@@ -136,11 +153,13 @@ class Outbox:
         """The packages waiting, to be written by the caller in its own transaction; if
         that raises StoreError they are kept (in order) and the error raised says so."""
         with self.order:
-            batch = self.take()
+            batch = self._take_to_write()
             try:
                 yield batch
             except StoreError as exc:
                 raise self.keep(batch, exc) from exc
+            finally:
+                self._landed()
             self.error = None
 
     def flush(self) -> None:
@@ -153,7 +172,7 @@ class Outbox:
         """Write in transactions of at most WRITE_BYTES each, so that a store short of
         space takes what fits (one transaction for all would never fit)."""
         with self.order:
-            batch = self.take()
+            batch = self._take_to_write()
             if not batch:
                 if self._behind():
                     try:
@@ -164,17 +183,23 @@ class Outbox:
                 self.error = None  # nothing waits: no refusal to report
                 return
             start = 0
-            while start < len(batch):
-                end, size = start, 0
-                while end < len(batch) and (end == start or size + len(batch[end]) <= WRITE_BYTES):
-                    size += len(batch[end])
-                    end += 1
-                try:
-                    self._write(batch[start:end])
-                except StoreError as exc:
-                    self.keep(batch[start:], exc)
-                    return
-                start = end
+            try:
+                while start < len(batch):
+                    end, size = start, 0
+                    while end < len(batch) and (
+                        end == start or size + len(batch[end]) <= WRITE_BYTES
+                    ):
+                        size += len(batch[end])
+                        end += 1
+                    try:
+                        self._write(batch[start:end])
+                    except StoreError as exc:
+                        self.keep(batch[start:], exc)
+                        return
+                    self._landed(size)
+                    start = end
+            finally:
+                self._landed()
             self.error = None
         self._written()
 
