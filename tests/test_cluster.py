@@ -17,6 +17,7 @@ from nbqueue import (AsyncTask, Cluster, async_iter, async_task, count_group, fe
                      fetch_group, get_broker, queue_size, result, result_group)
 from nbqueue.errors import (ConfigurationError, NoClusterWarning, PackingError,
                             TaskFunctionError)
+from nbqueue.cluster.cancels import WHY as CANCELLED
 from nbqueue.worker.callables import local_hooks
 from nbqueue.disk.directory import get_store
 from tests import stopping
@@ -163,6 +164,24 @@ def test_timeout_kills_a_worker_that_ignores_the_signal(cluster):
     assert task.time_taken() < 10
     assert [result(o, wait=WAIT) for o in others] == list(range(10))
     assert result(async_task(fx.add, 5), wait=WAIT) == 5
+
+
+def test_a_verdict_reached_after_the_run_outcome_was_taken_is_void(cluster, caplog):
+    """The monitor decides a task's outcome (a cancel of a task its workers had not noted
+    as begun, a timeout) just as the task's own outcome reaches the writer: it looked
+    the task up in flight a moment before. The run's outcome, taken first, is the only
+    one: the late verdict neither replaces it nor counts it again, and no outcome is
+    said to be dropped."""
+    first = async_task(fx.nap, 0.3, "ran", group="late")
+    job = wait_for(lambda: cluster.inflight.job_of_task(first), 10, "the task in flight")
+    assert result(first, wait=WAIT) == "ran"  # its outcome is stored: the writer took it
+    cluster.writer.judge(job, CANCELLED, nbqueue.Cause.CANCELLED, attempt=job.lease.attempt,
+                         final=True)  # the monitor's verdict, a moment late
+    assert result(async_task(fx.add, 1, 1, group="late"), wait=WAIT) == 2  # the writer
+    task = fetch(first)  # handled the verdict before this outcome, which came after it
+    assert task.success and task.result == "ran" and task.attempt_count == 1
+    assert count_group("late") == 2 and count_group("late", failures=True) == 0
+    assert not [r for r in caplog.records if "dropped" in r.getMessage()]
 
 
 def test_worker_death_is_a_failure_after_max_attempts(cluster):

@@ -27,6 +27,9 @@ class Job:
     timeout: float | None
     judged: bool = False  # its outcome was decided outside its chunk (timeout, lost worker)
     cancelled: bool = False  # cancelled in flight: its run's end decides its outcome
+    # the writer took an outcome of it (its run's or a verdict): the first one is its only
+    # one; set in the writer's thread alone, so that no check-then-set races there
+    decided: bool = False
 
     def attempts_allowed(self, settings: Settings) -> int:
         """Deliveries this task may have (0: any number)."""

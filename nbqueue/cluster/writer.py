@@ -161,7 +161,10 @@ class Writer:
 
     def judge(self, job: Job, why: str, cause: Cause, attempt: int, final: bool) -> None:
         """Decide a task's outcome outside its chunk (timeouts, give-ups, worker deaths,
-        cancels); not that of a task whose outcome is held (decided, not stored yet)."""
+        cancels); not that of a task whose outcome is held (decided, not stored yet).
+        The caller looked the task up a moment before, and its run may have ended since:
+        the writer takes the first outcome it gets of a delivery, and a verdict that
+        comes after its run's outcome (or after another verdict) is void."""
         if job.lease.token in self._held_tokens:
             return
         job.judged = True
@@ -203,7 +206,8 @@ class Writer:
                 with self._arrived_lock:
                     self._arrived.difference_update(outcome.token for outcome in event)
                 self._outcomes(event, finished)
-            elif event is not None:
+            elif event is not None and not event[0].decided:  # else void: see judge()
+                event[0].decided = True
                 self._last_words(event[1])
                 finished.append(event)
         for _job, record, final in finished:
@@ -218,12 +222,7 @@ class Writer:
         again = [job.lease.token for job, _, final in finished if not final]
         if again:
             self.inflight.remove(again)
-        # one outcome a task: a verdict reached while its outcome is held is not another
-        self._held.extend(
-            (job, record)
-            for job, record, final in finished
-            if final and job.lease.token not in self._held_tokens
-        )
+        self._held.extend((job, record) for job, record, final in finished if final)
         if not self._held:
             if finished:
                 self._forget_live()
@@ -479,18 +478,21 @@ class Writer:
         )  # those it left out (dask drops them)
 
     def _cancelled_ended(self, jobs: list[Job], finished: list[Verdict]) -> list[Job]:
-        """Of the jobs of a chunk that ended without their outcomes, the ones not
-        cancelled; each cancelled one is judged cancelled (final) now that nothing runs
-        it, unless its outcome came through the stream."""
+        """Of the jobs of a chunk that ended without their outcomes, the ones neither
+        cancelled nor judged; each cancelled one is judged cancelled (final) now that
+        nothing runs it, unless it has an outcome already (a verdict, or its run's
+        through the stream)."""
         rest = []
         for job in jobs:
-            if job.cancelled and not job.judged and not self._arrived_ahead(job):
-                job.judged = True
+            if job.judged or job.decided or self._arrived_ahead(job):
+                continue  # its outcome is another's: never handed back beside it
+            if job.cancelled:
+                job.judged = job.decided = True
                 outcome = failure(job.header.id, CANCELLED, Cause.CANCELLED)
                 record = _record(job, outcome, job.lease.attempt)
                 self._last_words(record)
                 finished.append((job, record, True))
-            elif not job.cancelled:
+            else:
                 rest.append(job)
         return rest
 
@@ -518,9 +520,10 @@ class Writer:
                         unspilled,
                         f"{len(outcome.result):,}",
                     )
-            if job is None or job.judged:
+            if job is None or job.judged or job.decided:
                 discard(outcome.result)  # a large result no record will hold
                 continue
+            job.decided = True
             self.measured(outcome.stopped - outcome.started)
             record = _record(job, outcome, job.lease.attempt)
             final = job.cancelled or job.is_final(record["success"], settings)
