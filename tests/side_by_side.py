@@ -3,8 +3,8 @@
 The tests of an ``xdist_group``, or those sharing a module-scoped fixture (a cluster),
 go to one worker together (``_unit``); the tests allowed the longest time start first; a
 test marked ``alone``, one that bounds how long something takes from above, runs while no
-other test does (a readers-writer lock of the workers). Under xdist the run's temp root
-is short, so that a store's doorbell socket fits its path.
+other test does (a readers-writer lock of the workers). The run's temp root is short, so
+that a store's doorbell socket fits its path.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "alone: runs while no other test of the run does (it bounds how long something takes)")
-    if (getattr(config, "workerinput", None) is None and config.getoption("numprocesses", None)
-            and not config.option.basetemp):
-        # The workers' temp directories lie a level deeper (popen-gwN): a store there can
-        # be too deep for its doorbell's socket (108 bytes), so the run's root is short.
+    if getattr(config, "workerinput", None) is None and not config.option.basetemp:
+        # pytest's own root (/tmp/pytest-of-USER/pytest-N/), and the workers' a level
+        # deeper (popen-gwN): a store there can be too deep for its doorbell's socket
+        # (108 bytes), so the run's root is short.
         config.option.basetemp = tempfile.mkdtemp(prefix="nbq-")
         config._short_basetemp = config.option.basetemp  # type: ignore[attr-defined]
 
