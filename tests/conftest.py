@@ -36,3 +36,11 @@ def cluster(store_dir):
 
 
 pytest_plugins = ["tests.side_by_side"]  # xdist's units of work, tests run alone, the order
+
+
+@pytest.fixture
+def slot_dir(tmp_path):
+    """An empty folder standing for a cluster host's slot folder (its workers' slot files)."""
+    path = tmp_path / "slots"
+    path.mkdir()
+    return str(path)

@@ -54,13 +54,6 @@ def _loky_reason(*exit_codes: int) -> str:
 
 
 @pytest.fixture
-def slot_dir(tmp_path):
-    path = tmp_path / "slots"
-    path.mkdir()
-    return str(path)
-
-
-@pytest.fixture
 def spawn(slot_dir):
     """Start worker-like processes; each is SIGKILLed (by pid) and reaped afterwards."""
     procs: list[subprocess.Popen] = []

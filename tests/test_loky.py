@@ -23,13 +23,6 @@ WAIT = 20  # seconds: bounded, generous for a loaded machine
 
 
 @pytest.fixture
-def slot_dir(tmp_path):
-    path = tmp_path / "slots"
-    path.mkdir()
-    return str(path)
-
-
-@pytest.fixture
 def executor(slot_dir):
     """A one-worker executor, shut down with its worker killed afterwards."""
     made = LokyExecutor(1, slot_dir)
