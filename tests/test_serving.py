@@ -8,6 +8,7 @@ interpreter's exit, are in ``tests/test_cluster.py``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -137,3 +138,31 @@ def test_the_end_of_the_process_hands_the_running_task_back_uncounted(directorie
     broker = get_broker(directory)
     assert broker.size() == 1 and broker.leased() == 0
     assert _redelivered_attempts(directory) == [1]
+
+
+TRACKERS_AT_SHUTDOWN = textwrap.dedent("""
+    import gc, importlib, json, multiprocessing, sys
+    from loky.backend import get_context
+    serving = importlib.import_module("nbqueue.cluster.serving")
+    loky_lock = get_context("loky").Lock()  # registered with loky's resource tracker
+    mp_lock = multiprocessing.get_context("spawn").Lock()  # and with multiprocessing's
+    names = [loky_lock._semlock.name, mp_lock._semlock.name]
+    serving._stop_resource_trackers()  # as at Kernel > Shut Down, the locks still alive
+    with loky_lock, mp_lock:  # still usable until the process ends
+        pass
+    del loky_lock, mp_lock
+    gc.collect()
+    print(json.dumps(names))
+    """)
+
+
+def test_resource_trackers_end_at_kernel_shutdown_without_a_word():
+    """The kernel's shutdown ends loky's and multiprocessing's resource trackers (they
+    ignore ipykernel's SIGTERM) while semaphores are still alive: those are unlinked as
+    at exit, no tracker warns of a leak, and none is started again for what comes after."""
+    done = subprocess.run([sys.executable, "-c", TRACKERS_AT_SHUTDOWN], capture_output=True,
+                          text=True, timeout=WAIT, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr
+    names = json.loads(done.stdout)
+    assert [name for name in names if os.path.exists(f"/dev/shm/sem.{name.lstrip('/')}")] == []

@@ -10,7 +10,9 @@ back to the queue uncounted, so that the next cluster runs them without waiting 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import threading
 from typing import TYPE_CHECKING, Any
@@ -79,7 +81,12 @@ def _stop_resource_trackers(timeout: float = 1.0) -> None:
     """Let loky's and multiprocessing's resource trackers end now, as they do when the
     kernel exits: they ignore SIGTERM, and ipykernel's shutdown, which SIGTERMs every
     child, would wait for them until Jupyter kills the kernel (2.5 s into a restart).
-    A tracker ends once its pipe is closed; joined in a thread, never for long."""
+
+    A tracker ends once its pipe is closed, removing, with a warning on the kernel's
+    stderr, every semaphore still registered with it. Semaphores still alive here are
+    released first, by their own finalizers, as they would be at exit; anything sent to
+    a tracker later in this exit goes nowhere, rather than to a new tracker that would
+    not know it. Joined in a thread, never for long."""
     trackers = []
     for module in ("loky.backend.resource_tracker", "multiprocessing.resource_tracker"):
         tracker = getattr(sys.modules.get(module), "_resource_tracker", None)
@@ -87,11 +94,47 @@ def _stop_resource_trackers(timeout: float = 1.0) -> None:
             trackers.append(tracker)
     if not trackers:
         return
-    thread = threading.Thread(
-        target=lambda: [t._stop() for t in trackers], name="nbqueue-trackers", daemon=True
-    )
+    _release_semaphores()
+
+    def end_all() -> None:
+        for tracker in trackers:
+            _end_tracker(tracker)
+
+    thread = threading.Thread(target=end_all, name="nbqueue-trackers", daemon=True)
     thread.start()
     thread.join(timeout)
+
+
+def _release_semaphores() -> None:
+    """Run now the finalizers that unlink this process's named semaphores (loky's and
+    multiprocessing's) and unregister them from their tracker, as at exit."""
+    from multiprocessing import util
+
+    cleanups = set()
+    for module in ("loky.backend.synchronize", "multiprocessing.synchronize"):
+        semlock = getattr(sys.modules.get(module), "SemLock", None)
+        if semlock is not None:
+            cleanups.add(semlock._cleanup)
+    registry = getattr(util, "_finalizer_registry", {})
+    for finalizer in list(registry.values()):
+        if getattr(finalizer, "_callback", None) in cleanups:
+            try:
+                finalizer()
+            except Exception:  # noqa: BLE001 - one semaphore must not keep the others
+                log.debug("releasing a semaphore at kernel shutdown", exc_info=True)
+
+
+def _end_tracker(tracker: Any) -> None:
+    """Close the tracker's pipe and wait for it to end; its pipe becomes /dev/null."""
+    with tracker._lock:
+        if tracker._fd is None:
+            return
+        os.close(tracker._fd)
+        tracker._fd = os.open(os.devnull, os.O_WRONLY)
+        pid, tracker._pid = tracker._pid, None
+    if pid is not None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 def _jupyter_kernel() -> Any:
