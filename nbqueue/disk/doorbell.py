@@ -55,14 +55,21 @@ class Doorbell:
                 continue
             except OSError:
                 return  # closed
-            self._ring()
+            if not self._closed:
+                self._ring()
 
     def close(self) -> None:
+        """Stop listening: the thread is woken by a last ring of its own (closing the
+        socket would not interrupt its wait), then the bell goes."""
         self._closed = True
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as waker:
+            waker.setblocking(False)
+            with contextlib.suppress(OSError):
+                waker.sendto(b"\0", self.path)
+        self._thread.join(2)
         with contextlib.suppress(OSError):
             os.unlink(self.path)
         self._socket.close()
-        self._thread.join(2)
 
 
 class Bells:

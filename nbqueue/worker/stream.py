@@ -119,6 +119,8 @@ class Collector:
         self._listener.listen(64)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._listener, selectors.EVENT_READ)
+        self._waker, self._woken = socket.socketpair()  # ``close`` wakes ``run`` at once
+        self._selector.register(self._woken, selectors.EVENT_READ)
         self._buffers: dict[socket.socket, bytearray] = {}
         self._pids: dict[socket.socket, int] = {}
         self._changed = threading.Condition()
@@ -130,6 +132,8 @@ class Collector:
                 for selected, _ in self._selector.select(timeout=0.1):
                     if selected.fileobj is self._listener:
                         self._accept()
+                    elif selected.fileobj is self._woken:
+                        continue  # closed
                     else:
                         # a connection we registered: the selector types it as any file
                         self._read(selected.fileobj)  # type: ignore[arg-type]
@@ -138,12 +142,16 @@ class Collector:
                 self._drop(conn)
             self._selector.close()
             self._listener.close()
+            self._waker.close()
+            self._woken.close()
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
 
     def close(self) -> None:
         """Have ``run`` return (the workers are gone), removing the socket."""
         self._closed = True
+        with contextlib.suppress(OSError):
+            self._waker.send(b"\0")
 
     def drain(self, pids: set[int] | None = None, timeout: float = 2.0) -> None:
         """Wait until the connections of dead workers (``pids``, or all dead ones) are
