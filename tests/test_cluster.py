@@ -298,6 +298,27 @@ def test_stop_hands_unfinished_work_back(store_dir):
     assert {fetch(i).attempt_count for i in ids} == {1}
 
 
+def test_stop_waits_for_the_tasks_running_not_for_those_a_worker_starts_meanwhile(
+        store_dir, tmp_path):
+    """``stop(wait)`` lets the task running when it is called finish; the tasks queued
+    behind it in the worker are not waited for: the one it starts meanwhile is cut short
+    and, like the others, goes back to the queue uncounted."""
+    log = tmp_path / "runs.log"
+    cluster = Cluster(workers=1).start()
+    first = async_task(fx.logged, log, 0, 3.0)
+    behind = [async_task(fx.logged, log, i, 60.0) for i in range(1, 4)]
+    wait_for(lambda: "start 0 " in (log.read_text() if log.exists() else ""), WAIT / 1000,
+             "the first task running")
+    began = time.monotonic()
+    cluster.stop(wait=30)
+    took = time.monotonic() - began
+    assert took < 20, f"stop waited {took:.1f} s: for a task started after it was called"
+    assert "stop 0 " in log.read_text()
+    assert fetch(first).success and fetch(first).attempt_count == 1
+    assert [fetch(i) for i in behind] == [None] * 3
+    assert queue_size() == 3
+
+
 def test_unsigned_package_is_refused_and_recorded(cluster, broker):
     broker.enqueue(os.urandom(100))
     broker.enqueue(b"NBQ1" + b"\0" * 32 + b"not a real payload")

@@ -359,9 +359,9 @@ class Cluster:
         ).start()
 
     def stop(self, wait: float = 10.0) -> None:
-        """Stop gracefully: take no new work, let running tasks finish for up to ``wait``
-        seconds, then kill the workers and hand every unfinished task back to the queue
-        (its attempt not counted), store what finished, and run the pending hooks."""
+        """Stop gracefully: take no new work, let the tasks running now finish for up to
+        ``wait`` seconds, then kill the workers and hand every unfinished task back to the
+        queue (its attempt not counted), store what finished, and run the pending hooks."""
         if self.started_at is None:
             return
         with self._stop_lock:
@@ -376,8 +376,14 @@ class Cluster:
         _join(feeder, 10)
         for future in self.inflight.chunks():
             future.cancel()  # the chunks still waiting in the executor never run
+        # the tasks running now may finish; those a worker starts meanwhile are not waited for
+        running = {state[0] for state in self._running_states()}
         deadline = time.monotonic() + wait
-        while len(self.inflight) and time.monotonic() < deadline and writer.is_alive():
+        while (
+            any(self.inflight.job_of_task(task_id) for task_id in running)
+            and time.monotonic() < deadline
+            and writer.is_alive()
+        ):
             time.sleep(0.01)
         self._shut_down_executor()
         if self.collector is not None:  # the workers are gone: read what they sent
@@ -387,6 +393,7 @@ class Cluster:
         self.writer.events.put(None)
         _join(writer, 30)
         self._hand_back_at_stop()
+        self.monitor.wake.set()  # its tick ends at once
         _join(monitor, 10)
         self.hook_runner.close()
         _join(hooks, 30)

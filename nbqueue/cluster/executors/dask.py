@@ -323,6 +323,7 @@ class DaskExecutor(Executor):
             # it), beside its next delivery once the cluster has handed it back. Our
             # scheduler then logs their closed connections, which we closed on purpose.
             quiet.start()
+            self._no_restarts()
             for pid in self._local_pids() | {chunk.pid for chunk in chunks if chunk.pid}:
                 self._sigkill(pid)
         for chunk in chunks:
@@ -525,6 +526,19 @@ class DaskExecutor(Executor):
             for pid in (getattr(nanny, "pid", None) for nanny in nannies)
             if isinstance(pid, int)
         }
+
+    def _no_restarts(self) -> None:
+        """Have our nannies close once their worker is gone, instead of starting another
+        (whose queues would outlive the kernel's resource trackers at its shutdown)."""
+        try:
+            nannies = list(self._local.workers.values())
+        except Exception:
+            return
+        for nanny in nannies:
+            close_gracefully = getattr(nanny, "close_gracefully", None)
+            if close_gracefully is not None:
+                with contextlib.suppress(Exception):
+                    close_gracefully(reason="nbqueue-stop")
 
     @staticmethod
     def _sigkill(pid: int) -> None:
