@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Throughput of nbqueue's two executors on this machine: loky and dask (issue #6).
+"""Throughput of nbqueue's two executors on this machine: loky and dask.
 
     .venv/bin/python benchmarks/executors.py [--workers N] [--repeat 3] [--scale 1.0]
 

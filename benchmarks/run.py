@@ -828,7 +828,8 @@ class Suite:
 # -- targets ------------------------------------------------------------------------
 
 def evaluate(suite: Suite) -> list[dict[str, Any]]:
-    """Each target of issue #5, with its value and verdict: met, not met, not measured."""
+    """Each performance target (docs/performance.md), with its value and verdict: met,
+    not met, not measured."""
     r = suite.results
     s = suite.sizes
     groups = max(1, s["store"] // s["group"])

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import nbqueue
 from nbqueue.cluster.serving import EXIT_GRACE
+from tests import tasks_fixtures as fixtures
 
 ROOT = str(Path(__file__).resolve().parents[1])
 TASKS = 20  # per round
 ROUNDS = 3
 SECONDS = 1.5  # each task
 STOP_AFTER = 2.0  # seconds after the cluster started
-DRAIN_WORKERS = 16  # the cluster that runs what the rounds left (tasks that sleep)
+DRAIN_WORKERS = 2  # the cluster that runs what the rounds left (without their sleep)
 # seconds before a stop's kill in which a run that ended may not have sent its outcome
 # (``stream.STREAM_DELAY``, then the way to the cluster)
 IN_FLIGHT = 1.0
@@ -144,9 +145,14 @@ def drain_and_count(log: Path | str, total: int,
     """A cluster runs what is left; every task has one outcome, on its first attempt; no
     run went on past its cluster's stop (``windows``: when each stop began and returned,
     by the wall clock, and its grace), and a task ran to its end twice only if its first
-    run ended just as its workers were killed."""
-    with nbqueue.Cluster(workers=DRAIN_WORKERS):
-        values = nbqueue.result_group("stop", count=total, wait=120_000)
+    run ended just as its workers were killed. What is left runs without its sleep: its
+    workers start with ``LOGGED_NO_SLEEP`` set, which ``logged`` reads."""
+    os.environ[fixtures.LOGGED_NO_SLEEP] = "1"  # for the workers, spawned on demand
+    try:
+        with nbqueue.Cluster(workers=DRAIN_WORKERS):
+            values = nbqueue.result_group("stop", count=total, wait=120_000)
+    finally:
+        del os.environ[fixtures.LOGGED_NO_SLEEP]
     assert sorted(values) == list(range(total)), sorted(values)
     assert nbqueue.count_group("stop", failures=True) == 0
     tasks = nbqueue.fetch_group("stop")

@@ -347,30 +347,6 @@ def _feeders() -> int:
     return sum(1 for t in threading.enumerate() if t.name == "nbqueue-feeder" and t.is_alive())
 
 
-def test_start_again_on_the_same_directory_gives_the_running_cluster(store_dir):
-    """A cell `Cluster(workers=2).start()` run three times: one cluster, one pool."""
-    before = _feeders()
-    first = Cluster(workers=2).start()
-    try:
-        assert Cluster(workers=2).start() is first
-        assert Cluster(workers=2, directory=store_dir).start() is first
-        assert _feeders() == before + 1
-        assert result(async_task(fx.add, 1, 2), wait=WAIT) == 3
-        # other options: the running cluster is replaced, and its work goes on
-        for i in range(8):
-            async_task(fx.nap, 0.3, i, group="handover")
-        time.sleep(0.2)
-        second = Cluster(workers=3, timeout=30).start()
-        assert second is not first and second.running and not first.running
-        assert second.workers == 3 and _feeders() == before + 1
-        tasks = fetch_group("handover", count=8, wait=WAIT)
-        assert len(tasks) == 8 and all(t.success and t.attempt_count == 1 for t in tasks)
-        assert sorted(t.result for t in tasks) == list(range(8))
-    finally:
-        Cluster(workers=3, timeout=30).start().stop(wait=5)
-    assert _feeders() == before
-
-
 def test_with_block_on_a_started_cluster(store_dir):
     with Cluster(workers=1).start() as running:
         assert running.running
@@ -536,19 +512,6 @@ def test_every_way_of_stopping_is_quiet_and_loses_nothing(store_dir, tmp_path, w
     log = tmp_path / "runs.log"
     report = stopping.run("loky", way, store_dir, log)
     stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS, report["windows"])
-
-
-@pytest.mark.timeout(300)
-def test_interpreter_exit_is_quiet_and_loses_nothing(store_dir, tmp_path):
-    """A script that ends with its cluster running, three times: the exit hook hands the
-    tasks back, with nothing on stderr and no thread dead; a cluster then runs them all."""
-    log = tmp_path / "runs.log"
-    windows = []
-    for first in range(stopping.ROUNDS):
-        report = stopping.run("loky", "exit", store_dir, log, first=first, rounds=1)
-        assert any("this process is exiting" in r[1] for r in report["records"])
-        windows += report["windows"]
-    stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS, windows)
 
 
 def test_a_chunk_its_executor_cannot_run_is_each_tasks_failure(store_dir):

@@ -1,9 +1,10 @@
-"""Issue 13's calls on the dask executor: ``future`` / ``await AsyncTask`` /
-``as_completed`` / ``map`` (nbqueue.futures), ``cancel`` / ``cancel_group`` / ``retry`` /
-``retry_group`` (nbqueue.control, and the cluster side in nbqueue.cluster.cancels, where a
-running task on dask is stopped by restarting its worker) and ``reuse=True``
-(nbqueue.calls), each against a real ``Cluster(executor="dask", workers=2)`` that starts
-its own LocalCluster, as ``tests/test_executors.py`` does.
+"""The futures', control's and calls' API on the dask executor: ``future`` /
+``await AsyncTask`` / ``as_completed`` / ``map`` (nbqueue.futures), ``cancel`` /
+``cancel_group`` / ``retry`` / ``retry_group`` (nbqueue.control, and the cluster side in
+nbqueue.cluster.cancels, where a running task on dask is stopped by restarting its
+worker) and ``reuse=True`` (nbqueue.calls), each against a real
+``Cluster(executor="dask", workers=2)`` that starts its own LocalCluster, as
+``tests/test_executors.py`` does.
 
 Starting a LocalCluster costs seconds, so the whole module shares one cluster on one store
 (module-scoped, stopped and dropped at the end). Before each test, ``_idle`` waits until
@@ -445,7 +446,7 @@ def test_fast_outcomes_of_a_dask_chunk_are_not_held_back_by_a_slow_task(dask_clu
     wait_for(lambda: nbqueue.count_group("dask-mixed") == 4, 20, "the slow one")
 
 
-# -- issue 14 on dask: exceptions, output, progress, live state --------------------------
+# -- on dask: exceptions, output, progress, live state --------------------------------------
 
 def test_exceptions_output_and_live_state_on_dask(dask_cluster):
     chained = fetch(async_task(fx.raises_chain), wait=WAIT)

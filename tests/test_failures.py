@@ -59,6 +59,12 @@ def _loky_workers(pid: int) -> list[int]:
 
 
 def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and its descendants; each is stopped first, so that none starts
+    another (a host replacing a worker killed) while its children are listed."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return
     for child in _children(pid):
         _kill_tree(child)
     try:

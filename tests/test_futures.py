@@ -1,5 +1,6 @@
 """nbqueue.futures with a real loky cluster and a real store: futures of tasks, one waiter
-thread for all of them, ``await AsyncTask``, ``as_completed`` and ``map``."""
+thread for all of them, and ``await AsyncTask``. ``as_completed`` and ``map``, which
+build on them, are in ``tests/test_iterate.py``."""
 
 from __future__ import annotations
 
@@ -25,10 +26,9 @@ from nbqueue.errors import ConfigurationError, SignatureError
 from nbqueue.disk.directory import heartbeats
 from nbqueue.models import Failure, Success
 from nbqueue.disk.names import humanize
-from nbqueue.disk.directory import sent
 from nbqueue.disk.store import Store
 from tests import tasks_fixtures as fx
-from tests.waiting import wait_for
+from tests.waiting import wait_for, watched
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.filterwarnings("ignore::nbqueue.errors.NoClusterWarning")]
@@ -38,12 +38,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _waiters() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == futures_module.THREAD_NAME]
-
-
-def _waiting_for(task_id: str) -> bool:
-    waiter = futures_module._waiter
-    with waiter._lock:
-        return any(task_id in watched.watches for watched in waiter._keys.values())
 
 
 def _unseen(task_id: str) -> int | None:
@@ -240,7 +234,7 @@ def test_an_await_given_up_stops_waiting_and_the_task_runs_on(cluster):
     task = AsyncTask(fx.nap, 1, "done anyway")
     with pytest.raises(asyncio.TimeoutError):
         asyncio.run(asyncio.wait_for(_await(task), 0.2))
-    assert not _waiting_for(task.id)  # asyncio's cancel reached our future
+    assert not watched(task.id)  # asyncio's cancel reached our future
     assert nbqueue.result(task.id, wait=WAIT * 1000) == "done anyway"
 
 
@@ -251,133 +245,6 @@ def test_await_a_sync_task_returns_at_once(store_dir):
     cached = AsyncTask(fx.add, 3, 4, sync=True, cached=60)
     assert asyncio.run(_await(cached)) == 7
     assert time.monotonic() - started < 2
-
-
-# -- as_completed ----------------------------------------------------------------------
-
-def test_as_completed_yields_a_fast_task_before_a_slow_one_enqueued_first(cluster):
-    slow = async_task(fx.nap, 3, "slow")
-    fast = async_task(fx.add, 1, 1)
-    seen = [(t.id, time.monotonic()) for t in as_completed([slow, fast], timeout=WAIT)]
-    assert [task_id for task_id, _ in seen] == [fast, slow]
-    assert seen[1][1] - seen[0][1] > 1  # the fast one came long before the slow one ended
-
-
-def test_as_completed_yields_failures_as_tasks(cluster):
-    ok, bad = async_task(fx.add, 1, 2), async_task(fx.boom)
-    tasks = {t.id: t for t in as_completed([ok, bad, ok], timeout=WAIT)}
-    assert len(tasks) == 2  # an id given twice is yielded once
-    assert isinstance(tasks[bad], Failure) and tasks[ok].result == 3
-
-
-@pytest.mark.alone  # bounds a time from above
-def test_as_completed_times_out(cluster):
-    slow = async_task(fx.nap, 2, "late")
-    started = time.monotonic()
-    with pytest.raises(cf.TimeoutError, match="1 of 1 tasks"):
-        list(as_completed([slow], timeout=0.3))
-    assert time.monotonic() - started < 1.5
-    assert not _waiting_for(slow)  # its future was cancelled: no longer waited for
-    with pytest.raises(TimeoutError, match="group 'never'"):
-        list(as_completed(group="never", count=1, timeout=0.2))
-
-
-def test_as_completed_group_follows_the_group_as_it_grows(cluster):
-    ids = [async_task(fx.nap, 0.05 * (i % 3), i, group="grow") for i in range(12)]
-    seen = []
-    for task in as_completed(group="grow", timeout=WAIT):  # ends at this process's 12
-        seen.append(task.id)
-        if len(seen) == 6:
-            ids += [async_task(fx.add, i, group="grow") for i in range(3)]  # now 15
-    assert sorted(seen) == sorted(ids) and len(seen) == 15
-    assert [t.id for t in as_completed(group="grow", count=4, timeout=WAIT)] == seen[:4]
-
-
-def test_as_completed_refuses_bad_input(store_dir):
-    for kwargs, name in (({}, "exactly one"), ({"task_ids": ["a"], "group": "g"}, "exactly one"),
-                         ({"task_ids": "abc"}, "task_ids"), ({"group": ""}, "group"),
-                         ({"group": "g", "count": 0}, "count"),
-                         ({"task_ids": ["a"], "count": 2}, "count"),
-                         ({"group": "g", "timeout": -1}, "timeout")):
-        with pytest.raises(ConfigurationError, match=name):
-            as_completed(**kwargs)
-
-
-# -- map -------------------------------------------------------------------------------
-
-def test_map_ordered_spreads_tuples_and_passes_keywords(cluster):
-    assert list(nbqueue.map(fx.add, [(1, 2), (3, 4), 5], timeout=WAIT)) == [3, 7, 5]
-    assert list(nbqueue.map(fx.add, range(5), b=10, timeout=WAIT)) == list(range(10, 15))
-    assert list(nbqueue.map(fx.add, [], timeout=WAIT)) == []
-    slow_first = nbqueue.map(fx.nap, [(1, "slow"), (0, "fast")], timeout=WAIT)
-    assert list(slow_first) == ["slow", "fast"]  # input order
-
-
-def test_map_unordered_yields_a_fast_result_before_a_slow_one(cluster):
-    results = nbqueue.map(fx.nap, [(2, "slow"), (0, "fast")], ordered=False, timeout=WAIT)
-    assert list(results) == ["fast", "slow"]
-
-
-def test_map_puts_its_tasks_in_one_group(cluster):
-    assert list(nbqueue.map(fx.add, range(4), group="mapped", timeout=WAIT)) == [0, 1, 2, 3]
-    assert sorted(nbqueue.result_group("mapped")) == [0, 1, 2, 3]
-    assert sent(get_broker().directory).enqueued["mapped"] == 4
-
-
-def test_map_raises_task_failed_at_its_place(cluster):
-    results = nbqueue.map(lambda x: 10 // x, [5, 0, 2], timeout=WAIT)
-    assert next(results) == 2
-    with pytest.raises(TaskFailed) as failed:
-        next(results)
-    assert "ZeroDivisionError" in failed.value.task.result
-    with pytest.raises(StopIteration):  # as Executor.map: the map ends with its failure
-        next(results)
-
-
-@pytest.mark.alone  # bounds a time from above
-def test_map_times_out(cluster):
-    started = time.monotonic()
-    with pytest.raises(cf.TimeoutError, match="0 of 1 tasks of map"):
-        list(nbqueue.map(fx.nap, [(2, "late")], timeout=0.3))
-    assert time.monotonic() - started < 1.5
-
-
-def test_map_with_progress_in_a_plain_process(cluster, capsys):
-    assert list(nbqueue.map(fx.add, range(6), progress=True, timeout=WAIT)) == list(range(6))
-    assert "6/6" in capsys.readouterr().err  # the tqdm bar, drawn complete
-
-
-def test_map_refuses_bad_input(store_dir):
-    with pytest.raises(ConfigurationError, match="save=False"):
-        nbqueue.map(fx.add, [1], save=False)
-    with pytest.raises(ConfigurationError, match="timeout"):
-        nbqueue.map(fx.add, [1], timeout="soon")
-    with pytest.raises(ConfigurationError, match="ordered"):
-        nbqueue.map(fx.add, [1], ordered=None)
-    with pytest.raises(nbqueue.PackingError):
-        nbqueue.map(fx.add, [1, threading.Lock()])
-    assert nbqueue.queue_size() == 0  # nothing half-enqueued
-
-
-def test_map_in_sync_mode(store_dir):
-    assert list(nbqueue.map(fx.add, [(1, 1), (2, 2)], sync=True, timeout=WAIT)) == [2, 4]
-
-
-def test_breaking_out_of_map_cancels_the_rest(cluster, tmp_path):
-    """Needs nbqueue.control.cancel_tasks (issue 13, written alongside)."""
-    log = str(tmp_path / "runs.log")
-    items = [(log, 0.0, "first")] + [(log, 1.0, i) for i in range(10)]
-    results = nbqueue.map(fx.log_run, items, timeout=WAIT)
-    assert next(results) == "first"
-    results.close()  # as a `break` does
-    broker = get_broker()
-    wait_for(lambda: broker.pending() == 0 and broker.leased() == 0, WAIT,
-             "the cancelled tasks to leave the queue")
-    time.sleep(0.5)
-    with open(log) as runs:
-        started = sum(1 for line in runs if line.startswith("start"))
-    assert started < 1 + 10  # without the cancel, all 10 would run (5 s on 2 workers)
-
 
 
 def test_a_future_that_could_never_complete_is_refused_at_the_call(cluster):
@@ -509,7 +376,7 @@ def test_a_result_wakes_every_consumer(one_worker):
     consumers = _Consumers(fut, task)
     print(consumers.check("result 'slept'"))
     assert time.monotonic() - began < 1 + WAIT and fut.result(timeout=0) == "slept"
-    assert not _waiting_for(task.id)
+    assert not watched(task.id)
 
 
 def test_a_failure_wakes_every_consumer(one_worker):
@@ -522,7 +389,7 @@ def test_a_failure_wakes_every_consumer(one_worker):
 
 @pytest.mark.alone  # bounds a time from above
 def test_cancelling_a_future_wakes_concurrent_futures_wait_at_once(one_worker):
-    """The issue's case: one worker, two 5 s tasks, the second one's future cancelled
+    """One worker, two 5 s tasks, the second one's future cancelled
     0.5 s in: ``concurrent.futures.wait([f], timeout=8)`` returns at once, f done."""
     first = async_task(fx.nap, 5, "first")
     second = async_task(fx.nap, 5, "second")
@@ -536,7 +403,7 @@ def test_cancelling_a_future_wakes_concurrent_futures_wait_at_once(one_worker):
     took = time.monotonic() - cancelled
     assert f in done and not not_done and took < 0.1, took
     print(f"wait after cancel: {took * 1000:.1f} ms;", consumers.check("cancelled", cancelled))
-    assert not _waiting_for(second)  # the waiter thread let go of it
+    assert not watched(second)  # the waiter thread let go of it
     # the task itself was not cancelled (a cluster may hold it already, next in its worker)
     assert nbqueue.status(second)["state"] in ("queued", "running")
     assert f.cancel()  # again: still cancelled, nothing else happens
@@ -640,7 +507,7 @@ def test_a_wait_that_times_out_leaves_the_future_pending(one_worker):
         _, pending = await asyncio.wait({asyncio.wrap_future(fut)}, timeout=0.1)
         return pending
     assert len(asyncio.run(gives_up())) == 1  # asyncio.wait does not cancel what it waits for
-    assert not fut.done() and not fut.cancelled() and _waiting_for(task.id)
+    assert not fut.done() and not fut.cancelled() and watched(task.id)
     consumers = _Consumers(fut, task)
     print(consumers.check("result 'late'"))
 
@@ -654,6 +521,6 @@ def test_an_await_given_up_cancels_the_future_and_wakes_every_consumer(one_worke
         asyncio.run(asyncio.wait_for(_await(fut), 0.3))
     assert fut.cancelled()
     print(consumers.check("cancelled", began + 0.3))  # the moment wait_for gave up
-    assert not _waiting_for(task_id)
+    assert not watched(task_id)
     assert nbqueue.status(task_id)["state"] == "running"  # the task runs on
     nbqueue.cancel(task_id)

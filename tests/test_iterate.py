@@ -3,14 +3,13 @@ module: ``as_completed`` (finished tasks first, each once, its timeout, leaving 
 and ``map`` (enqueued at the call, dotted paths, ``reuse`` ignored, no progress unless
 asked, and the cancel of its unfinished tasks when it ends on a failure or a timeout).
 
-What ``tests/test_futures.py`` already checks of both (order of finishing, failures
-yielded, the timeouts' messages, a group that grows, bad input, keywords, ``break``)
-is not repeated here.
+The tests that bound a time from above run alone, each on a cluster of its own.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
 import time
 import uuid
 
@@ -28,10 +27,11 @@ from nbqueue import (
     get_broker,
     result,
 )
-from nbqueue.disk.directory import drop
+from nbqueue.disk.directory import drop, sent
+from nbqueue.errors import ConfigurationError
 from nbqueue.models import Failure
 from tests import tasks_fixtures as fx
-from tests.waiting import wait_for
+from tests.waiting import wait_for, watched
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 20  # seconds: bounded, generous for a loaded machine
@@ -62,6 +62,14 @@ def cluster(shared):
         WAIT,
         "the queue to be empty after the test",
     )
+
+
+@pytest.fixture
+def own_cluster(store_dir):
+    """A two-worker cluster of the test's own, for a test that runs alone."""
+    running = nbqueue.Cluster(workers=2, directory=store_dir).start()
+    yield running
+    running.stop(wait=5)
 
 
 def _group() -> str:
@@ -202,3 +210,130 @@ def test_a_map_that_times_out_cancels_the_tasks_not_finished(cluster):
     late = [t for t in fetch_group(group) if not t.success]
     assert len(late) == 1 and "cancelled" in late[0].result
     assert fetch(late[0].id).attempt_count <= 1
+
+
+# -- as_completed: order, failures, its timeout, a growing group, bad input ----------------------------------------------------------------------
+
+
+def test_as_completed_yields_a_fast_task_before_a_slow_one_enqueued_first(cluster):
+    slow = async_task(fx.nap, 3, "slow")
+    fast = async_task(fx.add, 1, 1)
+    seen = [(t.id, time.monotonic()) for t in as_completed([slow, fast], timeout=WAIT)]
+    assert [task_id for task_id, _ in seen] == [fast, slow]
+    assert seen[1][1] - seen[0][1] > 1  # the fast one came long before the slow one ended
+
+
+def test_as_completed_yields_failures_as_tasks(cluster):
+    ok, bad = async_task(fx.add, 1, 2), async_task(fx.boom)
+    tasks = {t.id: t for t in as_completed([ok, bad, ok], timeout=WAIT)}
+    assert len(tasks) == 2  # an id given twice is yielded once
+    assert isinstance(tasks[bad], Failure) and tasks[ok].result == 3
+
+
+@pytest.mark.alone  # bounds a time from above
+def test_as_completed_times_out(own_cluster):
+    slow = async_task(fx.nap, 2, "late")
+    started = time.monotonic()
+    with pytest.raises(cf.TimeoutError, match="1 of 1 tasks"):
+        list(as_completed([slow], timeout=0.3))
+    assert time.monotonic() - started < 1.5
+    assert not watched(slow)  # its future was cancelled: no longer waited for
+    with pytest.raises(TimeoutError, match="group 'never'"):
+        list(as_completed(group="never", count=1, timeout=0.2))
+
+
+def test_as_completed_group_follows_the_group_as_it_grows(cluster):
+    ids = [async_task(fx.nap, 0.05 * (i % 3), i, group="grow") for i in range(12)]
+    seen = []
+    for task in as_completed(group="grow", timeout=WAIT):  # ends at this process's 12
+        seen.append(task.id)
+        if len(seen) == 6:
+            ids += [async_task(fx.add, i, group="grow") for i in range(3)]  # now 15
+    assert sorted(seen) == sorted(ids) and len(seen) == 15
+    assert [t.id for t in as_completed(group="grow", count=4, timeout=WAIT)] == seen[:4]
+
+
+def test_as_completed_refuses_bad_input(store_dir):
+    for kwargs, name in (({}, "exactly one"), ({"task_ids": ["a"], "group": "g"}, "exactly one"),
+                         ({"task_ids": "abc"}, "task_ids"), ({"group": ""}, "group"),
+                         ({"group": "g", "count": 0}, "count"),
+                         ({"task_ids": ["a"], "count": 2}, "count"),
+                         ({"group": "g", "timeout": -1}, "timeout")):
+        with pytest.raises(ConfigurationError, match=name):
+            as_completed(**kwargs)
+
+
+# -- map: order, keywords, one group, failures, its timeout, progress, bad input -------------------------------------------------------------------------------
+
+
+def test_map_ordered_spreads_tuples_and_passes_keywords(cluster):
+    assert list(nbqueue.map(fx.add, [(1, 2), (3, 4), 5], timeout=WAIT)) == [3, 7, 5]
+    assert list(nbqueue.map(fx.add, range(5), b=10, timeout=WAIT)) == list(range(10, 15))
+    assert list(nbqueue.map(fx.add, [], timeout=WAIT)) == []
+    slow_first = nbqueue.map(fx.nap, [(1, "slow"), (0, "fast")], timeout=WAIT)
+    assert list(slow_first) == ["slow", "fast"]  # input order
+
+
+def test_map_unordered_yields_a_fast_result_before_a_slow_one(cluster):
+    results = nbqueue.map(fx.nap, [(2, "slow"), (0, "fast")], ordered=False, timeout=WAIT)
+    assert list(results) == ["fast", "slow"]
+
+
+def test_map_puts_its_tasks_in_one_group(cluster):
+    assert list(nbqueue.map(fx.add, range(4), group="mapped", timeout=WAIT)) == [0, 1, 2, 3]
+    assert sorted(nbqueue.result_group("mapped")) == [0, 1, 2, 3]
+    assert sent(get_broker().directory).enqueued["mapped"] == 4
+
+
+def test_map_raises_task_failed_at_its_place(cluster):
+    results = nbqueue.map(lambda x: 10 // x, [5, 0, 2], timeout=WAIT)
+    assert next(results) == 2
+    with pytest.raises(TaskFailed) as failed:
+        next(results)
+    assert "ZeroDivisionError" in failed.value.task.result
+    with pytest.raises(StopIteration):  # as Executor.map: the map ends with its failure
+        next(results)
+
+
+@pytest.mark.alone  # bounds a time from above
+def test_map_times_out(own_cluster):
+    started = time.monotonic()
+    with pytest.raises(cf.TimeoutError, match="0 of 1 tasks of map"):
+        list(nbqueue.map(fx.nap, [(2, "late")], timeout=0.3))
+    assert time.monotonic() - started < 1.5
+
+
+def test_map_with_progress_in_a_plain_process(cluster, capsys):
+    assert list(nbqueue.map(fx.add, range(6), progress=True, timeout=WAIT)) == list(range(6))
+    assert "6/6" in capsys.readouterr().err  # the tqdm bar, drawn complete
+
+
+def test_map_refuses_bad_input(store_dir):
+    with pytest.raises(ConfigurationError, match="save=False"):
+        nbqueue.map(fx.add, [1], save=False)
+    with pytest.raises(ConfigurationError, match="timeout"):
+        nbqueue.map(fx.add, [1], timeout="soon")
+    with pytest.raises(ConfigurationError, match="ordered"):
+        nbqueue.map(fx.add, [1], ordered=None)
+    with pytest.raises(nbqueue.PackingError):
+        nbqueue.map(fx.add, [1, threading.Lock()])
+    assert nbqueue.queue_size() == 0  # nothing half-enqueued
+
+
+def test_map_in_sync_mode(store_dir):
+    assert list(nbqueue.map(fx.add, [(1, 1), (2, 2)], sync=True, timeout=WAIT)) == [2, 4]
+
+
+def test_breaking_out_of_map_cancels_the_rest(cluster, tmp_path):
+    log = str(tmp_path / "runs.log")
+    items = [(log, 0.0, "first")] + [(log, 1.0, i) for i in range(10)]
+    results = nbqueue.map(fx.log_run, items, timeout=WAIT)
+    assert next(results) == "first"
+    results.close()  # as a `break` does
+    broker = get_broker()
+    wait_for(lambda: broker.pending() == 0 and broker.leased() == 0, WAIT,
+             "the cancelled tasks to leave the queue")
+    time.sleep(0.5)
+    with open(log) as runs:
+        started = sum(1 for line in runs if line.startswith("start"))
+    assert started < 1 + 10  # without the cancel, all 10 would run (5 s on 2 workers)

@@ -2,8 +2,8 @@
 the process's end every running cluster stops and hands its tasks in flight back to the
 queue uncounted. Real loky clusters on real stores in temp directories.
 
-Replacing a cluster started again with other options, and many rounds of an
-interpreter's exit, are in ``tests/test_cluster.py``.
+Every other way of stopping a cluster with tasks leased but not started is in
+``tests/test_cluster.py``; Kernel > Restart and Shut Down in ``tests/test_kernel.py``.
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
 
-from nbqueue import Cluster, async_task, get_broker, result
+from nbqueue import Cluster, async_task, fetch_group, get_broker, result
 from nbqueue.cluster.serving import EXIT_GRACE, serving, stop_all
 from nbqueue.disk.directory import drop
+from tests import stopping
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 
@@ -166,3 +168,44 @@ def test_resource_trackers_end_at_kernel_shutdown_without_a_word():
     assert done.stderr == "", done.stderr
     names = json.loads(done.stdout)
     assert [name for name in names if os.path.exists(f"/dev/shm/sem.{name.lstrip('/')}")] == []
+
+
+def _feeders() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "nbqueue-feeder" and t.is_alive())
+
+
+def test_start_again_on_the_same_directory_gives_the_running_cluster(store_dir):
+    """A cell `Cluster(workers=2).start()` run three times: one cluster, one pool."""
+    before = _feeders()
+    first = Cluster(workers=2).start()
+    try:
+        assert Cluster(workers=2).start() is first
+        assert Cluster(workers=2, directory=store_dir).start() is first
+        assert _feeders() == before + 1
+        assert result(async_task(fx.add, 1, 2), wait=WAIT * 1000) == 3
+        # other options: the running cluster is replaced, and its work goes on
+        for i in range(8):
+            async_task(fx.nap, 0.3, i, group="handover")
+        time.sleep(0.2)
+        second = Cluster(workers=3, timeout=30).start()
+        assert second is not first and second.running and not first.running
+        assert second.workers == 3 and _feeders() == before + 1
+        tasks = fetch_group("handover", count=8, wait=WAIT * 1000)
+        assert len(tasks) == 8 and all(t.success and t.attempt_count == 1 for t in tasks)
+        assert sorted(t.result for t in tasks) == list(range(8))
+    finally:
+        Cluster(workers=3, timeout=30).start().stop(wait=5)
+    assert _feeders() == before
+
+
+@pytest.mark.timeout(300)
+def test_interpreter_exit_is_quiet_and_loses_nothing(store_dir, tmp_path):
+    """A script that ends with its cluster running, three times: the exit hook hands the
+    tasks back, with nothing on stderr and no thread dead; a cluster then runs them all."""
+    log = tmp_path / "runs.log"
+    windows = []
+    for first in range(stopping.ROUNDS):
+        report = stopping.run("loky", "exit", store_dir, log, first=first, rounds=1)
+        assert any("this process is exiting" in r[1] for r in report["records"])
+        windows += report["windows"]
+    stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS, windows)

@@ -17,3 +17,12 @@ def wait_for(predicate, seconds: float = 30.0, what: str = "condition"):
         if time.monotonic() > deadline:
             pytest.fail(f"{what} not met within {seconds} s")
         time.sleep(0.01)
+
+
+def watched(task_id: str) -> bool:
+    """Whether nbqueue's futures' waiter thread still waits for ``task_id``."""
+    from nbqueue import futures
+
+    waiter = futures._waiter
+    with waiter._lock:
+        return any(task_id in keys.watches for keys in waiter._keys.values())
