@@ -1014,8 +1014,9 @@ def test_a_cluster_start_sweeps_the_folders_of_dead_hosts_only(store_dir, tmp_pa
             _kill_tree(host.pid)
         if foreign:
             shutil.rmtree(foreign, ignore_errors=True)
-    assert _wait_for(lambda: not os.path.exists(folders["live"]) or not any(
-        _alive(int(n)) for n in os.listdir(folders["live"]) if n.isdigit()), 10)
+    assert _wait_for(lambda: hosts["live"].poll() is not None and (
+        not os.path.exists(folders["live"]) or not any(
+            _alive(int(n)) for n in os.listdir(folders["live"]) if n.isdigit())), 10)
     # it may have leased the task above and died before its ack was written: that lease,
     # reaped here as if it had expired, is all that would keep its folder for the reaper
     broker.reap(now=time.time() + 3600)

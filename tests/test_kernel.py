@@ -796,12 +796,10 @@ def check_quiet(paths: dict) -> list[str]:
 
 
 @pytest.mark.timeout(400)
-# A kernel that stops a dask cluster needs the CPU to do it within the grace JupyterLab
-# gives it, which the kernels and clusters of other tests beside it take: those run alone.
-# The two stops of loky clusters run on one worker, one after the other.
+# The two stops of each executor run on one worker, one after the other.
 @pytest.mark.parametrize("executor", [
     pytest.param("loky", marks=pytest.mark.xdist_group("kernel-stops-loky")),
-    pytest.param("dask", marks=pytest.mark.alone)])
+    pytest.param("dask", marks=pytest.mark.xdist_group("kernel-stops-dask"))])
 @pytest.mark.parametrize("how", ["restart", "shutdown"])
 def test_restart_or_shutdown_with_tasks_not_started_is_quiet(kernels, store_dir, tmp_path, how,
                                                              executor):
