@@ -58,19 +58,22 @@ def _loky_workers(pid: int) -> list[int]:
     return found
 
 
-def _kill_tree(pid: int) -> None:
+def _kill_tree(pid: int) -> float:
     """SIGKILL a process and its descendants; each is stopped first, so that none starts
-    another (a host replacing a worker killed) while its children are listed."""
+    another (a host replacing a worker killed) while its children are listed. Returns
+    when the process stopped: it did nothing after that."""
+    stopped = time.time()
     try:
         os.kill(pid, signal.SIGSTOP)
     except ProcessLookupError:
-        return
+        return stopped
     for child in _children(pid):
         _kill_tree(child)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    return stopped
 
 
 def _wait_for(predicate, seconds: float) -> bool:
@@ -201,8 +204,7 @@ def test_a_caller_killed_under_steady_load_loses_nothing_it_accepted_long_enough
     try:
         assert _wait_for(lambda: accepted.exists() and
                          accepted.read_text().count("\n") >= 1500, 60)
-        _kill_tree(caller.pid)
-        killed_at = time.time()
+        killed_at = _kill_tree(caller.pid)
         caller.wait(timeout=10)
     finally:
         _kill_tree(caller.pid)
