@@ -35,9 +35,12 @@ $(CHROMIUM):
 
 # The tests start many Python processes (workers, kernels, scripts): each imports
 # nbqueue and the tests' tasks from bytecode compiled here once, even where
-# PYTHONDONTWRITEBYTECODE keeps Python from caching it (pyproject.toml: how pytest runs).
+# PYTHONDONTWRITEBYTECODE keeps Python from caching it; likewise the test modules as
+# pytest rewrites their asserts, once here rather than in each of its workers
+# (pyproject.toml: how pytest runs).
 test: lint $(CHROMIUM)
 	$(BIN)/python -m compileall -q nbqueue tests benchmarks
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest --collect-only -q -n 0 -p no:cacheprovider >/dev/null
 	$(BIN)/python -m pytest
 
 # the quality gate: ruff check (E, F, W, B, UP, SIM, I), ruff format and mypy, configured in pyproject.toml
