@@ -183,6 +183,16 @@ def test_same_durations_make_one_bar(store_dir):
     assert shown.span == pytest.approx(1.0, abs=0.01)  # 12 x 0.25 s on 3 workers
 
 
+def test_axes_in_milliseconds_say_so_and_no_caption_says_another_unit(store_dir):
+    _save_made(store_dir, "quick", [0.0001, 0.0002, 0.0003, 0.0004, 0.0006], workers=1)
+    shown = summary("quick")
+    for svg in (shown.histogram_svg(), shown.timeline_svg()):
+        texts = _texts(svg)
+        ticks = [t for t in texts if t.endswith((" ms", " s")) and t[0].isdigit()]
+        assert ticks and all(t.endswith(" ms") for t in ticks), ticks
+        assert not [t for t in texts if "seconds" in t], texts  # the ticks carry the unit
+
+
 @pytest.mark.alone  # bounds a time from above
 def test_ten_thousand_tasks_render_quickly_and_stay_bounded(store_dir):
     durations = [0.001 + (i * 7919 % 1000) / 1000 for i in range(10_000)]

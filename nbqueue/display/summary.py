@@ -313,7 +313,8 @@ def _svg(height: int, body: list[str], label: str) -> str:
 def _x_axis(
     left: float, right: float, y: float, low: float, high: float, caption: str
 ) -> list[str]:
-    """A horizontal axis at ``y`` for values ``low``..``high``, ticks in seconds."""
+    """A horizontal axis at ``y`` for values ``low``..``high`` (seconds); each tick says
+    its unit (s or ms), so the caption names none."""
     scale = (right - left) / (high - low) if high > low else 0.0
     parts = [f'<line x1="{left}" y1="{y}" x2="{right}" y2="{y}" stroke="#888"/>']
     ticks, step = _ticks(low, high)
@@ -374,7 +375,7 @@ def _histogram(known: list[tuple[float, Task]], unrun: int) -> str:
         )
     note = f" ({unrun} that no worker ran not counted)" if unrun else ""
     if high > low:
-        body += _x_axis(left, right, bottom, low, high, "seconds each task ran" + note)
+        body += _x_axis(left, right, bottom, low, high, "how long each task ran" + note)
     else:
         body.append(
             f'<text x="{(left + right) / 2}" y="{bottom + 15}" text-anchor="middle" '
@@ -431,7 +432,7 @@ def _timeline(spans: list[_Span], total: int) -> str:
                 pitch,
             )
         )
-    body += _x_axis(left, right, bottom, 0.0, end, "seconds since the first task was enqueued")
+    body += _x_axis(left, right, bottom, 0.0, end, "time since the first task was enqueued")
     height = bottom + 36
     if len(spans) > MAX_BARS:
         body.append(
