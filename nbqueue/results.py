@@ -190,7 +190,9 @@ def _wait_group(
             hint=lambda: _group_wait_hint(broker, group_id, count, cached),
         )
     except KeyboardInterrupt:
-        if panel is not None:  # the wait ends here; the panel goes on showing the group
+        # the wait ends here. A widget goes on showing the group; a tqdm bar stops, on
+        # the figures it has, rather than draw over the prompt that comes next
+        if panel is not None and panel.widget is not None:
             panel.detach()
             panel = None
         raise

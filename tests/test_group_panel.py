@@ -4,6 +4,7 @@ the tqdm bar, read from a real store while a real cluster runs the group."""
 from __future__ import annotations
 
 import re
+import _thread
 import subprocess
 import sys
 import textwrap
@@ -108,6 +109,22 @@ def test_result_group_progress_bar_ends_at_40_of_40(cluster, capsys):
         async_task(fx.add, i, group="forty")
     assert sorted(result_group("forty", count=40, wait=30_000, progress=True)) == list(range(40))
     assert _last_tqdm_figure(capsys.readouterr().err) == (40, 40)
+
+
+def test_an_interrupted_wait_stops_its_tqdm_bar(store_dir, capsys):
+    """Ctrl-C in ``result_group(..., progress=True)`` outside Jupyter: the bar stops on the
+    figures it has, and draws nothing more over what the terminal shows next."""
+    for i in range(3):
+        async_task(fx.add, i, group="interrupted")
+    nbqueue.flush()
+    threading.Timer(0.5, _thread.interrupt_main).start()  # what Ctrl-C does
+    with pytest.raises(KeyboardInterrupt):
+        result_group("interrupted", count=3, wait=30_000, progress=True)
+    wait_for(lambda: not [t for t in threading.enumerate() if t.name == "nbqueue-progress"],
+             10, "the bar's thread ending")
+    assert _last_tqdm_figure(capsys.readouterr().err) == (0, 3)  # true: none ran
+    time.sleep(2 * group_panel.INTERVAL)  # the bar drew every INTERVAL while it lived
+    assert capsys.readouterr().err == ""
 
 
 def test_stopped_panel_says_it_is_no_longer_updated(store_dir):
