@@ -301,8 +301,9 @@ def test_info_panel_and_dashboard_link(dask_cluster, capsys):
 
 def test_stop_leaves_no_process_and_hands_back_unfinished_tasks(store_dir):
     """``stop`` closes the LocalCluster: no worker process is left; the tasks still
-    running go back to the queue with no attempt counted, and a loky cluster on the same
-    store finishes them (the queue and the store never left this machine)."""
+    running go back to the queue with no attempt counted, before the LocalCluster's close
+    (which takes seconds: a kernel's shutdown may be cut short in it), and a loky cluster
+    on the same store finishes them (the queue and the store never left this machine)."""
     me = psutil.Process()
     children_before = {p.pid for p in me.children(recursive=True)}
     cluster = Cluster(workers=2, directory=store_dir, executor="dask",
@@ -311,9 +312,18 @@ def test_stop_leaves_no_process_and_hands_back_unfinished_tasks(store_dir):
     assert len(worker_pids) == 2 and worker_pids <= {p.pid for p in me.children(recursive=True)}
     ids = [async_task(fx.nap, 2.0, i, group="handed") for i in range(2)]
     wait_for(lambda: cluster.info()["running"] == 2, what="2 tasks running")
+    client = cluster._executor.client  # closed first, then the LocalCluster
+    close, at_close = client.close, []
+
+    def recording_close(*args, **kwargs):
+        at_close.append((queue_size(), nbqueue.get_broker().leased()))
+        return close(*args, **kwargs)
+
+    client.close = recording_close
 
     started = time.monotonic()
     cluster.stop(wait=0)
+    assert at_close == [(2, 0)]  # both back in the queue, no lease held, as it closes
     assert time.monotonic() - started < 15
     wait_for(lambda: all(gone(pid) for pid in worker_pids), seconds=10,
              what="the dask workers exited")

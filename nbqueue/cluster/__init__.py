@@ -393,6 +393,7 @@ class Cluster:
         self.writer.events.put(None)
         _join(writer, 30)
         self._hand_back_at_stop()
+        self._close_executor()  # last: it can take seconds (a dask LocalCluster)
         self.monitor.wake.set()  # its tick ends at once
         _join(monitor, 10)
         self.hook_runner.close()
@@ -405,6 +406,12 @@ class Cluster:
             self.executor.shutdown(kill=True)
         except Exception:
             log.exception("the %s executor did not shut down cleanly", self.executor_name)
+
+    def _close_executor(self) -> None:
+        try:
+            self.executor.close()
+        except Exception:
+            log.exception("the %s executor did not close cleanly", self.executor_name)
 
     def _hand_back_at_stop(self) -> None:
         """Acknowledge what was stored; every task still in flight goes back uncounted."""

@@ -94,7 +94,12 @@ class Executor:
         self.kill(handle)
 
     def shutdown(self, kill: bool = False) -> None:
+        """No more chunks: each one given is cancelled or settled (``kill``: at once)."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """After ``shutdown``, once the cluster has handed its tasks back: release what
+        takes long to release (dask: the client and our LocalCluster). By default nothing."""
 
 
 EXECUTORS = ("loky", "dask")

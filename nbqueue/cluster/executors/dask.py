@@ -205,6 +205,8 @@ class DaskExecutor(Executor):
         self._topic = f"nbqueue-{uuid.uuid4().hex}"
         self._seq = 0
         self._closed = False
+        self._released = False  # close() has run
+        self._quiet: _Quiet | None = None  # distributed's logs held back from shutdown to close
         self._cancel_first = True  # unless the scheduler never re-runs a lost task
         self._poller: threading.Thread | None = None
         self._restarter: ThreadPoolExecutor | None = None
@@ -231,7 +233,15 @@ class DaskExecutor(Executor):
                 # Single-threaded worker processes, as with loky (tasks are mostly Python
                 # holding the GIL); allowed_failures=0: a lost task comes back to us.
                 # preload: each worker ignores Ctrl-C (see worker.dask_setup)
+                # local_directory: a scratch space of this cluster's own, in its private
+                # host folder (removed with it), instead of one shared with every dask
+                # worker of the machine, whose lock and purge of dead workers' folders
+                # can hold a worker's start for seconds
+                scratch = {}
+                if self.slot_dir:
+                    scratch["local_directory"] = os.path.join(self.slot_dir, "dask")
                 self._local = dd.LocalCluster(
+                    **scratch,
                     n_workers=self.workers,
                     threads_per_worker=1,
                     processes=True,
@@ -247,6 +257,7 @@ class DaskExecutor(Executor):
             self.dashboard = self._dashboard_link()
         except Exception as exc:
             self.shutdown(kill=True)
+            self.close()
             if isinstance(exc, (ClusterError, ConfigurationError)):
                 raise
             raise ClusterError(
@@ -333,6 +344,16 @@ class DaskExecutor(Executor):
             _settle(chunk.future, exception=WorkerLost("the executor shut down"))
         if self._restarter is not None:  # a worker being restarted: let it finish (<= 30 s)
             self._restarter.shutdown(wait=True)
+        self._quiet = quiet  # until close(): the LocalCluster closes after the hand back
+
+    def close(self) -> None:
+        """Close the client and our LocalCluster, which takes seconds: the cluster calls
+        it once it has handed its tasks back, so that a kernel's shutdown, which may be
+        cut short, has done what matters first."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
         client, local = self.client, self._local
         self.dashboard = None
         if client is not None:
@@ -348,7 +369,8 @@ class DaskExecutor(Executor):
                 local.close(timeout=20)
             except Exception:
                 log.warning("the LocalCluster did not close cleanly", exc_info=True)
-        quiet.end()
+        if self._quiet is not None:
+            self._quiet.end()
         if self._poller is not None and self._poller is not threading.current_thread():
             self._poller.join(timeout=5)
 
