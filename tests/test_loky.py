@@ -147,3 +147,51 @@ def _zombie(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+INTERRUPTED_AS_THEY_START = """
+import os, signal, sys, threading, time
+import psutil
+import nbqueue
+from tests import tasks_fixtures as fx
+
+nbqueue.configure(directory=sys.argv[1])
+me, hit, done = psutil.Process(), set(), threading.Event()
+
+def interrupt_each_new_child():  # as Jupyter's Interrupt, to a worker still starting
+    while not done.is_set():
+        for child in me.children(recursive=True):
+            try:
+                worker = "popen_loky" in " ".join(child.cmdline())
+            except psutil.Error:  # it ended meanwhile
+                continue
+            if worker and child.pid not in hit:
+                hit.add(child.pid)
+                os.kill(child.pid, signal.SIGINT)
+        time.sleep(0.001)
+
+threading.Thread(target=interrupt_each_new_child, daemon=True).start()
+with nbqueue.Cluster(workers=2):
+    for i in range(4):
+        nbqueue.async_task(fx.add, i, group="started")
+    values = nbqueue.result_group("started", count=4, wait=60_000)
+done.set()
+print(sorted(values), len(hit))
+"""
+
+
+def test_workers_interrupted_as_they_start_run_on(tmp_path):
+    """Every worker starts with SIGINT blocked, the first one and the others, in a fresh
+    process: multiprocessing's resource tracker, when it starts, unblocks SIGINT in its
+    thread, so it starts before any worker. Each worker interrupted while it starts runs
+    on; nothing is printed."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_AS_THEY_START,
+                           str(tmp_path / "store")], capture_output=True, text=True,
+                          timeout=45, cwd=root)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]
+    values, hit = done.stdout.split("]")
+    assert values == "[0, 1, 2, 3" and int(hit) == 2, done.stdout

@@ -50,9 +50,21 @@ class LokyExecutor(Executor):
         self.restarts = -1
 
     def _fresh_pool(self) -> Any:
+        from multiprocessing import resource_tracker
+
         from loky import ProcessPoolExecutor
+        from loky.backend import resource_tracker as loky_tracker
 
         self.restarts += 1
+        # The resource trackers start before any worker: multiprocessing's unblocks SIGINT
+        # in the thread that starts it, and a worker spawned from that thread would then
+        # start with Ctrl-C (Jupyter's Interrupt, also sent at a restart) not blocked.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        try:
+            resource_tracker.ensure_running()
+            loky_tracker.ensure_running()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         # timeout=None: workers stay up for the cluster's life instead of idling out,
         # since spawning one imports Python and nbqueue afresh, slower than most tasks.
         return ProcessPoolExecutor(
