@@ -146,13 +146,9 @@ def drain_and_count(log: Path | str, total: int,
     run went on past its cluster's stop (``windows``: when each stop began and returned,
     by the wall clock, and its grace), and a task ran to its end twice only if its first
     run ended just as its workers were killed. What is left runs without its sleep: its
-    workers start with ``LOGGED_NO_SLEEP`` set, which ``logged`` reads."""
-    os.environ[fixtures.LOGGED_NO_SLEEP] = "1"  # for the workers, spawned on demand
-    try:
-        with nbqueue.Cluster(workers=DRAIN_WORKERS):
-            values = nbqueue.result_group("stop", count=total, wait=120_000)
-    finally:
-        del os.environ[fixtures.LOGGED_NO_SLEEP]
+    workers start ``logged_without_sleep``."""
+    with fixtures.logged_without_sleep(), nbqueue.Cluster(workers=DRAIN_WORKERS):
+        values = nbqueue.result_group("stop", count=total, wait=120_000)
     assert sorted(values) == list(range(total)), sorted(values)
     assert nbqueue.count_group("stop", failures=True) == 0
     tasks = nbqueue.fetch_group("stop")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -174,6 +175,17 @@ def runs(path, kind):
 
 
 LOGGED_NO_SLEEP = "NBQ_TESTS_LOGGED_NO_SLEEP"  # in a worker's environment: logged runs at once
+
+
+@contextlib.contextmanager
+def logged_without_sleep():
+    """Workers spawned meanwhile (on demand, so for the whole block) run ``logged`` at
+    once, whatever its ``seconds``: for a cluster that only runs what a test left."""
+    os.environ[LOGGED_NO_SLEEP] = "1"
+    try:
+        yield
+    finally:
+        del os.environ[LOGGED_NO_SLEEP]
 
 
 def logged(path, task_no, seconds=0.0):

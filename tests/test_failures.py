@@ -585,12 +585,8 @@ def test_a_script_that_ends_without_stop_hands_its_tasks_back_at_once(store_dir,
     assert took < 8, took  # no wait for the running tasks (2 s each, 3 rounds)
     broker = nbqueue.get_broker()
     assert broker.leased() == 0 and broker.size() == 6
-    os.environ[fx.LOGGED_NO_SLEEP] = "1"  # what is left runs at once: this test runs alone
-    try:
-        with Cluster(workers=2):
-            tasks = fetch_group("ending", count=6, wait=WAIT)
-    finally:
-        del os.environ[fx.LOGGED_NO_SLEEP]
+    with fx.logged_without_sleep(), Cluster(workers=2):  # at once: this test runs alone
+        tasks = fetch_group("ending", count=6, wait=WAIT)
     assert len(tasks) == 6 and all(t.success and t.attempt_count == 1 for t in tasks)
 
 

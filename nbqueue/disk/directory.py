@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from nbqueue import conf
 from nbqueue.disk.broker import Broker
@@ -21,6 +23,8 @@ from nbqueue.disk.heartbeats import Heartbeats
 from nbqueue.disk.sent import Sent
 from nbqueue.disk.signing import forget_key, private_directory
 from nbqueue.disk.store import Store
+
+T = TypeVar("T")
 
 
 class StoreDirectory:
@@ -42,46 +46,44 @@ class StoreDirectory:
     def broker(self) -> Broker:
         """The queue of the store (made, and the directory checked, on first use)."""
         found = self._broker
-        if found is None:
-            with self._lock:
-                found = self._broker
-                if found is None:
-                    found = self._broker = Broker(self.path)
-        return found
+        if found is not None:
+            return found
+        return self._made("_broker", lambda: Broker(self.path))
 
     @property
     def store(self) -> Store:
         """The saved and cached outcomes of the store."""
         found = self._store
-        if found is None:
-            with self._lock:
-                found = self._store
-                if found is None:
-                    found = self._store = Store(private_directory(self.path))
-        return found
+        if found is not None:
+            return found
+        return self._made("_store", lambda: Store(private_directory(self.path)))
 
     @property
     def heartbeats(self) -> Heartbeats:
         """The clusters of the store (opened without making the store: a worker reads
         its live rows through it)."""
         found = self._heartbeats
-        if found is None:
-            with self._lock:
-                found = self._heartbeats
-                if found is None:
-                    found = self._heartbeats = Heartbeats(self.path)
-        return found
+        if found is not None:
+            return found
+        return self._made("_heartbeats", lambda: Heartbeats(self.path))
 
     @property
     def sent(self) -> Sent:
         """What this process sent to the store (memory only: nothing on disk)."""
         found = self._sent
-        if found is None:
-            with self._lock:
-                found = self._sent
-                if found is None:
-                    found = self._sent = Sent()
-        return found
+        if found is not None:
+            return found
+        return self._made("_sent", Sent)
+
+    def _made(self, name: str, make: Callable[[], T]) -> T:
+        """The object held in attribute ``name``, made by ``make`` under the lock if no
+        other thread made it first."""
+        with self._lock:
+            found = getattr(self, name)
+            if found is None:
+                found = make()
+                setattr(self, name, found)
+            return found
 
     def close(self) -> None:
         """Close what is open: the broker first, which writes what its outbox holds."""

@@ -537,26 +537,25 @@ class DaskExecutor(Executor):
             if not self._cancel_first and chunk.dask is not None:
                 chunk.dask.cancel()
 
-    def _local_pids(self) -> set[int]:
-        """The worker processes of our LocalCluster, from their nannies (no round trip)."""
+    def _nannies(self) -> list[Any]:
+        """The nannies of our LocalCluster, if we started one (no round trip)."""
         try:
-            nannies = list(self._local.workers.values())
+            return list(self._local.workers.values())
         except Exception:
-            return set()
+            return []
+
+    def _local_pids(self) -> set[int]:
+        """The worker processes of our LocalCluster, from their nannies."""
         return {
             pid
-            for pid in (getattr(nanny, "pid", None) for nanny in nannies)
+            for pid in (getattr(nanny, "pid", None) for nanny in self._nannies())
             if isinstance(pid, int)
         }
 
     def _no_restarts(self) -> None:
         """Have our nannies close once their worker is gone, instead of starting another
         (whose queues would outlive the kernel's resource trackers at its shutdown)."""
-        try:
-            nannies = list(self._local.workers.values())
-        except Exception:
-            return
-        for nanny in nannies:
+        for nanny in self._nannies():
             close_gracefully = getattr(nanny, "close_gracefully", None)
             if close_gracefully is not None:
                 with contextlib.suppress(Exception):
