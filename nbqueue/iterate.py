@@ -318,10 +318,12 @@ def map(
 
         panel = GroupProgress(group, len(headers), cached, broker)
     if options.sync:
+        if headers:
+            broker.count_sent({group: len(headers)})
         for header, package in zip(headers, packages, strict=False):
             run_inline(header, func, broker, settings, package)
     elif packages:
-        broker.enqueue_many(packages)  # all of them, or none and StoreError
+        broker.enqueue_many(packages, {group: len(headers)})  # all of them, or none
         warn_if_unserved(broker, memo)
     return _map_results(
         [h.id for h in headers], group, ordered, cached, broker, deadline, timeout, panel

@@ -41,7 +41,8 @@ def _check_count(count: Any) -> None:
 
 def no_cluster_advice(broker: Broker) -> str | None:
     """What to do when no cluster serves the store, or None when one does."""
-    if broker.has_local_consumer or heartbeats(broker.directory).clusters():
+    clusters = heartbeats(broker.directory).clusters()
+    if broker.has_local_consumer or any(c.get("state") != "stopping" for c in clusters):
         return None
     return (
         f"no nbqueue cluster serves {broker.directory}: start one in this kernel with "
@@ -249,12 +250,14 @@ def delete_group(
 ) -> int:
     """Remove a group label from its tasks, or delete them with ``tasks=True``; return how many.
 
-    The group starts afresh: a progress panel's default total counts only the tasks this
-    process puts in it from now on (so a notebook that clears its group and fills it
-    again, run twice in one kernel, does not wait for the first run's tasks).
+    The group starts afresh: its total in every view, and a progress panel's default
+    total, count only the tasks put in it from now on (so a notebook that clears its
+    group and fills it again, run twice in one kernel, does not wait for the first run's
+    tasks).
     """
     broker = broker or get_broker()
     deleted = _store(broker).part(cached).delete_group(group_id, tasks)  # checks group_id
+    broker.forget_group(group_id)
     memo = sent(broker.directory)
     memo.enqueued.pop(group_id, None)
     memo.unsaved_groups.discard(group_id)

@@ -125,9 +125,11 @@ def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str
     if header.group is not None:
         memo.count(header.group, unsaved=header.save is False)
     if options.sync:
+        if header.group is not None:
+            broker.count_sent({header.group: 1})
         run_inline(header, func, broker, conf.settings(), package)
     else:
-        broker.enqueue(package)
+        broker.enqueue(package, header.group)
         warn_if_unserved(broker, memo)
     return header.id
 
@@ -217,10 +219,11 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any], **kwarg
 
         GroupProgress(group, len(headers), bool(options.cached), broker)
     if options.sync:
+        broker.count_sent({group: len(headers)})
         for header, package in zip(headers, packages, strict=False):
             run_inline(header, func, broker, conf.settings(), package)
     else:
-        broker.enqueue_many(packages)
+        broker.enqueue_many(packages, {group: len(headers)})
         warn_if_unserved(broker, memo)
     return iter_id
 

@@ -68,7 +68,7 @@ STOP_GRACE = 10        # seconds between SIGTERM and SIGKILL
 INTERRUPT_TASKS = 40
 INTERRUPT_SLEEP = 0.25
 
-COUNTS = re.compile(r"(\d+) % · (\d+) done · (\d+) failed · (\d+) running · (\d+) total")
+COUNTS = re.compile(r"(\d+) % · (\d+) done · (\d+) failed · 0 cancelled · (\d+) running · (\d+) total")
 
 # `make test` installs Debian's Chromium first; only a bare `pytest` on a machine without
 # it skips this test, and never in CI, where a missing browser must fail the run.

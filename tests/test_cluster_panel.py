@@ -9,7 +9,8 @@ import pytest
 import nbqueue
 from nbqueue import async_task, result
 from nbqueue.display.cluster_panel import ClusterPanel
-from nbqueue.display.group_panel import (RATE_WINDOW, GroupProgress)
+from nbqueue.display.group_panel import GroupProgress
+from nbqueue.figures import RATE_WINDOW
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 

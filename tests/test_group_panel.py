@@ -16,7 +16,7 @@ import pytest
 import nbqueue
 from nbqueue import AsyncTask, async_iter, async_task, count_group, result, result_group
 from nbqueue.display import group_panel
-from nbqueue.display.group_panel import (GroupProgress, RateMeter, in_notebook)
+from nbqueue.display.group_panel import (GroupProgress, in_notebook)
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 
@@ -184,19 +184,6 @@ def test_panel_as_a_cells_last_line_shows_no_text_copy(cluster):
     assert "1/1" in run.stderr  # the tqdm bar itself
 
 
-def test_rate_meter_over_a_sliding_window():
-    meter = RateMeter(window=5.0)
-    assert meter.rate() == 0.0
-    assert meter.add(0, when=100.0) == 0.0  # one sample: no rate yet
-    assert meter.add(10, when=101.0) == 10.0  # younger than the window: since the first
-    assert meter.add(30, when=103.0) == 10.0
-    assert meter.add(80, when=105.0) == 16.0
-    assert meter.add(90, when=106.0) == 16.0  # the last 5 s: (90 - 10) / (106 - 101)
-    assert meter.add(90, when=112.0) == 0.0  # nothing finished since 106
-    assert meter.add(90, when=112.0) == 0.0  # no time passed
-    assert meter.add(100, when=113.0) == pytest.approx(10 / 7)  # since 106, the window's start
-
-
 def test_detached_panel_runs_on_until_the_group_is_complete(store_dir):
     for i in range(20):
         async_task(fx.add, i, group="detached")
@@ -213,7 +200,7 @@ def test_detached_panel_runs_on_until_the_group_is_complete(store_dir):
     assert detached._bar.value == detached._bar.max == 21
     assert detached._bar.bar_style == "danger" and detached.state == "danger"
     assert "finished with failures" in detached._title.value
-    assert "20 done · 1 failed · 0 running · 21 total" in detached._label.value
+    assert "20 done · 1 failed · 0 cancelled · 0 running · 21 total" in detached._label.value
     assert (stopped.done, stopped.failed) == (0, 0) and not stopped.finished.is_set()
     assert "no longer updated" in stopped._title.value
 
@@ -281,7 +268,7 @@ def test_widget_panel_lists_running_tasks_and_the_selected_ones_output(cluster):
     assert [v for _, v in view.choose.options] == [long]
 
     assert panel.wait(60)
-    assert panel.state == "success" and "2 done · 0 failed · 0 running" in panel._label.value
+    assert panel.state == "success" and "2 done · 0 failed · 0 cancelled · 0 running" in panel._label.value
     assert view.list.value == "" and "nbqueue-task" not in view.list.value
     state, lines = _shown_output(panel)
     assert state == "finished · done"
@@ -303,10 +290,12 @@ def test_tqdm_bar_shows_a_running_message_read_about_once_a_second(cluster, monk
     async_task(reporting, 40, 0.1, "slow", group="note")
     async_task(reporting, 40, 0.05, "fast", group="note")
     panel = GroupProgress("note", total=2, widget=False, interval=0.05)
-    wait_for(lambda: re.search(r"running=\d, (slow|fast) at step \d+$", panel._tqdm.postfix),
+    wait_for(lambda: re.search(r"running=\d, .* left, (slow|fast) at step \d+$",
+                               panel._tqdm.postfix),
              30, "a running task's message on the bar")
     assert panel.wait(60)
-    assert panel._tqdm.postfix == "failed=0, running=0"  # complete: nothing runs
+    # complete: nothing runs, and no time is left
+    assert re.fullmatch(r"failed=0, cancelled=0, running=0, \d+\.\d tasks/s", panel._tqdm.postfix)
     assert len(calls) >= 2 and not any(main for main, _ in calls)  # only the panel's thread
     gaps = [b - a for (_, a), (_, b) in zip(calls, calls[1:])]
     assert min(gaps) >= 0.9, gaps  # not every 0.05 s tick

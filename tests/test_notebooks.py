@@ -319,7 +319,7 @@ def check_groups_and_progress(run: Run) -> None:
         assert bar["value"] == bar["max"] == 300
         assert bar["bar_style"] == "success"
         assert "complete" in panel["title"]
-        assert "100 % · 300 done · 0 failed · 0 running · 300 total" in panel["label"]
+        assert "100 % · 300 done · 0 failed · 0 cancelled · 0 running · 300 total" in panel["label"]
     state = run.widget_state().values()
     assert any(m["model_name"] == "IntProgressModel" and m["state"]["value"] ==
                m["state"]["max"] and m["state"]["bar_style"] == "success" for m in state)
@@ -531,7 +531,7 @@ def check_seeing_tasks(run: Run) -> None:
     title, bar, label = (part["state"] for part in panel["parts"][:3])
     assert "<b>sweep</b>" in title["value"] and "finished with failures" in title["value"]
     assert bar["value"] == bar["max"] == 30 and bar["bar_style"] == "danger"
-    assert "100 % · 25 done · 5 failed · 0 running · 30 total" in label["value"]
+    assert "100 % · 25 done · 5 failed · 0 cancelled · 0 running · 30 total" in label["value"]
     # the summary: counts, two SVG charts (30 bars on the timeline), failures by type
     (summary,) = _cell_data(run, "07-21", "text/html")
     assert summary.startswith('<div class="nbqueue-summary"')

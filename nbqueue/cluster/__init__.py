@@ -67,6 +67,7 @@ from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store, heartbeats
 from nbqueue.disk.storage import process_alive
 from nbqueue.errors import ClusterError, ConfigurationError
+from nbqueue.figures import RateMeter
 from nbqueue.worker.stream import Collector
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class Cluster:
         self.started_at: float | None = None
         self.done = 0
         self.failed = 0
-        self._rate = (time.monotonic(), 0, 0.0)  # (when, done+failed then, tasks/s)
+        self._meter = RateMeter()  # tasks finished per second, as every view counts them
         self._slot_dir = ""
         self._panels: list[Any] = []  # status panels shown in Jupyter
 
@@ -314,13 +315,23 @@ class Cluster:
         else:
             self.failed += 1
 
-    def _beat(self) -> None:
+    def _beat(self, ttl: float = 3 * HEARTBEAT + 2) -> None:
         """Write this cluster's heartbeat, its figures (dask: its threads now, as
-        workers come and go)."""
+        workers come and go), kept ``ttl`` seconds unless written again."""
         capacity = self.executor.capacity()
         if capacity:
             self.workers = capacity
-        self.heartbeats.beat(self.id, self.info(), ttl=3 * HEARTBEAT + 2)
+        self.heartbeats.beat(self.id, self.info(), ttl=ttl)
+        if self.heartbeats.asked_to_stop(self.id) and not self.stopping.is_set():
+            log.warning("cluster %s: asked to stop from a view of its store; stopping", self.id)
+            threading.Thread(target=self._stop_as_asked, name="nbqueue-stop", daemon=True).start()
+
+    def _stop_as_asked(self) -> None:
+        """Stop, asked by another process (a dashboard's Stop): as ``stop()`` does."""
+        try:
+            self.stop()
+        except BaseException:
+            log.exception("cluster %s: the stop asked for failed", self.id)
 
     def _supervised(self, name: str, step: Callable[[], bool]) -> None:
         """Run one part's steps in its thread until it is done. Each step goes on
@@ -372,6 +383,10 @@ class Cluster:
                 self._stopped.wait(wait + 60)
             return
         self.wakeup.set()
+        try:  # every view shows it stopping now, for as long as the stop may take
+            self._beat(ttl=wait + 3 * HEARTBEAT + 10)
+        except Exception:
+            log.debug("could not write the stopping cluster's heartbeat", exc_info=True)
         feeder, writer, monitor, hooks = self._threads[:4]
         _join(feeder, 10)
         for future in self.inflight.chunks():
@@ -473,13 +488,8 @@ class Cluster:
         return len(self._running_states())
 
     def rate(self) -> float:
-        """Tasks finished per second, over the last few seconds."""
-        when, count, rate = self._rate
-        now, total = time.monotonic(), self.done + self.failed
-        if now - when >= 1.0:
-            rate = (total - count) / (now - when)
-            self._rate = (now, total, rate)
-        return rate
+        """Tasks finished per second, over the last ``figures.RATE_WINDOW`` seconds."""
+        return self._meter.add(self.done + self.failed)
 
     def info(self) -> dict[str, Any]:
         """This cluster's figures: what ``nbqueue info`` and the status panel show.
@@ -490,6 +500,8 @@ class Cluster:
         writer = getattr(self, "writer", None)
         return {
             "groups_running": groups,
+            "state": "stopping" if self.stopping.is_set() else "running",
+            "beat": time.time(),
             "id": self.id,
             "label": self.settings.label,
             "pid": os.getpid(),

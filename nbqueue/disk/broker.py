@@ -33,7 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from nbqueue.disk import hosts, leases
 from nbqueue.disk.doorbell import Bells, Doorbell
@@ -42,13 +42,30 @@ from nbqueue.disk.outbox import Outbox
 from nbqueue.disk.records import Header
 from nbqueue.disk.search import Finding, Match
 from nbqueue.disk.signing import anchor, load_key, private_directory
-from nbqueue.disk.storage import UPSERT_OK, checkpoint, open_cache, upsert, writing
+from nbqueue.disk.storage import (
+    UPSERT_OK,
+    checked_get,
+    checkpoint,
+    open_cache,
+    read_prefixed,
+    upsert,
+    writing,
+)
 from nbqueue.errors import SignatureError, StoreError
 
 log = logging.getLogger(__name__)
 
 BUNDLE = 64  # packages per queue row at most: large enough to batch, small to split
 BUNDLE_BYTES = 30_000  # and bytes: under diskcache's 32 KiB a bundle stays in its SQLite row
+GROUP = "group:"  # "group:" + name -> GroupSent: what was sent to a group, from every process
+
+
+class GroupSent(NamedTuple):
+    """What every process sent to one group: a view's total, and its order."""
+
+    tasks: int  # tasks put in the group (a retry sends none: it runs one of them again)
+    first: float  # when the first of them was written to the queue
+    last: float  # when the latest was
 
 
 class Broker:
@@ -70,9 +87,11 @@ class Broker:
             self._write,
             lambda: bool(self._wakeups),
             self._wake,
-            lambda: bool(self._memory),
+            lambda: bool(self._memory) or bool(self._sent_to_groups),
         )
         self._write_lock = threading.Lock()
+        self._sent_to_groups: dict[str, int] = {}  # tasks per group, written with the outbox
+        self._groups_lock = threading.Lock()
         self._memory = leases.InMemory()  # leases written behind, acks that wait
         self._flusher: threading.Thread | None = None
         self.bells = Bells(self.directory)
@@ -103,7 +122,7 @@ class Broker:
 
     # -- producers -------------------------------------------------------------------
 
-    def enqueue(self, package: bytes) -> None:
+    def enqueue(self, package: bytes, group: str | None = None) -> None:
         """Put one signed package at the back of the queue, written behind by the outbox
         (see ``nbqueue.disk.outbox``); ``flush()`` waits for it to be written.
 
@@ -115,15 +134,59 @@ class Broker:
         """
         if self.place.refusal is not None:
             self.place.check()
+        if group is not None:
+            with self._groups_lock:
+                self._sent_to_groups[group] = self._sent_to_groups.get(group, 0) + 1
         self._outbox.put(package)
         self._wake()  # a cluster in this process writes the outbox itself as it leases
 
-    def enqueue_many(self, packages: Iterable[bytes]) -> None:
-        """Put many packages in one transaction: all of them, or none and StoreError."""
+    def enqueue_many(self, packages: Iterable[bytes], groups: dict[str, int] | None = None) -> None:
+        """Put many packages in one transaction: all of them, or none and StoreError;
+        ``groups`` says how many of them go to which group."""
         self.flush()  # keep this process's order
         with self._transaction():
             self._push(list(packages))
+            if groups:
+                self._count_groups(groups)
         self._wake()
+
+    def count_sent(self, groups: dict[str, int]) -> None:
+        """Note tasks sent to groups but not through the queue (run with ``sync=True``):
+        written behind, as the outbox writes packages."""
+        with self._groups_lock:
+            sent = self._sent_to_groups
+            for group, tasks in groups.items():
+                sent[group] = sent.get(group, 0) + tasks
+        self._outbox.poke()
+
+    def _count_groups(self, groups: dict[str, int]) -> None:
+        """Add to the groups' rows; inside a transaction."""
+        queue, now = self._queue, time.time()
+        for group, tasks in groups.items():
+            row = checked_get(queue, GROUP + group, None, "a group's row")
+            if isinstance(row, tuple) and len(row) == 3:
+                queue.set(GROUP + group, (row[0] + tasks, row[1], now))
+            else:
+                queue.set(GROUP + group, (tasks, now, now))
+
+    def groups(self) -> dict[str, GroupSent]:
+        """Every group tasks were sent to, and what was sent (from every process)."""
+        return {
+            key[len(GROUP) :]: GroupSent(*row)
+            for key, row in read_prefixed(self._queue, GROUP).items()
+            if isinstance(row, tuple) and len(row) == 3
+        }
+
+    def group_sent(self, group: str) -> GroupSent | None:
+        """What every process sent to ``group``, if anything."""
+        row = checked_get(self._queue, GROUP + group, None, "a group's row")
+        return GroupSent(*row) if isinstance(row, tuple) and len(row) == 3 else None
+
+    def forget_group(self, group: str) -> None:
+        """Forget what was sent to a group (``delete_group``)."""
+        self.flush()
+        with self._transaction(retry=True):
+            self._queue.delete(GROUP + group)
 
     def _push(self, packages: list[bytes]) -> None:
         """Append fresh packages in bundles; inside a transaction."""
@@ -150,6 +213,7 @@ class Broker:
         memory (``_lease_fresh``) and the acks that wait, written behind. What the store
         refuses is kept, for the next one. Called under the outbox's ``order`` only."""
         taken = None
+        groups: dict[str, int] = {}
         try:
             with self._transaction():
                 # Taken inside the transaction: a lease ended before it is taken is
@@ -160,9 +224,15 @@ class Broker:
                     leases.write(self._queue, pending, acks)
                 if packages:
                     self._push(packages)
+                with self._groups_lock:
+                    groups, self._sent_to_groups = self._sent_to_groups, {}
+                if groups:
+                    self._count_groups(groups)
         except BaseException:
             if taken is not None:
                 self._memory.written(*taken, ok=False)
+            if groups:
+                self.count_sent(groups)  # counted again with the packages kept
             raise
         self._memory.written(*taken, ok=True)
 
@@ -494,5 +564,6 @@ class Broker:
         """In a forked child: start with no outbox and no leases. They are the parent's,
         which writes them (the child writing them too would deliver them twice)."""
         self._write_lock = threading.Lock()
+        self._sent_to_groups, self._groups_lock = {}, threading.Lock()
         self._memory.reset()
         self._outbox.forget()

@@ -1,7 +1,8 @@
-"""The clusters of a store: the heartbeat of each running cluster, with its figures, and
-the record of one that stopped on its own. They live in the store's ``state`` part,
-whose rows expire, so a cluster that died without a word drops out by itself (the
-live rows of running tasks live there too: ``nbqueue.live``)."""
+"""The clusters of a store: the heartbeat of each running cluster, with its figures, the
+record of one that stopped on its own, and requests to stop one from another process.
+They live in the store's ``state`` part, whose rows expire, so a cluster that died
+without a word drops out by itself (the live rows of running tasks live there too:
+``nbqueue.live``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from nbqueue.disk.storage import checked_get, checkpoint, open_cache
 
 _CLUSTER = "cluster:"
 _STOPPED = "stopped:"
+_STOP = "stop:"
 STOPPED_KEPT = 86400.0  # seconds the record of a cluster that stopped on its own is kept
+STOP_ASKED_KEPT = 60.0  # seconds a request to stop waits for its cluster to see it
 
 
 class Heartbeats:
@@ -46,6 +49,17 @@ class Heartbeats:
         self.state.set(
             _STOPPED + cluster_id, dict(info, stopped=time.time()), expire=STOPPED_KEPT, retry=True
         )
+
+    def ask_to_stop(self, cluster_id: str) -> None:
+        """Ask a cluster of any process to stop (it sees it within its next heartbeat)."""
+        self.state.set(_STOP + cluster_id, True, expire=STOP_ASKED_KEPT, retry=True)
+
+    def asked_to_stop(self, cluster_id: str) -> bool:
+        """Whether someone asked this cluster to stop (the request is then taken)."""
+        if checked_get(self.state, _STOP + cluster_id, None, "a stop request") is not True:
+            return False
+        self.state.delete(_STOP + cluster_id, retry=True)
+        return True
 
     def clusters(self) -> list[dict[str, Any]]:
         """The live clusters on this directory, each as the info it last reported."""

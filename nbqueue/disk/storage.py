@@ -647,6 +647,29 @@ def read_all(cache: Any) -> Iterator[Any]:
             continue
 
 
+_PREFIX_SQL = (
+    "SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key >= ? AND key < ?"
+    " AND (expire_time IS NULL OR expire_time > ?)"
+)
+
+
+def read_prefixed(cache: Any, prefix: str) -> dict[str, Any]:
+    """The values of the string keys that start with ``prefix`` (ASCII), read in one
+    statement over the key index, whatever else the cache holds; a value that fails its
+    signature check is left out (logged), never unpickled."""
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    fetch, found = cache._disk.fetch, {}
+    rows = cache._con.execute(_PREFIX_SQL, (prefix, end, time.time())).fetchall()
+    for key, mode, filename, value in rows:
+        try:
+            found[key] = fetch(mode, filename, value, False)
+        except SignatureError as exc:
+            log.error("%r in %s is unreadable and was left out: %s", key, cache.directory, exc)
+        except OSError:  # a large value removed since the statement: it is gone
+            continue
+    return found
+
+
 def checkpoint(cache: Any, mode: str = "TRUNCATE") -> None:
     """Give the space of a failed transaction back to the disk: SQLite keeps it in the
     write-ahead log until a checkpoint truncates it (best effort). ``"RESTART"`` keeps

@@ -8,8 +8,10 @@ Each part keeps, in one diskcache Cache:
 - group membership as pages of at most ``PAGE`` ids, ``f"g:{i}:{group}"``, plus the
   page count ``"gp:" + group``: adding a result rewrites at most one small page, so
   grouping costs the same for the 10th and the 100,000th task,
-- per group success/failure counters ``"ok:"/"failed:" + group``, so ``count_group`` of
-  the saved part is two reads whatever the group's size,
+- per group success/failure counters ``"ok:"/"failed:" + group``, and of the failures
+  those cancelled, ``"cancelled:" + group``, so ``count_group`` of the saved part is two
+  reads whatever the group's size,
+- ``"failures"``: the ids of the latest failures, newest last, for the views to list,
 - store-wide totals ``"total:ok"``/``"total:failed"`` and, when ``save_limit`` is set, a queue of
   success ids, oldest first, to prune from,
 - ``"call:" + key -> (task_id, sent)``: the task last sent for a ``reuse=True`` call (see
@@ -36,7 +38,7 @@ from typing import Any
 
 from nbqueue.disk import blobs
 from nbqueue.disk.blobs import Blob
-from nbqueue.disk.records import Manifest, Record, is_record, iter_record
+from nbqueue.disk.records import Cause, Manifest, Record, is_record, iter_record
 from nbqueue.disk.signing import load_key
 from nbqueue.disk.storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
 from nbqueue.errors import ConfigurationError, SignatureError, StoreFileMissing, WaitWarning
@@ -58,6 +60,14 @@ _PAGES = "gp:"
 _ITER = "iter:"
 _ITER_OK = "total:iter"  # successes of async_iter tasks, which save_limit does not prune
 _CALL = "call:"
+CANCELLED = Cause.CANCELLED.value
+_CANCELLED = "cancelled:"
+_FAILURES = "failures"
+FAILURES_KEPT = 200  # latest failures listed
+
+
+def _cancelled(record: Record) -> bool:
+    return record.get("cause") == CANCELLED
 
 
 def _page(group: str, i: int) -> str:
@@ -92,7 +102,8 @@ class Part:
         cache = self._cache
         joined: dict[str, list[str]] = defaultdict(list)
         expires: dict[str, float | None] = {}
-        deltas: dict[tuple[str | None, bool, bool], int] = defaultdict(int)
+        deltas: dict[tuple[str | None, bool, bool, bool], int] = defaultdict(int)
+        failed: list[str] = []
         new_rows: list[tuple[str, Any]] = []
         cache.place.check()  # nothing written to a store directory put in its place
         with cache.disk.undone(), cache.transact(retry=True):
@@ -112,12 +123,15 @@ class Part:
                     cache.set(task_id, record, expire=expire)
                     cache.set(_NAME + record["name"], task_id, expire=expire)
                 if old is not None:
-                    deltas[old["group"], old["success"], bool(old.get("iter"))] -= 1
+                    of_iter = bool(old.get("iter"))
+                    deltas[old["group"], old["success"], of_iter, _cancelled(old)] -= 1
                 if group is not None:
                     if old is None or old["group"] != group:
                         joined[group].append(task_id)
                     expires[group] = expire
-                deltas[group, success, bool(record.get("iter"))] += 1
+                deltas[group, success, bool(record.get("iter")), _cancelled(record)] += 1
+                if not success:
+                    failed.append(task_id)
                 if (
                     success
                     and save_limit > 0
@@ -130,9 +144,11 @@ class Part:
                 upsert(cache, new_rows)
             # one counter update per (group, outcome), not per record: each incr costs
             # as much as a record write, so this halves the cost of a large batch
-            for (group, success, of_iter), delta in deltas.items():
+            for (group, success, of_iter, cancelled), delta in deltas.items():
                 if delta:
-                    self._count(group, success, delta, of_iter)
+                    self._count(group, success, delta, of_iter, cancelled)
+            if failed:
+                self._list_failures(failed)
             for group, ids in joined.items():
                 self._append(group, ids, expires[group])
             if save_limit > 0 and not self.expiring:
@@ -146,7 +162,14 @@ class Part:
             return None
         return float(cached)
 
-    def _count(self, group: str | None, success: bool, delta: int, of_iter: bool = False) -> None:
+    def _count(
+        self,
+        group: str | None,
+        success: bool,
+        delta: int,
+        of_iter: bool = False,
+        cancelled: bool = False,
+    ) -> None:
         if self.expiring:
             return
         self._cache.incr(_TOTAL[success], delta)
@@ -154,6 +177,23 @@ class Part:
             self._cache.incr(_ITER_OK, delta)
         if group is not None:
             self._cache.incr(_COUNT[success] + group, delta)
+            if cancelled:
+                self._cache.incr(_CANCELLED + group, delta)
+
+    def _list_failures(self, task_ids: list[str]) -> None:
+        """Add to the ids of the latest failures (kept without expiry: an id whose record
+        expired reads as no failure)."""
+        cache = self._cache
+        listed = checked_get(cache, _FAILURES, [], "the latest failures")
+        listed = [i for i in listed if i not in task_ids] + task_ids
+        cache.set(_FAILURES, listed[-FAILURES_KEPT:])
+
+    def latest_failures(self, count: int = 50) -> list[Record]:
+        """The latest failures still stored as failures, newest first."""
+        listed = checked_get(self._cache, _FAILURES, [], "the latest failures")
+        found = self._read(listed[::-1])
+        records = [found.get(task_id) for task_id in listed[::-1]]
+        return [r for r in records if is_record(r) and not r["success"]][:count]
 
     def _append(self, group: str, ids: list[str], expire: float | None) -> None:
         cache = self._cache
@@ -185,7 +225,9 @@ class Part:
         cache.delete(record["id"])
         if checked_get(cache, _NAME + record["name"], None, "a name") == record["id"]:
             cache.delete(_NAME + record["name"])
-        self._count(record["group"], record["success"], -1, bool(record.get("iter")))
+        self._count(
+            record["group"], record["success"], -1, bool(record.get("iter")), _cancelled(record)
+        )
 
     def get(self, task_id: str) -> Record | None:
         """The record of a task by uuid or name, or None.
@@ -264,6 +306,10 @@ class Part:
             cache.set(_CALL + key, (task_id, time.time()))
         return task_id
 
+    def has_group(self, group: str) -> bool:
+        """Whether some outcome of ``group`` is stored in this part."""
+        return bool(self._cache.get(_PAGES + group, 0))
+
     def group_ids(self, group: str) -> list[str]:
         check_name("group", group)
         cache = self._cache
@@ -305,11 +351,23 @@ class Part:
 
     def tally(self, group: str) -> tuple[int, int]:
         """(successes, failures) of the group, in one read of the group for the cached part."""
+        ok, failed, _ = self.tally_cancelled(group)
+        return ok, failed
+
+    def tally_cancelled(self, group: str) -> tuple[int, int, int]:
+        """(successes, failures, those of the failures that were cancelled) of the group."""
+        check_name("group", group)
         if self.expiring:
             records = self.group_records(group)
             ok = sum(1 for r in records if r["success"])
-            return ok, len(records) - ok
-        return self.count(group, False), self.count(group, True)
+            cancelled = sum(1 for r in records if _cancelled(r))
+            return ok, len(records) - ok, cancelled
+        got = self._cache.get
+        return (
+            got(_COUNT[True] + group, 0),
+            got(_COUNT[False] + group, 0),
+            got(_CANCELLED + group, 0),
+        )
 
     def totals(self) -> tuple[int, int]:
         """(successes, failures) stored in this part (the cached part does not count)."""
@@ -379,15 +437,15 @@ class Part:
                 if tasks:
                     self._delete(record)
                 else:
-                    of_iter = bool(record.get("iter"))
-                    self._count(group, record["success"], -1, of_iter)
+                    of_iter, cancelled = bool(record.get("iter")), _cancelled(record)
+                    self._count(group, record["success"], -1, of_iter, cancelled)
                     self._count(None, record["success"], 1, of_iter)  # totals unchanged
                     record["group"] = None
                     cache.set(task_id, record, expire=self._expire(record))
             for i in range(cache.get(_PAGES + group, 0)):
                 cache.delete(_page(group, i))
-            for key in (_PAGES + group, _COUNT[True] + group, _COUNT[False] + group):
-                cache.delete(key)
+            for prefix in (_PAGES, _COUNT[True], _COUNT[False], _CANCELLED):
+                cache.delete(prefix + group)
         return touched
 
 

@@ -10,7 +10,7 @@ import threading
 from typing import Any
 
 from nbqueue.conf import Settings
-from nbqueue.display.group_panel import RateMeter
+from nbqueue.figures import RateMeter
 
 
 def _cluster_state(cluster: Any) -> str:

@@ -12,19 +12,18 @@ from __future__ import annotations
 import html
 import threading
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from nbqueue.disk.broker import Broker
-from nbqueue.disk.directory import get_broker, get_store, heartbeats, sent
+from nbqueue.disk.directory import get_broker, get_store
 from nbqueue.display.running_view import READ_EVERY, RunningView, _clock, running_note
+from nbqueue.figures import GroupWatch
 from nbqueue.live import running
 
 if TYPE_CHECKING:  # imported when a widget is drawn: ipywidgets is optional
     from ipywidgets import IntProgress, VBox
 
 INTERVAL = 0.25
-RATE_WINDOW = 5.0  # seconds of finished tasks that "tasks/s" counts, on every panel
 _COLOURS = {"running": "#1976d2", "success": "#2e7d32", "danger": "#c62828"}
 
 
@@ -36,36 +35,6 @@ def in_notebook() -> bool:
         return False
     shell = get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
-
-
-class RateMeter:
-    """Tasks finished per second over a sliding window, so every panel means the same by it.
-
-    Fed samples of (time, tasks finished so far); the rate is over the last ``window``
-    seconds, or since the first sample while the meter is younger than that.
-    """
-
-    def __init__(self, window: float = RATE_WINDOW) -> None:
-        self.window = window
-        self._samples: deque[tuple[float, int]] = deque()
-
-    def add(self, finished: int, when: float | None = None) -> float:
-        """Record ``finished`` tasks so far at ``when`` (``time.monotonic()``); return the rate."""
-        now = time.monotonic() if when is None else when
-        self._samples.append((now, finished))
-        # keep the newest sample at or before the window's start: the rate spans the window
-        while len(self._samples) > 1 and self._samples[1][0] <= now - self.window:
-            self._samples.popleft()
-        return self.rate()
-
-    def rate(self) -> float:
-        """Tasks per second between the oldest kept sample and the newest one; 0 before two."""
-        if len(self._samples) < 2:
-            return 0.0
-        (first, before), (last, after) = self._samples[0], self._samples[-1]
-        if last <= first:
-            return 0.0
-        return max(after - before, 0) / (last - first)
 
 
 class GroupProgress:
@@ -85,12 +54,12 @@ class GroupProgress:
         self.part = get_store(self.broker.directory).part(cached)
         self.total = total
         self.interval = interval
-        self.done = self.failed = self.running = 0
+        self.done = self.failed = self.cancelled = self.running = 0
         self.shown_total = 0
         self.rate = 0.0
         self.eta: float | None = None
         self.started = time.monotonic()
-        self._meter = RateMeter()
+        self._watch = GroupWatch(group, self.part, self.broker, total)
         self._complete = False  # drawn as complete; ``finished`` is set once it is drawn
         self._closed = False  # the last figures are drawn and the bar closed: no more drawing
         self._stopped = False  # stop() ended the updates before the group was complete
@@ -116,41 +85,20 @@ class GroupProgress:
 
     # -- figures ---------------------------------------------------------------------
 
-    def _counts(self) -> tuple[int, int, int]:
-        done = self.part.count(self.group, failures=False)
-        failed = self.part.count(self.group, failures=True)
-        running = sum(
-            c.get("groups_running", {}).get(self.group, 0)
-            for c in heartbeats(self.broker.directory).clusters()
-        )
-        return done, failed, running
-
-    def _expected(self) -> int | None:
-        if self.total is not None:
-            return self.total
-        return sent(self.broker.directory).enqueued.get(self.group)
-
     @property
     def state(self) -> str:
         """'running', then 'success' (all done) or 'danger' (finished with failures)."""
         if not self._complete:
             return "running"
-        return "danger" if self.failed else "success"
+        return "danger" if self.failed or self.cancelled else "success"
 
     def _read(self) -> None:
         """Read the store once into the figures (under the lock, without drawing)."""
-        self.done, self.failed, self.running = self._counts()
-        finished = self.done + self.failed
-        total = self._expected()
-        if total is not None and total >= finished:
-            self.running = min(self.running, total - finished)  # heartbeats lag ~1 s
-        else:
-            total = finished + self.running
-        self.shown_total = total
-        self.rate = self._meter.add(finished)
-        left = total - finished
-        self.eta = left / self.rate if self.rate > 0 else None
-        if total and finished >= total and (self.total is not None or self._expected() is not None):
+        figures = self._watch.read()
+        self.done, self.failed, self.cancelled = figures.done, figures.failed, figures.cancelled
+        self.running, self.shown_total = figures.running, figures.total
+        self.rate, self.eta = figures.rate, figures.eta
+        if figures.final:
             self._complete = True
             self._tasks = []  # none runs now (and the selected one's outcome is stored)
             if self._view is not None:
@@ -202,7 +150,8 @@ class GroupProgress:
     def summary(self) -> str:
         """One line of figures, as the panel shows them."""
         return (
-            f"{self.done} done · {self.failed} failed · {self.running} running · "
+            f"{self.done} done · {self.failed} failed · {self.cancelled} cancelled · "
+            f"{self.running} running · "
             f"{self.shown_total} total · {self.rate:.1f} tasks/s · "
             f"{_clock(0 if self._complete else self.eta)} left"
         )
@@ -230,12 +179,20 @@ class GroupProgress:
     def _make_tqdm(self) -> None:
         from tqdm.auto import tqdm
 
-        self._tqdm = tqdm(total=self._expected() or 0, desc=self.group, unit="task")
+        # the rate and time left are the figures model's, as in every view: tqdm's own
+        # would count a group found finished as a burst of thousands of tasks a second
+        self._tqdm = tqdm(
+            total=self._watch.expected() or 0,
+            desc=self.group,
+            unit="task",
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+        )
 
     def _draw(self) -> None:
-        finished = self.done + self.failed
+        finished = self.done + self.failed + self.cancelled
         if self.widget is not None and self._bar is not None:  # made together
-            style = "danger" if self.failed else ("success" if self._complete else "info")
+            style = "danger" if self.failed or self.cancelled else "info"
+            style = "success" if self._complete and style == "info" else style
             self._bar.max = max(self.shown_total, 1)
             self._bar.value = min(finished, self._bar.max)
             self._bar.bar_style = style
@@ -263,8 +220,10 @@ class GroupProgress:
                 bar.total = self.shown_total
             bar.n = finished
             note = running_note(self._tasks)  # the most advanced running task's message
+            left = "" if self._complete else f", {_clock(self.eta)} left"
             bar.set_postfix_str(
-                f"failed={self.failed}, running={self.running}" + (f", {note}" if note else ""),
+                f"failed={self.failed}, cancelled={self.cancelled}, running={self.running}, "
+                f"{self.rate:.1f} tasks/s{left}" + (f", {note}" if note else ""),
                 refresh=False,
             )
             bar.refresh()
