@@ -1,13 +1,16 @@
-"""The ``nbqueue`` command: run a cluster from a terminal, or print a store's figures.
+"""The ``nbqueue`` command: run a cluster from a terminal, print a store's figures, or
+serve the dashboard of every store of this user.
 
 nbqueue cluster --workers 4 [--directory .nbqueue] [--timeout 60] ...
 nbqueue cluster --executor dask [--address tcp://host:8786] ...
 nbqueue info [--directory .nbqueue]
+nbqueue dashboard [--directory .nbqueue] [--port 8789] [--host 127.0.0.1]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +21,7 @@ from typing import Any
 
 from nbqueue import __version__, conf
 from nbqueue.disk.signing import KEY_FILE
-from nbqueue.errors import ConfigurationError, NbqueueError, StoreError
+from nbqueue.errors import ConfigurationError, MissingDependency, NbqueueError, StoreError
 
 
 def _cluster(args: argparse.Namespace) -> int:
@@ -149,6 +152,27 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    import asyncio
+
+    try:
+        from nbqueue.dashboard.server import serve
+    except ImportError as exc:  # tornado
+        raise MissingDependency(
+            f"the dashboard needs tornado ({exc}): pip install tornado"
+        ) from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"nbqueue: serving on {args.host}: anyone who can reach it and has the token "
+            "sees and controls your stores",
+            file=sys.stderr,
+        )
+    directories = [args.directory] if args.directory else []
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: stop serving
+        asyncio.run(serve(directories, args.host, args.port))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="nbqueue", description=__doc__.splitlines()[0])
     top.add_argument("--version", action="version", version=f"nbqueue {__version__}")
@@ -228,6 +252,17 @@ def parser() -> argparse.ArgumentParser:
     info.add_argument("--directory", help="the store directory (default .nbqueue)")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_info)
+    board = sub.add_parser(
+        "dashboard",
+        help="serve the dashboard of every store of this user",
+        description="Serve the dashboard (every store of this user: clusters, groups, "
+        "running tasks, failures) on 127.0.0.1, at the URL it prints, whose token signs "
+        "the browser in. From another machine, tunnel to it: ssh -L 8789:127.0.0.1:8789 host.",
+    )
+    board.add_argument("--directory", help="a store to list as well (stores list themselves)")
+    board.add_argument("--port", type=int, default=8789, help="port (default 8789; taken: any)")
+    board.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    board.set_defaults(handler=_dashboard)
     return top
 
 

@@ -133,6 +133,15 @@ class ClusterError(NbqueueError, RuntimeError):
     """A cluster cannot be started, or was used in a state that does not allow it."""
 
 
+class DashboardRequestError(NbqueueError):
+    """A request the dashboard refuses, with its HTTP status; the message tells the user
+    what to do."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class NoClusterWarning(UserWarning):
     """Work was enqueued into a directory that no live cluster serves."""
 

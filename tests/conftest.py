@@ -3,6 +3,8 @@ plugin that runs the tests side by side (``tests/side_by_side.py``)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 
 import pytest
 
@@ -34,6 +36,10 @@ def cluster(store_dir):
     yield running
     running.stop(wait=5)
 
+
+# The stores the tests make are listed in a registry of the test run, not in the user's
+# (their processes, kernels and servers inherit it).
+os.environ.setdefault("NBQUEUE_REGISTRY", os.path.join(tempfile.mkdtemp(), "stores"))
 
 pytest_plugins = ["tests.side_by_side"]  # xdist's units of work, tests run alone, the order
 

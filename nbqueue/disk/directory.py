@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from nbqueue import conf
+from nbqueue.disk import registry
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.heartbeats import Heartbeats
 from nbqueue.disk.sent import Sent
@@ -48,7 +49,12 @@ class StoreDirectory:
         found = self._broker
         if found is not None:
             return found
-        return self._made("_broker", lambda: Broker(self.path))
+        return self._made("_broker", self._open_broker)
+
+    def _open_broker(self) -> Broker:
+        broker = Broker(self.path)
+        registry.register(broker.directory)  # for the views that show every store
+        return broker
 
     @property
     def store(self) -> Store:
