@@ -9,6 +9,7 @@ import pytest
 import nbqueue
 from nbqueue import async_task, result
 from nbqueue.display.cluster_panel import ClusterPanel
+from nbqueue.display.views import FAIL_COLOR, WARN_COLOR, badge
 from nbqueue.display.group_panel import GroupProgress
 from nbqueue.figures import RATE_WINDOW
 from tests import tasks_fixtures as fx
@@ -58,28 +59,27 @@ def test_cluster_panel_shows_a_stopped_cluster_as_stopped(cluster):
 
 
 def test_cluster_panel_shows_why_a_cluster_stopped(cluster, monkeypatch):
-    """A cluster stopped by a failed thread says why, in red, escaped."""
+    """A cluster stopped by a failed thread says why, in a red badge, escaped."""
     cluster.stop(wait=5)
     info = cluster.info
     monkeypatch.setattr(cluster, "info", lambda: {**info(), "error": "writer <died> & gone"})
     panel = ClusterPanel(cluster, interval=3600)
     panel.stop()
     assert panel.state == "stopped" and panel._button.description == "stopped"
-    assert ("<span style='color:#c62828'>stopped: writer &lt;died&gt; &amp; gone</span>"
-            in panel._html.value)
+    assert badge("stopped: writer &lt;died&gt; &amp; gone", FAIL_COLOR) in panel._html.value
 
 
 
 def test_cluster_panel_shows_why_a_cluster_waits(cluster, monkeypatch):
-    """A running cluster whose outcomes the store refuses (a full disk) says so, in
-    orange, escaped (``Cluster.info()["waiting"]``, set by its writer)."""
+    """A running cluster whose outcomes the store refuses (a full disk) says so, in an
+    orange badge, escaped (``Cluster.info()["waiting"]``, set by its writer)."""
     info = cluster.info
     monkeypatch.setattr(cluster, "info", lambda: {**info(), "waiting": "disk <full> & more"})
     panel = ClusterPanel(cluster, interval=3600)
     panel.stop()
     assert panel.state == "running"
-    assert ("<span style='color:#ef6c00'>running, waiting: disk &lt;full&gt; &amp; more"
-            in panel._html.value)
+    assert (badge("running, waiting: disk &lt;full&gt; &amp; more · no longer updated",
+                  WARN_COLOR) in panel._html.value)
 
 
 
@@ -125,3 +125,16 @@ def test_group_and_cluster_panels_agree_on_tasks_per_second(store_dir):
         slack = max(2.0, 2.0 / min(age, RATE_WINDOW))
         assert abs(group_rate - cluster_rate) <= 0.05 * max(group_rate, cluster_rate) + slack, pairs
     assert group_panel.rate > 0 and "tasks/s" in group_panel.summary()
+
+
+def test_a_live_panel_says_in_the_browser_when_it_stops_being_redrawn(cluster):
+    """A live panel carries a mark the browser shows after STALE_AFTER seconds without a
+    redraw (its kernel restarted or gone); it is redrawn every second, and a stopped
+    panel, whose figures are the last ones and say so, has none."""
+    panel = ClusterPanel(cluster, interval=0.2)
+    first = wait_for(lambda: "nbqueue-stale" in panel._html.value and panel._html.value, 10,
+                     "the mark")
+    assert "animation:nbqueue-stale 0s linear 3s forwards" in first
+    wait_for(lambda: panel._html.value != first, 5, "a redraw within a second or two")
+    panel.stop()
+    assert "nbqueue-stale" not in panel._html.value

@@ -542,8 +542,8 @@ def check_seeing_tasks(run: Run) -> None:
     assert summary.count('class="nbqueue-bin"') >= 1
     assert summary.count('class="nbqueue-bar"') == 30
     assert len(set(re.findall(r"on pid (\d+)</title>", summary))) == 2  # both workers
-    assert "FloatingPointError</b>: 3 tasks" in summary
-    assert "ValueError</b>: 2 tasks" in summary
+    assert "FloatingPointError</span>: 3 tasks" in summary
+    assert "ValueError</span>: 2 tasks" in summary
     (text,) = _cell_data(run, "07-21", "text/plain")
     assert text.startswith("group 'sweep': 30 tasks, 25 succeeded, 5 failed;")
     assert "failures: FloatingPointError ×3, ValueError ×2" in text

@@ -142,7 +142,7 @@ def test_a_cluster_group(cluster):
     assert _binned(shown.histogram_svg()) == sum(1 for t in shown.tasks if t.pid is not None)
     page = shown._repr_html_()
     assert page.startswith('<div class="nbqueue-summary"') and "<script" not in page
-    assert "ValueError</b>: 1 task" in page and "nbqueue-failing-line" in page
+    assert "ValueError</span>: 1 task" in page and "nbqueue-failing-line" in page
     assert "no &lt;good&gt;" in page and "<good>" not in page
 
 

@@ -10,7 +10,8 @@ import threading
 from typing import Any
 
 from nbqueue.conf import Settings
-from nbqueue.figures import RateMeter
+from nbqueue.display.group_panel import not_updated_mark
+from nbqueue.display.views import FAIL_COLOR, OK_COLOR, WARN_COLOR, badge
 
 
 def _cluster_state(cluster: Any) -> str:
@@ -32,7 +33,6 @@ class ClusterPanel:
         self.interval = interval
         self.state = "not started"
         self.rate = 0.0
-        self._meter = RateMeter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._stopped = False  # stop() ended the updates: the figures say so
@@ -69,17 +69,17 @@ class ClusterPanel:
             if error and state == "running":
                 state = "stopping"  # its stop() is starting in another thread
             self.state = state
-            self.rate = self._meter.add(info["done"] + info["failed"])
+            self.rate = info["rate"]  # as every view counts it (``figures.RATE_WINDOW``)
             if state not in ("running", "stopping"):
                 self.rate = 0.0  # nothing finishes in a cluster that is not running
-            colour = {"running": "#2e7d32", "stopping": "#ef6c00", "stopped": "#c62828"}.get(
+            colour = {"running": OK_COLOR, "stopping": WARN_COLOR, "stopped": FAIL_COLOR}.get(
                 state, "#555"
             )
             shown = state
             if error:
-                shown, colour = f"{state}: {error}", "#c62828"
+                shown, colour = f"{state}: {error}", FAIL_COLOR
             elif info.get("waiting"):  # the store refuses outcomes (a full disk)
-                shown, colour = f"{state}, waiting: {info['waiting']}", "#ef6c00"
+                shown, colour = f"{state}, waiting: {info['waiting']}", WARN_COLOR
             if self._stopped and state != "stopped":
                 shown += " · no longer updated"  # these figures are the last ones shown
             executor = html.escape(info["executor"])
@@ -90,9 +90,11 @@ class ClusterPanel:
                 "not started": f"0 (not started; {info['workers']} {executor} to start)",
             }[state]
             rows = [
-                ("state", f"<span style='color:{colour}'>{html.escape(shown)}</span>"),
+                ("state", badge(html.escape(shown), colour)),
                 ("workers", workers),
                 ("queued", info["queued"]),
+                # held by this cluster, in a worker's next chunk: not running yet
+                ("leased", max(info["in_flight"] - info["running"], 0)),
                 ("running", info["running"]),
                 ("done", info["done"]),
                 ("failed", info["failed"]),
@@ -111,7 +113,9 @@ class ClusterPanel:
             title = "<b>nbqueue cluster</b>" + (
                 f" · {html.escape(label)}" if label != Settings.label else ""
             )
-            self._html.value = f"{title}<table>{cells}</table>"
+            live = state in ("running", "stopping") and not self._stopped
+            mark = not_updated_mark() if live else ""
+            self._html.value = f"{title}{mark}<table>{cells}</table>"
             if state != "running":
                 self._button.disabled = True
                 self._button.description = {"stopping": "stopping ...", "stopped": "stopped"}.get(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store
 from nbqueue.display.running_view import READ_EVERY, RunningView, _clock, running_note
+from nbqueue.display.views import FAIL_COLOR, OK_COLOR, RUNNING_COLOR, badge
 from nbqueue.figures import GroupWatch
 from nbqueue.live import running
 
@@ -24,7 +25,21 @@ if TYPE_CHECKING:  # imported when a widget is drawn: ipywidgets is optional
     from ipywidgets import IntProgress, VBox
 
 INTERVAL = 0.25
-_COLOURS = {"running": "#1976d2", "success": "#2e7d32", "danger": "#c62828"}
+_COLOURS = {"running": RUNNING_COLOR, "success": OK_COLOR, "danger": FAIL_COLOR}
+STALE_AFTER = 3  # seconds without a redraw after which a live panel says it is not updated
+
+
+def not_updated_mark() -> str:
+    """HTML that the browser itself shows once a live panel has not been redrawn for
+    STALE_AFTER seconds: its kernel is busy, restarted or gone, and its figures are old.
+    Live panels redraw it every second (it names the second), which starts the count
+    again; final figures go without it."""
+    return (
+        "<style>@keyframes nbqueue-stale{to{visibility:visible}}</style>"
+        f"<span class='nbqueue-stale' data-drawn='{int(time.time())}' style='visibility:hidden;"
+        f"animation:nbqueue-stale 0s linear {STALE_AFTER}s forwards'> · not updated: its "
+        "kernel is busy, restarted or gone</span>"
+    )
 
 
 def in_notebook() -> bool:
@@ -203,15 +218,14 @@ class GroupProgress:
             }[self.state]
             if self._stopped and not self._complete:
                 state += " · no longer updated"  # these figures are the last ones shown
-            colour = _COLOURS[self.state]
-            self._title.value = (
-                f"<b>{html.escape(self.group)}</b> "
-                f"<span style='color:{colour}' class='nbqueue-state'>"
-                f"{state}</span>"
+            self._title.value = f"<b>{html.escape(self.group)}</b> " + badge(
+                state, _COLOURS[self.state], "nbqueue-state"
             )
             pct = 100 * finished / self.shown_total if self.shown_total else 0
+            live = not self._complete and not self._stopped
             self._label.value = (
                 f"<span class='nbqueue-counts'>{pct:.0f} % · {html.escape(self.summary())}</span>"
+                + (not_updated_mark() if live else "")
             )
             self._view.draw()
         else:

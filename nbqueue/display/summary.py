@@ -23,6 +23,7 @@ from nbqueue.display.views import (
     FAIL_COLOR,
     MUTED,
     OK_COLOR,
+    badge,
     clip,
     format_seconds,
     format_time,
@@ -247,8 +248,7 @@ def _slowest_html(tasks: list[Task]) -> str:
         f'<td style="{cell}"><code>{escape(clip(t.func, 60))}</code></td>'
         f'<td style="{cell}">{format_seconds(_ran(t))}</td>'
         f'<td style="{cell}">{t.pid if t.pid is not None else "–"}</td>'
-        f'<td style="{cell};color:{OK_COLOR if t.success else FAIL_COLOR}">'
-        f"{'ok' if t.success else 'failed'}</td></tr>"
+        f'<td style="{cell}">{"✓ ok" if t.success else "✗ failed"}</td></tr>'
         for t in tasks
     )
     head = "".join(
@@ -265,8 +265,8 @@ def _failures_html(by_type: dict[str, list[Task]], most: int = 10) -> str:
     for name, tasks in list(by_type.items())[:most]:
         example = tasks[0]
         parts.append(
-            f'<details><summary style="cursor:pointer"><b style="color:{FAIL_COLOR}">'
-            f"{escape(name)}</b>: {len(tasks)} task{'s' if len(tasks) != 1 else ''}, "
+            f'<details><summary style="cursor:pointer">{badge(escape(name), FAIL_COLOR)}: '
+            f"{len(tasks)} task{'s' if len(tasks) != 1 else ''}, "
             f"e.g. {escape(repr(example.name))} ({escape(clip(example.func, 60))})"
             f"</summary>{traceback_html(example.traceback or '')}</details>"
         )
@@ -322,18 +322,18 @@ def _x_axis(
         x = left + (tick - low) * scale
         parts.append(
             f'<line x1="{x:.1f}" y1="{y}" x2="{x:.1f}" y2="{y + 4}" stroke="#888"/>'
-            f'<text x="{x:.1f}" y="{y + 15}" text-anchor="middle" fill="#777" '
+            f'<text x="{x:.1f}" y="{y + 15}" text-anchor="middle" fill="currentColor" '
             f"{_FONT}>{escape(_label(tick, step))}</text>"
         )
     parts.append(
         f'<text x="{(left + right) / 2:.1f}" y="{y + 29}" text-anchor="middle" '
-        f'fill="#777" {_FONT}>{escape(caption)}</text>'
+        f'fill="currentColor" {_FONT}>{escape(caption)}</text>'
     )
     return parts
 
 
 def _message(text: str) -> str:
-    return _svg(30, [f'<text x="4" y="19" fill="#777" {_FONT}>{escape(text)}</text>'], text)
+    return _svg(30, [f'<text x="4" y="19" fill="currentColor" {_FONT}>{escape(text)}</text>'], text)
 
 
 def _histogram(known: list[tuple[float, Task]], unrun: int) -> str:
@@ -353,9 +353,9 @@ def _histogram(known: list[tuple[float, Task]], unrun: int) -> str:
     bar = (right - left) / bins if bins > 1 else 60.0
     start = left if bins > 1 else (left + right - bar) / 2
     body = [
-        f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" fill="#777" {_FONT}>'
+        f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" fill="currentColor" {_FONT}>'
         f"{tallest}</text>",
-        f'<text x="{left - 4}" y="{bottom}" text-anchor="end" fill="#777" {_FONT}>0</text>',
+        f'<text x="{left - 4}" y="{bottom}" text-anchor="end" fill="currentColor" {_FONT}>0</text>',
     ]
     for i, members in enumerate(counts):
         if not members:
@@ -379,7 +379,7 @@ def _histogram(known: list[tuple[float, Task]], unrun: int) -> str:
     else:
         body.append(
             f'<text x="{(left + right) / 2}" y="{bottom + 15}" text-anchor="middle" '
-            f'fill="#777" {_FONT}>every task ran {escape(format_seconds(low))}'
+            f'fill="currentColor" {_FONT}>every task ran {escape(format_seconds(low))}'
             f"{escape(note)}</text>"
         )
     return _svg(int(bottom + 36), body, "histogram of task durations")
@@ -413,13 +413,13 @@ def _timeline(spans: list[_Span], total: int) -> str:
     if pitch >= 9:
         body += [
             f'<text x="{left - 6}" y="{top + i * pitch + pitch * 0.7:.1f}" '
-            f'text-anchor="end" fill="#777" {_FONT}>'
+            f'text-anchor="end" fill="currentColor" {_FONT}>'
             f"{'no worker' if w is None else f'pid {w}'}</text>"
             for i, w in enumerate(rows)
         ]
     else:
         body.append(
-            f'<text x="{left - 6}" y="{top + 10}" text-anchor="end" fill="#777" '
+            f'<text x="{left - 6}" y="{top + 10}" text-anchor="end" fill="currentColor" '
             f"{_FONT}>{len(rows) - (None in row_of)} workers</text>"
         )
     for span in _sample(spans):
@@ -436,7 +436,7 @@ def _timeline(spans: list[_Span], total: int) -> str:
     height = bottom + 36
     if len(spans) > MAX_BARS:
         body.append(
-            f'<text x="{left}" y="{height + 4}" fill="#777" {_FONT}>showing '
+            f'<text x="{left}" y="{height + 4}" fill="currentColor" {_FONT}>showing '
             f"{MAX_BARS:,} of {total:,} tasks, sampled evenly by start time</text>"
         )
         height += 12

@@ -15,13 +15,21 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
+# Text keeps the theme's own colour (its contrast is the theme's); colour marks what is
+# not text, or sits behind white text at 4.5:1 or more (``badge``), in light and dark themes.
 OK_COLOR = "#2e7d32"
 FAIL_COLOR = "#c62828"
-MUTED = "color:#777"
+RUNNING_COLOR = "#1565c0"
+WARN_COLOR = "#bf360c"
+MUTED = "color:var(--jp-content-font-color2,#555)"
 PRE_STYLE = (
     "margin:4px 0;padding:6px 8px;background:rgba(127,127,127,0.10);"
-    "border-radius:3px;white-space:pre-wrap;word-break:break-word;"
+    "border-radius:3px;white-space:pre-wrap;overflow-wrap:break-word;"
     "font-size:12px;line-height:1.35;max-height:32em;overflow:auto"
+)
+# a traceback's lines are code: never wrapped mid-token, scrolled sideways instead
+TRACEBACK_STYLE = PRE_STYLE.replace(
+    "white-space:pre-wrap;overflow-wrap:break-word", "white-space:pre"
 )
 HIGHLIGHT_STYLE = "background:rgba(229,57,53,0.22);font-weight:bold;box-shadow:-3px 0 0 #e53935"
 OUTPUT_LINES = 40  # lines of output shown, the last ones
@@ -45,6 +53,15 @@ _repr.maxlist = _repr.maxtuple = _repr.maxset = _repr.maxdict = 6
 
 
 # -- text helpers ---------------------------------------------------------------------
+
+
+def badge(text: str, colour: str, css_class: str = "") -> str:
+    """``text`` (HTML) in white on ``colour``: legible in light and dark themes alike."""
+    klass = f' class="{css_class}"' if css_class else ""
+    return (
+        f'<span{klass} style="background:{colour};color:#fff;padding:0 5px;'
+        f'border-radius:3px">{text}</span>'
+    )
 
 
 def clip(text: str, limit: int) -> str:
@@ -189,7 +206,7 @@ def traceback_html(text: str) -> str:
         if first
         else ""
     )
-    return f'{note}<pre style="{PRE_STYLE}">' + "\n".join(shown) + "</pre>"
+    return f'{note}<pre style="{TRACEBACK_STYLE}">' + "\n".join(shown) + "</pre>"
 
 
 def output_html(text: str) -> str:
@@ -234,7 +251,8 @@ def _rows(task: Any) -> list[tuple[str, str]]:
         rows.append(
             (
                 "error",
-                f'<code style="color:{FAIL_COLOR}">{escape(clip(error_text(task), 300))}</code>',
+                f'<code style="border-left:3px solid {FAIL_COLOR};padding-left:4px">'
+                f"{escape(clip(error_text(task), 300))}</code>",
             )
         )
     timing = [ran_text(task)]
@@ -281,8 +299,7 @@ def _card(task: Any) -> str:
     color = OK_COLOR if task.success else FAIL_COLOR
     status = "✓ succeeded" if task.success else "✗ failed"
     head = (
-        f'<div style="margin-bottom:4px"><span style="background:{color};color:#fff;'
-        f'padding:1px 6px;border-radius:3px;font-size:12px">{status}</span> '
+        f'<div style="margin-bottom:4px">{badge(status, color)} '
         f"<b>{escape(type(task).__name__)}</b> <b>{escape(repr(task.name))}</b></div>"
     )
     table = "".join(
