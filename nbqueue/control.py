@@ -15,6 +15,7 @@ this.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable
 
@@ -207,6 +208,10 @@ def _retry(broker: Broker, records: list[Record], cached: bool) -> int:
     finally:
         for pin in pins:
             blobs.unpin(pin)
+    panels = sys.modules.get("nbqueue.display.group_panel")
+    if panels is not None:  # panels drawn complete in this process show the retries
+        for group in {failed[i]["group"] for i in claimed} - {None}:
+            panels.reopen(broker.directory, group)
     return len(claimed)
 
 

@@ -79,6 +79,7 @@ class GroupFigures(NamedTuple):
     rate: float  # tasks finished per second over the last RATE_WINDOW seconds
     eta: float | None  # seconds left at that rate; None when unknown or finished
     final: bool  # every task sent to it has an outcome: these figures stay
+    served: bool = True  # some cluster takes work from its store now
 
     @property
     def finished(self) -> int:
@@ -90,11 +91,14 @@ class GroupFigures(NamedTuple):
         ``finished`` or ``finished with failures``."""
         if self.final:
             return "finished with failures" if self.failed or self.cancelled else "finished"
-        return "running" if self.running else "waiting"
+        if self.running:
+            return "running"
+        return "waiting" if self.served else "waiting: no cluster serves its store"
 
     def as_json(self) -> dict[str, Any]:
         figures = self._asdict()
         figures.update(state=self.state, rate=round(self.rate, 2))
+        del figures["served"]
         if self.eta is not None:
             figures["eta"] = round(self.eta, 1)
         return figures
@@ -125,12 +129,14 @@ class GroupWatch:
             return here
         return max(row.tasks, here or 0)
 
-    def read(self, running_now: int | None = None) -> GroupFigures:
-        """The group's figures now. ``running_now``: its tasks running, when the caller
-        has read the clusters' heartbeats already."""
+    def read(self, running_now: int | None = None, served: bool = True) -> GroupFigures:
+        """The group's figures now. ``running_now`` and ``served``: its tasks running and
+        whether a cluster serves the store, when the caller has read the clusters'
+        heartbeats already."""
         done, failed, cancelled = self.part.tally_cancelled(self.group)
         if running_now is None:
-            running_now = group_running(self.broker.directory).get(self.group, 0)
+            by_group, served = serving(self.broker)
+            running_now = by_group.get(self.group, 0)
         finished = done + failed
         total = self.expected()
         final = total is not None and finished >= total > 0
@@ -141,17 +147,33 @@ class GroupWatch:
         left = total - finished
         eta = left / rate if rate > 0 and left > 0 else None
         return GroupFigures(
-            self.group, done, failed - cancelled, cancelled, running_now, total, rate, eta, final
+            self.group,
+            done,
+            failed - cancelled,
+            cancelled,
+            running_now,
+            total,
+            rate,
+            eta,
+            final,
+            served,
         )
 
 
-def group_running(directory: str) -> dict[str, int]:
-    """Tasks running per group, as the clusters' last heartbeats say."""
+def serving(
+    broker: Broker, live: list[dict[str, Any]] | None = None
+) -> tuple[dict[str, int], bool]:
+    """(tasks running per group, whether a cluster takes work from the store), as the
+    clusters' last heartbeats (``live``, read here if not given) and this process say."""
+    if live is None:
+        live = heartbeats(broker.directory).clusters()
     counts: dict[str, int] = {}
-    for info in heartbeats(directory).clusters():
+    served = broker.has_local_consumer
+    for info in live:
+        served = served or info.get("state") != "stopping"
         for group, count in (info.get("groups_running") or {}).items():
             counts[group] = counts.get(group, 0) + count
-    return counts
+    return counts, served
 
 
 def cluster_figures(info: dict[str, Any], now: float | None = None) -> dict[str, Any]:
@@ -221,21 +243,18 @@ class StoreFigures:
         live = beats.clusters()
         clusters = [cluster_figures(info, now) for info in live]
         clusters += [cluster_figures(info, now) for info in beats.stopped_clusters()]
-        by_group: dict[str, int] = {}
-        for info in live:
-            for group, count in (info.get("groups_running") or {}).items():
-                by_group[group] = by_group.get(group, 0) + count
+        by_group, served = serving(self.broker, live)
         sent = sorted(self.broker.groups().items(), key=lambda item: -item[1].last)
         groups = []
         for name, _ in sent[:GROUPS_SHOWN]:
             cached = not self.store.saved.has_group(name) and self.store.cached.has_group(name)
-            figures = self._watch(name, cached).read(by_group.get(name, 0))
+            figures = self._watch(name, cached).read(by_group.get(name, 0), served)
             groups.append(dict(figures.as_json(), cached=cached))
         return {
             "directory": self.directory,
             "updated": now,
             "queued": self.broker.pending(),
-            "served": any(c["state"] == "running" for c in clusters),
+            "served": served,
             "clusters": clusters,
             "groups": groups,
             "running": self.running(now),

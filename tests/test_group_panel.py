@@ -62,6 +62,30 @@ def test_widget_panel_turns_red_on_failure(cluster):
     assert "finished with failures" in panel._title.value and "1 failed" in panel._label.value
 
 
+def test_a_complete_panel_updates_again_when_its_failures_are_retried(cluster, tmp_path):
+    flag = str(tmp_path / "flag")
+    for i in range(3):
+        async_task(fx.fails_until, flag, "x" * i, group="again")
+    async_task(fx.add, 1, group="again")
+    panel = GroupProgress("again", widget=True)
+    assert panel.wait(30) and panel.state == "danger"
+    assert "1 done · 3 failed · 0 cancelled" in panel._label.value
+    open(flag, "w").close()
+    assert nbqueue.retry_group("again") == 3
+    wait_for(lambda: panel.state == "success", 30, "the panel complete again, all done")
+    assert panel.wait(0) and "4 done · 0 failed · 0 cancelled" in panel._label.value
+    assert panel._bar.bar_style == "success" and "complete" in panel._title.value
+
+
+def test_a_panel_says_when_no_cluster_serves_its_store(store_dir):
+    with pytest.warns(nbqueue.NoClusterWarning):
+        async_task(fx.add, 1, group="unserved")
+    panel = GroupProgress("unserved", widget=True)
+    wait_for(lambda: "waiting: no cluster serves its store" in panel._title.value, 10,
+             "the panel saying no cluster serves the store")
+    panel.stop()
+
+
 def test_progress_while_waiting(cluster):
     for i in range(10):
         async_task(fx.add, i, group="waiting")
@@ -133,7 +157,7 @@ def test_stopped_panel_says_it_is_no_longer_updated(store_dir):
     panel = GroupProgress("left", widget=True, interval=3600)
     panel.stop()
     assert panel.state == "running" and not panel.finished.is_set()
-    assert "running · no longer updated" in panel._title.value
+    assert "waiting: no cluster serves its store · no longer updated" in panel._title.value
     assert "0 done" in panel._label.value
 
 

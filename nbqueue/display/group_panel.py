@@ -12,13 +12,14 @@ from __future__ import annotations
 import html
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store
 from nbqueue.display.running_view import READ_EVERY, RunningView, _clock, running_note
 from nbqueue.display.views import FAIL_COLOR, OK_COLOR, RUNNING_COLOR, badge
-from nbqueue.figures import GroupWatch
+from nbqueue.figures import GroupFigures, GroupWatch
 from nbqueue.live import running
 
 if TYPE_CHECKING:  # imported when a widget is drawn: ipywidgets is optional
@@ -75,6 +76,7 @@ class GroupProgress:
         self.eta: float | None = None
         self.started = time.monotonic()
         self._watch = GroupWatch(group, self.part, self.broker, total)
+        self.figures: GroupFigures | None = None  # as last read
         self._complete = False  # drawn as complete; ``finished`` is set once it is drawn
         self._closed = False  # the last figures are drawn and the bar closed: no more drawing
         self._stopped = False  # stop() ended the updates before the group was complete
@@ -109,7 +111,7 @@ class GroupProgress:
 
     def _read(self) -> None:
         """Read the store once into the figures (under the lock, without drawing)."""
-        figures = self._watch.read()
+        figures = self.figures = self._watch.read()
         self.done, self.failed, self.cancelled = figures.done, figures.failed, figures.cancelled
         self.running, self.shown_total = figures.running, figures.total
         self.rate, self.eta = figures.rate, figures.eta
@@ -156,6 +158,9 @@ class GroupProgress:
             try:
                 self._close()
             finally:
+                if self._complete and self.widget is not None and not self._stopped:
+                    _finished.setdefault((self.broker.directory, self.group), weakref.WeakSet())
+                    _finished[self.broker.directory, self.group].add(self)
                 if self._complete:
                     # Only now: whoever waits on ``finished`` (``wait()``) must find the
                     # panel drawn complete, e.g. before its cell ends and the notebook's
@@ -212,7 +217,7 @@ class GroupProgress:
             self._bar.value = min(finished, self._bar.max)
             self._bar.bar_style = style
             state = {
-                "running": "running",
+                "running": self.figures.state if self.figures is not None else "running",
                 "success": "complete",
                 "danger": "finished with failures",
             }[self.state]
@@ -259,6 +264,17 @@ class GroupProgress:
         if self.widget is None and not getattr(self._tqdm, "disable", True):
             self._tqdm.close()
 
+    def _reopen(self) -> None:
+        """Update again: its group was given more work (a retry) after it was drawn
+        complete. A widget only: a tqdm bar, once closed, stays closed."""
+        with self._lock:
+            if not self._closed or not self._complete:
+                return
+            self._complete = self._closed = False
+            self.finished.clear()
+            self._thread = threading.Thread(target=self._loop, name="nbqueue-progress", daemon=True)
+            self._thread.start()
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the group is complete (or ``timeout`` seconds); return whether it is."""
         return self.finished.wait(timeout)
@@ -298,6 +314,16 @@ class GroupProgress:
 
     def __repr__(self) -> str:
         return f"<GroupProgress {self.group!r}: {self.summary()}>"
+
+
+_finished: dict[tuple[str, str], weakref.WeakSet[GroupProgress]] = {}  # widgets drawn complete
+
+
+def reopen(directory: str, group: str) -> None:
+    """Have the complete widget panels of ``group`` update again (its failures were sent
+    again): their figures are no longer final."""
+    for panel in list(_finished.pop((directory, group), ())):
+        panel._reopen()
 
 
 def progress(
