@@ -164,11 +164,12 @@ def serving(
     broker: Broker, live: list[dict[str, Any]] | None = None
 ) -> tuple[dict[str, int], bool]:
     """(tasks running per group, whether a cluster takes work from the store), as the
-    clusters' last heartbeats (``live``, read here if not given) and this process say."""
+    clusters' last heartbeats say (``live``, read here if not given): a cluster beats
+    from its start, and says when it stops."""
     if live is None:
         live = heartbeats(broker.directory).clusters()
     counts: dict[str, int] = {}
-    served = broker.has_local_consumer
+    served = False
     for info in live:
         served = served or info.get("state") != "stopping"
         for group, count in (info.get("groups_running") or {}).items():
