@@ -3,11 +3,12 @@
 #   make test   - create .venv with the test extras, run the whole suite
 #   make lint   - the quality gate (ruff and mypy), which make test runs first
 #   make bench  - create .venv with the bench extras (the peers), run benchmarks/run.py
+#   make labextension - rebuild the prebuilt JupyterLab extension (needs Node and npm)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench labextension clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +54,13 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/report.py  # docs/performance.md from the run's JSON
+
+# The JupyterLab side panel's extension, built from labextension/ into
+# nbqueue/dashboard/labextension/ and committed, so that users and CI need no Node. Only
+# labextension/src needs it: the panel itself (nbqueue/dashboard/static/) is served as is.
+labextension: $(VENV)/.installed-test
+	cd labextension && npm ci --no-audit --no-fund
+	cd labextension && PATH="$(CURDIR)/$(BIN):$$PATH" jupyter labextension build .
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts
