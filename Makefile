@@ -14,17 +14,26 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml | $(BIN)/python $(VENV)/.jupyter-data
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python $(VENV)/.jupyter-data
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python $(VENV)/.jupyter-data
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	touch $@ $(VENV)/.installed
+
+# An editable install (pip install -e) installs no data files (PEP 660 leaves them out):
+# link the prebuilt lab extension and the config enabling the server extension into the
+# venv, where a wheel puts them (pyproject.toml: data-files).
+$(VENV)/.jupyter-data: | $(BIN)/python
+	mkdir -p $(VENV)/share/jupyter/labextensions $(VENV)/etc/jupyter/jupyter_server_config.d
+	ln -sfn $(CURDIR)/nbqueue/dashboard/labextension $(VENV)/share/jupyter/labextensions/nbqueue-labextension
+	ln -sfn $(CURDIR)/nbqueue/dashboard/jupyter-config/nbqueue.json $(VENV)/etc/jupyter/jupyter_server_config.d/nbqueue.json
+	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/python examples/montecarlo.py
@@ -61,6 +70,7 @@ bench: $(VENV)/.installed-bench
 labextension: $(VENV)/.installed-test
 	cd labextension && npm ci --no-audit --no-fund
 	cd labextension && PATH="$(CURDIR)/$(BIN):$$PATH" jupyter labextension build .
+	cp labextension/install.json nbqueue/dashboard/labextension/
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

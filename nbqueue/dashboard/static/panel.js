@@ -126,13 +126,16 @@ function syncRows(list, rows, items, key, create, update) {
   }
 }
 
-/** A clickable area that also answers Enter and Space, like a button would. */
-function clickable(node, onActivate) {
+/**
+ * A row that acts on a click anywhere but its buttons and its <pre>, and on Enter and
+ * Space when `node` (its focusable part) has the focus, like a button would.
+ */
+function clickable(node, area, onActivate) {
   node.tabIndex = 0;
-  node.addEventListener('click', (event) => {
-    if (event.target.closest('button, a, input')) return;
+  area.addEventListener('click', (event) => {
+    if (event.target.closest('button, a, input, pre')) return;
     const selection = node.ownerDocument.getSelection();
-    if (selection && !selection.isCollapsed && node.contains(selection.anchorNode)) return;
+    if (selection && !selection.isCollapsed && area.contains(selection.anchorNode)) return;
     onActivate();
   });
   node.addEventListener('keydown', (event) => {
@@ -749,7 +752,7 @@ export function mountPanel(container, { request, interval = 1000, paused = false
       progress.append(bar.bar, progressText);
       const last = make(doc, 'p', 'nbq-last-line nbq-code');
       li.append(head, func, progress, last);
-      clickable(main, () => select(key));
+      clickable(main, li, () => select(key));
       setAttr(main, 'aria-pressed', view.selected === key);
       setClass(li, 'nbq-selected', view.selected === key);
       const row = { el: li, pending: new Set(), main, name, since, func, progress, bar };
@@ -816,15 +819,15 @@ export function mountPanel(container, { request, interval = 1000, paused = false
       main.title = 'show its traceback';
       const name = make(doc, 'span', 'nbq-name');
       const where = make(doc, 'span', 'nbq-detail');
+      main.append(name, where);
       const error = make(doc, 'p', 'nbq-error nbq-failure-error nbq-wrap');
-      main.append(name, where, error);
       const retry = make(doc, 'button', 'nbq-button', 'Retry');
       retry.type = 'button';
       head.append(main, retry);
       const traceback = make(doc, 'pre', 'nbq-pre nbq-traceback');
       traceback.tabIndex = 0;
       traceback.hidden = true;
-      li.append(head, traceback);
+      li.append(head, error, traceback);
       const row = { el: li, pending: new Set(), main, name, where, error, traceback, text: null };
       const toggle = () => {
         const open = !view.expanded.has(key);
@@ -833,7 +836,7 @@ export function mountPanel(container, { request, interval = 1000, paused = false
         setAttr(main, 'aria-expanded', open);
         show(traceback, open);
       };
-      clickable(main, toggle);
+      clickable(main, li, toggle);
       setAttr(main, 'aria-expanded', view.expanded.has(key));
       traceback.hidden = !view.expanded.has(key);
       row.refreshButtons = () => {

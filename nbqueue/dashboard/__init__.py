@@ -1,0 +1,1 @@
+"""nbqueue's dashboard: the JupyterLab side panel and `nbqueue dashboard` (placeholder)."""
