@@ -31,8 +31,8 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python $(VENV)/.jupyter-data
 # venv, where a wheel puts them (pyproject.toml: data-files).
 $(VENV)/.jupyter-data: | $(BIN)/python
 	mkdir -p $(VENV)/share/jupyter/labextensions $(VENV)/etc/jupyter/jupyter_server_config.d
-	ln -sfn $(CURDIR)/nbqueue/dashboard/labextension $(VENV)/share/jupyter/labextensions/nbqueue-labextension
-	ln -sfn $(CURDIR)/nbqueue/dashboard/jupyter-config/nbqueue.json $(VENV)/etc/jupyter/jupyter_server_config.d/nbqueue.json
+	ln -sfn $(abspath nbqueue)/dashboard/labextension $(VENV)/share/jupyter/labextensions/nbqueue-labextension
+	ln -sfn $(abspath nbqueue)/dashboard/jupyter-config/nbqueue.json $(VENV)/etc/jupyter/jupyter_server_config.d/nbqueue.json
 	touch $@
 
 demo: $(VENV)/.installed
@@ -69,7 +69,7 @@ bench: $(VENV)/.installed-bench
 # labextension/src needs it: the panel itself (nbqueue/dashboard/static/) is served as is.
 labextension: $(VENV)/.installed-test
 	cd labextension && npm ci --no-audit --no-fund
-	cd labextension && PATH="$(CURDIR)/$(BIN):$$PATH" jupyter labextension build .
+	cd labextension && PATH="$(abspath $(BIN)):$$PATH" jupyter labextension build .
 	cp labextension/install.json nbqueue/dashboard/labextension/
 
 clean:
