@@ -32,6 +32,7 @@ class NbqueueSidebar extends Widget {
     this._settings = ServerConnection.makeSettings();
     this._handle = null;
     this._loading = null;
+    this._attempts = 0;
   }
 
   onAfterShow(msg) {
@@ -62,9 +63,11 @@ class NbqueueSidebar extends Widget {
   async _mount() {
     const settings = this._settings;
     const url = URLExt.join(settings.baseUrl, 'nbqueue/static/panel.js');
+    // The browser remembers a module that failed to load: a new attempt needs a new URL.
+    const attempt = this._attempts++;
     let module;
     try {
-      module = await import(/* webpackIgnore: true */ url);
+      module = await import(/* webpackIgnore: true */ attempt ? `${url}?attempt=${attempt}` : url);
     } catch (error) {
       this._showError(await this._whyNot(url, error));
       return;

@@ -132,6 +132,7 @@ function syncRows(list, rows, items, key, create, update) {
  */
 function clickable(node, area, onActivate) {
   node.tabIndex = 0;
+  node.setAttribute('role', 'button');
   area.addEventListener('click', (event) => {
     if (event.target.closest('button, a, input, pre')) return;
     const selection = node.ownerDocument.getSelection();
@@ -773,6 +774,7 @@ export function mountPanel(container, { request, interval = 1000, paused = false
 
     function updateTaskRow(row, t) {
       setText(row.name, t.name ?? '');
+      setAttr(row.main, 'aria-label', `output of ${t.name ?? ''}`);
       setText(row.since, t.seconds != null ? `for ${duration(Number(t.seconds))}` : '');
       const where = [t.func ?? ''];
       if (t.group != null) where.push(`in ${t.group}`);
@@ -855,6 +857,7 @@ export function mountPanel(container, { request, interval = 1000, paused = false
 
     function updateFailureRow(row, f) {
       setText(row.name, f.name ?? '');
+      setAttr(row.main, 'aria-label', `traceback of ${f.name ?? ''}`);
       const where = [];
       if (f.group != null) where.push(`in ${f.group}`);
       if (f.cause && f.cause !== 'raised') where.push(String(f.cause));
