@@ -315,6 +315,7 @@ export function mountPanel(container, { request, interval = 1000, paused = false
   async function poll() {
     inFlight = true;
     again = false;
+    sleeping = false;
     const started = performance.now();
     try {
       let list;
@@ -323,6 +324,7 @@ export function mountPanel(container, { request, interval = 1000, paused = false
         if (!Array.isArray(list)) throw new Error('api/stores did not answer a list');
       } catch (error) {
         if (disposed) return;
+        show(waiting, false);
         setText(connection, `cannot reach the server: ${reasonOf(error)} (retrying)`);
         show(connection, true);
         for (const view of stores.values()) view.markFailed();
