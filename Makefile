@@ -3,27 +3,37 @@
 #   make test   - create .venv with the test extras, run the whole suite
 #   make lint   - the quality gate (ruff and mypy), which make test runs first
 #   make bench  - create .venv with the bench extras (the peers), run benchmarks/run.py
+#   make labextension - rebuild the prebuilt JupyterLab extension (needs Node and npm)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench labextension clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml | $(BIN)/python $(VENV)/.jupyter-data
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python $(VENV)/.jupyter-data
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python $(VENV)/.jupyter-data
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	touch $@ $(VENV)/.installed
+
+# An editable install (pip install -e) installs no data files (PEP 660 leaves them out):
+# link the prebuilt lab extension and the config enabling the server extension into the
+# venv, where a wheel puts them (pyproject.toml: data-files).
+$(VENV)/.jupyter-data: | $(BIN)/python
+	mkdir -p $(VENV)/share/jupyter/labextensions $(VENV)/etc/jupyter/jupyter_server_config.d
+	ln -sfn $(abspath nbqueue)/dashboard/labextension $(VENV)/share/jupyter/labextensions/nbqueue-labextension
+	ln -sfn $(abspath nbqueue)/dashboard/jupyter-config/nbqueue.json $(VENV)/etc/jupyter/jupyter_server_config.d/nbqueue.json
+	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/python examples/montecarlo.py
@@ -53,6 +63,14 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/report.py  # docs/performance.md from the run's JSON
+
+# The JupyterLab side panel's extension, built from labextension/ into
+# nbqueue/dashboard/labextension/ and committed, so that users and CI need no Node. Only
+# labextension/src needs it: the panel itself (nbqueue/dashboard/static/) is served as is.
+labextension: $(VENV)/.installed-test
+	cd labextension && npm ci --no-audit --no-fund
+	cd labextension && PATH="$(abspath $(BIN)):$$PATH" jupyter labextension build .
+	cp labextension/install.json nbqueue/dashboard/labextension/
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts
