@@ -56,6 +56,12 @@ class RateMeter:
                 samples.popleft()
         return self.rate()
 
+    @property
+    def measured(self) -> bool:
+        """Whether the rate spans some time (two samples or more): 0 before that is no
+        measure."""
+        return len(self._samples) >= 2
+
     def rate(self) -> float:
         """Tasks per second between the oldest kept sample and the newest one; 0 before two."""
         with self._lock:
@@ -80,6 +86,7 @@ class GroupFigures(NamedTuple):
     eta: float | None  # seconds left at that rate; None when unknown or finished
     final: bool  # every task sent to it has an outcome: these figures stay
     served: bool = True  # some cluster takes work from its store now
+    measured: bool = True  # the rate spans some time: read more than once
 
     @property
     def finished(self) -> int:
@@ -96,9 +103,11 @@ class GroupFigures(NamedTuple):
         return "waiting" if self.served else "waiting: no cluster serves its store"
 
     def as_json(self) -> dict[str, Any]:
+        """Plain JSON; no rate (None) for a group finished, or not measured yet."""
         figures = self._asdict()
-        figures.update(state=self.state, rate=round(self.rate, 2))
-        del figures["served"]
+        shown = self.measured and not self.final
+        figures.update(state=self.state, rate=round(self.rate, 2) if shown else None)
+        del figures["served"], figures["measured"]
         if self.eta is not None:
             figures["eta"] = round(self.eta, 1)
         return figures
@@ -157,6 +166,7 @@ class GroupWatch:
             eta,
             final,
             served,
+            self._meter.measured,
         )
 
 

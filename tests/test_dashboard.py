@@ -52,12 +52,14 @@ class Dashboard:
 
 
 @pytest.fixture
-def dashboard(store_dir):
-    """``nbqueue dashboard --directory <the test's store>`` on a free port, killed after."""
+def dashboard(store_dir, tmp_path):
+    """``nbqueue dashboard --directory <the test's store>`` on a free port, with a registry
+    of its own (which lists that store alone), killed after."""
     nbqueue.get_broker()  # the store exists
     process = subprocess.Popen(
         [sys.executable, "-m", "nbqueue", "dashboard", "--directory", store_dir, "--port", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, NBQUEUE_REGISTRY=str(tmp_path / "registry")),
     )
     try:
         line = process.stdout.readline()  # the server prints its URL once it listens
@@ -83,7 +85,7 @@ def test_the_token_in_the_url_signs_a_browser_in_whose_posts_need_the_xsrf_cooki
     jar = CookieJar()
     browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
     code, page = dashboard.request(f"?token={dashboard.token}", token=False, opener=browser)
-    assert code == 200 and "panel.js" in page
+    assert code == 200 and 'src="static/page.js"' in page
     assert {cookie.name for cookie in jar} >= {"nbqueue-dashboard", "_xsrf"}
     code, stores = dashboard.request("api/stores", token=False, opener=browser)
     assert code == 200 and stores == [{"id": store_id(cluster.directory),

@@ -63,7 +63,8 @@ def _row(panel, kind: str, row_id: str):
     return panel.locator(f'[data-nbqueue-kind="{kind}"][data-nbqueue-id="{row_id}"]')
 
 
-def _watch_the_store(page, store: str, flag: Path, cluster: subprocess.Popen, lab: Lab) -> None:
+def _watch_the_store(page, store: str, flag: Path, cluster: subprocess.Popen, lab: Lab,
+                     shot: Path | None = None) -> None:
     """What the panel shows and does, wherever it is drawn."""
     from playwright.sync_api import expect
 
@@ -90,9 +91,11 @@ def _watch_the_store(page, store: str, flag: Path, cluster: subprocess.Popen, la
     # a failure's traceback
     failure = panel.locator('[data-nbqueue-kind="failure"]', has_text="shaky-one")
     expect(failure).to_contain_text("RuntimeError", timeout=SEEN)
-    failure.click()
+    failure.get_by_role("button", name="traceback of shaky-one").click()
     expect(panel.locator("pre", has_text="Traceback (most recent call last)").first
            ).to_be_visible(timeout=SEEN)
+    if shot is not None:
+        page.screenshot(path=str(shot))
     # a kernel restart changes nothing in the panel
     kernel = lab.api("/api/kernels", method="POST")
     lab.api(f"/api/kernels/{kernel['id']}/restart", method="POST")
@@ -143,8 +146,7 @@ def test_the_side_panel_and_the_dashboard_page_watch_a_store_filled_without_a_ke
             tab.click()
             page.locator("#nbqueue-panel input").first.fill(store)
             page.get_by_role("button", name="Add").click()  # the lab's own registry
-            _watch_the_store(page, store, flag, cluster, lab)
-            page.screenshot(path=str(ARTIFACTS / "panel.png"))
+            _watch_the_store(page, store, flag, cluster, lab, ARTIFACTS / "panel.png")
 
         # nbqueue dashboard: the same page, outside Jupyter, on a second store
         store = str(root / "second")

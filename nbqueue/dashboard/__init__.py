@@ -18,10 +18,11 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     """Add the dashboard's routes to a Jupyter server, behind its authentication."""
-    from jupyter_server.base.handlers import APIHandler
+    from jupyter_server.base.handlers import APIHandler, JupyterHandler
 
     from nbqueue.dashboard.handlers import routes
 
     web_app = serverapp.web_app
-    web_app.add_handlers(".*$", routes(APIHandler, web_app.settings["base_url"]))
+    base_url = web_app.settings["base_url"]
+    web_app.add_handlers(".*$", routes(APIHandler, base_url, page_base=JupyterHandler))
     serverapp.log.info("nbqueue: the dashboard is at %snbqueue/", web_app.settings["base_url"])

@@ -5,7 +5,7 @@ authentication and XSRF checks) in the server extension, the token-checking one 
 Routes, under the server's base URL::
 
     GET  nbqueue/                                       the page
-    GET  nbqueue/static/panel.js | panel.css            what the page and JupyterLab load
+    GET  nbqueue/static/panel.js | panel.css | page.js  what the page and JupyterLab load
     GET  nbqueue/api/stores                             [{"id", "directory"}, ...]
     POST nbqueue/api/stores                             {"directory": path}: list a store
     GET  nbqueue/api/stores/<id>                        its figures (figures.StoreFigures)
@@ -55,7 +55,11 @@ def _signed_in(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     async def checked(self: web.RequestHandler, *args: Any) -> Any:
         if not self.current_user:
-            raise web.HTTPError(403, "not signed in: open the URL with its token")
+            self.set_status(403)
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+            message = "not signed in: open the dashboard's URL with its token, or log in"
+            self.finish(json.dumps({"ok": False, "message": message}))
+            return None
         return await method(self, *args)
 
     return checked
@@ -85,6 +89,9 @@ class PageHandler(_Routes):
     @_signed_in
     async def get(self) -> None:
         handler: Any = self
+        if not handler.request.path.endswith("/"):  # the page's URLs are relative to it
+            handler.redirect(handler.request.path + "/" + _query(handler), permanent=False)
+            return
         handler.xsrf_token  # noqa: B018 (sets the _xsrf cookie the page's POSTs send back)
         with open(os.path.join(STATIC, "index.html"), encoding="utf-8") as file:
             page = file.read()
@@ -98,7 +105,7 @@ class StaticHandler(_Routes):
     async def get(self, name: str) -> None:
         handler: Any = self
         path = os.path.join(STATIC, name)
-        if name not in ("panel.js", "panel.css") or not os.path.isfile(path):
+        if name not in ("panel.js", "panel.css", "page.js") or not os.path.isfile(path):
             raise web.HTTPError(404)
         with open(path, "rb") as file:
             body = file.read()
@@ -147,6 +154,11 @@ class ActionHandler(_Routes):
         await self._answer(lambda: work(sid, name))
 
 
+def _query(handler: Any) -> str:
+    query = handler.request.query
+    return "?" + query if query else ""
+
+
 def _body(handler: Any) -> dict[str, Any]:
     try:
         body = json.loads(handler.request.body or b"{}")
@@ -157,8 +169,11 @@ def _body(handler: Any) -> dict[str, Any]:
     return body
 
 
-def routes(base: type, base_url: str = "/") -> list[tuple[str, type]]:
-    """The dashboard's routes under ``base_url``, each handler made on ``base``."""
+def routes(
+    base: type, base_url: str = "/", page_base: type | None = None
+) -> list[tuple[str, type]]:
+    """The dashboard's routes under ``base_url``, each handler made on ``base``, or on
+    ``page_base`` for the page and its files (Jupyter's API handlers answer only JSON)."""
     prefix = base_url.rstrip("/") + "/nbqueue"
     store = prefix + "/api/stores/([0-9a-f]{16})"
     table: list[tuple[str, type]] = [
@@ -169,4 +184,8 @@ def routes(base: type, base_url: str = "/") -> list[tuple[str, type]]:
         (store + "/tasks/([^/]+)", TaskHandler),
         (store + "/(clusters|tasks|groups)/(.+)/(stop|cancel|retry)", ActionHandler),
     ]
-    return [(path, type(cls.__name__, (cls, base), {})) for path, cls in table]
+    pages = (PageHandler, StaticHandler)
+    return [
+        (path, type(cls.__name__, (cls, (page_base or base) if cls in pages else base), {}))
+        for path, cls in table
+    ]
