@@ -118,6 +118,21 @@ def test_one_task(store_dir):
     assert repr(shown).startswith("group 'one': 1 task, 1 succeeded, 0 failed;")
 
 
+def test_cancelled_tasks_are_counted_apart_and_take_no_time(store_dir):
+    with pytest.warns(nbqueue.NoClusterWarning):
+        queued = [async_task(fx.add, i, group="part") for i in range(2)]
+    assert all(nbqueue.cancel(task_id) for task_id in queued)
+    for i in range(2):
+        async_task(fx.nap, 0.05, i, group="part", sync=True)
+    shown = summary("part")
+    assert (shown.count, shown.succeeded, shown.failed, shown.cancelled) == (4, 2, 0, 2)
+    text = repr(shown)
+    assert text.startswith("group 'part': 4 tasks, 2 succeeded, 0 failed, 2 cancelled;"), text
+    assert "durations: min 0.05 s" in text  # the naps', not a cancel's 0 ms
+    assert {t.id for t in shown.slowest()} == {t.id for t in shown.tasks if t.success}
+    assert "(2 that no worker ran not counted)" in " ".join(_texts(shown.histogram_svg()))
+
+
 def test_a_cluster_group(cluster):
     ids = [async_task(fx.nap, 0.2, i, group="mixed") for i in range(6)]
     ids += [async_task(fx.boom, "no <good>", group="mixed"),
@@ -152,7 +167,7 @@ def test_outcomes_no_worker_gave_have_their_own_row(store_dir):
     dropped = [async_task(fx.add, i, group="some-cancelled") for i in range(2)]
     assert nbqueue.cancel_group("some-cancelled") == 2
     shown = summary("some-cancelled")
-    assert (shown.count, shown.failed) == (5, 2)
+    assert (shown.count, shown.failed, shown.cancelled) == (5, 0, 2)  # cancels apart
     timeline = shown.timeline_svg()
     assert len(_rects(timeline, "nbqueue-bar")) == 5 and "no worker" in _texts(timeline)
     cancelled = [b for b in _rects(timeline, "nbqueue-bar")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store
+from nbqueue.disk.records import Cause
 from nbqueue.disk.store import check_name
 from nbqueue.display.views import (
     FAIL_COLOR,
@@ -88,7 +89,8 @@ class GroupSummary:
         self.tasks = list(tasks)
         self.count = len(self.tasks)
         self.succeeded = sum(1 for t in self.tasks if t.success)
-        self.failed = self.count - self.succeeded
+        self.cancelled = sum(1 for t in self.tasks if t.cause is Cause.CANCELLED)
+        self.failed = self.count - self.succeeded - self.cancelled  # the cancelled apart
         self.first_start: datetime | None = min((t.started for t in self.tasks), default=None)
         self.last_stop: datetime | None = max((t.stopped for t in self.tasks), default=None)
         self.span = (
@@ -97,11 +99,14 @@ class GroupSummary:
             else max(0.0, (self.last_stop - self.first_start).total_seconds())
         )
         self._durations = [_ran(t) for t in self.tasks]
+        # the tasks a worker ran (or of a record that does not say): a task cancelled or
+        # timed out before it began took no time, and is no task of 0 ms
+        self._ran = [i for i, t in enumerate(self.tasks) if t.pid is not None or t.began is None]
         self._by_type: dict[str, list[Task]] | None = None
 
     def slowest(self, n: int = 5) -> list[Task]:
         """The ``n`` tasks that ran longest (enqueue to finish for old records)."""
-        ranked = heapq.nlargest(n, range(self.count), key=self._durations.__getitem__)
+        ranked = heapq.nlargest(n, self._ran, key=self._durations.__getitem__)
         return [self.tasks[i] for i in ranked]
 
     def failures_by_type(self) -> dict[str, list[Task]]:
@@ -117,11 +122,7 @@ class GroupSummary:
     def histogram_svg(self) -> str:
         """Durations of the tasks a worker ran, in about 30 bins, as an SVG string; a
         bar's tooltip names its tasks and their durations."""
-        ran = [
-            (d, t)
-            for d, t in zip(self._durations, self.tasks, strict=False)
-            if t.pid is not None or t.began is None
-        ]
+        ran = [(self._durations[i], self.tasks[i]) for i in self._ran]
         return _histogram(ran, self.count - len(ran))
 
     def timeline_svg(self) -> str:
@@ -157,11 +158,12 @@ class GroupSummary:
     def _headline(self) -> str:
         if not self.count:
             return f"no finished tasks in group {self.group!r}"
-        work = sum(self._durations)
+        work = sum(self._durations[i] for i in self._ran)
         parallel = f" (×{work / self.span:.1f} in parallel)" if self.span > 0 else ""
+        cancelled = f", {self.cancelled} cancelled" if self.cancelled else ""
         return (
             f"group {self.group!r}: {self.count} task{'s' if self.count != 1 else ''}, "
-            f"{self.succeeded} succeeded, {self.failed} failed; "
+            f"{self.succeeded} succeeded, {self.failed} failed{cancelled}; "
             f"{format_seconds(work)} of work over {format_seconds(self.span)}{parallel}"
         )
 
@@ -169,17 +171,18 @@ class GroupSummary:
         lines = [self._headline()]
         if not self.count:
             return lines[0]
-        known = self._durations
-        lines.append(
-            f"durations: min {format_seconds(min(known))}, median "
-            f"{format_seconds(_median(known))}, max "
-            f"{format_seconds(max(known))}"
-        )
-        lines.append(
-            "slowest: "
-            + ", ".join(f"{t.name!r} {format_seconds(_ran(t))}" for t in self.slowest(3))
-        )
-        if self.failed:
+        known = [self._durations[i] for i in self._ran]
+        if known:
+            lines.append(
+                f"durations: min {format_seconds(min(known))}, median "
+                f"{format_seconds(_median(known))}, max "
+                f"{format_seconds(max(known))}"
+            )
+            lines.append(
+                "slowest: "
+                + ", ".join(f"{t.name!r} {format_seconds(_ran(t))}" for t in self.slowest(3))
+            )
+        if self.failed or self.cancelled:
             lines.append(
                 "failures: "
                 + ", ".join(
@@ -205,7 +208,7 @@ class GroupSummary:
             self.timeline_svg(),
             _slowest_html(self.slowest(5)),
         ]
-        if self.failed:
+        if self.failed or self.cancelled:
             parts.append(_failures_html(self.failures_by_type()))
         return f'<div class="nbqueue-summary" style="{style}">' + "".join(parts) + "</div>"
 
