@@ -169,3 +169,34 @@ def test_a_directory_that_is_no_store_is_refused_at_the_start(tmp_path):
                           str(tmp_path), "--port", "0"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 2 and "not an nbqueue store of this user" in run.stderr, run.stderr
+
+
+def test_the_dashboard_needs_none_of_the_users_modules(dashboard, store_dir, tmp_path):
+    """Tasks of a module the dashboard cannot import: it shows them all the same (it reads
+    metadata, never unpickles an argument or a result)."""
+    modules = tmp_path / "mods"
+    modules.mkdir()
+    (modules / "secretmod.py").write_text(
+        "class Secret:\n    pass\n\n"
+        "class SecretError(Exception):\n    pass\n\n"
+        "def make(value):\n    return Secret()\n\n"
+        "def fail(value):\n    raise SecretError('only the cluster knows me')\n"
+    )
+    code = (
+        "import sys, nbqueue, secretmod\n"
+        f"nbqueue.configure(directory={store_dir!r})\n"
+        "with nbqueue.Cluster(workers=1):\n"
+        "    nbqueue.async_task(secretmod.make, secretmod.Secret(), group='private')\n"
+        "    nbqueue.async_task(secretmod.fail, secretmod.Secret(), group='private')\n"
+        "    nbqueue.result_group('private', count=2, failures=True, wait=60_000)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, PYTHONPATH=str(modules)))
+    assert run.returncode == 0, run.stderr
+    code, figures = dashboard.request(f"api/stores/{store_id(store_dir)}")
+    assert code == 200, figures
+    (group,) = figures["groups"]
+    assert (group["name"], group["done"], group["failed"], group["total"]) == ("private", 1, 1, 2)
+    (failure,) = figures["failures"]
+    assert failure["error"] == "secretmod.SecretError: only the cluster knows me", failure
+    assert "raise SecretError" in failure["traceback"]
