@@ -88,8 +88,12 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+INFO_GROUPS = 10  # the newest groups `nbqueue info` prints (all of them with --json)
+
+
 def _info(args: argparse.Namespace) -> int:
     from nbqueue.disk.directory import get_broker, get_store, heartbeats
+    from nbqueue.figures import StoreFigures
 
     given = args.directory or conf.settings().directory
     path = os.path.abspath(given)
@@ -103,6 +107,7 @@ def _info(args: argparse.Namespace) -> int:
         )
     broker = get_broker(given)
     saved_ok, saved_failed = get_store(broker.directory).saved.totals()
+    store = StoreFigures(broker.directory).read()  # what every view shows
     clusters = heartbeats(broker.directory).clusters()
     figures = {
         "directory": broker.directory,
@@ -112,6 +117,7 @@ def _info(args: argparse.Namespace) -> int:
         "done": saved_ok,
         "failed": saved_failed,
         "clusters": clusters,
+        "groups": store["groups"],
     }
     fs = broker.place.filesystem
     figures["filesystem"] = fs.name if fs is not None else "unknown"
@@ -149,6 +155,12 @@ def _info(args: argparse.Namespace) -> int:
     for c in stopped:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["stopped"]))
         print(f"stopped   {c['id'][:8]} pid {c['pid']} on {c['host']} at {when}: {c['error']}")
+    for g in figures["groups"][:INFO_GROUPS]:
+        rate = f", {g['rate']} tasks/s" if g["rate"] is not None else ""
+        print(
+            f"group     {g['name']}: {g['done']} done, {g['failed']} failed, "
+            f"{g['cancelled']} cancelled of {g['total']}; {g['state']}{rate}"
+        )
     return 0
 
 

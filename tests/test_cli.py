@@ -46,6 +46,8 @@ def test_command_line_cluster_and_info(store_dir):
         assert len(info["clusters"]) == 1 and info["clusters"][0]["pid"] == proc.pid
         text = _run_cli("info", "--directory", store_dir).stdout
         assert "done      10" in text
+        assert "group     cli: 10 done, 0 failed, 0 cancelled of 10; finished" in text
+        assert info["groups"][0]["name"] == "cli" and info["groups"][0]["total"] == 10
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
         assert "stopped; 10 done" in proc.stderr.read()
