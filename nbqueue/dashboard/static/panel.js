@@ -521,7 +521,8 @@ export function mountPanel(container, { request, interval = 1000, paused = false
     };
 
     function updateStale() {
-      const updated = view.data && Number(view.data.updated);
+      // by this browser's clock, when the figures came: a server's clock may differ
+      const updated = view.data && Number(view.receivedAt);
       const old = Number.isFinite(updated) && Date.now() / 1000 - updated > STALE_AFTER;
       const notUpdated = Boolean(view.data) && (view.failed || old);
       if (notUpdated) {
@@ -546,6 +547,7 @@ export function mountPanel(container, { request, interval = 1000, paused = false
       }
       view.failed = false;
       view.data = data;
+      view.receivedAt = Date.now() / 1000;
       show(storeError, false);
       updateStale();
       setText(queued, Number.isFinite(data.queued) ? `${data.queued} queued` : '');
