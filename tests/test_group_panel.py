@@ -8,6 +8,7 @@ import _thread
 import subprocess
 import sys
 import textwrap
+import signal
 import threading
 import time
 
@@ -135,7 +136,16 @@ def test_result_group_progress_bar_ends_at_40_of_40(cluster, capsys):
     assert _last_tqdm_figure(capsys.readouterr().err) == (40, 40)
 
 
-def test_an_interrupted_wait_stops_its_tqdm_bar(store_dir, capsys):
+@pytest.fixture
+def default_sigint():
+    """Ctrl-C raises KeyboardInterrupt, as in a terminal, whatever handler an earlier test
+    of this process left behind (an event loop's would take it instead)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_an_interrupted_wait_stops_its_tqdm_bar(store_dir, capsys, default_sigint):
     """Ctrl-C in ``result_group(..., progress=True)`` outside Jupyter: the bar stops on the
     figures it has, and draws nothing more over what the terminal shows next."""
     for i in range(3):
