@@ -286,6 +286,8 @@ class StoreFigures:
                     "func": task["func"],
                     "group": task["group"],
                     "seconds": round(now - started, 1) if started else None,
+                    # held for a worker, not begun yet: "leased"; begun: "running"
+                    "state": "leased" if task.get("leased") else "running",
                     "progress": _progress(task.get("progress")),
                     "output": output[-OUTPUT_SHOWN:],
                     "last_line": lines[-1] if lines else "",

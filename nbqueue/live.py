@@ -13,7 +13,7 @@ from typing import Any
 
 from nbqueue.disk import live_rows
 from nbqueue.disk.broker import Broker
-from nbqueue.disk.directory import get_broker, get_store
+from nbqueue.disk.directory import get_broker, get_store, heartbeats
 from nbqueue.disk.records import Header, Record, is_cancelled
 from nbqueue.disk.store import check_name
 
@@ -117,9 +117,18 @@ def output(task_id: str, broker: Broker | None = None) -> str | None:
 def running(group: str | None = None, broker: Broker | None = None) -> list[dict[str, Any]]:
     """The tasks a cluster holds now (of ``group``, or all), each as ``status`` gives
     it, oldest start first; ``started``, ``pid``, ``progress`` and ``output`` are known
-    for those that have run about a second or more."""
+    for those that have run about a second or more. ``leased`` is True for a task no
+    worker has begun yet, as the clusters' last heartbeats tell (it waits for a worker)."""
     broker = broker or get_broker()
     held = broker.running(lambda h: group is None or h.group == group)
     tasks = [_unfinished(broker.directory, "running", header, attempt) for header, attempt in held]
+    if tasks:
+        begun = {
+            task_id
+            for info in heartbeats(broker.directory).clusters()
+            for task_id in info.get("running_ids", ())
+        }
+        for task in tasks:
+            task["leased"] = task["started"] is None and task["id"] not in begun
     never = datetime.max.replace(tzinfo=timezone.utc)
     return sorted(tasks, key=lambda t: t["started"] or never)

@@ -18,6 +18,7 @@ from nbqueue.disk.directory import get_store
 from nbqueue.display.group_panel import GroupProgress
 from nbqueue.figures import (RATE_WINDOW, STALE_AFTER, GroupWatch, RateMeter, StoreFigures,
                              cluster_figures)
+from nbqueue.live import running as running_tasks
 from tests import tasks_fixtures as fx
 from tests.waiting import wait_for
 
@@ -120,6 +121,23 @@ def test_store_figures_show_clusters_groups_running_tasks_and_failures(cluster):
     (group,) = read["groups"]
     assert (group["name"], group["total"], group["failed"]) == ("sweep", 2, 1)
     json.dumps(read)  # plain JSON, as the dashboard sends it
+
+
+def test_a_task_held_for_a_worker_is_leased_and_one_begun_is_running(store_dir):
+    running = nbqueue.Cluster(workers=1, directory=store_dir).start()
+    try:
+        first = async_task(fx.nap, 3, group="one-worker")
+        wait_for(lambda: status(first)["state"] == "running", 30, "the first nap held")
+        second = async_task(fx.nap, 3, group="one-worker")
+        figures = StoreFigures(store_dir)
+        states = wait_for(
+            lambda: (found := {t["id"]: t["state"] for t in figures.read()["running"]})
+            and found.get(first) == "running" and found.get(second) == "leased" and found,
+            30, "one nap running, one leased")
+        assert states == {first: "running", second: "leased"}
+        assert [t["leased"] for t in running_tasks(group="one-worker")] == [False, True]
+    finally:
+        running.stop(wait=0)
 
 
 def test_a_stopping_cluster_says_so_and_a_stopped_one_is_gone(store_dir):

@@ -180,6 +180,7 @@ def test_running_rows_figures():
     assert progress_text((7, None, "x")) == "7"  # no total: done alone
     assert progress_text((0, 0, None)) == "0/0"
     assert elapsed_text(None, now) == "starting"
+    assert elapsed_text(None, now, leased=True) == "leased"  # held, waiting for a worker
     assert elapsed_text(now - timedelta(seconds=75), now) == "01:15"
     tasks = [{"id": f"id{i:08d}", "name": f"t<{i}>", "started": None if i else now,
               "progress": (i, 20, f"at <{i}>") if i % 2 else None} for i in range(11)]

@@ -513,6 +513,7 @@ class Cluster:
             "done": self.done,
             "failed": self.failed,
             "running": len(running),
+            "running_ids": [state[0] for state in running],  # begun in a worker
             "in_flight": len(self.inflight),
             "queued": self.broker.pending(),
             "rate": round(self.rate(), 1),

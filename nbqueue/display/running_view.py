@@ -53,10 +53,13 @@ def progress_text(progress: Any) -> str:
     return f"{_number(done)}/{_number(total)}{pct}"
 
 
-def elapsed_text(started: datetime | None, now: datetime | None = None) -> str:
-    """How long a task has run, or 'starting' while its worker has not said when it began."""
+def elapsed_text(
+    started: datetime | None, now: datetime | None = None, leased: bool = False
+) -> str:
+    """How long a task has run; 'leased' while it waits for a worker, 'starting' while
+    its worker has not said yet when it began."""
     if started is None:
-        return "starting"
+        return "leased" if leased else "starting"
     now = now or datetime.now(timezone.utc)
     return _clock(max((now - started).total_seconds(), 0.0))
 
@@ -94,7 +97,7 @@ def tasks_html(tasks: Tasks, now: datetime | None = None) -> str:
             ("name", html.escape(_label(task))),
             ("progress", progress_text(task["progress"])),
             ("message", html.escape(_message(task["progress"], MESSAGE_WIDTH))),
-            ("elapsed", elapsed_text(task["started"], now)),
+            ("elapsed", elapsed_text(task["started"], now, task.get("leased", False))),
         )
         rows.append(
             "<tr class='nbqueue-task'>"

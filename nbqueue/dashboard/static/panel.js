@@ -779,7 +779,14 @@ export function mountPanel(container, { request, interval = 1000, paused = false
     function updateTaskRow(row, t) {
       setText(row.name, t.name ?? '');
       setAttr(row.main, 'aria-label', `output of ${t.name ?? ''}`);
-      setText(row.since, t.seconds != null ? `for ${duration(Number(t.seconds))}` : '');
+      setText(
+        row.since,
+        t.seconds != null
+          ? `for ${duration(Number(t.seconds))}`
+          : t.state === 'leased'
+            ? 'leased: waiting for a worker'
+            : 'starting',
+      );
       const where = [t.func ?? ''];
       if (t.group != null) where.push(`in ${t.group}`);
       setText(row.func, where.join(' · '));
