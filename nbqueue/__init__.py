@@ -55,6 +55,7 @@ from nbqueue.worker.capture import report
 if TYPE_CHECKING:
     from nbqueue.cluster import Cluster
     from nbqueue.display.group_panel import progress
+    from nbqueue.executor import Executor
 
 __version__ = "0.1.0"
 
@@ -69,6 +70,10 @@ def __getattr__(name: str):
         from nbqueue.iterate import map
 
         return map
+    if name == "Executor":
+        from nbqueue.executor import Executor
+
+        return Executor
     if name == "progress":
         from nbqueue.display.group_panel import progress
 
@@ -128,4 +133,5 @@ __all__ = [
     "GroupSummary",
     "TaskStillRunning",
     "OutcomeDeleted",
+    "Executor",
 ]

@@ -410,7 +410,12 @@ def _check_sent(broker: Broker, task_id: object, cached: bool) -> None:
         )
 
 
-def future(task_id: str, cached: bool = False, broker: Broker | None = None) -> TaskFuture:
+def future(
+    task_id: str,
+    cached: bool = False,
+    broker: Broker | None = None,
+    kind: type[TaskFuture] = TaskFuture,
+) -> TaskFuture:
     """A ``concurrent.futures.Future`` of the task ``task_id`` (a uuid, a name, or an
     ``async_iter`` id) that completes when the task has an outcome.
 
@@ -418,14 +423,15 @@ def future(task_id: str, cached: bool = False, broker: Broker | None = None) -> 
     ``TaskFailed``, whose ``.task`` is the Failure. Use it with ``concurrent.futures.wait``
     and ``as_completed``, ``asyncio.wrap_future``, or ``await`` it. One background thread
     of the process waits for all of them. ``cancel()`` stops waiting; the task itself runs
-    on. How each way of ending reaches those: the module docstring.
+    on. How each way of ending reaches those: the module docstring. ``kind``: the class
+    of the future (``nbqueue.Executor``'s cancels its task too).
     """
     broker = broker or get_broker()
     store = get_store(broker.directory)
     cached = bool(cached)
     _check_sent(broker, task_id, cached)
     part = store.part(cached)
-    fut = TaskFuture(task_id, cached, store.directory)
+    fut = kind(task_id, cached, store.directory)
     record = part.find(task_id)  # also refuses a task id that is not a string
     if record is not None:
         _settle(fut, record, store, cached)

@@ -265,15 +265,17 @@ def _completed_group(
 
 def map(
     func: Callable[..., Any] | str,
-    iterable: Iterable[Any],
+    *iterables: Iterable[Any],
     ordered: bool = True,
     timeout: float | None = None,
     progress: bool = False,
     **kwargs: Any,
 ) -> Iterator[Any]:
-    """``Executor.map`` on the cluster: run ``func`` once per item of ``iterable`` (a tuple
-    item is spread as positional arguments) and yield each result as soon as it is
-    available: in input order when ``ordered``, as the tasks finish otherwise.
+    """``Executor.map`` on the cluster: run ``func`` once per item and yield each result
+    as soon as it is available: in input order when ``ordered``, as the tasks finish
+    otherwise. With several iterables, as the builtin ``map``, ``func`` takes one
+    argument from each, until the shortest ends; with one, a tuple item is spread as
+    positional arguments.
 
     All the tasks are enqueued at once, at the call, in one transaction, and share one
     group: the ``group`` option, or a fresh one. Takes the options of ``async_task``
@@ -288,6 +290,11 @@ def map(
     Leaving the loop early (``break``, an exception, ``TaskFailed``, ``TimeoutError``)
     cancels the tasks that have not finished.
     """
+    if not iterables:
+        raise ConfigurationError(
+            "map takes the function and at least one iterable of arguments: "
+            "map(func, xs) or map(func, xs, ys)"
+        )
     deadline = _check_timeout(timeout)
     _check_flag("ordered", ordered)
     _check_flag("progress", progress)
@@ -304,7 +311,8 @@ def map(
     cached = bool(options.cached)
     function = function_of(func, options)  # checked and pickled once for all the items
     headers, packages = [], []
-    for item in iterable:
+    items = iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False)
+    for item in items:
         args = item if isinstance(item, tuple) else (item,)
         header, package = make_package(func, args, dict(kwargs), options, function)
         headers.append(header)

@@ -8,6 +8,8 @@ The tests that bound a time from above run alone, each on a cluster of its own.
 
 from __future__ import annotations
 
+import builtins
+
 import concurrent.futures as cf
 import threading
 import time
@@ -272,6 +274,15 @@ def test_map_ordered_spreads_tuples_and_passes_keywords(cluster):
     assert list(nbqueue.map(fx.add, [], timeout=WAIT)) == []
     slow_first = nbqueue.map(fx.nap, [(1, "slow"), (0, "fast")], timeout=WAIT)
     assert list(slow_first) == ["slow", "fast"]  # input order
+
+
+def test_map_takes_several_iterables_as_the_builtin_map(cluster):
+    assert list(nbqueue.map(fx.add, [1, 2, 3], [10, 20, 30], timeout=WAIT)) == [11, 22, 33]
+    # to the shortest, as the builtin map; each item one argument, tuples too
+    assert list(nbqueue.map(fx.echo, [(1, 2), 3], "ab", timeout=WAIT)) == list(
+        builtins.map(fx.echo, [(1, 2), 3], "ab"))
+    with pytest.raises(ConfigurationError, match="at least one iterable"):
+        nbqueue.map(fx.add)
 
 
 def test_map_unordered_yields_a_fast_result_before_a_slow_one(cluster):

@@ -247,6 +247,39 @@ def test_to_frame(store_dir):
     assert list(summary("none").to_frame().columns) == list(FRAME_COLUMNS)
 
 
+def sweep_point(alpha, beta=1.0, *rest, scale=2, **extra):
+    return (alpha + beta) * scale
+
+
+def test_to_frame_expanded_has_a_column_per_argument_by_name(store_dir):
+    pytest.importorskip("pandas")
+    async_task(sweep_point, 1, 2, group="swept", sync=True)
+    async_task(sweep_point, 3, scale=10, group="swept", sync=True)
+    async_task(sweep_point, 5, 6, 7, 8, seed=42, group="swept", sync=True)
+    async_task(fx.add, 2, b=3, group="swept", sync=True)
+    frame = summary("swept").to_frame(expand=True)
+    columns = list(frame.columns)
+    assert columns[:3] == ["id", "name", "func"]
+    assert columns[3:10] == ["alpha", "beta", "scale", "rest", "seed", "a", "b"]
+    assert "args" not in columns and "kwargs" not in columns and "result" in columns
+    rows = frame.sort_values("started").reset_index(drop=True)
+    assert rows.loc[0, ["alpha", "beta", "result"]].tolist() == [1, 2, 6]
+    assert rows.loc[1, ["alpha", "scale", "result"]].tolist() == [3, 10, 40]
+    assert rows.loc[2, "rest"] == (7, 8) and rows.loc[2, "seed"] == 42
+    assert rows.loc[3, ["a", "b", "result"]].tolist() == [2, 3, 5]
+
+
+def test_to_frame_expanded_names_by_position_what_it_cannot_bind(store_dir):
+    pytest.importorskip("pandas")
+    async_task("builtins.max", 3, 4, group="unbound", sync=True)  # no signature to read
+    async_task(fx.echo, 1, result="kept apart", group="unbound", sync=True)
+    frame = summary("unbound").to_frame(expand=True).sort_values("started")
+    assert frame["arg0"].tolist()[0] == 3 and frame["arg1"].tolist()[0] == 4
+    assert frame["result"].tolist()[0] == 4
+    assert frame["args"].tolist()[1] == (1,)  # echo's *args parameter, by its name
+    assert frame["result (argument)"].tolist()[1] == "kept apart"
+
+
 def test_to_frame_without_pandas_says_how_to_install_it(store_dir, monkeypatch):
     async_task(fx.add, 1, group="no-pandas", sync=True)
     monkeypatch.setitem(sys.modules, "pandas", None)

@@ -10,6 +10,7 @@ is computed once from one read of the group, so a 10,000-task group shows at onc
 from __future__ import annotations
 
 import heapq
+import inspect
 import math
 from collections import defaultdict
 from datetime import datetime
@@ -33,6 +34,7 @@ from nbqueue.display.views import (
 )
 from nbqueue.errors import MissingDependency, RemoteError
 from nbqueue.models import Failure, Success, Task
+from nbqueue.worker.callables import resolve
 
 if TYPE_CHECKING:
     import pandas
@@ -131,16 +133,36 @@ class GroupSummary:
         timeout kill, a worker death, a cancel) in a last row, "no worker"."""
         return _timeline(self._spans(), self.count)
 
-    def to_frame(self) -> pandas.DataFrame:
-        """One row per task (columns FRAME_COLUMNS). Needs pandas."""
+    def to_frame(self, expand: bool = False) -> pandas.DataFrame:
+        """One row per task (columns FRAME_COLUMNS). Needs pandas.
+
+        ``expand=True`` puts one column per argument in place of ``args`` and ``kwargs``,
+        named by the function's signature (``arg0``, ``arg1`` ... and the keywords'
+        names where the function cannot be found here), so a sweep's parameters and
+        results are one table. An argument named like a column of its own is suffixed
+        `` (argument)``."""
         try:
             import pandas
         except ImportError:
             raise MissingDependency(
                 "GroupSummary.to_frame needs pandas, which is not installed: pip install pandas"
             ) from None
-        rows = [[_frame_value(task, column) for column in FRAME_COLUMNS] for task in self.tasks]
-        return pandas.DataFrame(rows, columns=list(FRAME_COLUMNS))
+        if not expand:
+            rows = [[_frame_value(task, c) for c in FRAME_COLUMNS] for task in self.tasks]
+            return pandas.DataFrame(rows, columns=list(FRAME_COLUMNS))
+        own = [c for c in FRAME_COLUMNS if c not in ("args", "kwargs")]
+        named = [_arguments(task) for task in self.tasks]
+        params = list(dict.fromkeys(name for arguments in named for name in arguments))
+        shown = [f"{p} (argument)" if p in own else p for p in params]
+        at = own.index("func") + 1
+        columns = own[:at] + shown + own[at:]
+        rows = [
+            [_frame_value(task, c) for c in own[:at]]
+            + [arguments.get(p) for p in params]
+            + [_frame_value(task, c) for c in own[at:]]
+            for task, arguments in zip(self.tasks, named, strict=True)
+        ]
+        return pandas.DataFrame(rows, columns=columns)
 
     def _spans(self) -> list[_Span]:
         if self.first_start is None:
@@ -233,6 +255,29 @@ def _type_name(task: Task) -> str:
     if not ok or exc is None:
         return "Exception"
     return exc.type_name if isinstance(exc, RemoteError) else type(exc).__name__
+
+
+def _arguments(task: Task) -> dict[str, Any]:
+    """A task's arguments by parameter name, as its function's signature binds them (a
+    ``*args`` parameter keeps its tuple, a ``**kwargs`` one is spread into its keys);
+    by position (``arg0`` ...) and keyword where the function or its arguments cannot be
+    read here."""
+    ok, args = safely(lambda: task.args)
+    ok_kw, kwargs = safely(lambda: task.kwargs)
+    if not ok or not ok_kw:
+        return {"args": args if ok else None, "kwargs": kwargs if ok_kw else None}
+    args, kwargs = tuple(args or ()), dict(kwargs or {})
+    try:
+        bound = inspect.signature(resolve(task.func)).bind(*args, **kwargs)
+    except Exception:  # a notebook's function, a builtin, arguments that do not bind
+        return {**{f"arg{i}": value for i, value in enumerate(args)}, **kwargs}
+    found: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        if bound.signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            found.update(value)
+        else:
+            found[name] = value
+    return found
 
 
 def _frame_value(task: Task, column: str) -> Any:
