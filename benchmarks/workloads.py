@@ -38,3 +38,14 @@ def make_bytes(size: int) -> bytes:
 def size_of(data: bytes) -> int:
     """The size of an argument (the payload workload, arguments in)."""
     return len(data)
+
+
+def square(x: int) -> int:
+    """The sweep workload's item: ``x * x`` (the sweep of no-op items)."""
+    return x * x
+
+
+def busy_square(x: int, ms: float) -> int:
+    """``x * x`` after ``ms`` milliseconds of work (the sweep of 1 ms items)."""
+    spin(ms)
+    return x * x

@@ -89,3 +89,9 @@ def test_binder_environment_runs_nbqueue(tmp_path):
     # The prebuilt lab extension that makes the widgets render in JupyterLab, no build.
     manager = venv / "share" / "jupyter" / "labextensions" / "@jupyter-widgets"
     assert (manager / "jupyterlab-manager" / "package.json").exists()
+    # nbqueue's side panel and the server extension behind it, from the wheel's data files
+    panel = venv / "share" / "jupyter" / "labextensions" / "nbqueue-labextension"
+    assert (panel / "package.json").exists() and list((panel / "static").glob("*.js"))
+    config = venv / "etc" / "jupyter" / "jupyter_server_config.d" / "nbqueue.json"
+    assert json.loads(config.read_text()) == {
+        "ServerApp": {"jpserver_extensions": {"nbqueue.dashboard": True}}}

@@ -39,12 +39,21 @@ import sys
 import nbqueue
 from tests import tasks_fixtures as fx
 nbqueue.configure(directory=sys.argv[1])
-nbqueue.async_task(fx.reports, 600, 0.1, group="long", task_name="reporter")
-nbqueue.async_task(fx.fails_until, sys.argv[2], "abc", group="shaky", task_name="shaky-one")
-for i in range(12):
-    nbqueue.async_task(fx.nap, 0.4, i, group="sweep")
+if sys.argv[3] == "first":
+    nbqueue.async_task(fx.reports, 600, 0.1, group="long", task_name="reporter")
+    nbqueue.async_task(fx.fails_until, sys.argv[2], "abc", group="shaky", task_name="shaky-one")
+else:  # sent once the page shows the store: its counts rise on screen
+    for i in range(12):
+        nbqueue.async_task(fx.nap, 0.4, i, group="sweep")
 nbqueue.flush()
 """
+
+
+def _send(what: str, store: str, flag: Path, env: dict[str, str]) -> None:
+    """Send tasks to ``store`` from a plain Python process (no kernel)."""
+    sent = subprocess.run([sys.executable, "-c", SENDER, store, str(flag), what], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert sent.returncode == 0, sent.stderr
 
 
 def _started(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -64,7 +73,7 @@ def _row(panel, kind: str, row_id: str):
 
 
 def _watch_the_store(page, store: str, flag: Path, cluster: subprocess.Popen, lab: Lab,
-                     shot: Path | None = None) -> None:
+                     env: dict[str, str], shot: Path | None = None) -> None:
     """What the panel shows and does, wherever it is drawn."""
     from playwright.sync_api import expect
 
@@ -74,6 +83,7 @@ def _watch_the_store(page, store: str, flag: Path, cluster: subprocess.Popen, la
     expect(cluster_row).to_have_count(1, timeout=SEEN)
     expect(cluster_row).to_contain_text("running", timeout=SEEN)
     # a group's counts rise to its total
+    _send("sweep", store, flag, env)
     sweep = _row(panel, "group", "sweep")
     expect(sweep).to_have_attribute("data-total", "12", timeout=SEEN)
     seen = []
@@ -132,9 +142,7 @@ def test_the_side_panel_and_the_dashboard_page_watch_a_store_filled_without_a_ke
     processes = []
     try:
         lab.wait_ready(SERVER_START)
-        sender = subprocess.run([sys.executable, "-c", SENDER, store, str(flag)], cwd=ROOT,
-                                env=env, capture_output=True, text=True, timeout=120)
-        assert sender.returncode == 0, sender.stderr
+        _send("first", store, flag, env)
         cluster = _started([sys.executable, "-m", "nbqueue", "cluster", "--directory", store,
                             "--workers", "2"], env, ARTIFACTS / "cluster.log")
         processes.append(cluster)
@@ -146,7 +154,7 @@ def test_the_side_panel_and_the_dashboard_page_watch_a_store_filled_without_a_ke
             tab.click()
             page.locator("#nbqueue-panel input").first.fill(store)
             page.get_by_role("button", name="Add").click()  # the lab's own registry
-            _watch_the_store(page, store, flag, cluster, lab, ARTIFACTS / "panel.png")
+            _watch_the_store(page, store, flag, cluster, lab, env, ARTIFACTS / "panel.png")
 
         # nbqueue dashboard: the same page, outside Jupyter, on a second store
         store = str(root / "second")
@@ -154,9 +162,7 @@ def test_the_side_panel_and_the_dashboard_page_watch_a_store_filled_without_a_ke
                             "--workers", "2"], env, ARTIFACTS / "cluster-2.log")
         processes.append(cluster)
         flag.unlink()
-        sender = subprocess.run([sys.executable, "-c", SENDER, store, str(flag)], cwd=ROOT,
-                                env=env, capture_output=True, text=True, timeout=120)
-        assert sender.returncode == 0, sender.stderr
+        _send("first", store, flag, env)
         board_log = ARTIFACTS / "dashboard.log"
         board = _started([sys.executable, "-m", "nbqueue", "dashboard", "--port", "0",
                           "--directory", store], env, board_log)
@@ -168,7 +174,7 @@ def test_the_side_panel_and_the_dashboard_page_watch_a_store_filled_without_a_ke
         with _chromium_page(tmp_path, ARTIFACTS / "failure-dashboard.png",
                             ARTIFACTS / "dashboard-console.log") as page:
             page.goto(found[0], timeout=SERVER_START * 1000)
-            _watch_the_store(page, store, flag, cluster, lab)
+            _watch_the_store(page, store, flag, cluster, lab, env)
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     finally:
         for process in processes:

@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.timeout(180),
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ["01-quickstart", "02-groups-and-progress", "03-cached-results",
          "04-asynctask-interactive", "05-failures-and-timeouts", "06-control",
-         "07-seeing-tasks"]
+         "07-seeing-tasks", "08-sweeps"]
 VIEW = "application/vnd.jupyter.widget-view+json"
 STATE = "application/vnd.jupyter.widget-state+json"
 RUN_LIMIT = 60  # seconds: each notebook is meant to run in well under a minute
@@ -562,6 +562,21 @@ def check_seeing_tasks(run: Run) -> None:
     assert re.search(r"<Cluster nbqueue stopped workers=2 .* done=27 failed=6", run.text())
 
 
+def check_sweeps(run: Run) -> None:
+    assert run.value("first values:") == "[0.905, 1.81, 2.715]"
+    assert run.value("points:") == "12"
+    assert run.value("columns:") == "['id', 'name', 'func', 'amplitude', 'damping', 'success']"
+    table = "\n".join(str(out.data.get("text/plain", "")) for cell in run.code_cells()
+                      for out in cell.outputs if out.output_type == "execute_result")
+    assert "0.905" in table and "0.135" in table and "damping" in table  # the pivot table
+    said = sorted(re.findall(r"^damping (\S+): (\S+)$", run.text(), re.M))
+    assert said == [("0.1", "-0.9512"), ("0.2", "-0.9048"), ("0.4", "-0.8187")]
+    assert run.value("map:") == "[0.7408, 1.4816]"
+    assert run.value("sum of squares:") == "332833500"
+    assert run.value("tasks in the group (joblib batched the 1000 calls):") == "True"
+    assert re.search(r"<Cluster nbqueue stopped workers=2 .* failed=0", run.text())
+
+
 CHECKS = {
     "01-quickstart": check_quickstart,
     "02-groups-and-progress": check_groups_and_progress,
@@ -570,4 +585,5 @@ CHECKS = {
     "05-failures-and-timeouts": check_failures_and_timeouts,
     "06-control": check_control,
     "07-seeing-tasks": check_seeing_tasks,
+    "08-sweeps": check_sweeps,
 }
