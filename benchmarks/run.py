@@ -66,9 +66,13 @@ import workloads  # noqa: E402
 
 WORKERS = 2
 WORKLOADS = ("noop", "cpu", "latency", "enqueue", "payload", "results", "memory", "signing",
-             "reuse")
+             "reuse", "sweep")
 PEERS = ("huey", "dask", "django-q2")
-SYSTEMS = ("loky", "nbqueue", "nbqueue-proc") + PEERS
+# the sweep: one function over many items, results in input order, each system its own way
+# ("loky" there is loky's executor.map with chunks)
+SWEEP_PEERS = ("joblib", "pool-map", "mpire")
+SWEEP_NBQUEUE = ("nbqueue-map", "nbqueue-iter", "nbqueue-joblib")
+SYSTEMS = ("loky", "nbqueue", "nbqueue-proc") + SWEEP_NBQUEUE + PEERS + SWEEP_PEERS
 SYSTEM_NAMES = {
     "loky": "raw loky",
     "nbqueue": "nbqueue, in-process cluster",
@@ -76,6 +80,12 @@ SYSTEM_NAMES = {
     "huey": "huey, SqliteHuey",
     "dask": "dask, LocalCluster",
     "django-q2": "django-q2, ORM on SQLite",
+    "joblib": "joblib, Parallel(n_jobs=2)",
+    "pool-map": "multiprocessing Pool.map",
+    "mpire": "mpire WorkerPool.map",
+    "nbqueue-map": "nbqueue.map",
+    "nbqueue-iter": "nbqueue async_iter + result",
+    "nbqueue-joblib": "joblib on nbqueue's backend",
 }
 # where a workload runs a system differently, the table says so
 WORKLOAD_NAMES = {
@@ -86,9 +96,12 @@ WORKLOAD_NAMES = {
     ("memory", "nbqueue"): "nbqueue, in-process cluster, fresh process",
     ("signing", "nbqueue"): "nbqueue's store, in this process",
     ("reuse", "nbqueue"): "nbqueue, no cluster running",
+    ("sweep", "loky"): "loky executor.map(chunksize=N//200)",
 }
 SIZES = {"noop": 2000, "cpu": 200, "latency": 200, "enqueue": 10_000, "iter": 10_000,
-         "group": 10_000, "store": 100_000, "reuse": 2000, "payload": 20}
+         "group": 10_000, "store": 100_000, "reuse": 2000, "payload": 20,
+         "sweep": 20_000, "sweep_ms": 2000}
+SWEEP_MS = 1.0  # the work of an item of the second sweep
 PAYLOAD_BYTES = 4 * 1024 * 1024  # what each payload task moves, one way
 CPU_MS = 10.0
 WAIT_MS = 600_000  # a result that takes longer than this is a failure of the run
@@ -495,7 +508,7 @@ class Suite:
             raise SystemExit(f"unknown workload(s): {', '.join(sorted(unknown))}")
         systems = set(args.systems.split(",")) if args.systems else set(SYSTEMS)
         if args.skip_peers:
-            systems -= set(PEERS)
+            systems -= set(PEERS) | set(SWEEP_PEERS)
         self.systems = systems
         self.results = Results()
         self.tmp = tempfile.mkdtemp(prefix="nbqueue-bench-")
@@ -636,6 +649,38 @@ class Suite:
             except Exception as exc:
                 self.results.error(system.key, "stop", exc)
         gc.collect()
+
+    # the sweep: each system in a fresh process of its own (benchmarks/sweep_child.py)
+
+    def sweep(self) -> None:
+        if not self.wants("sweep"):
+            return
+        systems = [k for k in ("loky",) + SWEEP_NBQUEUE + SWEEP_PEERS if k in self.systems]
+        n, n_ms = self.sizes["sweep"], self.sizes["sweep_ms"]
+        print(f"\n== the sweep: {n:,} no-op items, {n_ms:,} items of {SWEEP_MS:g} ms, results "
+              f"in input order: {', '.join(systems)}", flush=True)
+        for key in systems:
+            child = "loky-map" if key == "loky" else key
+            for figure, items, ms in (("no-op items/s", n, 0.0),
+                                      (f"{SWEEP_MS:g} ms items/s", n_ms, SWEEP_MS)):
+                try:
+                    runs = self.repeat(lambda c=child, i=items, m=ms: self._sweep_once(c, i, m))
+                except Exception as exc:
+                    self.results.error(key, "sweep", exc)
+                    break
+                self.results.add("sweep", key, figure, "items/s", runs, "higher", n=items,
+                                 item_ms=ms)
+
+    def _sweep_once(self, system: str, items: int, ms: float) -> float:
+        directory = os.path.join(self.tmp, f"sweep-{system}-{time.monotonic_ns()}")
+        out = subprocess.run(
+            [sys.executable, os.path.join(HERE, "sweep_child.py"), system, str(items), str(ms),
+             str(WORKERS), directory],
+            capture_output=True, text=True, timeout=3600)
+        if out.returncode != 0:
+            raise RuntimeError(f"sweep_child.py {system}: {out.stderr.strip()[-1500:]}")
+        shutil.rmtree(directory, ignore_errors=True)
+        return float(json.loads(out.stdout.strip().splitlines()[-1])["items_per_s"])
 
     # results and memory: nbqueue alone, on a store filled by a fresh "kernel" process
 
@@ -817,6 +862,7 @@ class Suite:
             self.memory_and_store()
             self.signing()
             self.reuse()
+            self.sweep()
             self.run_system(Huey(self.tmp))
             self.run_system(Dask())
             self.run_system(DjangoQ(self.tmp))
@@ -885,6 +931,14 @@ def evaluate(suite: Suite) -> list[dict[str, Any]]:
     target("count_group", "≤ 5 ms", count_row, r.get(*count_row), "<=", 5.0, "ms")
     target("rss_growth", "≤ 30 MB", ("memory", "nbqueue", "RSS growth"),
            r.get("memory", "nbqueue", "RSS growth"), "<=", 30.0, "MB")
+    noop_sweep, ms_sweep = "no-op items/s", f"{SWEEP_MS:g} ms items/s"
+    joblib_noop = r.get("sweep", "joblib", noop_sweep)
+    for system in ("nbqueue-map", "nbqueue-iter"):
+        target(f"sweep_noop_{system}", "≥ 1.0× joblib", ("sweep", system, noop_sweep),
+               ratio(r.get("sweep", system, noop_sweep), joblib_noop), ">=", 1.0, "×")
+        target(f"sweep_ms_{system}", "≥ 95 % of ideal", ("sweep", system, ms_sweep),
+               ratio(r.get("sweep", system, ms_sweep), WORKERS * 1000 / SWEEP_MS), ">=", 0.95,
+               "×")
     return targets
 
 
@@ -900,6 +954,8 @@ LOKY_REFERENCE = {
     ("enqueue", "async_iter items/s"): ("enqueue", "calls/s"),
     ("payload", "results out"): ("payload", "results out"),
     ("payload", "arguments in"): ("payload", "arguments in"),
+    ("sweep", "no-op items/s"): ("sweep", "no-op items/s"),
+    ("sweep", f"{SWEEP_MS:g} ms items/s"): ("sweep", f"{SWEEP_MS:g} ms items/s"),
 }
 
 

@@ -12,13 +12,17 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKLOADS = ("noop", "cpu", "latency", "enqueue", "payload", "results", "memory", "signing",
-             "reuse")
+             "reuse", "sweep")
 TARGETS = {"noop_vs_loky", "noop_vs_huey", "noop_vs_dask", "noop_vs_django-q2",
            "cpu_efficiency", "cpu_vs_loky", "noop_other_process", "payload_results_in_process",
            "payload_arguments_in_process", "payload_results_other_process",
            "payload_arguments_other_process", "latency_in_process", "latency_other_process",
-           "enqueue_calls", "async_iter", "result_group", "count_group", "rss_growth"}
-PEER_TARGETS = {"noop_vs_huey", "noop_vs_dask", "noop_vs_django-q2"}
+           "enqueue_calls", "async_iter", "result_group", "count_group", "rss_growth",
+           "sweep_noop_nbqueue-map", "sweep_noop_nbqueue-iter", "sweep_ms_nbqueue-map",
+           "sweep_ms_nbqueue-iter"}
+# measured against peers, which --skip-peers leaves out
+PEER_TARGETS = {"noop_vs_huey", "noop_vs_dask", "noop_vs_django-q2", "sweep_noop_nbqueue-map",
+                "sweep_noop_nbqueue-iter"}
 
 
 @pytest.mark.timeout(120)
@@ -40,6 +44,8 @@ def test_quick_run_without_peers_writes_every_workload_and_a_verdict_per_target(
         assert {"loky", "nbqueue"} <= set(report["workloads"][workload]), workload
     for workload in ("results", "memory", "signing", "reuse"):
         assert "nbqueue" in report["workloads"][workload], workload
+    assert set(report["workloads"]["sweep"]) == {"loky", "nbqueue-map", "nbqueue-iter",
+                                                 "nbqueue-joblib"}
     assert "nbqueue-proc" in report["workloads"]["latency"]
     assert "nbqueue-proc" in report["workloads"]["payload"]
     assert set(report["workloads"]["payload"]["nbqueue"]) == {"results out", "arguments in"}
