@@ -5,14 +5,18 @@ clusters serving the store, for libraries that take an executor.
 keyword of the call goes to the function) and returns the task's future, a real
 ``concurrent.futures.Future`` (``nbqueue.future``): ``concurrent.futures.wait``,
 ``as_completed`` and ``asyncio.wrap_future`` take it. ``map`` is the standard one, over
-``submit``. A failed task's future raises ``TaskFailed``, whose ``.task`` is the Failure.
+``submit``; with ``chunksize`` above 1, as ``ProcessPoolExecutor.map``, each task runs that
+many calls, which costs one task's overhead for them all. A failed task's future raises
+``TaskFailed``, whose ``.task`` is the Failure.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from nbqueue import conf, control
@@ -69,6 +73,28 @@ class Executor(concurrent.futures.Executor):
         fut.add_done_callback(self._discard)
         return fut
 
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """``fn`` over the items (one argument from each iterable, to the shortest), as
+        tasks sent at once; results in input order. ``chunksize`` calls run in each task
+        (its outcome is then that of the chunk: a call that raises fails it, and the
+        iterator raises ``TaskFailed`` at its first result). ``timeout``: seconds from
+        this call to each result."""
+        if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
+            raise ConfigurationError(f"chunksize must be a positive int, got {chunksize!r}")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        calls = zip(*iterables, strict=False)
+        chunks = iter(lambda: list(itertools.islice(calls, chunksize)), [])
+        futures = [self.submit(run_calls, fn, chunk) for chunk in chunks]
+        return _flattened(futures, deadline)
+
     def _discard(self, fut: concurrent.futures.Future) -> None:
         with self._lock:
             self._futures.discard(fut)
@@ -88,6 +114,23 @@ class Executor(concurrent.futures.Executor):
     def __repr__(self) -> str:
         state = "shut down" if self._shutdown else f"{len(self._futures)} pending"
         return f"<nbqueue.Executor {state} options={self._options!r}>"
+
+
+def run_calls(fn: Callable[..., Any], calls: list[tuple]) -> list[Any]:
+    """One chunk of ``Executor.map``: ``fn`` called with each tuple of arguments."""
+    return [fn(*args) for args in calls]
+
+
+def _flattened(futures: list[TaskFuture], deadline: float | None) -> Iterator[Any]:
+    """The results of chunks, one call at a time; the chunks not read are cancelled when
+    the iterator ends early."""
+    try:
+        for fut in futures:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            yield from fut.result(left)
+    finally:
+        for fut in futures:
+            fut.cancel()
 
 
 __all__ = ["Executor", "ExecutorFuture"]

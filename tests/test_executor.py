@@ -101,3 +101,15 @@ def test_bad_options_are_refused_at_the_executor(store_dir):
         Executor(timeout=-1)
     with pytest.raises(ConfigurationError, match="not in q_options"):
         Executor(q_options={})
+
+
+def test_map_with_a_chunksize_runs_that_many_calls_a_task(cluster):
+    with Executor(group="chunked") as executor:
+        out = list(executor.map(fx.add, range(200), range(200), chunksize=50, timeout=WAIT))
+        assert out == [2 * x for x in range(200)]
+        assert nbqueue.count_group("chunked") == 4
+        with pytest.raises(ConfigurationError, match="chunksize"):
+            executor.map(fx.add, [1], chunksize=0)
+        failing = executor.map(fx.boom, ["a", "b", "c"], chunksize=2, timeout=WAIT)
+        with pytest.raises(TaskFailed):
+            next(failing)
