@@ -659,28 +659,29 @@ class Suite:
         n, n_ms = self.sizes["sweep"], self.sizes["sweep_ms"]
         print(f"\n== the sweep: {n:,} no-op items, {n_ms:,} items of {SWEEP_MS:g} ms, results "
               f"in input order: {', '.join(systems)}", flush=True)
+        figures = {"noop": "no-op items/s", "ms": f"{SWEEP_MS:g} ms items/s"}
         for key in systems:
             child = "loky-map" if key == "loky" else key
-            for figure, items, ms in (("no-op items/s", n, 0.0),
-                                      (f"{SWEEP_MS:g} ms items/s", n_ms, SWEEP_MS)):
-                try:
-                    runs = self.repeat(lambda c=child, i=items, m=ms: self._sweep_once(c, i, m))
-                except Exception as exc:
-                    self.results.error(key, "sweep", exc)
-                    break
-                self.results.add("sweep", key, figure, "items/s", runs, "higher", n=items,
-                                 item_ms=ms)
+            try:
+                runs = self.repeat(lambda c=child: self._sweep_once(c, n, n_ms))
+            except Exception as exc:
+                self.results.error(key, "sweep", exc)
+                continue
+            for name, figure in figures.items():
+                self.results.add("sweep", key, figure, "items/s", [r[name] for r in runs],
+                                 "higher", n=n if name == "noop" else n_ms,
+                                 item_ms=0.0 if name == "noop" else SWEEP_MS)
 
-    def _sweep_once(self, system: str, items: int, ms: float) -> float:
+    def _sweep_once(self, system: str, n: int, n_ms: int) -> dict[str, float]:
         directory = os.path.join(self.tmp, f"sweep-{system}-{time.monotonic_ns()}")
         out = subprocess.run(
-            [sys.executable, os.path.join(HERE, "sweep_child.py"), system, str(items), str(ms),
-             str(WORKERS), directory],
+            [sys.executable, os.path.join(HERE, "sweep_child.py"), system, str(WORKERS),
+             directory, str(n), str(n_ms), str(SWEEP_MS)],
             capture_output=True, text=True, timeout=3600)
         if out.returncode != 0:
             raise RuntimeError(f"sweep_child.py {system}: {out.stderr.strip()[-1500:]}")
         shutil.rmtree(directory, ignore_errors=True)
-        return float(json.loads(out.stdout.strip().splitlines()[-1])["items_per_s"])
+        return json.loads(out.stdout.strip().splitlines()[-1])
 
     # results and memory: nbqueue alone, on a store filled by a fresh "kernel" process
 

@@ -1,11 +1,11 @@
-"""One sweep, in a fresh process: one function over N items on WORKERS processes, results in
-input order, as each system does it. Prints {"items_per_s": ..., "seconds": ...} as JSON.
+"""The sweeps of one system, in a fresh process: one function over N items on WORKERS
+processes, results in input order, as the system does it; first N no-op items (``x * x``),
+then N_MS items of MS milliseconds of work. Prints {"noop": items/s, "ms": items/s} as JSON.
 
-    python sweep_child.py SYSTEM N MS WORKERS [STORE_DIRECTORY]
+    python sweep_child.py SYSTEM WORKERS STORE_DIRECTORY N N_MS MS
 
-SYSTEM: joblib, loky-map, pool-map, mpire, nbqueue-map, nbqueue-iter, nbqueue-joblib.
-MS: the work of each item in milliseconds (0: a no-op, ``x * x``). The pool (or cluster)
-is started and warmed before the clock starts, as a notebook's would be.
+SYSTEM: joblib, loky-map, pool-map, mpire, nbqueue-map, nbqueue-iter, nbqueue-joblib. The
+pool (or cluster) is started and warmed before the clock starts, as a notebook's would be.
 """
 
 from __future__ import annotations
@@ -22,76 +22,87 @@ import workloads  # noqa: E402
 
 
 def main() -> None:
-    system, n, ms, workers = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-    func = workloads.square if ms == 0 else workloads.busy_square
-    items = [(x, ms) for x in range(n)] if ms else list(range(n))
-    expected = [x * x for x in range(n)]
-    run, stop = start(system, func, workers, sys.argv[5] if len(sys.argv) > 5 else None, ms)
-    run(items[: min(200, n)])  # warm: workers spawned, imports done
+    system, workers, directory = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    n, n_ms, ms = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+    run, stop = start(system, workers, directory)
+    try:
+        run(workloads.square, list(range(min(200, n))))  # warm: workers up, imports done
+        figures = {
+            "noop": measure(system, run, workloads.square, list(range(n)), n),
+            "ms": measure(system, run, workloads.busy_square, [(x, ms) for x in range(n_ms)],
+                          n_ms),
+        }
+    finally:
+        stop()
+    print(json.dumps(figures))
+
+
+def measure(system: str, run, func, items: list, n: int) -> float:
+    """Items per second of one sweep, its results checked."""
     started = time.perf_counter()
-    results = run(items)
+    results = list(run(func, items))
     seconds = time.perf_counter() - started
-    stop()
-    if list(results) != expected:
-        raise SystemExit(f"{system}: wrong results, e.g. {list(results)[:3]}")
-    print(json.dumps({"items_per_s": n / seconds, "seconds": seconds}))
+    if results != [x * x for x in range(n)]:
+        raise SystemExit(f"{system}: wrong results, e.g. {results[:3]}")
+    return n / seconds
 
 
-def start(system: str, func, workers: int, directory: str | None, ms: float):
-    """(run(items) -> results in input order, stop())."""
-    star = ms != 0  # items are (x, ms) pairs
+def start(system: str, workers: int, directory: str):
+    """(run(func, items) -> results in input order, stop()); an item that is a tuple is
+    spread as arguments."""
+    def calls(func, items):
+        return (delayed(func)(*i) if isinstance(i, tuple) else delayed(func)(i) for i in items)
+
     if system == "joblib":
         from joblib import Parallel, delayed
 
         parallel = Parallel(n_jobs=workers)
-        parallel.__enter__()  # one pool for the warm-up and the run
-        return (lambda items: parallel(delayed(func)(*i) if star else delayed(func)(i)
-                                       for i in items)), (lambda: parallel.__exit__(None, None, None))
+        parallel.__enter__()  # one pool for the warm-up and the runs
+        return ((lambda func, items: parallel(calls(func, items))),
+                (lambda: parallel.__exit__(None, None, None)))
     if system == "loky-map":
         from loky import get_reusable_executor
 
         executor = get_reusable_executor(max_workers=workers)
 
-        def run(items):
+        def run(func, items):
             chunk = max(1, len(items) // 200)
-            if star:
-                return list(executor.map(func, *zip(*items), chunksize=chunk))
-            return list(executor.map(func, items, chunksize=chunk))
+            columns = zip(*items) if isinstance(items[0], tuple) else (items,)
+            return executor.map(func, *columns, chunksize=chunk)
         return run, (lambda: executor.shutdown(wait=True))
     if system == "pool-map":
         import multiprocessing
 
         pool = multiprocessing.get_context("spawn").Pool(workers)
-        return ((lambda items: pool.starmap(func, items) if star else pool.map(func, items)),
+        return ((lambda func, items: pool.starmap(func, items) if isinstance(items[0], tuple)
+                 else pool.map(func, items)),
                 (lambda: (pool.close(), pool.join())))
     if system == "mpire":
         from mpire import WorkerPool
 
         pool = WorkerPool(n_jobs=workers, start_method="spawn")
         pool.__enter__()
-        return ((lambda items: pool.map(func, items)),
+        return ((lambda func, items: pool.map(func, items)),
                 (lambda: pool.__exit__(None, None, None)))
     import nbqueue
 
     nbqueue.configure(directory=directory)
     cluster = nbqueue.Cluster(workers=workers).start()
     if system == "nbqueue-map":
-        return ((lambda items: list(nbqueue.map(func, items, timeout=3600))),
+        return ((lambda func, items: nbqueue.map(func, items, timeout=3600)),
                 (lambda: cluster.stop()))
     if system == "nbqueue-iter":
-        def run(items):
-            iter_id = nbqueue.async_iter(func, items)
-            return nbqueue.result(iter_id, wait=3_600_000)
-        return run, (lambda: cluster.stop())
+        def run_iter(func, items):
+            return nbqueue.result(nbqueue.async_iter(func, items), wait=3_600_000)
+        return run_iter, (lambda: cluster.stop())
     if system == "nbqueue-joblib":
         import nbqueue.joblib  # noqa: F401
         from joblib import Parallel, delayed, parallel_config
 
-        def run(items):
+        def run_joblib(func, items):
             with parallel_config(backend="nbqueue"):
-                return Parallel(n_jobs=workers)(
-                    delayed(func)(*i) if star else delayed(func)(i) for i in items)
-        return run, (lambda: cluster.stop())
+                return Parallel(n_jobs=workers)(calls(func, items))
+        return run_joblib, (lambda: cluster.stop())
     raise SystemExit(f"unknown system {system!r}")
 
 
