@@ -78,6 +78,28 @@ def test_a_complete_panel_updates_again_when_its_failures_are_retried(cluster, t
     assert panel._bar.bar_style == "success" and "complete" in panel._title.value
 
 
+def test_a_complete_panel_updates_again_when_another_process_retries(cluster, tmp_path):
+    flag = str(tmp_path / "flag")
+    for i in range(2):
+        async_task(fx.fails_until, flag, "x" * i, group="elsewhere")
+    # no one holds the panel (as with result_group's): this process keeps it
+    assert GroupProgress("elsewhere", widget=True).wait(30)
+    (panel,) = [p for p in _finished_panels() if p.group == "elsewhere"]
+    assert panel.state == "danger"
+    open(flag, "w").close()
+    code = (f"import nbqueue\nnbqueue.configure(directory={cluster.directory!r})\n"
+            "print(nbqueue.retry_group('elsewhere'))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip() == "2", done.stderr
+    wait_for(lambda: panel.state == "success", 30, "the panel complete again, all done")
+    assert "2 done · 0 failed · 0 cancelled" in panel._label.value
+
+
+def _finished_panels():
+    return [p for panels in group_panel._finished._panels.values() for p in panels]
+
+
 def test_a_panel_says_when_no_cluster_serves_its_store(store_dir):
     with pytest.warns(nbqueue.NoClusterWarning):
         async_task(fx.add, 1, group="unserved")

@@ -10,9 +10,9 @@ of lease rows) from that thread, about once a second, and shows them
 from __future__ import annotations
 
 import html
+import os
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from nbqueue.disk.broker import Broker
@@ -159,8 +159,7 @@ class GroupProgress:
                 self._close()
             finally:
                 if self._complete and self.widget is not None and not self._stopped:
-                    _finished.setdefault((self.broker.directory, self.group), weakref.WeakSet())
-                    _finished[self.broker.directory, self.group].add(self)
+                    _finished.keep(self)
                 if self._complete:
                     # Only now: whoever waits on ``finished`` (``wait()``) must find the
                     # panel drawn complete, e.g. before its cell ends and the notebook's
@@ -316,14 +315,76 @@ class GroupProgress:
         return f"<GroupProgress {self.group!r}: {self.summary()}>"
 
 
-_finished: dict[tuple[str, str], weakref.WeakSet[GroupProgress]] = {}  # widgets drawn complete
+FINISHED_KEPT = 50  # complete widget panels watched for a retry, the latest
+FINISHED_EVERY = 2.0  # seconds between two looks at them
+
+
+class _Finished:
+    """The widget panels drawn complete in this process, the latest FINISHED_KEPT, held
+    (a panel of ``result_group(progress=True)`` has no other owner) and looked at every
+    FINISHED_EVERY seconds by one thread: a group whose figures changed since (its
+    failures sent again, by this process or any other) updates its panels again."""
+
+    def __init__(self) -> None:
+        self._panels: dict[tuple[str, str], list[GroupProgress]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def keep(self, panel: GroupProgress) -> None:
+        with self._lock:
+            key = (panel.broker.directory, panel.group)
+            self._panels.setdefault(key, []).append(panel)
+            self._panels[key] = self._panels.pop(key)  # the latest last
+            while sum(len(panels) for panels in self._panels.values()) > FINISHED_KEPT:
+                oldest = next(iter(self._panels))
+                self._panels[oldest].pop(0)
+                if not self._panels[oldest]:
+                    del self._panels[oldest]
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="nbqueue-finished-panels", daemon=True
+                )
+                self._thread.start()
+
+    def reopen(self, directory: str, group: str) -> None:
+        with self._lock:
+            panels = self._panels.pop((directory, group), [])
+        for panel in panels:
+            panel._reopen()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(FINISHED_EVERY)
+            with self._lock:
+                if not self._panels:
+                    self._thread = None
+                    return
+                watched = [(key, panels[-1]) for key, panels in self._panels.items()]
+            for (directory, group), panel in watched:
+                if not os.path.isdir(directory):  # the store was deleted: nothing to watch
+                    with self._lock:
+                        self._panels.pop((directory, group), None)
+                    continue
+                try:
+                    now = panel._watch.read()
+                except Exception:  # unreadable now: looked at again next time
+                    continue
+                shown = panel.figures
+                if shown is None or _counts(now) != _counts(shown):
+                    self.reopen(directory, group)
+
+
+def _counts(figures: GroupFigures) -> tuple[int, int, int, int]:
+    return figures.done, figures.failed, figures.cancelled, figures.total
+
+
+_finished = _Finished()
 
 
 def reopen(directory: str, group: str) -> None:
     """Have the complete widget panels of ``group`` update again (its failures were sent
     again): their figures are no longer final."""
-    for panel in list(_finished.pop((directory, group), ())):
-        panel._reopen()
+    _finished.reopen(directory, group)
 
 
 def progress(
