@@ -8,6 +8,7 @@ the task's stored outcome, or where the queue holds it.
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timezone
 from typing import Any
 
@@ -114,6 +115,16 @@ def output(task_id: str, broker: Broker | None = None) -> str | None:
     return None if found["state"] == "unknown" else found["output"]
 
 
+def _begun_here(directory: str) -> set[str]:
+    """The tasks begun in the workers of this process's cluster on ``directory``, if it
+    runs one: known now, where a heartbeat tells a second late."""
+    serving = sys.modules.get("nbqueue.cluster.serving")
+    cluster = serving.serving.get(directory) if serving is not None else None
+    if cluster is None or not cluster.running:
+        return set()
+    return set(cluster.running_ids())
+
+
 def running(group: str | None = None, broker: Broker | None = None) -> list[dict[str, Any]]:
     """The tasks a cluster holds now (of ``group``, or all), each as ``status`` gives
     it, oldest start first; ``started``, ``pid``, ``progress`` and ``output`` are known
@@ -128,6 +139,7 @@ def running(group: str | None = None, broker: Broker | None = None) -> list[dict
             for info in heartbeats(broker.directory).clusters()
             for task_id in info.get("running_ids", ())
         }
+        begun |= _begun_here(broker.directory)
         for task in tasks:
             task["leased"] = task["started"] is None and task["id"] not in begun
     never = datetime.max.replace(tzinfo=timezone.utc)

@@ -487,6 +487,10 @@ class Cluster:
         """Tasks running in a worker right now."""
         return len(self._running_states())
 
+    def running_ids(self) -> list[str]:
+        """The ids of the tasks begun in a worker and running now."""
+        return [state[0] for state in self._running_states()]
+
     def rate(self) -> float:
         """Tasks finished per second, over the last ``figures.RATE_WINDOW`` seconds."""
         return self._meter.add(self.done + self.failed)
