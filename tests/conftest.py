@@ -4,6 +4,7 @@ plugin that runs the tests side by side (``tests/side_by_side.py``)."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 import pytest
@@ -11,6 +12,16 @@ import pytest
 import nbqueue
 from nbqueue import conf
 from nbqueue.disk.directory import drop
+
+
+@pytest.fixture(autouse=True)
+def _no_panels_of_earlier_tests():
+    """Complete widget panels are held and watched by their process: those of one test
+    must not wake up in the next."""
+    yield
+    panels = sys.modules.get("nbqueue.display.group_panel")
+    if panels is not None:
+        panels._finished.forget()
 
 
 @pytest.fixture

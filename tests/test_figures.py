@@ -142,7 +142,7 @@ def test_a_task_held_for_a_worker_is_leased_and_one_begun_is_running(store_dir):
 
 def test_a_stopping_cluster_says_so_and_a_stopped_one_is_gone(store_dir):
     running = nbqueue.Cluster(workers=1, directory=store_dir).start()
-    task = async_task(fx.nap, 1.5)
+    task = async_task(fx.nap, 4)  # the stop waits for it: seconds to see it stopping
     wait_for(lambda: status(task)["state"] == "running", 30, "the nap running")
     stopper = threading.Thread(target=running.stop, kwargs={"wait": 10})
     stopper.start()

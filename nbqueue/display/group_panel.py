@@ -346,6 +346,11 @@ class _Finished:
                 )
                 self._thread.start()
 
+    def forget(self) -> None:
+        """Hold and watch none of the panels kept so far."""
+        with self._lock:
+            self._panels.clear()
+
     def reopen(self, directory: str, group: str) -> None:
         with self._lock:
             panels = self._panels.pop((directory, group), [])
