@@ -21,7 +21,7 @@ from collections import deque
 from typing import Any, NamedTuple
 
 from nbqueue.disk.broker import Broker
-from nbqueue.disk.directory import get_broker, get_store, heartbeats
+from nbqueue.disk.directory import get_broker, get_store, heartbeats, sent
 from nbqueue.disk.records import Record
 from nbqueue.disk.store import Part
 from nbqueue.live import running
@@ -130,8 +130,6 @@ class GroupWatch:
         """The tasks sent to the group, if it is known."""
         if self.total is not None:
             return self.total
-        from nbqueue.disk.directory import sent
-
         row = self.broker.group_sent(self.group)
         here = sent(self.broker.directory).enqueued.get(self.group)
         if row is None:
@@ -255,9 +253,9 @@ class StoreFigures:
         clusters = [cluster_figures(info, now) for info in live]
         clusters += [cluster_figures(info, now) for info in beats.stopped_clusters()]
         by_group, served = serving(self.broker, live)
-        sent = sorted(self.broker.groups().items(), key=lambda item: -item[1].last)
+        newest = sorted(self.broker.groups().items(), key=lambda item: -item[1].last)
         groups = []
-        for name, _ in sent[:GROUPS_SHOWN]:
+        for name, _ in newest[:GROUPS_SHOWN]:
             cached = not self.store.saved.has_group(name) and self.store.cached.has_group(name)
             figures = self._watch(name, cached).read(by_group.get(name, 0), served)
             groups.append(dict(figures.as_json(), cached=cached))
