@@ -221,6 +221,26 @@ def test_cancel_then_retry_at_once_never_runs_the_task_twice_at_once(cluster, tm
     assert not _ran_beside_its_retry(log), "the cancelled run and its retry ran at once"
 
 
+def test_a_cancel_request_read_late_never_stops_the_retry_sent_after_it(cluster, tmp_path):
+    """A cluster that read the cancel requests just before a retry cleared them still
+    holds the request when the retried delivery reaches it: the request is for the
+    deliveries sent before it, so the retry runs. (The stale read is made here by putting
+    the request back, as it was, once the retry is queued.)"""
+    broker = nbqueue.get_broker()
+    log = str(tmp_path / "log")
+    victim = async_task(fx.ticking, log, 1, 5.0)
+    wait_for(lambda: fx.runs(log, "start") == [1], 20, "running")
+    assert cancel(victim) is True  # it waits for the cancel's outcome: the request is gone
+    assert fetch(victim, wait=WAIT).cause is nbqueue.Cause.CANCELLED
+    requested_at = time.time()  # as late as the request could be: still before the retry
+    assert retry(victim) is True
+    with broker._transaction(retry=True):  # the retry runs for 5 s: it meets the request
+        broker.search._set_cancels({victim: requested_at})
+    again = wait_for(lambda: (t := fetch(victim)) is not None and t, WAIT / 1000, "the retry")
+    assert again.success and again.attempt_count == 2, again.result
+    assert fx.runs(log, "start") == [1, 1] and fx.runs(log, "stop") == [1]
+
+
 def test_retry_of_a_task_whose_cancel_has_not_taken_effect_waits_then_says_so(store_dir,
                                                                               tmp_path):
     """With no cluster to stop it, a leased task's cancel cannot take effect: retry waits

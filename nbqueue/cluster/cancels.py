@@ -32,7 +32,7 @@ from nbqueue.cluster.executors import Executor
 from nbqueue.cluster.inflight import InFlight, Job
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.hosts import CANCELLED_DIR, read_begun
-from nbqueue.disk.records import Cause
+from nbqueue.disk.records import Cause, Header
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +48,31 @@ class CancelRequests:
         self.broker = broker
         self._lock = threading.Lock()
         self._count = 0  # the broker's cancel counter when the requests were read
+        self._requests: dict[str, float] = {}  # task id -> when its cancel was requested
         self._ids: frozenset[str] = frozenset()
 
-    def requested(self) -> frozenset[str]:
-        """The ids cancel requests name now (one read of a counter when none is new)."""
+    def requested(self) -> dict[str, float]:
+        """Task id -> when its cancel was requested, now (one read of a counter when none
+        is new). A request is for the deliveries sent before it: a ``retry`` sends the
+        task again after the cancel's outcome, and that delivery must run."""
         count = self.broker.cancel_count()
         if count != self._count:
             with self._lock:
-                self._ids = frozenset(self.broker.cancel_requests())
+                self._requests = dict(self.broker.cancel_requests())
+                self._ids = frozenset(self._requests)
                 self._count = count
-        return self._ids
+        return self._requests
 
     def known(self) -> frozenset[str]:
         """The ids of the requests last read (no read of the store)."""
         return self._ids
+
+
+def names(requests: dict[str, float], header: Header) -> bool:
+    """Whether a cancel request (of ``requests``) is for this delivery of the task: one
+    sent before the request, not the delivery a ``retry`` sent after its outcome."""
+    when = requests.get(header.id)
+    return when is not None and (header.sent or header.enqueued) <= when
 
 
 class Cancels:
@@ -86,8 +97,8 @@ class Cancels:
         self._unseen: dict[str, Job] = {}  # cancelled in flight, not seen running yet
         os.makedirs(os.path.join(slot_dir, CANCELLED_DIR), exist_ok=True)
 
-    def requested(self) -> frozenset[str]:
-        """The ids cancel requests name now."""
+    def requested(self) -> dict[str, float]:
+        """Task id -> when its cancel was requested, now."""
         return self.requests.requested()
 
     def cancel(self, jobs: list[Job]) -> None:
@@ -152,8 +163,15 @@ class Cancels:
 
     def check(self) -> None:
         """Act on new requests for tasks in flight; kill workers that did not stop."""
-        found = [self.inflight.job_of_task(task_id) for task_id in self.requested()]
-        jobs = [job for job in found if job is not None and not (job.judged or job.cancelled)]
+        requests = self.requested()
+        # a job looked up now may be a delivery sent after the request was read (a retry
+        # of the task, once its cancel's outcome was stored): only those sent before count
+        found = [self.inflight.job_of_task(task_id) for task_id in requests]
+        jobs = [
+            job
+            for job in found
+            if job is not None and not (job.judged or job.cancelled) and names(requests, job.header)
+        ]
         if jobs:
             self.cancel(jobs)
         elif self._unseen:

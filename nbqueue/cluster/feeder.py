@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from nbqueue.cluster.cancels import WHY, Cancels
+from nbqueue.cluster.cancels import WHY, Cancels, names
 from nbqueue.cluster.executors import Executor
 from nbqueue.cluster.inflight import InFlight, Job
 from nbqueue.cluster.writer import Writer
@@ -171,7 +171,7 @@ class Feeder:
                 continue
             job = Job(lease, header, header.timeout or self.settings.timeout)
             self.inflight.add(job)
-            if header.id in cancelled:  # leased after its cancel request: never runs
+            if names(cancelled, header):  # leased after its cancel request: never runs
                 self.writer.judge(job, WHY, Cause.CANCELLED, attempt=lease.attempt, final=True)
                 continue
             self.cancels.unmark(header.id)
