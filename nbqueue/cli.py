@@ -138,7 +138,9 @@ def _info(args: argparse.Namespace) -> int:
         )
     )
     print(f"fs        {figures['filesystem']} ({where})")
-    for name in ("queued", "running", "done", "failed"):
+    # queued + leased (held by a cluster: running, or waiting in a worker) + done + failed
+    # is every task sent to the store and not deleted
+    for name in ("queued", "leased", "running", "done", "failed"):
         print(f"{name:<9} {figures[name]}")
     if not clusters:
         print("clusters  none alive: start one with `nbqueue cluster`")
