@@ -140,10 +140,11 @@ def test_a_task_held_for_a_worker_is_leased_and_one_begun_is_running(store_dir):
         running.stop(wait=0)
 
 
-def test_a_stopping_cluster_says_so_and_a_stopped_one_is_gone(store_dir):
+def test_a_stopping_cluster_says_so_and_a_stopped_one_is_gone(store_dir, tmp_path):
     running = nbqueue.Cluster(workers=1, directory=store_dir).start()
-    task = async_task(fx.nap, 4)  # the stop waits for it: seconds to see it stopping
-    wait_for(lambda: status(task)["state"] == "running", 30, "the nap running")
+    log = str(tmp_path / "log")
+    task = async_task(fx.ticking, log, 1, 4.0)  # the stop waits for it: seconds to look
+    wait_for(lambda: fx.runs(log, "start") == [1], 60, "the task begun in its worker")
     stopper = threading.Thread(target=running.stop, kwargs={"wait": 10})
     stopper.start()
     figures = StoreFigures(store_dir)
@@ -151,7 +152,7 @@ def test_a_stopping_cluster_says_so_and_a_stopped_one_is_gone(store_dir):
                       and figures.read(), 10, "the cluster shown stopping")
     assert not states["served"]
     stopper.join(30)
-    assert figures.read()["clusters"] == [] and result(task) is None
+    assert figures.read()["clusters"] == [] and result(task) == 1
 
 
 def test_a_cluster_asked_to_stop_from_another_process_stops(store_dir):
