@@ -538,3 +538,30 @@ def test_a_chunk_its_executor_cannot_run_is_each_tasks_failure(store_dir):
         assert task.result.startswith("OSError: no worker can import what the chunk needs")
         assert task.cause is nbqueue.Cause.EXECUTOR
         assert result(async_task(fx.add, 2, 2), wait=WAIT) == 4
+
+
+def test_a_task_delivered_again_after_its_outcome_was_stored_is_not_run_again(store_dir,
+                                                                              tmp_path):
+    """A cluster that stored an outcome and died before its ack was written leaves the
+    lease to expire: the delivery that comes again finds the outcome stored, is
+    acknowledged and not run; the outcome stands."""
+    import pickle
+
+    from nbqueue.disk.records import Outcome, decode_header, make_record
+
+    log = str(tmp_path / "log")
+    broker = nbqueue.get_broker()
+    with pytest.warns(NoClusterWarning):
+        task_id = async_task(fx.logged, log, 1)
+    broker.flush()
+    (lease,) = broker.lease("a-cluster-that-died", 10, 0.3)
+    header = decode_header(broker.key, lease.package)
+    now = time.time()  # what that cluster stored before it died: one run, attempt 1
+    get_store(broker.directory).save(
+        [make_record(header, Outcome(task_id, True, pickle.dumps(1), now, now), 1)])
+    with Cluster(workers=1, directory=store_dir):
+        wait_for(lambda: broker.leased() == 0 and broker.size() == 0, 30,
+                 "the lease expired and the delivery that came again acknowledged")
+    assert fx.runs(log, "start") == []  # not run again
+    task = fetch(task_id)
+    assert task.success and task.result == 1 and task.attempt_count == 1

@@ -24,7 +24,7 @@ from nbqueue.conf import Settings
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.leases import Lease
 from nbqueue.disk.names import new_task_id
-from nbqueue.disk.records import Cause, decode_header, refused_record
+from nbqueue.disk.records import Cause, Header, decode_header, refused_record
 from nbqueue.disk.storage import store_trouble
 from nbqueue.disk.store import Store
 from nbqueue.errors import SignatureError
@@ -169,6 +169,8 @@ class Feeder:
             except SignatureError as exc:
                 self._reject(lease, exc)
                 continue
+            if lease.attempt > 1 and self._stored(header, lease):
+                continue
             job = Job(lease, header, header.timeout or self.settings.timeout)
             self.inflight.add(job)
             if names(cancelled, header):  # leased after its cancel request: never runs
@@ -191,6 +193,24 @@ class Feeder:
         size = max(1, size)
         for i in range(0, len(jobs), size):
             self._submit(jobs[i : i + size])
+
+    def _stored(self, header: Header, lease: Lease) -> bool:
+        """Whether a task delivered again already has its outcome stored (only final
+        outcomes are): the cluster that stored it died before its ack was written, and
+        its lease expired. The outcome stands; the delivery is acknowledged, not run."""
+        try:
+            if self.store.part(bool(header.cached)).get(header.id) is None:
+                return False
+        except Exception:  # unreadable now: run it, as before the outcome was known
+            return False
+        log.info(
+            "task %s is delivered again, but its outcome is stored: not run again", header.name
+        )
+        try:
+            self.broker.ack([lease.token])
+        except Exception:
+            self.broker.ack_soon([lease.token])
+        return True
 
     def _submit(self, jobs: list[Job]) -> None:
         try:
