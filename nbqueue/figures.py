@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store, heartbeats, sent
+from nbqueue.disk.heartbeats import serves
 from nbqueue.disk.records import Record
 from nbqueue.disk.store import Part
 from nbqueue.live import running
@@ -179,7 +180,7 @@ def serving(
     counts: dict[str, int] = {}
     served = False
     for info in live:
-        served = served or info.get("state") != "stopping"
+        served = served or serves(info)
         for group, count in (info.get("groups_running") or {}).items():
             counts[group] = counts.get(group, 0) + count
     return counts, served
@@ -220,12 +221,12 @@ def _progress(value: Any) -> dict[str, Any] | None:
 
 
 def error_line(record: Record) -> str:
-    """A failure's exception as one line: its type and message."""
+    """A failure's exception as one line, its type and message: the first line of its
+    text, as a Failure's view shows it (``display.views.error_text``)."""
     text = record.get("result")
     if not isinstance(text, str) or not text.strip():
         return record.get("cause", "failed")
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else text.strip()
+    return text.strip().split("\n", 1)[0].strip()
 
 
 class StoreFigures:

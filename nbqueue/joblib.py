@@ -31,6 +31,7 @@ from joblib.parallel import (  # type: ignore[import-untyped]
 
 from nbqueue import conf
 from nbqueue.disk.directory import get_broker, heartbeats
+from nbqueue.disk.heartbeats import serves
 from nbqueue.errors import ConfigurationError, TaskFailed
 from nbqueue.executor import ExecutorFuture
 from nbqueue.futures import future
@@ -71,7 +72,7 @@ class NbqueueBackend(AutoBatchingMixin, ParallelBackendBase):
             workers = sum(
                 int(info.get("workers") or 0)
                 for info in heartbeats(broker.directory).clusters()
-                if info.get("state") != "stopping"
+                if serves(info)
             )
             return max((workers or 1) + 1 + n_jobs, 1)
         return int(n_jobs)

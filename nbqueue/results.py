@@ -14,6 +14,7 @@ from typing import Any
 
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store, heartbeats, sent
+from nbqueue.disk.heartbeats import serves
 from nbqueue.disk.signing import serving
 from nbqueue.disk.store import Part, Store
 from nbqueue.errors import ConfigurationError, StoreError
@@ -42,7 +43,7 @@ def _check_count(count: Any) -> None:
 def no_cluster_advice(broker: Broker) -> str | None:
     """What to do when no cluster serves the store, or None when one does."""
     clusters = heartbeats(broker.directory).clusters()
-    if broker.has_local_consumer or any(c.get("state") != "stopping" for c in clusters):
+    if broker.has_local_consumer or any(serves(c) for c in clusters):
         return None
     return (
         f"no nbqueue cluster serves {broker.directory}: start one in this kernel with "

@@ -68,6 +68,11 @@ class GroupSent(NamedTuple):
     last: float  # when the latest was
 
 
+def _group_row(value: Any) -> GroupSent | None:
+    """A group's row as stored, or None for a value that is not one."""
+    return GroupSent(*value) if isinstance(value, tuple) and len(value) == 3 else None
+
+
 class Broker:
     """The queue of the store at ``directory``; get the one of this process with
     ``get_broker()`` (``nbqueue.disk.directory``). Finding tasks in it and the cancel
@@ -161,26 +166,21 @@ class Broker:
 
     def _count_groups(self, groups: dict[str, int]) -> None:
         """Add to the groups' rows; inside a transaction."""
-        queue, now = self._queue, time.time()
+        now = time.time()
         for group, tasks in groups.items():
-            row = checked_get(queue, GROUP + group, None, "a group's row")
-            if isinstance(row, tuple) and len(row) == 3:
-                queue.set(GROUP + group, (row[0] + tasks, row[1], now))
-            else:
-                queue.set(GROUP + group, (tasks, now, now))
+            row = self.group_sent(group)
+            first = now if row is None else row.first
+            self._queue.set(GROUP + group, (tasks + (row.tasks if row else 0), first, now))
 
     def groups(self) -> dict[str, GroupSent]:
         """Every group tasks were sent to, and what was sent (from every process)."""
-        return {
-            key[len(GROUP) :]: GroupSent(*row)
-            for key, row in read_prefixed(self._queue, GROUP).items()
-            if isinstance(row, tuple) and len(row) == 3
-        }
+        found = read_prefixed(self._queue, GROUP).items()
+        rows = {key[len(GROUP) :]: _group_row(value) for key, value in found}
+        return {group: row for group, row in rows.items() if row is not None}
 
     def group_sent(self, group: str) -> GroupSent | None:
         """What every process sent to ``group``, if anything."""
-        row = checked_get(self._queue, GROUP + group, None, "a group's row")
-        return GroupSent(*row) if isinstance(row, tuple) and len(row) == 3 else None
+        return _group_row(checked_get(self._queue, GROUP + group, None, "a group's row"))
 
     def forget_group(self, group: str) -> None:
         """Forget what was sent to a group (``delete_group``)."""

@@ -20,6 +20,12 @@ STOPPED_KEPT = 86400.0  # seconds the record of a cluster that stopped on its ow
 STOP_ASKED_KEPT = 60.0  # seconds a request to stop waits for its cluster to see it
 
 
+def serves(info: dict[str, Any]) -> bool:
+    """Whether a cluster, by its heartbeat, takes work from the store: it beats from its
+    start, and says when it is stopping."""
+    return info.get("state") != "stopping"
+
+
 class Heartbeats:
     """The clusters of the store at ``directory`` (absolute); get the one of this process
     with ``heartbeats()`` (``nbqueue.disk.directory``)."""

@@ -38,7 +38,7 @@ from typing import Any
 
 from nbqueue.disk import blobs
 from nbqueue.disk.blobs import Blob
-from nbqueue.disk.records import Cause, Manifest, Record, is_record, iter_record
+from nbqueue.disk.records import Manifest, Record, is_cancelled, is_record, iter_record
 from nbqueue.disk.signing import load_key
 from nbqueue.disk.storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
 from nbqueue.errors import ConfigurationError, SignatureError, StoreFileMissing, WaitWarning
@@ -60,14 +60,9 @@ _PAGES = "gp:"
 _ITER = "iter:"
 _ITER_OK = "total:iter"  # successes of async_iter tasks, which save_limit does not prune
 _CALL = "call:"
-CANCELLED = Cause.CANCELLED.value
 _CANCELLED = "cancelled:"
 _FAILURES = "failures"
 FAILURES_KEPT = 200  # latest failures listed
-
-
-def _cancelled(record: Record) -> bool:
-    return record.get("cause") == CANCELLED
 
 
 def _page(group: str, i: int) -> str:
@@ -124,12 +119,12 @@ class Part:
                     cache.set(_NAME + record["name"], task_id, expire=expire)
                 if old is not None:
                     of_iter = bool(old.get("iter"))
-                    deltas[old["group"], old["success"], of_iter, _cancelled(old)] -= 1
+                    deltas[old["group"], old["success"], of_iter, is_cancelled(old)] -= 1
                 if group is not None:
                     if old is None or old["group"] != group:
                         joined[group].append(task_id)
                     expires[group] = expire
-                deltas[group, success, bool(record.get("iter")), _cancelled(record)] += 1
+                deltas[group, success, bool(record.get("iter")), is_cancelled(record)] += 1
                 if not success:
                     failed.append(task_id)
                 if (
@@ -185,7 +180,8 @@ class Part:
         expired reads as no failure)."""
         cache = self._cache
         listed = checked_get(cache, _FAILURES, [], "the latest failures")
-        listed = [i for i in listed if i not in task_ids] + task_ids
+        new = set(task_ids)
+        listed = [i for i in listed if i not in new] + task_ids
         cache.set(_FAILURES, listed[-FAILURES_KEPT:])
 
     def latest_failures(self, count: int = 50) -> list[Record]:
@@ -226,7 +222,7 @@ class Part:
         if checked_get(cache, _NAME + record["name"], None, "a name") == record["id"]:
             cache.delete(_NAME + record["name"])
         self._count(
-            record["group"], record["success"], -1, bool(record.get("iter")), _cancelled(record)
+            record["group"], record["success"], -1, bool(record.get("iter")), is_cancelled(record)
         )
 
     def get(self, task_id: str) -> Record | None:
@@ -360,7 +356,7 @@ class Part:
         if self.expiring:
             records = self.group_records(group)
             ok = sum(1 for r in records if r["success"])
-            cancelled = sum(1 for r in records if _cancelled(r))
+            cancelled = sum(1 for r in records if is_cancelled(r))
             return ok, len(records) - ok, cancelled
         got = self._cache.get
         return (
@@ -437,7 +433,7 @@ class Part:
                 if tasks:
                     self._delete(record)
                 else:
-                    of_iter, cancelled = bool(record.get("iter")), _cancelled(record)
+                    of_iter, cancelled = bool(record.get("iter")), is_cancelled(record)
                     self._count(group, record["success"], -1, of_iter, cancelled)
                     self._count(None, record["success"], 1, of_iter)  # totals unchanged
                     record["group"] = None

@@ -384,6 +384,25 @@ export function mountPanel(container, { request, interval = 1000, paused = false
 
   // -------------------------------------------------------------- actions
 
+  /**
+   * Make `button` of a row POST `action` on the row's subject
+   * (`api/stores/<store>/<kind>/<key>/<action>`): disabled while its POST is pending,
+   * and while `enabled()` says no.
+   */
+  function wireAction(view, row, button, kind, key, action, enabled = () => true) {
+    row.refreshButtons = () => {
+      button.disabled = row.pending.has(button) || !enabled();
+    };
+    button.addEventListener('click', () =>
+      act(
+        view,
+        row,
+        button,
+        `api/stores/${encodeURIComponent(view.id)}/${kind}/${encodeURIComponent(key)}/${action}`,
+      ),
+    );
+  }
+
   /** Run an action for `button`: disabled while its POST is pending, the answer shown. */
   async function act(view, row, button, path) {
     row.pending.add(button);
@@ -585,17 +604,7 @@ export function mountPanel(container, { request, interval = 1000, paused = false
       const wait = make(doc, 'p', 'nbq-note nbq-wrap');
       li.append(head, where, load, err, wait);
       const row = { el: li, pending: new Set(), cluster };
-      row.refreshButtons = () => {
-        stop.disabled = row.pending.has(stop) || row.cluster.state !== 'running';
-      };
-      stop.addEventListener('click', () =>
-        act(
-          view,
-          row,
-          stop,
-          `api/stores/${encodeURIComponent(view.id)}/clusters/${encodeURIComponent(key)}/stop`,
-        ),
-      );
+      wireAction(view, row, stop, 'clusters', key, 'stop', () => row.cluster.state === 'running');
       Object.assign(row, { label, state, where, load, err, wait });
       return row;
     }
@@ -652,17 +661,7 @@ export function mountPanel(container, { request, interval = 1000, paused = false
       const pace = make(doc, 'p', 'nbq-detail');
       li.append(head, counts, bar.bar, pace);
       const row = { el: li, pending: new Set(), name, state, retry, counts, bar, pace };
-      row.refreshButtons = () => {
-        retry.disabled = row.pending.has(retry);
-      };
-      retry.addEventListener('click', () =>
-        act(
-          view,
-          row,
-          retry,
-          `api/stores/${encodeURIComponent(view.id)}/groups/${encodeURIComponent(key)}/retry`,
-        ),
-      );
+      wireAction(view, row, retry, 'groups', key, 'retry');
       return row;
     }
 
@@ -762,17 +761,7 @@ export function mountPanel(container, { request, interval = 1000, paused = false
       setClass(li, 'nbq-selected', view.selected === key);
       const row = { el: li, pending: new Set(), main, name, since, func, progress, bar };
       Object.assign(row, { progressText, last });
-      row.refreshButtons = () => {
-        cancel.disabled = row.pending.has(cancel);
-      };
-      cancel.addEventListener('click', () =>
-        act(
-          view,
-          row,
-          cancel,
-          `api/stores/${encodeURIComponent(view.id)}/tasks/${encodeURIComponent(key)}/cancel`,
-        ),
-      );
+      wireAction(view, row, cancel, 'tasks', key, 'cancel');
       return row;
     }
 
@@ -852,17 +841,7 @@ export function mountPanel(container, { request, interval = 1000, paused = false
       clickable(main, li, toggle);
       setAttr(main, 'aria-expanded', view.expanded.has(key));
       traceback.hidden = !view.expanded.has(key);
-      row.refreshButtons = () => {
-        retry.disabled = row.pending.has(retry);
-      };
-      retry.addEventListener('click', () =>
-        act(
-          view,
-          row,
-          retry,
-          `api/stores/${encodeURIComponent(view.id)}/tasks/${encodeURIComponent(key)}/retry`,
-        ),
-      );
+      wireAction(view, row, retry, 'tasks', key, 'retry');
       return row;
     }
 
