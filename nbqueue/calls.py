@@ -58,6 +58,7 @@ import cloudpickle
 
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_store
+from nbqueue.disk.records import Manifest, has_failed, manifest_tasks
 from nbqueue.disk.store import Part
 from nbqueue.options import TaskOptions
 
@@ -235,7 +236,7 @@ def _stands(broker: Broker, part: Part, row: tuple[str, float], of_iter: bool) -
         manifest = part.manifest(task_id)
         if manifest is None:  # written just after the key: on its way, or lost
             return recent
-        ids = manifest["ids"]
+        ids = manifest_tasks(manifest)
     unfinished = _unfinished(part, ids)
     if unfinished is None:
         return False
@@ -254,6 +255,24 @@ def _stands(broker: Broker, part: Part, row: tuple[str, float], of_iter: bool) -
 def _unfinished(part: Part, ids: list[str]) -> list[str] | None:
     """Those of ``ids`` with no outcome stored, or None if one of them failed."""
     records = part.records(ids)
-    if any(r is not None and not r["success"] for r in records):
+    if any(r is not None and has_failed(r) for r in records):
         return None
     return [task_id for task_id, r in zip(ids, records, strict=False) if r is None]
+
+
+def to_send_again(broker: Broker, part: Part, manifest: Manifest, sent: float) -> list[int]:
+    """Which batches of an iter sent at ``sent`` to send again: those that failed (a
+    failed item, or the whole batch), and those neither stored nor held in the queue
+    (lost, expired or deleted). A batch still queued or leased stands: a lease of a
+    dead cluster expires, and the batch is delivered again."""
+    batch_ids = manifest_tasks(manifest)
+    records = part.records(batch_ids)
+    again = {k for k, r in enumerate(records) if r is not None and has_failed(r)}
+    missing = [k for k, r in enumerate(records) if r is None]
+    if missing and time.time() - sent >= SENDING:
+        held = broker.holds([batch_ids[k] for k in missing], max_age=SENDING / 5)
+        gone = [k for k in missing if batch_ids[k] not in held]
+        if gone:  # an outcome is stored before its lease ends: read those again
+            now = part.records([batch_ids[k] for k in gone])
+            again.update(k for k, r in zip(gone, now, strict=False) if r is None or has_failed(r))
+    return sorted(again)

@@ -24,6 +24,7 @@ from nbqueue.disk import blobs
 from nbqueue.disk.blobs import Blob
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store
+from nbqueue.disk.names import batch_of
 from nbqueue.disk.records import (
     Cause,
     Header,
@@ -33,6 +34,7 @@ from nbqueue.disk.records import (
     failure,
     is_cancelled,
     make_record,
+    tallies,
 )
 from nbqueue.disk.store import Part, Store
 from nbqueue.errors import ConfigurationError, TaskStillRunning
@@ -78,10 +80,35 @@ def cancel_tasks(task_ids: Iterable[str], broker: Broker | None = None) -> int:
         for task_id in task_ids
         if store.saved.get(task_id) is None and store.cached.get(task_id) is None
     }
+    items = {task_id for task_id in wanted if batch_of(task_id) is not None}
+    wanted -= items
+    cancelled = _cancel_items(broker, items) if items else 0
     if not wanted:
-        return 0
+        return cancelled
     needles = [task_id.encode() for task_id in wanted] if len(wanted) <= _FEW else None
-    return _cancel(broker, lambda header: header.id in wanted or header.name in wanted, needles)
+    match = lambda header: header.id in wanted or header.name in wanted  # noqa: E731
+    return cancelled + _cancel(broker, match, needles)
+
+
+def _cancel_items(broker: Broker, item_ids: set[str]) -> int:
+    """Cancel items of batches (``map``, ``async_iter``): the cluster running (or about
+    to run) each batch skips them, or stops the one it runs."""
+    store = get_store(broker.directory)
+    batches: dict[str, list[str]] = {}
+    for task_id in item_ids:
+        where = batch_of(task_id)
+        assert where is not None
+        batches.setdefault(where[0], []).append(task_id)
+    requested = broker.request_cancels(batches)
+    broker.notify_cancels()
+    if not requested:
+        return 0
+
+    def outcome(task_id: str) -> Record | None:
+        return store.saved.get(task_id) or store.cached.get(task_id)
+
+    store.wait(lambda: all(outcome(i) for i in requested), CANCEL_WAIT)
+    return sum(1 for task_id in requested if _cancelled(outcome(task_id)))
 
 
 def _cancel(broker: Broker, match: Callable[[Header], bool], needles: list[bytes] | None) -> int:
@@ -106,13 +133,22 @@ def _cancel(broker: Broker, match: Callable[[Header], bool], needles: list[bytes
         # result() shows it and a run that finished before the cancel reached it is not
         # counted (one still being stopped is)
         store.wait(lambda: all(store.part(bool(h.cached)).get(h.id) for h in leased), CANCEL_WAIT)
-        leased = [h for h in leased if _cancelled(store.part(bool(h.cached)).get(h.id))]
-    return len(removed) + len(leased)
+    return sum(max(h.items, 1) for h, _, _ in removed) + sum(
+        _cancelled_count(h, store.part(bool(h.cached)).get(h.id)) for h in leased
+    )
 
 
 def _cancelled(record: Record | None) -> bool:
     """Whether a leased task's outcome says it was cancelled (None: not stored yet)."""
     return record is None or is_cancelled(record)
+
+
+def _cancelled_count(header: Header, record: Record | None) -> int:
+    """How many tasks a leased task's outcome says were cancelled: it, or of a batch, its
+    items (None: not stored yet, all of them)."""
+    if record is None or not header.items:
+        return int(_cancelled(record))
+    return sum(n for (_, cancelled), n in tallies(record).items() if cancelled)
 
 
 def _finished(store: Store, header: Header, asked: float) -> bool:
@@ -178,6 +214,13 @@ def _retry(broker: Broker, records: list[Record], cached: bool) -> int:
         if record["success"] or not package:
             continue  # a success, or a failure stored without its package (nbqueue 0.1)
         header = decode_header(broker.key, package)
+        if "batch" in record and type(header.args) is not Blob:
+            # an item of a batch: sent again alone, under its own id (its outcome goes
+            # back into its batch's record); one whose arguments are a file (alone in its
+            # batch) is sent again as that batch
+            header = header._replace(
+                id=record["id"], name=record["name"], args=record["args"], items=0
+            )
         limit = header.max_attempts
         if limit is None:
             limit = settings.max_attempts

@@ -67,7 +67,8 @@ from typing import Any
 
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store, sent
-from nbqueue.disk.records import Manifest, Record, iter_record
+from nbqueue.disk.names import batch_of
+from nbqueue.disk.records import Manifest, Record, manifest_size
 from nbqueue.disk.store import Part, Store
 from nbqueue.errors import ConfigurationError, OutcomeDeleted, TaskFailed
 from nbqueue.models import Failure, Success, Task
@@ -178,17 +179,16 @@ def _iter_outcome(part: Part, watch: _Watch) -> Record | OutcomeDeleted | None:
     ``retry`` is removed until its new outcome is stored)."""
     manifest = watch.manifest
     assert manifest is not None
-    ids = manifest["ids"]
-    records = part.records(ids)
-    missing = {i for i, r in zip(ids, records, strict=False) if r is None}
-    if not missing:
-        return iter_record(manifest, [r for r in records if r is not None])
+    record, missing = part.iter_outcome(manifest)
+    if record is not None:
+        return record
     lost = missing - watch.remaining  # stored when last read, gone now
-    if lost:
-        lost.difference_update(part.group_ids(manifest["group"]))
+    if lost:  # those still in the group (or in a batch there) are being run again
+        grouped = set(part.group_ids(manifest["group"]))
+        lost = {i for i in lost if i not in grouped and (batch_of(i) or ("",))[0] not in grouped}
     if lost:
         return OutcomeDeleted(
-            f"the outcomes of {len(lost)} of the {len(ids)} tasks of async_iter "
+            f"the outcomes of {len(lost)} of the {manifest_size(manifest)} tasks of async_iter "
             f"{manifest['id']} were deleted (delete_group({manifest['group']!r}, "
             "tasks=True)) before all of them had finished, so its combined result can "
             "never be made; run the async_iter again"
@@ -204,9 +204,7 @@ def _watch_of(part: Part, task_id: str) -> _Watch:
     manifest = part.manifest(task_id)
     if manifest is None:
         return _Watch(task_id, {task_id}, None, by_name=False)
-    ids = manifest["ids"]
-    missing = {i for i, r in zip(ids, part.records(ids), strict=False) if r is None}
-    return _Watch(task_id, missing, manifest, by_name=False)
+    return _Watch(task_id, part.iter_outcome(manifest)[1], manifest, by_name=False)
 
 
 class _Watched:
@@ -353,18 +351,15 @@ class _Waiter:
             watches = list(watched.watches.values())
             ids = list(dict.fromkeys(i for w in watches if not w.by_name for i in w.remaining))
         start = time.monotonic()
-        found = {}
-        if ids:
-            found = {
-                i: r for i, r in zip(ids, part.records(ids), strict=False) if isinstance(r, dict)
-            }
+        found = part.stored(ids) if ids else {}
         done: list[tuple[_Watch, Record | OutcomeDeleted]] = []
         for watch in watches:  # only this thread changes a watch's remaining ids
             record: Record | OutcomeDeleted | None = None
             if watch.by_name:
                 record = part.find(watch.task_id)
             elif watch.manifest is None:
-                record = found.get(watch.task_id)
+                got = found.get(watch.task_id)
+                record = part.get(watch.task_id) if got is True else got or None
             else:
                 watch.remaining.difference_update(found)
                 if not watch.remaining or shrank:

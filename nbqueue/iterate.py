@@ -18,21 +18,19 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, TimeoutError
 from concurrent.futures import wait as wait_futures
-from dataclasses import replace
 from typing import Any, cast
 
-from nbqueue import conf
+from nbqueue import batches, conf
 from nbqueue.control import cancel_tasks
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store, sent
-from nbqueue.disk.records import Record, decode_result
+from nbqueue.disk.records import Record, batch_arguments, decode_result, expand, item_view
 from nbqueue.disk.store import Part, Store
 from nbqueue.errors import ConfigurationError, TaskFailed
 from nbqueue.futures import POLL_MAX, POLL_MIN, TaskFuture, as_task, future
 from nbqueue.models import Failure, Task
 from nbqueue.options import TaskOptions
-from nbqueue.packing import function_of, make_package
-from nbqueue.tasks import run_inline, warn_if_unserved
+from nbqueue.tasks import send_items
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +93,8 @@ class _GroupFollower:
         self.page = 0  # the first page not yet read whole
         self.seen: set[str] = set()
 
-    def poll(self) -> list[Record]:
+    def poll(self, raw: bool = False) -> list[Record]:
+        """The new records; a batch's as it is with ``raw``, else its items'."""
         pages, ids = self.part.group_pages(self.group, self.page)
         if pages < self.page:  # the group was deleted and is filling again
             self.page = 0
@@ -108,7 +107,10 @@ class _GroupFollower:
         for record in self.part.records(new):
             if isinstance(record, dict) and record["group"] == self.group:
                 self.seen.add(record["id"])
-                found.append(record)
+                if raw:
+                    found.append(record)
+                else:
+                    found += expand(record)
         return found
 
 
@@ -277,11 +279,13 @@ def map(
     argument from each, until the shortest ends; with one, a tuple item is spread as
     positional arguments.
 
-    All the tasks are enqueued at once, at the call, in one transaction, and share one
-    group: the ``group`` option, or a fresh one. Takes the options of ``async_task``
-    (but ``save=False``: results are read back from the store; ``reuse`` is ignored, a
-    map always sends its tasks); other keywords go
-    to every call, as in ``async_iter``. A failed task raises ``TaskFailed`` at its place.
+    All the items are enqueued at once, at the call, in one transaction, in batches (see
+    ``nbqueue.batches``), and share one group: the ``group`` option, or a fresh one.
+    Takes the options of ``async_task`` (but ``save=False``: results are read back from
+    the store); other keywords go to every call, as in ``async_iter``. With
+    ``reuse=True`` the same map run again (a cell run again after its kernel died) reads
+    the earlier one's results and sends again only its batches that failed or were
+    lost. A failed item raises ``TaskFailed`` at its place, once its batch has ended.
     ``timeout`` is seconds from the call, for the whole map: ``TimeoutError`` when the next
     result is not there by then (as ``Executor.map``); a task's own time limit is the
     ``timeout`` option, given in ``q_options={"timeout": s, ...}`` (with every other
@@ -306,41 +310,41 @@ def map(
             "take save=False; use async_task with a hook for that"
         )
     broker = options.broker
-    group = options.group or f"map-{uuid.uuid4()}"
-    options = replace(options, group=group)
     cached = bool(options.cached)
-    function = function_of(func, options)  # checked and pickled once for all the items
-    headers, packages = [], []
+    count, iterables = _counted(iterables)
     items = iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False)
-    for item in items:
-        args = item if isinstance(item, tuple) else (item,)
-        header, package = make_package(func, args, dict(kwargs), options, function)
-        headers.append(header)
-        packages.append(package)
-    memo = sent(broker.directory)
-    if headers:
-        memo.count(group, len(headers))
+    calls = (item if isinstance(item, tuple) else (item,) for item in items)
+    manifest = send_items(func, calls, count, kwargs, options, lambda _: f"map-{uuid.uuid4()}")
     panel = None
-    if progress and headers:
+    if progress and count:
         from nbqueue.display.group_panel import GroupProgress
 
-        panel = GroupProgress(group, len(headers), cached, broker)
-    if options.sync:
-        if headers:
-            broker.count_sent({group: len(headers)})
-        for header, package in zip(headers, packages, strict=False):
-            run_inline(header, func, broker, settings, package)
-    elif packages:
-        broker.enqueue_many(packages, {group: len(headers)})  # all of them, or none
-        warn_if_unserved(broker, memo)
+        panel = GroupProgress(manifest["group"], count, cached, broker)
     return _map_results(
-        [h.id for h in headers], group, ordered, cached, broker, deadline, timeout, panel
+        manifest["batches"],
+        manifest["group"],
+        manifest["func"],
+        ordered,
+        cached,
+        broker,
+        deadline,
+        timeout,
+        panel,
     )
 
 
+def _counted(iterables: tuple[Iterable[Any], ...]) -> tuple[int, tuple[Iterable[Any], ...]]:
+    """How many calls the iterables make (the shortest), and the iterables to read them
+    from: those without a length are read into lists first."""
+    if not all(hasattr(it, "__len__") for it in iterables):
+        iterables = tuple(it if hasattr(it, "__len__") else list(it) for it in iterables)
+    return min(len(it) for it in iterables), iterables  # type: ignore[arg-type]
+
+
 def _map_results(
-    ids: list[str],
+    sent_batches: list[tuple[str, int]],
     group: str,
+    func: str,
     ordered: bool,
     cached: bool,
     broker: Broker,
@@ -348,52 +352,68 @@ def _map_results(
     timeout: float | None,
     panel: Any,
 ) -> Iterator[Any]:
+    """The results of a map's batches (``(id, items)`` each, in input order), read a
+    batch at a time: an item that failed raises TaskFailed with its own Failure."""
     store = get_store(broker.directory)
     follower = _GroupFollower(store.part(cached), group)
     poll = _Poll(store)
-    position = {task_id: i for i, task_id in enumerate(ids)}
-    finished: set[int] = set()  # positions with an outcome
+    place = {batch_id: i for i, (batch_id, _) in enumerate(sent_batches)}
+    total = sum(count for _, count in sent_batches)
+    finished: set[int] = set()  # batches with an outcome
     ready: dict[int, Record] = {}  # ordered: outcomes waiting for their turn
-    given = 0  # ordered: the next position to yield; unordered: how many were yielded
+    turn = 0  # ordered: the next batch to yield
+    given = 0  # items yielded
 
-    def value(record: Record) -> Any:
-        if not record["success"]:
-            raise TaskFailed(Failure(record, store, cached))
-        return decode_result(record["result"])
+    def values(record: Record) -> Iterator[Any]:
+        items: list[Any] | None = record.get("items")
+        if items is None:  # failed as a whole
+            view = item_view(record, 0, [])
+            raise TaskFailed(Failure(view or record, store, cached))
+        arguments = None
+        for i, entry in enumerate(items):
+            if entry[0]:
+                yield decode_result(entry[1])
+                continue
+            arguments = arguments if arguments is not None else batch_arguments(record)
+            raise TaskFailed(Failure(item_view(record, i, arguments) or record, store, cached))
 
     try:
-        while given < len(ids):
+        while given < total:
             fresh = []
-            for record in follower.poll():
-                i = position.get(record["id"])
+            for record in follower.poll(raw=True):
+                i = place.get(record["id"])
                 if i is not None and i not in finished:
                     finished.add(i)
                     fresh.append((i, record))
+                    batches.measured(broker.directory, func, record)
             before = given
             if ordered:
                 ready.update(fresh)
-                while given in ready:
-                    record = ready.pop(given)
-                    given += 1
-                    yield value(record)
+                while turn in ready:
+                    record = ready.pop(turn)
+                    turn += 1
+                    for value in values(record):
+                        given += 1
+                        yield value
             else:
                 for _, record in fresh:
-                    given += 1
-                    yield value(record)
+                    for value in values(record):
+                        given += 1
+                        yield value
             if fresh:
                 poll.reset()
             if given > before:
                 continue  # as Executor.map: the timeout is for a result not there in time
             if deadline is not None and time.monotonic() >= deadline:
+                done = sum(sent_batches[i][1] for i in finished)
                 raise TimeoutError(
-                    f"{len(finished)} of {len(ids)} tasks of map (group "
-                    f"{group!r}) finished within {timeout} s"
+                    f"{done} of {total} items of map (group {group!r}) finished within {timeout} s"
                 )
             poll.wait(deadline)
     finally:
         if panel is not None:
             panel.stop()
-        rest = [task_id for task_id, i in position.items() if i not in finished]
+        rest = [batch_id for batch_id, i in place.items() if i not in finished]
         if rest:
             _cancel(rest, broker)
 

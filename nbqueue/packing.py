@@ -18,7 +18,7 @@ import cloudpickle
 from nbqueue.disk import blobs
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import sent
-from nbqueue.disk.names import new_task_id
+from nbqueue.disk.names import new_batch_id, new_task_id
 from nbqueue.disk.records import Header, encode_header
 from nbqueue.disk.storage import writing
 from nbqueue.errors import PackingError
@@ -93,17 +93,19 @@ def make_package(
     options: TaskOptions,
     function: tuple[str, str | None, bytes | None] | None = None,
     arguments: bytes | None = None,
+    items: int = 0,
 ) -> tuple[Header, bytes]:
     """The header and signed package of one task (``function``: ``function_of``'s answer,
     when many tasks share the function, as in ``async_iter``; ``arguments``: the pickled
-    arguments, when made already)."""
+    arguments, when made already). ``items``: a batch of that many items, whose
+    ``arguments`` are the pickled list of their pickled arguments."""
     broker = options.broker
     func_name, func_ref, func_bytes = function or function_of(func, options)
     hook = options.hook
     hook_name = hook_ref = hook_bytes = None
     if hook is not None:
         hook_name, hook_ref = check_callable("option 'hook'", hook)
-    task_id, name = new_task_id()
+    task_id, name = new_batch_id() if items else new_task_id()
     queued = not options.sync  # large arguments of a queued task: a file, see ``blobs``
     packed: bytes | blobs.Blob  # the arguments, or the file they were written to
     if queued and arguments is None and blobs.large_call(args, kwargs):
@@ -140,5 +142,6 @@ def make_package(
         options.max_attempts,
         time.time(),
         options.iter,
+        items=items,
     )
     return header, encode_header(broker.key, header)

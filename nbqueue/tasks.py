@@ -17,11 +17,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, Generic, TypeVar, overload
 
-from nbqueue import calls, conf
+from nbqueue import batches, calls, conf
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_store, sent
-from nbqueue.disk.records import Header, make_record
+from nbqueue.disk.records import Header, Manifest, expand, has_failure, make_record, manifest_size
 from nbqueue.disk.sent import Sent
+from nbqueue.disk.store import Part
 from nbqueue.errors import ConfigurationError, NoClusterWarning
 from nbqueue.futures import future
 from nbqueue.models import Task
@@ -86,7 +87,7 @@ def run_inline(
         get_store(broker.directory).save([stopped], settings.save_limit)
         raise
     record = make_record(header, outcome, attempt=1)
-    if not outcome.success and package is not None:
+    if has_failure(outcome) and package is not None:
         record["package"] = package
     store = get_store(broker.directory)
     store.save([record], settings.save_limit)
@@ -96,7 +97,8 @@ def run_inline(
         log.error("hook of task %s cannot be loaded: %s", header.id, exc)
         return
     if hook is not None:
-        run_hook(hook, Task(record, store, bool(header.cached)))
+        for each in expand(record):  # a batch's hook runs for each of its items
+            run_hook(hook, Task(each, store, bool(header.cached)))
 
 
 def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str:
@@ -165,8 +167,10 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any], **kwarg
     input order once all have finished. A tuple item is spread as positional arguments.
 
     Takes the options of ``async_task`` (``hook`` excepted), and ``progress=True`` to show
-    a live progress panel of the iteration; returns the iter id. With ``reuse=True``, the
-    same function over the same items (in order) gives back the earlier iter's id.
+    a live progress panel of the iteration; returns the iter id. The items travel in
+    batches (``nbqueue.batches``); each is still a task with its own outcome. With
+    ``reuse=True``, the same function over the same items (in order) gives back the
+    earlier iter's id, and sends again only its batches that failed or were lost.
     """
     show_progress = kwargs.pop("progress", False)
     options = TaskOptions.take(kwargs, conf.settings())
@@ -174,84 +178,152 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any], **kwarg
         raise ConfigurationError(
             "async_iter takes no hook; use async_task with a group for a hook per task"
         )
+    if not hasattr(args_iter, "__len__"):
+        args_iter = list(args_iter)
+    count = len(args_iter)  # type: ignore[arg-type]
+    items = (item if isinstance(item, tuple) else (item,) for item in args_iter)
+    manifest = send_items(func, items, count, kwargs, options, lambda iter_id: iter_id)
+    if show_progress:
+        from nbqueue.display.group_panel import GroupProgress
+
+        GroupProgress(
+            manifest["group"], manifest_size(manifest), bool(options.cached), options.broker
+        )
+    return manifest["id"]
+
+
+def send_items(
+    func: Callable[..., Any] | str,
+    items: Iterable[tuple],
+    count: int,
+    kwargs: dict,
+    options: TaskOptions,
+    new_group: Callable[[str], str],
+) -> Manifest:
+    """Send ``count`` calls of ``func`` (each a tuple of positional arguments, with
+    ``kwargs``) in batches, as one iter, and return its manifest: ``async_iter`` and
+    ``map``. Its group is ``options.group``, or ``new_group(iter_id)``.
+
+    With ``reuse=True``, the same calls sent before give back that iter instead, and of
+    its batches those that failed, or were lost, are sent again (``calls.to_send_again``):
+    a cell run again after its kernel died runs only what had not finished.
+    """
     broker = options.broker
     function = function_of(func, options)  # pickled once for all the items
-    items: Iterable[tuple] = (item if isinstance(item, tuple) else (item,) for item in args_iter)
-    arguments: Iterable[bytes | None] = itertools.repeat(None)
+    arguments: list[bytes] | None = None
     reuse = None
-    if options.reuse:  # the iter as a whole: the same items, in order
+    if options.reuse:  # the calls as a whole: the same items, in order
         items = list(items)
-        pickled_arguments = [pickle_arguments(args, kwargs) for args in items]
-        arguments = pickled_arguments
-        reuse, earlier = _earlier_iter(
-            func, function, options, items, kwargs, pickled_arguments, show_progress
+        arguments = [pickle_arguments(args, kwargs) for args in items]
+        key = calls.call_key(
+            func,
+            function,
+            options,
+            None,
+            zip(items, itertools.repeat(kwargs), arguments),
+            of_iter=True,
         )
+        reuse = calls.Reuse(broker, bool(options.cached), key, of_iter=True)
+        earlier = _resumed(reuse, func, function, options, kwargs, items, arguments)
         if earlier is not None:
             return earlier
     iter_id = str(uuid.uuid4())
-    group = options.group or iter_id
+    group = options.group or new_group(iter_id)
     options = replace(options, group=group, save=True, iter=iter_id)
     headers, packages = [], []
-    for args, pickled in zip(items, arguments, strict=False):
-        header, package = make_package(func, args, dict(kwargs), options, function, pickled)
+    for header, package in batches.pack(func, items, count, kwargs, options, function, arguments):
         headers.append(header)
         packages.append(package)
     if reuse is not None:
         winner = reuse.claim(iter_id)
         if winner != iter_id:  # another process sent it meanwhile
-            return winner
-    part = get_store(broker.directory).part(bool(options.cached))
-    part.write_manifest(
-        iter_id,
-        {
-            "id": iter_id,
-            "group": group,
-            "ids": [h.id for h in headers],
-            "func": function[0],
-            "enqueued": time.time(),
-            "cached": options.cached,
-        },
-    )
+            found = _manifest_of(broker, reuse.part, winner)
+            if found is not None:
+                return found
+    manifest: Manifest = {
+        "id": iter_id,
+        "group": group,
+        "ids": [],
+        "batches": [(h.id, h.items) for h in headers],
+        "func": function[0],
+        "enqueued": time.time(),
+        "cached": options.cached,
+    }
+    get_store(broker.directory).part(bool(options.cached)).write_manifest(iter_id, manifest)
     memo = sent(broker.directory)
-    memo.count(group, len(headers))
-    if show_progress:
-        from nbqueue.display.group_panel import GroupProgress
+    memo.count(group, count)
+    _send(headers, packages, func, options, {group: count})
+    return manifest
 
-        GroupProgress(group, len(headers), bool(options.cached), broker)
+
+def _send(
+    headers: list[Header],
+    packages: list[bytes],
+    func: Any,
+    options: TaskOptions,
+    counts: dict[str, int],
+) -> None:
+    """Enqueue the batches of an iter (run them here for ``sync``); ``counts``: the tasks
+    they add to their group's total (none when sent again)."""
+    broker = options.broker
     if options.sync:
-        broker.count_sent({group: len(headers)})
+        if counts:
+            broker.count_sent(counts)
         for header, package in zip(headers, packages, strict=False):
             run_inline(header, func, broker, conf.settings(), package)
-    else:
-        broker.enqueue_many(packages, {group: len(headers)})
-        warn_if_unserved(broker, memo)
-    return iter_id
+    elif packages:
+        broker.enqueue_many(packages, counts)  # all of them, or none
+        warn_if_unserved(broker, sent(broker.directory))
 
 
-def _earlier_iter(
+def _manifest_of(broker: Broker, part: Part, iter_id: str) -> Manifest | None:
+    """The manifest of an iter another process claimed: written just after its claim."""
+    return get_store(broker.directory).wait(lambda: part.manifest(iter_id), 5000) or None
+
+
+def _resumed(
+    reuse: calls.Reuse,
     func: Any,
-    function: tuple,
+    function: tuple[str, str | None, bytes | None],
     options: TaskOptions,
-    items: list[tuple],
     kwargs: dict,
+    items: list[tuple],
     arguments: list[bytes],
-    show_progress: bool,
-) -> tuple[calls.Reuse, str | None]:
-    """``async_iter`` with ``reuse=True``: the call's Reuse, and the id of the same
-    earlier iter if it stands for this one (its progress panel shown if asked)."""
-    broker = options.broker
-    key = calls.call_key(
-        func, function, options, None, zip(items, itertools.repeat(kwargs), arguments), of_iter=True
+) -> Manifest | None:
+    """The manifest of the same calls sent before, its batches that did not finish sent
+    again; None if there is none to resume."""
+    if reuse.row is None:
+        return None
+    part = reuse.part
+    manifest = part.manifest(reuse.row[0])
+    if manifest is None or "batches" not in manifest:  # on its way, or of an earlier version
+        return manifest if reuse.earlier() is not None else None
+    again = calls.to_send_again(reuse.broker, part, manifest, reuse.row[1])
+    if not again or not part.renew_call(reuse.key, reuse.row):
+        return manifest  # all stand, or another process sends them again now
+    options = replace(options, group=manifest["group"], save=True, iter=manifest["id"])
+    starts = list(itertools.accumulate((n for _, n in manifest["batches"]), initial=0))
+    new_batches: list[tuple[str, int]] = []
+    headers, packages = [], []
+    for k, (batch_id, count) in enumerate(manifest["batches"]):
+        if k not in again:
+            new_batches.append((batch_id, count))
+            continue
+        part.delete(batch_id)  # its failures go: its items' new outcomes take their place
+        span = slice(starts[k], starts[k] + count)
+        for header, package in batches.pack(
+            func, items[span], count, kwargs, options, function, arguments[span]
+        ):
+            headers.append(header)
+            packages.append(package)
+            new_batches.append((header.id, header.items))
+    log.info(
+        "sending again %d of the %d batches of iter %s", len(again), len(starts) - 1, manifest["id"]
     )
-    reuse = calls.Reuse(broker, bool(options.cached), key, of_iter=True)
-    earlier = reuse.earlier()
-    if earlier is not None and show_progress:
-        manifest = reuse.part.manifest(earlier)
-        if manifest is not None:
-            from nbqueue.display.group_panel import GroupProgress
-
-            GroupProgress(manifest["group"], len(manifest["ids"]), bool(options.cached), broker)
-    return reuse, earlier
+    manifest = {**manifest, "batches": new_batches}
+    part.write_manifest(manifest["id"], manifest)
+    _send(headers, packages, func, options, {})
+    return manifest
 
 
 # -- AsyncTask -----------------------------------------------------------------------

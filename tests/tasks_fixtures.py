@@ -408,3 +408,16 @@ def kills_its_host(path, task_no):
         out.write(f"start {task_no} {os.getpid()} {time.time()}\n")
     os.kill(os.getppid(), signal.SIGKILL)
     return task_no
+
+
+def square_or_fail(x, bad=-1):
+    """``x * x``; raises ValueError for ``bad``."""
+    if x == bad:
+        raise ValueError(f"{x} is bad")
+    return x * x
+
+
+def add_or_fail_until(i, path, failures):
+    """``i``; raises on the first ``failures`` runs of ``i`` (counted in ``path.<i>``)."""
+    fail_until(f"{path}.{i}", failures) if failures else None
+    return i

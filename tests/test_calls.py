@@ -218,7 +218,7 @@ def test_two_processes_sending_the_same_call_at_once_send_it_once(store_dir):
 
 # -- async_iter, AsyncTask, configure --------------------------------------------------------
 
-def test_async_iter_is_reused_as_a_whole(store_dir):
+def test_async_iter_is_reused_whole_and_its_failures_sent_again(store_dir):
     first = async_iter(fx.add, [(1, 1), (2, 2), (3, 3)], reuse=True)
     size = queue_size()
     assert size == 3
@@ -232,8 +232,12 @@ def test_async_iter_is_reused_as_a_whole(store_dir):
         assert result(first, wait=WAIT) == [2, 4, 6]
         assert async_iter(fx.add, [(1, 1), (2, 2), (3, 3)], reuse=True) == first
         failing = async_iter(fx.boom, ["a", "b"], reuse=True)
-        assert fetch(failing, wait=WAIT) is not None
-        assert async_iter(fx.boom, ["a", "b"], reuse=True) != failing
+        failed = fetch(failing, wait=WAIT)
+        assert failed is not None and not failed.success
+        # the same iter, its failed batches sent again
+        assert async_iter(fx.boom, ["a", "b"], reuse=True) == failing
+        wait_for(lambda: (fetch(failing) or failed).stopped > failed.stopped, WAIT / 1000,
+                 "its failures run again")
     finally:
         running.stop(wait=5)
 

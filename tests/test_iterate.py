@@ -1,6 +1,6 @@
 """nbqueue.iterate through the public API, on one real two-worker loky cluster for the
 module: ``as_completed`` (finished tasks first, each once, its timeout, leaving it early)
-and ``map`` (enqueued at the call, dotted paths, ``reuse`` ignored, no progress unless
+and ``map`` (enqueued at the call, dotted paths, no progress unless
 asked, and the cancel of its unfinished tasks when it ends on a failure or a timeout).
 
 The tests that bound a time from above run alone, each on a cluster of its own.
@@ -152,14 +152,6 @@ def test_map_takes_a_dotted_path(cluster):
     assert list(nbqueue.map("tests.tasks_fixtures.add", [(1, 2), 3], timeout=WAIT)) == [3, 3]
 
 
-def test_map_ignores_reuse_and_always_sends_its_tasks(cluster, tmp_path):
-    log = str(tmp_path / "runs.log")
-    for _ in range(2):
-        assert list(nbqueue.map(fx.log_run, [(log, 0.0, "v")], reuse=True, timeout=WAIT)) == ["v"]
-    with open(log) as runs:
-        assert sum(line.startswith("stop") for line in runs) == 2
-
-
 def test_map_shows_no_progress_unless_asked(cluster, capsys):
     assert list(nbqueue.map(fx.add, range(3), timeout=WAIT)) == [0, 1, 2]
     captured = capsys.readouterr()
@@ -205,7 +197,7 @@ def test_a_map_that_times_out_cancels_the_tasks_not_finished(cluster):
     group = _group()
     results = nbqueue.map(fx.nap, [(0, "quick"), (LONG, "late")], group=group, timeout=1)
     assert next(results) == "quick"
-    with pytest.raises(cf.TimeoutError, match="1 of 2 tasks of map"):
+    with pytest.raises(cf.TimeoutError, match="1 of 2 items of map"):
         next(results)
     tasks = {t.result: t for t in _outcomes_of(group, 2) if t.success}
     assert list(tasks) == ["quick"]  # the late one did not run on: cancelled
@@ -309,7 +301,7 @@ def test_map_raises_task_failed_at_its_place(cluster):
 @pytest.mark.alone  # bounds a time from above
 def test_map_times_out(own_cluster):
     started = time.monotonic()
-    with pytest.raises(cf.TimeoutError, match="0 of 1 tasks of map"):
+    with pytest.raises(cf.TimeoutError, match="0 of 1 items of map"):
         list(nbqueue.map(fx.nap, [(2, "late")], timeout=0.3))
     assert time.monotonic() - started < 1.5
 

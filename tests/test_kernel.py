@@ -630,6 +630,43 @@ def test_hard_kill_leases_expire_after_retry(kernels, store_dir, tmp_path):
     assert first_fresh < earliest
 
 
+def test_a_map_cut_short_by_a_kernel_kill_resumes_with_reuse(kernels, store_dir, tmp_path):
+    """A kernel SIGKILLed in the middle of a map of many items: the same cell run again in
+    a new kernel, with ``reuse=True``, gives every result and runs only what had not
+    finished: each item whose batch was stored before the kill ran once."""
+    count, seconds, retry = 600, 0.01, 4.0
+    log = tmp_path / "runs.log"
+    cell = (f"cluster = nbqueue.Cluster(workers=2, retry={retry}).start()\n"
+            f"values = list(nbqueue.map(logged, [LOG] * {count}, range({count}), "
+            f"[{seconds}] * {count}, group='sweep', reuse=True))\n"
+            f"print(json.dumps(values == list(range({count}))))\n")
+    kernel = kernels()
+    check_setup(kernel, log, store_dir)
+    new = kernels()  # ready before the kill
+    check_setup(new, log, store_dir)
+    kernel.submit(cell)
+    wait_for(lambda: nbqueue.count_group("sweep") >= count // 4, 60,
+             "a quarter of the items stored")
+    os.killpg(os.getpgid(kernel.pid), signal.SIGKILL)
+    kernel.km.provisioner.process.wait(10)
+    wait_for(lambda: not kernel.registry.group_alive(kernel.pid), 10,
+             "the killed kernel's processes gone")
+    stored = {t.args[1] for t in nbqueue.fetch_group("sweep", failures=True)}
+    assert count // 4 <= len(stored) < count, len(stored)
+    assert new.value(cell, 120) is True
+    tasks = nbqueue.fetch_group("sweep", failures=True)
+    assert sorted(t.args[1] for t in tasks) == list(range(count))
+    assert all(t.success for t in tasks)
+    starts = starts_by_task(read_log(log))
+    assert sorted(starts) == list(range(count))
+    # stored before the kill: never run again; the rest: at most once more (a batch cut
+    # short by the kill runs again whole, once its lease has expired)
+    assert {i: len(starts[i]) for i in stored if len(starts[i]) != 1} == {}
+    assert {i: len(starts[i]) for i in range(count) if len(starts[i]) > 2} == {}
+    print(f"{len(stored)} items stored before the kill; "
+          f"{sum(len(s) == 2 for s in starts.values())} ran twice")
+
+
 def run_group_of_naps(kernel: Kernel, group: str, count: int,
                       workers: int) -> tuple[int, int, int]:
     """Run ``count`` 50 ms tasks in ``group`` from the kernel; return how many finished,

@@ -20,7 +20,8 @@ from nbqueue.disk import signing
 from nbqueue.errors import SignatureError
 from nbqueue.disk.records import (EMPTY_ARGS, Cause, Header, Item, Outcome, cause_of,
                                   decode_header, decode_result, encode_header, failure,
-                                  is_cancelled, iter_record, make_record, refused_record)
+                                  is_cancelled, item_outcome, item_view, iter_record,
+                                  make_record, refused_record, tallies)
 from nbqueue.disk.signing import sign
 
 KEY = os.urandom(32)
@@ -119,11 +120,35 @@ def test_an_iter_record_keeps_input_order_and_the_worst_outcome():
                for i, ok, value, stop, n in (("a", True, pickle.dumps(1), 9.0, 1),
                                              ("b", False, "ValueError: no", 8.0, 2))]
     records[1]["cause"] = Cause.RAISED.value
-    combined = iter_record(manifest, records)
+    combined = iter_record(manifest, [item_outcome(r) for r in records], 2)
     assert combined["cause"] == "raised"  # the cause of its first failed task
     assert decode_result(combined["result"]) == [1, "ValueError: no"]
     assert combined["success"] is False and combined["stopped"] == 9.0
     assert combined["attempt_count"] == 2 and combined["started"] == 5.0
+
+
+def test_a_batch_record_gives_each_item_its_own_record():
+    from nbqueue.disk.names import item_id, new_batch_id
+    batch_id, name = new_batch_id()
+    args = [pickle.dumps(((i,), {})) for i in range(3)]
+    header = _header(id=batch_id, name=name, args=pickle.dumps(args), items=3, group="g")
+    entries = [(True, pickle.dumps(0), 1.0, 2.0, None, None),
+               (False, "ValueError: no", 2.0, 3.0, "raised", {"traceback": "tb", "live": True}),
+               (False, "TaskCancelled: x", 3.0, 3.0, "cancelled", None)]
+    record = make_record(header, Outcome(batch_id, True, entries, 1.0, 3.0), attempt=1)
+    assert record["count"] == 3 and record["items"] == entries and record["result"] is None
+    assert tallies(record) == {(True, False): 1, (False, False): 1, (False, True): 1}
+    view = item_view(record, 1)
+    assert view["id"] == item_id(batch_id, 1) and view["name"] == f"{name}.1"
+    assert view["args"] == args[1] and view["group"] == "g" and view["batch"] == batch_id
+    assert (view["success"], view["result"], view["cause"], view["traceback"]) == (
+        False, "ValueError: no", "raised", "tb")
+    assert "live" not in view and item_view(record, 3) is None
+    assert item_outcome(view)[:5] == entries[1][:5]
+    # a batch that failed as a whole is each item's failure
+    whole = make_record(header, failure(batch_id, "WorkerLost: gone", Cause.WORKER_LOST), 2)
+    assert tallies(whole) == {(False, False): 3}
+    assert item_view(whole, 2)["result"] == "WorkerLost: gone"
 
 
 def _imports(module):
@@ -142,5 +167,5 @@ def _imports(module):
 def test_records_and_what_it_imports_need_only_the_standard_library_and_blake3(module):
     for name in _imports(module):
         assert name in ("nbqueue.errors", "nbqueue.disk.signing", "nbqueue.disk.blobs",
-                        "nbqueue.conf", "nbqueue.disk.filesystems", "blake3") or (
+                        "nbqueue.conf", "nbqueue.disk.filesystems", "nbqueue.disk.names", "blake3") or (
             name.split(".")[0] in sys.stdlib_module_names), name

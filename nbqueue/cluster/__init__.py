@@ -308,12 +308,12 @@ class Cluster:
             stopping=self.stopping,
         )
 
-    def _tally(self, success: bool) -> None:
-        """Count a task's outcome, stored."""
+    def _tally(self, success: bool, count: int = 1) -> None:
+        """Count outcomes stored (a batch's: those of its items)."""
         if success:
-            self.done += 1
+            self.done += count
         else:
-            self.failed += 1
+            self.failed += count
 
     def _beat(self, ttl: float = 3 * HEARTBEAT + 2) -> None:
         """Write this cluster's heartbeat, its figures (dask: its threads now, as

@@ -7,6 +7,8 @@ requests (``Broker.cancel``) and the cluster acts on it:
 - a task leased after the request is never submitted (the feeder checks each batch);
 - a task in a chunk that has not reached it yet is marked in the slot directory's
   ``cancelled`` folder, and its worker skips it;
+- an item of a batch (``map``, ``async_iter``) is marked the same way, when its batch
+  is submitted or is in flight, and its worker skips it, or stops it if it runs it;
 - a running task is sent SIGUSR1 (``Executor.stop_task``), which raises TaskCancelled
   in it, and its worker is killed if it still runs it STOP_GRACE seconds later.
 
@@ -32,6 +34,7 @@ from nbqueue.cluster.executors import Executor
 from nbqueue.cluster.inflight import InFlight, Job
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.hosts import CANCELLED_DIR, read_begun
+from nbqueue.disk.names import batch_of, task_of
 from nbqueue.disk.records import Cause, Header
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ class CancelRequests:
         self._count = 0  # the broker's cancel counter when the requests were read
         self._requests: dict[str, float] = {}  # task id -> when its cancel was requested
         self._ids: frozenset[str] = frozenset()
+        self.has_items = False  # whether some request is for an item of a batch
 
     def requested(self) -> dict[str, float]:
         """Task id -> when its cancel was requested, now (one read of a counter when none
@@ -60,6 +64,7 @@ class CancelRequests:
             with self._lock:
                 self._requests = dict(self.broker.cancel_requests())
                 self._ids = frozenset(self._requests)
+                self.has_items = any(batch_of(task_id) for task_id in self._ids)
                 self._count = count
         return self._requests
 
@@ -68,10 +73,11 @@ class CancelRequests:
         return self._ids
 
 
-def names(requests: dict[str, float], header: Header) -> bool:
-    """Whether a cancel request (of ``requests``) is for this delivery of the task: one
-    sent before the request, not the delivery a ``retry`` sent after its outcome."""
-    when = requests.get(header.id)
+def names(requests: dict[str, float], header: Header, task_id: str | None = None) -> bool:
+    """Whether a cancel request (of ``requests``) is for this delivery of the task (or of
+    its item ``task_id``): one sent before the request, not the delivery a ``retry``
+    sent after its outcome."""
+    when = requests.get(task_id or header.id)
     return when is not None and (header.sent or header.enqueued) <= when
 
 
@@ -108,9 +114,7 @@ class Cancels:
         one before they look for its marker) never runs: it is cancelled at once. The
         outcome of any other comes from its chunk (the writer)."""
         for job in jobs:
-            with open(self._marker(job.header.id), "w"):
-                pass
-            self._marked.add(job.header.id)
+            self._mark(job.header.id)
         begun = self._begun()
         for job in jobs:
             if begun is not None and job.lease.token not in begun:
@@ -139,7 +143,8 @@ class Cancels:
         and dask reports a start a little late, so each is looked for as long as it is in
         flight."""
         now = time.monotonic()
-        for task_id, _, _, handle in self.executor.running():
+        for running_id, _, _, handle in self.executor.running():
+            task_id = task_of(running_id)  # a batch runs its items under their own ids
             if self._unseen.pop(task_id, None) is not None:
                 log.info("stopping cancelled task %s", task_id)
                 self.executor.stop_task(handle)
@@ -161,9 +166,49 @@ class Cancels:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._marker(task_id))
 
+    def mark_items(self, requests: dict[str, float], header: Header) -> None:
+        """Mark the items of batch ``header`` whose cancel was requested since it was
+        sent, for its worker to skip them (before it is submitted)."""
+        prefix = header.id[:28]
+        for task_id in requests:
+            if (
+                task_id.startswith(prefix)
+                and task_id not in self._marked
+                and batch_of(task_id) is not None
+                and names(requests, header, task_id)
+            ):
+                self._mark(task_id)
+
+    def _mark(self, task_id: str) -> None:
+        with open(self._marker(task_id), "w"):
+            pass
+        self._marked.add(task_id)
+
+    def _cancel_items(self, requests: dict[str, float]) -> None:
+        """Mark the requested items of the batches in flight, and stop those running."""
+        new = set()
+        for task_id in requests:
+            where = batch_of(task_id)
+            if where is None or task_id in self._marked:
+                continue
+            job = self.inflight.job_of_task(where[0])
+            if job is not None and not job.judged and names(requests, job.header, task_id):
+                self._mark(task_id)
+                new.add(task_id)
+        if not new:
+            return
+        now = time.monotonic()
+        for task_id, _, _, handle in self.executor.running():
+            if task_id in new:
+                log.info("stopping cancelled item %s", task_id)
+                self.executor.stop_task(handle)
+                self._stopping[task_id] = (now + STOP_GRACE, handle)
+
     def check(self) -> None:
         """Act on new requests for tasks in flight; kill workers that did not stop."""
         requests = self.requested()
+        if self.requests.has_items:
+            self._cancel_items(requests)
         # a job looked up now may be a delivery sent after the request was read (a retry
         # of the task, once its cancel's outcome was stored): only those sent before count
         found = [self.inflight.job_of_task(task_id) for task_id in requests]
@@ -178,7 +223,9 @@ class Cancels:
             self._stop_running()
         if not self._stopping:
             return
-        running = {state[0]: state[3] for state in self.executor.running()}
+        running = {}
+        for state in self.executor.running():  # a batch's running item stands for it too
+            running[state[0]] = running[task_of(state[0])] = state[3]
         now = time.monotonic()
         for task_id, (deadline, handle) in list(self._stopping.items()):
             if running.get(task_id) != handle:

@@ -70,7 +70,7 @@ class Feeder:
         writer: Writer,
         pace: Pace,
         workers: Callable[[], int],
-        tally: Callable[[bool], None],
+        tally: Callable[[bool, int], None],
         wakeup: threading.Event,
         stopping: threading.Event,
     ) -> None:
@@ -85,7 +85,7 @@ class Feeder:
         self.writer = writer
         self.pace = pace
         self.workers = workers  # dask's capacity changes as workers come and go
-        self.tally = tally  # counts a task's outcome: tally(success)
+        self.tally = tally  # counts outcomes: tally(success, count)
         self.wakeup = wakeup
         self.stopping = stopping
         self._pause = settings.poll
@@ -177,6 +177,8 @@ class Feeder:
                 self.writer.judge(job, WHY, Cause.CANCELLED, attempt=lease.attempt, final=True)
                 continue
             self.cancels.unmark(header.id)
+            if header.items and self.cancels.requests.has_items:
+                self.cancels.mark_items(cancelled, header)
             limit = job.attempts_allowed(self.settings)
             if limit and lease.attempt > limit:
                 self.writer.judge(
@@ -236,4 +238,4 @@ class Feeder:
         record = refused_record(task_id, name, f"SignatureError: {exc}", lease.attempt)
         self.store.save([record], self.settings.save_limit)
         self.broker.ack([lease.token])
-        self.tally(False)
+        self.tally(False, 1)

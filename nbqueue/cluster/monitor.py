@@ -26,6 +26,7 @@ from nbqueue.conf import Settings
 from nbqueue.disk import signing
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import drop
+from nbqueue.disk.names import task_of
 from nbqueue.disk.records import Cause
 from nbqueue.disk.storage import store_trouble
 from nbqueue.errors import StoreGone
@@ -179,7 +180,7 @@ class Monitor:
         for task_id, _, deadline, handle in executor.running():
             if not deadline or now < deadline + grace:
                 continue
-            job = self.inflight.job_of_task(task_id)
+            job = self.inflight.job_of_task(task_of(task_id))  # an item: its batch's
             if job is None or job.judged:
                 continue
             self.writer.judge(

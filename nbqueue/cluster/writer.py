@@ -27,7 +27,18 @@ from nbqueue.conf import Settings
 from nbqueue.disk import live_rows
 from nbqueue.disk.blobs import Blob, discard
 from nbqueue.disk.broker import Broker
-from nbqueue.disk.records import Cause, Outcome, Record, failure, make_record
+from nbqueue.disk.names import item_id, task_of
+from nbqueue.disk.records import (
+    Cause,
+    Outcome,
+    Record,
+    expand,
+    failure,
+    has_failed,
+    has_failure,
+    make_record,
+    tallies,
+)
 from nbqueue.disk.storage import store_trouble
 from nbqueue.disk.store import Store
 from nbqueue.errors import WorkerLost
@@ -70,7 +81,7 @@ class Writer:
         cancel_requests: CancelRequests,
         hooks: HookRunner,
         measured: Callable[[float], None],
-        tally: Callable[[bool], None],
+        tally: Callable[[bool, int], None],
         failed: Callable[[str, BaseException], None],
         wakeup: threading.Event,
         stopping: threading.Event,
@@ -86,7 +97,7 @@ class Writer:
         self.cancel_requests = cancel_requests
         self.hooks = hooks
         self.measured = measured  # a task ran for that many seconds (it sizes chunks)
-        self.tally = tally  # counts a task's outcome: tally(success)
+        self.tally = tally  # counts outcomes: tally(success, count)
         self.failed = failed  # stops the cluster: failed(where, exception)
         self.wakeup = wakeup
         self.stopping = stopping
@@ -391,7 +402,9 @@ class Writer:
         writes after the store (an ack, the cancels, live rows) may fail on a troubled
         store: each is logged, and left to a later transaction."""
         blobbed = [
-            job for job, record in outcomes if type(job.header.args) is Blob and record["success"]
+            job
+            for job, record in outcomes
+            if type(job.header.args) is Blob and not has_failed(record)
         ]
         acked: set[str] = set()
         if blobbed:  # done with their argument files, once no delivery can come again
@@ -414,10 +427,15 @@ class Writer:
             self.wakeup.set()
         self.inflight.remove(job.lease.token for job, _ in outcomes)
         for job, record in outcomes:
-            self.tally(bool(record["success"]))
+            for (success, _), count in tallies(record).items():
+                self.tally(success, count)
             self.hooks.put(job, record)
         try:
-            cancelled = self.cancel_requests.known() & {job.header.id for job, _ in outcomes}
+            known = self.cancel_requests.known()
+            ids = {job.header.id for job, _ in outcomes}
+            cancelled = known & ids
+            if self.cancel_requests.has_items:  # and those of their items
+                cancelled |= {i for i in known if task_of(i) in ids}
             if cancelled:  # done with: a later retry() of these runs them
                 self.broker.forget_cancels(cancelled)
         except Exception as exc:
@@ -507,6 +525,12 @@ class Writer:
         inflight = self.inflight
         for outcome in outcomes:  # by its delivery: an earlier one's late outcome is no match
             job = inflight.job(outcome.token)
+            if type(outcome.result) is list:  # a batch's: the live rows of its items
+                self._live += [
+                    item_id(outcome.id, i)
+                    for i, entry in enumerate(outcome.result)
+                    if entry[5] is not None and entry[5].get("live")
+                ]
             if outcome.details is not None:
                 if outcome.details.get("live"):
                     self._live.append(outcome.id)
@@ -559,7 +583,7 @@ class Writer:
 def _record(job: Job, outcome: Outcome, attempt: int) -> Record:
     """The record of an outcome; a failure keeps its package, for ``nbqueue.retry``."""
     record = make_record(job.header, outcome, attempt)
-    if not outcome.success:
+    if has_failure(outcome):
         record["package"] = job.lease.package
     return record
 
@@ -588,7 +612,7 @@ class HookRunner:
         try:
             self._call(job, record)
         finally:
-            if type(job.header.args) is Blob and record["success"]:
+            if type(job.header.args) is Blob and not has_failed(record):
                 discard(job.header.args)  # kept for the hook's Task.args until now
         return True
 
@@ -611,7 +635,8 @@ class HookRunner:
                 header.name,
             )
             return
-        run_hook(hook, Task(record, self.store, bool(record["cached"])), log)
+        for each in expand(record):  # a batch's hook runs for each of its items
+            run_hook(hook, Task(each, self.store, bool(record["cached"])), log)
 
 
 __all__ = ["Writer", "HookRunner"]

@@ -522,6 +522,10 @@ class Broker:
         """See ``Finding.cancel``."""
         return self.search.cancel(match, needles)
 
+    def request_cancels(self, batches: dict[str, list[str]]) -> list[str]:
+        """See ``Finding.request_cancels``."""
+        return self.search.request_cancels(batches)
+
     def locate(
         self, match: Match, needles: list[bytes] | None = None
     ) -> tuple[str, Header, int] | None:

@@ -1,8 +1,14 @@
-"""Readable task names: a humanized form of the task's uuid, like ``"four-alpha-india-bacon"``.
+"""Task ids and readable task names, like ``"four-alpha-india-bacon"``.
 
-The 16 bytes of the uuid are folded into 4 by xor and each byte picks one of 256
-words. Names are for people; like Django Q's they are not guaranteed unique
-(2**32 of them), so the store maps a name to the newest task that bears it.
+A task's id is a version 4 uuid. The 16 bytes of the uuid are folded into 4 by xor and
+each byte picks one of 256 words. Names are for people; like Django Q's they are not
+guaranteed unique (2**32 of them), so the store maps a name to the newest task that
+bears it.
+
+A *batch* (many items of ``map`` or ``async_iter`` in one task) has a version 8 uuid
+whose last 32 bits are zero; its item ``i`` has the same uuid with ``i + 1`` in those
+bits, and the batch's name with ``.i`` after it. So an item's id is still a uuid, and
+names its batch without a row of its own.
 """
 
 from __future__ import annotations
@@ -298,3 +304,53 @@ def new_task_id() -> tuple[str, str]:
     raw[8] = raw[8] & 0x3F | 0x80
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", _words(raw)
+
+
+BATCH_LIMIT = 0xFFFFFFFE  # items a batch can number
+
+
+def new_batch_id() -> tuple[str, str]:
+    """A fresh ``(uuid, name)`` pair for a batch: a version 8 uuid ending in 32 zero bits."""
+    raw = bytearray(os.urandom(12)) + bytes(4)
+    raw[6] = raw[6] & 0x0F | 0x80
+    raw[8] = raw[8] & 0x3F | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", _words(raw)
+
+
+def item_id(batch_id: str, index: int) -> str:
+    """The id of item ``index`` (from 0) of the batch ``batch_id``."""
+    return f"{batch_id[:28]}{index + 1:08x}"
+
+
+def item_name(batch_name: str, index: int) -> str:
+    return f"{batch_name}.{index}"
+
+
+def batch_of(task_id: str) -> tuple[str, int] | None:
+    """``(batch id, item index)`` of an item's id; None for any other id."""
+    if len(task_id) != 36 or task_id[14] != "8" or task_id[28:] == "00000000":
+        return None
+    try:
+        index = int(task_id[28:], 16) - 1
+    except ValueError:
+        return None
+    return f"{task_id[:28]}00000000", index
+
+
+def task_of(task_id: str) -> str:
+    """The id of the task that runs ``task_id``: its batch's for an item, else itself."""
+    where = batch_of(task_id)
+    return task_id if where is None else where[0]
+
+
+def is_batch(task_id: str) -> bool:
+    return len(task_id) == 36 and task_id[14] == "8" and task_id[28:] == "00000000"
+
+
+def batch_of_name(name: str) -> tuple[str, int] | None:
+    """``(batch name, item index)`` of an item's name (``"<batch name>.<index>"``)."""
+    base, dot, index = name.rpartition(".")
+    if not dot or not index.isdigit() or not base:
+        return None
+    return base, int(index)

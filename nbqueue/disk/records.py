@@ -15,6 +15,11 @@
   description of it and its outcome. ``models.Task`` is the read-only view of one.
 - ``Manifest``: the ids of an ``async_iter``, whose combined result is an iter record.
 
+A *batch* is one task that runs many items of ``map`` or ``async_iter`` (``Header.items``
+of them): its arguments are the list of its items' pickled arguments, and its record
+keeps one ``ItemOutcome`` per item, in order. An item is still a task to the reader:
+``item_view`` makes its record from its batch's, and ``expand`` all of them.
+
 Workers import this module, so it imports only the standard library and nbqueue's
 signing, errors and blobs.
 """
@@ -23,10 +28,12 @@ from __future__ import annotations
 
 import pickle
 import time
+from collections import defaultdict
 from enum import Enum
 from typing import Any, NamedTuple, TypedDict, TypeGuard
 
 from nbqueue.disk.blobs import Frames
+from nbqueue.disk.names import item_id, item_name
 from nbqueue.disk.signing import sign, verify
 from nbqueue.errors import SignatureError
 
@@ -56,6 +63,7 @@ class Item(NamedTuple):
     args: Any  # the pickled (args, kwargs), or a blobs.Blob naming a file of them
     timeout: float | None
     token: str = ""  # the lease of this delivery, which its outcome names
+    items: int = 0  # a batch of this many items (args: their pickled arguments); 0: a task
 
 
 class Header(NamedTuple):
@@ -79,10 +87,12 @@ class Header(NamedTuple):
     enqueued: float = 0.0
     iter: str | None = None  # the async_iter this task is part of
     sent: float = 0.0  # when this delivery was sent: ``retry`` sends one again (0: enqueued)
+    items: int = 0  # a batch of this many items (args: their pickled arguments); 0: a task
 
     def item(self, timeout: float | None, token: str = "") -> Item:
-        """What a worker needs of this task, with the timeout that applies to it."""
-        return Item(self.id, self.func_ref, self.func_bytes, self.args, timeout, token)
+        """What a worker needs of this task, with the timeout that applies to it (to
+        each item of a batch)."""
+        return Item(self.id, self.func_ref, self.func_bytes, self.args, timeout, token, self.items)
 
 
 class Outcome(NamedTuple):
@@ -128,6 +138,24 @@ class Record(TypedDict, total=False):
     progress: tuple  # its last ``report``: (done, total, message), if any
     exception: bytes  # a failure's exception and its chain (tracebacks.pack_exception)
     traceback: str  # a failure's traceback, chain included
+    count: int  # a batch's: how many items it runs
+    items: list[tuple | None]  # a batch's: its items' ``ItemOutcome`` tuples (None: sent again)
+    batch: str  # an item's (a view made by ``item_view``): the id of its batch
+
+
+class ItemOutcome(NamedTuple):
+    """The outcome of one item of a batch, as its batch's record keeps it (as a plain
+    tuple: a record reads alike whatever this class becomes)."""
+
+    success: bool
+    result: Any  # pickled result bytes, or a failure's text
+    began: float
+    stopped: float
+    cause: str | None  # a failure's ``Cause`` value
+    details: dict[str, Any] | None  # "output", "progress", "exception", "traceback"
+
+
+DETAILS = ("output", "progress", "exception", "traceback")
 
 
 def is_record(value: object) -> TypeGuard[Record]:
@@ -135,15 +163,60 @@ def is_record(value: object) -> TypeGuard[Record]:
     return isinstance(value, dict)
 
 
-class Manifest(TypedDict):
-    """An ``async_iter``: its tasks, in input order."""
+class Manifest(TypedDict, total=False):
+    """An ``async_iter``: its tasks, in input order: its batches (``(id, items)`` each),
+    or, written by an earlier version, the ids of its tasks."""
 
     id: str
     group: str
     ids: list[str]
+    batches: list[tuple[str, int]]
     func: str
     enqueued: float
     cached: bool | int
+
+
+def manifest_ids(manifest: Manifest) -> list[str]:
+    """The ids of an ``async_iter``'s items (or tasks), in input order."""
+    if "batches" not in manifest:
+        return manifest["ids"]
+    return [item_id(batch, i) for batch, count in manifest["batches"] for i in range(count)]
+
+
+def manifest_tasks(manifest: Manifest) -> list[str]:
+    """The ids of the tasks an ``async_iter`` sent: its batches', or its tasks'."""
+    if "batches" not in manifest:
+        return manifest["ids"]
+    return [batch for batch, _ in manifest["batches"]]
+
+
+def manifest_size(manifest: Manifest) -> int:
+    if "batches" not in manifest:
+        return len(manifest["ids"])
+    return sum(count for _, count in manifest["batches"])
+
+
+def tallies(record: Record) -> dict[tuple[bool, bool], int]:
+    """How many outcomes a record counts for, by (success, cancelled): one, or for a
+    batch, those of its items."""
+    if "count" not in record:
+        return {(record["success"], is_cancelled(record)): 1}
+    items = record.get("items")
+    if items is None:  # failed as a whole
+        return {(False, is_cancelled(record)): record["count"]}
+    tallies: dict[tuple[bool, bool], int] = defaultdict(int)
+    for entry in items:
+        if entry is not None:
+            tallies[entry[0], entry[4] == Cause.CANCELLED.value] += 1
+    return tallies
+
+
+def has_failed(record: Record) -> bool:
+    """Whether a record is a failure, or a batch's with a failed item."""
+    if not record["success"]:
+        return True
+    items = record.get("items")
+    return items is not None and any(entry is not None and not entry[0] for entry in items)
 
 
 def encode_header(key: bytes, header: Header) -> bytes:
@@ -188,6 +261,11 @@ def make_record(header: Header, outcome: Outcome, attempt: int) -> Record:
         "pid": outcome.pid,
         "sent": header.sent or header.enqueued,
     }
+    if header.items:
+        record["count"] = header.items
+        if outcome.success:  # a batch that ran: its result is its items' outcomes
+            record["items"] = outcome.result
+            record["result"] = None
     if outcome.cause is not None:
         record["cause"] = outcome.cause.value
     if outcome.details is not None:
@@ -200,6 +278,95 @@ def make_record(header: Header, outcome: Outcome, attempt: int) -> Record:
             }
         )
     return record
+
+
+def has_failure(outcome: Outcome) -> bool:
+    """Whether an outcome is a failure, or a batch's with a failed item: its record then
+    keeps the signed package, for ``nbqueue.retry``."""
+    if not outcome.success:
+        return True
+    items = outcome.result
+    return type(items) is list and any(not entry[0] for entry in items if entry is not None)
+
+
+def batch_arguments(batch: Record) -> list[bytes]:
+    """The pickled arguments of a batch's items (bytes read from a signed row)."""
+    args = batch["args"]
+    return pickle.loads(args) if isinstance(args, (bytes, bytearray)) else []
+
+
+def item_view(batch: Record, index: int, arguments: list[bytes] | None = None) -> Record | None:
+    """The record of item ``index`` of a batch's record; None if it has no outcome (it
+    was sent again on its own: see ``nbqueue.retry``). A batch that failed as a whole
+    (its worker lost, or killed past an item's timeout) is each of its items' failure.
+    ``arguments``: ``batch_arguments(batch)``, when many views are made of one batch."""
+    if not 0 <= index < batch["count"]:
+        return None
+    items = batch.get("items")
+    if items is not None:
+        entry = items[index]
+        if entry is None:
+            return None
+        success, result, began, stopped, cause, details = entry
+    else:
+        success, result, stopped = False, batch["result"], batch["stopped"]
+        began, cause = batch.get("began", stopped), batch.get("cause")
+        details = {k: batch[k] for k in DETAILS if k in batch}  # type: ignore[literal-required]
+    if arguments is None:
+        arguments = batch_arguments(batch)
+    view: Record = {
+        "id": item_id(batch["id"], index),
+        "name": item_name(batch["name"], index),
+        "func": batch["func"],
+        "hook": batch["hook"],
+        "args": arguments[index] if index < len(arguments) else EMPTY_ARGS,
+        "group": batch["group"],
+        "result": result,
+        "success": success,
+        "started": batch["started"],
+        "stopped": stopped,
+        "attempt_count": batch["attempt_count"],
+        "cached": batch["cached"],
+        "save": batch["save"],
+        "iter": batch.get("iter"),
+        "began": began,
+        "pid": batch.get("pid", 0),
+        "sent": batch.get("sent", batch["started"]),
+        "batch": batch["id"],
+    }
+    if cause is not None:
+        view["cause"] = cause
+    if details:
+        for key in DETAILS:
+            if key in details:
+                view[key] = details[key]  # type: ignore[literal-required]
+    if not success and "package" in batch:
+        view["package"] = batch["package"]
+    return view
+
+
+def expand(record: Record) -> list[Record]:
+    """The records of a batch's items that have an outcome, in order; any other record
+    as it is."""
+    if "count" not in record:
+        return [record]
+    arguments = batch_arguments(record)
+    views = (item_view(record, i, arguments) for i in range(record["count"]))
+    return [view for view in views if view is not None]
+
+
+def item_outcome(record: Record) -> tuple:
+    """The ``ItemOutcome`` tuple a batch keeps of an item's record (one run again on its
+    own)."""
+    details = {k: record[k] for k in DETAILS if k in record}  # type: ignore[literal-required]
+    return (
+        record["success"],
+        record["result"],
+        record.get("began", record["stopped"]),
+        record["stopped"],
+        record.get("cause"),
+        details or None,
+    )
 
 
 def failure(task_id: str, why: str, cause: Cause) -> Outcome:
@@ -235,9 +402,10 @@ def decode_result(blob: Any) -> Any:
     return blob
 
 
-def iter_record(manifest: Manifest, records: list[Record]) -> Record:
-    """The combined record of a finished ``async_iter``: its results in input order."""
-    values = [decode_result(r["result"]) for r in records]
+def iter_record(manifest: Manifest, outcomes: list[tuple], attempts: int) -> Record:
+    """The combined record of a finished ``async_iter``: its results in input order, of
+    its items' ``ItemOutcome`` tuples; ``attempts``: the most any of them took."""
+    values = [decode_result(outcome[1]) for outcome in outcomes]
     try:
         result = pickle.dumps(values, protocol=PROTOCOL)
     except Exception:  # a value of a class defined in a notebook
@@ -253,14 +421,14 @@ def iter_record(manifest: Manifest, records: list[Record]) -> Record:
         "args": EMPTY_ARGS,
         "group": manifest["group"],
         "result": result,
-        "success": all(r["success"] for r in records),
+        "success": all(outcome[0] for outcome in outcomes),
         "started": enqueued,
-        "stopped": max((r["stopped"] for r in records), default=enqueued),
-        "attempt_count": max((r["attempt_count"] for r in records), default=0),
+        "stopped": max((outcome[3] for outcome in outcomes), default=enqueued),
+        "attempt_count": attempts,
         "cached": manifest["cached"],
         "save": True,
     }
-    failed = next((r for r in records if not r["success"] and "cause" in r), None)
-    if failed is not None:  # the cause of its first failed task, in input order
-        combined["cause"] = failed["cause"]
+    cause = next((o[4] for o in outcomes if not o[0] and o[4] is not None), None)
+    if cause is not None:  # the cause of its first failed task, in input order
+        combined["cause"] = cause
     return combined

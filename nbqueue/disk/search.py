@@ -226,6 +226,35 @@ class Finding:
         self._snapshot = None
         return removed, running
 
+    def request_cancels(self, batches: dict[str, list[str]]) -> list[str]:
+        """In one transaction: request the cancel of items of the batches still queued or
+        leased (batch id -> item ids), for the clusters to act on as the batch runs;
+        returns the ids of the items requested."""
+        self._flush()
+        self._write_leases()
+        with self._transaction(retry=True):
+            queue = self._queue
+            rows = [ROW + batch for batch in read_index(queue)]
+            requested = []
+            for batch_id, item_ids in batches.items():
+
+                def match(header: Header, batch_id: str = batch_id) -> bool:
+                    return header.id == batch_id
+
+                if locate(queue, self.key, rows, match, [batch_id.encode()]) is not None:
+                    requested += item_ids
+            if requested:
+                now = time.time()
+                requests = {
+                    task_id: when
+                    for task_id, when in self.cancel_requests().items()
+                    if now - when < CANCELS_KEPT
+                }
+                requests.update((task_id, now) for task_id in requested)
+                self._set_cancels(requests)
+        self._snapshot = None
+        return requested
+
     def locate(
         self,
         match: Match,

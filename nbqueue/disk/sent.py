@@ -21,6 +21,7 @@ class Sent:
         self.warned_no_cluster = False
         self.serve_check_at = 0.0  # when async_task next checks that a cluster serves
         self.departures_seen = 0  # the broker's ``departures`` at that check
+        self.item_seconds: dict[str, float] = {}  # function -> an item's time (``batches``)
 
     def count(self, group: str, tasks: int = 1, unsaved: bool = False) -> None:
         """Note ``tasks`` more tasks put in ``group``; ``unsaved``: sent with ``save=False``

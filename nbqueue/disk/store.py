@@ -2,7 +2,10 @@
 
 Each part keeps, in one diskcache Cache:
 
-- ``task_id -> record`` (a dict; the result inside is pickled bytes, decoded on read),
+- ``task_id -> record`` (a dict; the result inside is pickled bytes, decoded on read);
+  a batch's record holds the outcomes of its items, which have no row of their own: a
+  read of an item's id makes its record from its batch's (``records.item_view``), and
+  the counters, failures and group reads count and list items, not batches,
 - ``"name:" + name -> task_id`` so every lookup also takes the humanized name (a
   string key: diskcache stores it as is, where a tuple key would be pickled),
 - group membership as pages of at most ``PAGE`` ids, ``f"g:{i}:{group}"``, plus the
@@ -38,7 +41,20 @@ from typing import Any
 
 from nbqueue.disk import blobs
 from nbqueue.disk.blobs import Blob
-from nbqueue.disk.records import Manifest, Record, is_cancelled, is_record, iter_record
+from nbqueue.disk.names import batch_of, batch_of_name, item_id
+from nbqueue.disk.records import (
+    Cause,
+    Manifest,
+    Record,
+    batch_arguments,
+    expand,
+    is_cancelled,
+    is_record,
+    item_outcome,
+    item_view,
+    iter_record,
+    tallies,
+)
 from nbqueue.disk.signing import load_key
 from nbqueue.disk.storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
 from nbqueue.errors import ConfigurationError, SignatureError, StoreFileMissing, WaitWarning
@@ -106,10 +122,13 @@ class Part:
                 task_id, group, success = record["id"], record["group"], record["success"]
                 expire = self._expire(record)
                 old = None
-                if replace or record["attempt_count"] != 1:
+                where = batch_of(task_id) if task_id[14:15] == "8" else None
+                if where is not None or replace or record["attempt_count"] != 1:
                     if new_rows:  # the earlier outcome may be among them
                         upsert(cache, new_rows)
                         new_rows = []
+                    if where is not None and self._fold(record, where, deltas, failed):
+                        continue  # an item sent again on its own: kept in its batch
                     old = checked_get(cache, task_id, None, "an earlier outcome")
                     old = old if isinstance(old, dict) else None
                 if old is None and expire is None and UPSERT_OK:
@@ -119,14 +138,16 @@ class Part:
                     cache.set(_NAME + record["name"], task_id, expire=expire)
                 if old is not None:
                     of_iter = bool(old.get("iter"))
-                    deltas[old["group"], old["success"], of_iter, is_cancelled(old)] -= 1
+                    for (ok, cancelled), n in tallies(old).items():
+                        deltas[old["group"], ok, of_iter, cancelled] -= n
                 if group is not None:
                     if old is None or old["group"] != group:
                         joined[group].append(task_id)
                     expires[group] = expire
-                deltas[group, success, bool(record.get("iter")), is_cancelled(record)] += 1
-                if not success:
-                    failed.append(task_id)
+                of_iter = bool(record.get("iter"))
+                for (ok, cancelled), n in tallies(record).items():
+                    deltas[group, ok, of_iter, cancelled] += n
+                failed += _failed_ids(record)
                 if (
                     success
                     and save_limit > 0
@@ -148,6 +169,41 @@ class Part:
                 self._append(group, ids, expires[group])
             if save_limit > 0 and not self.expiring:
                 self._prune(save_limit)
+
+    def _fold(
+        self,
+        record: Record,
+        where: tuple[str, int],
+        deltas: dict[tuple[str | None, bool, bool, bool], int],
+        failed: list[str],
+    ) -> bool:
+        """Keep the outcome of an item sent again on its own (``nbqueue.retry``) in its
+        batch's record, in place of its earlier one; False if there is no such batch."""
+        batch_id, index = where
+        batch = checked_get(self._cache, batch_id, None, "the batch of an item")
+        if not is_record(batch) or not 0 <= index < batch.get("count", -1):
+            return False
+        items = batch.get("items")
+        if items is None:  # it failed as a whole: each item keeps that failure
+            whole = item_view(batch, 0, [])
+            assert whole is not None
+            items = [item_outcome(whole)] * batch["count"]
+        old = items[index]
+        of_iter = bool(batch.get("iter"))
+        if old is not None:
+            deltas[batch["group"], old[0], of_iter, old[4] == Cause.CANCELLED.value] -= 1
+        items = list(items)
+        items[index] = item_outcome(record)
+        batch["items"] = items
+        batch["stopped"] = max(batch["stopped"], record["stopped"])
+        batch["attempt_count"] = max(batch["attempt_count"], record["attempt_count"])
+        if not record["success"] and "package" in record:
+            batch.setdefault("package", record["package"])
+        self._cache.set(batch_id, batch, expire=self._expire(batch))
+        deltas[batch["group"], record["success"], of_iter, is_cancelled(record)] += 1
+        if not record["success"]:
+            failed.append(record["id"])
+        return True
 
     def _expire(self, record: Record) -> float | None:
         if not self.expiring:
@@ -218,12 +274,33 @@ class Part:
 
     def _delete(self, record: Record) -> None:
         cache = self._cache
+        if "batch" in record:  # an item: its outcome leaves its batch's record
+            self._remove_item(record)
+            return
         cache.delete(record["id"])
         if checked_get(cache, _NAME + record["name"], None, "a name") == record["id"]:
             cache.delete(_NAME + record["name"])
-        self._count(
-            record["group"], record["success"], -1, bool(record.get("iter")), is_cancelled(record)
-        )
+        for (ok, cancelled), n in tallies(record).items():
+            self._count(record["group"], ok, -n, bool(record.get("iter")), cancelled)
+
+    def _remove_item(self, view: Record) -> None:
+        """Take an item's outcome out of its batch's record (it reads as not stored)."""
+        where = batch_of(view["id"])
+        assert where is not None
+        batch = checked_get(self._cache, where[0], None, "the batch of an item")
+        if not is_record(batch):
+            return
+        items = batch.get("items")
+        if items is None:
+            items = [item_outcome(view)] * batch["count"]
+        items = list(items)
+        items[where[1]] = None
+        if any(entry is not None for entry in items):
+            batch["items"] = items
+            self._cache.set(where[0], batch, expire=self._expire(batch))
+        else:  # none left: the batch reads as not stored (it may be sent again whole)
+            self._cache.delete(where[0])
+        self._count(view["group"], view["success"], -1, bool(view.get("iter")), is_cancelled(view))
 
     def get(self, task_id: str) -> Record | None:
         """The record of a task by uuid or name, or None.
@@ -234,6 +311,10 @@ class Part:
         record = self._read([task_id]).get(task_id)
         if not isinstance(record, dict):  # not found, or one of the store's own keys
             real_id = cache.get(_NAME + task_id)  # a name, also one that looks like a uuid
+            if real_id is None and (where := batch_of_name(task_id)) is not None:
+                batch_id = cache.get(_NAME + where[0])  # an item's name: its batch's, .i
+                if isinstance(batch_id, str):
+                    real_id = item_id(batch_id, where[1])
             record = self._read([real_id]).get(real_id) if isinstance(real_id, str) else None
         return record if is_record(record) else None
 
@@ -241,6 +322,31 @@ class Part:
         """The rows of ``task_ids`` that there are (``read_many``: a file deleted under its
         row raises, where ``Cache.get`` reads no row), a record only in the row of its
         own task: the rows of two tasks swapped read as neither."""
+        found = self._rows(task_ids)
+        items = [i for i in task_ids if i[14:15] == "8" and i not in found]
+        if items:
+            self._item_views(items, found)
+        return found
+
+    def _item_views(self, task_ids: list[str], found: dict[str, Any]) -> None:
+        """Add to ``found`` the records of the items of ``task_ids``, from their batches'."""
+        wanted: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for task_id in task_ids:
+            where = batch_of(task_id)
+            if where is not None:
+                wanted[where[0]].append((task_id, where[1]))
+        batches = self._rows(list(wanted))
+        for batch_id, items in wanted.items():
+            batch = batches.get(batch_id)
+            if not is_record(batch) or "count" not in batch:
+                continue
+            arguments = batch_arguments(batch)
+            for task_id, index in items:
+                view = item_view(batch, index, arguments)
+                if view is not None:
+                    found[task_id] = view
+
+    def _rows(self, task_ids: list[str]) -> dict[str, Any]:
         found = read_many(self._cache, task_ids)
         for task_id, record in found.items():
             if (
@@ -262,11 +368,69 @@ class Part:
         if record is not None:
             return record
         manifest = self.manifest(task_id)
-        if manifest is None:
-            return None
-        records = self.records(manifest["ids"])
-        finished = [r for r in records if r is not None]
-        return None if len(finished) < len(records) else iter_record(manifest, finished)
+        return None if manifest is None else self.iter_outcome(manifest)[0]
+
+    def iter_outcome(self, manifest: Manifest) -> tuple[Record | None, set[str]]:
+        """The combined record of an ``async_iter`` once every item of it is stored, and
+        the ids of those that are not: read from its batches' records, no item's record
+        made."""
+        if "batches" not in manifest:  # one task per item: an earlier version's
+            ids = manifest["ids"]
+            records = self.records(ids)
+            absent = {i for i, r in zip(ids, records, strict=False) if r is None}
+            if absent:
+                return None, absent
+            done = [r for r in records if r is not None]
+            attempts = max((r["attempt_count"] for r in done), default=0)
+            return iter_record(manifest, [item_outcome(r) for r in done], attempts), set()
+        batches = manifest["batches"]
+        rows = self._rows([batch_id for batch_id, _ in batches])
+        outcomes: list[tuple] = []
+        attempts = 0
+        missing: set[str] = set()
+        for batch_id, count in batches:
+            row = rows.get(batch_id)
+            entries: list[Any]
+            if not is_record(row):
+                entries = [None] * count
+            else:
+                attempts = max(attempts, row["attempt_count"])
+                entries = row.get("items") or [item_outcome(expand(row)[0])] * count
+            for i, entry in enumerate(entries):
+                if entry is None:  # sent again alone: its own row once its batch's is gone
+                    task_id = item_id(batch_id, i)
+                    own = self._rows([task_id]).get(task_id)
+                    if not is_record(own):
+                        missing.add(task_id)
+                        continue
+                    attempts = max(attempts, own["attempt_count"])
+                    entry = item_outcome(own)
+                outcomes.append(entry)
+        if missing:
+            return None, missing
+        return iter_record(manifest, outcomes, attempts), set()
+
+    def stored(self, task_ids: list[str]) -> dict[str, Record | bool]:
+        """Those of ``task_ids`` with an outcome stored: a task's record, or True for an
+        item of a batch (its record is not made: ``get`` it)."""
+        found: dict[str, Record | bool] = {
+            i: r for i, r in self._rows(task_ids).items() if is_record(r)
+        }
+        wanted: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for task_id in task_ids:
+            if task_id[14:15] == "8" and task_id not in found:
+                where = batch_of(task_id)
+                if where is not None:
+                    wanted[where[0]].append((task_id, where[1]))
+        if wanted:
+            for batch_id, row in self._rows(list(wanted)).items():
+                if not is_record(row) or "count" not in row:
+                    continue
+                entries = row.get("items")
+                for task_id, index in wanted[batch_id]:
+                    if index < row["count"] and (entries is None or entries[index] is not None):
+                        found[task_id] = True
+        return found
 
     def records(self, task_ids: list[str]) -> list[Record | None]:
         """The records of many tasks by uuid (None for those not stored)."""
@@ -275,7 +439,7 @@ class Part:
 
     def write_manifest(self, iter_id: str, manifest: Manifest) -> None:
         """Remember which tasks, in which order, make up an ``async_iter``."""
-        cached = manifest.get("cached")
+        cached = manifest.get("cached", False)
         expire = None if not self.expiring or cached is True else float(cached)
         self._cache.place.check()
         with writing(self._cache.directory):
@@ -301,6 +465,18 @@ class Part:
                 return row[0]
             cache.set(_CALL + key, (task_id, time.time()))
         return task_id
+
+    def renew_call(self, key: str, seen: tuple[str, float]) -> bool:
+        """Record call ``key``'s task as sent again now, unless its row is no longer
+        ``seen`` (another process did so meanwhile); return whether it was. In one
+        transaction, so one process wins."""
+        cache = self._cache
+        cache.place.check()
+        with writing(cache.directory), cache.transact(retry=True):
+            if checked_get(cache, _CALL + key, None, "a call row") != seen:
+                return False
+            cache.set(_CALL + key, (seen[0], time.time()))
+        return True
 
     def has_group(self, group: str) -> bool:
         """Whether some outcome of ``group`` is stored in this part."""
@@ -331,11 +507,11 @@ class Part:
         """The group's records, in the order their first outcome was stored."""
         ids = self.group_ids(group)
         found = self._read(ids)
-        records = []
+        records: list[Record] = []
         for task_id in ids:
             record = found.get(task_id)
-            if record is not None and record["group"] == group and (failures or record["success"]):
-                records.append(record)
+            if record is not None and record["group"] == group:
+                records += (r for r in expand(record) if failures or r["success"])
         return records
 
     def count(self, group: str, failures: bool = False) -> int:
@@ -433,9 +609,10 @@ class Part:
                 if tasks:
                     self._delete(record)
                 else:
-                    of_iter, cancelled = bool(record.get("iter")), is_cancelled(record)
-                    self._count(group, record["success"], -1, of_iter, cancelled)
-                    self._count(None, record["success"], 1, of_iter)  # totals unchanged
+                    of_iter = bool(record.get("iter"))
+                    for (ok, cancelled), n in tallies(record).items():
+                        self._count(group, ok, -n, of_iter, cancelled)
+                        self._count(None, ok, n, of_iter)  # totals unchanged
                     record["group"] = None
                     cache.set(task_id, record, expire=self._expire(record))
             for i in range(cache.get(_PAGES + group, 0)):
@@ -443,6 +620,20 @@ class Part:
             for prefix in (_PAGES, _COUNT[True], _COUNT[False], _CANCELLED):
                 cache.delete(prefix + group)
         return touched
+
+
+def _failed_ids(record: Record) -> list[str]:
+    """The ids of a record's failures: its own, or those of its failed items."""
+    if "count" not in record:
+        return [] if record["success"] else [record["id"]]
+    items = record.get("items")
+    if items is None:
+        return [item_id(record["id"], i) for i in range(record["count"])][-FAILURES_KEPT:]
+    return [
+        item_id(record["id"], i)
+        for i, entry in enumerate(items)
+        if entry is not None and not entry[0]
+    ][-FAILURES_KEPT:]
 
 
 class Store:

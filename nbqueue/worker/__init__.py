@@ -37,6 +37,7 @@ import cloudpickle
 
 from nbqueue.disk import blobs
 from nbqueue.disk.hosts import CANCELLED_DIR, Slot
+from nbqueue.disk.names import batch_of
 from nbqueue.disk.records import Cause, Item, Outcome
 from nbqueue.disk.signing import anchor, hosted, make_directory, serving
 from nbqueue.errors import (
@@ -105,6 +106,7 @@ def execute(
     slot: Slot | None = None,
     func: Callable[..., Any] | None = None,
     inline: bool = False,
+    cancels: CancelMarkers | None = None,
 ) -> Outcome:
     """Run one task and return its outcome, with what it wrote and reported
     (``capture``) and, for a failure, its exception and traceback.
@@ -114,9 +116,38 @@ def execute(
     (``sync=True``, in the caller's own process) lets a KeyboardInterrupt through, with
     the failure's outcome as ``exc.outcome``: there it is the user's Ctrl-C.
     ``func`` is the very callable to run when the caller has it, instead of the
-    unpickled copy.
+    unpickled copy. A batch (``item.items``) runs its items one after another, each as
+    a task of its own (``run_items``); ``cancels`` are the markers of cancelled items.
     """
-    task_id, func_ref, func_bytes, args_bytes, timeout, token = item
+    if item.items:
+        return run_items(item, slot, func, inline, cancels)
+    task_id, func_ref, func_bytes, args_bytes, timeout, token, _ = item
+    success, blob, started, stopped, details, cause, interrupted = _call(
+        task_id, func, func_ref, func_bytes, args_bytes, timeout, token, slot, inline, True
+    )
+    outcome = Outcome(task_id, success, blob, started, stopped, token, _pid[0], details, cause)
+    if interrupted is not None:
+        # an attribute of our own on the user's exception, for sync=True's caller
+        interrupted.outcome = outcome  # type: ignore[attr-defined]
+        raise interrupted
+    return outcome
+
+
+def _call(
+    task_id: str,
+    func: Callable[..., Any] | None,
+    func_ref: str | None,
+    func_bytes: bytes | None,
+    args_bytes: Any,
+    timeout: float | None,
+    token: str,
+    slot: Slot | None,
+    inline: bool,
+    spilled: bool,
+) -> tuple[bool, Any, float, float, dict[str, Any] | None, Cause | None, KeyboardInterrupt | None]:
+    """One run: (success, result or failure text, began, stopped, details, cause, the
+    KeyboardInterrupt to raise for ``inline``). ``spilled``: a large result may go to a
+    file of the store (an item's result stays in its batch's outcome)."""
     started = time.time()
     if slot is not None:
         slot.mark(task_id, started, started + timeout if timeout else 0.0)
@@ -144,11 +175,14 @@ def execute(
                 _alarm.cancel()
         if armed and _alarm.fired:
             raise TaskTimeout(f"timed out after {timeout:g} s")
-        try:
-            blob = spill(task_id, _pickled_result(value, bool(_spill) and blobs.large(value)))
-        except OSError as exc:  # no room for its file (a full disk): the result goes back
-            blob = _pickled_result(value)  # inline, for the cluster to hold until stored
-            details = {"unspilled": f"{type(exc).__name__}: {exc}"}
+        if not spilled:
+            blob = _pickled_result(value)
+        else:
+            try:
+                blob = spill(task_id, _pickled_result(value, bool(_spill) and blobs.large(value)))
+            except OSError as exc:  # no room for its file (a full disk): the result goes
+                blob = _pickled_result(value)  # back inline, for the cluster to hold
+                details = {"unspilled": f"{type(exc).__name__}: {exc}"}
         success = True
     except TaskTimeout as exc:
         success, cause = False, Cause.TIMEOUT
@@ -167,9 +201,58 @@ def execute(
     kept = capture.end(captured)
     if kept is not None:
         details = kept if details is None else {**kept, **details}
-    outcome = Outcome(task_id, success, blob, started, time.time(), token, _pid[0], details, cause)
+    return success, blob, started, time.time(), details, cause, interrupted
+
+
+SKIPPED = "TaskCancelled: cancelled before it started"
+
+
+def run_items(
+    item: Item,
+    slot: Slot | None,
+    func: Callable[..., Any] | None,
+    inline: bool,
+    cancels: CancelMarkers | None,
+) -> Outcome:
+    """Run the items of a batch, each with its own capture, time limit and outcome; the
+    batch's outcome is the list of theirs (``records.ItemOutcome`` tuples), or a failure
+    of the whole batch if its function or arguments cannot be loaded. A cancelled item
+    (its marker, or its batch's) is skipped; a KeyboardInterrupt of ``inline`` ends the
+    batch, its items not run cancelled."""
+    batch_id, func_ref, func_bytes, args_bytes, timeout, token, _ = item
+    started = time.time()
+    try:
+        if func is None:
+            func = cloudpickle.loads(func_bytes) if func_ref is None else resolve(func_ref)
+        arguments = (
+            pickle.loads(args_bytes)
+            if type(args_bytes) is bytes
+            else _arguments(args_bytes, batch_id)  # a large item's: a file of the store
+        )
+    except BaseException as exc:
+        text, why = _failed(exc)
+        return Outcome(
+            batch_id, False, text, started, time.time(), token, _pid[0], why, _cause(exc)
+        )
+    prefix = batch_id[:28]
+    outcomes: list[tuple] = []
+    interrupted: KeyboardInterrupt | None = None
+    for i, pickled in enumerate(arguments):
+        task_id = f"{prefix}{i + 1:08x}"
+        if interrupted is not None or (
+            cancels is not None and (task_id in cancels or batch_id in cancels)
+        ):
+            now = time.time()
+            outcomes.append((False, SKIPPED, now, now, Cause.CANCELLED.value, None))
+            continue
+        success, blob, began, stopped, details, cause, interrupted = _call(
+            task_id, func, None, None, pickled, timeout, token, slot, inline, False
+        )
+        outcomes.append(
+            (success, blob, began, stopped, None if cause is None else cause.value, details)
+        )
+    outcome = Outcome(batch_id, True, outcomes, started, time.time(), token, _pid[0])
     if interrupted is not None:
-        # an attribute of our own on the user's exception, for sync=True's caller
         interrupted.outcome = outcome  # type: ignore[attr-defined]
         raise interrupted
     return outcome
@@ -367,9 +450,63 @@ def cancelled(slot_dir: str, task_id: str) -> bool:
 
 
 def _stop_if_cancelled(slot_dir: str) -> None:
-    """SIGUSR1: the cluster stops a cancelled task (only inside the task's function)."""
-    if _running and cancelled(slot_dir, _running[0]):
+    """SIGUSR1: the cluster stops a cancelled task, or a task of a cancelled batch
+    (only inside the task's function)."""
+    if not _running:
+        return
+    task_id = _running[0]
+    batch = batch_of(task_id)
+    if cancelled(slot_dir, task_id) or (batch is not None and cancelled(slot_dir, batch[0])):
         raise TaskCancelled("the task was cancelled with nbqueue.cancel")
+
+
+class CancelMarkers:
+    """The cancel markers of a slot directory, for the items of a batch: listed again
+    when the folder changed, looked at once every ``EVERY`` seconds at most (the items
+    of a batch may take microseconds each). A folder changed less than ``FRESH`` seconds
+    ago is listed again at each look: a file system's clock may not tell two changes
+    that close apart."""
+
+    EVERY = 0.002
+    FRESH = 0.05
+
+    def __init__(self, slot_dir: str) -> None:
+        self.path = os.path.join(slot_dir, CANCELLED_DIR)
+        self._stamp = -1
+        self._next = 0.0
+        self._names: frozenset[str] = frozenset()
+
+    def look(self) -> None:
+        """Read the markers now (a batch reads them as it begins)."""
+        self._next = time.monotonic() + self.EVERY
+        try:
+            stamp = os.stat(self.path).st_mtime_ns
+        except OSError:
+            self._names = frozenset()
+            return
+        if stamp != self._stamp or time.time() - stamp / 1e9 < self.FRESH:
+            self._stamp = stamp
+            try:
+                self._names = frozenset(os.listdir(self.path))
+            except OSError:
+                self._names = frozenset()
+
+    def __contains__(self, task_id: object) -> bool:
+        if time.monotonic() >= self._next:
+            self.look()
+        return task_id in self._names
+
+
+_markers: dict[str, CancelMarkers] = {}
+
+
+def cancel_markers(slot_dir: str) -> CancelMarkers:
+    """The cancel markers of ``slot_dir``, read as a batch begins."""
+    markers = _markers.get(slot_dir)
+    if markers is None:
+        markers = _markers[slot_dir] = CancelMarkers(slot_dir)
+    markers.look()
+    return markers
 
 
 def skipped(item: Item) -> Outcome:
@@ -377,7 +514,7 @@ def skipped(item: Item) -> Outcome:
     return Outcome(
         item.id,
         False,
-        "TaskCancelled: cancelled before it started",
+        SKIPPED,
         now,
         now,
         item.token,
@@ -399,7 +536,11 @@ def run_chunk(slot_dir: str | None, items: list[Item]) -> Sequence[Outcome | str
             # noted before the cancel marker is looked for: a cancel that wrote its
             # marker, then finds no note of the task, knows it never runs
             slot.begin(item.token)
-        outcome = skipped(item) if cancelled(slot_dir, item.id) else execute(item, slot)
+        if cancelled(slot_dir, item.id):
+            outcome = skipped(item)
+        else:
+            markers = cancel_markers(slot_dir) if item.items else None
+            outcome = execute(item, slot, cancels=markers)
         if sender is not None:
             sender.add(outcome)
         outcomes.append(outcome)

@@ -46,7 +46,8 @@ def run_on_dask(
             else:
                 if here is not None:
                     here.log_event(topic, [key, item[0], pid, here.address])
-                outcomes.append(worker.execute(item, None))
+                markers = worker.cancel_markers(slot_dir) if slot_dir and item.items else None
+                outcomes.append(worker.execute(item, None, cancels=markers))
             if sender is not None:
                 sender.add(outcomes[-1])
         return outcomes if sender is None else sender.end_chunk(outcomes)

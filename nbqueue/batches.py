@@ -1,0 +1,107 @@
+"""Many small items in few tasks: how ``map`` and ``async_iter`` pack their items.
+
+A sweep of a function over many small inputs would spend most of its time storing,
+signing and tracking one task per item. So items travel in *batches*: one package and
+one record for many items, while each item keeps its own id (``names.item_id``), run,
+time limit, output, outcome and place in the counts (see ``records.item_view``).
+
+A batch's size is set as its items are packed, from what is known of the function:
+
+- about ``SPREAD`` batches per worker serving the store, so that the work spreads
+  evenly whatever an item takes;
+- smaller when the function's items took long in this process before
+  (``Sent.item_seconds``): batches of about ``BATCH_SECONDS``;
+
+never more than ``MOST_ITEMS`` items nor ``MOST_BYTES`` of arguments: an item whose
+arguments are larger goes alone, its arguments a file of the store (``blobs``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from nbqueue.disk.broker import Broker
+from nbqueue.disk.directory import heartbeats, sent
+from nbqueue.disk.heartbeats import serves
+from nbqueue.disk.records import PROTOCOL, Header, Record
+from nbqueue.options import TaskOptions
+from nbqueue.packing import make_package, pickle_arguments
+
+BATCH_SECONDS = 0.2  # a batch's run, once its items' time is known
+SPREAD = 8  # batches per worker, when it is not
+MOST_ITEMS = 10_000
+MOST_BYTES = 512 * 1024  # pickled arguments of a batch's items
+
+
+def workers_serving(broker: Broker) -> int:
+    """The workers of the clusters serving the store now (0: none serves it)."""
+    return sum(
+        int(info.get("workers") or 0)
+        for info in heartbeats(broker.directory).clusters()
+        if serves(info)
+    )
+
+
+def batch_size(count: int, workers: int, item_seconds: float | None) -> int:
+    """Items per batch for ``count`` items on ``workers`` workers (see the module
+    docstring); ``item_seconds``: the time an item of the function took before."""
+    size = math.ceil(count / (max(workers, 1) * SPREAD))
+    if item_seconds is not None:  # smaller, for slow items
+        size = min(size, int(BATCH_SECONDS / max(item_seconds, 1e-9)))
+    return max(1, min(size, MOST_ITEMS))
+
+
+def pack(
+    func: Any,
+    calls: Iterable[tuple],
+    count: int,
+    kwargs: dict,
+    options: TaskOptions,
+    function: tuple[str, str | None, bytes | None],
+    arguments: Iterable[bytes] | None = None,
+) -> Iterator[tuple[Header, bytes]]:
+    """The batches of ``count`` calls of ``func`` (each a tuple of positional arguments,
+    with ``kwargs``): ``(header, package)`` each, sized as the module docstring says.
+    ``arguments``: each call's pickled arguments, when made already."""
+    broker = options.broker
+    workers = workers_serving(broker) or os.cpu_count() or 1
+    size = batch_size(count, workers, sent(broker.directory).item_seconds.get(function[0]))
+    pairs: Iterable[tuple[tuple, bytes]] = (
+        ((args, pickle_arguments(args, kwargs)) for args in calls)
+        if arguments is None
+        else zip(calls, arguments, strict=False)
+    )
+    batch: list[bytes] = []
+    weight = 0
+
+    def made(items: list[bytes]) -> tuple[Header, bytes]:
+        packed = pickle.dumps(items, protocol=PROTOCOL)
+        return make_package(func, (), {}, options, function, packed, items=len(items))
+
+    for _, pickled in pairs:
+        if len(pickled) >= MOST_BYTES:  # alone: its arguments go to a file of the store
+            if batch:
+                yield made(batch)
+                batch, weight = [], 0
+            yield made([pickled])
+            continue
+        if batch and (len(batch) >= size or weight + len(pickled) > MOST_BYTES):
+            yield made(batch)
+            batch, weight = [], 0
+        batch.append(pickled)
+        weight += len(pickled)
+    if batch:
+        yield made(batch)
+
+
+def measured(directory: str, func: str, record: Record) -> None:
+    """Note the time the items of a finished batch took, for the next batches of ``func``."""
+    count = record.get("count") or 1
+    seconds = max(record["stopped"] - record.get("began", record["stopped"]), 0.0) / count
+    memo = sent(directory).item_seconds
+    known = memo.get(func)
+    memo[func] = seconds if known is None else 0.5 * known + 0.5 * seconds
