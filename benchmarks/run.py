@@ -100,8 +100,10 @@ WORKLOAD_NAMES = {
 }
 SIZES = {"noop": 2000, "cpu": 200, "latency": 200, "enqueue": 10_000, "iter": 10_000,
          "group": 10_000, "store": 100_000, "reuse": 2000, "payload": 20,
-         "sweep": 20_000, "sweep_ms": 2000}
+         "sweep": 100_000, "sweep_ms": 2000, "sweep_big": 1_000_000}
 SWEEP_MS = 1.0  # the work of an item of the second sweep
+SWEEP_BIG = ("joblib", "nbqueue-map", "nbqueue-iter")  # the systems of the third
+SWEEP_BIG_MB = 200.0  # the most nbqueue's caller may grow by on the third
 PAYLOAD_BYTES = 4 * 1024 * 1024  # what each payload task moves, one way
 CPU_MS = 10.0
 WAIT_MS = 600_000  # a result that takes longer than this is a failure of the run
@@ -657,13 +659,16 @@ class Suite:
             return
         systems = [k for k in ("loky",) + SWEEP_NBQUEUE + SWEEP_PEERS if k in self.systems]
         n, n_ms = self.sizes["sweep"], self.sizes["sweep_ms"]
+        n_big = self.sizes["sweep_big"]
         print(f"\n== the sweep: {n:,} no-op items, {n_ms:,} items of {SWEEP_MS:g} ms, results "
-              f"in input order: {', '.join(systems)}", flush=True)
+              f"in input order: {', '.join(systems)}; then {n_big:,} no-op items in one call "
+              f"and the caller's peak memory growth: {', '.join(SWEEP_BIG)}", flush=True)
         figures = {"noop": "no-op items/s", "ms": f"{SWEEP_MS:g} ms items/s"}
         for key in systems:
             child = "loky-map" if key == "loky" else key
+            big = n_big if key in SWEEP_BIG else 0
             try:
-                runs = self.repeat(lambda c=child: self._sweep_once(c, n, n_ms))
+                runs = self.repeat(lambda c=child, b=big: self._sweep_once(c, n, n_ms, b))
             except Exception as exc:
                 self.results.error(key, "sweep", exc)
                 continue
@@ -671,12 +676,17 @@ class Suite:
                 self.results.add("sweep", key, figure, "items/s", [r[name] for r in runs],
                                  "higher", n=n if name == "noop" else n_ms,
                                  item_ms=0.0 if name == "noop" else SWEEP_MS)
+            if big:
+                self.results.add("sweep", key, "big no-op items/s", "items/s",
+                                 [r["big"] for r in runs], "higher", n=big, item_ms=0.0)
+                self.results.add("sweep", key, "big peak memory growth", "MB",
+                                 [r["big_mb"] for r in runs], "lower", n=big)
 
-    def _sweep_once(self, system: str, n: int, n_ms: int) -> dict[str, float]:
+    def _sweep_once(self, system: str, n: int, n_ms: int, n_big: int) -> dict[str, float]:
         directory = os.path.join(self.tmp, f"sweep-{system}-{time.monotonic_ns()}")
         out = subprocess.run(
             [sys.executable, os.path.join(HERE, "sweep_child.py"), system, str(WORKERS),
-             directory, str(n), str(n_ms), str(SWEEP_MS)],
+             directory, str(n), str(n_ms), str(SWEEP_MS), str(n_big)],
             capture_output=True, text=True, timeout=3600)
         if out.returncode != 0:
             raise RuntimeError(f"sweep_child.py {system}: {out.stderr.strip()[-1500:]}")
@@ -940,6 +950,9 @@ def evaluate(suite: Suite) -> list[dict[str, Any]]:
         target(f"sweep_ms_{system}", "≥ 95 % of ideal", ("sweep", system, ms_sweep),
                ratio(r.get("sweep", system, ms_sweep), WORKERS * 1000 / SWEEP_MS), ">=", 0.95,
                "×")
+        target(f"sweep_big_memory_{system}", f"≤ {SWEEP_BIG_MB:g} MB",
+               ("sweep", system, "big peak memory growth"),
+               r.get("sweep", system, "big peak memory growth"), "<=", SWEEP_BIG_MB, "MB")
     return targets
 
 

@@ -1,8 +1,11 @@
 """The sweeps of one system, in a fresh process: one function over N items on WORKERS
 processes, results in input order, as the system does it; first N no-op items (``x * x``),
-then N_MS items of MS milliseconds of work. Prints {"noop": items/s, "ms": items/s} as JSON.
+then N_MS items of MS milliseconds of work, then (if N_BIG) N_BIG no-op items in one
+call, with the growth of this process's peak memory meanwhile (the items and results
+made before the clock starts are not counted). Prints {"noop": items/s, "ms": items/s,
+"big": items/s, "big_mb": MB} as JSON.
 
-    python sweep_child.py SYSTEM WORKERS STORE_DIRECTORY N N_MS MS
+    python sweep_child.py SYSTEM WORKERS STORE_DIRECTORY N N_MS MS [N_BIG]
 
 SYSTEM: joblib, loky-map, pool-map, mpire, nbqueue-map, nbqueue-iter, nbqueue-joblib. The
 pool (or cluster) is started and warmed before the clock starts, as a notebook's would be.
@@ -10,6 +13,7 @@ pool (or cluster) is started and warmed before the clock starts, as a notebook's
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -24,6 +28,7 @@ import workloads  # noqa: E402
 def main() -> None:
     system, workers, directory = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     n, n_ms, ms = int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+    n_big = int(sys.argv[7]) if len(sys.argv) > 7 else 0
     run, stop = start(system, workers, directory)
     try:
         run(workloads.square, list(range(min(200, n))))  # warm: workers up, imports done
@@ -32,9 +37,37 @@ def main() -> None:
             "ms": measure(system, run, workloads.busy_square, [(x, ms) for x in range(n_ms)],
                           n_ms),
         }
+        if n_big:
+            figures["big"], figures["big_mb"] = measure_big(system, run, n_big)
     finally:
         stop()
     print(json.dumps(figures))
+
+
+def measure_big(system: str, run, n: int) -> tuple[float, float]:
+    """Items per second of one sweep of ``n`` no-op items, and how many MB this process's
+    peak resident memory grew meanwhile, past its items and the list of their results."""
+    items = list(range(n))
+    expected = [x * x for x in items]
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # the peak (VmHWM) starts again from here
+    before = _status_kb("VmRSS")
+    started = time.perf_counter()
+    results = list(run(workloads.square, items))
+    seconds = time.perf_counter() - started
+    grown = max(0.0, (_status_kb("VmHWM") - before) / 1024 - sys.getsizeof(results) / 2**20)
+    if results != expected:
+        raise SystemExit(f"{system}: wrong results of the big sweep, e.g. {results[:3]}")
+    return n / seconds, grown
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise SystemExit(f"no {field} in /proc/self/status")
 
 
 def measure(system: str, run, func, items: list, n: int) -> float:

@@ -19,7 +19,8 @@ TARGETS = {"noop_vs_loky", "noop_vs_huey", "noop_vs_dask", "noop_vs_django-q2",
            "payload_arguments_other_process", "latency_in_process", "latency_other_process",
            "enqueue_calls", "async_iter", "result_group", "count_group", "rss_growth",
            "sweep_noop_nbqueue-map", "sweep_noop_nbqueue-iter", "sweep_ms_nbqueue-map",
-           "sweep_ms_nbqueue-iter"}
+           "sweep_ms_nbqueue-iter", "sweep_big_memory_nbqueue-map",
+           "sweep_big_memory_nbqueue-iter"}
 # measured against peers, which --skip-peers leaves out
 PEER_TARGETS = {"noop_vs_huey", "noop_vs_dask", "noop_vs_django-q2", "sweep_noop_nbqueue-map",
                 "sweep_noop_nbqueue-iter"}
