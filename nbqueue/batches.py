@@ -12,24 +12,26 @@ A batch's size is set as its items are packed, from what is known of the functio
 - smaller when the function's items took long in this process before
   (``Sent.item_seconds``): batches of about ``BATCH_SECONDS``;
 
-never more than ``MOST_ITEMS`` items nor ``MOST_BYTES`` of arguments: an item whose
-arguments are larger goes alone, its arguments a file of the store (``blobs``).
+never more than ``MOST_ITEMS`` items nor ``MOST_BYTES`` of pickled arguments (a batch
+larger is cut in halves); an item with large buffers (``blobs.large_call``) goes alone,
+its arguments a file of the store. A batch's arguments are its calls' ``(args, kwargs)``,
+pickled as one list.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import pickle
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from nbqueue.disk import blobs
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import heartbeats, sent
 from nbqueue.disk.heartbeats import serves
-from nbqueue.disk.records import PROTOCOL, Header, Record
+from nbqueue.disk.records import Header, Record
 from nbqueue.options import TaskOptions
-from nbqueue.packing import make_package, pickle_arguments
+from nbqueue.packing import make_package, pickle_calls
 
 BATCH_SECONDS = 0.2  # a batch's run, once its items' time is known
 SPREAD = 8  # batches per worker, when it is not
@@ -62,40 +64,33 @@ def pack(
     kwargs: dict,
     options: TaskOptions,
     function: tuple[str, str | None, bytes | None],
-    arguments: Iterable[bytes] | None = None,
 ) -> Iterator[tuple[Header, bytes]]:
     """The batches of ``count`` calls of ``func`` (each a tuple of positional arguments,
-    with ``kwargs``): ``(header, package)`` each, sized as the module docstring says.
-    ``arguments``: each call's pickled arguments, when made already."""
+    with ``kwargs``): ``(header, package)`` each, sized as the module docstring says."""
     broker = options.broker
     workers = workers_serving(broker) or os.cpu_count() or 1
     size = batch_size(count, workers, sent(broker.directory).item_seconds.get(function[0]))
-    pairs: Iterable[tuple[tuple, bytes]] = (
-        ((args, pickle_arguments(args, kwargs)) for args in calls)
-        if arguments is None
-        else zip(calls, arguments, strict=False)
-    )
-    batch: list[bytes] = []
-    weight = 0
 
-    def made(items: list[bytes]) -> tuple[Header, bytes]:
-        packed = pickle.dumps(items, protocol=PROTOCOL)
-        return make_package(func, (), {}, options, function, packed, items=len(items))
+    def made(batch: list[tuple[tuple, dict]]) -> Iterator[tuple[Header, bytes]]:
+        packed = pickle_calls(batch)
+        if len(packed) > MOST_BYTES and len(batch) > 1:  # in halves, until small enough
+            half = len(batch) // 2
+            yield from made(batch[:half])
+            yield from made(batch[half:])
+            return
+        yield make_package(func, (), {}, options, function, packed, items=len(batch))
 
-    for _, pickled in pairs:
-        if len(pickled) >= MOST_BYTES:  # alone: its arguments go to a file of the store
-            if batch:
-                yield made(batch)
-                batch, weight = [], 0
-            yield made([pickled])
+    batch: list[tuple[tuple, dict]] = []
+    for args in calls:
+        if blobs.large_call(args, kwargs):  # alone: its arguments go to a file of the store
+            yield from made([(args, kwargs)])
             continue
-        if batch and (len(batch) >= size or weight + len(pickled) > MOST_BYTES):
-            yield made(batch)
-            batch, weight = [], 0
-        batch.append(pickled)
-        weight += len(pickled)
+        batch.append((args, kwargs))
+        if len(batch) >= size:
+            yield from made(batch)
+            batch = []
     if batch:
-        yield made(batch)
+        yield from made(batch)
 
 
 def measured(directory: str, func: str, record: Record) -> None:

@@ -12,12 +12,15 @@ page and any new one), reading each new outcome once, whatever the group's size.
 
 from __future__ import annotations
 
+import builtins
 import logging
+import operator
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, TimeoutError
 from concurrent.futures import wait as wait_futures
+from pickle import loads
 from typing import Any, cast
 
 from nbqueue import batches, conf
@@ -33,6 +36,7 @@ from nbqueue.options import TaskOptions
 from nbqueue.tasks import send_items
 
 log = logging.getLogger(__name__)
+_SUCCESS = operator.itemgetter(0)
 
 
 # -- checks --------------------------------------------------------------------------
@@ -370,6 +374,10 @@ def _map_results(
             view = item_view(record, 0, [])
             raise TaskFailed(Failure(view or record, store, cached))
         arguments = None
+        if sum(builtins.map(_SUCCESS, items)) == len(items):  # the common case, quicker
+            for entry in items:
+                yield loads(entry[1])
+            return
         for i, entry in enumerate(items):
             if entry[0]:
                 yield decode_result(entry[1])

@@ -57,6 +57,24 @@ def pickle_arguments(args: tuple, kwargs: dict) -> bytes:
         raise
 
 
+def pickle_calls(calls: list[tuple[tuple, dict]]) -> bytes:
+    """The ``(args, kwargs)`` of a batch's calls, pickled as one list: with ``pickle``
+    unless it cannot, or it names something of ``__main__`` (a notebook's class, which a
+    worker cannot import): then with cloudpickle, which ships those by value."""
+    try:
+        packed = pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
+        if b"__main__" not in packed:
+            return packed
+    except Exception:
+        pass
+    try:
+        return cloudpickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        for args, kwargs in calls:
+            pickle_arguments(args, kwargs)  # raises PackingError naming the argument
+        raise
+
+
 def _to_file(broker: Broker, task_id: str, data: Any) -> blobs.Blob:
     """Write large arguments to the store: a failed write is a StoreError at the call,
     saying why (a full disk, a read-only store), and nothing is queued; InsecureStoreError

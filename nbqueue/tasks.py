@@ -210,7 +210,6 @@ def send_items(
     """
     broker = options.broker
     function = function_of(func, options)  # pickled once for all the items
-    arguments: list[bytes] | None = None
     reuse = None
     if options.reuse:  # the calls as a whole: the same items, in order
         items = list(items)
@@ -224,14 +223,14 @@ def send_items(
             of_iter=True,
         )
         reuse = calls.Reuse(broker, bool(options.cached), key, of_iter=True)
-        earlier = _resumed(reuse, func, function, options, kwargs, items, arguments)
+        earlier = _resumed(reuse, func, function, options, kwargs, items)
         if earlier is not None:
             return earlier
     iter_id = str(uuid.uuid4())
     group = options.group or new_group(iter_id)
     options = replace(options, group=group, save=True, iter=iter_id)
     headers, packages = [], []
-    for header, package in batches.pack(func, items, count, kwargs, options, function, arguments):
+    for header, package in batches.pack(func, items, count, kwargs, options, function):
         headers.append(header)
         packages.append(package)
     if reuse is not None:
@@ -288,7 +287,6 @@ def _resumed(
     options: TaskOptions,
     kwargs: dict,
     items: list[tuple],
-    arguments: list[bytes],
 ) -> Manifest | None:
     """The manifest of the same calls sent before, its batches that did not finish sent
     again; None if there is none to resume."""
@@ -311,9 +309,7 @@ def _resumed(
             continue
         part.delete(batch_id)  # its failures go: its items' new outcomes take their place
         span = slice(starts[k], starts[k] + count)
-        for header, package in batches.pack(
-            func, items[span], count, kwargs, options, function, arguments[span]
-        ):
+        for header, package in batches.pack(func, items[span], count, kwargs, options, function):
             headers.append(header)
             packages.append(package)
             new_batches.append((header.id, header.items))

@@ -198,10 +198,14 @@ class Cancels:
         if not new:
             return
         now = time.monotonic()
+        batches = {task_of(task_id) for task_id in new}
         for task_id, _, _, handle in self.executor.running():
-            if task_id in new:
-                log.info("stopping cancelled item %s", task_id)
+            # a worker's slot names the item it runs (items with a time limit) or its
+            # batch: it stops the item it runs only if that one is marked
+            if task_id in new or task_id in batches:
+                log.info("stopping cancelled item(s) of %s", task_id)
                 self.executor.stop_task(handle)
+            if task_id in new:  # killed if it does not stop
                 self._stopping[task_id] = (now + STOP_GRACE, handle)
 
     def check(self) -> None:

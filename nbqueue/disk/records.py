@@ -26,9 +26,9 @@ signing, errors and blobs.
 
 from __future__ import annotations
 
+import operator
 import pickle
 import time
-from collections import defaultdict
 from enum import Enum
 from typing import Any, NamedTuple, TypedDict, TypeGuard
 
@@ -196,27 +196,34 @@ def manifest_size(manifest: Manifest) -> int:
     return sum(count for _, count in manifest["batches"])
 
 
+_SUCCESS, _CAUSE = operator.itemgetter(0), operator.itemgetter(4)
+
+
 def tallies(record: Record) -> dict[tuple[bool, bool], int]:
     """How many outcomes a record counts for, by (success, cancelled): one, or for a
     batch, those of its items."""
     if "count" not in record:
         return {(record["success"], is_cancelled(record)): 1}
-    items = record.get("items")
+    items: list[Any] | None = record.get("items")
     if items is None:  # failed as a whole
         return {(False, is_cancelled(record)): record["count"]}
-    tallies: dict[tuple[bool, bool], int] = defaultdict(int)
-    for entry in items:
-        if entry is not None:
-            tallies[entry[0], entry[4] == Cause.CANCELLED.value] += 1
-    return tallies
+    if None in items:  # some sent again alone
+        items = [entry for entry in items if entry is not None]
+    ok = sum(map(_SUCCESS, items))  # in C: a batch may hold many items
+    cancelled = list(map(_CAUSE, items)).count(Cause.CANCELLED.value) if ok < len(items) else 0
+    counts = {
+        (True, False): ok,
+        (False, False): len(items) - ok - cancelled,
+        (False, True): cancelled,
+    }
+    return {kind: n for kind, n in counts.items() if n}
 
 
 def has_failed(record: Record) -> bool:
     """Whether a record is a failure, or a batch's with a failed item."""
     if not record["success"]:
         return True
-    items = record.get("items")
-    return items is not None and any(entry is not None and not entry[0] for entry in items)
+    return "items" in record and any(not ok for (ok, _), n in tallies(record).items() if n)
 
 
 def encode_header(key: bytes, header: Header) -> bytes:
@@ -286,16 +293,29 @@ def has_failure(outcome: Outcome) -> bool:
     if not outcome.success:
         return True
     items = outcome.result
-    return type(items) is list and any(not entry[0] for entry in items if entry is not None)
+    return type(items) is list and sum(map(_SUCCESS, items)) < len(items)
 
 
-def batch_arguments(batch: Record) -> list[bytes]:
-    """The pickled arguments of a batch's items (bytes read from a signed row)."""
+def batch_arguments(batch: Record) -> list[tuple[tuple, dict]]:
+    """The ``(args, kwargs)`` of a batch's items (bytes read from a signed row); none for
+    a batch whose arguments were a file of the store."""
     args = batch["args"]
     return pickle.loads(args) if isinstance(args, (bytes, bytearray)) else []
 
 
-def item_view(batch: Record, index: int, arguments: list[bytes] | None = None) -> Record | None:
+def _pickled_call(call: tuple[tuple, dict]) -> bytes:
+    """An item's ``(args, kwargs)`` pickled alone, as a task's arguments are."""
+    try:
+        return pickle.dumps(call, protocol=PROTOCOL)
+    except Exception:  # a value of a class defined in a notebook
+        import cloudpickle
+
+        return cloudpickle.dumps(call, protocol=PROTOCOL)
+
+
+def item_view(
+    batch: Record, index: int, arguments: list[tuple[tuple, dict]] | None = None
+) -> Record | None:
     """The record of item ``index`` of a batch's record; None if it has no outcome (it
     was sent again on its own: see ``nbqueue.retry``). A batch that failed as a whole
     (its worker lost, or killed past an item's timeout) is each of its items' failure.
@@ -319,7 +339,7 @@ def item_view(batch: Record, index: int, arguments: list[bytes] | None = None) -
         "name": item_name(batch["name"], index),
         "func": batch["func"],
         "hook": batch["hook"],
-        "args": arguments[index] if index < len(arguments) else EMPTY_ARGS,
+        "args": _pickled_call(arguments[index]) if index < len(arguments) else EMPTY_ARGS,
         "group": batch["group"],
         "result": result,
         "success": success,

@@ -146,8 +146,9 @@ def _call(
     spilled: bool,
 ) -> tuple[bool, Any, float, float, dict[str, Any] | None, Cause | None, KeyboardInterrupt | None]:
     """One run: (success, result or failure text, began, stopped, details, cause, the
-    KeyboardInterrupt to raise for ``inline``). ``spilled``: a large result may go to a
-    file of the store (an item's result stays in its batch's outcome)."""
+    KeyboardInterrupt to raise for ``inline``). ``args_bytes``: the pickled ``(args,
+    kwargs)``, a file of them, or (an item's) the tuple itself. ``spilled``: a large
+    result may go to a file of the store (an item's result stays in its batch's outcome)."""
     started = time.time()
     if slot is not None:
         slot.mark(task_id, started, started + timeout if timeout else 0.0)
@@ -160,11 +161,12 @@ def _call(
     try:
         if func is None:
             func = cloudpickle.loads(func_bytes) if func_ref is None else resolve(func_ref)
-        args, kwargs = (
-            cloudpickle.loads(args_bytes)
-            if type(args_bytes) is bytes
-            else _arguments(args_bytes, task_id)
-        )
+        if type(args_bytes) is tuple:  # an item's, loaded with its batch's
+            args, kwargs = args_bytes
+        elif type(args_bytes) is bytes:
+            args, kwargs = cloudpickle.loads(args_bytes)
+        else:
+            args, kwargs = _arguments(args_bytes, task_id)
         armed = _alarm.arm(timeout)
         try:
             _running[:] = [task_id]
@@ -237,7 +239,12 @@ def run_items(
     prefix = batch_id[:28]
     outcomes: list[tuple] = []
     interrupted: KeyboardInterrupt | None = None
-    for i, pickled in enumerate(arguments):
+    # The slot names each item only when items have a deadline (tier 2 of timeouts);
+    # else the batch, once: a cancelled item is stopped by its own marker either way.
+    marked = slot if timeout else None
+    if slot is not None and not timeout:
+        slot.mark(batch_id, started, 0.0)
+    for i, call in enumerate(arguments):
         task_id = f"{prefix}{i + 1:08x}"
         if interrupted is not None or (
             cancels is not None and (task_id in cancels or batch_id in cancels)
@@ -246,11 +253,13 @@ def run_items(
             outcomes.append((False, SKIPPED, now, now, Cause.CANCELLED.value, None))
             continue
         success, blob, began, stopped, details, cause, interrupted = _call(
-            task_id, func, None, None, pickled, timeout, token, slot, inline, False
+            task_id, func, None, None, call, timeout, token, marked, inline, False
         )
         outcomes.append(
             (success, blob, began, stopped, None if cause is None else cause.value, details)
         )
+    if slot is not None and not timeout:
+        slot.clear()
     outcome = Outcome(batch_id, True, outcomes, started, time.time(), token, _pid[0])
     if interrupted is not None:
         interrupted.outcome = outcome  # type: ignore[attr-defined]
