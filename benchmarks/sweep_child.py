@@ -31,7 +31,7 @@ def main() -> None:
     n_big = int(sys.argv[7]) if len(sys.argv) > 7 else 0
     run, stop = start(system, workers, directory)
     try:
-        run(workloads.square, list(range(min(200, n))))  # warm: workers up, imports done
+        list(run(workloads.square, list(range(min(200, n)))))  # warm: workers up, imports done
         figures = {
             "noop": measure(system, run, workloads.square, list(range(n)), n),
             "ms": measure(system, run, workloads.busy_square, [(x, ms) for x in range(n_ms)],

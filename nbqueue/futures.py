@@ -167,7 +167,7 @@ class _Watch:
     ) -> None:
         self.task_id = task_id
         self.futures: list[TaskFuture] = []
-        self.remaining = remaining  # ids without an outcome (an async_iter's: many)
+        self.remaining = remaining  # ids without an outcome (an async_iter's: its batches')
         self.manifest = manifest  # set for an async_iter id
         self.by_name = by_name  # a name, read one by one (no batch read by name)
 
@@ -187,8 +187,10 @@ def _iter_outcome(part: Part, watch: _Watch) -> Record | OutcomeDeleted | None:
         grouped = set(part.group_ids(manifest["group"]))
         lost = {i for i in lost if i not in grouped and (batch_of(i) or ("",))[0] not in grouped}
     if lost:
+        sizes = dict(manifest.get("batches", ()))  # a batch lost is its items
+        gone = sum(sizes.get(i, 1) for i in lost)
         return OutcomeDeleted(
-            f"the outcomes of {len(lost)} of the {manifest_size(manifest)} tasks of async_iter "
+            f"the outcomes of {gone} of the {manifest_size(manifest)} tasks of async_iter "
             f"{manifest['id']} were deleted (delete_group({manifest['group']!r}, "
             "tasks=True)) before all of them had finished, so its combined result can "
             "never be made; run the async_iter again"

@@ -126,6 +126,9 @@ def _flush_before_waiting(broker: Broker, wait: int) -> None:
             broker.flush()
 
 
+ITER_POLL = 0.02  # seconds between reads of an async_iter waited for, at most
+
+
 def fetch(
     task_id: str, wait: int = 0, cached: bool = False, broker: Broker | None = None
 ) -> Task | None:
@@ -144,6 +147,9 @@ def fetch(
         wait,
         hint=lambda: _task_wait_hint(broker, task_id, cached),
         fresh=lambda since: store.fresh(part, task_id, since),
+        # an async_iter is read batch by batch: polled less often (its cluster in this
+        # process wakes the wait at once)
+        slowest=ITER_POLL if wait and part.manifest(task_id) is not None else 0.002,
     )
     return None if record is None else Task(record, store, cached)
 

@@ -20,7 +20,7 @@ from nbqueue.disk import signing
 from nbqueue.errors import SignatureError
 from nbqueue.disk.records import (EMPTY_ARGS, Cause, Header, Item, Outcome, cause_of,
                                   decode_header, decode_result, encode_header, failure,
-                                  is_cancelled, item_outcome, item_view, iter_record,
+                                  IterOutcome, is_cancelled, item_outcome, item_view,
                                   make_record, refused_record, tallies)
 from nbqueue.disk.signing import sign
 
@@ -120,7 +120,10 @@ def test_an_iter_record_keeps_input_order_and_the_worst_outcome():
                for i, ok, value, stop, n in (("a", True, pickle.dumps(1), 9.0, 1),
                                              ("b", False, "ValueError: no", 8.0, 2))]
     records[1]["cause"] = Cause.RAISED.value
-    combined = iter_record(manifest, [item_outcome(r) for r in records], 2)
+    outcome = IterOutcome(manifest)
+    for record in records:
+        outcome.add([item_outcome(record)], record["attempt_count"])
+    combined = outcome.record()
     assert combined["cause"] == "raised"  # the cause of its first failed task
     assert decode_result(combined["result"]) == [1, "ValueError: no"]
     assert combined["success"] is False and combined["stopped"] == 9.0

@@ -201,8 +201,9 @@ class Feeder:
         outcomes are): the cluster that stored it died before its ack was written, and
         its lease expired. The outcome stands; the delivery is acknowledged, not run."""
         try:
-            if self.store.part(bool(header.cached)).get(header.id) is None:
-                return False
+            record = self.store.part(bool(header.cached)).get(header.id)
+            if record is None or None in record.get("items", ()):
+                return False  # not stored, or a batch sent again for items of it
         except Exception:  # unreadable now: run it, as before the outcome was known
             return False
         log.info(

@@ -419,36 +419,58 @@ def decode_result(blob: Any) -> Any:
         return pickle.loads(blob)
     if type(blob) is Frames:
         return blob.load()
-    return blob
+    return blob  # a failure's text (or an iter's values, ``IterOutcome.record``)
 
 
-def iter_record(manifest: Manifest, outcomes: list[tuple], attempts: int) -> Record:
-    """The combined record of a finished ``async_iter``: its results in input order, of
-    its items' ``ItemOutcome`` tuples; ``attempts``: the most any of them took."""
-    values = [decode_result(outcome[1]) for outcome in outcomes]
-    try:
-        result = pickle.dumps(values, protocol=PROTOCOL)
-    except Exception:  # a value of a class defined in a notebook
-        import cloudpickle
+class IterOutcome:
+    """The combined outcome of an ``async_iter``, made batch by batch (``add``): its
+    results in input order, decoded as they come, so that a batch read can go at once."""
 
-        result = cloudpickle.dumps(values, protocol=PROTOCOL)
-    enqueued = manifest["enqueued"]
-    combined: Record = {
-        "id": manifest["id"],
-        "name": manifest["id"],
-        "func": manifest["func"],
-        "hook": None,
-        "args": EMPTY_ARGS,
-        "group": manifest["group"],
-        "result": result,
-        "success": all(outcome[0] for outcome in outcomes),
-        "started": enqueued,
-        "stopped": max((outcome[3] for outcome in outcomes), default=enqueued),
-        "attempt_count": attempts,
-        "cached": manifest["cached"],
-        "save": True,
-    }
-    cause = next((o[4] for o in outcomes if not o[0] and o[4] is not None), None)
-    if cause is not None:  # the cause of its first failed task, in input order
-        combined["cause"] = cause
-    return combined
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.values: list[Any] = []
+        self.success = True
+        self.stopped = manifest["enqueued"]
+        self.attempts = 0
+        self.cause: str | None = None  # that of its first failed item, in input order
+
+    def add(self, entries: list[tuple], attempts: int) -> None:
+        """Items' ``ItemOutcome`` tuples, in input order, run in up to ``attempts``."""
+        if not entries:
+            return
+        self.attempts = max(self.attempts, attempts)
+        self.stopped = max(self.stopped, max(map(_STOPPED, entries)))
+        if sum(map(_SUCCESS, entries)) == len(entries):  # an item's result: pickled bytes
+            self.values.extend(map(pickle.loads, map(_RESULT, entries)))
+            return
+        for entry in entries:
+            self.values.append(decode_result(entry[1]))
+            if not entry[0]:
+                self.success = False
+                if self.cause is None:
+                    self.cause = entry[4]
+
+    def record(self) -> Record:
+        """The combined record: never stored, so its result is the list of values."""
+        manifest = self.manifest
+        combined: Record = {
+            "id": manifest["id"],
+            "name": manifest["id"],
+            "func": manifest["func"],
+            "hook": None,
+            "args": EMPTY_ARGS,
+            "group": manifest["group"],
+            "result": self.values,
+            "success": self.success,
+            "started": manifest["enqueued"],
+            "stopped": self.stopped,
+            "attempt_count": self.attempts,
+            "cached": manifest["cached"],
+            "save": True,
+        }
+        if self.cause is not None:
+            combined["cause"] = self.cause
+        return combined
+
+
+_RESULT, _STOPPED = operator.itemgetter(1), operator.itemgetter(3)

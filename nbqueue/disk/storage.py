@@ -572,6 +572,23 @@ _SELECT_SQL = (
 )
 
 
+_KEYS_SQL = (
+    "SELECT key FROM Cache WHERE raw = 1 AND key IN ({})"
+    " AND (expire_time IS NULL OR expire_time > ?)"
+)
+
+
+def stored_keys(cache: Any, keys: list[str]) -> set[str]:
+    """Those of many string keys that have a row, their values not read."""
+    found: set[str] = set()
+    con, now = cache._con, time.time()
+    for i in range(0, len(keys), 500):
+        part = keys[i : i + 500]
+        rows = con.execute(_KEYS_SQL.format(",".join("?" * len(part))), (*part, now))
+        found.update(key for (key,) in rows.fetchall())
+    return found
+
+
 def read_many(cache: Any, keys: list[str]) -> dict[str, Any]:
     """The values of many string keys, read 500 a statement (``Cache.get`` costs a
     statement and a file-like unpickling each, several times this for many keys).

@@ -44,6 +44,7 @@ from nbqueue.disk.blobs import Blob
 from nbqueue.disk.names import batch_of, batch_of_name, item_id
 from nbqueue.disk.records import (
     Cause,
+    IterOutcome,
     Manifest,
     Record,
     batch_arguments,
@@ -52,11 +53,18 @@ from nbqueue.disk.records import (
     is_record,
     item_outcome,
     item_view,
-    iter_record,
     tallies,
 )
 from nbqueue.disk.signing import load_key
-from nbqueue.disk.storage import UPSERT_OK, checked_get, open_cache, read_many, upsert, writing
+from nbqueue.disk.storage import (
+    UPSERT_OK,
+    checked_get,
+    open_cache,
+    read_many,
+    stored_keys,
+    upsert,
+    writing,
+)
 from nbqueue.errors import ConfigurationError, SignatureError, StoreFileMissing, WaitWarning
 
 log = logging.getLogger(__name__)
@@ -79,6 +87,7 @@ _CALL = "call:"
 _CANCELLED = "cancelled:"
 _FAILURES = "failures"
 FAILURES_KEPT = 200  # latest failures listed
+ITER_READ = 8  # batch records of an async_iter read at once
 
 
 def _page(group: str, i: int) -> str:
@@ -295,11 +304,8 @@ class Part:
             items = [item_outcome(view)] * batch["count"]
         items = list(items)
         items[where[1]] = None
-        if any(entry is not None for entry in items):
-            batch["items"] = items
-            self._cache.set(where[0], batch, expire=self._expire(batch))
-        else:  # none left: the batch reads as not stored (it may be sent again whole)
-            self._cache.delete(where[0])
+        batch["items"] = items
+        self._cache.set(where[0], batch, expire=self._expire(batch))
         self._count(view["group"], view["success"], -1, bool(view.get("iter")), is_cancelled(view))
 
     def get(self, task_id: str) -> Record | None:
@@ -372,43 +378,51 @@ class Part:
 
     def iter_outcome(self, manifest: Manifest) -> tuple[Record | None, set[str]]:
         """The combined record of an ``async_iter`` once every item of it is stored, and
-        the ids of those that are not: read from its batches' records, no item's record
-        made."""
+        what is not: a batch's id (none of it stored) or an item's (sent again alone).
+        Read from its batches' records, a few at a time; no item's record is made."""
+        combined = IterOutcome(manifest)
+        missing: set[str] = set()
         if "batches" not in manifest:  # one task per item: an earlier version's
             ids = manifest["ids"]
             records = self.records(ids)
-            absent = {i for i, r in zip(ids, records, strict=False) if r is None}
-            if absent:
-                return None, absent
-            done = [r for r in records if r is not None]
-            attempts = max((r["attempt_count"] for r in done), default=0)
-            return iter_record(manifest, [item_outcome(r) for r in done], attempts), set()
+            missing = {i for i, r in zip(ids, records, strict=False) if r is None}
+            for record in records if not missing else ():
+                assert record is not None
+                combined.add([item_outcome(record)], record["attempt_count"])
+            return (None if missing else combined.record()), missing
         batches = manifest["batches"]
-        rows = self._rows([batch_id for batch_id, _ in batches])
-        outcomes: list[tuple] = []
-        attempts = 0
-        missing: set[str] = set()
-        for batch_id, count in batches:
-            row = rows.get(batch_id)
-            entries: list[Any]
-            if not is_record(row):
-                entries = [None] * count
-            else:
-                attempts = max(attempts, row["attempt_count"])
-                entries = row.get("items") or [item_outcome(expand(row)[0])] * count
-            for i, entry in enumerate(entries):
-                if entry is None:  # sent again alone: its own row once its batch's is gone
-                    task_id = item_id(batch_id, i)
-                    own = self._rows([task_id]).get(task_id)
-                    if not is_record(own):
-                        missing.add(task_id)
-                        continue
-                    attempts = max(attempts, own["attempt_count"])
-                    entry = item_outcome(own)
-                outcomes.append(entry)
-        if missing:
-            return None, missing
-        return iter_record(manifest, outcomes, attempts), set()
+        ids = [batch_id for batch_id, _ in batches]
+        absent = set(ids) - stored_keys(self._cache, ids)
+        if absent:  # not all there: nothing more to read (this is polled while it runs)
+            return None, absent
+        for k in range(0, len(batches), ITER_READ):
+            rows = self._rows(ids[k : k + ITER_READ])
+            for batch_id, count in batches[k : k + ITER_READ]:
+                row = rows.pop(batch_id, None)
+                if not is_record(row):
+                    missing.add(batch_id)
+                    continue
+                entries: list[Any] = row.get("items") or [item_outcome(expand(row)[0])] * count
+                if None in entries:  # sent again alone: in its own row if its batch's went
+                    entries = self._own_outcomes(batch_id, entries, missing)
+                if not missing:
+                    combined.add(entries, row["attempt_count"])
+        return (None if missing else combined.record()), missing
+
+    def _own_outcomes(self, batch_id: str, entries: list[Any], missing: set[str]) -> list[tuple]:
+        """A batch's items' outcomes, those sent again alone read from their own rows;
+        the ids of those without one are added to ``missing``."""
+        found = []
+        for i, entry in enumerate(entries):
+            if entry is None:
+                task_id = item_id(batch_id, i)
+                own = self._rows([task_id]).get(task_id)
+                if not is_record(own):
+                    missing.add(task_id)
+                    continue
+                entry = item_outcome(own)
+            found.append(entry)
+        return found
 
     def stored(self, task_ids: list[str]) -> dict[str, Record | bool]:
         """Those of ``task_ids`` with an outcome stored: a task's record, or True for an
@@ -720,14 +734,15 @@ class Store:
         wait_ms: int | float | None,
         hint: Callable[[], str | None] | None = None,
         fresh: Callable[[int], Any] | None = None,
+        slowest: float = 0.002,
     ) -> Any:
         """Call ``ready()`` until it returns something truthy or ``wait_ms`` runs out.
 
         ``wait_ms`` is in milliseconds, -1 waits forever. Local writes wake the waiter
         at once, and ``fresh(since)``, asked first after each, may give what was saved
         since the wait began without a read; writes by other processes are seen by
-        polling (0.5 ms, growing
-        to 2 ms). After HINT_AFTER seconds, ``hint()`` may say why the wait may never
+        polling (0.5 ms, growing to ``slowest`` seconds: more for a ``ready`` that costs
+        more). After HINT_AFTER seconds, ``hint()`` may say why the wait may never
         end: that is warned once (WaitWarning).
         """
         since = self._changes  # before the first look: a save after it is fresh
@@ -756,7 +771,7 @@ class Store:
             value = (fresh and fresh(since)) or ready()
             if value:
                 return value
-            pause = min(pause * 1.5, 0.002)
+            pause = min(pause * 1.5, slowest)
 
 
 def _read_result_in(record: Record, key: bytes) -> None:
