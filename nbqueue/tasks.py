@@ -249,9 +249,9 @@ def send_items(
         "cached": options.cached,
     }
     get_store(broker.directory).part(bool(options.cached)).write_manifest(iter_id, manifest)
-    memo = sent(broker.directory)
-    memo.count(group, count)
-    _send(headers, packages, func, options, {group: count})
+    if count:
+        sent(broker.directory).count(group, count)
+    _send(headers, packages, func, options, {group: count} if count else {})
     return manifest
 
 
@@ -296,7 +296,7 @@ def _resumed(
     manifest = part.manifest(reuse.row[0])
     if manifest is None or "batches" not in manifest:  # on its way, or of an earlier version
         return manifest if reuse.earlier() is not None else None
-    again = calls.to_send_again(reuse.broker, part, manifest, reuse.row[1])
+    again = set(calls.to_send_again(reuse.broker, part, manifest, reuse.row[1]))
     if not again or not part.renew_call(reuse.key, reuse.row):
         return manifest  # all stand, or another process sends them again now
     options = replace(options, group=manifest["group"], save=True, iter=manifest["id"])

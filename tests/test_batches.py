@@ -222,3 +222,27 @@ def test_a_map_run_again_with_reuse_sends_only_the_batches_that_failed(cluster, 
     assert {t.id: t.stopped for t in fetch_group(group)} == {i: t.stopped
                                                              for i, t in tasks.items()}
     del log
+
+
+def test_sync_runs_the_batches_here_item_by_item(store_dir, size):
+    size(4)
+    group = _group()
+    results = nbqueue.map(fx.square_or_fail, range(10), bad=6, group=group, sync=True)
+    assert [next(results) for _ in range(6)] == [0, 1, 4, 9, 16, 25]
+    with pytest.raises(TaskFailed, match="6 is bad"):
+        next(results)
+    assert (count_group(group), count_group(group, failures=True)) == (10, 1)
+    iter_id = nbqueue.async_iter(fx.square_or_fail, [(i, 2) for i in range(5)], sync=True)
+    values = result(iter_id)
+    assert values[:2] == [0, 1] and "ValueError: 2 is bad" in values[2] and values[3:] == [9, 16]
+    assert not fetch(iter_id).success
+
+
+def test_as_completed_of_a_group_yields_its_items(cluster, size):
+    size(25)
+    group = _group()
+    iter_id = nbqueue.async_iter(fx.add, [(i, 1) for i in range(100)], group=group)
+    tasks = list(nbqueue.as_completed(group=group, count=100, timeout=WAIT))
+    assert sorted(t.result for t in tasks) == list(range(1, 101))
+    assert len({t.id for t in tasks}) == 100 and all(batch_of(t.id) for t in tasks)
+    assert len(result(iter_id, wait=WAIT * 1000)) == 100

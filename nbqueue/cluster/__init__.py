@@ -65,6 +65,7 @@ from nbqueue.disk import hosts
 from nbqueue.disk.blobs import clean_spill, sweep_arguments
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store, heartbeats
+from nbqueue.disk.names import task_of
 from nbqueue.disk.storage import process_alive
 from nbqueue.errors import ClusterError, ConfigurationError
 from nbqueue.figures import RateMeter
@@ -500,7 +501,8 @@ class Cluster:
         ``waiting`` says why outcomes wait to be stored (a full disk), if they do. It
         only reads: it must answer on a full disk."""
         running = self._running_states()
-        groups = self.inflight.groups({state[0] for state in running}) if running else {}
+        # a batch runs its items under their ids: one item of it runs at a time
+        groups = self.inflight.groups({task_of(state[0]) for state in running}) if running else {}
         writer = getattr(self, "writer", None)
         return {
             "groups_running": groups,

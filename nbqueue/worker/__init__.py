@@ -246,18 +246,43 @@ def run_items(
         slot.mark(batch_id, started, 0.0)
     for i, call in enumerate(arguments):
         task_id = f"{prefix}{i + 1:08x}"
+        if cancels is not None:
+            cancels.refresh()
         if interrupted is not None or (
-            cancels is not None and (task_id in cancels or batch_id in cancels)
+            cancels is not None
+            and cancels.names
+            and (task_id in cancels.names or batch_id in cancels.names)
         ):
             now = time.time()
             outcomes.append((False, SKIPPED, now, now, Cause.CANCELLED.value, None))
             continue
-        success, blob, began, stopped, details, cause, interrupted = _call(
-            task_id, func, None, None, call, timeout, token, marked, inline, False
-        )
-        outcomes.append(
-            (success, blob, began, stopped, None if cause is None else cause.value, details)
-        )
+        if timeout:  # armed and marked for each item
+            success, blob, began, stopped, details, cause, interrupted = _call(
+                task_id, func, None, None, call, timeout, token, marked, inline, False
+            )
+            outcomes.append(
+                (success, blob, began, stopped, None if cause is None else cause.value, details)
+            )
+            continue
+        # what _call does, in line: items may take microseconds each
+        began = time.time()
+        captured = capture.begin(task_id, token, began, inline)
+        _running.append(task_id)
+        try:
+            blob = _pickled_result(func(*call[0], **call[1]))
+        except BaseException as raised:
+            _running.clear()
+            text, details = _failed(raised)
+            kept = capture.end(captured)
+            cause = _cause(raised)
+            outcomes.append(
+                (False, text, began, time.time(), cause.value, {**(kept or {}), **details})
+            )
+            if inline and isinstance(raised, KeyboardInterrupt):
+                interrupted = raised
+            continue
+        _running.clear()
+        outcomes.append((True, blob, began, time.time(), None, capture.end(captured)))
     if slot is not None and not timeout:
         slot.clear()
     outcome = Outcome(batch_id, True, outcomes, started, time.time(), token, _pid[0])
@@ -483,7 +508,7 @@ class CancelMarkers:
         self.path = os.path.join(slot_dir, CANCELLED_DIR)
         self._stamp = -1
         self._next = 0.0
-        self._names: frozenset[str] = frozenset()
+        self.names: frozenset[str] = frozenset()  # as last read
 
     def look(self) -> None:
         """Read the markers now (a batch reads them as it begins)."""
@@ -491,19 +516,19 @@ class CancelMarkers:
         try:
             stamp = os.stat(self.path).st_mtime_ns
         except OSError:
-            self._names = frozenset()
+            self.names = frozenset()
             return
         if stamp != self._stamp or time.time() - stamp / 1e9 < self.FRESH:
             self._stamp = stamp
             try:
-                self._names = frozenset(os.listdir(self.path))
+                self.names = frozenset(os.listdir(self.path))
             except OSError:
-                self._names = frozenset()
+                self.names = frozenset()
 
-    def __contains__(self, task_id: object) -> bool:
+    def refresh(self) -> None:
+        """Read the markers again if ``EVERY`` seconds have passed since the last look."""
         if time.monotonic() >= self._next:
             self.look()
-        return task_id in self._names
 
 
 _markers: dict[str, CancelMarkers] = {}

@@ -56,13 +56,13 @@ class Capture:
     _size = 0
     _cut = 0
 
-    def __init__(self, task_id: str, token: str, started: float, inline: bool) -> None:
+    def __init__(self, task_id: str, token: str, started: float, inline: bool, thread: int) -> None:
         self.task_id = task_id
         self.token = token
         self.started = started
         self.inline = inline
         self._parts: list[str] = []
-        self.thread = threading.get_ident()
+        self.thread = thread or threading.get_ident()
 
     def add(self, text: str) -> None:
         self._parts.append(text)
@@ -106,14 +106,18 @@ _ending = threading.Lock()  # a task ends, or its live row is written: one at a 
 
 
 def begin(task_id: str, token: str, started: float, inline: bool = False) -> Capture:
-    capture = _active[threading.get_ident()] = Capture(task_id, token, started, inline)
+    thread = threading.get_ident()
+    capture = _active[thread] = Capture(task_id, token, started, inline, thread)
     return capture
 
 
 def end(capture: Capture) -> dict[str, Any] | None:
     """Stop capturing; what the outcome carries of it (None when there is nothing)."""
-    with _ending:  # a live row being written is written whole first
+    if time.time() - capture.started < LIVE_AFTER / 2:  # no live row can be on its way
         capture.running = False
+    else:
+        with _ending:  # a live row being written is written whole first
+            capture.running = False
     _active.pop(capture.thread, None)
     if not capture._parts and capture.progress is None and not capture.live:
         return None
