@@ -56,7 +56,9 @@ class Capture:
     _size = 0
     _cut = 0
 
-    def __init__(self, task_id: str, token: str, started: float, inline: bool, thread: int) -> None:
+    def __init__(
+        self, task_id: str, token: str, started: float, inline: bool, thread: int = 0
+    ) -> None:
         self.task_id = task_id
         self.token = token
         self.started = started
