@@ -12,14 +12,15 @@ A batch's size is set as its items are packed, from what is known of the functio
 - smaller when the function's items took long in this process before
   (``Sent.item_seconds``): batches of about ``BATCH_SECONDS``;
 
-never more than ``MOST_ITEMS`` items nor ``MOST_BYTES`` of pickled arguments (a batch
-larger is cut in halves); an item with large buffers (``blobs.large_call``) goes alone,
-its arguments a file of the store. A batch's arguments are its calls' ``(args, kwargs)``,
+never more than ``MOST_ITEMS`` items nor ``MOST_BYTES`` of pickled arguments: a batch
+larger sends its items with large buffers (``blobs.large_call``) alone, their arguments
+files of the store, and is cut in halves. A batch's arguments are its calls' ``(args, kwargs)``,
 pickled as one list.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -59,38 +60,38 @@ def batch_size(count: int, workers: int, item_seconds: float | None) -> int:
 
 def pack(
     func: Any,
-    calls: Iterable[tuple],
+    items: Iterable[Any],
     count: int,
     kwargs: dict,
     options: TaskOptions,
     function: tuple[str, str | None, bytes | None],
 ) -> Iterator[tuple[Header, bytes]]:
-    """The batches of ``count`` calls of ``func`` (each a tuple of positional arguments,
-    with ``kwargs``): ``(header, package)`` each, sized as the module docstring says."""
+    """The batches of ``count`` calls of ``func``, one per item of ``items`` (a tuple is
+    spread as positional arguments, anything else is the one argument), each with
+    ``kwargs``: ``(header, package)`` each, sized as the module docstring says."""
     broker = options.broker
     workers = workers_serving(broker) or os.cpu_count() or 1
     size = batch_size(count, workers, sent(broker.directory).item_seconds.get(function[0]))
 
     def made(batch: list[tuple[tuple, dict]]) -> Iterator[tuple[Header, bytes]]:
         packed = pickle_calls(batch)
-        if len(packed) > MOST_BYTES and len(batch) > 1:  # in halves, until small enough
-            half = len(batch) // 2
+        if len(packed) > MOST_BYTES and len(batch) > 1:
+            large = [call for call in batch if blobs.large_call(*call)]
+            if large:  # alone: their arguments go to files of the store
+                for call in large:
+                    yield make_package(func, (), {}, options, function, pickle_calls([call]), 1)
+                yield from made([call for call in batch if not blobs.large_call(*call)])
+                return
+            half = len(batch) // 2  # in halves, until small enough
             yield from made(batch[:half])
             yield from made(batch[half:])
             return
-        yield make_package(func, (), {}, options, function, packed, items=len(batch))
+        if batch:
+            yield make_package(func, (), {}, options, function, packed, items=len(batch))
 
-    batch: list[tuple[tuple, dict]] = []
-    for args in calls:
-        if blobs.large_call(args, kwargs):  # alone: its arguments go to a file of the store
-            yield from made([(args, kwargs)])
-            continue
-        batch.append((args, kwargs))
-        if len(batch) >= size:
-            yield from made(batch)
-            batch = []
-    if batch:
-        yield from made(batch)
+    rest = iter(items)
+    while chunk := list(itertools.islice(rest, size)):
+        yield from made([(x if isinstance(x, tuple) else (x,), kwargs) for x in chunk])
 
 
 def measured(directory: str, func: str, record: Record) -> None:

@@ -36,7 +36,7 @@ from nbqueue.options import TaskOptions
 from nbqueue.tasks import send_items
 
 log = logging.getLogger(__name__)
-_SUCCESS = operator.itemgetter(0)
+_SUCCESS, _RESULT = operator.itemgetter(0), operator.itemgetter(1)
 
 
 # -- checks --------------------------------------------------------------------------
@@ -317,8 +317,7 @@ def map(
     cached = bool(options.cached)
     count, iterables = _counted(iterables)
     items = iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False)
-    calls = (item if isinstance(item, tuple) else (item,) for item in items)
-    manifest = send_items(func, calls, count, kwargs, options, lambda _: f"map-{uuid.uuid4()}")
+    manifest = send_items(func, items, count, kwargs, options, lambda _: f"map-{uuid.uuid4()}")
     panel = None
     if progress and count:
         from nbqueue.display.group_panel import GroupProgress
@@ -368,16 +367,17 @@ def _map_results(
     turn = 0  # ordered: the next batch to yield
     given = 0  # items yielded
 
-    def values(record: Record) -> Iterator[Any]:
+    def values(record: Record) -> Iterable[Any]:
         items: list[Any] | None = record.get("items")
         if items is None:  # failed as a whole
             view = item_view(record, 0, [])
             raise TaskFailed(Failure(view or record, store, cached))
+        if sum(builtins.map(_SUCCESS, items)) == len(items):  # the common case, in C
+            return builtins.map(loads, builtins.map(_RESULT, items))
+        return failing(record, items)
+
+    def failing(record: Record, items: list[Any]) -> Iterator[Any]:
         arguments = None
-        if sum(builtins.map(_SUCCESS, items)) == len(items):  # the common case, quicker
-            for entry in items:
-                yield loads(entry[1])
-            return
         for i, entry in enumerate(items):
             if entry[0]:
                 yield decode_result(entry[1])
@@ -400,14 +400,12 @@ def _map_results(
                 while turn in ready:
                     record = ready.pop(turn)
                     turn += 1
-                    for value in values(record):
-                        given += 1
-                        yield value
+                    given += record["count"]  # counted before: the loop may end in it
+                    yield from values(record)
             else:
                 for _, record in fresh:
-                    for value in values(record):
-                        given += 1
-                        yield value
+                    given += record["count"]
+                    yield from values(record)
             if fresh:
                 poll.reset()
             if given > before:

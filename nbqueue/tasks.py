@@ -181,8 +181,7 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any], **kwarg
     if not hasattr(args_iter, "__len__"):
         args_iter = list(args_iter)
     count = len(args_iter)  # type: ignore[arg-type]
-    items = (item if isinstance(item, tuple) else (item,) for item in args_iter)
-    manifest = send_items(func, items, count, kwargs, options, lambda iter_id: iter_id)
+    manifest = send_items(func, args_iter, count, kwargs, options, lambda iter_id: iter_id)
     if show_progress:
         from nbqueue.display.group_panel import GroupProgress
 
@@ -194,15 +193,16 @@ def async_iter(func: Callable[..., Any] | str, args_iter: Iterable[Any], **kwarg
 
 def send_items(
     func: Callable[..., Any] | str,
-    items: Iterable[tuple],
+    items: Iterable[Any],
     count: int,
     kwargs: dict,
     options: TaskOptions,
     new_group: Callable[[str], str],
 ) -> Manifest:
-    """Send ``count`` calls of ``func`` (each a tuple of positional arguments, with
-    ``kwargs``) in batches, as one iter, and return its manifest: ``async_iter`` and
-    ``map``. Its group is ``options.group``, or ``new_group(iter_id)``.
+    """Send ``count`` calls of ``func`` (one per item of ``items``: a tuple is spread as
+    positional arguments), with ``kwargs``, in batches, as one iter, and return its
+    manifest: ``async_iter`` and ``map``. Its group is ``options.group``, or
+    ``new_group(iter_id)``.
 
     With ``reuse=True``, the same calls sent before give back that iter instead, and of
     its batches those that failed, or were lost, are sent again (``calls.to_send_again``):
@@ -212,7 +212,7 @@ def send_items(
     function = function_of(func, options)  # pickled once for all the items
     reuse = None
     if options.reuse:  # the calls as a whole: the same items, in order
-        items = list(items)
+        items = [item if isinstance(item, tuple) else (item,) for item in items]
         arguments = [pickle_arguments(args, kwargs) for args in items]
         key = calls.call_key(
             func,
