@@ -15,6 +15,7 @@ from typing import Any
 from nbqueue.disk import live_rows
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store, heartbeats
+from nbqueue.disk.names import batch_of, item_name
 from nbqueue.disk.records import Header, Record, is_cancelled
 from nbqueue.disk.store import check_name
 
@@ -69,6 +70,14 @@ def status(task_id: str, broker: Broker | None = None) -> dict[str, Any]:
         record = store.part(cached).find(task_id)
         if record is not None:
             return record_status(record)
+    of_batch = batch_of(task_id)
+    if of_batch is not None:  # an item: where its batch is, and its own live row
+        batch_id, index = of_batch
+        batch = broker.locate(lambda h: h.id == batch_id, [batch_id.encode()])
+        if batch is not None:
+            state, header, attempt = batch
+            item = header._replace(id=task_id, name=item_name(header.name, index))
+            return _unfinished(broker.directory, state, item, attempt)
     found = broker.locate(lambda h: task_id in (h.id, h.name), [task_id.encode()])
     if found is None:
         return {

@@ -421,3 +421,12 @@ def add_or_fail_until(i, path, failures):
     """``i``; raises on the first ``failures`` runs of ``i`` (counted in ``path.<i>``)."""
     fail_until(f"{path}.{i}", failures) if failures else None
     return i
+
+
+def say_and_report(i, talk):
+    """``i``; prints a line and reports its progress if ``talk``."""
+    if talk:
+        import nbqueue
+        print(f"item {i} says hello")
+        nbqueue.report(1, 1, f"item {i}")
+    return i

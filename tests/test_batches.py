@@ -246,3 +246,34 @@ def test_as_completed_of_a_group_yields_its_items(cluster, size):
     assert sorted(t.result for t in tasks) == list(range(1, 101))
     assert len({t.id for t in tasks}) == 100 and all(batch_of(t.id) for t in tasks)
     assert len(result(iter_id, wait=WAIT * 1000)) == 100
+
+
+def test_each_item_keeps_its_own_output_and_progress(cluster, size):
+    size(4)
+    group = _group()
+    iter_id = nbqueue.async_iter(fx.say_and_report, [(i, i % 2 == 0) for i in range(4)],
+                                 group=group)
+    assert result(iter_id, wait=WAIT * 1000) == [0, 1, 2, 3]
+    tasks = {t.args[0]: t for t in fetch_group(group)}
+    assert len(_batches_of(group)) == 1
+    for i, task in tasks.items():
+        if i % 2 == 0:
+            assert task.output == f"item {i} says hello\n", task.output
+            assert task.progress == (1, 1, f"item {i}")
+        else:
+            assert not task.output and task.progress is None
+
+
+def test_a_long_item_shows_its_progress_while_it_runs(cluster, size):
+    size(2)
+    group = _group()
+    iter_id = nbqueue.async_iter(fx.reports, [(1, 0.0), (40, 0.05)], group=group)
+    (batch_id, _), = get_store(cluster.directory).saved.manifest(iter_id)["batches"]
+    item = batch_id[:28] + f"{2:08x}"
+    seen = wait_for(lambda: (nbqueue.status(item)["progress"] or (0,))[0] >= 10 and
+                    nbqueue.status(item), WAIT, "the long item's progress")
+    assert seen["state"] == "running" and seen["id"] == item and seen["name"].endswith(".1")
+    assert nbqueue.status(batch_id[:28] + f"{1:08x}")["state"] in ("running", "done")
+    assert result(iter_id, wait=WAIT * 1000) is not None
+    done = nbqueue.status(item)
+    assert done["state"] == "done" and done["progress"] == (40, 40, "step 40")

@@ -244,6 +244,7 @@ def run_items(
     marked = slot if timeout else None
     if slot is not None and not timeout:
         slot.mark(batch_id, started, 0.0)
+    held = None if timeout else capture.begin(batch_id, token, capture.BETWEEN, inline)
     for i, call in enumerate(arguments):
         task_id = f"{prefix}{i + 1:08x}"
         if cancels is not None:
@@ -256,7 +257,7 @@ def run_items(
             now = time.time()
             outcomes.append((False, SKIPPED, now, now, Cause.CANCELLED.value, None))
             continue
-        if timeout:  # armed and marked for each item
+        if held is None:  # armed and marked for each item
             success, blob, began, stopped, details, cause, interrupted = _call(
                 task_id, func, None, None, call, timeout, token, marked, inline, False
             )
@@ -264,16 +265,17 @@ def run_items(
                 (success, blob, began, stopped, None if cause is None else cause.value, details)
             )
             continue
-        # what _call does, in line: items may take microseconds each
+        # what _call does, in line, on the batch's one capture: items may take microseconds
         began = time.time()
-        captured = capture.begin(task_id, token, began, inline)
+        held.task_id = task_id
+        held.started = began
         _running.append(task_id)
         try:
             blob = _pickled_result(func(*call[0], **call[1]))
         except BaseException as raised:
             _running.clear()
             text, details = _failed(raised)
-            kept = capture.end(captured)
+            kept = capture.item_ended(held)
             cause = _cause(raised)
             outcomes.append(
                 (False, text, began, time.time(), cause.value, {**(kept or {}), **details})
@@ -282,7 +284,9 @@ def run_items(
                 interrupted = raised
             continue
         _running.clear()
-        outcomes.append((True, blob, began, time.time(), None, capture.end(captured)))
+        outcomes.append((True, blob, began, time.time(), None, capture.item_ended(held)))
+    if held is not None:
+        capture.end(held)
     if slot is not None and not timeout:
         slot.clear()
     outcome = Outcome(batch_id, True, outcomes, started, time.time(), token, _pid[0])

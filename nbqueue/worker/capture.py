@@ -123,6 +123,38 @@ def end(capture: Capture) -> dict[str, Any] | None:
     _active.pop(capture.thread, None)
     if not capture._parts and capture.progress is None and not capture.live:
         return None
+    return _details(capture)
+
+
+def item_ended(capture: Capture) -> dict[str, Any] | None:
+    """End the item a batch's capture holds, leaving it in place, empty, for the next
+    (``capture.task_id`` and ``capture.started`` set, in that order): what ``end`` returns
+    for it. A batch's items may take microseconds each: one capture serves them all. One
+    that ran long may have a live row on its way: then under the live rows' lock, and the
+    capture is left between two items (no live row is written for it)."""
+    if time.time() - capture.started < LIVE_AFTER / 2:
+        if not capture._parts and capture.progress is None:
+            return None
+        short = _details(capture)
+        _empty(capture)
+        return short
+    with _ending:
+        kept = capture._parts or capture.progress is not None or capture.live
+        details = _details(capture) if kept else None
+        _empty(capture)
+        capture.started = BETWEEN
+    return details
+
+
+BETWEEN = float("inf")  # a batch's capture's start time between two items
+
+
+def _empty(capture: Capture) -> None:
+    capture._parts, capture._size, capture._cut = [], 0, 0
+    capture.progress, capture.changed, capture.live, capture.written = None, False, False, 0.0
+
+
+def _details(capture: Capture) -> dict[str, Any]:
     output = capture.text()
     details: dict[str, Any] = {}
     if output:
