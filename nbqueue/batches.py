@@ -36,7 +36,7 @@ from nbqueue.packing import make_package, pickle_calls
 
 BATCH_SECONDS = 0.2  # a batch's run, once its items' time is known
 SPREAD = 8  # batches per worker, when it is not
-MOST_ITEMS = 10_000
+MOST_ITEMS = 5_000
 MOST_BYTES = 512 * 1024  # pickled arguments of a batch's items
 
 

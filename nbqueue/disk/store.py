@@ -698,6 +698,8 @@ class Store:
             for part, records in ((self.saved, saved), (self.cached, cached)):
                 for record in records:
                     value = record["result"]
+                    if "count" in record:  # a batch's: no one waits for its id
+                        continue
                     if type(value) is not bytes or len(value) < FRESH_BYTES:
                         fresh[part, record["id"]] = (now, self._changes, record)
             while fresh and (
