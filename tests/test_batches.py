@@ -64,10 +64,10 @@ def _batches_of(group: str) -> set[str]:
 # -- sizes ------------------------------------------------------------------------------
 
 def test_a_batch_size_spreads_the_items_over_the_workers_and_shrinks_for_slow_ones():
-    assert batches.batch_size(100_000, 2, None) == 100_000 // (2 * batches.SPREAD)
+    assert batches.batch_size(40_000, 2, None) == 40_000 // (2 * batches.SPREAD)
     assert batches.batch_size(10, 2, None) == 1  # fewer items than the spread: one each
     assert batches.batch_size(10**7, 2, None) == batches.MOST_ITEMS
-    assert batches.batch_size(100_000, 2, 0.001) == int(batches.BATCH_SECONDS / 0.001)
+    assert batches.batch_size(40_000, 2, 0.001) == int(batches.BATCH_SECONDS / 0.001)
     assert batches.batch_size(100_000, 2, 5.0) == 1  # slow items go one by one
     assert batches.batch_size(0, 0, None) == 1
 
