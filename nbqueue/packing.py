@@ -57,10 +57,11 @@ def pickle_arguments(args: tuple, kwargs: dict) -> bytes:
         raise
 
 
-def pickle_calls(calls: list[tuple[tuple, dict]]) -> bytes:
-    """The ``(args, kwargs)`` of a batch's calls, pickled as one list: with ``pickle``
-    unless it cannot, or it names something of ``__main__`` (a notebook's class, which a
-    worker cannot import): then with cloudpickle, which ships those by value."""
+def pickle_calls(calls: Any) -> bytes:
+    """The arguments of a batch's calls (see ``batches``), pickled as one value: with
+    ``pickle`` unless it cannot, or it names something of ``__main__`` (a notebook's
+    class, which a worker cannot import): then with cloudpickle, which ships those by
+    value."""
     try:
         packed = pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
         if b"__main__" not in packed:
@@ -70,7 +71,8 @@ def pickle_calls(calls: list[tuple[tuple, dict]]) -> bytes:
     try:
         return cloudpickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
-        for args, kwargs in calls:
+        each = [((x,), {}) for x in calls[1]] if type(calls) is tuple else calls
+        for args, kwargs in each:
             pickle_arguments(args, kwargs)  # raises PackingError naming the argument
         raise
 

@@ -277,3 +277,15 @@ def test_a_long_item_shows_its_progress_while_it_runs(cluster, size):
     assert result(iter_id, wait=WAIT * 1000) is not None
     done = nbqueue.status(item)
     assert done["state"] == "done" and done["progress"] == (40, 40, "step 40")
+
+
+def test_items_of_one_argument_and_tuples_spread_travel_alike(cluster, size):
+    size(10)
+    plain = [1, "a", {"k": 1}, None, 2.5]
+    group = _group()
+    assert list(nbqueue.map(fx.echo, plain, group=group)) == [((x,), {}) for x in plain]
+    assert sorted(repr(t.args) for t in fetch_group(group)) == sorted(repr((x,)) for x in plain)
+    spread = [(1, 2), (3, 4)]  # a tuple is spread, as in async_iter
+    assert list(nbqueue.map(fx.echo, spread)) == [((1, 2), {}), ((3, 4), {})]
+    assert list(nbqueue.map(fx.echo, [1, 2], key="v")) == [((1,), {"key": "v"}),
+                                                           ((2,), {"key": "v"})]

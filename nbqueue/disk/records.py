@@ -296,11 +296,17 @@ def has_failure(outcome: Outcome) -> bool:
     return type(items) is list and sum(map(_SUCCESS, items)) < len(items)
 
 
+SINGLE = "one argument each"  # a batch's arguments: (SINGLE, [its items' one argument])
+
+
 def batch_arguments(batch: Record) -> list[tuple[tuple, dict]]:
     """The ``(args, kwargs)`` of a batch's items (bytes read from a signed row); none for
     a batch whose arguments were a file of the store."""
     args = batch["args"]
-    return pickle.loads(args) if isinstance(args, (bytes, bytearray)) else []
+    if not isinstance(args, (bytes, bytearray)):
+        return []
+    calls = pickle.loads(args)
+    return [((x,), {}) for x in calls[1]] if type(calls) is tuple else calls
 
 
 def _pickled_call(call: tuple[tuple, dict]) -> bytes:

@@ -236,6 +236,9 @@ def run_items(
         return Outcome(
             batch_id, False, text, started, time.time(), token, _pid[0], why, _cause(exc)
         )
+    single = type(arguments) is tuple  # (SINGLE, one argument each)
+    if single:
+        arguments = arguments[1]
     prefix = batch_id[:28]
     outcomes: list[tuple] = []
     interrupted: KeyboardInterrupt | None = None
@@ -258,8 +261,9 @@ def run_items(
             outcomes.append((False, SKIPPED, now, now, Cause.CANCELLED.value, None))
             continue
         if held is None:  # armed and marked for each item
+            args = ((call,), {}) if single else call
             success, blob, began, stopped, details, cause, interrupted = _call(
-                task_id, func, None, None, call, timeout, token, marked, inline, False
+                task_id, func, None, None, args, timeout, token, marked, inline, False
             )
             outcomes.append(
                 (success, blob, began, stopped, None if cause is None else cause.value, details)
@@ -271,7 +275,7 @@ def run_items(
         held.started = began
         _running.append(task_id)
         try:
-            blob = _pickled_result(func(*call[0], **call[1]))
+            blob = _pickled_result(func(call) if single else func(*call[0], **call[1]))
         except BaseException as raised:
             _running.clear()
             text, details = _failed(raised)
