@@ -1,9 +1,9 @@
 """Iterating over outcomes as they come: ``as_completed`` and ``map``.
 
 - ``as_completed(task_ids=... | group=...)`` yields Tasks as they finish, failures too.
-- ``map(func, iterable)`` is ``Executor.map`` on the cluster: one group of tasks, enqueued
-  at once, its results yielded in input order (or as they finish); breaking out of it
-  cancels the tasks that have not finished.
+- ``map(func, iterable)`` is ``Executor.map`` on the cluster: one group of items, sent at
+  once in batches (``nbqueue.batches``), its results yielded in input order (or as their
+  batches finish); breaking out of it cancels the batches that have not finished.
 
 ``as_completed(task_ids=...)`` waits on futures (``nbqueue.futures``). ``as_completed(
 group=...)`` and ``map`` follow a group's pages instead (``Part.group_pages``: the last

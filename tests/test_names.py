@@ -64,15 +64,15 @@ def test_new_task_id_is_uuid4_with_its_name():
 
 
 def test_a_batch_id_names_its_items_and_they_name_it():
-    from nbqueue.disk.names import (batch_of, batch_of_name, is_batch, item_id, item_name,
-                                    new_batch_id, task_of)
+    from nbqueue.disk.names import (batch_of, batch_of_name, item_id, item_name, new_batch_id,
+                                    task_of)
     batch_id, name = new_batch_id()
     assert uuid.UUID(batch_id).version == 8 and batch_id.endswith("00000000")
-    assert is_batch(batch_id) and batch_of(batch_id) is None and task_of(batch_id) == batch_id
+    assert batch_of(batch_id) is None and task_of(batch_id) == batch_id
     first, last = item_id(batch_id, 0), item_id(batch_id, 9999)
     assert uuid.UUID(first).version == 8 and first.endswith("00000001")
     assert batch_of(first) == (batch_id, 0) and batch_of(last) == (batch_id, 9999)
-    assert task_of(last) == batch_id and not is_batch(last)
+    assert task_of(last) == batch_id
     assert batch_of_name(item_name(name, 12)) == (name, 12)
     task_id, task_name = new_task_id()
     assert batch_of(task_id) is None and task_of(task_id) == task_id

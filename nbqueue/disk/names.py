@@ -306,9 +306,6 @@ def new_task_id() -> tuple[str, str]:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", _words(raw)
 
 
-BATCH_LIMIT = 0xFFFFFFFE  # items a batch can number
-
-
 def new_batch_id() -> tuple[str, str]:
     """A fresh ``(uuid, name)`` pair for a batch: a version 8 uuid ending in 32 zero bits."""
     raw = bytearray(os.urandom(12)) + bytes(4)
@@ -342,10 +339,6 @@ def task_of(task_id: str) -> str:
     """The id of the task that runs ``task_id``: its batch's for an item, else itself."""
     where = batch_of(task_id)
     return task_id if where is None else where[0]
-
-
-def is_batch(task_id: str) -> bool:
-    return len(task_id) == 36 and task_id[14] == "8" and task_id[28:] == "00000000"
 
 
 def batch_of_name(name: str) -> tuple[str, int] | None:

@@ -176,13 +176,6 @@ class Manifest(TypedDict, total=False):
     cached: bool | int
 
 
-def manifest_ids(manifest: Manifest) -> list[str]:
-    """The ids of an ``async_iter``'s items (or tasks), in input order."""
-    if "batches" not in manifest:
-        return manifest["ids"]
-    return [item_id(batch, i) for batch, count in manifest["batches"] for i in range(count)]
-
-
 def manifest_tasks(manifest: Manifest) -> list[str]:
     """The ids of the tasks an ``async_iter`` sent: its batches', or its tasks'."""
     if "batches" not in manifest:
