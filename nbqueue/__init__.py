@@ -17,6 +17,7 @@ from nbqueue.display.summary import GroupSummary, summary
 from nbqueue.errors import (
     ClusterError,
     ConfigurationError,
+    InitializerFailed,
     InsecureStoreError,
     MissingDependency,
     NbqueueError,
@@ -50,6 +51,7 @@ from nbqueue.results import (
     result_group,
 )
 from nbqueue.tasks import AsyncTask, async_iter, async_task
+from nbqueue.worker import worker_state
 from nbqueue.worker.capture import report
 
 if TYPE_CHECKING:
@@ -134,4 +136,6 @@ __all__ = [
     "TaskStillRunning",
     "OutcomeDeleted",
     "Executor",
+    "worker_state",
+    "InitializerFailed",
 ]

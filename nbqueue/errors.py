@@ -129,6 +129,12 @@ class MissingDependency(NbqueueError, ImportError):
     install it."""
 
 
+class InitializerFailed(NbqueueError, RuntimeError):
+    """The cluster's ``initializer`` raised in a worker: the cluster stops, its tasks go
+    back to the queue. Fix the initializer (its traceback is in the message), then start
+    a new Cluster."""
+
+
 class ClusterError(NbqueueError, RuntimeError):
     """A cluster cannot be started, or was used in a state that does not allow it."""
 

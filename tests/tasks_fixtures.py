@@ -430,3 +430,24 @@ def say_and_report(i, talk):
         print(f"item {i} says hello")
         nbqueue.report(1, 1, f"item {i}")
     return i
+
+
+def load_model(path, size):
+    """A cluster's initializer: 'loads a model' once per worker, noting its pid in ``path``."""
+    import nbqueue
+    with open(path, "a") as out:
+        out.write(f"{os.getpid()}\n")
+    nbqueue.worker_state()["model"] = list(range(size))
+    nbqueue.worker_state()["uses"] = 0
+
+
+def use_model(x):
+    """(pid, x + the model's length, how many tasks used this worker's model so far)."""
+    import nbqueue
+    state = nbqueue.worker_state()
+    state["uses"] += 1
+    return os.getpid(), x + len(state["model"]), state["uses"]
+
+
+def broken_initializer():
+    raise ValueError("the model file is missing")

@@ -492,3 +492,16 @@ def test_every_way_of_stopping_a_dask_cluster_is_quiet_and_loses_nothing(store_d
     else:
         windows = stopping.run("dask", way, store_dir, log)["windows"]
     stopping.drain_and_count(log, stopping.ROUNDS * stopping.TASKS, windows)
+
+
+def test_the_initializer_runs_once_in_each_dask_worker(store_dir, tmp_path):
+    log = tmp_path / "inits"
+    with Cluster(workers=2, directory=store_dir, executor="dask",
+                 dashboard_address="127.0.0.1:0", initializer=fx.load_model,
+                 initargs=(str(log), 10)):
+        ids = [nbqueue.async_task(fx.use_model, x, group="dask-state") for x in range(30)]
+        values = [nbqueue.result(i, wait=60_000) for i in ids]
+    inits = [int(line) for line in log.read_text().split()]
+    assert len(inits) == len(set(inits)) <= 2
+    assert {pid for pid, _, _ in values} <= set(inits)
+    assert all(value == x + 10 for x, (_, value, _) in enumerate(values))

@@ -52,6 +52,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import cloudpickle
+
 from nbqueue import conf
 from nbqueue.cluster.cancels import CancelRequests, Cancels
 from nbqueue.cluster.deaths import Deaths
@@ -67,11 +69,33 @@ from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store, heartbeats
 from nbqueue.disk.names import task_of
 from nbqueue.disk.storage import process_alive
-from nbqueue.errors import ClusterError, ConfigurationError
+from nbqueue.errors import ClusterError, ConfigurationError, PackingError
 from nbqueue.figures import RateMeter
+from nbqueue.worker.callables import check_callable, resolve
 from nbqueue.worker.stream import Collector
 
 log = logging.getLogger(__name__)
+
+
+def _setup(initializer: Any, initargs: Any) -> bytes | None:
+    """The cloudpickled ``(initializer, initargs)`` of a cluster, checked at the call."""
+    if initializer is None:
+        if initargs:
+            raise ConfigurationError("initargs go to an initializer: give initializer= too")
+        return None
+    check_callable("option 'initializer'", initializer)
+    if not isinstance(initargs, (tuple, list)):
+        raise ConfigurationError(
+            f"initargs must be a tuple of the initializer's arguments, got {initargs!r}"
+        )
+    function = resolve(initializer) if isinstance(initializer, str) else initializer
+    try:
+        return cloudpickle.dumps((function, tuple(initargs)))
+    except Exception as exc:
+        raise PackingError(
+            f"the initializer or its initargs cannot be pickled to reach the worker "
+            f"processes: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 class Cluster:
@@ -80,6 +104,11 @@ class Cluster:
     ``Cluster(workers=4, timeout=60).start()`` returns at once; ``stop()`` finishes or
     hands back the work in flight. Options left out come from ``configure`` and the
     ``NBQUEUE_*`` environment. Also a context manager: ``with Cluster() as c: ...``.
+
+    ``initializer(*initargs)`` runs once in each worker process before its first task
+    (and in each worker that replaces one), to fill ``nbqueue.worker_state()``, say with
+    a model loaded once. If it raises, the cluster stops, saying why with its traceback
+    (``error``, the log, ``nbqueue info``), and its tasks go back to the queue.
     """
 
     def __init__(
@@ -96,9 +125,12 @@ class Cluster:
         directory: str | os.PathLike[str] | None = None,
         max_rss: int | None = None,
         executor: str = "loky",
+        initializer: Callable[..., Any] | str | None = None,
+        initargs: tuple | list = (),
         **executor_options: Any,
     ) -> None:
         _check_option_names(executor, executor_options)
+        self._setup = _setup(initializer, initargs)
         given = {
             "workers": workers,
             "retry": retry,
@@ -165,6 +197,7 @@ class Cluster:
             conf.merged(self.settings, workers=self.workers),
             self.executor_name,
             self._executor_options,
+            self._setup,
         )
 
     def start(self) -> Cluster:
@@ -222,6 +255,7 @@ class Cluster:
         sweep_arguments(self.directory, self.broker.holds)
         executor.at_exit = stop_all
         executor.directory = self.directory
+        executor.setup = self._setup
         try:
             executor.open()  # dask: connect, or start a LocalCluster
         except Exception:

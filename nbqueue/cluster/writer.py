@@ -41,7 +41,7 @@ from nbqueue.disk.records import (
 )
 from nbqueue.disk.storage import store_trouble
 from nbqueue.disk.store import Store
-from nbqueue.errors import WorkerLost
+from nbqueue.errors import InitializerFailed, WorkerLost
 from nbqueue.models import Task
 from nbqueue.worker import failure_text
 from nbqueue.worker.callables import find_hook, run_hook
@@ -481,6 +481,10 @@ class Writer:
             return
         except BROKEN as exc:
             self._broken(jobs, exc, finished)
+            return
+        except InitializerFailed as exc:  # no task of it began: back to the queue
+            self.hand_back(self._cancelled_ended(jobs, finished), counted=False)
+            self.failed("worker initializer", exc)
             return
         except BaseException as exc:  # the chunk itself failed to run: count it on each task
             why = failure_text(exc)

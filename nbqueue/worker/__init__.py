@@ -41,6 +41,7 @@ from nbqueue.disk.names import batch_of
 from nbqueue.disk.records import Cause, Item, Outcome
 from nbqueue.disk.signing import anchor, hosted, make_directory, serving
 from nbqueue.errors import (
+    InitializerFailed,
     StoreError,
     StoreFileMissing,
     TaskCancelled,
@@ -416,7 +417,11 @@ def _read_arguments(blob: blobs.Blob, task_id: str) -> Any:
 
 
 def prepare(
-    host_pid: int, max_rss: int | None, slot_dir: str | None = None, directory: str | None = None
+    host_pid: int,
+    max_rss: int | None,
+    slot_dir: str | None = None,
+    directory: str | None = None,
+    setup: bytes | None = None,
 ) -> None:
     """Worker initializer: ignore Ctrl-C, exit with the cluster's host, recycle past
     ``max_rss`` kB, and take a slot at once (the cluster finds every worker by its slot).
@@ -429,6 +434,7 @@ def prepare(
         signal.signal(signal.SIGUSR1, lambda signum, frame: _stop_if_cancelled(slot_dir))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     use_store(directory, host_pid)
+    set_setup(setup)  # run before the first task, in run_chunk: its failure is reported
     capture.install()
     capture.live_rows(directory)
     _slot(slot_dir)
@@ -485,6 +491,47 @@ def limit_rss(max_rss: int | None) -> None:
 
 
 _running: list[str] = []  # the id of the task whose function runs now, if any
+
+# -- once per worker: the cluster's initializer, and the state it leaves --------------
+
+_state: dict[str, Any] = {}
+_setup: list[bytes | None] = [None]  # the cloudpickled (initializer, initargs) to run
+_setup_done: list[bytes | None] = [None]  # the one that ran in this process
+_setup_lock = threading.Lock()
+
+
+def worker_state() -> dict[str, Any]:
+    """A dict that lives as long as this worker process (for ``sync=True``, the calling
+    process): what the cluster's ``initializer`` loaded, or a task kept, for the next
+    tasks run here, such as a model loaded once."""
+    return _state
+
+
+def set_setup(setup: bytes | None) -> None:
+    """The cloudpickled ``(initializer, initargs)`` this process runs before its first
+    task (``Cluster(initializer=...)``), or None."""
+    _setup[0] = setup
+
+
+def run_setup() -> None:
+    """Run the cluster's initializer in this process if it has not run here yet (a
+    chunk's first step: a replacement worker runs it too). Raises InitializerFailed
+    with its traceback if it raises."""
+    setup = _setup[0]
+    if setup is None or _setup_done[0] == setup:
+        return
+    with _setup_lock:  # a dask worker runs chunks in threads
+        if _setup_done[0] == setup:
+            return
+        try:
+            initializer, initargs = cloudpickle.loads(setup)
+            initializer(*initargs)
+        except BaseException as exc:
+            text, _ = describe(exc, __file__)
+            raise InitializerFailed(
+                f"the cluster's initializer raised in worker process {os.getpid()}: {text}"
+            ) from None
+        _setup_done[0] = setup
 
 
 def cancelled(slot_dir: str, task_id: str) -> bool:
@@ -568,6 +615,7 @@ def run_chunk(slot_dir: str | None, items: list[Item]) -> Sequence[Outcome | str
     """Run tasks one after another in this worker; the unit a cluster submits to loky.
     Outcomes also go to the cluster's outcome stream as they end (``nbqueue.worker.stream``);
     the ones it sent are named by their task id in the chunk's result."""
+    run_setup()
     slot = _slot(slot_dir)
     if slot_dir is None:
         return [execute(item, slot) for item in items]

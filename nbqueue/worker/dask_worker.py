@@ -24,6 +24,7 @@ def run_on_dask(
     directory: str | None = None,
     host: int | None = None,
     slot_dir: str | None = None,
+    setup: bytes | None = None,
 ) -> Sequence[Outcome | str]:
     """``run_chunk`` in a thread of a dask worker (no slot): each start is an event on
     ``topic``; on the cluster's machine (``slot_dir``) cancelled tasks are skipped."""
@@ -36,6 +37,8 @@ def run_on_dask(
     pid = os.getpid()
     outcomes: list[Outcome] = []
     worker.use_store(directory, host)
+    worker.set_setup(setup)
+    worker.run_setup()  # once per dask worker process
     capture.install()
     capture.live_rows(directory)
     sender = _chunk_sender(slot_dir)

@@ -58,6 +58,9 @@ class Executor:
     # called as the interpreter exits, before the executor's own exit handlers run
     at_exit: Callable[[], None] | None = None
     directory: str | None = None  # the store: the default of tasks that enqueue tasks
+    # the cloudpickled (initializer, initargs) each worker process runs before its first
+    # task (``worker.run_setup``), set by the cluster before it opens the executor
+    setup: bytes | None = None
     # whether its workers send outcomes through the cluster's stream as tasks end
     # (``nbqueue.worker.stream``), or only in their chunk's result
     streams_outcomes = False

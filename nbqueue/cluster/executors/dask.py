@@ -420,6 +420,7 @@ class DaskExecutor(Executor):
                     self.directory,
                     os.getpid() if local else None,
                     self.slot_dir if local else None,
+                    self.setup,
                     key=chunk.key,
                     pure=False,
                 )

@@ -71,7 +71,7 @@ class LokyExecutor(Executor):
             max_workers=self.workers,
             timeout=None,
             initializer=worker.prepare,
-            initargs=(os.getpid(), self.max_rss, self.slot_dir, self.directory),
+            initargs=(os.getpid(), self.max_rss, self.slot_dir, self.directory, self.setup),
         )
 
     def submit(self, items: list[tuple]) -> Future:
