@@ -50,7 +50,7 @@ from nbqueue.results import (
     result,
     result_group,
 )
-from nbqueue.tasks import AsyncTask, async_iter, async_task
+from nbqueue.tasks import AsyncTask, Iter, async_iter, async_task
 from nbqueue.worker import worker_state
 from nbqueue.worker.capture import report
 
@@ -87,6 +87,7 @@ __all__ = [
     "async_task",
     "async_iter",
     "AsyncTask",
+    "Iter",
     "result",
     "fetch",
     "result_group",

@@ -512,4 +512,67 @@ class AsyncTask:
         return f"<AsyncTask {func} {state}>"
 
 
-__all__ = ["async_task", "async_iter", "AsyncTask"]
+class Iter:
+    """Django Q's ``Iter``: an ``async_iter`` built up call by call.
+
+    ``Iter(func, args=None, kwargs=None, cached=..., sync=..., broker=None)``; ``append(
+    *args)`` adds one call's positional arguments and returns how many there are;
+    ``run()`` sends them as one ``async_iter`` (``kwargs``: its options and the
+    function's keywords, as ``async_iter`` takes them) and returns its id; ``result(wait=
+    0)`` and ``fetch(wait=0)`` read it back, None before ``run()``. Appending after
+    ``run()`` makes the next ``run()`` send all the calls again, as a new iter.
+    """
+
+    def __init__(
+        self,
+        func: Callable[..., Any] | str | None = None,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        cached: bool | int | None = None,
+        sync: bool | None = None,
+        broker: Broker | None = None,
+    ) -> None:
+        self.func = func
+        self.args: list[Any] = list(args or [])
+        self.kwargs = dict(kwargs or {})
+        self.cached = conf.settings().cached if cached is None else cached
+        self.sync = conf.settings().sync if sync is None else sync
+        self.broker = broker
+        self.id: str | None = None
+        self.started = False
+
+    def append(self, *args: Any) -> int:
+        """Add a call with these positional arguments; return how many calls there are."""
+        self.args.append(args)
+        self.started = False
+        return self.length()
+
+    def length(self) -> int:
+        return len(self.args)
+
+    def run(self) -> str:
+        """Send the calls as one ``async_iter``; return its id."""
+        if self.func is None:
+            raise ConfigurationError("Iter has no function: Iter(func) or Iter().func = func")
+        options: dict[str, Any] = {"cached": self.cached, "sync": self.sync}
+        if self.broker is not None:
+            options["broker"] = self.broker
+        self.id = async_iter(self.func, self.args, **{**self.kwargs, **options})
+        self.started = True
+        return self.id
+
+    def result(self, wait: int = 0) -> list[Any] | None:
+        """The results in the order of the calls (a failure's error text in its place);
+        None before ``run()``, or while some have not finished after ``wait`` ms."""
+        if self.id is None:
+            return None
+        return result(self.id, wait=wait, cached=bool(self.cached), broker=self.broker)
+
+    def fetch(self, wait: int = 0) -> Task | None:
+        """The iter as one Task (``success`` only if every call succeeded)."""
+        if self.id is None:
+            return None
+        return fetch(self.id, wait=wait, cached=bool(self.cached), broker=self.broker)
+
+
+__all__ = ["async_task", "async_iter", "AsyncTask", "Iter"]

@@ -106,3 +106,30 @@ def test_async_task_without_cached_reads_where_the_cached_setting_put_it(store_d
     assert task.result() == 2
     assert task.fetch().result == 2
     assert nbqueue.result(task.id, cached=True) == 2
+
+
+# -- Iter: Django Q's, built up call by call ---------------------------------------------
+
+def test_iter_as_django_q_documents_it(store_dir):
+    # math.copysign over four pairs, as in Django Q's documentation, run inline
+    i = nbqueue.Iter("math.copysign", sync=True)
+    assert i.result() is None and i.fetch() is None  # not run yet
+    for args in ((1, -1), (2, -1), (3, -4), (5, 6)):
+        length = i.append(*args)
+    assert length == i.length() == 4
+    iter_id = i.run()
+    assert i.result() == [-1.0, -2.0, -3.0, 5.0]
+    assert i.fetch().success and i.fetch().id == iter_id
+
+
+def test_iter_on_a_cluster_with_arguments_given_at_once_and_a_failure(store_dir):
+    from tests import tasks_fixtures as fixtures
+    i = nbqueue.Iter(fixtures.square_or_fail, args=[(1,), (2,)], kwargs={"bad": 3})
+    i.append(3)
+    with nbqueue.Cluster(workers=2):
+        i.run()
+        values = i.result(wait=20_000)
+    assert values[:2] == [1, 4] and "ValueError: 3 is bad" in values[2]
+    assert not i.fetch().success
+    with pytest.raises(nbqueue.ConfigurationError, match="no function"):
+        nbqueue.Iter().run()
