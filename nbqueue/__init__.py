@@ -17,6 +17,7 @@ from nbqueue.display.summary import GroupSummary, summary
 from nbqueue.errors import (
     ClusterError,
     ConfigurationError,
+    DependencyFailed,
     InitializerFailed,
     InsecureStoreError,
     MissingDependency,
@@ -50,7 +51,7 @@ from nbqueue.results import (
     result,
     result_group,
 )
-from nbqueue.tasks import AsyncTask, Iter, async_iter, async_task
+from nbqueue.tasks import AsyncTask, Chain, Iter, async_chain, async_iter, async_task
 from nbqueue.worker import worker_state
 from nbqueue.worker.capture import report
 
@@ -88,6 +89,9 @@ __all__ = [
     "async_iter",
     "AsyncTask",
     "Iter",
+    "async_chain",
+    "Chain",
+    "DependencyFailed",
     "result",
     "fetch",
     "result_group",

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from nbqueue import conf
-from nbqueue.disk import blobs
+from nbqueue.disk import blobs, chains
 from nbqueue.disk.blobs import Blob
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store
@@ -128,6 +128,7 @@ def _cancel(broker: Broker, match: Callable[[Header], bool], needles: list[bytes
         records.append((header, record))
     store.save([record for _, record in records], conf.settings().save_limit)
     for header, record in records:
+        chains.go_on(broker, store, header, record, conf.settings().save_limit)
         _run_hook(header, record, store)
     if leased:  # its cluster stores the outcome once the run ended: wait for it, so that
         # result() shows it and a run that finished before the cancel reached it is not

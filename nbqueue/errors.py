@@ -65,6 +65,11 @@ class TaskCancelled(NbqueueError):
     """Raised inside a running task that ``nbqueue.cancel`` stopped."""
 
 
+class DependencyFailed(NbqueueError, RuntimeError):
+    """A task never ran because one it came after failed (a chain's link): the failure's
+    text names that task and its error; fix it, then run the chain again."""
+
+
 class TaskStillRunning(NbqueueError, RuntimeError):
     """A task cannot be sent again yet: its cancelled run has not stopped."""
 

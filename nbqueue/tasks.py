@@ -18,9 +18,20 @@ from dataclasses import replace
 from typing import Any, Generic, TypeVar, overload
 
 from nbqueue import batches, calls, conf
+from nbqueue.disk import chains
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_store, sent
-from nbqueue.disk.records import Header, Manifest, expand, has_failure, make_record, manifest_size
+from nbqueue.disk.records import (
+    Cause,
+    Header,
+    Manifest,
+    encode_header,
+    expand,
+    failure,
+    has_failure,
+    make_record,
+    manifest_size,
+)
 from nbqueue.disk.sent import Sent
 from nbqueue.disk.store import Part
 from nbqueue.errors import ConfigurationError, NoClusterWarning
@@ -32,7 +43,14 @@ from nbqueue.packing import (
     make_package,
     pickle_arguments,
 )
-from nbqueue.results import fetch, fetch_group, no_cluster_advice, result, result_group
+from nbqueue.results import (
+    count_group,
+    fetch,
+    fetch_group,
+    no_cluster_advice,
+    result,
+    result_group,
+)
 from nbqueue.worker import execute
 from nbqueue.worker.callables import (
     callable_name,
@@ -575,4 +593,139 @@ class Iter:
         return fetch(self.id, wait=wait, cached=bool(self.cached), broker=self.broker)
 
 
-__all__ = ["async_task", "async_iter", "AsyncTask", "Iter"]
+# -- chains: Django Q's async_chain and Chain ------------------------------------------
+
+
+def async_chain(
+    chain: Iterable[Any],
+    group: str | None = None,
+    cached: bool | int | None = None,
+    sync: bool | None = None,
+    broker: Broker | None = None,
+) -> str:
+    """Run tasks one after another, each once the one before it has succeeded; returns
+    the chain's group. ``chain`` is a list of ``(func, args, kwargs)``, ``(func, args)``
+    or ``func`` entries. If a task fails (finally: after its attempts), the tasks after it
+    never run: each becomes a Failure saying so (``DependencyFailed``), so the group
+    counts every task of the chain. See ``nbqueue.disk.chains``."""
+    links = [_link(entry) for entry in chain]
+    if not links:
+        raise ConfigurationError("a chain needs at least one task: async_chain([(func, args)])")
+    given: dict[str, Any] = {"group": group or f"chain-{uuid.uuid4()}"}
+    if cached is not None:
+        given["cached"] = cached
+    if sync is not None:
+        given["sync"] = sync
+    if broker is not None:
+        given["broker"] = broker
+    settings = conf.settings()
+    options = TaskOptions.take(given, settings)
+    broker = options.broker
+    group = options.group
+    assert group is not None
+    made: list[tuple[Any, Header, bytes]] = []
+    then: bytes | None = None
+    for func, args, kwargs in reversed(links):  # each link carries the next one
+        header, _ = make_package(func, args, kwargs, options)
+        header = header._replace(then=then)
+        then = encode_header(broker.key, header)
+        made.append((func, header, then))
+    made.reverse()
+    sent(broker.directory).count(group, len(made))
+    if not options.sync:
+        broker.enqueue_many([made[0][2]], {group: len(made)})
+        warn_if_unserved(broker, sent(broker.directory))
+        return group
+    broker.count_sent({group: len(made)})
+    store = get_store(broker.directory)
+    for func, header, package in made:  # here, one after another
+        run_inline(header, func, broker, settings, package)
+        record = store.part(bool(header.cached)).get(header.id)
+        if record is None or not record["success"]:
+            failed = record or make_record(
+                header, failure(header.id, "its success was not saved", Cause.RAISED), 1
+            )
+            chains.stop(broker, store, header, failed, settings.save_limit)
+            break
+    return group
+
+
+def _link(entry: Any) -> tuple[Any, tuple, dict]:
+    """``(func, args, kwargs)`` of a chain's entry, checked."""
+    if callable(entry) or isinstance(entry, str):
+        return entry, (), {}
+    if isinstance(entry, (tuple, list)) and 1 <= len(entry) <= 3:
+        func, *rest = entry
+        args = rest[0] if rest else ()
+        kwargs = rest[1] if len(rest) > 1 else {}
+        if isinstance(args, (tuple, list)) and isinstance(kwargs, dict):
+            return func, tuple(args), kwargs
+    raise ConfigurationError(
+        f"a chain's entry is (func, args, kwargs), (func, args) or func; got {entry!r}"
+    )
+
+
+class Chain:
+    """Django Q's ``Chain``: tasks to run one after another, added with ``append(func,
+    *args, **kwargs)`` (returns how many), sent with ``run()`` (returns the group). Its
+    ``result(wait=0)`` and ``fetch(failures=False, wait=0)`` wait for every task of it;
+    ``current()`` is how many have an outcome (None before ``run()``); ``length()``,
+    ``clear()``. Where Django Q goes on after a failed task, the tasks after it never run
+    and are failures saying why (see ``async_chain``)."""
+
+    def __init__(
+        self,
+        chain: Iterable[Any] | None = None,
+        group: str | None = None,
+        cached: bool | int | None = None,
+        sync: bool | None = None,
+        broker: Broker | None = None,
+    ) -> None:
+        self.chain: list[Any] = list(chain or [])
+        self.group = group or f"chain-{uuid.uuid4()}"
+        self.cached = conf.settings().cached if cached is None else cached
+        self.sync = conf.settings().sync if sync is None else sync
+        self.broker = broker
+        self.started = False
+
+    def append(self, func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> int:
+        self.chain.append((func, args, kwargs))
+        return self.length()
+
+    def length(self) -> int:
+        return len(self.chain)
+
+    def clear(self) -> None:
+        self.chain = []
+        self.started = False
+
+    def run(self) -> str:
+        self.group = async_chain(self.chain, self.group, self.cached, self.sync, self.broker)
+        self.started = True
+        return self.group
+
+    def result(self, wait: int = 0) -> list[Any] | None:
+        """Every task's result in the chain's order, a failure's error text in its place;
+        None before ``run()``, or until all have an outcome (within ``wait`` ms)."""
+        if not self.started:
+            return None
+        return result_group(self.group, True, wait, self.length(), bool(self.cached), self.broker)
+
+    def fetch(self, failures: bool = False, wait: int = 0) -> list[Task] | None:
+        """The chain's tasks once all have an outcome (within ``wait`` ms): its
+        successes, and its failures too with ``failures=True``."""
+        if not self.started:
+            return None
+        tasks = fetch_group(self.group, True, wait, self.length(), bool(self.cached), self.broker)
+        if tasks is None or failures:
+            return tasks
+        return [task for task in tasks if task.success]
+
+    def current(self) -> int | None:
+        """How many of its tasks have an outcome; None before ``run()``."""
+        if not self.started:
+            return None
+        return count_group(self.group, cached=bool(self.cached), broker=self.broker)
+
+
+__all__ = ["async_task", "async_iter", "AsyncTask", "Iter", "async_chain", "Chain"]

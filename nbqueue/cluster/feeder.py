@@ -21,6 +21,7 @@ from nbqueue.cluster.executors import Executor
 from nbqueue.cluster.inflight import InFlight, Job
 from nbqueue.cluster.writer import Writer
 from nbqueue.conf import Settings
+from nbqueue.disk import chains
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.leases import Lease
 from nbqueue.disk.names import new_task_id
@@ -209,6 +210,11 @@ class Feeder:
         log.info(
             "task %s is delivered again, but its outcome is stored: not run again", header.name
         )
+        if header.then is not None:  # its cluster may have died before its chain went on
+            try:
+                chains.go_on(self.broker, self.store, header, record, self.settings.save_limit)
+            except Exception as exc:
+                log.error("the chain after task %s cannot go on: %s", header.name, exc)
         try:
             self.broker.ack([lease.token])
         except Exception:

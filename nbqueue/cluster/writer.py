@@ -24,7 +24,7 @@ from nbqueue.cluster.deaths import Deaths
 from nbqueue.cluster.executors import BROKEN
 from nbqueue.cluster.inflight import InFlight, Job
 from nbqueue.conf import Settings
-from nbqueue.disk import live_rows
+from nbqueue.disk import chains, live_rows
 from nbqueue.disk.blobs import Blob, discard
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.names import item_id, task_of
@@ -398,9 +398,18 @@ class Writer:
         return []
 
     def _done(self, outcomes: list[tuple[Job, Record]]) -> None:
-        """Outcomes stored: acknowledge their leases, count them, run their hooks. The
-        writes after the store (an ack, the cancels, live rows) may fail on a troubled
-        store: each is logged, and left to a later transaction."""
+        """Outcomes stored: their chains go on, then their leases are acknowledged, they
+        are counted and their hooks run. The writes after the store (a chain's next link,
+        an ack, the cancels, live rows) may fail on a troubled store: each is logged, and
+        left to a later transaction."""
+        for job, record in outcomes:
+            if job.header.then is not None:
+                try:
+                    chains.go_on(
+                        self.broker, self.store, job.header, record, self.settings.save_limit
+                    )
+                except Exception as exc:
+                    log.error("the chain after task %s cannot go on: %s", job.header.name, exc)
         blobbed = [
             job
             for job, record in outcomes

@@ -52,6 +52,7 @@ class Cause(str, Enum):
     EXECUTOR = "executor"  # the executor could not run its chunk (no task of it began)
     REFUSED = "refused"  # its queued package failed the signature check: it never ran
     NOT_STORED = "not_stored"  # its outcome could not be stored (a file of its own)
+    DEPENDENCY = "dependency"  # a task it came after failed: it never ran (a chain's link)
 
 
 class Item(NamedTuple):
@@ -88,6 +89,7 @@ class Header(NamedTuple):
     iter: str | None = None  # the async_iter this task is part of
     sent: float = 0.0  # when this delivery was sent: ``retry`` sends one again (0: enqueued)
     items: int = 0  # a batch of this many items (args: their pickled arguments); 0: a task
+    then: bytes | None = None  # a chain's next link: its signed package, sent once this succeeds
 
     def item(self, timeout: float | None, token: str = "") -> Item:
         """What a worker needs of this task, with the timeout that applies to it (to
@@ -386,6 +388,20 @@ def item_outcome(record: Record) -> tuple:
         record.get("cause"),
         details or None,
     )
+
+
+def chain_rest(key: bytes, header: Header, why: str) -> list[Record]:
+    """The records of the links of a chain after ``header``'s that will never run, its own
+    having failed (``why``): each a Failure saying so (``Cause.DEPENDENCY``)."""
+    records = []
+    package = header.then
+    while package is not None:
+        link = decode_header(key, package)
+        record = make_record(link, failure(link.id, why, Cause.DEPENDENCY), 0)
+        record["package"] = package
+        records.append(record)
+        package = link.then
+    return records
 
 
 def failure(task_id: str, why: str, cause: Cause) -> Outcome:
