@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.timeout(180),
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ["01-quickstart", "02-groups-and-progress", "03-cached-results",
          "04-asynctask-interactive", "05-failures-and-timeouts", "06-control",
-         "07-seeing-tasks", "08-sweeps"]
+         "07-seeing-tasks", "08-sweeps", "09-context"]
 VIEW = "application/vnd.jupyter.widget-view+json"
 STATE = "application/vnd.jupyter.widget-state+json"
 RUN_LIMIT = 60  # seconds: each notebook is meant to run in well under a minute
@@ -220,7 +220,7 @@ def test_notebook_is_saved_clean(name):
     assert all(c.outputs == [] and c.execution_count is None for c in code)
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
     source = "\n".join(c.source for c in code)
-    assert "cluster = nbqueue.Cluster(workers=2).start()" in source
+    assert re.search(r"^cluster = nbqueue\.Cluster\(workers=2[^\n]*\)\.start\(\)$", source, re.M)
     assert "cluster.stop()" in code[-1].source
     assert "directory" not in source  # the default store: .nbqueue in the working dir
     # every wait is bounded, except AsyncTask's documented result(wait=-1)
@@ -574,7 +574,22 @@ def check_sweeps(run: Run) -> None:
     assert run.value("map:") == "[0.7408, 1.4816]"
     assert run.value("sum of squares:") == "332833500"
     assert run.value("tasks in the group (joblib batched the 1000 calls):") == "True"
+    assert re.search(r"^100,000 squares in \S+ s; the last: 9,999,800,001$", run.text(), re.M)
     assert re.search(r"<Cluster nbqueue stopped workers=2 .* failed=0", run.text())
+
+
+def check_context(run: Run) -> None:
+    assert run.value("first predictions:") == "[0, 0.0, 0.5, 1.5]"
+    assert run.value("worker processes:") in ("1", "2")
+    assert run.value("each used the model it loaded itself:") == "True"
+    assert run.value("chain results:") == "['fetched', 45]"
+    lines = re.findall(r"^(raised|dependency) - (.*)$", run.text(), re.M)
+    assert [cause for cause, _ in lines] == ["raised", "dependency"], lines
+    assert lines[0][1].startswith("FileNotFoundError")
+    assert lines[1][1].startswith("DependencyFailed: the task before it in its chain")
+    assert run.value("other.txt written:") == "False"
+    assert run.value("Iter:") == "[0, 1, 4, 9, 16]"
+    assert re.search(r"<Cluster nbqueue stopped workers=2 .* failed=1", run.text())
 
 
 CHECKS = {
@@ -586,4 +601,5 @@ CHECKS = {
     "06-control": check_control,
     "07-seeing-tasks": check_seeing_tasks,
     "08-sweeps": check_sweeps,
+    "09-context": check_context,
 }
