@@ -12,11 +12,12 @@ import uuid
 import pytest
 
 import nbqueue
-from nbqueue import TaskFailed, batches, conf, count_group, fetch, fetch_group, result
-from nbqueue.disk.directory import drop, get_store
+from nbqueue import TaskFailed, batches, count_group, fetch, fetch_group, result
+from nbqueue.disk.directory import get_store
 from nbqueue.disk.names import batch_of
 from nbqueue.disk.records import Cause
 from tests import tasks_fixtures as fx
+from tests.shared_cluster import module_cluster
 from tests.test_kernel import read_log, starts_by_task
 from tests.waiting import wait_for
 
@@ -26,14 +27,9 @@ WAIT = 30  # seconds: bounded, generous for a loaded machine
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("batches") / "store")
-    conf.reset()
-    nbqueue.configure(directory=directory)
-    cluster = nbqueue.Cluster(workers=2, directory=directory).start()
-    yield cluster
-    cluster.stop(wait=5)
-    conf.reset()
-    drop(directory)
+    """One cluster on one store for the whole module (each test uses its own groups)."""
+    with module_cluster(tmp_path_factory, "batches") as cluster:
+        yield cluster
 
 
 @pytest.fixture

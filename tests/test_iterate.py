@@ -22,17 +22,17 @@ from nbqueue import (
     TaskFailed,
     as_completed,
     async_task,
-    conf,
     count_group,
     fetch,
     fetch_group,
     get_broker,
     result,
 )
-from nbqueue.disk.directory import drop, sent
+from nbqueue.disk.directory import sent
 from nbqueue.errors import ConfigurationError
 from nbqueue.models import Failure
 from tests import tasks_fixtures as fx
+from tests.shared_cluster import module_cluster
 from tests.waiting import wait_for, watched
 
 pytestmark = pytest.mark.timeout(60)
@@ -43,14 +43,8 @@ LONG = 5  # seconds a task that should be cancelled would run
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """One cluster on one store for the whole module (each test uses its own groups)."""
-    directory = str(tmp_path_factory.mktemp("iterate") / "store")
-    conf.reset()
-    nbqueue.configure(directory=directory)
-    cluster = nbqueue.Cluster(workers=2, directory=directory).start()
-    yield cluster
-    cluster.stop(wait=5)
-    conf.reset()
-    drop(directory)
+    with module_cluster(tmp_path_factory, "iterate") as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -215,14 +215,7 @@ class Finding:
             rows = [ROW + batch for batch in read_index(queue)]
             running = [h for h, _ in leased(queue, self.key, rows, match, needles)]
             if running:
-                now = time.time()
-                requests = {
-                    task_id: when
-                    for task_id, when in self.cancel_requests().items()
-                    if now - when < CANCELS_KEPT
-                }
-                requests.update((header.id, now) for header in running)
-                self._set_cancels(requests)
+                self._request([header.id for header in running])
         self._snapshot = None
         return removed, running
 
@@ -244,14 +237,7 @@ class Finding:
                 if locate(queue, self.key, rows, match, [batch_id.encode()]) is not None:
                     requested += item_ids
             if requested:
-                now = time.time()
-                requests = {
-                    task_id: when
-                    for task_id, when in self.cancel_requests().items()
-                    if now - when < CANCELS_KEPT
-                }
-                requests.update((task_id, now) for task_id in requested)
-                self._set_cancels(requests)
+                self._request(requested)
         self._snapshot = None
         return requested
 
@@ -293,6 +279,18 @@ class Finding:
             requests = self.cancel_requests()
             if ids & requests.keys():
                 self._set_cancels({k: v for k, v in requests.items() if k not in ids})
+
+    def _request(self, task_ids: list[str]) -> None:
+        """Add cancel requests for ``task_ids``, made now, to those younger than
+        CANCELS_KEPT (inside a write transaction)."""
+        now = time.time()
+        requests = {
+            task_id: when
+            for task_id, when in self.cancel_requests().items()
+            if now - when < CANCELS_KEPT
+        }
+        requests.update((task_id, now) for task_id in task_ids)
+        self._set_cancels(requests)
 
     def _set_cancels(self, requests: dict[str, float]) -> None:
         self._queue.set(_CANCELS, requests)
