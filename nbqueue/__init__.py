@@ -13,6 +13,7 @@ from nbqueue.control import cancel, cancel_group, retry, retry_group
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker
 from nbqueue.disk.records import Cause
+from nbqueue.disk.shared import Shared
 from nbqueue.display.summary import GroupSummary, summary
 from nbqueue.errors import (
     ClusterError,
@@ -26,6 +27,7 @@ from nbqueue.errors import (
     OutcomeDeleted,
     PackingError,
     RemoteError,
+    SharedObjectMissing,
     SignatureError,
     StoreError,
     TaskCancelled,
@@ -51,6 +53,7 @@ from nbqueue.results import (
     result,
     result_group,
 )
+from nbqueue.sharing import share, shared
 from nbqueue.tasks import AsyncTask, Chain, Iter, async_chain, async_iter, async_task
 from nbqueue.worker import worker_state
 from nbqueue.worker.capture import report
@@ -92,6 +95,10 @@ __all__ = [
     "async_chain",
     "Chain",
     "DependencyFailed",
+    "share",
+    "shared",
+    "Shared",
+    "SharedObjectMissing",
     "result",
     "fetch",
     "result_group",

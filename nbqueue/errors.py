@@ -70,6 +70,11 @@ class DependencyFailed(NbqueueError, RuntimeError):
     text names that task and its error; fix it, then run the chain again."""
 
 
+class SharedObjectMissing(NbqueueError, LookupError):
+    """A task was given a shared object (``nbqueue.share``) that was deleted from the
+    store: share it again and send the task again."""
+
+
 class TaskStillRunning(NbqueueError, RuntimeError):
     """A task cannot be sent again yet: its cancelled run has not stopped."""
 

@@ -41,6 +41,7 @@ def hook_record(task):
 def ignore_alarm_then_sleep(seconds):
     """Stands for C code that never returns to the interpreter: the timeout signal is ignored."""
     import signal
+
     signal.signal(signal.SIGALRM, signal.SIG_IGN)
     time.sleep(seconds)
     return "finished"
@@ -53,18 +54,21 @@ def die():
 def exits(code=None):
     """A task that calls sys.exit, as scripts do."""
     import sys
+
     sys.exit(code)
 
 
 def raises(name):
     """Raise a BaseException by its builtin name (KeyboardInterrupt, GeneratorExit ...)."""
     import builtins
+
     raise getattr(builtins, name)("raised on purpose")
 
 
 def spawn_children(count, group):
     """A task that enqueues tasks: they go to the store this task came from."""
     import nbqueue
+
     return [nbqueue.async_task(add, i, 100, group=group) for i in range(count)]
 
 
@@ -75,6 +79,7 @@ def wait_for_child(seconds, hint_after=0.5):
 
     import nbqueue
     from nbqueue.disk import store
+
     store.HINT_AFTER = hint_after
     child = nbqueue.async_task(add, 1, 1)
     with warnings.catch_warnings(record=True) as caught:
@@ -110,6 +115,7 @@ def fail_until(path, failures):
 
 
 # -- helpers for multi-process broker tests (run in 'spawn' children) ------------------
+
 
 def produce_packages(directory, prefix, count):
     """Enqueue ``count`` distinct packages ``b"<prefix>-<i>"`` into the store at ``directory``."""
@@ -206,6 +212,7 @@ def ticking(path, task_no, seconds, deaf=False):
     ``kind task_no pid time``): a run's ticks show when it really ran. ``deaf``: ignore
     the cluster's stop signal, so that a cancel must kill the worker."""
     import signal
+
     if deaf:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -229,17 +236,20 @@ def big_result(megabytes):
 
 def unpicklable_result():
     import threading
+
     return threading.Lock()
 
 
 def segfault():
     import ctypes
+
     ctypes.string_at(0)
 
 
 def enqueue_from_client(directory, count, group, seconds, ready_path):
     """A notebook-like client: starts an in-process cluster, enqueues, then waits to be killed."""
     import nbqueue
+
     nbqueue.configure(directory=directory)
     cluster = nbqueue.Cluster(workers=1, retry=2).start()
     ids = [nbqueue.async_task(nap, seconds, i, group=group) for i in range(count)]
@@ -255,6 +265,7 @@ def steady_producer(directory, out_path, every, seconds, host_cluster):
     ``async_task`` returned; it waits to be killed. ``host_cluster``: with a cluster of
     its own running ``seconds``-long tasks, as a notebook with ``Cluster().start()``."""
     import nbqueue
+
     nbqueue.configure(directory=directory)
     if host_cluster:
         nbqueue.Cluster(workers=2, retry=2).start()
@@ -270,11 +281,16 @@ def steady_producer(directory, out_path, every, seconds, host_cluster):
 def produce_tasks(directory, producer, count):
     import warnings
     import nbqueue
+
     warnings.simplefilter("ignore")
     nbqueue.configure(directory=directory)
     broker = nbqueue.get_broker()
-    ids = [nbqueue.async_task("tests.tasks_fixtures.add", producer * count + i, group="many",
-                              broker=broker) for i in range(count)]
+    ids = [
+        nbqueue.async_task(
+            "tests.tasks_fixtures.add", producer * count + i, group="many", broker=broker
+        )
+        for i in range(count)
+    ]
     return ids
 
 
@@ -284,6 +300,7 @@ _BALLAST: list = []
 def grow_and_report_pid(megabytes):
     """Keep `megabytes` more memory alive in this worker; return (pid, rss kB)."""
     from nbqueue.worker import rss_kilobytes
+
     _BALLAST.append(bytearray(megabytes * 1024 * 1024))
     return os.getpid(), rss_kilobytes()
 
@@ -302,11 +319,13 @@ def read_file(path):
 
 # -- what tasks write, report and raise (nbqueue.capture, nbqueue.tracebacks) ----------
 
+
 def chatter(lines, width=10, seconds=0.0, value=None):
     """Print ``lines`` numbered lines (stdout, every fifth to stderr), pausing
     ``seconds`` between them, with a warning and an info record in the middle."""
     import logging
     import sys
+
     for i in range(lines):
         stream = sys.stderr if i % 5 == 4 else sys.stdout
         print(f"line {i:06d} " + "x" * width, file=stream)
@@ -321,6 +340,7 @@ def chatter(lines, width=10, seconds=0.0, value=None):
 def reports(steps, seconds=0.0, fail=False):
     """Report each of ``steps`` steps; raise at the end if ``fail``."""
     import nbqueue
+
     for i in range(steps):
         nbqueue.report(i + 1, steps, f"step {i + 1}")
         if seconds:
@@ -332,6 +352,7 @@ def reports(steps, seconds=0.0, fail=False):
 
 def bad_report(value):
     import nbqueue
+
     nbqueue.report(value)
 
 
@@ -369,6 +390,7 @@ def raises_chain():
 def raises_with_lock():
     """An exception holding a lock: it cannot be pickled at all."""
     import threading
+
     exc = RuntimeError("holds a lock")
     exc.lock = threading.Lock()
     raise exc
@@ -377,6 +399,7 @@ def raises_with_lock():
 def chatter_then_hang(seconds=60):
     """Print a line, then hang in a way the timeout signal cannot stop (it is ignored)."""
     import signal
+
     print("before the hang", flush=True)
     signal.signal(signal.SIGALRM, signal.SIG_IGN)
     time.sleep(seconds)
@@ -404,6 +427,7 @@ def kills_its_host(path, task_no):
     """Log a start, SIGKILL the cluster host of this worker, and return at once: a task
     that crashes its host every time it runs."""
     import signal
+
     with open(path, "a") as out:
         out.write(f"start {task_no} {os.getpid()} {time.time()}\n")
     os.kill(os.getppid(), signal.SIGKILL)
@@ -427,6 +451,7 @@ def say_and_report(i, talk):
     """``i``; prints a line and reports its progress if ``talk``."""
     if talk:
         import nbqueue
+
         print(f"item {i} says hello")
         nbqueue.report(1, 1, f"item {i}")
     return i
@@ -435,6 +460,7 @@ def say_and_report(i, talk):
 def load_model(path, size):
     """A cluster's initializer: 'loads a model' once per worker, noting its pid in ``path``."""
     import nbqueue
+
     with open(path, "a") as out:
         out.write(f"{os.getpid()}\n")
     nbqueue.worker_state()["model"] = list(range(size))
@@ -444,6 +470,7 @@ def load_model(path, size):
 def use_model(x):
     """(pid, x + the model's length, how many tasks used this worker's model so far)."""
     import nbqueue
+
     state = nbqueue.worker_state()
     state["uses"] += 1
     return os.getpid(), x + len(state["model"]), state["uses"]
@@ -451,3 +478,31 @@ def use_model(x):
 
 def broken_initializer():
     raise ValueError("the model file is missing")
+
+
+def _memory_kb(field: str) -> int:
+    with open("/proc/self/status") as src:
+        for line in src:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def shared_slice(array, i, parts):
+    """The sum of part ``i`` of ``parts`` of a shared array, with what the worker holds."""
+    from nbqueue.disk import shared
+
+    size = len(array) // parts
+    total = float(array[i * size : (i + 1) * size].sum())
+    return total, array.flags.writeable, os.getpid(), shared.loads_done[0], _memory_kb("RssAnon")
+
+
+def shared_kinds(nested, scale=None):
+    """What a task got for handles at several depths of its arguments."""
+    return (
+        type(nested["rows"][0]["table"]).__name__,
+        nested["rows"][0]["table"]["weights"].sum(),
+        bytes(nested["raw"][:3]),
+        type(nested["raw"]).__name__,
+        scale["factor"],
+    )

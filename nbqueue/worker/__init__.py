@@ -39,6 +39,7 @@ from nbqueue.disk import blobs
 from nbqueue.disk.hosts import CANCELLED_DIR, Slot
 from nbqueue.disk.names import batch_of
 from nbqueue.disk.records import Cause, Item, Outcome
+from nbqueue.disk.shared import loading
 from nbqueue.disk.signing import anchor, hosted, make_directory, serving
 from nbqueue.errors import (
     InitializerFailed,
@@ -165,7 +166,7 @@ def _call(
         if type(args_bytes) is tuple:  # an item's, loaded with its batch's
             args, kwargs = args_bytes
         elif type(args_bytes) is bytes:
-            args, kwargs = cloudpickle.loads(args_bytes)
+            args, kwargs = loading(pickle.loads, args_bytes)
         else:
             args, kwargs = _arguments(args_bytes, task_id)
         armed = _alarm.arm(timeout)
@@ -228,7 +229,7 @@ def run_items(
         if func is None:
             func = cloudpickle.loads(func_bytes) if func_ref is None else resolve(func_ref)
         arguments = (
-            pickle.loads(args_bytes)
+            loading(pickle.loads, args_bytes)
             if type(args_bytes) is bytes
             else _arguments(args_bytes, batch_id)  # a large item's: a file of the store
         )
@@ -394,7 +395,9 @@ def spill(task_id: str, blob: Any) -> blobs.Blob | bytes:
 def _arguments(args: Any, task_id: str) -> tuple[tuple, dict]:
     """The (args, kwargs) of task ``task_id`` whose arguments are not plain bytes: a
     blob, or frames read from one."""
-    return blobs.loads(_read_arguments(args, task_id) if type(args) is blobs.Blob else args)
+    return loading(
+        blobs.loads, _read_arguments(args, task_id) if type(args) is blobs.Blob else args
+    )
 
 
 def _read_arguments(blob: blobs.Blob, task_id: str) -> Any:
