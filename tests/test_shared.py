@@ -84,9 +84,9 @@ def test_handles_at_any_depth_reach_the_task_as_their_objects(store_dir, cluster
 def test_a_handle_is_valid_in_a_new_process(store_dir):
     handle = share(np.arange(100_000), name="kept across kernels")
     code = (
-        "import nbqueue; nbqueue.configure(directory=%r); "
+        f"import nbqueue; nbqueue.configure(directory={store_dir!r}); "
         "h = nbqueue.shared('kept across kernels')[0]; print(h.id, int(h.load().sum()))"
-    ) % store_dir
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
