@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from nbqueue.conf import configure
 from nbqueue.control import cancel, cancel_group, retry, retry_group
+from nbqueue.dependencies import Result
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker
 from nbqueue.disk.records import Cause
@@ -95,6 +96,7 @@ __all__ = [
     "async_chain",
     "Chain",
     "DependencyFailed",
+    "Result",
     "share",
     "shared",
     "Shared",

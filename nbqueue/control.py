@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from nbqueue import conf
-from nbqueue.disk import blobs, chains
+from nbqueue.disk import blobs, chains, waiting
 from nbqueue.disk.blobs import Blob
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store
@@ -116,6 +116,7 @@ def _cancel(broker: Broker, match: Callable[[Header], bool], needles: list[bytes
     broker.flush()  # this process's tasks are in the queue
     asked = time.time()
     removed, leased = broker.cancel(match, needles)
+    removed += [(header, 0, package) for header, package in waiting.take_matching(broker, match)]
     finished = [h.id for h in leased if _finished(store, h, asked)]
     if finished:  # stored, their leases not yet acknowledged: nothing to cancel
         broker.forget_cancels(finished)

@@ -63,8 +63,9 @@ import threading
 import time
 from collections.abc import Generator, Iterable
 from concurrent.futures import Future, InvalidStateError
-from typing import Any
+from typing import Any, SupportsIndex
 
+from nbqueue.dependencies import placeholder
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store, sent
 from nbqueue.disk.names import batch_of
@@ -113,6 +114,10 @@ class TaskFuture(Future):
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]} task={self.task_id}>"
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
+        # in a task's arguments: a dependency on the task (``nbqueue.dependencies``)
+        return placeholder(self.task_id) or super().__reduce_ex__(protocol)
 
 
 def _ended(fut: Future) -> None:

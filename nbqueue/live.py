@@ -12,7 +12,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from nbqueue.disk import live_rows
+from nbqueue.disk import live_rows, waiting
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_broker, get_store, heartbeats
 from nbqueue.disk.names import batch_of, item_name
@@ -53,8 +53,9 @@ def status(task_id: str, broker: Broker | None = None) -> dict[str, Any]:
     """What a task (by uuid or name) is doing now, as a dict:
 
     - ``state``: ``queued``, ``running`` (a cluster holds it: it runs, or is next in a
-      worker), ``done``, ``failed``, ``cancelled`` or ``unknown`` (no task of that id
-      or name is queued, running or stored in this store);
+      worker), ``waiting`` (for other tasks' results: ``waiting_for`` lists the ids of
+      those that have not succeeded yet), ``done``, ``failed``, ``cancelled`` or
+      ``unknown`` (no task of that id or name is queued, running or stored in this store);
     - ``progress``: its last ``nbqueue.report`` as ``(done, total, message)``, or None;
     - ``attempt``: the delivery it is on (0 while queued for the first time);
     - ``started`` (UTC) and ``pid``: when and in which worker process its current or
@@ -80,6 +81,12 @@ def status(task_id: str, broker: Broker | None = None) -> dict[str, Any]:
             return _unfinished(broker.directory, state, item, attempt)
     found = broker.locate(lambda h: task_id in (h.id, h.name), [task_id.encode()])
     if found is None:
+        waits = waiting.find(broker, task_id)
+        if waits is not None:  # for other tasks' results
+            header, after = waits
+            ended = waiting.OK
+            left = [i for i in after if waiting.verdict(broker, store, i) != ended]
+            return {**_unfinished(broker.directory, "waiting", header, 0), "waiting_for": left}
         return {
             "id": None,
             "name": None,

@@ -15,13 +15,14 @@ from typing import Any
 
 import cloudpickle
 
+from nbqueue.dependencies import found
 from nbqueue.disk import blobs
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import sent
 from nbqueue.disk.names import new_batch_id, new_task_id
 from nbqueue.disk.records import Header, encode_header
 from nbqueue.disk.storage import writing
-from nbqueue.errors import PackingError
+from nbqueue.errors import ConfigurationError, PackingError
 from nbqueue.options import TaskOptions
 from nbqueue.worker.callables import check_callable, dotted_path, keep_local_hook
 from nbqueue.worker.tracebacks import WithSources
@@ -30,6 +31,8 @@ from nbqueue.worker.tracebacks import WithSources
 def _pickle(what: str, value: Any) -> bytes:
     try:
         return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except ConfigurationError:  # an argument refused itself, saying why
+        raise
     except Exception as exc:
         raise PackingError(
             f"{what} cannot be pickled to reach the worker processes: "
@@ -163,5 +166,6 @@ def make_package(
         time.time(),
         options.iter,
         items=items,
+        after=found(),
     )
     return header, encode_header(broker.key, header)

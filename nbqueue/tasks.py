@@ -15,10 +15,11 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, SupportsIndex, TypeVar, overload
 
 from nbqueue import batches, calls, conf
-from nbqueue.disk import chains
+from nbqueue.dependencies import packing, placeholder
+from nbqueue.disk import chains, waiting
 from nbqueue.disk.broker import Broker
 from nbqueue.disk.directory import get_store, sent
 from nbqueue.disk.records import (
@@ -134,24 +135,41 @@ def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str
     """
     options = TaskOptions.take(kwargs, conf.settings())
     broker = options.broker
-    if options.reuse:
-        found = _reused_or_packed(func, args, kwargs, options)
-        if isinstance(found, str):
-            return found
-        header, package = found
-    else:
-        header, package = make_package(func, args, kwargs, options)
+    with packing(broker.directory):  # results of other tasks in the arguments: see there
+        if options.reuse:
+            found = _reused_or_packed(func, args, kwargs, options)
+            if isinstance(found, str):
+                return found
+            header, package = found
+        else:
+            header, package = make_package(func, args, kwargs, options)
     memo = sent(broker.directory)
     if header.group is not None:
         memo.count(header.group, unsaved=header.save is False)
     if options.sync:
+        if header.after:
+            _check_ended(broker, header)
         if header.group is not None:
             broker.count_sent({header.group: 1})
         run_inline(header, func, broker, conf.settings(), package)
+    elif header.after:
+        waiting.send(broker, get_store(broker.directory), header, package)
+        warn_if_unserved(broker, memo)
     else:
         broker.enqueue(package, header.group)
         warn_if_unserved(broker, memo)
     return header.id
+
+
+def _check_ended(broker: Broker, header: Header) -> None:
+    """A task run now (``sync=True``) can take only results that are there."""
+    store = get_store(broker.directory)
+    for task_id in header.after:
+        if waiting.verdict(broker, store, task_id) == waiting.PENDING:
+            raise ConfigurationError(
+                f"sync=True runs the task now, but task {task_id}, whose result it takes, "
+                "has not finished: wait for it first (nbqueue.result(task_id, wait=-1))"
+            )
 
 
 def _reused_or_packed(
@@ -241,16 +259,18 @@ def send_items(
             of_iter=True,
         )
         reuse = calls.Reuse(broker, bool(options.cached), key, of_iter=True)
-        earlier = _resumed(reuse, func, function, options, kwargs, items)
+        with packing(broker.directory):
+            earlier = _resumed(reuse, func, function, options, kwargs, items)
         if earlier is not None:
             return earlier
     iter_id = str(uuid.uuid4())
     group = options.group or new_group(iter_id)
     options = replace(options, group=group, save=True, iter=iter_id)
     headers, packages = [], []
-    for header, package in batches.pack(func, items, count, kwargs, options, function):
-        headers.append(header)
-        packages.append(package)
+    with packing(broker.directory):  # results of other tasks in the items: see there
+        for header, package in batches.pack(func, items, count, kwargs, options, function):
+            headers.append(header)
+            packages.append(package)
     if reuse is not None:
         winner = reuse.claim(iter_id)
         if winner != iter_id:  # another process sent it meanwhile
@@ -284,11 +304,19 @@ def _send(
     they add to their group's total (none when sent again)."""
     broker = options.broker
     if options.sync:
+        for header in headers:
+            if header.after:
+                _check_ended(broker, header)
         if counts:
             broker.count_sent(counts)
         for header, package in zip(headers, packages, strict=False):
             run_inline(header, func, broker, conf.settings(), package)
     elif packages:
+        waits = [(h, p) for h, p in zip(headers, packages, strict=True) if h.after]
+        if waits:  # batches whose items take other tasks' results
+            for header, package in waits:
+                waiting.send(broker, get_store(broker.directory), header, package)
+            packages = [p for h, p in zip(headers, packages, strict=True) if not h.after]
         broker.enqueue_many(packages, counts)  # all of them, or none
         warn_if_unserved(broker, sent(broker.directory))
 
@@ -383,6 +411,10 @@ class AsyncTask:
         self.args = args
         self.kwargs = kwargs
         self._ran_with: tuple | None = None
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
+        # in a task's arguments: a dependency on its task (``nbqueue.dependencies``)
+        return placeholder(self.id, "an AsyncTask") or super().__reduce_ex__(protocol)
 
     def _snapshot(self) -> tuple:
         options = self.kwargs.get("q_options")

@@ -506,3 +506,18 @@ def shared_kinds(nested, scale=None):
         type(nested["raw"]).__name__,
         scale["factor"],
     )
+
+
+def logged_sum(path, task_no, *values, seconds=0.0):
+    """``logged``, returning the sum of ``values`` (results of other tasks, found at any
+    depth of lists and dicts)."""
+    logged(path, task_no, seconds)
+
+    def total(value):
+        if isinstance(value, dict):
+            return sum(total(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(total(v) for v in value)
+        return value
+
+    return total(values)

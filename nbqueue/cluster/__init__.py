@@ -62,6 +62,7 @@ from nbqueue.cluster.feeder import Feeder, Pace
 from nbqueue.cluster.inflight import InFlight
 from nbqueue.cluster.monitor import HEARTBEAT, Monitor
 from nbqueue.cluster.serving import install_exit_hooks, serving, serving_lock, stop_all
+from nbqueue.cluster.waiting import Waiting
 from nbqueue.cluster.writer import HookRunner, Writer
 from nbqueue.disk import hosts
 from nbqueue.disk.blobs import clean_spill, sweep_arguments
@@ -288,6 +289,7 @@ class Cluster:
         requests = CancelRequests(self.broker)
         self.deaths = Deaths(self._slot_dir)
         self.hook_runner = HookRunner(self.store)
+        self.waiting = Waiting(self.broker, self.store, self.settings.save_limit, self.hook_runner)
         pace = Pace(executor.chunk_seconds)
         self.writer = Writer(
             cluster_id=self.id,
@@ -295,6 +297,7 @@ class Cluster:
             deaths=self.deaths,
             cancel_requests=requests,
             hooks=self.hook_runner,
+            stored=self.waiting.stored,
             measured=pace.measured,
             tally=self._tally,
             failed=self._failed,
@@ -335,6 +338,7 @@ class Cluster:
             cancels=self.cancels,
             writer=self.writer,
             beat=self._beat,
+            settle_waiting=self.waiting.check,
             shutting_down=self.shutting_down,
             settings=self.settings,
             broker=self.broker,

@@ -51,6 +51,7 @@ class Monitor:
         cancels: Cancels,
         writer: Writer,
         beat: Callable[[], None],
+        settle_waiting: Callable[[], None],
         wakeup: threading.Event,
         stopping: threading.Event,
         shutting_down: threading.Event,
@@ -63,6 +64,7 @@ class Monitor:
         self.cancels = cancels
         self.writer = writer
         self.beat = beat  # writes the cluster's heartbeat
+        self.settle_waiting = settle_waiting  # moves on the tasks that wait for others
         self.wakeup = wakeup
         self.stopping = stopping
         self.shutting_down = shutting_down
@@ -100,7 +102,8 @@ class Monitor:
         if beat_due:
             self._last_beat = now
             beat = self.stopping.is_set() or self._tried(self.beat)
-            if not self._renew_failed and self._tried(self._reap) and beat:
+            settled = self.stopping.is_set() or self._tried(self.settle_waiting)
+            if not self._renew_failed and self._tried(self._reap) and beat and settled:
                 self._last_error = None  # the store took this second's writes
         return True
 

@@ -15,7 +15,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Future
 
 from nbqueue.cluster.cancels import WHY as CANCELLED
@@ -30,6 +30,7 @@ from nbqueue.disk.broker import Broker
 from nbqueue.disk.names import item_id, task_of
 from nbqueue.disk.records import (
     Cause,
+    Header,
     Outcome,
     Record,
     expand,
@@ -80,6 +81,7 @@ class Writer:
         deaths: Deaths,
         cancel_requests: CancelRequests,
         hooks: HookRunner,
+        stored: Callable[[Iterable[str]], None],
         measured: Callable[[float], None],
         tally: Callable[[bool, int], None],
         failed: Callable[[str, BaseException], None],
@@ -96,6 +98,7 @@ class Writer:
         self.deaths = deaths
         self.cancel_requests = cancel_requests
         self.hooks = hooks
+        self.stored = stored  # these tasks' outcomes are stored (the tasks that wait go on)
         self.measured = measured  # a task ran for that many seconds (it sizes chunks)
         self.tally = tally  # counts outcomes: tally(success, count)
         self.failed = failed  # stops the cluster: failed(where, exception)
@@ -410,6 +413,7 @@ class Writer:
                     )
                 except Exception as exc:
                     log.error("the chain after task %s cannot go on: %s", job.header.name, exc)
+        self.stored(job.header.id for job, _ in outcomes)
         blobbed = [
             job
             for job, record in outcomes
@@ -606,11 +610,16 @@ class HookRunner:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._queue: queue.Queue[tuple[Job, Record] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Header, Record] | None] = queue.Queue()
 
     def put(self, job: Job, record: Record) -> None:
-        if job.header.hook_name is not None:
-            self._queue.put((job, record))
+        self.put_header(job.header, record)
+
+    def put_header(self, header: Header, record: Record) -> None:
+        """The hook of a task that ran in no job of this cluster's (one that waited, whose
+        dependency failed)."""
+        if header.hook_name is not None:
+            self._queue.put((header, record))
 
     def close(self) -> None:
         """Let ``step`` say it is done once the hooks already queued have run."""
@@ -621,16 +630,15 @@ class HookRunner:
         item = self._queue.get()
         if item is None:
             return False
-        job, record = item
+        header, record = item
         try:
-            self._call(job, record)
+            self._call(header, record)
         finally:
-            if type(job.header.args) is Blob and not has_failed(record):
-                discard(job.header.args)  # kept for the hook's Task.args until now
+            if type(header.args) is Blob and not has_failed(record):
+                discard(header.args)  # kept for the hook's Task.args until now
         return True
 
-    def _call(self, job: Job, record: Record) -> None:
-        header = job.header
+    def _call(self, header: Header, record: Record) -> None:
         try:
             hook = find_hook(header)
         except Exception as exc:

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 BUNDLE = 64  # packages per queue row at most: large enough to batch, small to split
 BUNDLE_BYTES = 30_000  # and bytes: under diskcache's 32 KiB a bundle stays in its SQLite row
+WAIT = "wait:"  # "wait:" + task id -> (the ids it waits for, its package): see ``waiting``
 GROUP = "group:"  # "group:" + name -> GroupSent: what was sent to a group, from every process
 
 
@@ -100,6 +101,7 @@ class Broker:
         self._memory = leases.InMemory()  # leases written behind, acks that wait
         self._flusher: threading.Thread | None = None
         self.bells = Bells(self.directory)
+        self.waits_added = False  # this process made a task wait for others since then
         self._doorbells: dict[threading.Event, Doorbell] = {}
         self.search = Finding(
             self._queue, self.key, self._transaction, self.flush, self._write_leases
@@ -187,6 +189,44 @@ class Broker:
         self.flush()
         with self._transaction(retry=True):
             self._queue.delete(GROUP + group)
+
+    def wait(self, task_id: str, after: tuple[str, ...], package: bytes, group: str | None) -> None:
+        """Keep a task that waits for the tasks ``after`` (``nbqueue.disk.waiting``) in its
+        row, out of the queue until ``take_waiting`` moves it; it counts in its group."""
+        self.flush()  # keep this process's order
+        with self._transaction():
+            self._queue.set(WAIT + task_id, (after, package))
+            if group is not None:
+                self._count_groups({group: 1})
+        self.waits_added = True  # for a cluster of this process: see ``cluster.waiting``
+
+    def waiting(self) -> dict[str, tuple[tuple[str, ...], bytes]]:
+        """Every waiting task: its id, and what it waits for with its package."""
+        found = read_prefixed(self._queue, WAIT).items()
+        return {key[len(WAIT) :]: value for key, value in found}
+
+    def is_waiting(self, task_id: str) -> bool:
+        return WAIT + task_id in self._queue
+
+    def waiting_row(self, task_id: str) -> tuple[tuple[str, ...], bytes] | None:
+        """What the waiting task ``task_id`` waits for, and its package; None if it does
+        not wait."""
+        return checked_get(self._queue, WAIT + task_id, None, "a waiting task's row")
+
+    def take_waiting(self, task_ids: Iterable[str], send: bool) -> dict[str, bytes]:
+        """Take the rows of these waiting tasks that are still there, and with ``send``
+        queue their packages in the same transaction; return the packages taken."""
+        taken: dict[str, bytes] = {}
+        with self._transaction():
+            for task_id in task_ids:
+                row = self._queue.pop(WAIT + task_id, None)
+                if row is not None:
+                    taken[task_id] = row[1]
+            if send and taken:
+                self._push(list(taken.values()))
+        if send and taken:
+            self._wake()
+        return taken
 
     def _push(self, packages: list[bytes]) -> None:
         """Append fresh packages in bundles; inside a transaction."""

@@ -90,6 +90,7 @@ class Header(NamedTuple):
     sent: float = 0.0  # when this delivery was sent: ``retry`` sends one again (0: enqueued)
     items: int = 0  # a batch of this many items (args: their pickled arguments); 0: a task
     then: bytes | None = None  # a chain's next link: its signed package, sent once this succeeds
+    after: tuple[str, ...] = ()  # tasks whose results it takes: queued once they succeeded
 
     def item(self, timeout: float | None, token: str = "") -> Item:
         """What a worker needs of this task, with the timeout that applies to it (to

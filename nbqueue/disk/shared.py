@@ -115,7 +115,12 @@ _local = threading.local()
 
 def _rebuild(*fields: Any) -> Any:
     handle = Shared(*fields)
-    return load(handle) if getattr(_local, "loading", False) else handle
+    return load(handle) if is_loading() else handle
+
+
+def is_loading() -> bool:
+    """Whether this thread loads a task's arguments now."""
+    return getattr(_local, "loading", False)
 
 
 def loading(loads: Callable[[Any], Any], data: Any) -> Any:
