@@ -12,8 +12,6 @@ three are what they are.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from nbqueue.disk.shared import is_loading
@@ -47,15 +45,19 @@ class Result:
         return f"Result({self.task_id!r})"
 
 
-@contextmanager
-def packing(directory: str) -> Iterator[list[str]]:
-    """While a task's arguments are pickled for the store at ``directory``: the ids of
-    the tasks whose results they take, as they are found."""
-    found: list[str] = []
-    _local.found, _local.directory = found, directory
-    try:
-        yield found
-    finally:
+class packing:  # noqa: N801 - used as a function: ``with packing(directory):``
+    """While a task's arguments are pickled for the store at ``directory``, the ids of
+    the tasks whose results they take are noted as they are found (``found``)."""
+
+    __slots__ = ("directory",)
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def __enter__(self) -> None:
+        _local.found, _local.directory = [], self.directory
+
+    def __exit__(self, *exc_info: object) -> None:
         _local.found = None
 
 

@@ -589,7 +589,15 @@ def check_context(run: Run) -> None:
     assert lines[1][1].startswith("DependencyFailed: the task before it in its chain")
     assert run.value("other.txt written:") == "False"
     assert run.value("Iter:") == "[0, 1, 4, 9, 16]"
-    assert re.search(r"<Cluster nbqueue stopped workers=2 .* failed=1", run.text())
+    assert run.value("handle:").startswith("<Shared 'table': numpy.ndarray float64 (2000, 500)")
+    assert run.value("means match:") == "True"
+    assert run.value("read-only in the tasks:") == "True"
+    assert run.value("shared again, same handle:") == "True"
+    assert run.value("while raw runs, the report is:") == "waiting"
+    assert run.value("report:") == "700 values, mean 3.000, first [0, 1, 2]"
+    assert run.value("dependant:").startswith("dependency - DependencyFailed: task ")
+    # the cluster counts what it ran: the raised chain task and the failed measure
+    assert re.search(r"<Cluster nbqueue stopped workers=2 .* failed=2", run.text())
 
 
 CHECKS = {
