@@ -29,6 +29,13 @@ Workloads (sizes at --scale 1):
            with reuse off (calls/s), then the extra time of a reuse=True call that sends
            a new task, and the time of one that finds the same call queued or succeeded,
            by dotted path and as a lambda (us)
+  sweep    one function over 100,000 no-op items, 2,000 items of 1 ms, then 1,000,000
+           no-op items in one call, results in input order, each system its own way
+           (benchmarks/sweep_child.py) -> items/s, the caller's peak memory growth
+  shared   one 400 MB array read by 1,000 tasks, each system in a fresh process
+           (benchmarks/shared_child.py): nbqueue.share, dask's scatter, joblib's
+           memory mapping -> seconds, cost per task over a no-op task, the caller's and
+           a worker's private memory growth
 
 Prints a markdown table (figures, ratio to raw loky, target, met / not met) and
 writes JSON (default benchmarks/results/latest.json).
@@ -66,7 +73,7 @@ import workloads  # noqa: E402
 
 WORKERS = 2
 WORKLOADS = ("noop", "cpu", "latency", "enqueue", "payload", "results", "memory", "signing",
-             "reuse", "sweep")
+             "reuse", "sweep", "shared")
 PEERS = ("huey", "dask", "django-q2")
 # the sweep: one function over many items, results in input order, each system its own way
 # ("loky" there is loky's executor.map with chunks)
@@ -97,10 +104,15 @@ WORKLOAD_NAMES = {
     ("signing", "nbqueue"): "nbqueue's store, in this process",
     ("reuse", "nbqueue"): "nbqueue, no cluster running",
     ("sweep", "loky"): "loky executor.map(chunksize=N//200)",
+    ("shared", "nbqueue"): "nbqueue.share, in-process cluster",
+    ("shared", "dask"): "dask, Client.scatter(broadcast=True)",
+    ("shared", "joblib"): "joblib, its automatic memory mapping",
 }
 SIZES = {"noop": 2000, "cpu": 200, "latency": 200, "enqueue": 10_000, "iter": 10_000,
          "group": 10_000, "store": 100_000, "reuse": 2000, "payload": 20,
-         "sweep": 100_000, "sweep_ms": 2000, "sweep_big": 1_000_000}
+         "sweep": 100_000, "sweep_ms": 2000, "sweep_big": 1_000_000,
+         "shared_mb": 400, "shared_tasks": 1000}
+SHARED_PEERS = ("dask", "joblib")  # dask's scatter, joblib's memory mapping
 SWEEP_MS = 1.0  # the work of an item of the second sweep
 SWEEP_BIG = ("joblib", "nbqueue-map", "nbqueue-iter")  # the systems of the third
 SWEEP_BIG_MB = 200.0  # the most nbqueue's caller may grow by on the third
@@ -682,6 +694,42 @@ class Suite:
                 self.results.add("sweep", key, "big peak memory growth", "MB",
                                  [r["big_mb"] for r in runs], "lower", n=big)
 
+    # one large array read by many tasks: each system in a fresh process
+    # (benchmarks/shared_child.py)
+
+    def shared(self) -> None:
+        if not self.wants("shared"):
+            return
+        systems = [k for k in ("nbqueue",) + SHARED_PEERS if k in self.systems]
+        size, n = self.sizes["shared_mb"], self.sizes["shared_tasks"]
+        print(f"\n== one {size} MB array read by {n:,} tasks: {', '.join(systems)}", flush=True)
+        for key in systems:
+            try:
+                runs = self.repeat(lambda k=key: self._shared_once(k, size, n))
+            except Exception as exc:
+                self.results.error(key, "shared", exc)
+                continue
+            add = self.results.add
+            add("shared", key, "sharing the array", "s", [r["share_s"] for r in runs], "lower")
+            add("shared", key, "the tasks", "s", [r["tasks_s"] for r in runs], "lower", n=n)
+            add("shared", key, "cost per task over a no-op", "ms",
+                [max(0.0, r["tasks_s"] - r["noop_s"]) * 1000 / n for r in runs], "lower", n=n)
+            add("shared", key, "caller's memory growth", "MB", [r["caller_mb"] for r in runs],
+                "lower")
+            add("shared", key, "a worker's memory growth", "MB", [r["worker_mb"] for r in runs],
+                "lower")
+
+    def _shared_once(self, system: str, size: int, n: int) -> dict[str, float]:
+        directory = os.path.join(self.tmp, f"shared-{system}-{time.monotonic_ns()}")
+        out = subprocess.run(
+            [sys.executable, os.path.join(HERE, "shared_child.py"), system, str(WORKERS),
+             directory, str(size), str(n)],
+            capture_output=True, text=True, timeout=1800)
+        shutil.rmtree(directory, ignore_errors=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"shared_child.py {system}: {out.stderr.strip()[-1500:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
     def _sweep_once(self, system: str, n: int, n_ms: int, n_big: int) -> dict[str, float]:
         directory = os.path.join(self.tmp, f"sweep-{system}-{time.monotonic_ns()}")
         out = subprocess.run(
@@ -874,6 +922,7 @@ class Suite:
             self.signing()
             self.reuse()
             self.sweep()
+            self.shared()
             self.run_system(Huey(self.tmp))
             self.run_system(Dask())
             self.run_system(DjangoQ(self.tmp))
@@ -953,6 +1002,12 @@ def evaluate(suite: Suite) -> list[dict[str, Any]]:
         target(f"sweep_big_memory_{system}", f"≤ {SWEEP_BIG_MB:g} MB",
                ("sweep", system, "big peak memory growth"),
                r.get("sweep", system, "big peak memory growth"), "<=", SWEEP_BIG_MB, "MB")
+    size = s["shared_mb"]
+    target("shared_task_cost", "≤ 1 ms", ("shared", "nbqueue", "cost per task over a no-op"),
+           r.get("shared", "nbqueue", "cost per task over a no-op"), "<=", 1.0, "ms")
+    for who, row in (("caller", "caller's memory growth"), ("worker", "a worker's memory growth")):
+        target(f"shared_{who}_memory", f"≤ {size // 10} MB (a tenth of the array)",
+               ("shared", "nbqueue", row), r.get("shared", "nbqueue", row), "<=", size / 10, "MB")
     return targets
 
 

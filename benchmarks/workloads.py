@@ -7,6 +7,7 @@ workers import them: loky, nbqueue, huey, dask and django-q2 all run the same co
 
 from __future__ import annotations
 
+import os
 import time
 
 
@@ -49,3 +50,22 @@ def busy_square(x: int, ms: float) -> int:
     """``x * x`` after ``ms`` milliseconds of work (the sweep of 1 ms items)."""
     spin(ms)
     return x * x
+
+
+def _memory_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def array_element(array, i):
+    """One element of a (shared) array, with the private memory of the process that read
+    it (RssAnon, KB): the shared-array workload's task."""
+    return float(array[i]), os.getpid(), _memory_kb("RssAnon")
+
+
+def element_noop(nothing, i):
+    """The shared-array workload's baseline: the same call with no array."""
+    return float(i), os.getpid(), _memory_kb("RssAnon")

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKLOADS = ("noop", "cpu", "latency", "enqueue", "payload", "results", "memory", "signing",
-             "reuse", "sweep")
+             "reuse", "sweep", "shared")
 TARGETS = {"noop_vs_loky", "noop_vs_huey", "noop_vs_dask", "noop_vs_django-q2",
            "cpu_efficiency", "cpu_vs_loky", "noop_other_process", "payload_results_in_process",
            "payload_arguments_in_process", "payload_results_other_process",
@@ -20,7 +20,8 @@ TARGETS = {"noop_vs_loky", "noop_vs_huey", "noop_vs_dask", "noop_vs_django-q2",
            "enqueue_calls", "async_iter", "result_group", "count_group", "rss_growth",
            "sweep_noop_nbqueue-map", "sweep_noop_nbqueue-iter", "sweep_ms_nbqueue-map",
            "sweep_ms_nbqueue-iter", "sweep_big_memory_nbqueue-map",
-           "sweep_big_memory_nbqueue-iter"}
+           "sweep_big_memory_nbqueue-iter", "shared_task_cost", "shared_caller_memory",
+           "shared_worker_memory"}
 # measured against peers, which --skip-peers leaves out
 PEER_TARGETS = {"noop_vs_huey", "noop_vs_dask", "noop_vs_django-q2", "sweep_noop_nbqueue-map",
                 "sweep_noop_nbqueue-iter"}
@@ -47,6 +48,7 @@ def test_quick_run_without_peers_writes_every_workload_and_a_verdict_per_target(
         assert "nbqueue" in report["workloads"][workload], workload
     assert set(report["workloads"]["sweep"]) == {"loky", "nbqueue-map", "nbqueue-iter",
                                                  "nbqueue-joblib"}
+    assert set(report["workloads"]["shared"]) == {"nbqueue"}
     assert "nbqueue-proc" in report["workloads"]["latency"]
     assert "nbqueue-proc" in report["workloads"]["payload"]
     assert set(report["workloads"]["payload"]["nbqueue"]) == {"results out", "arguments in"}

@@ -192,3 +192,25 @@ def test_a_task_waits_across_a_kernel_killed_and_a_new_one(kernels, store_dir, t
     assert [kind for kind, _ in runs[2]] == ["start", "stop"]  # once, after the slow one
     assert runs[2][0][1] >= runs[1][-1][1] and runs[1][-1][0] == "stop"
     assert fetch(after).success
+
+
+def test_retrying_the_failed_dependency_then_its_dependant_runs_both(store_dir, tmp_path, cluster):
+    flag = str(tmp_path / "flag")
+    first = async_task(fx.add_or_fail_until, 5, flag, 1)
+    dependant = async_task(fx.add, Result(first), 1)
+    task = fetch(dependant, wait=WAIT)
+    assert task is not None and task.cause == Cause.DEPENDENCY
+    assert nbqueue.retry(first) and result(first, wait=WAIT) == 5
+    assert nbqueue.retry(dependant)
+    assert result(dependant, wait=WAIT) == 6
+    # retried before its dependency has run again: it waits for it
+    flag2 = str(tmp_path / "flag2")
+    second = async_task(fx.add_or_fail_until, 7, flag2, 1)
+    later = async_task(fx.add, Result(second), 1)
+    assert fetch(later, wait=WAIT).cause == Cause.DEPENDENCY
+    slow_retry = async_task(fx.nap, 0.5)  # keeps one worker busy
+    assert nbqueue.retry(later)
+    assert status(later)["state"] == "waiting"
+    assert nbqueue.retry(second)
+    assert result(later, wait=WAIT) == 8
+    assert result(slow_retry, wait=WAIT) is None
