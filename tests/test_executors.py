@@ -259,6 +259,20 @@ def test_large_values_on_our_local_cluster(dask_cluster):
     _large_values_round_trip(dask_cluster)
 
 
+def test_shared_data_and_results_as_arguments_on_dask(dask_cluster):
+    """Workers on this machine load a shared array from the store's file, memory-mapped,
+    and read the results that tasks take from the store."""
+    import numpy as np
+
+    handle = nbqueue.share(np.arange(1000.0), name="on dask")
+    first = async_task(fx.shared_slice, handle, 0, 2)
+    after = async_task(fx.echo, [nbqueue.Result(first)])
+    total, writeable, *_ = result(first, wait=WAIT)
+    assert total == float(sum(range(500))) and not writeable
+    args, _ = result(after, wait=WAIT)
+    assert list(args[0][0]) == list(result(first))
+
+
 def test_large_values_on_a_scheduler_started_elsewhere(store_dir, foreign_scheduler):
     """Its workers may be on other machines: large arguments travel inside the items
     (read from the store by the cluster), and results come back with their chunk."""
