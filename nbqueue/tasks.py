@@ -144,6 +144,8 @@ def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str
         else:
             header, package = make_package(func, args, kwargs, options)
     memo = sent(broker.directory)
+    if header.after:
+        _check_kept(header, memo)
     if header.group is not None:
         memo.count(header.group, unsaved=header.save is False)
     if options.sync:
@@ -161,6 +163,16 @@ def async_task(func: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> str
     return header.id
 
 
+def _check_kept(header: Header, memo: Sent) -> None:
+    """A task can take the result only of a task whose outcome is kept."""
+    for task_id in header.after:
+        if memo.unusual.get(task_id) == "unsaved":
+            raise ConfigurationError(
+                f"task {task_id} was sent with save=False: its result is not kept, so no "
+                "task can take it. Send it with save=True (the default)"
+            )
+
+
 def _check_ended(broker: Broker, header: Header) -> None:
     """A task run now (``sync=True``) can take only results that are there."""
     store = get_store(broker.directory)
@@ -168,7 +180,8 @@ def _check_ended(broker: Broker, header: Header) -> None:
         if waiting.verdict(broker, store, task_id) == waiting.PENDING:
             raise ConfigurationError(
                 f"sync=True runs the task now, but task {task_id}, whose result it takes, "
-                "has not finished: wait for it first (nbqueue.result(task_id, wait=-1))"
+                "has no outcome in the store: wait for it first (nbqueue.result(task_id, "
+                "wait=-1)), or check that it is a task of this store"
             )
 
 

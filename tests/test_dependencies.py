@@ -106,14 +106,22 @@ def test_a_cancelled_dependency_and_a_cancelled_waiting_task(store_dir, tmp_path
     assert read_log(log) == []
 
 
-def test_a_dependency_without_a_stored_outcome_fails_clearly(store_dir, tmp_path, cluster):
+def test_a_dependency_that_will_never_have_an_outcome_fails_clearly(
+    store_dir, cluster, monkeypatch
+):
+    from nbqueue.cluster import waiting as cluster_waiting
+
+    monkeypatch.setattr(cluster_waiting, "LOST_CHECK", 0.5)  # a look through the queue
     unsaved = async_task(fx.add, 1, 2, save=False)
-    wait_for(lambda: nbqueue.queue_size() == 0 and not status(unsaved)["state"] == "running")
-    task = fetch(async_task(fx.add, Result(unsaved), 1), wait=WAIT)
-    assert task is not None and not task.success
-    assert "has no outcome in this store" in task.result and "save=False" in task.result
-    unknown = fetch(async_task(fx.add, Result("not-a-task"), 1), wait=WAIT)
-    assert unknown is not None and "not-a-task" in unknown.result
+    with pytest.raises(ConfigurationError, match="save=False"):
+        async_task(fx.add, Result(unsaved), 1)
+    done = async_task(fx.add, 1, 2, group="to delete")
+    assert result(done, wait=WAIT) == 3
+    nbqueue.delete_group("to delete", tasks=True)
+    for gone in (done, "not-a-task"):
+        task = fetch(async_task(fx.add, Result(gone), 1), wait=WAIT)
+        assert task is not None and not task.success and task.cause == Cause.DEPENDENCY
+        assert f"task {gone}, whose result it takes, has no outcome" in task.result
 
 
 def test_map_and_iter_items_take_results(store_dir, cluster):
@@ -131,7 +139,7 @@ def test_sync_takes_only_results_that_are_there(store_dir, cluster):
     assert result(done, wait=WAIT) == 5
     assert result(async_task(fx.add, Result(done), 1, sync=True)) == 6
     slow = async_task(fx.nap, 5)
-    with pytest.raises(ConfigurationError, match="has not finished"):
+    with pytest.raises(ConfigurationError, match="has no outcome in the store"):
         async_task(fx.add, Result(slow), 1, sync=True)
     nbqueue.cancel(slow)
 

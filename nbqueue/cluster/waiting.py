@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Collection, Iterable
 
 from nbqueue.cluster.writer import HookRunner
@@ -18,6 +19,8 @@ from nbqueue.disk.names import task_of
 from nbqueue.disk.store import Store
 
 log = logging.getLogger(__name__)
+
+LOST_CHECK = 10.0  # seconds between looks for waiting tasks whose dependency is lost
 
 
 class Waiting:
@@ -31,10 +34,17 @@ class Waiting:
         self._lock = threading.Lock()  # one settle at a time in this cluster
         # the task (a batch's, for an item) whose outcome -> the tasks that wait for it
         self._waiters: dict[str, set[str]] = {}
+        self._looked = time.monotonic()  # when it last looked for lost dependencies
 
     def check(self) -> None:
-        """Settle every waiting task (the monitor, once a second)."""
-        self._settle(None)
+        """Settle every waiting task (the monitor, once a second); every LOST_CHECK
+        seconds, also those that wait for a task that will never end (which takes a look
+        through the whole queue)."""
+        now = time.monotonic()
+        look = now - self._looked >= LOST_CHECK
+        if look:
+            self._looked = now
+        self._settle(None, look)
 
     def stored(self, task_ids: Iterable[str]) -> None:
         """Outcomes of these tasks were stored: settle the tasks that wait for them."""
@@ -57,9 +67,11 @@ class Waiting:
         except Exception as exc:  # the monitor settles them within a second
             log.warning("could not move on the tasks waiting for stored outcomes: %s", exc)
 
-    def _settle(self, only: Collection[str] | None) -> None:
+    def _settle(self, only: Collection[str] | None, look_for_lost: bool = False) -> None:
         with self._lock:
-            failed, still = waiting.settle(self.broker, self.store, self.save_limit, only)
+            failed, still = waiting.settle(
+                self.broker, self.store, self.save_limit, only, look_for_lost
+            )
             waiters: dict[str, set[str]] = {}
             for task_id, after in still.items():
                 for dependency in after:

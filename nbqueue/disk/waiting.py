@@ -45,18 +45,29 @@ def _stored(store: Store, task_id: str) -> Record | None:
     return store.part(False).get(task_id) or store.part(True).get(task_id)
 
 
-def verdict(broker: Broker, store: Store, task_id: str, waiting: Container[str] = ()) -> str:
-    """OK (it succeeded), PENDING (it is queued, running or waiting itself), or why it
-    will give no result. ``waiting``: the waiting tasks, when known."""
+def verdict(
+    broker: Broker,
+    store: Store,
+    task_id: str,
+    waiting: Container[str] = (),
+    look_for_lost: bool = False,
+) -> str:
+    """OK (it succeeded), PENDING (no outcome yet), or why it will give no result: it
+    failed or was cancelled, or, with ``look_for_lost``, it has no outcome and is neither
+    queued, running nor waiting itself (a look through the whole queue). ``waiting``:
+    the waiting tasks, when known."""
     record = _stored(store, task_id)
     if record is None:
-        if task_id in waiting or broker.holds([task_of(task_id)]) or broker.is_waiting(task_id):
+        if not look_for_lost or task_id in waiting or broker.is_waiting(task_id):
+            return PENDING
+        if broker.holds([task_of(task_id)]):
             return PENDING
         record = _stored(store, task_id)  # stored, and its lease ended, meanwhile
     if record is None:
         return (
-            f"task {task_id}, whose result it takes, has no outcome in this store (it "
-            "was not saved, save=False; deleted; or sent to another store), so it never ran"
+            f"task {task_id}, whose result it takes, has no outcome in this store and "
+            "none to come (it was not saved, save=False; was deleted; or is not a task "
+            "of this store), so it never ran"
         )
     if record["success"]:
         return OK
@@ -68,11 +79,17 @@ def verdict(broker: Broker, store: Store, task_id: str, waiting: Container[str] 
 
 
 def settle(
-    broker: Broker, store: Store, save_limit: int, only: Collection[str] | None = None
+    broker: Broker,
+    store: Store,
+    save_limit: int,
+    only: Collection[str] | None = None,
+    look_for_lost: bool = False,
 ) -> tuple[list[tuple[Header, Record]], dict[str, tuple[str, ...]]]:
     """Move on the waiting tasks (of ``only``, if given) whose dependencies have ended,
-    and then those that waited for the ones that failed here. Return the failures stored
-    (for their hooks), and the tasks still waiting, with what they wait for."""
+    and then those that waited for the ones that failed here; ``look_for_lost``: also
+    those waiting for a task that will never have an outcome (see ``verdict``). Return
+    the failures stored (for their hooks), and the tasks still waiting, with what they
+    wait for."""
     rows = broker.waiting()
     verdicts: dict[str, str] = {}
     still = {task_id: after for task_id, (after, _) in rows.items()}
@@ -81,7 +98,7 @@ def settle(
     while look:
         ready, failing = [], {}
         for task_id in look:
-            why = _why_not(broker, store, still[task_id], verdicts, rows)
+            why = _why_not(broker, store, still[task_id], verdicts, rows, look_for_lost)
             if why is None:
                 ready.append(task_id)
             elif why != PENDING:
@@ -118,6 +135,7 @@ def _why_not(
     after: tuple[str, ...],
     verdicts: dict[str, str],
     waiting: Container[str],
+    look_for_lost: bool,
 ) -> str | None:
     """None if every task of ``after`` succeeded, PENDING if one has not ended, else why
     one will give no result."""
@@ -125,7 +143,9 @@ def _why_not(
     for dependency in after:
         found = verdicts.get(dependency)
         if found is None:
-            found = verdicts[dependency] = verdict(broker, store, dependency, waiting)
+            found = verdicts[dependency] = verdict(
+                broker, store, dependency, waiting, look_for_lost
+            )
         if found == PENDING:
             pending = True
         elif found != OK:
