@@ -112,6 +112,7 @@ def _info(args: argparse.Namespace) -> int:
     figures = {
         "directory": broker.directory,
         "queued": broker.size(),
+        "waiting": len(broker.waiting()),
         "running": sum(c.get("running", 0) for c in clusters),
         "leased": broker.leased(),
         "done": saved_ok,
@@ -138,9 +139,9 @@ def _info(args: argparse.Namespace) -> int:
         )
     )
     print(f"fs        {figures['filesystem']} ({where})")
-    # queued + leased (held by a cluster: running, or waiting in a worker) + done + failed
-    # is every task sent to the store and not deleted
-    for name in ("queued", "leased", "running", "done", "failed"):
+    # queued + waiting (for other tasks' results) + leased (held by a cluster: running,
+    # or next in a worker) + done + failed is every task sent to the store, not deleted
+    for name in ("queued", "waiting", "leased", "running", "done", "failed"):
         print(f"{name:<9} {figures[name]}")
     if not clusters:
         print("clusters  none alive: start one with `nbqueue cluster`")

@@ -64,7 +64,7 @@ def _check_flag(name: str, value: Any) -> None:
 
 
 def _idle(broker: Broker) -> bool:
-    return broker.pending() == 0 and broker.leased() == 0
+    return broker.pending() == 0 and broker.leased() == 0 and not broker.waiting()
 
 
 class _Poll:

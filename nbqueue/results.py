@@ -53,7 +53,7 @@ def no_cluster_advice(broker: Broker) -> str | None:
 
 
 def _idle(broker: Broker) -> bool:
-    return broker.pending() == 0 and broker.leased() == 0
+    return broker.pending() == 0 and broker.leased() == 0 and not broker.waiting()
 
 
 def _task_wait_hint(broker: Broker, task_id: str, cached: bool) -> str | None:
