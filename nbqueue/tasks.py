@@ -670,15 +670,21 @@ def async_chain(
     assert group is not None
     made: list[tuple[Any, Header, bytes]] = []
     then: bytes | None = None
-    for func, args, kwargs in reversed(links):  # each link carries the next one
-        header, _ = make_package(func, args, kwargs, options)
-        header = header._replace(then=then)
-        then = encode_header(broker.key, header)
-        made.append((func, header, then))
+    with packing(broker.directory):  # results of other tasks in the arguments: see there
+        for func, args, kwargs in reversed(links):  # each link carries the next one
+            header, _ = make_package(func, args, kwargs, options)
+            header = header._replace(then=then)
+            then = encode_header(broker.key, header)
+            made.append((func, header, then))
     made.reverse()
     sent(broker.directory).count(group, len(made))
     if not options.sync:
-        broker.enqueue_many([made[0][2]], {group: len(made)})
+        first = made[0][1]
+        if first.after:  # it takes other tasks' results: it waits for them
+            broker.count_sent({group: len(made)})
+            broker.wait(first.id, first.after, made[0][2], None)
+        else:
+            broker.enqueue_many([made[0][2]], {group: len(made)})
         warn_if_unserved(broker, sent(broker.directory))
         return group
     broker.count_sent({group: len(made)})

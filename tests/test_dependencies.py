@@ -222,3 +222,9 @@ def test_retrying_the_failed_dependency_then_its_dependant_runs_both(store_dir, 
     assert nbqueue.retry(second)
     assert result(later, wait=WAIT) == 8
     assert result(slow_retry, wait=WAIT) is None
+
+
+def test_a_chain_link_takes_another_task_s_result(store_dir, cluster):
+    base = async_task(fx.nap, 0.5, 40)
+    group = nbqueue.async_chain([(fx.add, (Result(base), 1)), (fx.add, (Result(base), 2))])
+    assert nbqueue.result_group(group, count=2, wait=WAIT) == [41, 42]

@@ -36,11 +36,14 @@ def send_next(broker: Broker, store: Store, header: Header) -> None:
     stored = part.get(link.id)
     if stored is not None and stored.get("cause") != Cause.DEPENDENCY.value:
         return  # it ran
-    if broker.holds([link.id]):
-        return  # it is queued or running
+    if broker.is_waiting(link.id) or broker.holds([link.id]):
+        return  # it is queued, running, or waits for other tasks' results
     if stored is not None:
         part.delete_outcome(stored)
-    broker.enqueue_many([header.then], {})
+    if link.after:  # it takes other tasks' results: queued once they are there
+        broker.wait(link.id, link.after, header.then, None)
+    else:
+        broker.enqueue_many([header.then], {})
 
 
 def stop(broker: Broker, store: Store, header: Header, record: Record, save_limit: int) -> None:
