@@ -473,13 +473,17 @@ def test_tasks_that_exit_or_raise_base_exceptions_are_failures(kernels, store_di
     assert running is True
 
 
+COUNT = 24  # tasks of 1 s in the group a restart or shutdown cuts short
+
+
 def _interrupted_by_stop(kernel: Kernel, kernels, store_dir, tmp_path, how: str) -> None:
-    """Tests 3 and 4: a 40-task group; the kernel restarted (or shut down and a new one
+    """Tests 3 and 4: a 24-task group; the kernel restarted (or shut down and a new one
     started) ~3 s into it; a new cluster in the new kernel finishes the group."""
     log = tmp_path / "runs.log"
     check_setup(kernel, log, store_dir)
     kernel.run("cluster = nbqueue.Cluster(workers=2).start()\n"
-               "ids = [nbqueue.async_task(logged, LOG, i, 1.0, group='r') for i in range(40)]\n")
+               "ids = [nbqueue.async_task(logged, LOG, i, 1.0, group='r') "
+               f"for i in range({COUNT})]\n")
     wait_for(lambda: read_log(log), 60, "the first task started")
     time.sleep(3)
     old_pid = kernel.pid
@@ -509,7 +513,8 @@ def _interrupted_by_stop(kernel: Kernel, kernels, store_dir, tmp_path, how: str)
         assert new.pid != old_pid
     check_setup(new, log, store_dir)
     new.run("cluster = nbqueue.Cluster(workers=4).start()\n")
-    done = new.value("print(len(nbqueue.result_group('r', count=40, wait=60000) or []))", 90)
+    done = new.value(f"print(len(nbqueue.result_group('r', count={COUNT}, wait=60000) or []))",
+                     90)
     group_seconds = time.monotonic() - stop_called
     print(f"the whole group was done {group_seconds:.1f} s after the {how} call")
 
@@ -518,14 +523,14 @@ def _interrupted_by_stop(kernel: Kernel, kernels, store_dir, tmp_path, how: str)
     assert returncode == 0 and status == "ShutdownRequest", \
         f"the old kernel did not end by itself (returncode {returncode}, status {status})"
     assert seconds < 2.5, f"the {how} took {seconds:.2f} s"
-    assert done == 40
+    assert done == COUNT
     assert group_seconds < 40, f"the group finished {group_seconds:.1f} s after the {how}"
     assert nbqueue.count_group("r", failures=True) == 0
-    assert nbqueue.count_group("r") == 40
+    assert nbqueue.count_group("r") == COUNT
     tasks = nbqueue.fetch_group("r")
     assert {t.args[1]: t.attempt_count for t in tasks if t.attempt_count != 1} == {}
     starts = starts_by_task(read_log(log))
-    assert sorted(starts) == list(range(40))
+    assert sorted(starts) == list(range(COUNT))
     assert {i: len(s) for i, s in starts.items() if len(s) > 2} == {}, "tasks ran 3+ times"
     # a task whose run the stop cut short ran again only in the new kernel
     second_runs = {i: s[1] - stop_wall for i, s in starts.items() if len(s) == 2}
@@ -544,6 +549,7 @@ def wait_for_exit(proc: psutil.Process, seconds: float) -> bool:
     return False
 
 
+@pytest.mark.alone  # bounds a time from above
 @pytest.mark.timeout(200)
 def test_restart_hands_tasks_back_at_once(kernels, store_dir, tmp_path):
     """Restart Kernel mid-group: the running tasks go back to the queue uncounted, and a
@@ -551,6 +557,7 @@ def test_restart_hands_tasks_back_at_once(kernels, store_dir, tmp_path):
     _interrupted_by_stop(kernels(), kernels, store_dir, tmp_path, "restart")
 
 
+@pytest.mark.alone  # bounds a time from above
 @pytest.mark.timeout(200)
 def test_shutdown_then_new_kernel(kernels, store_dir, tmp_path):
     """Shut Down Kernel mid-group, then a new kernel on the same store: as a restart."""
