@@ -122,27 +122,34 @@ _SCALARS = frozenset((int, float, str, bool, type(None), complex))
 
 
 class _Raw:
-    """A large bytes object, pickled out of band (``bytes`` itself is always in band)."""
+    """A large bytes object, pickled out of band (``bytes`` itself is always in band), to
+    come back as ``rebuild`` of its buffer: its own type, or a ``memoryview`` of it."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "rebuild")
 
-    def __init__(self, data: Any) -> None:
+    def __init__(self, data: Any, rebuild: type) -> None:
         self.data = data
+        self.rebuild = rebuild
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
-        return type(self.data), (pickle.PickleBuffer(self.data),)
+        return self.rebuild, (pickle.PickleBuffer(self.data),)
 
 
-def _raw(value: Any, depth: int) -> Any:
+def out_of_band(value: Any, depth: int = 2, as_views: bool = False) -> Any:
+    """``value`` with its large bytes (``OUT_OF_BAND`` or more; in tuples, lists and dicts
+    ``depth`` levels down) made to pickle out of band, to come back as their own type or,
+    ``as_views``, as read-only views of the buffers they are loaded with."""
     kind = type(value)
     if kind is bytes or kind is bytearray:
-        return _Raw(value) if len(value) >= OUT_OF_BAND else value
+        if len(value) < OUT_OF_BAND:
+            return value
+        return _Raw(value, memoryview if as_views else kind)
     if depth and kind is tuple:
-        return tuple(_raw(v, depth - 1) for v in value)
+        return tuple(out_of_band(v, depth - 1, as_views) for v in value)
     if depth and kind is list:
-        return [_raw(v, depth - 1) for v in value]
+        return [out_of_band(v, depth - 1, as_views) for v in value]
     if depth and kind is dict:
-        return {k: _raw(v, depth - 1) for k, v in value.items()}
+        return {k: out_of_band(v, depth - 1, as_views) for k, v in value.items()}
     return value
 
 
@@ -150,7 +157,7 @@ def frames(value: Any, dumps: Callable[..., bytes] = pickle.dumps) -> list[Any]:
     """``value`` pickled with its large buffers (numpy arrays, bytes) out of band: the
     parts of a framed payload, to write one after another with no joined copy."""
     buffers: list[pickle.PickleBuffer] = []
-    stream = dumps(_raw(value, 2), protocol=5, buffer_callback=buffers.append)
+    stream = dumps(out_of_band(value), protocol=5, buffer_callback=buffers.append)
     raws = [buffer.raw() for buffer in buffers]
     frames = [(len(stream), False)] + [(raw.nbytes, not raw.readonly) for raw in raws]
     head = _FRAMED + _COUNT.pack(len(frames)) + b"".join(_FRAME.pack(*f) for f in frames)

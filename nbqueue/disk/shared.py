@@ -35,11 +35,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, SupportsIndex
+from typing import Any
 
 import cloudpickle
 
-from nbqueue.disk.blobs import OUT_OF_BAND, open_regular
+from nbqueue.disk.blobs import open_regular, out_of_band
 from nbqueue.disk.signing import (
     HEADER_SIZE,
     check_parts,
@@ -132,31 +132,6 @@ def loading(loads: Callable[[Any], Any], data: Any) -> Any:
         _local.loading = False
 
 
-class _View:
-    """Large bytes pickled out of band, to come back as a read-only view of the map."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: Any) -> None:
-        self.data = data
-
-    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
-        return memoryview, (pickle.PickleBuffer(self.data),)
-
-
-def _views(value: Any, depth: int) -> Any:
-    kind = type(value)
-    if kind is bytes or kind is bytearray:
-        return _View(value) if len(value) >= OUT_OF_BAND else value
-    if depth and kind is tuple:
-        return tuple(_views(v, depth - 1) for v in value)
-    if depth and kind is list:
-        return [_views(v, depth - 1) for v in value]
-    if depth and kind is dict:
-        return {k: _views(v, depth - 1) for k, v in value.items()}
-    return value
-
-
 def kind_of(obj: Any) -> str:
     kind = type(obj)
     text = (
@@ -175,7 +150,9 @@ def _parts(obj: Any) -> list[Any]:
     after the padding that aligns it."""
     buffers: list[pickle.PickleBuffer] = []
     try:
-        stream = cloudpickle.dumps(_views(obj, 2), protocol=5, buffer_callback=buffers.append)
+        stream = cloudpickle.dumps(
+            out_of_band(obj, as_views=True), protocol=5, buffer_callback=buffers.append
+        )
     except Exception as exc:
         raise PackingError(
             f"the object to share ({type(obj).__name__}) cannot be pickled: "
