@@ -489,6 +489,28 @@ def test_enqueue_writes_behind_and_flush_writes_now(store_dir, tmp_path):
         other.close()
 
 
+def test_a_waiting_task_s_row_is_written_behind_after_what_was_enqueued_before_it(store_dir):
+    """A task that waits for others (``waiting``) is written behind like a package, never
+    before a package this process enqueued before it (its dependency, most often)."""
+    one = Broker(store_dir)
+    other = Broker(store_dir)  # stands for another process on the same directory
+    try:
+        with one._outbox.order:  # the outbox's thread writes nothing meanwhile
+            one._outbox._packages.append(b"dependency")  # as ``put`` leaves it
+            one._outbox._bytes += len(b"dependency")
+            one.wait("task-b", ("task-a",), b"package-b", "g")
+            one._write([])  # what the thread writes with no package: not the row yet
+            assert other.waiting() == {} and other.size() == 0
+        one.flush()
+        assert other.size() == 1 and other.waiting() == {"task-b": (("task-a",), b"package-b")}
+        assert other.group_sent("g").tasks == 1
+        assert one.take_waiting(["task-b", "task-x"], send=True) == {"task-b": b"package-b"}
+        assert other.waiting() == {} and other.size() == 2
+    finally:
+        one.close()
+        other.close()
+
+
 def test_ack_soon_is_done_by_the_next_lease_or_flush_acks(broker):
     broker.enqueue_many([b"a", b"b", b"c"])
     first, second = broker.lease("w", 2, 30)

@@ -93,11 +93,14 @@ class Broker:
             self._write,
             lambda: bool(self._wakeups),
             self._wake,
-            lambda: bool(self._memory) or bool(self._sent_to_groups),
+            lambda: bool(self._memory) or bool(self._sent_to_groups) or bool(self._waits),
         )
         self._write_lock = threading.Lock()
         self._sent_to_groups: dict[str, int] = {}  # tasks per group, written with the outbox
-        self._groups_lock = threading.Lock()
+        # waiting tasks' rows (``wait``), written with the outbox once it holds nothing
+        # enqueued before them
+        self._waits: list[tuple[str, tuple[str, ...], bytes]] = []
+        self._groups_lock = threading.Lock()  # for both
         self._memory = leases.InMemory()  # leases written behind, acks that wait
         self._flusher: threading.Thread | None = None
         self.bells = Bells(self.directory)
@@ -192,31 +195,42 @@ class Broker:
 
     def wait(self, task_id: str, after: tuple[str, ...], package: bytes, group: str | None) -> None:
         """Keep a task that waits for the tasks ``after`` (``nbqueue.disk.waiting``) in its
-        row, out of the queue until ``take_waiting`` moves it; it counts in its group."""
-        self.flush()  # keep this process's order
-        with self._transaction():
-            self._queue.set(WAIT + task_id, (after, package))
+        row, out of the queue until ``take_waiting`` moves it; it counts in its group.
+        Written behind with the outbox, after what this process enqueued before it (its
+        dependencies among them); ``flush()`` writes it now."""
+        if self.place.refusal is not None:
+            self.place.check()
+        with self._groups_lock:
+            self._waits.append((task_id, after, package))
             if group is not None:
-                self._count_groups({group: 1})
-        self.waits_added = True  # for a cluster of this process: see ``cluster.waiting``
+                self._sent_to_groups[group] = self._sent_to_groups.get(group, 0) + 1
+        self._outbox.poke()
 
     def waiting(self) -> dict[str, tuple[tuple[str, ...], bytes]]:
         """Every waiting task: its id, and what it waits for with its package."""
+        if self._waits:
+            self.flush()
         found = read_prefixed(self._queue, WAIT).items()
         return {key[len(WAIT) :]: value for key, value in found}
 
     def is_waiting(self, task_id: str) -> bool:
+        if self._waits:
+            self.flush()
         return WAIT + task_id in self._queue
 
     def waiting_row(self, task_id: str) -> tuple[tuple[str, ...], bytes] | None:
         """What the waiting task ``task_id`` waits for, and its package; None if it does
         not wait."""
+        if self._waits:
+            self.flush()
         return checked_get(self._queue, WAIT + task_id, None, "a waiting task's row")
 
     def take_waiting(self, task_ids: Iterable[str], send: bool) -> dict[str, bytes]:
         """Take the rows of these waiting tasks that are still there, and with ``send``
         queue their packages in the same transaction; return the packages taken."""
         taken: dict[str, bytes] = {}
+        if self._waits:
+            self.flush()
         with self._transaction():
             for task_id in task_ids:
                 row = self._queue.pop(WAIT + task_id, None)
@@ -254,6 +268,7 @@ class Broker:
         refuses is kept, for the next one. Called under the outbox's ``order`` only."""
         taken = None
         groups: dict[str, int] = {}
+        waits: list[tuple[str, tuple[str, ...], bytes]] = []
         try:
             with self._transaction():
                 # Taken inside the transaction: a lease ended before it is taken is
@@ -266,15 +281,25 @@ class Broker:
                     self._push(packages)
                 with self._groups_lock:
                     groups, self._sent_to_groups = self._sent_to_groups, {}
+                    # after every package enqueued before them: none is held but these
+                    if self._waits and self._outbox.held() <= sum(map(len, packages)):
+                        waits, self._waits = self._waits, []
                 if groups:
                     self._count_groups(groups)
+                for task_id, after, package in waits:
+                    self._queue.set(WAIT + task_id, (after, package))
         except BaseException:
             if taken is not None:
                 self._memory.written(*taken, ok=False)
             if groups:
                 self.count_sent(groups)  # counted again with the packages kept
+            if waits:
+                with self._groups_lock:
+                    self._waits[:0] = waits  # kept, in order, for the next write
             raise
         self._memory.written(*taken, ok=True)
+        if waits:
+            self.waits_added = True  # for a cluster of this process: see ``cluster.waiting``
 
     def _write_leases(self) -> None:
         """Write the leases taken in memory, if any, with the acks that wait, now: for a
@@ -609,5 +634,6 @@ class Broker:
         which writes them (the child writing them too would deliver them twice)."""
         self._write_lock = threading.Lock()
         self._sent_to_groups, self._groups_lock = {}, threading.Lock()
+        self._waits = []
         self._memory.reset()
         self._outbox.forget()

@@ -67,6 +67,11 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._packages)
 
+    def held(self) -> int:
+        """Bytes of packages not in the queue yet: waiting, or in the batch being written."""
+        with self._lock:
+            return self._bytes + self._flying
+
     def put(self, package: bytes) -> None:
         """Add a package, to be written behind; raise StoreError (without taking it) if
         earlier packages could not be written."""

@@ -34,7 +34,6 @@ OK, PENDING = "ok", "pending"  # a dependency's verdict, or else why it gives no
 def send(broker: Broker, store: Store, header: Header, package: bytes) -> None:
     """Send a task that takes other tasks' results: queued at once if they all
     succeeded, else kept waiting."""
-    broker.flush()  # the dependencies this process sent are in the queue
     if all(verdict(broker, store, task_id) == OK for task_id in header.after):
         broker.enqueue(package, header.group)
     else:
