@@ -14,7 +14,6 @@ of ``mount`` is that table. ``classify`` is the decision alone, on those two fac
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 import subprocess
@@ -168,7 +167,9 @@ _statfs: list[Any] = []  # libc's statfs, once found (None: not there)
 def _libc_statfs() -> Any:
     if not _statfs:
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            # this process's own symbols, libc's among them: ``find_library`` would run
+            # ``ldconfig`` in a child process (a fork of every worker as it starts)
+            libc = ctypes.CDLL(None, use_errno=True)
             function = libc.statfs
             function.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
             function.restype = ctypes.c_int
