@@ -100,3 +100,21 @@ def test_run_chunk_marks_slot_and_returns_outcomes(tmp_path):
     assert [o[1] for o in outcomes] == [True, True]
     assert pickle.loads(outcomes[1][2]) == os.getpid()
     assert hosts.read_slot(str(tmp_path / str(os.getpid()))) is None  # idle again
+
+
+def test_a_cancel_marker_stops_only_the_delivery_it_names(slot_dir):
+    """A marker left of a cancelled delivery never cancels a later delivery of the same
+    task (a ``retry``): it names the lease token it was written for."""
+    from nbqueue.disk.hosts import CANCELLED_DIR
+    from nbqueue.worker import cancelled
+
+    folder = os.path.join(slot_dir, CANCELLED_DIR)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "task-1"), "w") as marker:
+        marker.write("row.1")
+    assert cancelled(slot_dir, "task-1", "row.1")
+    assert not cancelled(slot_dir, "task-1", "row.2")  # the retry's delivery
+    assert cancelled(slot_dir, "task-1")  # no delivery named: any
+    assert not cancelled(slot_dir, "task-2", "row.1")
+    open(os.path.join(folder, "task-3"), "w").close()  # one naming no delivery: all
+    assert cancelled(slot_dir, "task-3", "row.9")

@@ -114,7 +114,7 @@ class Cancels:
         one before they look for its marker) never runs: it is cancelled at once. The
         outcome of any other comes from its chunk (the writer)."""
         for job in jobs:
-            self._mark(job.header.id)
+            self._mark(job.header.id, job.lease.token)
         begun = self._begun()
         for job in jobs:
             if begun is not None and job.lease.token not in begun:
@@ -166,9 +166,10 @@ class Cancels:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._marker(task_id))
 
-    def mark_items(self, requests: dict[str, float], header: Header) -> None:
-        """Mark the items of batch ``header`` whose cancel was requested since it was
-        sent, for its worker to skip them (before it is submitted)."""
+    def mark_items(self, requests: dict[str, float], header: Header, token: str) -> None:
+        """Mark the items of batch ``header`` (delivered as ``token``) whose cancel was
+        requested since it was sent, for its worker to skip them (before it is
+        submitted)."""
         prefix = header.id[:28]
         for task_id in requests:
             if (
@@ -177,12 +178,14 @@ class Cancels:
                 and batch_of(task_id) is not None
                 and names(requests, header, task_id)
             ):
-                self._mark(task_id)
+                self._mark(task_id, token)
 
-    def _mark(self, task_id: str) -> None:
-        with open(self._marker(task_id), "w"):
-            pass
-        self._marked.add(task_id)
+    def _mark(self, task_id: str, token: str) -> None:
+        """A task's marker, naming the delivery it cancels (its lease token): a marker
+        left of it never stops a later delivery of the task (a ``retry``)."""
+        self._marked.add(task_id)  # first: an ``unmark`` meanwhile removes the file
+        with open(self._marker(task_id), "w") as marker:
+            marker.write(token)
 
     def _cancel_items(self, requests: dict[str, float]) -> None:
         """Mark the requested items of the batches in flight, and stop those running."""
@@ -193,7 +196,7 @@ class Cancels:
                 continue
             job = self.inflight.job_of_task(where[0])
             if job is not None and not job.judged and names(requests, job.header, task_id):
-                self._mark(task_id)
+                self._mark(task_id, job.lease.token)
                 new.add(task_id)
         if not new:
             return

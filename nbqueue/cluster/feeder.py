@@ -179,7 +179,7 @@ class Feeder:
                 continue
             self.cancels.unmark(header.id)
             if header.items and self.cancels.requests.has_items:
-                self.cancels.mark_items(cancelled, header)
+                self.cancels.mark_items(cancelled, header, lease.token)
             limit = job.attempts_allowed(self.settings)
             if limit and lease.attempt > limit:
                 self.writer.judge(

@@ -121,6 +121,7 @@ def execute(
     unpickled copy. A batch (``item.items``) runs its items one after another, each as
     a task of its own (``run_items``); ``cancels`` are the markers of cancelled items.
     """
+    _delivery[0] = item.token  # the delivery a cancel marker must name to stop it
     if item.items:
         return run_items(item, slot, func, inline, cancels)
     task_id, func_ref, func_bytes, args_bytes, timeout, token, _ = item
@@ -494,6 +495,7 @@ def limit_rss(max_rss: int | None) -> None:
 
 
 _running: list[str] = []  # the id of the task whose function runs now, if any
+_delivery = [""]  # the lease token of the task (or batch) this worker runs now
 
 # -- once per worker: the cluster's initializer, and the state it leaves --------------
 
@@ -537,8 +539,16 @@ def run_setup() -> None:
         _setup_done[0] = setup
 
 
-def cancelled(slot_dir: str, task_id: str) -> bool:
-    return os.path.exists(os.path.join(slot_dir, CANCELLED_DIR, task_id))
+def cancelled(slot_dir: str, task_id: str, token: str = "") -> bool:
+    """Whether the delivery ``token`` of ``task_id`` is cancelled: its marker names that
+    delivery (a marker left of an earlier delivery does not stop the one a ``retry``
+    sent), or names none."""
+    try:
+        with open(os.path.join(slot_dir, CANCELLED_DIR, task_id), "rb") as marker:
+            named = marker.read(256)
+    except OSError:
+        return False
+    return not named or not token or named == token.encode()
 
 
 def _stop_if_cancelled(slot_dir: str) -> None:
@@ -546,9 +556,11 @@ def _stop_if_cancelled(slot_dir: str) -> None:
     (only inside the task's function)."""
     if not _running:
         return
-    task_id = _running[0]
+    task_id, token = _running[0], _delivery[0]
     batch = batch_of(task_id)
-    if cancelled(slot_dir, task_id) or (batch is not None and cancelled(slot_dir, batch[0])):
+    if cancelled(slot_dir, task_id, token) or (
+        batch is not None and cancelled(slot_dir, batch[0], token)
+    ):
         raise TaskCancelled("the task was cancelled with nbqueue.cancel")
 
 
@@ -629,7 +641,7 @@ def run_chunk(slot_dir: str | None, items: list[Item]) -> Sequence[Outcome | str
             # noted before the cancel marker is looked for: a cancel that wrote its
             # marker, then finds no note of the task, knows it never runs
             slot.begin(item.token)
-        if cancelled(slot_dir, item.id):
+        if cancelled(slot_dir, item.id, item.token):
             outcome = skipped(item)
         else:
             markers = cancel_markers(slot_dir) if item.items else None

@@ -44,7 +44,7 @@ def run_on_dask(
     sender = _chunk_sender(slot_dir)
     try:
         for item in items:
-            if slot_dir is not None and worker.cancelled(slot_dir, item[0]):
+            if slot_dir is not None and worker.cancelled(slot_dir, item[0], item[5]):
                 outcomes.append(worker.skipped(item))
             else:
                 if here is not None:

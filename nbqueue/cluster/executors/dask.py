@@ -400,7 +400,7 @@ class DaskExecutor(Executor):
                 chunk.items = [
                     item
                     for item in chunk.items  # tasks cancelled meanwhile
-                    if not worker.cancelled(self.slot_dir or "", item[0])
+                    if not worker.cancelled(self.slot_dir or "", item[0], item[5])
                 ]
                 if not chunk.items:
                     _settle(chunk.future, result=[])
