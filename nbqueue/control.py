@@ -205,11 +205,6 @@ def retry_group(group: str, cached: bool = False, broker: Broker | None = None) 
     return _retry(broker, records, cached)
 
 
-def _results_there(store: Store, broker: Broker, header: Header) -> bool:
-    """Whether every task whose result ``header``'s task takes has succeeded."""
-    return all(waiting.verdict(broker, store, i) == waiting.OK for i in header.after)
-
-
 def _retry(broker: Broker, records: list[Record], cached: bool) -> int:
     """Enqueue the failures among ``records`` again, with their attempt counts."""
     settings = conf.settings()
@@ -254,7 +249,7 @@ def _retry(broker: Broker, records: list[Record], cached: bool) -> int:
             waits = {
                 i
                 for i in claimed
-                if headers[i].after and not _results_there(store, broker, headers[i])
+                if headers[i].after and not waiting.results_there(broker, store, headers[i])
             }
             for i in waits:  # what it takes a result of runs again too: it waits for that
                 broker.wait(headers[i].id, headers[i].after, again[i][1], None)

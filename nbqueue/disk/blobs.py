@@ -180,10 +180,16 @@ def write(directory: str, name: str, data: Any, key: bytes, task_id: str, role: 
         header, payload = seal(key, data, bound)
         parts = [payload]
     path = os.path.join(directory, name)
-    draft = path + ".part"
+    write_whole(path, [header, *parts])
+    return Blob(path, sum(memoryview(part).nbytes for part in parts))
+
+
+def write_whole(path: str, parts: list[Any], draft: str | None = None) -> None:
+    """Write ``parts`` one after another to a new 0600 file at ``path``, whole or not at
+    all: a ``draft`` (``path`` + ".part"), renamed once written."""
+    draft = draft or path + ".part"
     try:
         with open(create_file(None, draft), "wb") as out:  # 0600, whatever the umask
-            out.write(header)
             for part in parts:
                 out.write(part)
         os.rename(draft, path)
@@ -191,7 +197,6 @@ def write(directory: str, name: str, data: Any, key: bytes, task_id: str, role: 
         with contextlib.suppress(OSError):
             os.unlink(draft)
         raise
-    return Blob(path, sum(memoryview(part).nbytes for part in parts))
 
 
 def read(blob: Blob, key: bytes, task_id: str, role: str) -> Any:

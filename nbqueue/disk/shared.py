@@ -39,12 +39,11 @@ from typing import Any
 
 import cloudpickle
 
-from nbqueue.disk.blobs import open_regular, out_of_band
+from nbqueue.disk.blobs import open_regular, out_of_band, write_whole
 from nbqueue.disk.signing import (
     HEADER_SIZE,
     check_parts,
     context,
-    create_file,
     load_key,
     seal_parts,
     sign,
@@ -187,11 +186,11 @@ def write(directory: str, key: bytes, obj: Any, name: str) -> Shared:
         known = None
     if known is not None and known.size == size and _whole(shared):
         return known
-    _write_file(shared.path, [header, *parts])
+    _write(shared.path, [header, *parts])
     info = json.dumps(
         {"name": name, "size": size, "kind": shared.kind, "created": shared.created}
     ).encode()
-    _write_file(shared.path + ".info", [sign(key, info, context(INFO, shared.id))])
+    _write(shared.path + ".info", [sign(key, info, context(INFO, shared.id))])
     return shared
 
 
@@ -202,17 +201,10 @@ def _whole(shared: Shared) -> bool:
         return False
 
 
-def _write_file(path: str, parts: list[Any]) -> None:
-    draft = f"{path}.{os.getpid()}.part"
-    try:
-        with open(create_file(None, draft), "wb") as out:  # 0600, whatever the umask
-            for part in parts:
-                out.write(part)
-        os.rename(draft, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(draft)
-        raise
+def _write(path: str, parts: list[Any]) -> None:
+    """``write_whole``, from a draft of this process's own: two processes may share the
+    same object at once."""
+    write_whole(path, parts, f"{path}.{os.getpid()}.part")
 
 
 def _info(path: str, shared_id: str, directory: str, key: bytes) -> Shared:

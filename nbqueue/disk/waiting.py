@@ -34,10 +34,15 @@ OK, PENDING = "ok", "pending"  # a dependency's verdict, or else why it gives no
 def send(broker: Broker, store: Store, header: Header, package: bytes) -> None:
     """Send a task that takes other tasks' results: queued at once if they all
     succeeded, else kept waiting."""
-    if all(verdict(broker, store, task_id) == OK for task_id in header.after):
+    if results_there(broker, store, header):
         broker.enqueue(package, header.group)
     else:
         broker.wait(header.id, header.after, package, header.group)
+
+
+def results_there(broker: Broker, store: Store, header: Header) -> bool:
+    """Whether every task whose result ``header``'s task takes has succeeded."""
+    return all(verdict(broker, store, task_id) == OK for task_id in header.after)
 
 
 def _stored(store: Store, task_id: str) -> Record | None:
